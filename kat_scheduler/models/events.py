@@ -1,0 +1,45 @@
+"""The two events KAT publishes on RabbitMQ."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from kat_scheduler.models.bytes import RawData
+from kat_scheduler.models.ooi import OOI
+
+
+class MutationOperation(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class ScanProfileMutation(BaseModel):
+    """``scan_profile_mutations``: a scan profile was created, updated or deleted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    operation: MutationOperation
+    primary_key: str
+    client_id: str
+    value: OOI | None = None
+
+    @model_validator(mode="after")
+    def _value_unless_delete(self) -> ScanProfileMutation:
+        if self.operation != MutationOperation.DELETE and self.value is None:
+            raise ValueError(f"a {self.operation.value} mutation needs a value")
+        return self
+
+
+class RawFileReceived(BaseModel):
+    """``raw_file_received``: Bytes stored a raw file."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str = "raw_file_received"
+    created_at: datetime
+    organization: str
+    raw_data: RawData

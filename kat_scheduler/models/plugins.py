@@ -1,0 +1,74 @@
+"""Katalogus plugins (boefjes, normalizers) and organisations."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+
+class PluginType(StrEnum):
+    BOEFJE = "boefje"
+    NORMALIZER = "normalizer"
+    BIT = "bit"
+
+
+class RunOn(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+
+
+class Organisation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+
+
+class _PluginBase(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None = None
+    version: str | None = None
+    enabled: bool = False
+    consumes: list[str] = Field(default_factory=list)
+    produces: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class Boefje(_PluginBase):
+    type: Literal["boefje"] = "boefje"
+    scan_level: int = Field(1, ge=0, le=4)
+    cron: str | None = None
+    interval: int | None = Field(None, ge=0, description="Minutes between runs; overrides the grace period.")
+    run_on: list[RunOn] | None = None
+    oci_image: str | None = None
+    oci_arguments: list[str] = Field(default_factory=list)
+    deduplicate: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r}")
+        return value
+
+
+class Normalizer(_PluginBase):
+    type: Literal["normalizer"] = "normalizer"
+
+
+class Bit(_PluginBase):
+    type: Literal["bit"] = "bit"
+
+
+Plugin = Annotated[Boefje | Normalizer | Bit, Field(discriminator="type")]
+
+PLUGIN_LIST: TypeAdapter[list[Boefje | Normalizer | Bit]] = TypeAdapter(list[Plugin])
+PLUGIN: TypeAdapter[Boefje | Normalizer | Bit] = TypeAdapter(Plugin)

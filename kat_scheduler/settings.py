@@ -1,0 +1,256 @@
+"""The one settings object.
+
+Every field is read from the environment (and from a ``.env`` file in the working directory).
+KAT's own variable names are used where they exist (``OCTOPOES_API``, ``QUEUE_URI``, ...); the
+rest are ``SCHEDULER_<FIELD>``. ``docs/configuration.md`` is generated from this class
+(``kat-scheduler settings --markdown``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SCHEDULER_"
+
+#: Fields that keep the name the rest of KAT already uses for them.
+KAT_NAMES: dict[str, str] = {
+    "octopoes_api": "OCTOPOES_API",
+    "katalogus_api": "KATALOGUS_API",
+    "bytes_api": "BYTES_API",
+    "bytes_username": "BYTES_USERNAME",
+    "bytes_password": "BYTES_PASSWORD",
+    "queue_uri": "QUEUE_URI",
+    "db_uri": "SCHEDULER_DB_URI",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return KAT_NAMES.get(field, ENV_PREFIX + field.upper())
+
+
+def _kat(field: str) -> Any:
+    return AliasChoices(KAT_NAMES[field])
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds settings that do not validate; names the variables."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- KAT services -------------------------------------------------------------------
+    octopoes_api: AnyHttpUrl = Field(
+        "http://localhost:8001",
+        validation_alias=_kat("octopoes_api"),
+        description="Base URL of the Octopoes API (the object graph).",
+    )
+    katalogus_api: AnyHttpUrl = Field(
+        "http://localhost:8003",
+        validation_alias=_kat("katalogus_api"),
+        description="Base URL of the Katalogus API (the plugin registry); `/v1` is added by the client.",
+    )
+    bytes_api: AnyHttpUrl = Field(
+        "http://localhost:8002",
+        validation_alias=_kat("bytes_api"),
+        description="Base URL of the Bytes API (the raw data store).",
+    )
+    bytes_username: str = Field(
+        "bytes", validation_alias=_kat("bytes_username"), description="User name for Bytes' `/token` login."
+    )
+    bytes_password: SecretStr = Field(
+        SecretStr("bytes"),
+        validation_alias=_kat("bytes_password"),
+        description="Password for Bytes' `/token` login. Never logged.",
+    )
+    http_timeout: float = Field(
+        10.0, gt=0, le=300, description="Timeout in seconds of every HTTP call to a KAT service."
+    )
+    http_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries on connection errors and 502/503/504 answers (never on other 4xx/5xx).",
+    )
+    http_backoff: float = Field(
+        0.2, ge=0, le=30, description="Backoff factor in seconds between retries (doubles each retry)."
+    )
+    http_pool_size: int = Field(
+        10, ge=1, le=1000, description="Connections kept open per KAT service and process."
+    )
+
+    # --- Brokers and database -----------------------------------------------------------
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker for the task queues: `redis://…` or `amqp://…`.",
+    )
+    result_backend: str | None = Field(
+        None,
+        description="Celery result backend. Unset: none (task state is kept in the `tasks` table).",
+    )
+    queue_uri: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        validation_alias=_kat("queue_uri"),
+        description=(
+            "Broker that carries KAT's events (`scan_profile_mutations`, `raw_file_received`); "
+            "RabbitMQ in production, any kombu URL works."
+        ),
+    )
+    db_uri: str = Field(
+        "sqlite:///kat_scheduler.db",
+        validation_alias=_kat("db_uri"),
+        description="SQLAlchemy URL of the task database: `postgresql://…` in production, SQLite embedded.",
+    )
+    db_pool_size: int = Field(5, ge=1, le=200, description="Database connections kept per process.")
+
+    # --- Planning -----------------------------------------------------------------------
+    plan_interval: float = Field(
+        60.0, gt=0, le=86400, description="Seconds between beat ticks of the boefje planner."
+    )
+    schedules_interval: float = Field(
+        30.0, gt=0, le=86400, description="Seconds between beat ticks that queue due schedules."
+    )
+    grace_period: int = Field(
+        86400,
+        ge=0,
+        description=(
+            "Seconds after a run ended before the same boefje runs again on the same object, "
+            "unless the plugin's `interval` (minutes) says otherwise."
+        ),
+    )
+    schedule_jitter: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Fraction of the interval added at random to a schedule's next deadline, to spread load.",
+    )
+    batch_size: int = Field(
+        1000, ge=1, le=50000, description="Candidates handled per batch: one listing page, one claim, one publish."
+    )
+    org_cap_per_tick: int = Field(
+        100000,
+        ge=1,
+        description="At most this many tasks one organisation adds per tick (fairness between organisations).",
+    )
+    queue_depth_limit_boefjes: int = Field(
+        100000,
+        ge=1,
+        description="Above this many messages on the `boefjes` queue, producers add only urgent bands.",
+    )
+    queue_depth_limit_normalizers: int = Field(
+        100000,
+        ge=1,
+        description="Above this many messages on the `normalizers` queue, producers add only urgent bands.",
+    )
+    backpressure_band: int = Field(
+        2,
+        ge=0,
+        le=9,
+        description="When a queue is over its depth limit, only bands up to this one (0 most urgent) are added.",
+    )
+
+    # --- Workers ------------------------------------------------------------------------
+    soft_time_limit: int = Field(
+        300, ge=1, description="Seconds a boefje or normalizer may run before it is asked to stop."
+    )
+    hard_time_limit: int = Field(
+        360, ge=1, description="Seconds after which a running boefje or normalizer is killed."
+    )
+    visibility_timeout: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Redis broker visibility timeout in seconds; unacked messages are redelivered after it. "
+            "0 means: the hard time limit plus 10 minutes (it must exceed the hard limit)."
+        ),
+    )
+    max_retries: int = Field(5, ge=0, le=100, description="Retries of a task after a transient service error.")
+    retention_days: int = Field(
+        30, ge=1, description="Completed and failed task rows older than this many days are pruned."
+    )
+
+    # --- Operations ---------------------------------------------------------------------
+    beat_lease: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a beat's singleton lease lasts; a standby beat takes over after it expires.",
+    )
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if "://" not in value or scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}:
+            raise ValueError("must be a redis://, rediss:// or amqp:// URL")
+        return value
+
+    @field_validator("db_uri")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        if not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:// SQLAlchemy URL")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise ValueError(
+                f"{env_name('hard_time_limit')} ({self.hard_time_limit}) must be greater than "
+                f"{env_name('soft_time_limit')} ({self.soft_time_limit})"
+            )
+        if self.visibility_timeout and self.visibility_timeout <= self.hard_time_limit:
+            raise ValueError(
+                f"{env_name('visibility_timeout')} ({self.visibility_timeout}) must be greater than "
+                f"{env_name('hard_time_limit')} ({self.hard_time_limit}), or a running task is redelivered"
+            )
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        return self.visibility_timeout or self.hard_time_limit + 600
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.broker_url.startswith(("redis", "rediss"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment; raise :class:`SettingsError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = error.get("loc") or ()
+            field = str(loc[0]) if loc else ""
+            name = env_name(field) if field in Settings.model_fields else (field or "settings")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name}: {message}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
