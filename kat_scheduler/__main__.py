@@ -1,0 +1,3 @@
+from kat_scheduler.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""A beat scheduler that ticks only while it holds the ``beat`` lease in the database.
+
+Run as many beats as you like (for failover): one holds the lease and sends; the others wait
+and take over within ``SCHEDULER_BEAT_LEASE`` seconds after it dies. The claim invariant already
+makes a second active beat harmless (nothing is queued twice); the lease makes it quiet too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery.beat import Scheduler
+
+from kat_scheduler.settings import get_settings
+from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.leases import LeaseStore
+
+logger = logging.getLogger(__name__)
+
+LEASE_NAME = "beat"
+
+
+class LeasedScheduler(Scheduler):
+    """Celery's in-memory scheduler behind a database lease."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = get_settings()
+        self.lease_ttl = settings.beat_lease
+        self.holder_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.leases = LeaseStore(make_engine(settings.db_uri, pool_size=1))
+        self.is_leader = False
+        super().__init__(*args, **kwargs)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            leader = self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl)
+        except Exception:
+            logger.exception("beat lease check failed; not ticking until the database answers")
+            leader = False
+        if leader != self.is_leader:
+            logger.warning(
+                "beat %s %s the lease", self.holder_id, "acquired" if leader else "lost or could not get"
+            )
+            self.is_leader = leader
+        if not leader:
+            return min(self.max_interval, self.lease_ttl / 3)
+        interval: float = super().tick(*args, **kwargs)
+        return min(interval, self.lease_ttl / 3)
+
+    def close(self) -> None:
+        if self.is_leader:
+            try:
+                self.leases.release(LEASE_NAME, self.holder_id)
+            except Exception:
+                logger.exception("could not release the beat lease; it lapses by itself")
+        super().close()

@@ -1,0 +1,114 @@
+"""Celery's settings, built from our :class:`~kat_scheduler.settings.Settings`.
+
+Each invariant of DESIGN.md that lives in Celery's configuration is set here, once:
+
+* JSON only (pickle is never accepted);
+* late ack + reject on worker lost + prefetch 1, so nothing is lost on a crash and priorities
+  are honoured among messages still on the broker;
+* Redis: ``priority_steps = list(range(10))`` and a visibility timeout longer than any hard
+  time limit; RabbitMQ: queues declared with ``x-max-priority``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from kat_scheduler.queues import (
+    AMQP_MAX_PRIORITY,
+    REDIS_PRIORITY_STEPS,
+    ROUTES,
+    Queue,
+    TaskName,
+    transport_of,
+)
+from kat_scheduler.settings import Settings
+
+
+def task_queues(broker_url: str) -> list[KombuQueue]:
+    """Our three queues, declared with priority support for the broker in use."""
+    arguments = {"x-max-priority": AMQP_MAX_PRIORITY} if transport_of(broker_url) == "amqp" else None
+    return [
+        KombuQueue(
+            name.value,
+            Exchange(name.value, type="direct"),
+            routing_key=name.value,
+            queue_arguments=arguments,
+            durable=True,
+        )
+        for name in Queue
+    ]
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if transport_of(settings.broker_url) != "redis":
+        return {}
+    return {
+        "priority_steps": REDIS_PRIORITY_STEPS,
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        "visibility_timeout": settings.effective_visibility_timeout,
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The periodic planning and maintenance tasks beat ticks."""
+    return {
+        "plan-boefjes": {
+            "task": TaskName.PLAN_BOEFJES.value,
+            "schedule": timedelta(seconds=settings.plan_interval),
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.plan_interval},
+        },
+        "queue-due-schedules": {
+            "task": TaskName.QUEUE_DUE_SCHEDULES.value,
+            "schedule": timedelta(seconds=settings.schedules_interval),
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.schedules_interval},
+        },
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting we rely on, as a mapping for ``app.config_from_object``."""
+    transport = transport_of(settings.broker_url)
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": settings.result_backend is None,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": broker_transport_options(settings),
+        # JSON only: pickle is never accepted.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Nothing lost on a crash, priorities honoured.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_acks_on_failure_or_timeout": True,
+        # Queues and routing.
+        "task_queues": task_queues(settings.broker_url),
+        "task_default_queue": Queue.SCHEDULER.value,
+        "task_default_exchange": Queue.SCHEDULER.value,
+        "task_default_routing_key": Queue.SCHEDULER.value,
+        "task_routes": {pattern: {"queue": queue.value} for pattern, queue in ROUTES.items()},
+        "task_queue_max_priority": AMQP_MAX_PRIORITY if transport == "amqp" else None,
+        "task_default_priority": None,
+        "task_create_missing_queues": False,
+        # Time limits (boefje/normalizer tasks may set their own, never above the hard limit).
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        # Beat.
+        "beat_schedule": beat_schedule(settings),
+        "beat_scheduler": "kat_scheduler.beat:LeasedScheduler",
+        "beat_max_loop_interval": min(5.0, settings.beat_lease / 3),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,160 @@
+"""The schedule store: one row per automatically re-run (plugin, object, organisation).
+
+A schedule is due when it is enabled and its ``deadline_at`` has passed. Due schedules are read
+with keyset pagination on the partial index ``ix_schedules_due`` (oldest deadline first), so a
+backlog of any size is worked through without a per-tick cap.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Insert, bindparam, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.storage.tables import ScheduleRow, utcnow
+
+_SCHEDULES = ScheduleRow.__table__
+CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NewSchedule:
+    scheduler_id: SchedulerId
+    organisation: str
+    plugin_id: str
+    input_ooi: str | None
+    hash: str
+    data: dict[str, Any]
+    deadline_at: datetime
+    schedule: str | None = None
+    interval: int | None = None
+    id: uuid.UUID | None = None
+
+
+class ScheduleStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _insert(self) -> Insert:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(_SCHEDULES).on_conflict_do_nothing(index_elements=["hash"])
+        return sqlite.insert(_SCHEDULES).on_conflict_do_nothing(index_elements=["hash"])
+
+    def add_many(self, schedules: Sequence[NewSchedule], now: datetime | None = None) -> int:
+        """Create schedules whose hash has none yet; return how many were created."""
+        if not schedules:
+            return 0
+        now = now or utcnow()
+        created = 0
+        stmt = self._insert().returning(_SCHEDULES.c.id)
+        with self.engine.begin() as conn:
+            for start in range(0, len(schedules), CHUNK):
+                rows = [
+                    {
+                        **asdict(s),
+                        "id": s.id or uuid.uuid4(),
+                        "enabled": True,
+                        "created_at": now,
+                        "modified_at": now,
+                    }
+                    for s in schedules[start : start + CHUNK]
+                ]
+                created += len(conn.execute(stmt, rows).scalars().all())
+        return created
+
+    def get_by_hash(self, hash_: str) -> ScheduleRow | None:
+        with Session(self.engine) as session:
+            return session.execute(select(ScheduleRow).where(ScheduleRow.hash == hash_)).scalar_one_or_none()
+
+    def existing_hashes(self, hashes: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        items = list(hashes)
+        with self.engine.connect() as conn:
+            for start in range(0, len(items), CHUNK):
+                stmt = select(_SCHEDULES.c.hash).where(_SCHEDULES.c.hash.in_(items[start : start + CHUNK]))
+                found.update(conn.execute(stmt).scalars())
+        return found
+
+    def iter_due(self, now: datetime, batch_size: int = CHUNK) -> Iterator[list[ScheduleRow]]:
+        """Every enabled schedule with ``deadline_at <= now``, oldest deadline first, in batches."""
+        last: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            stmt = (
+                select(ScheduleRow)
+                .where(ScheduleRow.enabled.is_(True), ScheduleRow.deadline_at <= now)
+                .order_by(ScheduleRow.deadline_at, ScheduleRow.id)
+                .limit(batch_size)
+            )
+            if last is not None:
+                stmt = stmt.where(tuple_(ScheduleRow.deadline_at, ScheduleRow.id) > tuple_(*last))
+            with Session(self.engine) as session:
+                batch = list(session.execute(stmt).scalars())
+            if not batch:
+                return
+            yield batch
+            tail = batch[-1]
+            assert tail.deadline_at is not None
+            last = (tail.deadline_at, tail.id)
+            if len(batch) < batch_size:
+                return
+
+    def set_deadlines(self, deadlines: dict[uuid.UUID, datetime], now: datetime | None = None) -> None:
+        """Move each schedule's deadline (one executemany statement)."""
+        if not deadlines:
+            return
+        now = now or utcnow()
+        stmt = (
+            update(_SCHEDULES)
+            .where(_SCHEDULES.c.id == bindparam("b_id"))
+            .values(deadline_at=bindparam("b_deadline"), modified_at=now)
+        )
+        params = [{"b_id": sid, "b_deadline": deadline} for sid, deadline in deadlines.items()]
+        with self.engine.begin() as conn:
+            conn.execute(stmt, params)
+
+    def disable(self, ids: Collection[uuid.UUID], reason: str, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        items = list(ids)
+        count = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(items), CHUNK):
+                result = conn.execute(
+                    update(_SCHEDULES)
+                    .where(_SCHEDULES.c.id.in_(items[start : start + CHUNK]), _SCHEDULES.c.enabled.is_(True))
+                    .values(enabled=False, disabled_reason=reason, modified_at=now)
+                )
+                count += result.rowcount
+        return count
+
+    def disable_for_ooi(
+        self, organisation: str, input_ooi: str, reason: str, now: datetime | None = None
+    ) -> int:
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(_SCHEDULES)
+                .where(
+                    _SCHEDULES.c.organisation == organisation,
+                    _SCHEDULES.c.input_ooi == input_ooi,
+                    _SCHEDULES.c.enabled.is_(True),
+                )
+                .values(enabled=False, disabled_reason=reason, modified_at=now)
+            )
+        return result.rowcount
+
+    def enable(self, ids: Collection[uuid.UUID], deadline_at: datetime, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(_SCHEDULES)
+                .where(_SCHEDULES.c.id.in_(list(ids)))
+                .values(enabled=True, disabled_reason=None, deadline_at=deadline_at, modified_at=now)
+            )
+        return result.rowcount

@@ -1,0 +1,169 @@
+"""SQLAlchemy models of the ``tasks``, ``schedules`` and ``beat_leases`` tables.
+
+The unique partial index ``uq_tasks_live_hash`` is the heart of the scheduler: at most one task per
+hash may be live (queued, dispatched or running), so a claim is a plain
+``INSERT … ON CONFLICT DO NOTHING RETURNING id`` and any number of producers can race safely.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
+
+LIVE_STATUS_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in LIVE_STATUSES))
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime on every backend (SQLite hands back naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _str_enum(enum: type[TaskStatus] | type[SchedulerId], length: int) -> Enum:
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    scheduler_id: Mapped[SchedulerId] = mapped_column(_str_enum(SchedulerId, 16))
+    type: Mapped[str] = mapped_column(String(32))
+    organisation: Mapped[str] = mapped_column(String(128))
+    plugin_id: Mapped[str] = mapped_column(String(128))
+    input_ooi: Mapped[str | None] = mapped_column(String(1024))
+    hash: Mapped[str] = mapped_column(String(32))
+    band: Mapped[int] = mapped_column(SmallInteger)
+    priority: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[TaskStatus] = mapped_column(_str_enum(TaskStatus, 16))
+    data: Mapped[dict[str, Any]]
+    reason: Mapped[str | None] = mapped_column(String(64))
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    published_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "uq_tasks_live_hash",
+            "hash",
+            unique=True,
+            postgresql_where=text(LIVE_STATUS_SQL),
+            sqlite_where=text(LIVE_STATUS_SQL),
+        ),
+        Index("ix_tasks_scheduler_id_status", "scheduler_id", "status"),
+        Index("ix_tasks_hash_ended_at", "hash", "ended_at"),
+        Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
+        Index("ix_tasks_status_modified_at", "status", "modified_at"),
+    )
+
+
+class ScheduleRow(Base):
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    scheduler_id: Mapped[SchedulerId] = mapped_column(_str_enum(SchedulerId, 16))
+    organisation: Mapped[str] = mapped_column(String(128))
+    plugin_id: Mapped[str] = mapped_column(String(128))
+    input_ooi: Mapped[str | None] = mapped_column(String(1024))
+    hash: Mapped[str] = mapped_column(String(32), unique=True)
+    data: Mapped[dict[str, Any]]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    schedule: Mapped[str | None] = mapped_column(String(255))
+    interval: Mapped[int | None] = mapped_column(Integer)
+    deadline_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index(
+            "ix_schedules_due",
+            "deadline_at",
+            postgresql_where=text("enabled"),
+            sqlite_where=text("enabled"),
+        ),
+        Index("ix_schedules_organisation_input_ooi", "organisation", "input_ooi"),
+    )
+
+
+class BeatLease(Base):
+    """Who may run beat: the holder renews ``expires_at``; a standby takes over once it lapses."""
+
+    __tablename__ = "beat_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime]
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)

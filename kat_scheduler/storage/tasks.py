@@ -1,0 +1,267 @@
+"""The task store: bulk claims, conditional status transitions, history look-ups.
+
+Every method is one short transaction; none is held across an HTTP call or a publish.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Insert, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
+from kat_scheduler.storage.tables import TaskRow, utcnow
+
+_TASKS = TaskRow.__table__
+#: Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL statements small.
+CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task a producer wants to queue; becomes a row only if its hash is free."""
+
+    id: uuid.UUID
+    scheduler_id: SchedulerId
+    type: str
+    organisation: str
+    plugin_id: str
+    input_ooi: str | None
+    hash: str
+    band: int
+    priority: int
+    data: dict[str, Any]
+    reason: str | None = None
+    schedule_id: uuid.UUID | None = None
+
+
+#: What a claim hands back: the tasks that won their hash, in the order given.
+ClaimedTask = NewTask
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class TaskStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _insert(self) -> Insert:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(_TASKS).on_conflict_do_nothing()
+        if self.engine.dialect.name == "sqlite":
+            return sqlite.insert(_TASKS).on_conflict_do_nothing()
+        raise RuntimeError(f"unsupported database {self.engine.dialect.name}")
+
+    # --- claims ----------------------------------------------------------------------------
+
+    def claim(self, tasks: Sequence[NewTask], now: datetime | None = None) -> list[ClaimedTask]:
+        """Insert ``tasks`` as ``queued`` rows; return those whose hash was free.
+
+        One ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` per chunk: the unique partial index on
+        live hashes makes this atomic however many producers race.
+        """
+        if not tasks:
+            return []
+        now = now or utcnow()
+        claimed: list[ClaimedTask] = []
+        stmt = self._insert().returning(_TASKS.c.id)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(tasks):
+                rows = [
+                    {
+                        **asdict(t),
+                        "status": TaskStatus.QUEUED,
+                        "created_at": now,
+                        "modified_at": now,
+                        "attempts": 0,
+                    }
+                    for t in chunk
+                ]
+                won = set(conn.execute(stmt, rows).scalars())
+                claimed.extend(t for t in chunk if t.id in won)
+        return claimed
+
+    def mark_published(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
+        """Record that the messages of ``ids`` are on the broker."""
+        now = now or utcnow()
+        count = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids)):
+                result = conn.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.id.in_(chunk), _TASKS.c.published_at.is_(None))
+                    .values(published_at=now)
+                )
+                count += result.rowcount
+        return count
+
+    def unclaim(self, ids: Collection[uuid.UUID]) -> int:
+        """Delete claimed rows whose message was never published, freeing their hashes."""
+        count = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids)):
+                result = conn.execute(
+                    delete(_TASKS).where(
+                        _TASKS.c.id.in_(chunk),
+                        _TASKS.c.published_at.is_(None),
+                        _TASKS.c.status == TaskStatus.QUEUED,
+                    )
+                )
+                count += result.rowcount
+        return count
+
+    # --- transitions -----------------------------------------------------------------------
+
+    def transition(
+        self,
+        task_id: uuid.UUID,
+        from_statuses: Iterable[TaskStatus],
+        to_status: TaskStatus,
+        **values: Any,
+    ) -> bool:
+        """Move one task to ``to_status`` if (and only if) it is in one of ``from_statuses``."""
+        now = values.pop("now", None) or utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(_TASKS)
+                .where(_TASKS.c.id == task_id, _TASKS.c.status.in_(list(from_statuses)))
+                .values(status=to_status, modified_at=now, **values)
+            )
+        return result.rowcount == 1
+
+    def mark_dispatched(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> bool:
+        """A worker received the message (``queued → dispatched``)."""
+        return self.transition(
+            task_id, [TaskStatus.QUEUED], TaskStatus.DISPATCHED, worker=worker, now=now or utcnow()
+        )
+
+    def start(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> TaskRow | None:
+        """Claim a task for running (``queued|dispatched → running``); ``None`` if it may not run.
+
+        A redelivered message of a task already running, or of a cancelled or finished one,
+        updates nothing, so a task never runs twice at once.
+        """
+        now = now or utcnow()
+        stmt = (
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]))
+            .values(
+                status=TaskStatus.RUNNING,
+                started_at=now,
+                modified_at=now,
+                worker=worker,
+                attempts=TaskRow.attempts + 1,
+            )
+            .returning(TaskRow)
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            return session.execute(stmt).scalar_one_or_none()
+
+    def finish(
+        self,
+        task_id: uuid.UUID,
+        status: TaskStatus,
+        error: str | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """End a running task as completed or failed."""
+        if status not in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            raise ValueError(f"a task finishes completed or failed, not {status}")
+        now = now or utcnow()
+        return self.transition(task_id, [TaskStatus.RUNNING], status, ended_at=now, error=error, now=now)
+
+    def requeue(self, task_id: uuid.UUID, error: str | None = None, now: datetime | None = None) -> bool:
+        """Put a running task back to ``queued`` (it will be retried)."""
+        return self.transition(
+            task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow()
+        )
+
+    def cancel(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
+        """Cancel tasks not yet running; workers skip cancelled rows."""
+        now = now or utcnow()
+        count = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids)):
+                result = conn.execute(
+                    update(_TASKS)
+                    .where(
+                        _TASKS.c.id.in_(chunk),
+                        _TASKS.c.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
+                    )
+                    .values(status=TaskStatus.CANCELLED, modified_at=now, ended_at=now)
+                )
+                count += result.rowcount
+        return count
+
+    def cancel_for_ooi(
+        self,
+        organisation: str,
+        input_ooi: str,
+        *,
+        plugin_ids: Collection[str] | None = None,
+        now: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """Cancel the not-yet-running tasks on one object (optionally only for some plugins)."""
+        now = now or utcnow()
+        stmt = update(_TASKS).where(
+            _TASKS.c.organisation == organisation,
+            _TASKS.c.input_ooi == input_ooi,
+            _TASKS.c.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
+        )
+        if plugin_ids is not None:
+            stmt = stmt.where(_TASKS.c.plugin_id.in_(list(plugin_ids)))
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                stmt.values(status=TaskStatus.CANCELLED, modified_at=now, ended_at=now).returning(_TASKS.c.id)
+            )
+            return list(result.scalars())
+
+    # --- look-ups --------------------------------------------------------------------------
+
+    def get(self, task_id: uuid.UUID) -> TaskRow | None:
+        with Session(self.engine) as session:
+            return session.get(TaskRow, task_id)
+
+    def last_runs(self, hashes: Collection[str]) -> dict[str, datetime]:
+        """When each hash's latest finished (completed or failed) run ended; absent if never."""
+        found: dict[str, datetime] = {}
+        ended = [TaskStatus.COMPLETED, TaskStatus.FAILED]
+        col = _TASKS.c
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(hashes)):
+                stmt = (
+                    select(col.hash, func.max(col.ended_at))
+                    .where(col.hash.in_(chunk), col.status.in_(ended), col.ended_at.is_not(None))
+                    .group_by(col.hash)
+                )
+                for hash_, ended_at in conn.execute(stmt):
+                    found[hash_] = ended_at
+        return found
+
+    def live_hashes(self, hashes: Collection[str]) -> set[str]:
+        """Which of ``hashes`` have a live (queued, dispatched or running) task."""
+        live: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(hashes)):
+                stmt = select(_TASKS.c.hash).where(
+                    _TASKS.c.hash.in_(chunk), _TASKS.c.status.in_(list(LIVE_STATUSES))
+                )
+                live.update(conn.execute(stmt).scalars())
+        return live
+
+    def count_by_status(self, scheduler_id: SchedulerId | None = None) -> dict[TaskStatus, int]:
+        stmt = select(_TASKS.c.status, func.count()).group_by(_TASKS.c.status)
+        if scheduler_id is not None:
+            stmt = stmt.where(_TASKS.c.scheduler_id == scheduler_id)
+        with self.engine.connect() as conn:
+            counts = {TaskStatus(status): n for status, n in conn.execute(stmt)}
+        return {status: counts.get(status, 0) for status in TaskStatus}

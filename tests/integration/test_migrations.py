@@ -1,0 +1,69 @@
+"""Migrations bring an empty database to a schema identical to the models, on both backends."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from kat_scheduler.storage import migrate
+from kat_scheduler.storage.db import make_engine, normalise_url
+from kat_scheduler.storage.tables import Base
+from tests.conftest import POSTGRES_URI, service_missing
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    admin_url = normalise_url(POSTGRES_URI)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("CREATE DATABASE kat_scheduler_migrations"))
+    except sa.exc.ProgrammingError:
+        with admin.connect() as conn:
+            conn.execute(sa.text("DROP DATABASE kat_scheduler_migrations WITH (FORCE)"))
+            conn.execute(sa.text("CREATE DATABASE kat_scheduler_migrations"))
+    except Exception as exc:
+        service_missing("PostgreSQL", exc)
+    yield admin_url.set(database="kat_scheduler_migrations").render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS kat_scheduler_migrations WITH (FORCE)"))
+    admin.dispose()
+
+
+def schema_diff(uri: str) -> list:
+    engine = make_engine(uri)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_builds_the_schema_of_the_models(empty_db: str) -> None:
+    assert migrate.current_revision(empty_db) is None
+    migrate.upgrade(empty_db)
+    assert migrate.is_up_to_date(empty_db)
+    assert schema_diff(empty_db) == []
+
+
+def test_downgrade_to_base_and_up_again_leaves_the_same_schema(empty_db: str) -> None:
+    migrate.upgrade(empty_db)
+    migrate.downgrade(empty_db, "base")
+    engine = make_engine(empty_db)
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("tasks")
+    engine.dispose()
+    migrate.upgrade(empty_db)
+    assert schema_diff(empty_db) == []
+
+
+def test_upgrading_twice_is_harmless(empty_db: str) -> None:
+    migrate.upgrade(empty_db)
+    migrate.upgrade(empty_db)
+    assert migrate.current_revision(empty_db) == migrate.head_revision()
