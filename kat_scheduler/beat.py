@@ -14,7 +14,6 @@ from typing import Any
 
 from celery.beat import Scheduler
 
-from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.leases import LeaseStore
 
@@ -23,16 +22,15 @@ logger = logging.getLogger(__name__)
 LEASE_NAME = "beat"
 
 
-class LeasedScheduler(Scheduler):
+class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
     """Celery's in-memory scheduler behind a database lease."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        settings = get_settings()
-        self.lease_ttl = settings.beat_lease
-        self.holder_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.leases = LeaseStore(make_engine(settings.db_uri, pool_size=1))
+    def __init__(self, app: Any, *args: Any, holder_id: str | None = None, **kwargs: Any) -> None:
+        self.lease_ttl = float(app.conf.kat_beat_lease)
+        self.holder_id = holder_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.leases = LeaseStore(make_engine(app.conf.kat_db_uri, pool_size=1))
         self.is_leader = False
-        super().__init__(*args, **kwargs)
+        super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
@@ -41,13 +39,11 @@ class LeasedScheduler(Scheduler):
             logger.exception("beat lease check failed; not ticking until the database answers")
             leader = False
         if leader != self.is_leader:
-            logger.warning(
-                "beat %s %s the lease", self.holder_id, "acquired" if leader else "lost or could not get"
-            )
+            logger.warning("beat %s %s the lease", self.holder_id, "acquired" if leader else "lost or could not get")
             self.is_leader = leader
         if not leader:
-            return min(self.max_interval, self.lease_ttl / 3)
-        interval: float = super().tick(*args, **kwargs)
+            return min(float(self.max_interval), self.lease_ttl / 3)
+        interval = float(super().tick(*args, **kwargs))
         return min(interval, self.lease_ttl / 3)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from kat_scheduler.settings import (
+    Settings,
     SettingsError,
     get_settings,
     redacted,
@@ -19,7 +20,7 @@ from kat_scheduler.settings import (
 from kat_scheduler.version import __version__
 
 
-def _settings_or_exit():  # type: ignore[no-untyped-def]
+def _settings_or_exit() -> Settings:
     try:
         return get_settings()
     except SettingsError as exc:

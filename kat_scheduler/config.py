@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from kombu import Exchange
-from kombu import Queue as KombuQueue
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
 
 from kat_scheduler.queues import (
     AMQP_MAX_PRIORITY,
@@ -109,6 +109,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "beat_scheduler": "kat_scheduler.beat:LeasedScheduler",
         "beat_max_loop_interval": min(5.0, settings.beat_lease / 3),
+        # Ours (Celery keeps unknown lowercase keys): what the leased beat scheduler needs.
+        "kat_db_uri": settings.db_uri,
+        "kat_beat_lease": settings.beat_lease,
         "timezone": "UTC",
         "enable_utc": True,
     }

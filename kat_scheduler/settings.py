@@ -53,17 +53,17 @@ class Settings(BaseSettings):
 
     # --- KAT services -------------------------------------------------------------------
     octopoes_api: AnyHttpUrl = Field(
-        "http://localhost:8001",
+        AnyHttpUrl("http://localhost:8001"),
         validation_alias=_kat("octopoes_api"),
         description="Base URL of the Octopoes API (the object graph).",
     )
     katalogus_api: AnyHttpUrl = Field(
-        "http://localhost:8003",
+        AnyHttpUrl("http://localhost:8003"),
         validation_alias=_kat("katalogus_api"),
         description="Base URL of the Katalogus API (the plugin registry); `/v1` is added by the client.",
     )
     bytes_api: AnyHttpUrl = Field(
-        "http://localhost:8002",
+        AnyHttpUrl("http://localhost:8002"),
         validation_alias=_kat("bytes_api"),
         description="Base URL of the Bytes API (the raw data store).",
     )

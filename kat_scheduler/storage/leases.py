@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from kat_scheduler.storage.tables import BeatLease, utcnow
+from kat_scheduler.storage.tables import BeatLease, table_of, utcnow
 
-_LEASES = BeatLease.__table__
+_LEASES = table_of(BeatLease)
 
 
 class LeaseStore:

@@ -18,9 +18,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.storage.tables import ScheduleRow, utcnow
+from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
-_SCHEDULES = ScheduleRow.__table__
+_SCHEDULES = table_of(ScheduleRow)
 CHUNK = 1000
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Table,
     JSON,
     BigInteger,
     Boolean,
@@ -87,6 +88,13 @@ def _str_enum(enum: type[TaskStatus] | type[SchedulerId], length: int) -> Enum:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of an ORM model, typed as one."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class TaskRow(Base):

@@ -16,9 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
-from kat_scheduler.storage.tables import TaskRow, utcnow
+from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 
-_TASKS = TaskRow.__table__
+_TASKS = table_of(TaskRow)
 #: Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL statements small.
 CHUNK = 1000
 

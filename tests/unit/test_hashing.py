@@ -12,10 +12,7 @@ def reference(value: str) -> str:
 
 def test_a_boefje_task_on_an_object_hashes_like_mula() -> None:
     # Known digest of "Hostname|internet|mispo.es-dns-records-aa" (mmh3 x64-128, seed 0).
-    assert (
-        boefje_task_hash("dns-records", "aa", "Hostname|internet|mispo.es")
-        == "8d3acc45af4cef92c71dd256f841dd59"
-    )
+    assert boefje_task_hash("dns-records", "aa", "Hostname|internet|mispo.es") == "8d3acc45af4cef92c71dd256f841dd59"
 
 
 @pytest.mark.parametrize(
@@ -33,9 +30,7 @@ def test_boefje_task_hashes_hash_the_documented_string(args, hashed) -> None:
 
 def test_normalizer_and_report_hashes_hash_the_documented_string() -> None:
     meta_id = "0e191e18-bc77-405f-8887-80f510304021"
-    assert normalizer_task_hash("kat_dns_normalize", meta_id, "aa") == reference(
-        f"kat_dns_normalize-{meta_id}-aa"
-    )
+    assert normalizer_task_hash("kat_dns_normalize", meta_id, "aa") == reference(f"kat_dns_normalize-{meta_id}-aa")
     assert report_task_hash("recipe-1", "aa") == reference("recipe-1-aa")
 
 

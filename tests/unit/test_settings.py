@@ -53,9 +53,7 @@ def test_kat_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SCHEDULER_BATCH_SIZE", "0"),
     ],
 )
-def test_an_invalid_variable_fails_with_its_name(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
-) -> None:
+def test_an_invalid_variable_fails_with_its_name(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=variable):
         load_settings()

@@ -6,6 +6,7 @@ Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -33,7 +34,7 @@ STATUS = sa.Enum(
 )
 
 
-def _ts(name: str, nullable: bool = True) -> sa.Column[sa.DateTime]:
+def _ts(name: str, nullable: bool = True) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 

@@ -1,0 +1,39 @@
+# kat_scheduler — every target sets up its own virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install test lint format run docs clean
+
+$(STAMP):
+	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(STAMP)  ## Create .venv with pinned dependencies and the package (editable).
+
+test: $(STAMP)  ## Run the whole test suite (needs PostgreSQL, Redis and RabbitMQ on loopback).
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff format check, ruff lint, mypy (strict).
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy kat_scheduler celeryconfig.py
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+run: $(STAMP)  ## The main job. Until the all-in-one lands: the simulated KAT world on :8001-8003.
+	$(BIN)/kat-scheduler sim serve $(RUN_ARGS)
+
+docs: $(STAMP)  ## Regenerate docs/configuration.md and .env-dist from Settings.
+	$(BIN)/kat-scheduler settings --markdown > docs/configuration.md
+	$(BIN)/kat-scheduler settings --env-dist > .env-dist
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,85 @@
+"""Start real ``celery worker`` processes for integration tests, and stop them cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def celery_worker(
+    app: str,
+    queues: list[str],
+    env: dict[str, str],
+    *,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    log_file: Path | None = None,
+    hostname: str = "test-worker@%h",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``celery -A app worker`` subprocess; stopped (TERM, then KILL) when the block ends."""
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        hostname,
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "INFO",
+    ]
+    output = open(log_file, "wb") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        stop(process)
+        if log_file:
+            output.close()  # type: ignore[union-attr]
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
