@@ -70,9 +70,7 @@ def db_current() -> None:
 
     settings = _settings_or_exit()
     current, head = migrate.current_revision(settings.db_uri), migrate.head_revision()
-    click.echo(
-        f"current: {current or 'none'}  head: {head}  {'up to date' if current == head else 'UPGRADE NEEDED'}"
-    )
+    click.echo(f"current: {current or 'none'}  head: {head}  {'up to date' if current == head else 'UPGRADE NEEDED'}")
     if current != head:
         sys.exit(1)
 

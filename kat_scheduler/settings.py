@@ -87,9 +87,7 @@ class Settings(BaseSettings):
     http_backoff: float = Field(
         0.2, ge=0, le=30, description="Backoff factor in seconds between retries (doubles each retry)."
     )
-    http_pool_size: int = Field(
-        10, ge=1, le=1000, description="Connections kept open per KAT service and process."
-    )
+    http_pool_size: int = Field(10, ge=1, le=1000, description="Connections kept open per KAT service and process.")
 
     # --- Brokers and database -----------------------------------------------------------
     broker_url: str = Field(
@@ -116,9 +114,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(5, ge=1, le=200, description="Database connections kept per process.")
 
     # --- Planning -----------------------------------------------------------------------
-    plan_interval: float = Field(
-        60.0, gt=0, le=86400, description="Seconds between beat ticks of the boefje planner."
-    )
+    plan_interval: float = Field(60.0, gt=0, le=86400, description="Seconds between beat ticks of the boefje planner.")
     schedules_interval: float = Field(
         30.0, gt=0, le=86400, description="Seconds between beat ticks that queue due schedules."
     )
@@ -168,9 +164,7 @@ class Settings(BaseSettings):
     soft_time_limit: int = Field(
         300, ge=1, description="Seconds a boefje or normalizer may run before it is asked to stop."
     )
-    hard_time_limit: int = Field(
-        360, ge=1, description="Seconds after which a running boefje or normalizer is killed."
-    )
+    hard_time_limit: int = Field(360, ge=1, description="Seconds after which a running boefje or normalizer is killed.")
     visibility_timeout: int = Field(
         0,
         ge=0,
@@ -179,9 +173,7 @@ class Settings(BaseSettings):
             "0 means: the hard time limit plus 10 minutes (it must exceed the hard limit)."
         ),
     )
-    max_retries: int = Field(
-        5, ge=0, le=100, description="Retries of a task after a transient service error."
-    )
+    max_retries: int = Field(5, ge=0, le=100, description="Retries of a task after a transient service error.")
     retention_days: int = Field(
         30, ge=1, description="Completed and failed task rows older than this many days are pruned."
     )
@@ -291,11 +283,7 @@ def settings_env_dist() -> str:
     lines = ["# kat_scheduler settings. Copy to .env and uncomment what you change.", ""]
     for name, field in Settings.model_fields.items():
         default = field.default
-        value = (
-            ""
-            if default is None
-            else (default.get_secret_value() if isinstance(default, SecretStr) else default)
-        )
+        value = "" if default is None else (default.get_secret_value() if isinstance(default, SecretStr) else default)
         lines.append(f"# {field.description}")
         lines.append(f"# {env_name(name)}={value}")
         lines.append("")

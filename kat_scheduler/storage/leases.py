@@ -48,9 +48,7 @@ class LeaseStore:
         """Who holds ``name`` right now (``None`` if nobody, or the lease lapsed)."""
         now = now or utcnow()
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(_LEASES.c.holder, _LEASES.c.expires_at).where(_LEASES.c.name == name)
-            ).first()
+            row = conn.execute(select(_LEASES.c.holder, _LEASES.c.expires_at).where(_LEASES.c.name == name)).first()
         if row is None or row.expires_at < now:
             return None
         return str(row.holder)

@@ -133,9 +133,7 @@ class ScheduleStore:
                 count += result.rowcount
         return count
 
-    def disable_for_ooi(
-        self, organisation: str, input_ooi: str, reason: str, now: datetime | None = None
-    ) -> int:
+    def disable_for_ooi(self, organisation: str, input_ooi: str, reason: str, now: datetime | None = None) -> int:
         now = now or utcnow()
         with self.engine.begin() as conn:
             result = conn.execute(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,28 @@ class NewTask:
 ClaimedTask = NewTask
 
 
+def _row(task: NewTask, now: datetime) -> dict[str, Any]:
+    """The row of a new claim (built by hand: ``dataclasses.asdict`` deep-copies ``data``)."""
+    return {
+        "id": task.id,
+        "scheduler_id": task.scheduler_id,
+        "type": task.type,
+        "organisation": task.organisation,
+        "plugin_id": task.plugin_id,
+        "input_ooi": task.input_ooi,
+        "hash": task.hash,
+        "band": task.band,
+        "priority": task.priority,
+        "data": task.data,
+        "reason": task.reason,
+        "schedule_id": task.schedule_id,
+        "status": TaskStatus.QUEUED,
+        "created_at": now,
+        "modified_at": now,
+        "attempts": 0,
+    }
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -67,28 +89,20 @@ class TaskStore:
         """Insert ``tasks`` as ``queued`` rows; return those whose hash was free.
 
         One ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` per chunk: the unique partial index on
-        live hashes makes this atomic however many producers race.
+        live hashes makes this atomic however many producers race. Rows are inserted in hash order
+        so that two claims of overlapping hashes take their index locks in the same order and can
+        never deadlock; the claimed tasks are returned in the order given.
         """
         if not tasks:
             return []
         now = now or utcnow()
-        claimed: list[ClaimedTask] = []
+        won: set[uuid.UUID] = set()
         stmt = self._insert().returning(_TASKS.c.id)
+        ordered = sorted(tasks, key=lambda t: t.hash)
         with self.engine.begin() as conn:
-            for chunk in _chunks(tasks):
-                rows = [
-                    {
-                        **asdict(t),
-                        "status": TaskStatus.QUEUED,
-                        "created_at": now,
-                        "modified_at": now,
-                        "attempts": 0,
-                    }
-                    for t in chunk
-                ]
-                won = set(conn.execute(stmt, rows).scalars())
-                claimed.extend(t for t in chunk if t.id in won)
-        return claimed
+            for chunk in _chunks(ordered):
+                won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
+        return [t for t in tasks if t.id in won]
 
     def mark_published(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
         """Record that the messages of ``ids`` are on the broker."""
@@ -140,9 +154,7 @@ class TaskStore:
 
     def mark_dispatched(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> bool:
         """A worker received the message (``queued → dispatched``)."""
-        return self.transition(
-            task_id, [TaskStatus.QUEUED], TaskStatus.DISPATCHED, worker=worker, now=now or utcnow()
-        )
+        return self.transition(task_id, [TaskStatus.QUEUED], TaskStatus.DISPATCHED, worker=worker, now=now or utcnow())
 
     def start(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> TaskRow | None:
         """Claim a task for running (``queued|dispatched → running``); ``None`` if it may not run.
@@ -181,9 +193,7 @@ class TaskStore:
 
     def requeue(self, task_id: uuid.UUID, error: str | None = None, now: datetime | None = None) -> bool:
         """Put a running task back to ``queued`` (it will be retried)."""
-        return self.transition(
-            task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow()
-        )
+        return self.transition(task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow())
 
     def cancel(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
         """Cancel tasks not yet running; workers skip cancelled rows."""
@@ -252,9 +262,7 @@ class TaskStore:
         live: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(list(hashes)):
-                stmt = select(_TASKS.c.hash).where(
-                    _TASKS.c.hash.in_(chunk), _TASKS.c.status.in_(list(LIVE_STATUSES))
-                )
+                stmt = select(_TASKS.c.hash).where(_TASKS.c.hash.in_(chunk), _TASKS.c.status.in_(list(LIVE_STATUSES)))
                 live.update(conn.execute(stmt).scalars())
         return live
 

@@ -102,9 +102,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_tasks"),
     )
-    op.create_index(
-        "uq_tasks_live_hash", "tasks", ["hash"], unique=True, postgresql_where=LIVE, sqlite_where=LIVE
-    )
+    op.create_index("uq_tasks_live_hash", "tasks", ["hash"], unique=True, postgresql_where=LIVE, sqlite_where=LIVE)
     op.create_index("ix_tasks_scheduler_id_status", "tasks", ["scheduler_id", "status"])
     op.create_index("ix_tasks_hash_ended_at", "tasks", ["hash", "ended_at"])
     op.create_index("ix_tasks_organisation_input_ooi", "tasks", ["organisation", "input_ooi"])
