@@ -1,0 +1,145 @@
+"""Octopoes, the object graph: listing objects, looking one up, saving observations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from kat_scheduler.clients.base import HEALTH, HTTPService, isoformat, segment
+from kat_scheduler.clients.errors import NotFound, OrganisationNotFound
+from kat_scheduler.models.health import ServiceHealth
+from kat_scheduler.models.ooi import OOI
+
+logger = logging.getLogger(__name__)
+
+
+class ObjectsPage(BaseModel):
+    """One page of ``GET /{org}/objects``: ``count`` is the total over all pages."""
+
+    count: int = Field(ge=0)
+    items: list[OOI]
+
+
+OBJECTS_PAGE: TypeAdapter[ObjectsPage] = TypeAdapter(ObjectsPage)
+OBJECT: TypeAdapter[OOI] = TypeAdapter(OOI)
+OBJECT_CLIENTS: TypeAdapter[dict[str, OOI]] = TypeAdapter(dict[str, OOI])
+
+
+class OctopoesClient(HTTPService):
+    """Octopoes' API. Every read is at a ``valid_time``, now (UTC) unless given."""
+
+    name = "octopoes"
+
+    def list_objects(
+        self,
+        org: str,
+        *,
+        types: Iterable[str],
+        scan_levels: Iterable[int] | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+        valid_time: datetime | None = None,
+    ) -> ObjectsPage:
+        """One page of ``org``'s objects of ``types`` (and ``scan_levels``, all when ``None``).
+
+        An empty ``types`` or ``scan_levels`` selects nothing and sends no request.
+        Raises :class:`OrganisationNotFound` when Octopoes does not know ``org``.
+        """
+        types = sorted(set(types))
+        levels = None if scan_levels is None else sorted(set(scan_levels))
+        if not types or levels == []:
+            return ObjectsPage(count=0, items=[])
+        params = {
+            "types": types,
+            "scan_level": levels,
+            "offset": offset,
+            "limit": limit,
+            "valid_time": _valid_time(valid_time),
+        }
+        path = f"/{segment(org)}/objects"
+        try:
+            return self._get(path, OBJECTS_PAGE, params=params)
+        except NotFound as exc:
+            raise OrganisationNotFound(
+                self.name, exc.endpoint, f"organisation {org!r} not found", status_code=404
+            ) from None
+
+    def iter_objects(
+        self,
+        org: str,
+        *,
+        types: Iterable[str],
+        scan_levels: Iterable[int] | None = None,
+        page_size: int = 1000,
+        valid_time: datetime | None = None,
+    ) -> Iterator[list[OOI]]:
+        """All matching objects, a page at a time, all read at one ``valid_time`` for consistency."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        types = list(types)
+        levels = None if scan_levels is None else list(scan_levels)
+        moment = valid_time or datetime.now(UTC)
+        offset = 0
+        while True:
+            page = self.list_objects(
+                org, types=types, scan_levels=levels, offset=offset, limit=page_size, valid_time=moment
+            )
+            if not page.items:
+                return
+            yield page.items
+            offset += len(page.items)
+            if offset >= page.count or len(page.items) < page_size:
+                return
+
+    def get_object(self, org: str, reference: str, valid_time: datetime | None = None) -> OOI | None:
+        """The object ``reference`` in ``org``, or ``None`` when it (or the org) does not exist."""
+        params = {"reference": reference, "valid_time": _valid_time(valid_time)}
+        return self._lookup(f"/{segment(org)}/object", OBJECT, params=params)
+
+    def object_clients(
+        self, reference: str, clients: Iterable[str], valid_time: datetime | None = None
+    ) -> dict[str, OOI]:
+        """Which of ``clients`` (organisations) hold ``reference``, with their view of the object."""
+        wanted = sorted(set(clients))
+        if not wanted:
+            return {}
+        params = {"reference": reference, "clients": wanted, "valid_time": _valid_time(valid_time)}
+        return self._lookup("/object-clients", OBJECT_CLIENTS, params=params) or {}
+
+    def save_observation(
+        self,
+        org: str,
+        *,
+        method: str,
+        source: str,
+        source_method: str | None,
+        task_id: UUID,
+        valid_time: datetime,
+        result: Sequence[dict[str, Any] | OOI],
+    ) -> None:
+        """Store a normalizer's output: ``method`` is the normalizer id, ``source`` the input OOI."""
+        body = {
+            "method": method,
+            "source": source,
+            "source_method": source_method,
+            "task_id": str(task_id),
+            "valid_time": isoformat(valid_time),
+            "result": [item.model_dump(mode="json") if isinstance(item, OOI) else item for item in result],
+        }
+        self._request("POST", f"/{segment(org)}/observations", json=body)
+        logger.debug("octopoes: saved %d objects observed by %s for %s", len(result), method, org)
+
+    def health(self, org: str | None = None) -> ServiceHealth:
+        """Octopoes' health; with ``org``, that of the organisation's graph."""
+        if org is None:
+            return super().health()
+        return self._get(f"/{segment(org)}/health", HEALTH)
+
+
+def _valid_time(moment: datetime | None) -> str:
+    return isoformat(moment or datetime.now(UTC))
