@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import redis
+from celery import Task
 
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.settings import load_settings
@@ -24,3 +26,20 @@ def boefje_probe(band: int, sleep: float = 0.0) -> None:
     if sleep:
         time.sleep(sleep)
     _redis.rpush("probe:ran", json.dumps({"band": band, "pid": os.getpid()}))
+
+
+@app.task(name="kat.boefje.record_probe", bind=True, shared=False)
+def record_probe(self: Task, **kwargs: Any) -> None:
+    """Records its kwargs and what the worker read from the message headers and properties.
+
+    ``probe:started`` gets the task id when it starts; then it sleeps ``probe_sleep`` seconds
+    unless the message is a redelivery, and appends its record to ``probe:record``.
+    """
+    request = self.request
+    _redis.rpush("probe:started", request.id)
+    if kwargs.get("probe_sleep") and not request.delivery_info.get("redelivered"):
+        time.sleep(kwargs["probe_sleep"])
+    seen = ("id", "task", "root_id", "parent_id", "origin", "kwargsrepr", "argsrepr", "correlation_id", "retries")
+    record = {name: getattr(request, name, None) for name in seen}
+    record.update(kwargs=kwargs, args=list(request.args or ()), delivery_info=request.delivery_info, pid=os.getpid())
+    _redis.rpush("probe:record", json.dumps(record))

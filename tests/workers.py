@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def celery_worker(
     finally:
         stop(process)
         if log_file:
-            output.close()  # type: ignore[union-attr]
+            output.close()
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -76,7 +76,7 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait(5)
 
 
-def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
