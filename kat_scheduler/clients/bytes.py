@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Unpack
 from uuid import UUID
 
 import requests
-from pydantic import AwareDatetime, BaseModel, SecretStr, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, TypeAdapter
 
 from kat_scheduler.clients.base import HTTPOptions, HTTPService, Params, segment
 from kat_scheduler.clients.errors import (
@@ -52,6 +52,19 @@ class _Token(BaseModel):
 
 TOKEN: TypeAdapter[_Token] = TypeAdapter(_Token)
 BOEFJE_METAS: TypeAdapter[list[BoefjeMeta]] = TypeAdapter(list[BoefjeMeta])
+
+
+class RunTimes(BaseModel):
+    """The part of a BoefjeMeta that grace periods need (history is read in bulk: parse only this)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_ooi: str | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+
+
+RUN_TIMES: TypeAdapter[list[RunTimes]] = TypeAdapter(list[RunTimes])
 RAW_IDS: TypeAdapter[dict[str, UUID]] = TypeAdapter(dict[str, UUID])
 
 
@@ -176,6 +189,27 @@ class BytesClient(HTTPService):
         """The latest run of ``boefje_id`` on ``input_ooi`` (``None``: runs without input) in ``org``."""
         runs = self.boefje_meta(org, boefje_id=boefje_id, input_ooi=input_ooi, limit=1, descending=True)
         return runs[0] if runs else None
+
+    def iter_run_times(self, org: str, boefje_id: str, *, page_size: int = 1000) -> Iterator[list[RunTimes]]:
+        """Like :meth:`iter_boefje_meta`, parsing only input object and times (for bulk history)."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        offset = 0
+        while True:
+            params = {
+                "organization": org,
+                "boefje_id": boefje_id,
+                "input_ooi": "*",
+                "limit": page_size,
+                "offset": offset,
+                "descending": "true",
+            }
+            page = self._get("/bytes/boefje_meta", RUN_TIMES, params=params)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            offset += len(page)
 
     def iter_boefje_meta(self, org: str, boefje_id: str, *, page_size: int = 1000) -> Iterator[list[BoefjeMeta]]:
         """Every run of ``boefje_id`` in ``org``, on any input, newest first, a page at a time.

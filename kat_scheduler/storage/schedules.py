@@ -7,9 +7,10 @@ backlog of any size is worked through without a per-tick cap.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.storage.sqlutil import in_values, pg_insert_values
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
 _SCHEDULES = table_of(ScheduleRow)
@@ -38,6 +40,60 @@ class NewSchedule:
     id: uuid.UUID | None = None
 
 
+def _row(schedule: NewSchedule, now: datetime) -> dict[str, Any]:
+    return {
+        "id": schedule.id or uuid.uuid4(),
+        "scheduler_id": schedule.scheduler_id,
+        "organisation": schedule.organisation,
+        "plugin_id": schedule.plugin_id,
+        "input_ooi": schedule.input_ooi,
+        "hash": schedule.hash,
+        "data": schedule.data,
+        "deadline_at": schedule.deadline_at,
+        "schedule": schedule.schedule,
+        "interval": schedule.interval,
+        "enabled": True,
+        "created_at": now,
+        "modified_at": now,
+    }
+
+
+_PG_COLUMNS = (
+    "id",
+    "scheduler_id",
+    "organisation",
+    "plugin_id",
+    "input_ooi",
+    "hash",
+    "data",
+    "deadline_at",
+    "schedule",
+    "interval",
+    "enabled",
+    "created_at",
+    "modified_at",
+)
+_PG_CASTS = {"id": "uuid", "data": "jsonb"}
+
+
+def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
+    return (
+        str(schedule.id or uuid.uuid4()),
+        schedule.scheduler_id.value,
+        schedule.organisation,
+        schedule.plugin_id,
+        schedule.input_ooi,
+        schedule.hash,
+        json.dumps(schedule.data),
+        schedule.deadline_at,
+        schedule.schedule,
+        schedule.interval,
+        True,
+        now,
+        now,
+    )
+
+
 class ScheduleStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,19 +109,24 @@ class ScheduleStore:
             return 0
         now = now or utcnow()
         created = 0
-        stmt = self._insert().returning(_SCHEDULES.c.id)
+        ordered = sorted(schedules, key=lambda s: s.hash)  # same lock order in racing producers
         with self.engine.begin() as conn:
-            for start in range(0, len(schedules), CHUNK):
-                rows = [
-                    {
-                        **asdict(s),
-                        "id": s.id or uuid.uuid4(),
-                        "enabled": True,
-                        "created_at": now,
-                        "modified_at": now,
-                    }
-                    for s in schedules[start : start + CHUNK]
-                ]
+            if conn.dialect.name == "postgresql":
+                return len(
+                    pg_insert_values(
+                        conn,
+                        "schedules",
+                        _PG_COLUMNS,
+                        _PG_CASTS,
+                        [_pg_tuple(s, now) for s in ordered],
+                        conflict="(hash) DO NOTHING",
+                        returning="id",
+                        page_size=CHUNK,
+                    )
+                )
+            stmt = self._insert().returning(_SCHEDULES.c.id)
+            for start in range(0, len(ordered), CHUNK):
+                rows = [_row(s, now) for s in ordered[start : start + CHUNK]]
                 created += len(conn.execute(stmt, rows).scalars().all())
         return created
 
@@ -75,11 +136,9 @@ class ScheduleStore:
 
     def existing_hashes(self, hashes: Collection[str]) -> set[str]:
         found: set[str] = set()
-        items = list(hashes)
         with self.engine.connect() as conn:
-            for start in range(0, len(items), CHUNK):
-                stmt = select(_SCHEDULES.c.hash).where(_SCHEDULES.c.hash.in_(items[start : start + CHUNK]))
-                found.update(conn.execute(stmt).scalars())
+            for condition in in_values(conn, _SCHEDULES.c.hash, list(hashes)):
+                found.update(conn.execute(select(_SCHEDULES.c.hash).where(condition)).scalars())
         return found
 
     def iter_due(self, now: datetime, batch_size: int = CHUNK) -> Iterator[list[ScheduleRow]]:

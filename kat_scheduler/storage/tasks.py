@@ -5,6 +5,7 @@ Every method is one short transaction; none is held across an HTTP call or a pub
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
+from kat_scheduler.storage.sqlutil import in_values, pg_insert_values
 from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -72,6 +74,48 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
+_PG_COLUMNS = (
+    "id",
+    "scheduler_id",
+    "type",
+    "organisation",
+    "plugin_id",
+    "input_ooi",
+    "hash",
+    "band",
+    "priority",
+    "status",
+    "data",
+    "reason",
+    "schedule_id",
+    "created_at",
+    "modified_at",
+    "attempts",
+)
+_PG_CASTS = {"id": "uuid", "schedule_id": "uuid", "data": "jsonb"}
+
+
+def _pg_tuple(task: NewTask, now: datetime) -> tuple[Any, ...]:
+    return (
+        str(task.id),
+        task.scheduler_id.value,
+        task.type,
+        task.organisation,
+        task.plugin_id,
+        task.input_ooi,
+        task.hash,
+        task.band,
+        task.priority,
+        TaskStatus.QUEUED.value,
+        json.dumps(task.data),
+        task.reason,
+        None if task.schedule_id is None else str(task.schedule_id),
+        now,
+        now,
+        0,
+    )
+
+
 class TaskStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -97,11 +141,24 @@ class TaskStore:
             return []
         now = now or utcnow()
         won: set[uuid.UUID] = set()
-        stmt = self._insert().returning(_TASKS.c.id)
         ordered = sorted(tasks, key=lambda t: t.hash)
         with self.engine.begin() as conn:
-            for chunk in _chunks(ordered):
-                won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
+            if conn.dialect.name == "postgresql":
+                ids = pg_insert_values(
+                    conn,
+                    "tasks",
+                    _PG_COLUMNS,
+                    _PG_CASTS,
+                    [_pg_tuple(t, now) for t in ordered],
+                    conflict="DO NOTHING",
+                    returning="id::text",
+                    page_size=CHUNK,
+                )
+                won.update(uuid.UUID(i) for i in ids)
+            else:
+                stmt = self._insert().returning(_TASKS.c.id)
+                for chunk in _chunks(ordered):
+                    won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
         return [t for t in tasks if t.id in won]
 
     def mark_published(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
@@ -109,11 +166,9 @@ class TaskStore:
         now = now or utcnow()
         count = 0
         with self.engine.begin() as conn:
-            for chunk in _chunks(list(ids)):
+            for condition in in_values(conn, _TASKS.c.id, list(ids)):
                 result = conn.execute(
-                    update(_TASKS)
-                    .where(_TASKS.c.id.in_(chunk), _TASKS.c.published_at.is_(None))
-                    .values(published_at=now)
+                    update(_TASKS).where(condition, _TASKS.c.published_at.is_(None)).values(published_at=now)
                 )
                 count += result.rowcount
         return count
@@ -247,10 +302,10 @@ class TaskStore:
         ended = [TaskStatus.COMPLETED, TaskStatus.FAILED]
         col = _TASKS.c
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(hashes)):
+            for condition in in_values(conn, col.hash, list(hashes)):
                 stmt = (
                     select(col.hash, func.max(col.ended_at))
-                    .where(col.hash.in_(chunk), col.status.in_(ended), col.ended_at.is_not(None))
+                    .where(condition, col.status.in_(ended), col.ended_at.is_not(None))
                     .group_by(col.hash)
                 )
                 for hash_, ended_at in conn.execute(stmt):
@@ -261,8 +316,8 @@ class TaskStore:
         """Which of ``hashes`` have a live (queued, dispatched or running) task."""
         live: set[str] = set()
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(hashes)):
-                stmt = select(_TASKS.c.hash).where(_TASKS.c.hash.in_(chunk), _TASKS.c.status.in_(list(LIVE_STATUSES)))
+            for condition in in_values(conn, _TASKS.c.hash, list(hashes)):
+                stmt = select(_TASKS.c.hash).where(condition, _TASKS.c.status.in_(list(LIVE_STATUSES)))
                 live.update(conn.execute(stmt).scalars())
         return live
 

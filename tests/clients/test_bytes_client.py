@@ -321,3 +321,14 @@ def test_save_normalizer_meta_stores_the_run_once(bytes_client, world):
     assert (stored.normalizer_id, stored.raw_data_id) == ("kat_dns_normalize", raw_id)
     with pytest.raises(AlreadyExists):
         bytes_client.save_normalizer_meta(normalizer_meta.model_dump(mode="json"))
+
+
+def test_run_times_page_through_all_runs_of_a_boefje_newest_first(world, bytes_client) -> None:
+    org = world.organisation_ids[0]
+    boefje_id = next(b.id for b in world.boefjes if world.runs(org, b.id))
+    pages = list(bytes_client.iter_run_times(org, boefje_id, page_size=7))
+    times = [run for page in pages for run in page]
+    expected = world.runs(org, boefje_id)
+    assert len(times) == len(expected)
+    assert [t.started_at for t in times] == sorted((r.started_at for r in expected), reverse=True)
+    assert {t.input_ooi for t in times} == {r.input_ooi for r in expected}
