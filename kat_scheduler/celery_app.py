@@ -9,7 +9,7 @@ from celery import Celery
 from kat_scheduler.config import celery_config
 from kat_scheduler.settings import Settings
 
-TASK_MODULES: list[str] = []
+TASK_MODULES: list[str] = ["kat_scheduler.tasks.scheduler"]
 
 
 def create_app(settings: Settings | None = None, *, main: str = "kat_scheduler") -> Celery:

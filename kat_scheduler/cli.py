@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from kat_scheduler.settings import (
     settings_markdown,
 )
 from kat_scheduler.version import __version__
+
+if TYPE_CHECKING:
+    from kat_scheduler.runtime import Runtime
 
 
 def _settings_or_exit() -> Settings:
@@ -87,6 +91,63 @@ def settings_cmd(markdown: bool, env_dist: bool) -> None:
         click.echo(settings_env_dist(), nl=False)
         return
     click.echo(json.dumps(redacted(_settings_or_exit()), indent=2))
+
+
+def _planner_runtime() -> Runtime:
+    from kat_scheduler.runtime import get_runtime
+
+    _settings_or_exit()
+    return get_runtime()
+
+
+@main.command("plan")
+@click.option("--dry-run", is_flag=True, help="Only print what a tick would queue now; change nothing.")
+@click.option("--org", "orgs", multiple=True, help="Organisation to plan (repeatable; default: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@click.option("--limit", type=int, default=None, help="Print at most this many task lines (the summary counts all).")
+def plan_cmd(dry_run: bool, orgs: tuple[str, ...], fmt: str, limit: int | None) -> None:
+    """Run the boefje planner once, exactly as a beat tick does (or explain it with --dry-run)."""
+    from datetime import UTC, datetime
+
+    from kat_scheduler.planning.explain import render_plan
+
+    runtime = _planner_runtime()
+    report = runtime.planner().plan(list(orgs) or None, now=datetime.now(UTC), dry_run=dry_run)
+    for line in render_plan(report, fmt=fmt, limit=limit):
+        click.echo(line)
+    runtime.close()
+    if report.errors:
+        sys.exit(1)
+
+
+@main.group()
+def push() -> None:
+    """Queue work by hand, at the most urgent band."""
+
+
+@push.command("boefje")
+@click.option("--org", required=True, help="Organisation id.")
+@click.option("--boefje", "boefje_id", required=True, help="Boefje id.")
+@click.option("--ooi", default=None, help="Input object's primary key (omit for boefjes without input).")
+def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
+    """Queue BOEFJE on OOI now: band 0, bypasses the grace period, never clearance. Prints the task id."""
+    from datetime import UTC, datetime
+
+    from kat_scheduler.clients import ServiceError
+    from kat_scheduler.planning.boefjes import PushRefused
+
+    runtime = _planner_runtime()
+    try:
+        result = runtime.planner().push(org, boefje_id, ooi, now=datetime.now(UTC))
+    except (PushRefused, ServiceError) as exc:
+        click.echo(f"kat-scheduler: not queued: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        runtime.close()
+    if result.already_live:
+        click.echo(f"kat-scheduler: already queued or running (hash {result.hash})", err=True)
+        sys.exit(3)
+    click.echo(str(result.task_id))
 
 
 def _attach_sim() -> None:

@@ -23,6 +23,7 @@ from kat_scheduler.queues import (
     ROUTES,
     Queue,
     TaskName,
+    broker_priority,
     transport_of,
 )
 from kat_scheduler.settings import Settings
@@ -54,18 +55,23 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: Band of beat's own ticks (every publish carries an explicit priority).
+TICK_BAND = 2
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The periodic planning and maintenance tasks beat ticks."""
+    priority = broker_priority(TICK_BAND, transport_of(settings.broker_url))
     return {
         "plan-boefjes": {
             "task": TaskName.PLAN_BOEFJES.value,
             "schedule": timedelta(seconds=settings.plan_interval),
-            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.plan_interval},
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.plan_interval, "priority": priority},
         },
         "queue-due-schedules": {
             "task": TaskName.QUEUE_DUE_SCHEDULES.value,
             "schedule": timedelta(seconds=settings.schedules_interval),
-            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.schedules_interval},
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.schedules_interval, "priority": priority},
         },
     }
 

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         le=50000,
         description="Candidates handled per batch: one listing page, one claim, one publish.",
     )
+    plan_orgs_per_task: int = Field(
+        10,
+        ge=1,
+        le=10000,
+        description="Organisations planned by one planning task; a tick fans out one task per group.",
+    )
     org_cap_per_tick: int = Field(
         100000,
         ge=1,
@@ -253,6 +259,15 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def _plain(default: Any) -> Any:
+    """A default as a user would write it in the environment."""
+    if isinstance(default, SecretStr):
+        return default.get_secret_value()
+    if isinstance(default, AnyHttpUrl):
+        return str(default).rstrip("/")
+    return default
+
+
 def settings_markdown() -> str:
     """The configuration reference (docs/configuration.md), generated from :class:`Settings`."""
     lines = [
@@ -273,7 +288,7 @@ def settings_markdown() -> str:
         elif default is None:
             shown = "unset"
         else:
-            shown = f"`{default}`"
+            shown = f"`{_plain(default)}`"
         lines.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
     return "\n".join(lines) + "\n"
 
@@ -283,7 +298,7 @@ def settings_env_dist() -> str:
     lines = ["# kat_scheduler settings. Copy to .env and uncomment what you change.", ""]
     for name, field in Settings.model_fields.items():
         default = field.default
-        value = "" if default is None else (default.get_secret_value() if isinstance(default, SecretStr) else default)
+        value = "" if default is None else _plain(default)
         lines.append(f"# {field.description}")
         lines.append(f"# {env_name(name)}={value}")
         lines.append("")

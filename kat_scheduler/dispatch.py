@@ -1,0 +1,112 @@
+"""Claim, then publish: the one way work reaches a queue.
+
+1. **Claim** the tasks in the database (one statement per batch; a hash that is live is lost).
+2. **Publish** the claimed ones, in the order given, with their band as broker priority.
+3. **Mark** them published. If publishing fails, the rows that were certainly not published
+   are un-claimed (deleted, freeing their hashes for the next tick); anything uncertain stays
+   claimed with ``published_at`` unset, for the reaper to publish again.
+
+Row before message, always: a worker that receives a message finds its row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kat_scheduler.storage.tasks import NewTask, TaskStore
+
+if TYPE_CHECKING:
+    from kat_scheduler.publisher import OutgoingMessage, Publisher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatchable:
+    """A task to claim and the message that runs it."""
+
+    task: NewTask
+    task_name: str
+    queue: str
+    kwargs: dict[str, Any]
+
+
+@dataclass(slots=True)
+class DispatchResult:
+    offered: int = 0
+    claimed: int = 0
+    published: int = 0
+    unclaimed: int = 0
+    errors: list[str] = field(default_factory=list)
+    published_tasks: list[NewTask] = field(default_factory=list)
+
+    def add(self, other: DispatchResult) -> None:
+        self.offered += other.offered
+        self.claimed += other.claimed
+        self.published += other.published
+        self.unclaimed += other.unclaimed
+        self.errors.extend(other.errors)
+        self.published_tasks.extend(other.published_tasks)
+
+
+class Dispatcher:
+    def __init__(self, store: TaskStore, publisher: Publisher) -> None:
+        self.store = store
+        self.publisher = publisher
+
+    def dispatch(self, items: Sequence[Dispatchable], *, mark: bool = True) -> DispatchResult:
+        """Claim and publish one batch; never raises for a publish failure (it is reported).
+
+        With ``mark=False`` the caller marks ``result.published_tasks`` published itself (a
+        producer does so once after its last publish, to keep bookkeeping off the critical path;
+        should it crash in between, the reaper republishes and the claim keeps that harmless).
+        """
+        from kat_scheduler.publisher import OutgoingMessage, PublishError
+
+        result = DispatchResult(offered=len(items))
+        if not items:
+            return result
+        claimed = self.store.claim([item.task for item in items])
+        result.claimed = len(claimed)
+        if not claimed:
+            return result
+        won = {task.id for task in claimed}
+        by_id = {item.task.id: item for item in items if item.task.id in won}
+        messages: list[OutgoingMessage] = [
+            OutgoingMessage(
+                task_id=task.id,
+                task_name=by_id[task.id].task_name,
+                queue=by_id[task.id].queue,
+                band=task.band,
+                kwargs=by_id[task.id].kwargs,
+            )
+            for task in claimed
+        ]
+        try:
+            self.publisher.publish(messages)
+        except PublishError as exc:
+            published = set(exc.published)
+            unpublished = [t.id for t in claimed if t.id not in published]
+            result.unclaimed = self.store.unclaim(unpublished) if exc.certain else 0
+            result.published = len(published)
+            result.published_tasks = [t for t in claimed if t.id in published]
+            if published and mark:
+                self.store.mark_published(published)
+            result.errors.append(str(exc))
+            logger.error(
+                "publishing failed after %d of %d messages: %s (%d un-claimed, %d left for the reaper)",
+                len(published),
+                len(claimed),
+                exc,
+                result.unclaimed,
+                len(unpublished) - result.unclaimed,
+            )
+            return result
+        if mark:
+            self.store.mark_published(won)
+        result.published = len(claimed)
+        result.published_tasks = claimed
+        return result

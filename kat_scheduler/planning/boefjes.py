@@ -1,0 +1,531 @@
+"""The boefje producer: what to queue now, for which organisations, and the due schedules.
+
+Per organisation and tick: one Katalogus call (its boefjes), one paged Octopoes listing of
+every type those boefjes consume (scan levels from the lowest clearance any of them needs),
+then per page of objects: the static rules (pure), one query for pairs that already have a
+schedule, one for live tasks, one for our own history, and, only for pairs our history does not
+cover, Bytes' history of that boefje in bulk (once per organisation and boefje, newest first,
+only as far back as the grace period). Candidates are ranked, capped per organisation,
+interleaved across organisations, claimed and published in batches.
+
+Every pair that is planned gets a schedule; re-runs then come from due schedules
+(:meth:`BoefjePlanner.queue_due`), so a second tick queues nothing new and a restart causes no
+rescan storm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from kat_scheduler.clients import KATClients, ServiceError
+from kat_scheduler.dispatch import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.eligibility import (
+    SkipReason,
+    Trigger,
+    clearance_skip,
+    grace_period,
+    grace_skip,
+    static_skip,
+)
+from kat_scheduler.hashing import boefje_task_hash
+from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.plugins import Boefje
+from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.planning.rules import (
+    BOEFJE_QUEUE,
+    BOEFJE_TASK,
+    BoefjeIndex,
+    Candidate,
+    Pair,
+    TopK,
+    boefje_message_kwargs,
+    interleave,
+    new_boefje_task,
+    pairs_for_page,
+    rank_pair,
+)
+from kat_scheduler.rankers import BoefjeCandidate, rank_boefje
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
+from kat_scheduler.storage.tables import ScheduleRow, utcnow
+from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.timing import next_cron, next_deadline, period
+
+if TYPE_CHECKING:
+    from kat_scheduler.publisher import Publisher
+
+logger = logging.getLogger(__name__)
+
+#: Due schedules of one organisation up to this many are checked object by object; more, by listing.
+PER_OBJECT_LOOKUP_LIMIT = 20
+
+
+@dataclass
+class OrgPlan:
+    organisation: str
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: Counter[SkipReason] = field(default_factory=Counter)
+    grace_schedules: list[NewSchedule] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class PlanReport:
+    """What a tick did (or, dry, would do)."""
+
+    now: datetime
+    dry_run: bool
+    organisations: list[str] = field(default_factory=list)
+    planned: list[Candidate] = field(default_factory=list)
+    skipped: Counter[SkipReason] = field(default_factory=Counter)
+    errors: dict[str, str] = field(default_factory=dict)
+    queue_depth: int | None = None
+    backpressure: bool = False
+    dispatch: DispatchResult = field(default_factory=DispatchResult)
+    schedules_created: int = 0
+    schedules_disabled: int = 0
+    schedules_advanced: int = 0
+    #: Wall-clock time the last message of this tick was handed to the broker.
+    last_published_at: datetime | None = None
+    #: Seconds spent per phase: planning, dispatch (claim + publish), bookkeeping.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        return self.dispatch.published
+
+
+def _is_due(boefje: Boefje, last_run: datetime | None, now: datetime, default_grace: int) -> bool:
+    if last_run is None:
+        return True
+    if boefje.cron:
+        return next_cron(boefje.cron, last_run) <= now
+    return grace_skip(boefje, last_run, now, default_grace) is None
+
+
+class BoefjePlanner:
+    def __init__(
+        self,
+        clients: KATClients,
+        tasks: TaskStore,
+        schedules: ScheduleStore,
+        settings: Settings,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.clients = clients
+        self.tasks = tasks
+        self.schedules = schedules
+        self.settings = settings
+        self.publisher = publisher
+
+    # --- the tick --------------------------------------------------------------------------
+
+    def organisations(self) -> list[str]:
+        return list(self.clients.katalogus.organisations())
+
+    def plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool = False) -> PlanReport:
+        """Plan ``organisations`` (all of Katalogus' if ``None``) and, unless dry, queue the result."""
+        report = PlanReport(now=now, dry_run=dry_run)
+        started = time.perf_counter()
+        orgs = list(organisations) if organisations is not None else self.organisations()
+        report.organisations = orgs
+        plans: list[OrgPlan] = []
+        for org in orgs:
+            plan = self.plan_org(org, now)
+            if plan.error:
+                report.errors[org] = plan.error
+            report.skipped.update(plan.skipped)
+            plans.append(plan)
+        candidates = list(interleave([p.candidates for p in plans]))
+        candidates = self._apply_backpressure(candidates, report)
+        report.planned = candidates
+        report.timings["planning"] = time.perf_counter() - started
+        if dry_run:
+            return report
+        grace = [s for p in plans for s in p.grace_schedules]
+        report.schedules_created += self.schedules.add_many(grace, now=now)
+        self._dispatch(candidates, report, now)
+        return report
+
+    def plan_org(self, organisation: str, now: datetime) -> OrgPlan:
+        """The candidates of one organisation; a broken service answer is logged, not raised."""
+        plan = OrgPlan(organisation)
+        try:
+            self._plan_org(plan, now)
+        except (ServiceError, ValidationError) as exc:
+            plan.error = f"{type(exc).__name__}: {exc}"
+            plan.candidates = []
+            plan.grace_schedules = []
+            logger.error("planning organisation %s failed, skipped this tick: %s", organisation, plan.error)
+        return plan
+
+    def _plan_org(self, plan: OrgPlan, now: datetime) -> None:
+        org = plan.organisation
+        index = BoefjeIndex(self.clients.katalogus.boefjes(org))
+        if not index.any_enabled:
+            return
+        top = TopK(self.settings.org_cap_per_tick)
+        bytes_history: dict[str, dict[str, datetime]] = {}
+        pages = self.clients.octopoes.iter_objects(
+            org,
+            types=index.types,
+            scan_levels=range(index.min_scan_level, 5),
+            page_size=self.settings.batch_size,
+            valid_time=now,
+        )
+        for page in pages:
+            pairs = pairs_for_page(org, index, page, plan.skipped, periodic=True)
+            for candidate in self._filter_pairs(org, pairs, plan, bytes_history, now):
+                top.push(candidate)
+        plan.skipped[SkipReason.ORG_CAP] += top.dropped
+        plan.candidates = top.sorted()
+
+    def _filter_pairs(
+        self,
+        org: str,
+        pairs: list[Pair],
+        plan: OrgPlan,
+        bytes_history: dict[str, dict[str, datetime]],
+        now: datetime,
+    ) -> Iterable[Candidate]:
+        if not pairs:
+            return []
+        hashes = [p.hash for p in pairs]
+        scheduled = self.schedules.existing_hashes(hashes)
+        open_pairs = [p for p in pairs if p.hash not in scheduled]
+        plan.skipped[SkipReason.SCHEDULED] += len(pairs) - len(open_pairs)
+        live = self.tasks.live_hashes([p.hash for p in open_pairs])
+        plan.skipped[SkipReason.LIVE] += len(live)
+        open_pairs = [p for p in open_pairs if p.hash not in live]
+        ours = self.tasks.last_runs([p.hash for p in open_pairs])
+        grace = self.settings.grace_period
+        out: list[Candidate] = []
+        for pair in open_pairs:
+            last = ours.get(pair.hash)
+            if last is None:
+                last = self._bytes_last_run(org, pair.boefje, pair.ooi.primary_key, bytes_history, now)
+            if not _is_due(pair.boefje, last, now, grace):
+                plan.skipped[SkipReason.GRACE] += 1
+                assert last is not None
+                plan.grace_schedules.append(self._new_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last))
+                continue
+            out.append(
+                Candidate(
+                    organisation=org,
+                    boefje=pair.boefje,
+                    input_ooi=pair.ooi.primary_key,
+                    hash=pair.hash,
+                    rank=rank_pair(pair, Trigger.PLAN, last, now, grace),
+                    trigger=Trigger.PLAN,
+                )
+            )
+        return out
+
+    def _bytes_last_run(
+        self, org: str, boefje: Boefje, input_ooi: str, cache: dict[str, dict[str, datetime]], now: datetime
+    ) -> datetime | None:
+        """The last run Bytes knows of, fetched in bulk once per (organisation, boefje)."""
+        if boefje.id not in cache:
+            cache[boefje.id] = self._fetch_bytes_history(org, boefje, now)
+        return cache[boefje.id].get(input_ooi)
+
+    def _fetch_bytes_history(self, org: str, boefje: Boefje, now: datetime) -> dict[str, datetime]:
+        latest: dict[str, datetime] = {}
+        horizon = self._history_horizon(boefje, now)
+        for page in self.clients.bytes.iter_run_times(org, boefje.id, page_size=self.settings.batch_size):
+            oldest: datetime | None = None
+            for meta in page:
+                if (
+                    meta.input_ooi
+                    and meta.ended_at
+                    and (meta.input_ooi not in latest or latest[meta.input_ooi] < meta.ended_at)
+                ):
+                    latest[meta.input_ooi] = meta.ended_at
+                if meta.started_at is not None and (oldest is None or meta.started_at < oldest):
+                    oldest = meta.started_at
+            if oldest is not None and oldest < horizon:
+                break  # newest first: older runs cannot keep anything in its grace period
+        return latest
+
+    def _history_horizon(self, boefje: Boefje, now: datetime) -> datetime:
+        if boefje.cron:
+            # A cron boefje is due once a cron time passed since its last run; a year covers any cron.
+            return now - timedelta(days=366)
+        # A day of margin: a run that started before the grace period may have ended inside it.
+        return now - grace_period(boefje, self.settings.grace_period) - timedelta(days=1)
+
+    # --- backpressure, dispatch, schedules -------------------------------------------------
+
+    def _apply_backpressure(self, candidates: list[Candidate], report: PlanReport) -> list[Candidate]:
+        if self.publisher is None:
+            return candidates
+        try:
+            depth = self.publisher.queue_depth(BOEFJE_QUEUE)
+        except Exception as exc:  # the broker may be down: say so, and plan as if the queue were empty
+            logger.warning("could not read the depth of queue %s: %s", BOEFJE_QUEUE, exc)
+            return candidates
+        report.queue_depth = depth
+        if depth <= self.settings.queue_depth_limit_boefjes:
+            return candidates
+        report.backpressure = True
+        kept = [c for c in candidates if c.rank.band <= self.settings.backpressure_band]
+        report.skipped[SkipReason.BACKPRESSURE] += len(candidates) - len(kept)
+        logger.warning(
+            "queue %s holds %d messages (limit %d): only bands <= %d are added this tick",
+            BOEFJE_QUEUE,
+            depth,
+            self.settings.queue_depth_limit_boefjes,
+            self.settings.backpressure_band,
+        )
+        return kept
+
+    def _dispatcher(self) -> Dispatcher:
+        if self.publisher is None:
+            raise RuntimeError("a planner that queues needs a publisher")
+        return Dispatcher(self.tasks, self.publisher)
+
+    def _dispatch(self, candidates: Sequence[Candidate], report: PlanReport, now: datetime) -> None:
+        """Claim and publish in batches; then, off the critical path, mark and schedule them."""
+        started = time.perf_counter()
+        dispatcher = self._dispatcher()
+        size = self.settings.batch_size
+        published: list[Candidate] = []
+        published_ids: list[uuid.UUID] = []
+        for start in range(0, len(candidates), size):
+            chunk = candidates[start : start + size]
+            by_hash = {c.hash: c for c in chunk}
+            result = dispatcher.dispatch([self._dispatchable(c) for c in chunk], mark=False)
+            published.extend(by_hash[t.hash] for t in result.published_tasks)
+            published_ids.extend(t.id for t in result.published_tasks)
+            result.published_tasks = []
+            report.dispatch.add(result)
+        report.last_published_at = utcnow()
+        report.timings["dispatch"] = report.timings.get("dispatch", 0.0) + time.perf_counter() - started
+        started = time.perf_counter()
+        for start in range(0, len(published_ids), 5 * size):
+            self.tasks.mark_published(published_ids[start : start + 5 * size])
+        fresh = [
+            self._new_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now)
+            for c in published
+            if c.schedule_id is None
+        ]
+        report.schedules_created += self.schedules.add_many(fresh, now=now)
+        report.timings["bookkeeping"] = report.timings.get("bookkeeping", 0.0) + time.perf_counter() - started
+
+    @staticmethod
+    def _dispatchable(candidate: Candidate) -> Dispatchable:
+        return Dispatchable(
+            task=new_boefje_task(candidate),
+            task_name=BOEFJE_TASK,
+            queue=BOEFJE_QUEUE,
+            kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
+        )
+
+    def _new_schedule(
+        self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
+    ) -> NewSchedule:
+        return NewSchedule(
+            scheduler_id=SchedulerId.BOEFJE,
+            organisation=org,
+            plugin_id=boefje.id,
+            input_ooi=input_ooi,
+            hash=hash_,
+            data={
+                "boefje": {"id": boefje.id, "name": boefje.name, "version": boefje.version},
+                "input_ooi": input_ooi,
+                "organization": org,
+            },
+            deadline_at=next_deadline(
+                boefje,
+                after,
+                hash_=hash_,
+                default_seconds=self.settings.grace_period,
+                jitter=self.settings.schedule_jitter,
+            ),
+            schedule=boefje.cron,
+            interval=boefje.interval,
+        )
+
+    # --- due schedules ---------------------------------------------------------------------
+
+    def queue_due(self, *, now: datetime, dry_run: bool = False) -> PlanReport:
+        """Queue every due schedule (oldest deadline first, no cap), re-checking eligibility."""
+        report = PlanReport(now=now, dry_run=dry_run)
+        indexes: dict[str, BoefjeIndex | None] = {}
+        for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size):
+            by_org: dict[str, list[ScheduleRow]] = defaultdict(list)
+            for row in batch:
+                by_org[row.organisation].append(row)
+            per_org: list[list[Candidate]] = []
+            advance: dict[str, tuple[ScheduleRow, Boefje]] = {}
+            disable: dict[str, list[ScheduleRow]] = defaultdict(list)
+            for org, rows in by_org.items():
+                candidates = self._due_candidates(org, rows, indexes, advance, disable, report, now)
+                per_org.append(candidates)
+            candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org]))
+            report.planned.extend(candidates)
+            if dry_run:
+                continue
+            for reason, rows in disable.items():
+                report.schedules_disabled += self.schedules.disable([r.id for r in rows], reason, now=now)
+            if candidates:
+                self._dispatch(candidates, report, now)
+            deadlines = {
+                row.id: next_deadline(
+                    boefje,
+                    now,
+                    hash_=row.hash,
+                    default_seconds=self.settings.grace_period,
+                    jitter=self.settings.schedule_jitter,
+                )
+                for row, boefje in advance.values()
+            }
+            self.schedules.set_deadlines(deadlines, now=now)
+            report.schedules_advanced += len(deadlines)
+        return report
+
+    def _due_candidates(
+        self,
+        org: str,
+        rows: list[ScheduleRow],
+        indexes: dict[str, BoefjeIndex | None],
+        advance: dict[str, tuple[ScheduleRow, Boefje]],
+        disable: dict[str, list[ScheduleRow]],
+        report: PlanReport,
+        now: datetime,
+    ) -> list[Candidate]:
+        if org not in indexes:
+            try:
+                indexes[org] = BoefjeIndex(self.clients.katalogus.boefjes(org))
+            except (ServiceError, ValidationError) as exc:
+                report.errors[org] = f"{type(exc).__name__}: {exc}"
+                logger.error("due schedules of %s left for the next tick: %s", org, report.errors[org])
+                indexes[org] = None
+        index = indexes[org]
+        if index is None:
+            return []
+        try:
+            objects = self._objects(org, [r.input_ooi for r in rows if r.input_ooi], index)
+        except (ServiceError, ValidationError) as exc:
+            report.errors[org] = f"{type(exc).__name__}: {exc}"
+            logger.error("due schedules of %s left for the next tick: %s", org, report.errors[org])
+            return []
+        live = self.tasks.live_hashes([r.hash for r in rows])
+        last_runs = self.tasks.last_runs([r.hash for r in rows])
+        out: list[Candidate] = []
+        for row in rows:
+            boefje = index.boefjes.get(row.plugin_id)
+            ooi = objects.get(row.input_ooi or "")
+            if boefje is None:
+                disable["plugin no longer exists"].append(row)
+                continue
+            if ooi is None:
+                disable["object no longer exists"].append(row)
+                continue
+            reason = static_skip(boefje, ooi, periodic=True)
+            if reason is not None:
+                report.skipped[reason] += 1
+                disable[str(reason)].append(row)
+                continue
+            advance[row.hash] = (row, boefje)
+            if row.hash in live:
+                report.skipped[SkipReason.LIVE] += 1
+                continue
+            pair = Pair(boefje, ooi, row.hash)
+            last = last_runs.get(row.hash) or self._estimated_last_run(row, boefje)
+            out.append(
+                Candidate(
+                    organisation=org,
+                    boefje=boefje,
+                    input_ooi=ooi.primary_key,
+                    hash=row.hash,
+                    rank=rank_pair(pair, Trigger.SCHEDULE, last, now, self.settings.grace_period),
+                    trigger=Trigger.SCHEDULE,
+                    schedule_id=row.id,
+                )
+            )
+        return out
+
+    def _estimated_last_run(self, row: ScheduleRow, boefje: Boefje) -> datetime | None:
+        """A schedule made from Bytes' history has no run in our table: its deadline minus one period
+        is when that run ended (within the jitter), which is enough to rank how overdue it is."""
+        if row.deadline_at is None:
+            return None
+        if boefje.cron:
+            return row.deadline_at - (next_cron(boefje.cron, row.deadline_at) - row.deadline_at)
+        return row.deadline_at - period(boefje, self.settings.grace_period)
+
+    def _objects(self, org: str, references: list[str], index: BoefjeIndex) -> dict[str, OOI]:
+        """The objects behind due schedules: one by one when few, else one listing."""
+        if len(references) <= PER_OBJECT_LOOKUP_LIMIT:
+            found: dict[str, OOI] = {}
+            for ref in references:
+                ooi = self.clients.octopoes.get_object(org, ref)
+                if ooi is not None:
+                    found[ref] = ooi
+            return found
+        wanted = set(references)
+        types = sorted({ref.split("|", 1)[0] for ref in references})
+        found = {}
+        for page in self.clients.octopoes.iter_objects(org, types=types, page_size=self.settings.batch_size):
+            for ooi in page:
+                if ooi.primary_key in wanted:
+                    found[ooi.primary_key] = ooi
+        return found
+
+    # --- manual requests -------------------------------------------------------------------
+
+    def push(self, organisation: str, boefje_id: str, input_ooi: str | None, *, now: datetime) -> PushResult:
+        """Queue one boefje at band 0: bypasses grace, never clearance. Raises :class:`PushRefused`."""
+        boefje = self.clients.katalogus.plugin(organisation, boefje_id)
+        if not isinstance(boefje, Boefje):
+            raise PushRefused(f"no boefje {boefje_id!r} in organisation {organisation!r}")
+        scan_level = boefje.scan_level
+        if input_ooi is not None:
+            ooi = self.clients.octopoes.get_object(organisation, input_ooi)
+            if ooi is None:
+                raise PushRefused(f"no object {input_ooi!r} in organisation {organisation!r}")
+            if boefje.consumes and ooi.object_type not in boefje.consumes:
+                raise PushRefused(f"boefje {boefje_id} does not consume {ooi.object_type}")
+            if clearance_skip(boefje, ooi) is not None:
+                raise PushRefused(
+                    f"boefje {boefje_id} needs scan level {boefje.scan_level}, {input_ooi} has "
+                    f"{ooi.scan_level}: clearance is never bypassed"
+                )
+        hash_ = boefje_task_hash(boefje.id, organisation, input_ooi)
+        rank = rank_boefje(
+            BoefjeCandidate(
+                trigger=Trigger.MANUAL,
+                scan_level=scan_level,
+                interval=grace_period(boefje, self.settings.grace_period),
+            ),
+            now,
+        )
+        candidate = Candidate(organisation, boefje, input_ooi, hash_, rank, Trigger.MANUAL)
+        item = self._dispatchable(candidate)
+        result = self._dispatcher().dispatch([item])
+        if result.errors:
+            raise PushRefused(f"could not publish: {result.errors[0]}")
+        if result.claimed == 0:
+            return PushResult(task_id=None, hash=hash_, already_live=True)
+        return PushResult(task_id=item.task.id, hash=hash_, already_live=False)
+
+
+class PushRefused(Exception):
+    """A manual request that may not be queued (unknown plugin or object, clearance)."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    task_id: uuid.UUID | None
+    hash: str
+    already_live: bool

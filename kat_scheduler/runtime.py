@@ -1,0 +1,89 @@
+"""Per-process resources: database engine, KAT clients, publisher, created on first use.
+
+Celery's prefork pool forks workers from a parent; a pooled connection must never cross a fork,
+so nothing here is created at import time and :func:`reset_runtime` runs in every new child
+(``worker_process_init``).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from kat_scheduler.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from kat_scheduler.clients import KATClients
+    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.publisher import Publisher
+    from kat_scheduler.storage import ScheduleStore, TaskStore
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        from kat_scheduler.storage.db import make_engine
+
+        return make_engine(self.settings.db_uri, pool_size=self.settings.db_pool_size)
+
+    @cached_property
+    def clients(self) -> KATClients:
+        from kat_scheduler.clients import clients_from_settings
+
+        return clients_from_settings(self.settings)
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        from kat_scheduler.publisher import make_publisher
+
+        return make_publisher(self.settings)
+
+    @cached_property
+    def tasks(self) -> TaskStore:
+        from kat_scheduler.storage import TaskStore
+
+        return TaskStore(self.engine)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        from kat_scheduler.storage import ScheduleStore
+
+        return ScheduleStore(self.engine)
+
+    def planner(self) -> BoefjePlanner:
+        from kat_scheduler.planning.boefjes import BoefjePlanner
+
+        return BoefjePlanner(self.clients, self.tasks, self.schedules, self.settings, self.publisher)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "clients" in self.__dict__:
+            self.clients.close()
+        if "publisher" in self.__dict__:
+            self.publisher.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget this process's resources (after a fork: don't close the parent's, just drop them)."""
+    global _runtime
+    with _lock:
+        _runtime = None

@@ -1,0 +1,52 @@
+"""When a schedule is next due. Pure: no clock, no randomness beyond the schedule's own hash.
+
+* ``cron`` set → the next cron time after the reference time (cron decides, no jitter);
+* else ``interval`` (minutes) → reference + interval + jitter;
+* else the default grace period → reference + grace + jitter.
+
+Jitter spreads schedules created in the same tick over ``jitter × period``, so a million objects
+found at once do not all fall due in the same minute again. It is derived from the task hash,
+so the same schedule always gets the same offset.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timedelta
+
+from croniter import croniter
+
+from kat_scheduler.models.plugins import Boefje
+
+
+def jitter_fraction(hash_: str) -> float:
+    """A stable number in [0, 1) from a task hash (32 hex characters)."""
+    return int(hash_[:8], 16) / 0x1_0000_0000
+
+
+def period(boefje: Boefje, default_seconds: int) -> timedelta:
+    if boefje.interval:
+        return timedelta(minutes=boefje.interval)
+    return timedelta(seconds=default_seconds)
+
+
+@functools.lru_cache(maxsize=4096)
+def next_cron(expression: str, after: datetime) -> datetime:
+    """The first time of cron ``expression`` after ``after`` (cached: a tick asks the same a lot)."""
+    following: datetime = croniter(expression, after).get_next(datetime)
+    return following
+
+
+def next_deadline(
+    boefje: Boefje,
+    after: datetime,
+    *,
+    hash_: str,
+    default_seconds: int,
+    jitter: float,
+) -> datetime:
+    """The first time after ``after`` the boefje is due again on the object of ``hash_``."""
+    if boefje.cron:
+        return next_cron(boefje.cron, after)
+    base = period(boefje, default_seconds)
+    return after + base + base * (jitter * jitter_fraction(hash_))

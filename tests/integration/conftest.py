@@ -1,0 +1,67 @@
+"""Fixtures for planning and dispatch tests: a simulated KAT over HTTP and a planner on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+
+from kat_scheduler.clients import BytesClient, KatalogusClient, KATClients, OctopoesClient
+from kat_scheduler.settings import Settings, load_settings
+from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
+from kat_scheduler.sim.world import World
+
+#: The simulated world's "now"; history ages are relative to it.
+WORLD_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def world() -> World:
+    return generate_world(WorldConfig(seed=11, organisations=3, oois_per_org=120, boefjes=12, now=WORLD_NOW))
+
+
+@pytest.fixture
+def kat(world: World) -> Iterator[SimulatedKAT]:
+    with SimulatedKAT(world).start() as sim:
+        yield sim
+
+
+def make_clients(kat: SimulatedKAT) -> KATClients:
+    options = {"timeout": 5.0, "retries": 1, "backoff": 0.0}
+    return KATClients(
+        octopoes=OctopoesClient(kat.octopoes_url, **options),
+        katalogus=KatalogusClient(kat.katalogus_url, **options),
+        bytes=BytesClient(kat.bytes_url, "bytes", "bytes", **options),
+    )
+
+
+@pytest.fixture
+def clients(kat: SimulatedKAT) -> Iterator[KATClients]:
+    kat_clients = make_clients(kat)
+    yield kat_clients
+    kat_clients.close()
+
+
+@pytest.fixture
+def planner_settings(kat: SimulatedKAT, redis_url: str, postgres_uri: str) -> Settings:
+    return load_settings(
+        octopoes_api=kat.octopoes_url,
+        katalogus_api=kat.katalogus_url,
+        bytes_api=kat.bytes_url,
+        broker_url=redis_url,
+        db_uri=postgres_uri,
+        batch_size=100,
+    )
+
+
+@pytest.fixture
+def planner(planner_settings: Settings, clients: KATClients, pg_engine: Engine):
+    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.storage import ScheduleStore, TaskStore
+
+    publisher = make_publisher(planner_settings)
+    yield BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
+    publisher.close()

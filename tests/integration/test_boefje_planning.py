@@ -1,0 +1,223 @@
+"""The boefje planner against the simulated KAT over HTTP, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import redis
+from sqlalchemy import Engine, select, update
+
+from kat_scheduler.eligibility import SkipReason
+from kat_scheduler.models import TaskStatus
+from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.storage import ScheduleRow, TaskRow
+from tests.integration.conftest import WORLD_NOW
+
+NOW = WORLD_NOW + timedelta(minutes=5)
+
+
+def queued_triples(engine: Engine) -> list[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi).where(
+                TaskRow.status == TaskStatus.QUEUED
+            )
+        ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def broker_messages(redis_url: str) -> list[dict]:
+    client = redis.Redis.from_url(redis_url)
+    keys = [k for k in client.keys("boefjes*") if not k.startswith(b"_kombu")]
+    return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
+
+
+def test_a_tick_queues_exactly_the_tasks_the_rules_allow(planner, world, pg_engine, redis_url) -> None:
+    report = planner.plan(None, now=NOW)
+    expected = allowed_boefje_tasks(world, NOW)
+    assert expected, "the world should allow some tasks"
+    queued = queued_triples(pg_engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == expected
+    assert report.queued == len(expected)
+    assert not report.errors
+    # Row before message: one message per row, each published, with the row id as Celery id.
+    messages = broker_messages(redis_url)
+    assert len(messages) == len(expected)
+    with pg_engine.connect() as conn:
+        ids = {str(i) for i in conn.execute(select(TaskRow.id).where(TaskRow.published_at.is_not(None))).scalars()}
+    assert {m["headers"]["id"] for m in messages} == ids
+
+
+def test_a_second_tick_queues_nothing_new(planner, pg_engine) -> None:
+    first = planner.plan(None, now=NOW)
+    second = planner.plan(None, now=NOW + timedelta(minutes=1))
+    assert first.queued > 0
+    assert second.queued == 0
+    assert second.skipped[SkipReason.SCHEDULED] >= first.queued
+    assert len(queued_triples(pg_engine)) == first.queued
+
+
+def test_a_planned_pair_gets_a_schedule_for_its_next_run(planner, pg_engine) -> None:
+    report = planner.plan(None, now=NOW)
+    with pg_engine.connect() as conn:
+        deadlines = conn.execute(select(ScheduleRow.deadline_at)).scalars().all()
+    assert len(deadlines) >= report.queued
+    assert all(d > NOW for d in deadlines)
+
+
+def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, world) -> None:
+    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.storage import ScheduleStore, TaskStore
+    from tests.integration.conftest import make_clients
+
+    reports = []
+    barrier = threading.Barrier(3)
+
+    def tick() -> None:
+        clients = make_clients(kat)
+        publisher = make_publisher(planner_settings)
+        planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
+        barrier.wait()
+        reports.append(planner.plan(None, now=NOW))
+        publisher.close()
+        clients.close()
+
+    threads = [threading.Thread(target=tick) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    queued = queued_triples(pg_engine)
+    assert len(queued) == len(set(queued)) == len(allowed_boefje_tasks(world, NOW))
+    assert sum(r.queued for r in reports) == len(queued)
+
+
+def test_a_dry_run_explains_and_changes_nothing(planner, world, pg_engine, redis_url) -> None:
+    report = planner.plan(None, now=NOW, dry_run=True)
+    planned = {(c.organisation, c.boefje.id, c.input_ooi) for c in report.planned}
+    assert planned == allowed_boefje_tasks(world, NOW)
+    assert report.skipped[SkipReason.CLEARANCE] > 0
+    assert report.skipped[SkipReason.NOT_ENABLED] > 0
+    assert queued_triples(pg_engine) == []
+    assert broker_messages(redis_url) == []
+
+
+def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planned(
+    planner, kat, world, pg_engine, caplog
+) -> None:
+    broken = world.organisation_ids[1]
+    kat.inject_fault(
+        "octopoes",
+        status=200,
+        body=b'{"count": 1, "items": [{"nope": 1}]}',
+        times=None,
+        path_prefix=f"/{broken}/objects",
+    )
+    report = planner.plan(None, now=NOW)
+    assert set(report.errors) == {broken}
+    assert broken in caplog.text
+    expected = {t for t in allowed_boefje_tasks(world, NOW) if t[0] != broken}
+    assert set(queued_triples(pg_engine)) == expected
+
+
+def test_bands_follow_the_rankers(planner) -> None:
+    report = planner.plan(None, now=NOW, dry_run=True)
+    never_run = [c for c in report.planned if c.rank.reason == "never run"]
+    reruns = [c for c in report.planned if c.rank.reason.startswith("re-run")]
+    assert never_run and reruns
+    assert {c.rank.band for c in never_run} == {2}
+    assert all(3 <= c.rank.band <= 8 for c in reruns)
+    # Most urgent first in the plan.
+    assert [c.rank.band for c in report.planned] == sorted(c.rank.band for c in report.planned)
+
+
+def test_an_organisation_adds_at_most_its_cap_per_tick(planner, world) -> None:
+    planner.settings = planner.settings.model_copy(update={"org_cap_per_tick": 5})
+    report = planner.plan(None, now=NOW)
+    assert report.queued == 5 * len(world.organisation_ids)
+    assert report.skipped[SkipReason.ORG_CAP] > 0
+    # The rest is found again next tick.
+    assert planner.plan(None, now=NOW).queued == 5 * len(world.organisation_ids)
+
+
+def test_organisations_take_turns_within_a_band(planner, world) -> None:
+    report = planner.plan(None, now=NOW, dry_run=True)
+    band2 = [c.organisation for c in report.planned if c.rank.band == 2]
+    first_round = band2[: len(world.organisation_ids)]
+    assert sorted(first_round) == sorted(world.organisation_ids)
+
+
+def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(planner) -> None:
+    planner.settings = planner.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
+    first = planner.plan(None, now=NOW)  # the queue is empty: everything goes
+    assert first.queued > 1 and not first.backpressure
+    # Make every pair due again by forgetting the schedules; now the queue is deep.
+    planner.schedules.engine.dispose()
+    with planner.tasks.engine.begin() as conn:
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=30)))
+        conn.execute(ScheduleRow.__table__.delete())
+    second = planner.plan(None, now=NOW)
+    assert second.backpressure and second.queue_depth >= first.queued
+    assert second.skipped[SkipReason.BACKPRESSURE] > 0
+    assert all(c.rank.band <= 2 for c in second.planned)
+
+
+def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
+        assert schedule is not None
+        # The earlier run finished; the schedule is due.
+        conn.execute(
+            update(TaskRow)
+            .where(TaskRow.hash == schedule.hash)
+            .values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2))
+        )
+        conn.execute(
+            update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW - timedelta(hours=1))
+        )
+    later = NOW + timedelta(minutes=10)
+    report = planner.queue_due(now=later)
+    assert report.queued == 1
+    assert report.planned[0].hash == schedule.hash and report.planned[0].rank.band in range(3, 9)
+    row = planner.schedules.get_by_hash(schedule.hash)
+    assert row.deadline_at > later
+    with pg_engine.connect() as conn:
+        live = conn.execute(
+            select(TaskRow.schedule_id).where(TaskRow.hash == schedule.hash, TaskRow.status == TaskStatus.QUEUED)
+        ).scalar_one()
+    assert live == schedule.id
+
+
+def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
+        conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
+    world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
+    report = planner.queue_due(now=NOW + timedelta(minutes=1))
+    row = planner.schedules.get_by_hash(schedule.hash)
+    assert not row.enabled and row.disabled_reason == str(SkipReason.NOT_ENABLED)
+    assert report.schedules_disabled >= 1
+    assert all(c.boefje.id != schedule.plugin_id or c.organisation != schedule.organisation for c in report.planned)
+
+
+def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = (
+            conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "nmap").limit(1)).first()
+            or conn.execute(select(ScheduleRow).limit(1)).first()
+        )
+        conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
+    world.set_scan_level(schedule.organisation, schedule.input_ooi, 0)
+    planner.queue_due(now=NOW + timedelta(minutes=1))
+    row = planner.schedules.get_by_hash(schedule.hash)
+    if world.plugin(schedule.plugin_id).scan_level > 0:
+        assert not row.enabled and row.disabled_reason == str(SkipReason.CLEARANCE)

@@ -1,0 +1,97 @@
+"""``kat-scheduler plan --dry-run`` and ``kat-scheduler push boefje`` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from tests.integration.test_planning_workers import queued_rows, worker_env
+
+
+def kat_scheduler(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "kat_scheduler", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plan_dry_run_prints_one_json_line_per_would_be_task_and_queues_nothing(
+    kat, world, pg_engine, postgres_uri, redis_url
+) -> None:
+    env = worker_env(kat, postgres_uri, redis_url)
+    result = kat_scheduler(env, "plan", "--dry-run", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(set(line) == {"organisation", "boefje_id", "input_ooi", "band", "reason"} for line in lines)
+    assert {(x["organisation"], x["boefje_id"], x["input_ooi"]) for x in lines} == allowed_boefje_tasks(
+        world, datetime.now(UTC)
+    )
+    assert queued_rows(pg_engine) == []
+
+
+def test_plan_dry_run_table_explains_what_was_skipped_for_one_organisation(kat, world, postgres_uri, redis_url) -> None:
+    org = world.organisation_ids[0]
+    result = kat_scheduler(worker_env(kat, postgres_uri, redis_url), "plan", "--dry-run", "--org", org)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0].split()[:4] == ["ORGANISATION", "BOEFJE", "BAND", "REASON"]
+    assert "would queue:" in out and "for 1 organisation(s)" in out
+    assert "scan level too low:" in out and "not enabled:" in out
+    assert "queue depth (boefjes): 0" in out
+    other = world.organisation_ids[1]
+    assert other not in out
+
+
+def test_push_queues_at_band_0_and_prints_the_task_id(kat, world, pg_engine, postgres_uri, redis_url) -> None:
+    org, boefje, ooi = sorted(
+        t for t in allowed_boefje_tasks(world, datetime.now(UTC)) if t[0] == world.organisation_ids[0]
+    )[0]
+    env = worker_env(kat, postgres_uri, redis_url)
+    result = kat_scheduler(env, "push", "boefje", "--org", org, "--boefje", boefje, "--ooi", ooi)
+    assert result.returncode == 0, result.stderr
+    task_id = result.stdout.strip()
+    rows = queued_rows(pg_engine)
+    assert [(o, b, i, band, tid) for o, b, i, band, tid in rows] == [(org, boefje, ooi, 0, task_id)]
+    again = kat_scheduler(env, "push", "boefje", "--org", org, "--boefje", boefje, "--ooi", ooi)
+    assert again.returncode == 3 and "already queued" in again.stderr
+
+
+def test_push_never_bypasses_clearance(kat, world, postgres_uri, redis_url) -> None:
+    org = world.organisation_ids[0]
+    level0 = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level == 0)
+    result = kat_scheduler(
+        worker_env(kat, postgres_uri, redis_url),
+        "push",
+        "boefje",
+        "--org",
+        org,
+        "--boefje",
+        "dns-records",
+        "--ooi",
+        level0.primary_key,
+    )
+    assert result.returncode == 1
+    assert "clearance is never bypassed" in result.stderr
+
+
+def test_push_of_an_unknown_boefje_says_so(kat, world, postgres_uri, redis_url) -> None:
+    result = kat_scheduler(
+        worker_env(kat, postgres_uri, redis_url),
+        "push",
+        "boefje",
+        "--org",
+        world.organisation_ids[0],
+        "--boefje",
+        "no-such-boefje",
+        "--ooi",
+        "Hostname|internet|x",
+    )
+    assert result.returncode == 1 and "no boefje 'no-such-boefje'" in result.stderr
