@@ -1,0 +1,216 @@
+"""Benchmark: one planning tick of a real scheduler worker on a large simulated world.
+
+    .venv/bin/python -m benchmarks.plan_boefjes [--organisations 10 --oois 10000 --boefjes 10 --runs 3]
+
+Per run: a fresh PostgreSQL database and Redis db, the simulated KAT (in this process, so its
+request counts per service are exact), and a stock ``celery worker -Q scheduler -P solo``
+subprocess (one process: its peak RSS is the producer's). The tick is one
+``kat.scheduler.plan_boefjes_for_org`` task for all organisations; its time runs from sending it
+to the last task row's ``published_at``. Then a warm tick (nothing new). The queued set is
+compared with the set the rules allow, computed independently from the world
+(``kat_scheduler.sim.oracle``). Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+
+from kat_scheduler.celery_app import create_app
+from kat_scheduler.queues import Queue, TaskName, broker_priority
+from kat_scheduler.settings import load_settings
+from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
+from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.storage import migrate
+from kat_scheduler.storage.db import normalise_url
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES = os.environ.get("BENCH_POSTGRES_URI", "postgresql://127.0.0.1:5432/test")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+
+def fresh_database() -> tuple[str, sa.Engine]:
+    admin = sa.create_engine(normalise_url(POSTGRES), isolation_level="AUTOCOMMIT")
+    name = f"kat_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    uri = normalise_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(uri)
+    return uri, admin
+
+
+def drop_database(admin: sa.Engine, uri: str) -> None:
+    name = sa.engine.make_url(uri).database
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_once(world, kat: SimulatedKAT, expected: set, args) -> dict:
+    db_uri, admin = fresh_database()
+    broker = redis.Redis.from_url(REDIS)
+    broker.flushdb()
+    env = {
+        **os.environ,
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": db_uri,
+        "SCHEDULER_BROKER_URL": REDIS,
+        "SCHEDULER_RESULT_BACKEND": REDIS,
+        "SCHEDULER_BATCH_SIZE": str(args.batch),
+        "SCHEDULER_ORG_CAP_PER_TICK": "10000000",
+        "SCHEDULER_QUEUE_DEPTH_LIMIT_BOEFJES": "10000000",
+        "PYTHONPATH": str(ROOT),
+    }
+    log = open(ROOT / "benchmarks" / "last-worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "kat_scheduler",
+            "worker",
+            "-Q",
+            "scheduler",
+            "-P",
+            "solo",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+            "-n",
+            f"bench-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    settings = load_settings(broker_url=REDIS, result_backend=REDIS, db_uri=db_uri)
+    app = create_app(settings, main="bench")
+    engine = sa.create_engine(normalise_url(db_uri))
+    orgs = world.organisation_ids
+    try:
+        # Warm the worker up (imports, connections) with an empty plan.
+        app.send_task(
+            TaskName.PLAN_BOEFJES_FOR_ORG.value,
+            kwargs={"organisations": []},
+            queue=Queue.SCHEDULER.value,
+            priority=broker_priority(0, "redis"),
+        ).get(timeout=120)
+        figures = {}
+        for phase in ("cold", "warm"):
+            kat.reset_counts()
+            sent = datetime.now(UTC)
+            t0 = time.perf_counter()
+            summary = app.send_task(
+                TaskName.PLAN_BOEFJES_FOR_ORG.value,
+                kwargs={"organisations": orgs},
+                queue=Queue.SCHEDULER.value,
+                priority=broker_priority(0, "redis"),
+            ).get(timeout=1800)
+            task_seconds = time.perf_counter() - t0
+            last = summary["last_published_at"]
+            last_publish = datetime.fromisoformat(last) if last else None
+            queued = summary["queued"]
+            tick_seconds = (last_publish - sent).total_seconds() if (queued and last_publish) else task_seconds
+            figures[phase] = {
+                "queued": queued,
+                "tick_s": tick_seconds,
+                "task_s": task_seconds,
+                "rate": queued / tick_seconds if queued else 0.0,
+                "requests": dict(kat.request_counts),
+                "errors": summary["errors"],
+                "timings": summary["timings"],
+            }
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT organisation, plugin_id, input_ooi FROM tasks")).all()
+        queued_set = {(r[0], r[1], r[2]) for r in rows}
+        depth = sum(broker.llen(k) for k in broker.keys("boefjes*") if not k.startswith(b"_kombu"))
+        figures["exact"] = queued_set == expected and len(rows) == len(expected)
+        figures["missing"] = len(expected - queued_set)
+        figures["extra"] = len(queued_set - expected)
+        figures["broker_depth"] = depth
+        figures["rss_mb"] = peak_rss_mb(worker.pid)
+        return figures
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+        engine.dispose()
+        drop_database(admin, db_uri)
+        admin.dispose()
+        broker.flushdb()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--organisations", type=int, default=10)
+    parser.add_argument("--oois", type=int, default=10_000)
+    parser.add_argument("--boefjes", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    t = time.perf_counter()
+    world = generate_world(
+        WorldConfig(seed=args.seed, organisations=args.organisations, oois_per_org=args.oois, boefjes=args.boefjes)
+    )
+    print(
+        f"world: {args.organisations} orgs x {args.oois} OOIs x {args.boefjes} boefjes, "
+        f"generated in {time.perf_counter() - t:.1f} s"
+    )
+    import gc
+
+    gc.freeze()
+    with SimulatedKAT(world).start() as kat:
+        expected = allowed_boefje_tasks(world, datetime.now(UTC))
+        print(f"the rules allow {len(expected)} tasks")
+        runs = []
+        for n in range(args.runs):
+            figures = run_once(world, kat, expected, args)
+            runs.append(figures)
+            cold, warm = figures["cold"], figures["warm"]
+            req = sum(cold["requests"].values())
+            print(
+                f"run {n + 1}: cold {cold['queued']} tasks in {cold['tick_s']:.2f} s = {cold['rate']:,.0f} tasks/s; "
+                f"requests {cold['requests']} = {req / max(cold['queued'], 1):.4f}/task; "
+                f"warm {warm['queued']} new in {warm['task_s']:.2f} s, requests {warm['requests']}; "
+                f"peak RSS {figures['rss_mb']:.0f} MB; exact set: {figures['exact']} "
+                f"(missing {figures['missing']}, extra {figures['extra']}); on broker: {figures['broker_depth']}"
+            )
+            print(f"  phases (s): cold {cold['timings']}, warm {warm['timings']}")
+            if cold["errors"] or warm["errors"]:
+                print(f"  errors: {cold['errors'] or warm['errors']}")
+    rates = [r["cold"]["rate"] for r in runs]
+    per_task = [sum(r["cold"]["requests"].values()) / max(r["cold"]["queued"], 1) for r in runs]
+    print(
+        f"median of {len(runs)}: {statistics.median(rates):,.0f} tasks/s claimed and published (cold), "
+        f"{statistics.median(per_task):.4f} HTTP requests per queued task, "
+        f"peak RSS {statistics.median(r['rss_mb'] for r in runs):.0f} MB, "
+        f"warm tick {statistics.median(r['warm']['task_s'] for r in runs):.2f} s, "
+        f"exact in {sum(r['exact'] for r in runs)}/{len(runs)} runs"
+    )
+
+
+if __name__ == "__main__":
+    main()
