@@ -1,0 +1,426 @@
+"""The event listener's machinery: KAT's events off the broker, in batches, into a handler.
+
+KAT publishes ``scan_profile_mutations`` and ``raw_file_received`` as plain JSON bodies on the
+default exchange, to durable queues of those names. :class:`EventConsumer` consumes them with
+kombu (RabbitMQ in production, kombu's Redis transport in an embedded run), collects the messages
+of each queue into batches, validates them and calls ``handler(queue, events)`` once per batch.
+
+A message is acked only after its work is done:
+
+* a message that is not JSON or does not validate is published, body untouched, to
+  ``<queue>.dead`` with the headers ``x-death-reason`` and ``x-original-queue``, then acked;
+* when the handler returns, the events it rejected go to ``<queue>.dead`` and the rest are acked;
+* when the handler raises, the batch waits out a backoff (doubling up to ``max_backoff``, reset
+  by the next success) and goes back on the queue;
+* when the connection is lost, the broker puts our unacked messages back by itself, and we
+  reconnect after the same kind of backoff.
+
+So every event is handled at least once; a batch cut off between handler and ack is handled
+again, which the handler's claims make harmless. We declare nothing but our two queues and
+their ``.dead`` queues, and an event queue that already exists is used as it is, so however
+KAT declared it, our declaration never clashes with KAT's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Queue as KombuQueue
+from kombu.message import Message
+from kombu.messaging import Consumer, Producer
+from pydantic import BaseModel, ValidationError
+
+from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
+from kat_scheduler.queues import transport_of
+from kat_scheduler.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
+RAW_FILE_RECEIVED = "raw_file_received"
+
+#: The model that validates the events of each queue.
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    SCAN_PROFILE_MUTATIONS: ScanProfileMutation,
+    RAW_FILE_RECEIVED: RawFileReceived,
+}
+
+STATS = ("received", "acked", "dead_lettered", "requeued", "batches", "reconnects")
+PERSISTENT = 2
+#: RabbitMQ's prefetch count is a 16-bit number.
+MAX_PREFETCH = 65535
+#: Longest wait for a message while no batch is open: a stop is noticed within this time.
+IDLE_WAIT = 0.5
+#: Longest ``x-death-reason`` kept.
+MAX_REASON = 300
+#: On the Redis transport our unacked messages are kept under keys of their own, away from
+#: Celery's (which may share the database): a killed listener's messages come back after this
+#: visibility timeout, and neither side's restore ever redelivers the other's messages.
+REDIS_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": 300,
+    "unacked_key": "kat_scheduler.events.unacked",
+    "unacked_index_key": "kat_scheduler.events.unacked_index",
+    "unacked_mutex_key": "kat_scheduler.events.unacked_mutex",
+}
+#: On RabbitMQ a dead letter counts as stored once the broker has confirmed it.
+AMQP_TRANSPORT_OPTIONS: dict[str, Any] = {"confirm_publish": True}
+
+
+class TransientError(Exception):
+    """Raised by a handler: the batch cannot be done now (a service or the database is down)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Returned by a handler: the event at ``index`` of its batch can never be processed."""
+
+    index: int
+    reason: str
+
+
+#: ``handler(queue, events) -> rejected``: ``events`` are the validated events of one batch
+#: (:class:`ScanProfileMutation` or :class:`RawFileReceived`, see :data:`EVENT_MODELS`). Whatever
+#: the batch causes is persisted before it returns; it returns the events it will never be able
+#: to process, and raises :class:`TransientError` to have the whole batch tried again later.
+Handler = Callable[[str, list[Any]], list[Rejected]]
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+class Backoff:
+    """Delays that double from ``first`` up to ``cap``, until :meth:`reset`."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0 ** min(self.failures, 32))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _Poison(Exception):
+    """A message that can never become an event."""
+
+
+@dataclass
+class _Batch:
+    started: float
+    messages: list[Message] = field(default_factory=list)
+
+
+class _Batches:
+    """The messages of one connection, collected per queue into batches."""
+
+    def __init__(self, size: int, window: float) -> None:
+        self.size = size
+        self.window = window
+        self.open: dict[str, _Batch] = {}
+
+    def add(self, queue: str, message: Message) -> None:
+        self.open.setdefault(queue, _Batch(time.monotonic())).messages.append(message)
+
+    def next_due(self, now: float) -> tuple[str, list[Message]] | None:
+        """Take the oldest batch that is full or whose window has passed."""
+        due = [
+            (batch.started, queue)
+            for queue, batch in self.open.items()
+            if len(batch.messages) >= self.size or now >= batch.started + self.window
+        ]
+        if not due:
+            return None
+        queue = min(due)[1]
+        batch = self.open.pop(queue)
+        taken, rest = batch.messages[: self.size], batch.messages[self.size :]
+        if rest:
+            self.open[queue] = _Batch(now, rest)
+        return queue, taken
+
+    def wait(self, now: float) -> float:
+        """How long to wait for more messages before a batch falls due."""
+        if not self.open:
+            return IDLE_WAIT
+        first_due = min(batch.started for batch in self.open.values()) + self.window
+        return max(first_due - now, 0.001)
+
+    def take_all(self) -> list[Message]:
+        messages = [message for batch in self.open.values() for message in batch.messages]
+        self.open.clear()
+        return messages
+
+
+class EventConsumer:
+    """Consumes the event queues that have a handler, in batches; see the module docstring.
+
+    ``prefetch`` (default ``2 * batch_size``) is how many unacked messages the broker lets us
+    hold. ``min_backoff`` is the first delay after a failed batch or a lost connection; each
+    further failure doubles it, up to ``max_backoff``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        handlers: dict[str, Handler],
+        *,
+        batch_size: int = 500,
+        batch_window: float = 0.05,
+        prefetch: int | None = None,
+        max_backoff: float = 30.0,
+        connect_timeout: float = 10.0,
+        min_backoff: float = 0.5,
+    ) -> None:
+        unknown = sorted(set(handlers) - set(EVENT_MODELS))
+        if unknown or not handlers:
+            raise ValueError(f"handlers must be given for some of {sorted(EVENT_MODELS)}, not {unknown or 'none'}")
+        if batch_size < 1 or batch_window < 0 or min_backoff < 0 or max_backoff < min_backoff:
+            raise ValueError("batch_size must be at least 1, batch_window >= 0 and 0 <= min_backoff <= max_backoff")
+        self.url = url
+        self.handlers = dict(handlers)
+        self.batch_size = batch_size
+        self.batch_window = batch_window
+        self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
+        self.connect_timeout = connect_timeout
+        self._handler_backoff = Backoff(min_backoff, max_backoff)
+        self._reconnect_backoff = Backoff(min_backoff, max_backoff)
+        self._stats = dict.fromkeys(STATS, 0)
+        self._stats_lock = threading.Lock()
+
+    # --- public --------------------------------------------------------------------------
+
+    def run(self, *, stop: threading.Event | None = None, max_batches: int | None = None) -> None:
+        """Consume until ``stop`` is set (or ``max_batches`` batches are done), reconnecting as needed."""
+        stop = stop or threading.Event()
+        while not (stop.is_set() or self._finished(max_batches)):
+            connection = self._connection()
+            lost = (*connection.connection_errors, *connection.channel_errors, OSError)
+            try:
+                with connection:
+                    self._consume(connection, stop, max_batches)
+            except lost as exc:
+                self._count("reconnects")
+                delay = self._reconnect_backoff.next()
+                logger.warning(
+                    "events broker %s: connection lost (%s); reconnecting in %.1f s",
+                    connection.as_uri(),
+                    str(exc) or type(exc).__name__,
+                    delay,
+                )
+                stop.wait(delay)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: received, acked, dead_lettered, requeued, batches, reconnects.
+
+        ``received`` counts redeliveries again; ``acked`` counts acks sent (an ack sent just as the
+        connection died is counted, and the broker delivers that message again); ``batches``
+        counts batches taken up, including ones that held only poison or whose handler failed.
+        """
+        with self._stats_lock:
+            return dict(self._stats)
+
+    # --- one connection ------------------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        transport = transport_of(self.url)
+        options: dict[str, Any] = {}
+        if transport == "amqp":
+            options = dict(AMQP_TRANSPORT_OPTIONS)
+        elif transport == "redis":
+            options = {**REDIS_TRANSPORT_OPTIONS, "socket_connect_timeout": self.connect_timeout}
+        return Connection(self.url, connect_timeout=self.connect_timeout, transport_options=options)
+
+    def _consume(self, connection: Connection, stop: threading.Event, max_batches: int | None) -> None:
+        # one attempt: the retries are ours (they heed the stop event), not kombu's
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        self._declare(connection)
+        channel = connection.channel()
+        channel.basic_qos(0, self.prefetch, False)
+        batches = _Batches(self.batch_size, self.batch_window)
+        producer = Producer(channel, auto_declare=False)  # the default exchange, for dead letters
+        consumers = [self._consumer(channel, batches, queue) for queue in self.handlers]
+        for consumer in consumers:
+            consumer.consume()
+        self._reconnect_backoff.reset()
+        logger.info(
+            "listening on %s at %s (batches of up to %d, prefetch %d)",
+            ", ".join(self.handlers),
+            connection.as_uri(),
+            self.batch_size,
+            self.prefetch,
+        )
+
+        while not (stop.is_set() or self._finished(max_batches)):
+            due = batches.next_due(time.monotonic())
+            if due is not None:
+                self._handle(producer, *due, stop)
+                continue
+            with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
+                connection.drain_events(timeout=batches.wait(time.monotonic()))
+
+        for consumer in consumers:
+            consumer.cancel()
+        self._requeue(batches.take_all())
+        logger.info("stopped listening: %s", self.stats())
+
+    def _declare(self, connection: Connection) -> None:
+        """Our event queues unless they exist already (as KAT declared them), and their ``.dead`` queues."""
+        for queue in self.handlers:
+            with connection.channel() as channel:
+                try:
+                    KombuQueue(queue).queue_declare(passive=True, channel=channel)
+                    exists = True
+                except connection.channel_errors:
+                    exists = False
+            for name in ([] if exists else [queue]) + [dead_letter_queue(queue)]:
+                with connection.channel() as channel:
+                    KombuQueue(name, durable=True).declare(channel=channel)
+
+    def _consumer(self, channel: Any, batches: _Batches, queue: str) -> Consumer:
+        """A consumer that only collects: a message is looked at when its batch falls due."""
+
+        def receive(message: Message, _decode_error: Exception | None = None) -> None:
+            self._count("received")
+            batches.add(queue, message)
+
+        return Consumer(
+            channel,
+            [KombuQueue(queue, no_declare=True)],
+            on_message=receive,
+            on_decode_error=receive,  # e.g. a compression that fails: dead-lettered as it came
+            auto_declare=False,
+        )
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def _handle(self, producer: Producer, queue: str, messages: list[Message], stop: threading.Event) -> None:
+        self._count("batches")
+        events: list[BaseModel] = []
+        held: list[Message] = []
+        for message in messages:
+            try:
+                events.append(_decode(queue, message))
+                held.append(message)
+            except _Poison as exc:
+                self._dead_letter(producer, queue, message, str(exc))
+        if not events:
+            return
+
+        started = time.monotonic()
+        try:
+            rejected = {r.index: r.reason for r in self.handlers[queue](queue, events)}
+        except Exception as exc:
+            self._retry_later(queue, held, exc, stop)
+            return
+        self._handler_backoff.reset()
+
+        for index, message in enumerate(held):
+            reason = rejected.pop(index, None)
+            if reason is None:
+                message.ack()
+                self._count("acked")
+            else:
+                self._dead_letter(producer, queue, message, reason)
+        if rejected:
+            logger.warning("%s: the handler rejected indices outside its batch: %s", queue, sorted(rejected))
+        logger.debug("%s: handled %d events in %.3f s", queue, len(events), time.monotonic() - started)
+
+    def _retry_later(self, queue: str, messages: list[Message], exc: Exception, stop: threading.Event) -> None:
+        delay = self._handler_backoff.next()
+        if isinstance(exc, TransientError):
+            logger.warning("%s: %d events not handled (%s); requeued in %.1f s", queue, len(messages), exc, delay)
+        else:
+            logger.error(
+                "%s: the handler failed on %d events; requeued in %.1f s", queue, len(messages), delay, exc_info=exc
+            )
+        stop.wait(delay)
+        self._requeue(messages)
+
+    def _requeue(self, messages: list[Message]) -> None:
+        for message in messages:
+            message.requeue()
+        self._count("requeued", len(messages))
+
+    def _dead_letter(self, producer: Producer, queue: str, message: Message, reason: str) -> None:
+        """Publish the message as it came to ``<queue>.dead``, then ack it."""
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=dead_letter_queue(queue),
+            headers={**(message.headers or {}), "x-death-reason": reason, "x-original-queue": queue},
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding,
+            delivery_mode=PERSISTENT,
+            retry=False,
+        )
+        message.ack()
+        self._count("dead_lettered")
+        logger.error("%s: message dead-lettered to %s: %s", queue, dead_letter_queue(queue), reason)
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[name] += n
+
+    def _finished(self, max_batches: int | None) -> bool:
+        return max_batches is not None and self.stats()["batches"] >= max_batches
+
+
+def _decode(queue: str, message: Message) -> BaseModel:
+    try:
+        data = json.loads(message.body)
+    except (TypeError, ValueError) as exc:
+        raise _Poison(f"not JSON: {exc}") from None
+    try:
+        return EVENT_MODELS[queue].model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise _Poison(f"not a valid {queue} event: {shown}{more}") from None
+
+
+def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threading.Event | None = None) -> None:
+    """``kat-scheduler listen``: consume KAT's events from ``QUEUE_URI`` until SIGTERM or SIGINT.
+
+    The first signal stops after the current batch (acked, or requeued when it failed); a second
+    one exits at once, and the broker delivers whatever was not acked again.
+    """
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        logger.info("%s: stopping after the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        EventConsumer(
+            settings.queue_uri,
+            handlers,
+            batch_size=settings.events_batch_size,
+            batch_window=settings.events_batch_window,
+        ).run(stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,305 @@
+"""What KAT's events turn into: boefje tasks, cancellations, normalizer tasks.
+
+Called by :class:`~kat_scheduler.events.consumer.EventConsumer` with a batch of validated events
+of one queue; everything a batch causes (claims, publishes, cancellations, schedule changes) is
+persisted before the handler returns, and only then are the messages acked.
+
+Events consult our own record only (schedules, live tasks, our history), never Bytes: the planner
+already turned Bytes' history into schedules, so a mutation storm costs no Bytes calls, and the
+plugin lists come from a short-lived cache, so it costs almost no Katalogus calls either.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kat_scheduler.clients import OrganisationNotFound, ServiceError
+from kat_scheduler.dispatch import Dispatchable, Dispatcher
+from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
+from kat_scheduler.events.consumer import Rejected, TransientError
+from kat_scheduler.hashing import normalizer_task_hash
+from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
+from kat_scheduler.models.plugins import Boefje
+from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.planning.reactions import (
+    hashes_of_object,
+    hashes_without_clearance,
+    mutation_pairs,
+    normalizer_payload,
+    normalizers_for_raw,
+)
+from kat_scheduler.planning.rules import (
+    BOEFJE_QUEUE,
+    BOEFJE_TASK,
+    BoefjeIndex,
+    Candidate,
+    Pair,
+    boefje_message_kwargs,
+    interleave,
+    new_boefje_task,
+    rank_pair,
+)
+from kat_scheduler.plugin_cache import PluginCache
+from kat_scheduler.publisher import Publisher
+from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.rankers import rank_normalizer
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
+from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.tasks import NewTask, TaskStore
+from kat_scheduler.timing import next_deadline, period
+
+logger = logging.getLogger(__name__)
+
+SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
+RAW_FILE_RECEIVED = "raw_file_received"
+
+
+@dataclass
+class HandlerStats:
+    events: int = 0
+    queued: int = 0
+    cancelled: int = 0
+    schedules_disabled: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+class _Base:
+    def __init__(
+        self,
+        plugins: PluginCache,
+        tasks: TaskStore,
+        schedules: ScheduleStore,
+        publisher: Publisher,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.plugins = plugins
+        self.tasks = tasks
+        self.schedules = schedules
+        self.dispatcher = Dispatcher(tasks, publisher)
+        self.settings = settings
+        self.clock = clock
+        self.stats = HandlerStats()
+
+    def _plugins_or_reject(
+        self, org: str, fetch: Callable[[str], Any], indices: Sequence[int], rejected: list[Rejected]
+    ) -> Any:
+        """The organisation's plugins; ``None`` (events dead-lettered) when Katalogus does not know it."""
+        try:
+            return fetch(org)
+        except OrganisationNotFound:
+            reason = f"organisation {org!r} is unknown to Katalogus"
+            logger.error("%s: %d event(s) dead-lettered", reason, len(indices))
+            rejected.extend(Rejected(i, reason) for i in indices)
+            return None
+        except (ServiceError, ValidationError) as exc:
+            raise TransientError(f"Katalogus: {exc}") from exc
+
+    def _dispatch(self, items: list[Dispatchable]) -> int:
+        queued = 0
+        for start in range(0, len(items), self.settings.batch_size):
+            result = self.dispatcher.dispatch(items[start : start + self.settings.batch_size])
+            if result.errors:
+                # Un-claimed rows are free again; what may have been sent stays for the reaper.
+                raise TransientError(f"publishing failed: {result.errors[0]}")
+            queued += result.published
+        return queued
+
+
+def _boefje_dispatchable(candidate: Candidate) -> Dispatchable:
+    return Dispatchable(
+        task=new_boefje_task(candidate),
+        task_name=BOEFJE_TASK,
+        queue=BOEFJE_QUEUE,
+        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
+    )
+
+
+class MutationHandler(_Base):
+    """``scan_profile_mutations`` → boefje tasks for the object, or cancellations."""
+
+    def __call__(self, queue: str, events: list[ScanProfileMutation]) -> list[Rejected]:
+        now = self.clock()
+        rejected: list[Rejected] = []
+        by_org: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_org[event.client_id].append(i)
+        per_org: list[list[Candidate]] = []
+        schedules: list[NewSchedule] = []
+        for org, indices in by_org.items():
+            boefjes = self._plugins_or_reject(org, self.plugins.boefjes, indices, rejected)
+            if boefjes is None:
+                continue
+            # The last event per object wins: a burst of updates plans once, on the final level.
+            latest: dict[str, ScanProfileMutation] = {}
+            for i in indices:
+                latest[events[i].primary_key] = events[i]
+            per_org.append(self._plan_org(org, BoefjeIndex(boefjes), list(latest.values()), schedules, now))
+        self.stats.events += len(events)
+        candidates = list(interleave(per_org))
+        self.stats.queued += self._dispatch([_boefje_dispatchable(c) for c in candidates])
+        schedules.extend(self._new_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now) for c in candidates)
+        self.schedules.upsert(schedules, now=now)
+        return rejected
+
+    def _plan_org(
+        self,
+        org: str,
+        index: BoefjeIndex,
+        mutations: list[ScanProfileMutation],
+        schedules: list[NewSchedule],
+        now: datetime,
+    ) -> list[Candidate]:
+        cancel: list[str] = []
+        pairs: list[Pair] = []
+        for mutation in mutations:
+            if mutation.operation == MutationOperation.DELETE or mutation.value is None:
+                cancel.extend(hashes_of_object(org, index, mutation.primary_key))
+                continue
+            cancel.extend(hashes_without_clearance(org, index, mutation.value))
+            skipped: Counter[SkipReason] = Counter()
+            pairs.extend(mutation_pairs(org, index, mutation.value, mutation.operation, skipped))
+            self.stats.skipped.update({str(k): v for k, v in skipped.items()})
+        if cancel:
+            self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
+            self.stats.schedules_disabled += self.schedules.disable_hashes(
+                cancel, "object deleted or scan level too low", now=now
+            )
+        if not pairs:
+            return []
+        hashes = [p.hash for p in pairs]
+        states = self.schedules.states(hashes)
+        live = self.tasks.live_hashes(hashes)
+        history = self.tasks.last_runs(hashes)
+        out: list[Candidate] = []
+        for pair in pairs:
+            state = states.get(pair.hash)
+            if pair.hash in live:
+                self.stats.skipped[str(SkipReason.LIVE)] += 1
+                continue
+            if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
+                self.stats.skipped[str(SkipReason.GRACE)] += 1
+                continue
+            last = history.get(pair.hash)
+            if last is not None and grace_skip(pair.boefje, last, now, self.settings.grace_period):
+                self.stats.skipped[str(SkipReason.GRACE)] += 1
+                schedules.append(self._new_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last))
+                continue
+            if last is None and state is not None and state.enabled and state.deadline_at is not None:
+                last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
+            trigger = Trigger.NEW_OBJECT if last is None else Trigger.SCHEDULE
+            out.append(
+                Candidate(
+                    organisation=org,
+                    boefje=pair.boefje,
+                    input_ooi=pair.ooi.primary_key,
+                    hash=pair.hash,
+                    rank=rank_pair(pair, trigger, last, now, self.settings.grace_period),
+                    trigger=trigger,
+                )
+            )
+        return sorted(out, key=lambda c: c.sort_key)
+
+    def _new_schedule(
+        self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
+    ) -> NewSchedule:
+        return NewSchedule(
+            scheduler_id=SchedulerId.BOEFJE,
+            organisation=org,
+            plugin_id=boefje.id,
+            input_ooi=input_ooi,
+            hash=hash_,
+            data={
+                "boefje": {"id": boefje.id, "name": boefje.name, "version": boefje.version},
+                "input_ooi": input_ooi,
+                "organization": org,
+            },
+            deadline_at=next_deadline(
+                boefje,
+                after,
+                hash_=hash_,
+                default_seconds=self.settings.grace_period,
+                jitter=self.settings.schedule_jitter,
+            ),
+            schedule=boefje.cron,
+            interval=boefje.interval,
+        )
+
+
+class RawFileHandler(_Base):
+    """``raw_file_received`` → one normalizer task per enabled normalizer consuming the file's types."""
+
+    def __call__(self, queue: str, events: list[RawFileReceived]) -> list[Rejected]:
+        now = self.clock()
+        rejected: list[Rejected] = []
+        by_org: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_org[event.organization].append(i)
+        items: list[tuple[tuple[int, int, str], Dispatchable]] = []
+        for org, indices in by_org.items():
+            normalizers = self._plugins_or_reject(org, self.plugins.normalizers, indices, rejected)
+            if normalizers is None:
+                continue
+            for i in indices:
+                items.extend(self._tasks_for(org, events[i], normalizers, now))
+        self.stats.events += len(events)
+        items.sort(key=lambda item: item[0])
+        self.stats.queued += self._dispatch([d for _, d in items])
+        return rejected
+
+    def _tasks_for(
+        self, org: str, event: RawFileReceived, normalizers: Any, now: datetime
+    ) -> list[tuple[tuple[int, int, str], Dispatchable]]:
+        raw = event.raw_data
+        if raw.is_error:
+            self.stats.skipped["error raw file"] += 1
+            return []
+        chosen = normalizers_for_raw(normalizers, raw)
+        if not chosen:
+            self.stats.skipped["no normalizer"] += 1
+            return []
+        raw_json = raw.model_dump(mode="json")
+        rank = rank_normalizer(event.created_at, now)
+        out = []
+        for normalizer in chosen:
+            task_id = uuid.uuid4()
+            task = NewTask(
+                id=task_id,
+                scheduler_id=SchedulerId.NORMALIZER,
+                type="normalizer",
+                organisation=org,
+                plugin_id=normalizer.id,
+                input_ooi=raw.boefje_meta.input_ooi,
+                hash=normalizer_task_hash(normalizer.id, str(raw.boefje_meta.id), org),
+                band=rank.band,
+                priority=rank.score,
+                data=normalizer_payload(task_id, normalizer, raw_json),
+                reason=rank.reason,
+            )
+            kwargs = {"organisation": org, "normalizer_id": normalizer.id, "raw_data_id": str(raw.id)}
+            dispatchable = Dispatchable(task, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, kwargs)
+            out.append(((rank.band, rank.score, task.hash), dispatchable))
+        return out
+
+
+def make_handlers(
+    plugins: PluginCache,
+    tasks: TaskStore,
+    schedules: ScheduleStore,
+    publisher: Publisher,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The handler per event queue, for :class:`~kat_scheduler.events.consumer.EventConsumer`."""
+    return {
+        SCAN_PROFILE_MUTATIONS: MutationHandler(plugins, tasks, schedules, publisher, settings),
+        RAW_FILE_RECEIVED: RawFileHandler(plugins, tasks, schedules, publisher, settings),
+    }

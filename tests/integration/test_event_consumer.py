@@ -1,0 +1,474 @@
+"""The event consumer against real brokers: batches, dead letters, retries, crashes, reconnects.
+
+Events are published as KAT publishes them (plain JSON on the default exchange, routing key =
+queue name, durable queue) and consumed by :class:`EventConsumer` with a fake handler.
+
+RabbitMQ tests run on a vhost of their own, ``kat_test_events`` (created with ``rabbitmqctl``
+when it is missing and can be created; otherwise ``/`` is used), and only our four queues are
+deleted before and after each test. Redis tests use the ``redis_url`` database, flushed around
+each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.entity import Queue as KombuQueue
+from kombu.messaging import Producer
+
+from kat_scheduler.events.consumer import (
+    RAW_FILE_RECEIVED,
+    REDIS_TRANSPORT_OPTIONS,
+    SCAN_PROFILE_MUTATIONS,
+    EventConsumer,
+    Rejected,
+    TransientError,
+    dead_letter_queue,
+)
+from tests.conftest import AMQP_URL, service_missing
+from tests.consumer_script import DONE, STARTED, event_key
+from tests.workers import ROOT, stop, wait_for
+
+EVENTS_VHOST = "kat_test_events"
+OUR_QUEUES = [
+    SCAN_PROFILE_MUTATIONS,
+    RAW_FILE_RECEIVED,
+    dead_letter_queue(SCAN_PROFILE_MUTATIONS),
+    dead_letter_queue(RAW_FILE_RECEIVED),
+]
+
+
+# --- brokers --------------------------------------------------------------------------------
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(vhost, safe="")))
+
+
+def connect_error(url: str) -> Exception | None:
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+    except Exception as exc:
+        return exc
+    return None
+
+
+@pytest.fixture(scope="session")
+def events_amqp_base() -> str:
+    """RabbitMQ on the ``kat_test_events`` vhost, created if need be; ``/`` when that fails."""
+    url = with_vhost(AMQP_URL, EVENTS_VHOST)
+    if connect_error(url) is None:
+        return url
+    if shutil.which("rabbitmqctl"):
+        user = urlsplit(AMQP_URL).username or "guest"
+        for command in (["add_vhost", EVENTS_VHOST], ["set_permissions", "-p", EVENTS_VHOST, user, ".*", ".*", ".*"]):
+            subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
+        if connect_error(url) is None:
+            return url
+    error = connect_error(AMQP_URL)
+    if error is not None:
+        service_missing(f"RabbitMQ at {AMQP_URL}", error)
+    return AMQP_URL
+
+
+def drop_our_queues(url: str) -> None:
+    with Connection(url, connect_timeout=3) as conn:
+        for name in OUR_QUEUES:
+            with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
+                channel.queue_delete(name)
+
+
+@pytest.fixture
+def amqp_events(events_amqp_base: str) -> Iterator[str]:
+    """RabbitMQ with none of our event queues (ours only: other queues are never touched)."""
+    drop_our_queues(events_amqp_base)
+    yield events_amqp_base
+    drop_our_queues(events_amqp_base)
+
+
+@pytest.fixture(params=["amqp", "redis"])
+def broker(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("amqp_events" if request.param == "amqp" else "redis_url")  # type: ignore[no-any-return]
+
+
+# --- events, publishing, inspecting -----------------------------------------------------------
+
+
+def mutation(n: int, operation: str = "create") -> dict[str, Any]:
+    key = f"Hostname|internet|host-{n}.example.nl"
+    return {
+        "operation": operation,
+        "primary_key": key,
+        "client_id": "aa",
+        "value": {
+            "primary_key": key,
+            "object_type": "Hostname",
+            "scan_profile": {"scan_profile_type": "declared", "reference": key, "level": 2},
+        },
+    }
+
+
+def raw_file(n: int) -> dict[str, Any]:
+    return {
+        "event_id": "raw_file_received",
+        "created_at": "2025-05-27T09:00:16.601+00:00",
+        "organization": "aa",
+        "raw_data": {
+            "id": f"7c1f0000-0000-4000-8000-{n:012d}",
+            "boefje_meta": {
+                "id": f"0b0e0000-0000-4000-8000-{n:012d}",
+                "boefje": {"id": "dns-records", "version": None},
+                "input_ooi": "Hostname|internet|mispo.es",
+                "organization": "aa",
+            },
+            "mime_types": [{"value": "boefje/dns-records"}],
+            "secure_hash": None,
+            "hash_retrieval_link": None,
+        },
+    }
+
+
+def key(n: int) -> str:
+    return str(mutation(n)["primary_key"])
+
+
+def publish(url: str, queue: str, bodies: Iterable[dict[str, Any] | bytes]) -> None:
+    """As KAT publishes: plain JSON, default exchange, routing key = queue name, durable queue."""
+    with Connection(url) as conn, conn.channel() as channel:
+        KombuQueue(queue, durable=True).declare(channel=channel)
+        producer = Producer(channel)
+        for body in bodies:
+            if isinstance(body, bytes):
+                producer.publish(
+                    body,
+                    routing_key=queue,
+                    content_type="application/octet-stream",
+                    content_encoding="binary",
+                    delivery_mode=2,
+                )
+            else:
+                producer.publish(body, routing_key=queue, serializer="json", delivery_mode=2)
+
+
+def depth(url: str, queue: str) -> int:
+    """Messages ready on ``queue`` (0 if it does not exist)."""
+    with Connection(url) as conn, conn.channel() as channel:
+        try:
+            return int(KombuQueue(queue).queue_declare(passive=True, channel=channel).message_count)
+        except conn.channel_errors:
+            return 0
+
+
+def as_bytes(body: bytes | str) -> bytes:
+    return body.encode() if isinstance(body, str) else body
+
+
+def take_all(url: str, queue: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every message on ``queue`` as (body, headers), removed."""
+    taken = []
+    with Connection(url) as conn, conn.channel() as channel:
+        bound = KombuQueue(queue, no_declare=True)(channel)
+        while (message := bound.get(no_ack=True)) is not None:
+            taken.append((as_bytes(message.body), dict(message.headers)))
+    return taken
+
+
+def assert_nothing_left(url: str, *queues: str) -> None:
+    """After the consumer closed: nothing ready, hence nothing was left unacked either."""
+    for queue in queues:
+        assert depth(url, queue) == 0, queue
+    if url.startswith("redis"):
+        assert redis.Redis.from_url(url).hlen(REDIS_TRANSPORT_OPTIONS["unacked_key"]) == 0
+
+
+# --- a fake handler and a consumer in a thread ------------------------------------------------
+
+
+@dataclass
+class Call:
+    at: float
+    queue: str
+    keys: list[str]
+    failed: bool = False
+
+
+class FakeHandler:
+    """Records every batch; raises ``fail[call number]`` (1-based) and rejects what ``reject`` names."""
+
+    def __init__(
+        self,
+        fail: dict[int, Exception] | None = None,
+        reject: Callable[[Any], str | None] = lambda event: None,
+        before: Callable[[int], None] = lambda number: None,
+    ) -> None:
+        self.fail = fail or {}
+        self.reject = reject
+        self.before = before
+        self.calls: list[Call] = []
+
+    def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
+        call = Call(time.monotonic(), queue, [event_key(event) for event in events])
+        self.calls.append(call)
+        self.before(len(self.calls))
+        if len(self.calls) in self.fail:
+            call.failed = True
+            raise self.fail[len(self.calls)]
+        return [Rejected(i, reason) for i, event in enumerate(events) if (reason := self.reject(event))]
+
+    def handled(self) -> list[str]:
+        """Keys of the events of every batch that succeeded, repeats included."""
+        return [k for call in self.calls if not call.failed for k in call.keys]
+
+
+@contextlib.contextmanager
+def consuming(consumer: EventConsumer) -> Iterator[EventConsumer]:
+    """``consumer.run()`` in a thread, stopped (and checked to have stopped cleanly) at the end."""
+    stop_event = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run(stop=stop_event)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="event-consumer", daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        stop_event.set()
+        thread.join(15)
+    assert not thread.is_alive(), "the consumer did not stop"
+    assert not errors, errors
+
+
+def counted(consumer: EventConsumer, **expected: int) -> Callable[[], bool]:
+    return lambda: all(consumer.stats()[name] == value for name, value in expected.items())
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_handlers_only_for_the_event_queues() -> None:
+    with pytest.raises(ValueError, match="octopoes"):
+        EventConsumer("memory://", {"octopoes": FakeHandler()})
+    with pytest.raises(ValueError):
+        EventConsumer("memory://", {})
+
+
+def test_a_burst_reaches_the_handler_in_batches(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(1000)])
+    handler = FakeHandler()
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler, RAW_FILE_RECEIVED: handler}, batch_size=200)
+
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=1000), 20), consumer.stats()
+
+    assert sorted(handler.handled()) == sorted(key(n) for n in range(1000))  # each exactly once
+    sizes = [len(call.keys) for call in handler.calls]
+    assert 5 <= len(sizes) <= 25 and max(sizes) <= 200, sizes  # a batch is full, or its 50 ms window passed
+    assert consumer.stats() == {
+        "received": 1000,
+        "acked": 1000,
+        "dead_lettered": 0,
+        "requeued": 0,
+        "batches": len(handler.calls),
+        "reconnects": 0,
+    }
+    assert_nothing_left(broker, SCAN_PROFILE_MUTATIONS)
+
+
+def test_poison_messages_are_dead_lettered_and_the_next_event_is_handled(
+    broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_json = b"\xff\xfe{ not json"
+    bad_operation = {"operation": "explode", "primary_key": "Hostname|internet|x", "client_id": "aa"}
+    no_raw_data = {"event_id": "raw_file_received", "organization": "aa"}
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(1), not_json, bad_operation, mutation(2)])
+    publish(broker, RAW_FILE_RECEIVED, [no_raw_data, raw_file(1)])
+    handler = FakeHandler()
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler, RAW_FILE_RECEIVED: handler})
+
+    with caplog.at_level(logging.ERROR, logger="kat_scheduler.events.consumer"), consuming(consumer):
+        assert wait_for(counted(consumer, acked=3, dead_lettered=3), 10), consumer.stats()
+
+    assert sorted(handler.handled()) == sorted([key(1), key(2), str(raw_file(1)["raw_data"]["id"])])
+    [(first, first_headers), (second, second_headers)] = take_all(broker, dead_letter_queue(SCAN_PROFILE_MUTATIONS))
+    assert first == not_json and json.loads(second) == bad_operation  # bodies as they came, in order
+    assert first_headers["x-death-reason"].startswith("not JSON")
+    assert second_headers["x-death-reason"].startswith("not a valid scan_profile_mutations event: operation")
+    assert first_headers["x-original-queue"] == second_headers["x-original-queue"] == SCAN_PROFILE_MUTATIONS
+    [(body, headers)] = take_all(broker, dead_letter_queue(RAW_FILE_RECEIVED))
+    assert json.loads(body) == no_raw_data
+    assert "raw_data" in headers["x-death-reason"] and headers["x-original-queue"] == RAW_FILE_RECEIVED
+    logged = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(logged) == 3 and any("not JSON" in message for message in logged)
+    assert_nothing_left(broker, SCAN_PROFILE_MUTATIONS, RAW_FILE_RECEIVED)
+
+
+def test_rejected_events_are_dead_lettered_and_the_rest_acked(amqp_events: str) -> None:
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(10)])
+    refused = {key(3), key(7)}
+    handler = FakeHandler(reject=lambda event: "organisation gone" if event.primary_key in refused else None)
+    consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler})
+
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=8, dead_lettered=2), 10), consumer.stats()
+
+    assert sorted(handler.handled()) == sorted(key(n) for n in range(10))
+    dead = take_all(amqp_events, dead_letter_queue(SCAN_PROFILE_MUTATIONS))
+    assert {json.loads(body)["primary_key"] for body, _ in dead} == refused
+    assert {headers["x-death-reason"] for _, headers in dead} == {"organisation gone"}
+    assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
+
+
+def test_failed_batches_come_back_after_a_growing_backoff(amqp_events: str, caplog: pytest.LogCaptureFixture) -> None:
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(20)])
+    handler = FakeHandler(
+        fail={1: TransientError("octopoes is down"), 2: RuntimeError("a bug"), 4: TransientError("down again")}
+    )
+    consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler}, min_backoff=0.2, max_backoff=5)
+
+    with caplog.at_level(logging.WARNING, logger="kat_scheduler.events.consumer"), consuming(consumer):
+        assert wait_for(counted(consumer, acked=20), 10), consumer.stats()
+        # after a success the backoff starts over
+        publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(20, 25)])
+        assert wait_for(counted(consumer, acked=25), 10), consumer.stats()
+
+    calls = handler.calls
+    assert [call.failed for call in calls[:2]] == [True, True] and not calls[2].failed
+    assert sorted(handler.handled()) == sorted(key(n) for n in range(25))  # nothing lost, none twice
+    failed_keys = {k for call in calls[:2] for k in call.keys}
+    assert failed_keys <= set(handler.handled())  # the failed events came back
+    assert consumer.stats()["requeued"] == sum(len(call.keys) for call in calls if call.failed)
+    assert calls[1].at - calls[0].at >= 0.2
+    assert calls[2].at - calls[1].at >= 0.4  # doubled
+    assert calls[3].failed and 0.2 <= calls[4].at - calls[3].at < 0.7  # reset to 0.2, not 0.8
+    assert any("octopoes is down" in record.getMessage() for record in caplog.records)
+    [bug] = [record for record in caplog.records if record.exc_info]  # unexpected: with traceback
+    assert "a bug" in str(bug.exc_info[1])  # type: ignore[index]
+    assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
+
+
+@contextlib.contextmanager
+def script(log: Path, queue_uri: str, record_url: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``tests/consumer_script.py`` in a process of its own, its output in ``log``."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.consumer_script", queue_uri, record_url, *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
+def test_a_killed_consumer_loses_nothing(amqp_events: str, redis_url: str, tmp_path: Path) -> None:
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(300)])
+    record = redis.Redis.from_url(redis_url, decode_responses=True)
+    log = tmp_path / "consumer.log"
+    with script(log, amqp_events, redis_url, "--batch-size", "50", "--sleep", "1.5") as process:
+        # the first batch is acked once the second one is in the handler: kill it there
+        assert wait_for(lambda: record.llen(STARTED) >= 100, 20), log.read_text()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+    done_first = set(record.lrange(DONE, 0, -1))
+    in_flight = set(record.lrange(STARTED, 0, -1)) - done_first
+    assert len(done_first) == 50 and len(in_flight) == 50
+
+    # the broker takes back everything the dead consumer had not acked
+    assert wait_for(lambda: depth(amqp_events, SCAN_PROFILE_MUTATIONS) == 250, 5)
+    handler = FakeHandler()
+    consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler})
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=250), 10), consumer.stats()
+
+    second = handler.handled()
+    assert done_first | set(second) == {key(n) for n in range(300)}  # every event handled at least once
+    assert in_flight <= set(second)  # the batch cut off in the handler was handled again
+    assert not done_first & set(second) and len(second) == len(set(second))  # acked means gone
+    assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
+
+
+def test_sigterm_finishes_the_current_batch_and_leaves_the_rest(
+    amqp_events: str, redis_url: str, tmp_path: Path
+) -> None:
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(300)])
+    record = redis.Redis.from_url(redis_url, decode_responses=True)
+    log = tmp_path / "listener.log"
+    with script(log, amqp_events, redis_url, "--listener", "--sleep", "1.5") as process:  # run_listener
+        assert wait_for(lambda: record.llen(STARTED) > 0, 20), log.read_text()
+        publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(300, 400)])  # arrive mid-batch
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(10) == 0, log.read_text()
+    assert "SIGTERM: stopping after the current batch" in log.read_text()
+
+    started, done = record.lrange(STARTED, 0, -1), record.lrange(DONE, 0, -1)
+    assert started == done and len(done) > 0  # the batch in the handler was finished, not abandoned
+    assert depth(amqp_events, SCAN_PROFILE_MUTATIONS) == 400 - len(done)  # the rest is back on the queue
+
+
+def close_our_connections() -> None:
+    """Have RabbitMQ close every connection on our vhost, as a broker restart would."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "vhost"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    for line in listed.stdout.splitlines():
+        pid, _, vhost = line.partition("\t")
+        if vhost.strip() == EVENTS_VHOST:
+            subprocess.run(["rabbitmqctl", "close_connection", pid, "test: connection lost"], timeout=30, check=False)
+
+
+def test_a_lost_connection_is_reopened_and_the_batch_handled_again(amqp_events: str) -> None:
+    if urlsplit(amqp_events).path != f"/{EVENTS_VHOST}" or not shutil.which("rabbitmqctl"):
+        pytest.skip("needs rabbitmqctl and the kat_test_events vhost, to close only our own connection")
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(50)])
+    handler = FakeHandler(before=lambda number: close_our_connections() if number == 1 else None)
+    consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler}, min_backoff=0.1)
+    everything = {key(n) for n in range(50)}
+
+    def handled_after_the_first_batch() -> set[str]:
+        return {k for call in handler.calls[1:] for k in call.keys}
+
+    with consuming(consumer):
+        # the first batch's acks went to a closed connection: the broker gives it all back
+        assert wait_for(lambda: handled_after_the_first_batch() == everything, 15), consumer.stats()
+
+    assert consumer.stats()["reconnects"] >= 1
+    assert set(handler.calls[0].keys) <= handled_after_the_first_batch()
+    assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:1//", "redis://127.0.0.1:1/0"])
+def test_an_unreachable_broker_is_retried_until_stopped(url: str) -> None:
+    consumer = EventConsumer(url, {SCAN_PROFILE_MUTATIONS: FakeHandler()}, min_backoff=0.05, max_backoff=0.1)
+    with consuming(consumer):
+        assert wait_for(lambda: consumer.stats()["reconnects"] >= 3, 5), consumer.stats()
