@@ -150,6 +150,23 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
     click.echo(str(result.task_id))
 
 
+@main.command("listen")
+def listen() -> None:
+    """Consume KAT's events (scan_profile_mutations, raw_file_received) from QUEUE_URI and queue work."""
+    from kat_scheduler.events.consumer import run_listener
+    from kat_scheduler.events.handlers import make_handlers
+    from kat_scheduler.plugin_cache import PluginCache
+
+    runtime = _planner_runtime()
+    settings = runtime.settings
+    plugins = PluginCache(runtime.clients.katalogus, ttl=settings.katalogus_cache_ttl)
+    handlers = make_handlers(plugins, runtime.tasks, runtime.schedules, runtime.publisher, settings)
+    try:
+        run_listener(settings, handlers)
+    finally:
+        runtime.close()
+
+
 def _attach_sim() -> None:
     try:
         from kat_scheduler.sim.cli import sim

@@ -144,6 +144,21 @@ class Settings(BaseSettings):
         le=10000,
         description="Organisations planned by one planning task; a tick fans out one task per group.",
     )
+    events_batch_size: int = Field(
+        500, ge=1, le=10000, description="Events the listener hands to its handlers at most at once."
+    )
+    events_batch_window: float = Field(
+        0.01,
+        ge=0,
+        le=5,
+        description=("Seconds the listener waits after an event for more to batch with it (latency vs. batching)."),
+    )
+    katalogus_cache_ttl: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds an organisation's plugin list is reused by the event handlers before asking again.",
+    )
     org_cap_per_tick: int = Field(
         100000,
         ge=1,

@@ -94,6 +94,13 @@ def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    id: uuid.UUID
+    enabled: bool
+    deadline_at: datetime | None
+
+
 class ScheduleStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -129,6 +136,51 @@ class ScheduleStore:
                 rows = [_row(s, now) for s in ordered[start : start + CHUNK]]
                 created += len(conn.execute(stmt, rows).scalars().all())
         return created
+
+    def states(self, hashes: Collection[str]) -> dict[str, ScheduleState]:
+        """Whether each of ``hashes`` has a schedule, enabled or not, and when it is due."""
+        found: dict[str, ScheduleState] = {}
+        cols = _SCHEDULES.c
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, cols.hash, list(hashes)):
+                stmt = select(cols.hash, cols.id, cols.enabled, cols.deadline_at).where(condition)
+                for hash_, id_, enabled, deadline in conn.execute(stmt):
+                    found[hash_] = ScheduleState(id_, bool(enabled), deadline)
+        return found
+
+    def upsert(self, schedules: Sequence[NewSchedule], now: datetime | None = None) -> None:
+        """Create schedules, or enable existing ones and set their deadline (one statement a chunk)."""
+        if not schedules:
+            return
+        now = now or utcnow()
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        ordered = sorted(schedules, key=lambda s: s.hash)
+        with self.engine.begin() as conn:
+            for start in range(0, len(ordered), CHUNK):
+                insert = dialect.insert(_SCHEDULES)
+                stmt = insert.on_conflict_do_update(
+                    index_elements=[_SCHEDULES.c.hash],
+                    set_={
+                        "enabled": True,
+                        "disabled_reason": None,
+                        "deadline_at": insert.excluded.deadline_at,
+                        "modified_at": insert.excluded.modified_at,
+                    },
+                )
+                conn.execute(stmt, [_row(s, now) for s in ordered[start : start + CHUNK]])
+
+    def disable_hashes(self, hashes: Collection[str], reason: str, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        count = 0
+        with self.engine.begin() as conn:
+            for condition in in_values(conn, _SCHEDULES.c.hash, list(hashes)):
+                result = conn.execute(
+                    update(_SCHEDULES)
+                    .where(condition, _SCHEDULES.c.enabled.is_(True))
+                    .values(enabled=False, disabled_reason=reason, modified_at=now)
+                )
+                count += result.rowcount
+        return count
 
     def get_by_hash(self, hash_: str) -> ScheduleRow | None:
         with Session(self.engine) as session:

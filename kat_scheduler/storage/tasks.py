@@ -267,6 +267,21 @@ class TaskStore:
                 count += result.rowcount
         return count
 
+    def cancel_hashes(self, hashes: Collection[str], now: datetime | None = None) -> list[uuid.UUID]:
+        """Cancel the not-yet-running tasks of ``hashes`` (one statement); returns their ids."""
+        now = now or utcnow()
+        cancelled: list[uuid.UUID] = []
+        with self.engine.begin() as conn:
+            for condition in in_values(conn, _TASKS.c.hash, list(hashes)):
+                result = conn.execute(
+                    update(_TASKS)
+                    .where(condition, _TASKS.c.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]))
+                    .values(status=TaskStatus.CANCELLED, modified_at=now, ended_at=now)
+                    .returning(_TASKS.c.id)
+                )
+                cancelled.extend(result.scalars())
+        return cancelled
+
     def cancel_for_ooi(
         self,
         organisation: str,

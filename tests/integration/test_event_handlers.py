@@ -1,0 +1,259 @@
+"""What scan-profile mutations and raw files turn into (handlers called directly; the consumer
+that feeds them from RabbitMQ is tested in test_event_consumer.py and test_listener.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from kat_scheduler.clients import KATClients
+from kat_scheduler.events.consumer import TransientError
+from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
+from kat_scheduler.hashing import normalizer_task_hash
+from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
+from kat_scheduler.plugin_cache import PluginCache
+from kat_scheduler.publisher import make_publisher
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
+
+NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def stores(pg_engine: Engine) -> tuple[TaskStore, ScheduleStore]:
+    return TaskStore(pg_engine), ScheduleStore(pg_engine)
+
+
+@pytest.fixture
+def publisher(planner_settings: Settings):
+    publisher = make_publisher(planner_settings)
+    yield publisher
+    publisher.close()
+
+
+@pytest.fixture
+def mutations(clients: KATClients, stores, publisher, planner_settings) -> MutationHandler:
+    tasks, schedules = stores
+    plugins = PluginCache(clients.katalogus, ttl=60)
+    return MutationHandler(plugins, tasks, schedules, publisher, planner_settings, clock=lambda: NOW)
+
+
+@pytest.fixture
+def raw_files(clients: KATClients, stores, publisher, planner_settings) -> RawFileHandler:
+    tasks, schedules = stores
+    plugins = PluginCache(clients.katalogus, ttl=60)
+    return RawFileHandler(plugins, tasks, schedules, publisher, planner_settings, clock=lambda: NOW)
+
+
+def mutation(org: str, pk: str, level: int | None, operation: str = "create") -> ScanProfileMutation:
+    value = None
+    if level is not None:
+        value = {
+            "primary_key": pk,
+            "object_type": pk.split("|", 1)[0],
+            "scan_profile": {"scan_profile_type": "declared", "reference": pk, "level": level},
+        }
+    return ScanProfileMutation.model_validate(
+        {"operation": operation, "primary_key": pk, "client_id": org, "value": value}
+    )
+
+
+def tasks_on(engine: Engine, pk: str, status: TaskStatus = TaskStatus.QUEUED) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(TaskRow.plugin_id, TaskRow.band).where(TaskRow.input_ooi == pk, TaskRow.status == status)
+        ).all()
+    return {plugin: band for plugin, band in rows}
+
+
+def expected_boefjes(world, org: str, object_type: str, level: int, operation: str) -> set[str]:
+    return {
+        b.id
+        for b in world.boefjes
+        if world.is_enabled(org, b.id)
+        and object_type in b.consumes
+        and b.scan_level <= level
+        and (not b.run_on or operation in b.run_on)
+    }
+
+
+def test_a_new_hostname_gets_every_enabled_boefje_its_level_clears_at_band_1(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|brand-new.example.nl"
+    assert mutations("scan_profile_mutations", [mutation(org, pk, 2)]) == []
+    queued = tasks_on(pg_engine, pk)
+    assert set(queued) == expected_boefjes(world, org, "Hostname", 2, "create")
+    assert queued and set(queued.values()) == {1}
+
+
+def test_a_scan_level_1_boefje_never_runs_on_a_level_0_hostname(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|level-zero.example.nl"
+    mutations("scan_profile_mutations", [mutation(org, pk, 0)])
+    assert all(world.plugin(b).scan_level == 0 for b in tasks_on(pg_engine, pk))
+
+
+def test_the_same_mutation_twice_queues_nothing_more(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|twice.example.nl"
+    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
+    first = tasks_on(pg_engine, pk)
+    mutations("scan_profile_mutations", [mutation(org, pk, 2, "update")])
+    assert tasks_on(pg_engine, pk) == first
+
+
+def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "IPAddressV4|internet|198.51.100.77"  # nmap needs level 2, shodan level 1
+    mutations("scan_profile_mutations", [mutation(org, pk, 4)])
+    before = tasks_on(pg_engine, pk)
+    mutations("scan_profile_mutations", [mutation(org, pk, 1, "update")])
+    after = tasks_on(pg_engine, pk)
+    assert set(after) == {b for b in before if world.plugin(b).scan_level <= 1}
+    cancelled = tasks_on(pg_engine, pk, TaskStatus.CANCELLED)
+    assert set(cancelled) == {b for b in before if world.plugin(b).scan_level > 1}
+    assert cancelled, "the world should have boefjes above level 1 for addresses"
+
+
+def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|deleted.example.nl"
+    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
+    assert tasks_on(pg_engine, pk)
+    mutations("scan_profile_mutations", [mutation(org, pk, None, "delete")])
+    assert tasks_on(pg_engine, pk) == {}
+    with pg_engine.connect() as conn:
+        enabled = conn.execute(select(ScheduleRow.enabled).where(ScheduleRow.input_ooi == pk)).scalars().all()
+    assert enabled and not any(enabled)
+
+
+def test_a_cancelled_task_is_never_started(mutations, world, pg_engine, stores) -> None:
+    tasks, _ = stores
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|cancel-me.example.nl"
+    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
+    with pg_engine.connect() as conn:
+        task_id = conn.execute(select(TaskRow.id).where(TaskRow.input_ooi == pk).limit(1)).scalar_one()
+    mutations("scan_profile_mutations", [mutation(org, pk, None, "delete")])
+    assert tasks.start(task_id, worker="w") is None
+
+
+def test_an_object_within_its_schedule_is_not_run_again(mutations, planner, world, pg_engine) -> None:
+    planner.plan(None, now=NOW)  # every eligible pair now has a schedule in the future
+    with pg_engine.begin() as conn:  # ... and its task ran
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
+    org = world.organisation_ids[0]
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    before = tasks_on(pg_engine, known.primary_key)
+    mutations("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    after = tasks_on(pg_engine, known.primary_key)
+    run_on_update = {b.id for b in world.boefjes if b.run_on and "update" in b.run_on}
+    # Periodic boefjes are within their schedule: nothing new. Boefjes that run on updates do run.
+    assert {b: band for b, band in after.items() if b not in run_on_update} == before
+    assert mutations.stats.skipped["within grace period"] > 0
+
+
+def test_run_on_boefjes_run_only_on_their_operation(mutations, world, pg_engine) -> None:
+    run_on = [b for b in world.boefjes if b.run_on and b.consumes]
+    if not run_on:
+        pytest.skip("the generated world has no run_on boefje")
+    boefje = run_on[0]
+    org = next(o for o in world.organisation_ids if world.is_enabled(o, boefje.id))
+    object_type = boefje.consumes[0]
+    for operation in ("create", "update"):
+        pk = f"{object_type}|internet|run-on-{operation}.example.nl"
+        mutations("scan_profile_mutations", [mutation(org, pk, 4, operation)])
+        assert (boefje.id in tasks_on(pg_engine, pk)) == (operation in boefje.run_on)
+
+
+def test_events_of_an_unknown_organisation_are_rejected_not_dropped(mutations) -> None:
+    rejected = mutations("scan_profile_mutations", [mutation("no-such-org", "Hostname|internet|x.nl", 2)])
+    assert [r.index for r in rejected] == [0]
+    assert "no-such-org" in rejected[0].reason
+
+
+def test_katalogus_down_is_a_transient_error(mutations, kat, world) -> None:
+    kat.inject_fault("katalogus", status=503, times=None)
+    with pytest.raises(TransientError):
+        mutations("scan_profile_mutations", [mutation(world.organisation_ids[0], "Hostname|internet|y.nl", 2)])
+
+
+def test_a_burst_of_mutations_asks_katalogus_once_per_organisation(mutations, kat, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    kat.reset_counts()
+    batch = [mutation(org, f"Hostname|internet|burst-{n}.example.nl", 2) for n in range(200)]
+    for start in range(0, 200, 50):
+        mutations("scan_profile_mutations", batch[start : start + 50])
+    assert kat.request_counts.get("katalogus", 0) == 1
+    assert kat.request_counts.get("octopoes", 0) == 0 and kat.request_counts.get("bytes", 0) == 0
+    assert mutations.stats.queued == 200 * len(expected_boefjes(world, org, "Hostname", 2, "create"))
+
+
+# --- normalizers ---------------------------------------------------------------------------
+
+
+def raw_event(world, org: str, boefje_id: str, mime_types: list[str]) -> RawFileReceived:
+    meta_id = uuid.uuid4()
+    return RawFileReceived.model_validate(
+        {
+            "event_id": "raw_file_received",
+            "created_at": (NOW - timedelta(minutes=3)).isoformat(),
+            "organization": org,
+            "raw_data": {
+                "id": str(uuid.uuid4()),
+                "boefje_meta": {
+                    "id": str(meta_id),
+                    "started_at": (NOW - timedelta(minutes=4)).isoformat(),
+                    "ended_at": (NOW - timedelta(minutes=3)).isoformat(),
+                    "boefje": {"id": boefje_id, "version": None},
+                    "input_ooi": "Hostname|internet|mispo.es",
+                    "arguments": {},
+                    "organization": org,
+                    "runnable_hash": None,
+                    "environment": {},
+                },
+                "mime_types": [{"value": m} for m in mime_types],
+                "secure_hash": None,
+                "hash_retrieval_link": None,
+            },
+        }
+    )
+
+
+def normalizer_rows(engine: Engine) -> list[TaskRow]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(TaskRow).where(TaskRow.scheduler_id == SchedulerId.NORMALIZER)).all())
+
+
+def test_a_raw_file_gets_one_task_per_enabled_normalizer_consuming_its_type(raw_files, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    boefje_id = "dns-records"
+    mime = f"boefje/{boefje_id}"
+    event = raw_event(world, org, boefje_id, [mime, mime, "boefje/dns-records-1.0"])
+    raw_files("raw_file_received", [event])
+    rows = normalizer_rows(pg_engine)
+    expected = {n.id for n in world.normalizers if world.is_enabled(org, n.id) and mime in n.consumes}
+    assert {r.plugin_id for r in rows} == expected
+    for row in rows:
+        assert row.hash == normalizer_task_hash(row.plugin_id, str(event.raw_data.boefje_meta.id), org)
+        assert row.data["raw_data"]["id"] == str(event.raw_data.id)
+        assert row.data["normalizer"]["id"] == row.plugin_id
+
+
+def test_an_error_raw_file_gets_no_normalizer(raw_files, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    raw_files("raw_file_received", [raw_event(world, org, "dns-records", ["boefje/dns-records", "error/boefje"])])
+    assert normalizer_rows(pg_engine) == []
+    assert raw_files.stats.skipped["error raw file"] == 1
+
+
+def test_the_same_raw_file_twice_is_normalized_once(raw_files, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    event = raw_event(world, org, "dns-records", ["boefje/dns-records"])
+    raw_files("raw_file_received", [event])
+    raw_files("raw_file_received", [event])
+    rows = normalizer_rows(pg_engine)
+    assert len(rows) == len({r.hash for r in rows}) >= 1

@@ -1,0 +1,227 @@
+"""``kat-scheduler listen`` as a real process on RabbitMQ: KAT's events in, work queued.
+
+The simulated KAT publishes its events through the event bridge, exactly as Octopoes and Bytes
+do, on a vhost of our own (``kat_test_listener``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from kombu import Connection
+from kombu import Queue as KombuQueue
+from sqlalchemy import Engine, func, select
+
+from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
+from kat_scheduler.sim.bridge import EventBridge
+from kat_scheduler.storage import TaskRow
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all, with_vhost  # noqa: F401
+from tests.workers import ROOT, stop, wait_for
+
+VHOST = "kat_test_listener"
+
+
+@pytest.fixture
+def events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+    url = events_amqp_base
+    if url.rstrip("/").endswith("kat_test_events"):
+        subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True, timeout=30)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"], capture_output=True, timeout=30
+        )
+        url = with_vhost(url, VHOST)
+    drop_our_queues(url)
+    yield url
+    drop_our_queues(url)
+
+
+@pytest.fixture
+def bridge(events_url: str, world) -> Iterator[EventBridge]:
+    with EventBridge(events_url) as b:
+        world.add_listener(b)
+        yield b
+        world.remove_listener(b)
+
+
+def start_listener(kat, events_url: str, postgres_uri: str, redis_url: str, log) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "QUEUE_URI": events_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "kat_scheduler", "listen"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def listener(kat, events_url, postgres_uri, redis_url, tmp_path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(tmp_path / "listener.log", "wb") as log:
+        process = start_listener(kat, events_url, postgres_uri, redis_url, log)
+        yield process
+        stop(process)
+
+
+def boefje_tasks(engine: Engine, pk: str, status: TaskStatus = TaskStatus.QUEUED) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(TaskRow.plugin_id).where(TaskRow.input_ooi == pk, TaskRow.status == status))
+        return set(rows.scalars())
+
+
+def expected_boefjes(world, org: str, object_type: str, level: int, operation: str = "create") -> set[str]:
+    return {
+        b.id
+        for b in world.boefjes
+        if world.is_enabled(org, b.id)
+        and object_type in b.consumes
+        and b.scan_level <= level
+        and (not b.run_on or operation in b.run_on)
+    }
+
+
+def test_a_new_object_in_octopoes_gets_its_boefjes_queued(world, bridge, listener, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|fresh.example.nl"
+    world.add_ooi(org, "Hostname", pk, level=2, scan_profile_type="declared")
+    assert (bridge.published, bridge.failed) == (1, 0)
+    expected = expected_boefjes(world, org, "Hostname", 2)
+    ok = wait_for(lambda: boefje_tasks(pg_engine, pk) == expected, timeout=20)
+    if not ok:
+        print(subprocess.run(["rabbitmqctl", "list_queues", "-p", VHOST, "name", "messages", "consumers", "durable"],
+                             capture_output=True, text=True).stdout)
+    assert ok, boefje_tasks(pg_engine, pk)
+
+
+def test_a_deleted_object_has_its_queued_tasks_cancelled(world, bridge, listener, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|short-lived.example.nl"
+    world.add_ooi(org, "Hostname", pk, level=2, scan_profile_type="declared")
+    assert wait_for(lambda: boefje_tasks(pg_engine, pk), timeout=20)
+    queued = boefje_tasks(pg_engine, pk)
+    world.delete_ooi(org, pk)
+    assert wait_for(lambda: boefje_tasks(pg_engine, pk, TaskStatus.CANCELLED) == queued, timeout=20)
+    assert boefje_tasks(pg_engine, pk) == set()
+
+
+def test_a_stored_raw_file_gets_its_normalizers_and_an_error_file_none(
+    world, bridge, listener, clients, pg_engine
+) -> None:
+    org = world.organisation_ids[0]
+    now = datetime.now(UTC)
+
+    def store(tags: list[str]) -> uuid.UUID:
+        meta = BoefjeMeta.model_validate(
+            {
+                "id": str(uuid.uuid4()),
+                "started_at": now.isoformat(),
+                "ended_at": now.isoformat(),
+                "boefje": {"id": "dns-records", "version": None},
+                "input_ooi": "Hostname|internet|mispo.es",
+                "organization": org,
+            }
+        )
+        clients.bytes.save_boefje_meta(meta)
+        clients.bytes.save_raw(meta.id, [("0", b"raw output", tags)])
+        return meta.id
+
+    good = store(["boefje/dns-records"])
+    bad = store(["boefje/dns-records", "error/boefje"])
+    expected = {n.id for n in world.normalizers if world.is_enabled(org, n.id) and "boefje/dns-records" in n.consumes}
+
+    def normalizers_for(meta_id: uuid.UUID) -> set[str]:
+        with pg_engine.connect() as conn:
+            rows = conn.execute(
+                select(TaskRow.plugin_id, TaskRow.data).where(TaskRow.scheduler_id == SchedulerId.NORMALIZER)
+            ).all()
+        return {p for p, data in rows if data["raw_data"]["boefje_meta"]["id"] == str(meta_id)}
+
+    assert wait_for(lambda: normalizers_for(good) == expected, timeout=20), normalizers_for(good)
+    assert normalizers_for(bad) == set()
+
+
+def test_a_poison_message_is_dead_lettered_and_the_next_event_still_handled(
+    world, bridge, listener, events_url, pg_engine
+) -> None:
+    with Connection(events_url) as conn:
+        # Declared as KAT declares it (durable, no arguments): unroutable messages would be dropped.
+        KombuQueue("scan_profile_mutations", durable=True)(conn.default_channel).declare()
+        producer = conn.Producer()
+        producer.publish(
+            b"{not json", routing_key="scan_profile_mutations", exchange="", content_type="application/json"
+        )
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|after-poison.example.nl"
+    world.add_ooi(org, "Hostname", pk, level=2, scan_profile_type="declared")
+    assert wait_for(lambda: boefje_tasks(pg_engine, pk), timeout=20)
+
+    dead: list[tuple[bytes, dict]] = []
+
+    def dead_lettered() -> bool:
+        dead.extend(take_all(events_url, "scan_profile_mutations.dead"))
+        return bool(dead)
+
+    assert wait_for(dead_lettered, timeout=10)
+    body, headers = dead[0]
+    assert body == b"{not json" and "x-death-reason" in headers
+
+
+def test_killing_the_listener_mid_storm_loses_nothing_and_queues_nothing_twice(
+    kat, world, bridge, events_url, postgres_uri, redis_url, pg_engine, tmp_path
+) -> None:
+    org = world.organisation_ids[0]
+    count = 1500
+    refs = [f"Hostname|internet|storm-{n}.example.nl" for n in range(count)]
+    bodies = [
+        {
+            "operation": "create",
+            "primary_key": ref,
+            "client_id": org,
+            "value": {
+                "primary_key": ref,
+                "object_type": "Hostname",
+                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": 2},
+            },
+        }
+        for ref in refs
+    ]
+    assert bridge.publish_many("scan_profile_mutations", bodies) == count
+    per_object = len(expected_boefjes(world, org, "Hostname", 2))
+
+    def queued() -> int:
+        with pg_engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
+
+    with open(tmp_path / "first.log", "wb") as log:
+        first = start_listener(kat, events_url, postgres_uri, redis_url, log)
+        assert wait_for(lambda: queued() > 0, timeout=30), (tmp_path / "first.log").read_text()
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    partial = queued()
+    with open(tmp_path / "second.log", "wb") as log:
+        second = start_listener(kat, events_url, postgres_uri, redis_url, log)
+        try:
+            assert wait_for(lambda: queued() >= count * per_object, timeout=60), (tmp_path / "second.log").read_text()
+        finally:
+            stop(second)
+    with pg_engine.connect() as conn:
+        rows = conn.execute(select(TaskRow.hash, TaskRow.input_ooi)).all()
+    assert len(rows) == len({h for h, _ in rows}) == count * per_object
+    assert {ref for _, ref in rows} == set(refs)
+    assert partial <= count * per_object
