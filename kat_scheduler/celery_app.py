@@ -9,12 +9,15 @@ from celery import Celery
 from kat_scheduler.config import celery_config
 from kat_scheduler.settings import Settings
 
-TASK_MODULES: list[str] = ["kat_scheduler.tasks.scheduler"]
+TASK_MODULES: list[str] = ["kat_scheduler.tasks.scheduler", "kat_scheduler.tasks.workers"]
 
 
-def create_app(settings: Settings | None = None, *, main: str = "kat_scheduler") -> Celery:
-    """A Celery app configured from ``settings``, or from the ``celeryconfig`` module if none given."""
-    celery = Celery(main, include=TASK_MODULES)
+def create_app(settings: Settings | None = None, *, main: str = "kat_scheduler", tasks: bool = True) -> Celery:
+    """A Celery app configured from ``settings``, or from the ``celeryconfig`` module if none given.
+
+    ``tasks=False`` leaves our task modules out (for test apps that bring stand-in tasks).
+    """
+    celery = Celery(main, include=TASK_MODULES if tasks else [])
     if settings is not None:
         celery.config_from_object(celery_config(settings))
     else:

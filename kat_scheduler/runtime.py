@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from kat_scheduler.planning.boefjes import BoefjePlanner
     from kat_scheduler.publisher import Publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
+    from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob
+    from kat_scheduler.workers.runners import Runner
 
 
 class Runtime:
@@ -55,6 +57,26 @@ class Runtime:
         from kat_scheduler.storage import ScheduleStore
 
         return ScheduleStore(self.engine)
+
+    @cached_property
+    def runner(self) -> Runner:
+        if self.settings.runner == "simulated":
+            from kat_scheduler.workers.simulated import SimulatedRunner
+
+            return SimulatedRunner()
+        from kat_scheduler.workers.local import LocalPluginRunner
+
+        return LocalPluginRunner(self.settings.plugins_path)
+
+    def boefje_job(self) -> BoefjeJob:
+        from kat_scheduler.workers.lifecycle import BoefjeJob
+
+        return BoefjeJob(self.tasks, self.clients, self.runner)
+
+    def normalizer_job(self) -> NormalizerJob:
+        from kat_scheduler.workers.lifecycle import NormalizerJob
+
+        return NormalizerJob(self.tasks, self.clients, self.runner)
 
     def planner(self) -> BoefjePlanner:
         from kat_scheduler.planning.boefjes import BoefjePlanner

@@ -9,7 +9,7 @@ rest are ``SCHEDULER_<FIELD>``. ``docs/configuration.md`` is generated from this
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -193,6 +193,17 @@ class Settings(BaseSettings):
             "Redis broker visibility timeout in seconds; unacked messages are redelivered after it. "
             "0 means: the hard time limit plus 10 minutes (it must exceed the hard limit)."
         ),
+    )
+    runner: Literal["local", "simulated"] = Field(
+        "local",
+        description=(
+            "How workers run plugins: `local` (Python plugins in KAT's layout under "
+            "SCHEDULER_PLUGINS_PATH) or `simulated` (the simulated world's plugins)."
+        ),
+    )
+    plugins_path: str = Field("plugins", description="Folder of local plugins (one folder per plugin).")
+    retry_backoff: float = Field(
+        2.0, gt=0, le=3600, description="Seconds before the first retry after a service was down; doubles per retry."
     )
     max_retries: int = Field(5, ge=0, le=100, description="Retries of a task after a transient service error.")
     retention_days: int = Field(

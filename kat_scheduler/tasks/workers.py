@@ -1,0 +1,44 @@
+"""The boefje and normalizer tasks workers consume from the ``boefjes`` and ``normalizers`` queues.
+
+Kwargs name the organisation, plugin and input (readable in Flower; never secrets); the task id
+is the ``tasks`` row id. The work itself is in :mod:`kat_scheduler.workers.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Task, shared_task
+
+from kat_scheduler.queues import TaskName
+from kat_scheduler.runtime import get_runtime
+from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome
+
+
+def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
+    """Retry a task whose service was down, with exponential backoff and a bounded count."""
+    if result.outcome != Outcome.RETRY:
+        return result.as_dict()
+    settings = get_runtime().settings
+    retries = task.request.retries
+    if retries >= settings.max_retries:
+        job.fail_for_good(uuid.UUID(task.request.id), f"gave up after {retries} retries: {result.detail}")
+        return JobResult(Outcome.FAILED, f"gave up after {retries} retries").as_dict()
+    raise task.retry(countdown=settings.retry_backoff * 2**retries, max_retries=settings.max_retries)
+
+
+@shared_task(name=TaskName.BOEFJE_RUN.value, bind=True, acks_late=True)
+def run_boefje(self: Task, organisation: str, boefje_id: str, input_ooi: str | None = None) -> dict[str, Any]:
+    job = get_runtime().boefje_job()
+    result = job.run(uuid.UUID(self.request.id), self.request.hostname or "worker", organisation, boefje_id, input_ooi)
+    return _settle(self, job, result)
+
+
+@shared_task(name=TaskName.NORMALIZER_RUN.value, bind=True, acks_late=True)
+def run_normalizer(self: Task, organisation: str, normalizer_id: str, raw_data_id: str) -> dict[str, Any]:
+    job = get_runtime().normalizer_job()
+    result = job.run(
+        uuid.UUID(self.request.id), self.request.hostname or "worker", organisation, normalizer_id, raw_data_id
+    )
+    return _settle(self, job, result)

@@ -1,0 +1,117 @@
+"""The whole KAT cycle with real processes: a boefje worker stores raw data in the simulated
+Bytes, which emits raw_file_received; the listener queues a normalizer; its observation adds
+objects to the simulated Octopoes, which emits scan_profile_mutations; the listener queues
+boefjes for the new objects, which the worker runs. The graph grows by itself."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.queues import Queue
+from kat_scheduler.sim.bridge import EventBridge
+from kat_scheduler.storage import TaskRow
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, with_vhost  # noqa: F401
+from tests.integration.test_listener import start_listener
+from tests.workers import celery_worker, stop, wait_for
+
+VHOST = "kat_test_loop"
+
+
+@pytest.fixture
+def loop_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+    url = events_amqp_base
+    if url.rstrip("/").endswith("kat_test_events"):
+        subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True, timeout=30)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"], capture_output=True, timeout=30
+        )
+        url = with_vhost(url, VHOST)
+    drop_our_queues(url)
+    yield url
+    drop_our_queues(url)
+
+
+def count(engine: Engine, *conditions) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(TaskRow).where(*conditions)).scalar_one()
+
+
+def test_a_pushed_boefje_grows_the_simulated_graph_through_the_whole_cycle(
+    kat, world, planner, loop_events_url, postgres_uri, redis_url, pg_engine, tmp_path
+) -> None:
+    org = next(o for o in world.organisation_ids if world.is_enabled(o, "dns-records"))
+    hostname = next(
+        o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2
+    ).primary_key
+    objects_before = len(world.oois(org))
+    env = {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "QUEUE_URI": loop_events_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "simulated",
+    }
+    with EventBridge(loop_events_url) as bridge:
+        world.add_listener(bridge)
+        with open(tmp_path / "listener.log", "wb") as log:
+            listener = start_listener(kat, loop_events_url, postgres_uri, redis_url, log)
+            try:
+                with celery_worker(
+                    "kat_scheduler",
+                    [Queue.BOEFJES.value, Queue.NORMALIZERS.value],
+                    env,
+                    concurrency=2,
+                    log_file=tmp_path / "worker.log",
+                ):
+                    from datetime import UTC, datetime
+
+                    pushed = planner.push(org, "dns-records", hostname, now=datetime.now(UTC))
+                    assert pushed.task_id is not None
+
+                    def grew() -> bool:
+                        return (
+                            count(
+                                pg_engine,
+                                TaskRow.scheduler_id == SchedulerId.NORMALIZER,
+                                TaskRow.status == TaskStatus.COMPLETED,
+                            )
+                            >= 1
+                            and len(world.oois(org)) > objects_before
+                            and count(
+                                pg_engine,
+                                TaskRow.scheduler_id == SchedulerId.BOEFJE,
+                                TaskRow.status == TaskStatus.COMPLETED,
+                            )
+                            >= 2
+                        )
+
+                    assert wait_for(grew, timeout=60), (tmp_path / "worker.log").read_text()[-4000:] + (
+                        tmp_path / "listener.log"
+                    ).read_text()[-2000:]
+            finally:
+                stop(listener)
+        world.remove_listener(bridge)
+
+    # The pushed task ran; new objects came from the observation; boefjes ran on them.
+    with pg_engine.connect() as conn:
+        pushed_row = conn.execute(select(TaskRow.status).where(TaskRow.id == pushed.task_id)).scalar_one()
+        derived = (
+            conn.execute(
+                select(TaskRow.input_ooi).where(
+                    TaskRow.scheduler_id == SchedulerId.BOEFJE, TaskRow.input_ooi != hostname
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert pushed_row == TaskStatus.COMPLETED
+    new_objects = set(world.oois(org)) - {hostname}
+    assert any(ref in new_objects for ref in derived)
+    assert any(o.source == hostname for o in world.observations)

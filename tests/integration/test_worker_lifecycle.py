@@ -1,0 +1,180 @@
+"""The life of a boefje and a normalizer task on a worker (jobs called directly; Celery around
+them is tested with real workers in test_workers.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash
+from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.planning.rules import boefje_payload
+from kat_scheduler.storage import TaskStore
+from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob, Outcome
+from kat_scheduler.workers.runners import UnknownPlugin
+from kat_scheduler.workers.simulated import SimulatedRunner
+
+
+class CrashingRunner(SimulatedRunner):
+    def run_boefje(self, boefje_id: str, boefje_meta: dict[str, Any], environment: dict[str, str]):
+        raise RuntimeError("the scanner fell over")
+
+
+class NoPluginsRunner(SimulatedRunner):
+    def run_boefje(self, boefje_id: str, boefje_meta: dict[str, Any], environment: dict[str, str]):
+        raise UnknownPlugin(f"no local boefje {boefje_id!r}")
+
+
+@pytest.fixture
+def store(pg_engine: Engine) -> TaskStore:
+    return TaskStore(pg_engine)
+
+
+def hostname_with_dns(world) -> tuple[str, str]:
+    for org in world.organisation_ids:
+        if world.is_enabled(org, "dns-records"):
+            for ooi in world.oois(org).values():
+                if ooi.object_type == "Hostname" and ooi.scan_level >= 1:
+                    return org, ooi.primary_key
+    raise AssertionError("no hostname for dns-records in the world")
+
+
+def queued_boefje_task(store: TaskStore, org: str, boefje_id: str, ref: str, clients) -> uuid.UUID:
+    boefje = clients.katalogus.plugin(org, boefje_id)
+    task_id = uuid.uuid4()
+    store.claim(
+        [
+            NewTask(
+                id=task_id,
+                scheduler_id=SchedulerId.BOEFJE,
+                type="boefje",
+                organisation=org,
+                plugin_id=boefje_id,
+                input_ooi=ref,
+                hash=boefje_task_hash(boefje_id, org, ref),
+                band=2,
+                priority=0,
+                data=boefje_payload(task_id, boefje, org, ref),
+            )
+        ]
+    )
+    return task_id
+
+
+def test_a_boefje_run_stores_its_meta_and_raw_in_bytes_and_completes(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.COMPLETED
+    row = store.get(task_id)
+    assert row.status == TaskStatus.COMPLETED and row.started_at and row.ended_at and row.worker == "w1"
+    run = world.boefje_meta(task_id)
+    assert run is not None and run.input_ooi == ref and run.ended_at is not None
+    raws = world.raw_files_of(task_id)
+    assert len(raws) == 1 and "boefje/dns-records" in raws[0].mime_types
+    assert json.loads(raws[0].content)["input"] == ref
+
+
+def test_a_crashing_boefje_stores_an_error_file_and_fails_the_row(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    result = BoefjeJob(store, clients, CrashingRunner()).run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.FAILED
+    row = store.get(task_id)
+    assert row.status == TaskStatus.FAILED and "the scanner fell over" in row.error
+    raws = world.raw_files_of(task_id)
+    assert len(raws) == 1 and "error/boefje" in raws[0].mime_types
+
+
+def test_an_unknown_plugin_fails_the_task_with_a_clear_error(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    result = BoefjeJob(store, clients, NoPluginsRunner()).run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.FAILED
+    assert "no local boefje 'dns-records'" in store.get(task_id).error
+
+
+def test_a_boefje_unknown_to_katalogus_fails_the_task(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "w1", org, "no-such-boefje", ref)
+    assert result.outcome == Outcome.FAILED and "unknown boefje 'no-such-boefje'" in result.detail
+
+
+def test_a_bytes_outage_puts_the_task_back_and_a_later_try_completes(store, clients, world, kat) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    job = BoefjeJob(store, clients, SimulatedRunner())
+    kat.inject_fault("bytes", status=503, times=None, path_prefix="/bytes/boefje_meta")
+    first = job.run(task_id, "w1", org, "dns-records", ref)
+    assert first.outcome == Outcome.RETRY
+    assert store.get(task_id).status == TaskStatus.QUEUED
+    kat.clear_faults()
+    second = job.run(task_id, "w1", org, "dns-records", ref)
+    assert second.outcome == Outcome.COMPLETED
+    assert store.get(task_id).attempts == 2
+
+
+def test_giving_up_after_the_last_retry_fails_the_row(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    BoefjeJob(store, clients, SimulatedRunner()).fail_for_good(task_id, "gave up after 5 retries")
+    row = store.get(task_id)
+    assert row.status == TaskStatus.FAILED and row.error == "gave up after 5 retries"
+
+
+def test_a_cancelled_task_is_skipped(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    store.cancel([task_id])
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.SKIPPED
+    assert world.boefje_meta(task_id) is None
+
+
+def test_a_duplicate_delivery_runs_the_boefje_once(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    job = BoefjeJob(store, clients, SimulatedRunner())
+    assert job.run(task_id, "w1", org, "dns-records", ref).outcome == Outcome.COMPLETED
+    assert job.run(task_id, "w2", org, "dns-records", ref).outcome == Outcome.SKIPPED
+    assert len(world.raw_files_of(task_id)) == 1
+
+
+def test_a_normalizer_turns_raw_data_into_an_observation_that_grows_the_graph(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    boefje_task = queued_boefje_task(store, org, "dns-records", ref, clients)
+    BoefjeJob(store, clients, SimulatedRunner()).run(boefje_task, "w1", org, "dns-records", ref)
+    raw = world.raw_files_of(boefje_task)[0]
+    raw_json = world.render_raw_meta(raw)
+    normalizer_id = "kat_dns_normalize"
+    task_id = uuid.uuid4()
+    store.claim(
+        [
+            NewTask(
+                id=task_id,
+                scheduler_id=SchedulerId.NORMALIZER,
+                type="normalizer",
+                organisation=org,
+                plugin_id=normalizer_id,
+                input_ooi=ref,
+                hash=normalizer_task_hash(normalizer_id, str(boefje_task), org),
+                band=4,
+                priority=0,
+                data={"id": str(task_id), "normalizer": {"id": normalizer_id}, "raw_data": raw_json},
+            )
+        ]
+    )
+    before = len(world.oois(org))
+    result = NormalizerJob(store, clients, SimulatedRunner()).run(task_id, "w1", org, normalizer_id, str(raw.id))
+    assert result.outcome == Outcome.COMPLETED, result.detail
+    assert len(world.oois(org)) > before
+    observation = world.observations[-1]
+    assert observation.method == normalizer_id and observation.source == ref and observation.task_id == str(task_id)
+    assert len(world.normalizer_runs) == 1
+    assert store.get(task_id).status == TaskStatus.COMPLETED

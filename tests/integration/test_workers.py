@@ -1,0 +1,137 @@
+"""Local plugins in KAT's layout, and a real worker enforcing the time limit."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from kat_scheduler.models import TaskStatus
+from kat_scheduler.publisher import OutgoingMessage, make_publisher
+from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.settings import load_settings
+from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.workers.local import LocalPluginRunner
+from kat_scheduler.workers.runners import UnknownPlugin
+from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
+from tests.workers import celery_worker, wait_for
+
+
+def write_plugin(root: Path, folder: str, description: str, module: str, plugin_id: str, code: str) -> None:
+    (root / folder).mkdir(parents=True)
+    (root / folder / description).write_text(json.dumps({"id": plugin_id, "name": plugin_id}))
+    (root / folder / module).write_text(textwrap.dedent(code))
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    root = tmp_path / "plugins"
+    write_plugin(
+        root,
+        "kat_dns",
+        "boefje.json",
+        "main.py",
+        "dns-records",
+        """
+        import os
+
+        def run(boefje_meta):
+            name = boefje_meta["arguments"]["input"]["primary_key"]
+            return [({"openkat/dns"}, f"A 192.0.2.1 for {name} token={os.environ.get('TOKEN')}")]
+        """,
+    )
+    write_plugin(
+        root,
+        "kat_dns_normalize",
+        "normalizer.json",
+        "normalize.py",
+        "kat_dns_normalize",
+        """
+        def run(input_ooi, raw):
+            yield {"object_type": "IPAddressV4", "primary_key": "IPAddressV4|internet|192.0.2.1"}
+        """,
+    )
+    write_plugin(
+        root,
+        "slow",
+        "boefje.json",
+        "main.py",
+        "dns-records-slow",
+        """
+        import time
+
+        def run(boefje_meta):
+            time.sleep(30)
+            return []
+        """,
+    )
+    (root / "broken").mkdir()
+    (root / "broken" / "boefje.json").write_text("{not json")
+    return root
+
+
+def test_local_plugins_run_with_kat_signatures_and_settings_as_environment(plugins: Path) -> None:
+    runner = LocalPluginRunner(plugins)
+    meta = {"arguments": {"input": {"primary_key": "Hostname|internet|mispo.es"}}}
+    [(mime, raw)] = runner.run_boefje("dns-records", meta, {"TOKEN": "s3cret"})
+    assert mime == {"openkat/dns"} and raw == b"A 192.0.2.1 for Hostname|internet|mispo.es token=s3cret"
+    import os
+
+    assert "TOKEN" not in os.environ  # the environment is restored after the run
+    assert runner.run_normalizer("kat_dns_normalize", {}, raw) == [
+        {"object_type": "IPAddressV4", "primary_key": "IPAddressV4|internet|192.0.2.1"}
+    ]
+
+
+def test_an_unknown_local_plugin_is_a_clear_error(plugins: Path) -> None:
+    with pytest.raises(UnknownPlugin, match="no local boefje 'nope'"):
+        LocalPluginRunner(plugins).run_boefje("nope", {}, {})
+
+
+def test_a_boefje_past_its_soft_time_limit_fails_and_the_worker_lives_on(
+    plugins, kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path
+) -> None:
+    store = TaskStore(pg_engine)
+    org, ref = hostname_with_dns(world)
+    world.set_plugin_enabled(org, "dns-records", True)
+    slow = queued_boefje_task(store, org, "dns-records", ref, clients)
+    env = {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "local",
+        "SCHEDULER_PLUGINS_PATH": str(plugins),
+        "SCHEDULER_SOFT_TIME_LIMIT": "1",
+        "SCHEDULER_HARD_TIME_LIMIT": "5",
+    }
+    # Make "dns-records" the slow plugin for this worker: point the id at the sleeping module.
+    (plugins / "kat_dns" / "boefje.json").write_text(json.dumps({"id": "unused"}))
+    (plugins / "slow" / "boefje.json").write_text(json.dumps({"id": "dns-records"}))
+    settings = load_settings(broker_url=redis_url, db_uri=postgres_uri)
+    publisher = make_publisher(settings)
+    publisher.publish(
+        [
+            OutgoingMessage(
+                task_id=slow,
+                task_name=TaskName.BOEFJE_RUN.value,
+                queue=Queue.BOEFJES.value,
+                band=2,
+                kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
+            )
+        ]
+    )
+    publisher.close()
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
+        finished = wait_for(lambda: store.get(slow).status == TaskStatus.FAILED, timeout=30)
+        assert finished, (tmp_path / "worker.log").read_text()[-3000:]
+        assert worker.poll() is None
+    row = store.get(slow)
+    assert "SoftTimeLimitExceeded" in row.error
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(TaskRow.status).where(TaskRow.id == slow)).scalar_one() == TaskStatus.FAILED
+    assert any("error/boefje" in r.mime_types for r in world.raw_files_of(slow))
