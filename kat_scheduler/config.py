@@ -68,6 +68,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(seconds=settings.plan_interval),
             "options": {"queue": Queue.SCHEDULER.value, "expires": settings.plan_interval, "priority": priority},
         },
+        "reap": {
+            "task": TaskName.REAP.value,
+            "schedule": timedelta(seconds=settings.reap_interval),
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.reap_interval, "priority": priority},
+        },
         "queue-due-schedules": {
             "task": TaskName.QUEUE_DUE_SCHEDULES.value,
             "schedule": timedelta(seconds=settings.schedules_interval),

@@ -105,7 +105,13 @@ def get_runtime() -> Runtime:
 
 
 def reset_runtime() -> None:
-    """Forget this process's resources (after a fork: don't close the parent's, just drop them)."""
+    """Forget this process's resources after a fork, without closing what the parent still uses.
+
+    psycopg2 sends a termination message when a connection is closed, even from a child holding a
+    copy of the parent's socket, so inherited pool connections are discarded, never closed.
+    """
     global _runtime
     with _lock:
+        if _runtime is not None and "engine" in _runtime.__dict__:
+            _runtime.engine.dispose(close=False)
         _runtime = None

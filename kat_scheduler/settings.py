@@ -206,6 +206,14 @@ class Settings(BaseSettings):
         2.0, gt=0, le=3600, description="Seconds before the first retry after a service was down; doubles per retry."
     )
     max_retries: int = Field(5, ge=0, le=100, description="Retries of a task after a transient service error.")
+    reap_interval: float = Field(
+        60.0, gt=0, le=86400, description="Seconds between runs of the reaper (stuck, unpublished and lost tasks)."
+    )
+    unpublished_after: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds after which a claimed task that was never published is published by the reaper.",
+    )
     retention_days: int = Field(
         30, ge=1, description="Completed and failed task rows older than this many days are pruned."
     )

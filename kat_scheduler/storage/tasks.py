@@ -233,6 +233,20 @@ class TaskStore:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             return session.execute(stmt).scalar_one_or_none()
 
+    def take_over(
+        self, task_id: uuid.UUID, dead_worker: str, worker: str, now: datetime | None = None
+    ) -> TaskRow | None:
+        """Restart a task whose runner process is known to be dead (``running`` by ``dead_worker``)."""
+        now = now or utcnow()
+        stmt = (
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.RUNNING, TaskRow.worker == dead_worker)
+            .values(started_at=now, modified_at=now, worker=worker, attempts=TaskRow.attempts + 1)
+            .returning(TaskRow)
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            return session.execute(stmt).scalar_one_or_none()
+
     def finish(
         self,
         task_id: uuid.UUID,

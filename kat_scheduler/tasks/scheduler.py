@@ -76,6 +76,15 @@ def plan_boefjes_for_org(organisations: list[str]) -> dict[str, Any]:
     return result
 
 
+@shared_task(name=TaskName.REAP.value)
+def reap() -> dict[str, int]:
+    """Repair what crashes leave behind (see kat_scheduler.workers.reaper)."""
+    from kat_scheduler.workers.reaper import Reaper
+
+    runtime = get_runtime()
+    return Reaper(runtime.tasks, runtime.publisher, runtime.settings).reap(datetime.now(UTC)).as_dict()
+
+
 @shared_task(name=TaskName.QUEUE_DUE_SCHEDULES.value)
 def queue_due_schedules() -> dict[str, Any]:
     report = get_runtime().planner().queue_due(now=datetime.now(UTC))

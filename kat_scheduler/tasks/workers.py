@@ -9,11 +9,34 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded
 from celery import Task, shared_task
+from celery.signals import task_failure
 
+from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import TaskName
 from kat_scheduler.runtime import get_runtime
-from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome
+from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome, worker_id
+
+OUR_TASKS = {TaskName.BOEFJE_RUN.value, TaskName.NORMALIZER_RUN.value}
+
+
+@task_failure.connect
+def _hard_time_limit(
+    sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    """In the worker's main process: a child killed at the hard time limit leaves its row failed."""
+    if sender is None or task_id is None or sender.name not in OUR_TASKS:
+        return
+    if isinstance(exception, TimeLimitExceeded):
+        get_runtime().tasks.transition(
+            uuid.UUID(task_id),
+            [TaskStatus.RUNNING],
+            TaskStatus.FAILED,
+            error=f"hard time limit exceeded ({exception})",
+            ended_at=utcnow(),
+        )
 
 
 def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
@@ -31,14 +54,12 @@ def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
 @shared_task(name=TaskName.BOEFJE_RUN.value, bind=True, acks_late=True)
 def run_boefje(self: Task, organisation: str, boefje_id: str, input_ooi: str | None = None) -> dict[str, Any]:
     job = get_runtime().boefje_job()
-    result = job.run(uuid.UUID(self.request.id), self.request.hostname or "worker", organisation, boefje_id, input_ooi)
+    result = job.run(uuid.UUID(self.request.id), worker_id(), organisation, boefje_id, input_ooi)
     return _settle(self, job, result)
 
 
 @shared_task(name=TaskName.NORMALIZER_RUN.value, bind=True, acks_late=True)
 def run_normalizer(self: Task, organisation: str, normalizer_id: str, raw_data_id: str) -> dict[str, Any]:
     job = get_runtime().normalizer_job()
-    result = job.run(
-        uuid.UUID(self.request.id), self.request.hostname or "worker", organisation, normalizer_id, raw_data_id
-    )
+    result = job.run(uuid.UUID(self.request.id), worker_id(), organisation, normalizer_id, raw_data_id)
     return _settle(self, job, result)

@@ -16,6 +16,8 @@ object gone, a runner crash) fails the row at once with a clear error.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import traceback
 import uuid
 from collections.abc import Callable
@@ -51,6 +53,27 @@ class JobResult:
         return {"outcome": self.outcome.value, "detail": self.detail}
 
 
+def worker_id() -> str:
+    """This process, as recorded in ``tasks.worker``: ``host:pid`` of the process running the task."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runner_is_dead(worker: str | None) -> bool:
+    """True only when ``worker`` is a process on this host that no longer exists."""
+    if not worker or ":" not in worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class _Permanent(Exception):
     """Fail the row with this message."""
 
@@ -73,11 +96,19 @@ class Job:
 
     def _start(self, task_id: uuid.UUID, worker: str) -> TaskRow | None:
         row = self.tasks.start(task_id, worker, now=self.clock())
-        if row is None:
-            current = self.tasks.get(task_id)
-            state = "unknown to the database" if current is None else f"{current.status}"
-            logger.info("%s %s not started: it is %s", self.kind, task_id, state)
-        return row
+        if row is not None:
+            return row
+        current = self.tasks.get(task_id)
+        if current is not None and current.status == TaskStatus.RUNNING and runner_is_dead(current.worker):
+            # Redelivered after its worker process died on this host: run it now, not after the reaper.
+            assert current.worker is not None
+            row = self.tasks.take_over(task_id, current.worker, worker, now=self.clock())
+            if row is not None:
+                logger.warning("%s %s: its runner %s died; running it again", self.kind, task_id, current.worker)
+                return row
+        state = "unknown to the database" if current is None else f"{current.status}"
+        logger.info("%s %s not started: it is %s", self.kind, task_id, state)
+        return None
 
     def _guard(self, task_id: uuid.UUID, body: Callable[[], None]) -> JobResult:
         try:

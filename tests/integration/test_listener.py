@@ -104,8 +104,13 @@ def test_a_new_object_in_octopoes_gets_its_boefjes_queued(world, bridge, listene
     expected = expected_boefjes(world, org, "Hostname", 2)
     ok = wait_for(lambda: boefje_tasks(pg_engine, pk) == expected, timeout=20)
     if not ok:
-        print(subprocess.run(["rabbitmqctl", "list_queues", "-p", VHOST, "name", "messages", "consumers", "durable"],
-                             capture_output=True, text=True).stdout)
+        print(
+            subprocess.run(
+                ["rabbitmqctl", "list_queues", "-p", VHOST, "name", "messages", "consumers", "durable"],
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
     assert ok, boefje_tasks(pg_engine, pk)
 
 

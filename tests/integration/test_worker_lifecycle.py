@@ -178,3 +178,30 @@ def test_a_normalizer_turns_raw_data_into_an_observation_that_grows_the_graph(st
     assert observation.method == normalizer_id and observation.source == ref and observation.task_id == str(task_id)
     assert len(world.normalizer_runs) == 1
     assert store.get(task_id).status == TaskStatus.COMPLETED
+
+
+def test_a_redelivery_after_its_runner_died_on_this_host_runs_at_once(store, clients, world) -> None:
+    import subprocess
+    import sys
+
+    from kat_scheduler.workers.lifecycle import worker_id
+
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = worker_id().rpartition(":")[0]
+    store.start(task_id, f"{host}:{gone.pid}")  # it was running in a process that is now gone
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, worker_id(), org, "dns-records", ref)
+    assert result.outcome == Outcome.COMPLETED
+    assert store.get(task_id).attempts == 2
+
+
+def test_a_task_running_in_a_live_process_is_not_taken_over(store, clients, world) -> None:
+    from kat_scheduler.workers.lifecycle import worker_id
+
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    store.start(task_id, worker_id())  # this very process: alive
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "other:1", org, "dns-records", ref)
+    assert result.outcome == Outcome.SKIPPED

@@ -135,3 +135,46 @@ def test_a_boefje_past_its_soft_time_limit_fails_and_the_worker_lives_on(
     with pg_engine.connect() as conn:
         assert conn.execute(select(TaskRow.status).where(TaskRow.id == slow)).scalar_one() == TaskStatus.FAILED
     assert any("error/boefje" in r.mime_types for r in world.raw_files_of(slow))
+
+
+def test_a_boefje_that_ignores_its_soft_limit_is_killed_at_the_hard_limit_and_its_row_failed(
+    plugins, kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path
+) -> None:
+    store = TaskStore(pg_engine)
+    org, ref = hostname_with_dns(world)
+    stubborn = queued_boefje_task(store, org, "dns-records", ref, clients)
+    (plugins / "kat_dns" / "boefje.json").write_text(json.dumps({"id": "unused"}))
+    (plugins / "slow" / "main.py").write_text(
+        "import time\n\ndef run(boefje_meta):\n    while True:\n        try:\n            time.sleep(60)\n"
+        "        except BaseException:\n            pass\n"
+    )
+    (plugins / "slow" / "boefje.json").write_text(json.dumps({"id": "dns-records"}))
+    env = {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "local",
+        "SCHEDULER_PLUGINS_PATH": str(plugins),
+        "SCHEDULER_SOFT_TIME_LIMIT": "1",
+        "SCHEDULER_HARD_TIME_LIMIT": "3",
+    }
+    publisher = make_publisher(load_settings(broker_url=redis_url, db_uri=postgres_uri))
+    publisher.publish(
+        [
+            OutgoingMessage(
+                task_id=stubborn,
+                task_name=TaskName.BOEFJE_RUN.value,
+                queue=Queue.BOEFJES.value,
+                band=2,
+                kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
+            )
+        ]
+    )
+    publisher.close()
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
+        failed = wait_for(lambda: store.get(stubborn).status == TaskStatus.FAILED, timeout=30)
+        assert failed, (tmp_path / "worker.log").read_text()[-3000:]
+        assert worker.poll() is None
+    assert "hard time limit" in store.get(stubborn).error

@@ -1,0 +1,172 @@
+"""The reaper (beat, every ``SCHEDULER_REAP_INTERVAL`` seconds): repairs what crashes leave behind.
+
+1. **Stuck running**: a row ``running`` for longer than the hard time limit (plus a minute) had
+   its worker die (SIGKILL, OOM, a lost host): it is queued and published again while it has
+   attempts left (``SCHEDULER_MAX_RETRIES``), else failed, so its hash is free again. (A
+   redelivery on the same host whose runner process is gone takes over at once instead.)
+2. **Claimed, never published**: a row ``queued`` with no ``published_at`` older than
+   ``SCHEDULER_UNPUBLISHED_AFTER`` seconds (a producer died between claim and publish): published.
+3. **Queued, message lost**: rows ``queued`` for longer than the broker's visibility timeout with
+   no worker activity, while their queue on the broker is empty (so their messages are surely
+   gone: a broker that lost its data, a purge): published again. When the queue is not empty
+   they wait; republishing a healthy backlog would only duplicate it.
+4. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
+   deleted in batches.
+
+Republishing is always safe: a worker starts a task only through the conditional claim, so a
+duplicate message runs nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+
+from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
+from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
+from kat_scheduler.storage.tasks import TaskStore
+
+logger = logging.getLogger(__name__)
+
+_TASKS = table_of(TaskRow)
+BATCH = 5000
+#: Slack on top of the hard time limit before a running row counts as stuck.
+RUNNING_SLACK = timedelta(minutes=1)
+
+
+@dataclass
+class ReapReport:
+    failed_stuck: int = 0
+    requeued_stuck: int = 0
+    published_unpublished: int = 0
+    republished_lost: int = 0
+    pruned: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def message_for(row: Any) -> OutgoingMessage:
+    """The message that runs a task row (the same a producer sent)."""
+    if row.scheduler_id == SchedulerId.NORMALIZER:
+        raw_id = str(row.data.get("raw_data", {}).get("id"))
+        kwargs = {"organisation": row.organisation, "normalizer_id": row.plugin_id, "raw_data_id": raw_id}
+        return OutgoingMessage(row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs)
+    kwargs = {"organisation": row.organisation, "boefje_id": row.plugin_id, "input_ooi": row.input_ooi}
+    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs)
+
+
+class Reaper:
+    def __init__(self, tasks: TaskStore, publisher: Publisher, settings: Settings) -> None:
+        self.tasks = tasks
+        self.publisher = publisher
+        self.settings = settings
+
+    def reap(self, now: datetime) -> ReapReport:
+        report = ReapReport()
+        self._recover_stuck(now, report)
+        report.published_unpublished = self._publish_unpublished(now, report)
+        report.republished_lost = self._republish_lost(now, report)
+        report.pruned = self._prune(now)
+        if any(report.as_dict().values()):
+            logger.warning("reaper: %s", report.as_dict())
+        return report
+
+    def _recover_stuck(self, now: datetime, report: ReapReport) -> None:
+        """Rows running past the hard limit: run again while attempts remain, else fail."""
+        cutoff = now - timedelta(seconds=self.settings.hard_time_limit) - RUNNING_SLACK
+        stuck = (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < cutoff)
+        with self.tasks.engine.begin() as conn:
+            report.failed_stuck = conn.execute(
+                update(_TASKS)
+                .where(*stuck, _TASKS.c.attempts > self.settings.max_retries)
+                .values(
+                    status=TaskStatus.FAILED,
+                    ended_at=now,
+                    modified_at=now,
+                    error="reaped: running past the hard time limit on every attempt (worker lost or killed)",
+                )
+            ).rowcount
+            requeued = list(
+                conn.execute(
+                    update(_TASKS)
+                    .where(*stuck)
+                    .values(
+                        status=TaskStatus.QUEUED, modified_at=now, error="requeued by the reaper: its worker was lost"
+                    )
+                    .returning(*_TASKS.c)
+                ).all()
+            )
+        report.requeued_stuck = self._publish(requeued, report)
+
+    def _rows(self, *conditions: Any) -> list[Any]:
+        with self.tasks.engine.connect() as conn:
+            return list(conn.execute(select(_TASKS).where(*conditions).order_by(_TASKS.c.band).limit(BATCH)).all())
+
+    def _publish(self, rows: list[Any], report: ReapReport) -> int:
+        if not rows:
+            return 0
+        messages = [message_for(row) for row in rows]
+        try:
+            self.publisher.publish(messages)
+            published = [m.task_id for m in messages]
+        except PublishError as exc:
+            logger.error("reaper could not publish: %s", exc)
+            report.errors += 1
+            published = list(exc.published)
+        if published:
+            with self.tasks.engine.begin() as conn:
+                conn.execute(update(_TASKS).where(_TASKS.c.id.in_(published)).values(published_at=utcnow()))
+        return len(published)
+
+    def _publish_unpublished(self, now: datetime, report: ReapReport) -> int:
+        cutoff = now - timedelta(seconds=self.settings.unpublished_after)
+        rows = self._rows(
+            _TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff
+        )
+        return self._publish(rows, report)
+
+    def _republish_lost(self, now: datetime, report: ReapReport) -> int:
+        cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)
+        total = 0
+        for queue in (Queue.BOEFJES, Queue.NORMALIZERS):
+            scheduler_id = SchedulerId.BOEFJE if queue == Queue.BOEFJES else SchedulerId.NORMALIZER
+            stale = and_(
+                _TASKS.c.scheduler_id == scheduler_id,
+                _TASKS.c.status == TaskStatus.QUEUED,
+                _TASKS.c.published_at < cutoff,
+                _TASKS.c.modified_at < cutoff,
+            )
+            rows = self._rows(stale)
+            if not rows:
+                continue
+            try:
+                depth = self.publisher.queue_depth(queue.value)
+            except Exception as exc:
+                logger.warning("reaper: depth of %s unknown (%s); not republishing", queue.value, exc)
+                continue
+            if depth > 0:
+                logger.info("reaper: %d stale queued %s rows, but the queue holds %d: waiting", len(rows), queue, depth)
+                continue
+            total += self._publish(rows, report)
+        return total
+
+    def _prune(self, now: datetime) -> int:
+        cutoff = now - timedelta(days=self.settings.retention_days)
+        finished = [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED]
+        pruned = 0
+        while True:
+            with self.tasks.engine.begin() as conn:
+                ids = select(_TASKS.c.id).where(_TASKS.c.status.in_(finished), _TASKS.c.ended_at < cutoff).limit(BATCH)
+                deleted = conn.execute(delete(_TASKS).where(_TASKS.c.id.in_(ids.scalar_subquery()))).rowcount
+            pruned += deleted
+            if deleted < BATCH:
+                return pruned
