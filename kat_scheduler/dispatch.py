@@ -34,6 +34,15 @@ class Dispatchable:
     kwargs: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a claim won: the tasks (in the order offered) and their messages."""
+
+    offered: int
+    tasks: list[NewTask]
+    messages: list[OutgoingMessage]
+
+
 @dataclass(slots=True)
 class DispatchResult:
     offered: int = 0
@@ -64,18 +73,17 @@ class Dispatcher:
         producer does so once after its last publish, to keep bookkeeping off the critical path;
         should it crash in between, the reaper republishes and the claim keeps that harmless).
         """
-        from kat_scheduler.publisher import OutgoingMessage, PublishError
+        return self.publish(self.claim(items), mark=mark)
 
-        result = DispatchResult(offered=len(items))
+    def claim(self, items: Sequence[Dispatchable]) -> Claim:
+        """Step 1: claim the rows; the result says which won and what to publish for them."""
+        from kat_scheduler.publisher import OutgoingMessage
+
         if not items:
-            return result
+            return Claim(offered=0, tasks=[], messages=[])
         claimed = self.store.claim([item.task for item in items])
-        result.claimed = len(claimed)
-        if not claimed:
-            return result
-        won = {task.id for task in claimed}
-        by_id = {item.task.id: item for item in items if item.task.id in won}
-        messages: list[OutgoingMessage] = [
+        by_id = {item.task.id: item for item in items}
+        messages = [
             OutgoingMessage(
                 task_id=task.id,
                 task_name=by_id[task.id].task_name,
@@ -85,8 +93,18 @@ class Dispatcher:
             )
             for task in claimed
         ]
+        return Claim(offered=len(items), tasks=claimed, messages=messages)
+
+    def publish(self, claim: Claim, *, mark: bool = True) -> DispatchResult:
+        """Step 2: publish what was claimed, in order; un-claim what was certainly not sent."""
+        from kat_scheduler.publisher import PublishError
+
+        result = DispatchResult(offered=claim.offered, claimed=len(claim.tasks))
+        if not claim.tasks:
+            return result
+        claimed = claim.tasks
         try:
-            self.publisher.publish(messages)
+            self.publisher.publish(claim.messages)
         except PublishError as exc:
             published = set(exc.published)
             unpublished = [t.id for t in claimed if t.id not in published]
@@ -106,7 +124,7 @@ class Dispatcher:
             )
             return result
         if mark:
-            self.store.mark_published(won)
+            self.store.mark_published([t.id for t in claimed])
         result.published = len(claimed)
         result.published_tasks = claimed
         return result

@@ -44,6 +44,7 @@ from kat_scheduler.planning.rules import (
     Pair,
     boefje_message_kwargs,
     interleave,
+    new_boefje_schedule,
     new_boefje_task,
     rank_pair,
 )
@@ -55,7 +56,7 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from kat_scheduler.timing import next_deadline, period
+from kat_scheduler.timing import period
 
 logger = logging.getLogger(__name__)
 
@@ -212,26 +213,14 @@ class MutationHandler(_Base):
     def _new_schedule(
         self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
     ) -> NewSchedule:
-        return NewSchedule(
-            scheduler_id=SchedulerId.BOEFJE,
-            organisation=org,
-            plugin_id=boefje.id,
-            input_ooi=input_ooi,
-            hash=hash_,
-            data={
-                "boefje": {"id": boefje.id, "name": boefje.name, "version": boefje.version},
-                "input_ooi": input_ooi,
-                "organization": org,
-            },
-            deadline_at=next_deadline(
-                boefje,
-                after,
-                hash_=hash_,
-                default_seconds=self.settings.grace_period,
-                jitter=self.settings.schedule_jitter,
-            ),
-            schedule=boefje.cron,
-            interval=boefje.interval,
+        return new_boefje_schedule(
+            org,
+            boefje,
+            input_ooi,
+            hash_,
+            after,
+            default_grace=self.settings.grace_period,
+            jitter=self.settings.schedule_jitter,
         )
 
 

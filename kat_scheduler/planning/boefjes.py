@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -39,7 +40,6 @@ from kat_scheduler.eligibility import (
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
-from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.planning.rules import (
     BOEFJE_QUEUE,
     BOEFJE_TASK,
@@ -49,6 +49,7 @@ from kat_scheduler.planning.rules import (
     TopK,
     boefje_message_kwargs,
     interleave,
+    new_boefje_schedule,
     new_boefje_task,
     pairs_for_page,
     rank_pair,
@@ -300,14 +301,22 @@ class BoefjePlanner:
         size = self.settings.batch_size
         published: list[Candidate] = []
         published_ids: list[uuid.UUID] = []
-        for start in range(0, len(candidates), size):
-            chunk = candidates[start : start + size]
-            by_hash = {c.hash: c for c in chunk}
-            result = dispatcher.dispatch([self._dispatchable(c) for c in chunk], mark=False)
-            published.extend(by_hash[t.hash] for t in result.published_tasks)
-            published_ids.extend(t.id for t in result.published_tasks)
-            result.published_tasks = []
-            report.dispatch.add(result)
+        by_hash = {c.hash: c for c in candidates}
+        chunks = [candidates[start : start + size] for start in range(0, len(candidates), size)]
+        # A two-stage pipeline: the next chunk is claimed (in the database, on another core) while
+        # this one is published; messages still go out in order.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim") as claimer:
+            pending = [claimer.submit(dispatcher.claim, [self._dispatchable(c) for c in chunk]) for chunk in chunks[:1]]
+            for index in range(len(chunks)):
+                claim = pending.pop(0).result()
+                if index + 1 < len(chunks):
+                    following = [self._dispatchable(c) for c in chunks[index + 1]]
+                    pending.append(claimer.submit(dispatcher.claim, following))
+                result = dispatcher.publish(claim, mark=False)
+                published.extend(by_hash[t.hash] for t in result.published_tasks)
+                published_ids.extend(t.id for t in result.published_tasks)
+                result.published_tasks = []
+                report.dispatch.add(result)
         report.last_published_at = utcnow()
         report.timings["dispatch"] = report.timings.get("dispatch", 0.0) + time.perf_counter() - started
         started = time.perf_counter()
@@ -333,26 +342,14 @@ class BoefjePlanner:
     def _new_schedule(
         self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
     ) -> NewSchedule:
-        return NewSchedule(
-            scheduler_id=SchedulerId.BOEFJE,
-            organisation=org,
-            plugin_id=boefje.id,
-            input_ooi=input_ooi,
-            hash=hash_,
-            data={
-                "boefje": {"id": boefje.id, "name": boefje.name, "version": boefje.version},
-                "input_ooi": input_ooi,
-                "organization": org,
-            },
-            deadline_at=next_deadline(
-                boefje,
-                after,
-                hash_=hash_,
-                default_seconds=self.settings.grace_period,
-                jitter=self.settings.schedule_jitter,
-            ),
-            schedule=boefje.cron,
-            interval=boefje.interval,
+        return new_boefje_schedule(
+            org,
+            boefje,
+            input_ooi,
+            hash_,
+            after,
+            default_grace=self.settings.grace_period,
+            jitter=self.settings.schedule_jitter,
         )
 
     # --- due schedules ---------------------------------------------------------------------

@@ -20,7 +20,9 @@ from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.timing import next_deadline
 
 
 class BoefjeIndex:
@@ -197,6 +199,34 @@ def new_boefje_task(candidate: Candidate) -> NewTask:
         data=boefje_payload(task_id, candidate.boefje, candidate.organisation, candidate.input_ooi),
         reason=candidate.rank.reason[:64],
         schedule_id=candidate.schedule_id,
+    )
+
+
+def new_boefje_schedule(
+    org: str,
+    boefje: Boefje,
+    input_ooi: str | None,
+    hash_: str,
+    after: datetime,
+    *,
+    default_grace: int,
+    jitter: float,
+) -> NewSchedule:
+    """The schedule of a (boefje, object, organisation), due at its next run after ``after``."""
+    return NewSchedule(
+        scheduler_id=SchedulerId.BOEFJE,
+        organisation=org,
+        plugin_id=boefje.id,
+        input_ooi=input_ooi,
+        hash=hash_,
+        data={
+            "boefje": {"id": boefje.id, "name": boefje.name, "version": boefje.version},
+            "input_ooi": input_ooi,
+            "organization": org,
+        },
+        deadline_at=next_deadline(boefje, after, hash_=hash_, default_seconds=default_grace, jitter=jitter),
+        schedule=boefje.cron,
+        interval=boefje.interval,
     )
 
 

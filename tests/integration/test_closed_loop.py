@@ -5,7 +5,6 @@ boefjes for the new objects, which the worker runs. The graph grows by itself.""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,8 +14,9 @@ from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import TaskRow
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, with_vhost  # noqa: F401
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
 from tests.integration.test_listener import start_listener
+from tests.vhosts import own_vhost
 from tests.workers import celery_worker, stop, wait_for
 
 VHOST = "kat_test_loop"
@@ -24,13 +24,7 @@ VHOST = "kat_test_loop"
 
 @pytest.fixture
 def loop_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
-    url = events_amqp_base
-    if url.rstrip("/").endswith("kat_test_events"):
-        subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True, timeout=30)
-        subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"], capture_output=True, timeout=30
-        )
-        url = with_vhost(url, VHOST)
+    url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url
     drop_our_queues(url)

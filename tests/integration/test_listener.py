@@ -22,7 +22,8 @@ from sqlalchemy import Engine, func, select
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import TaskRow
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all, with_vhost  # noqa: F401
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
+from tests.vhosts import own_vhost
 from tests.workers import ROOT, stop, wait_for
 
 VHOST = "kat_test_listener"
@@ -30,13 +31,7 @@ VHOST = "kat_test_listener"
 
 @pytest.fixture
 def events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
-    url = events_amqp_base
-    if url.rstrip("/").endswith("kat_test_events"):
-        subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True, timeout=30)
-        subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"], capture_output=True, timeout=30
-        )
-        url = with_vhost(url, VHOST)
+    url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url
     drop_our_queues(url)

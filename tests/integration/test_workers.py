@@ -73,6 +73,33 @@ def plugins(tmp_path: Path) -> Path:
     return root
 
 
+def local_worker_env(kat, plugins: Path, postgres_uri: str, redis_url: str, soft: int, hard: int) -> dict[str, str]:
+    return {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "local",
+        "SCHEDULER_PLUGINS_PATH": str(plugins),
+        "SCHEDULER_SOFT_TIME_LIMIT": str(soft),
+        "SCHEDULER_HARD_TIME_LIMIT": str(hard),
+    }
+
+
+def publish_boefje(task_id, org: str, ref: str, postgres_uri: str, redis_url: str) -> None:
+    publisher = make_publisher(load_settings(broker_url=redis_url, db_uri=postgres_uri))
+    message = OutgoingMessage(
+        task_id=task_id,
+        task_name=TaskName.BOEFJE_RUN.value,
+        queue=Queue.BOEFJES.value,
+        band=2,
+        kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
+    )
+    publisher.publish([message])
+    publisher.close()
+
+
 def test_local_plugins_run_with_kat_signatures_and_settings_as_environment(plugins: Path) -> None:
     runner = LocalPluginRunner(plugins)
     meta = {"arguments": {"input": {"primary_key": "Hostname|internet|mispo.es"}}}
@@ -98,34 +125,11 @@ def test_a_boefje_past_its_soft_time_limit_fails_and_the_worker_lives_on(
     org, ref = hostname_with_dns(world)
     world.set_plugin_enabled(org, "dns-records", True)
     slow = queued_boefje_task(store, org, "dns-records", ref, clients)
-    env = {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "local",
-        "SCHEDULER_PLUGINS_PATH": str(plugins),
-        "SCHEDULER_SOFT_TIME_LIMIT": "1",
-        "SCHEDULER_HARD_TIME_LIMIT": "5",
-    }
+    env = local_worker_env(kat, plugins, postgres_uri, redis_url, soft=1, hard=5)
     # Make "dns-records" the slow plugin for this worker: point the id at the sleeping module.
     (plugins / "kat_dns" / "boefje.json").write_text(json.dumps({"id": "unused"}))
     (plugins / "slow" / "boefje.json").write_text(json.dumps({"id": "dns-records"}))
-    settings = load_settings(broker_url=redis_url, db_uri=postgres_uri)
-    publisher = make_publisher(settings)
-    publisher.publish(
-        [
-            OutgoingMessage(
-                task_id=slow,
-                task_name=TaskName.BOEFJE_RUN.value,
-                queue=Queue.BOEFJES.value,
-                band=2,
-                kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
-            )
-        ]
-    )
-    publisher.close()
+    publish_boefje(slow, org, ref, postgres_uri, redis_url)
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
         finished = wait_for(lambda: store.get(slow).status == TaskStatus.FAILED, timeout=30)
         assert finished, (tmp_path / "worker.log").read_text()[-3000:]
@@ -149,30 +153,8 @@ def test_a_boefje_that_ignores_its_soft_limit_is_killed_at_the_hard_limit_and_it
         "        except BaseException:\n            pass\n"
     )
     (plugins / "slow" / "boefje.json").write_text(json.dumps({"id": "dns-records"}))
-    env = {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "local",
-        "SCHEDULER_PLUGINS_PATH": str(plugins),
-        "SCHEDULER_SOFT_TIME_LIMIT": "1",
-        "SCHEDULER_HARD_TIME_LIMIT": "3",
-    }
-    publisher = make_publisher(load_settings(broker_url=redis_url, db_uri=postgres_uri))
-    publisher.publish(
-        [
-            OutgoingMessage(
-                task_id=stubborn,
-                task_name=TaskName.BOEFJE_RUN.value,
-                queue=Queue.BOEFJES.value,
-                band=2,
-                kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
-            )
-        ]
-    )
-    publisher.close()
+    env = local_worker_env(kat, plugins, postgres_uri, redis_url, soft=1, hard=3)
+    publish_boefje(stubborn, org, ref, postgres_uri, redis_url)
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
         failed = wait_for(lambda: store.get(stubborn).status == TaskStatus.FAILED, timeout=30)
         assert failed, (tmp_path / "worker.log").read_text()[-3000:]
