@@ -151,7 +151,10 @@ class Settings(BaseSettings):
         0.01,
         ge=0,
         le=5,
-        description=("Seconds the listener waits after an event for more to batch with it (latency vs. batching)."),
+        description=(
+            "Seconds without a new event after which the listener hands over what it collected "
+            "(a batch goes at the latest 0.25 s after its first event, or when full)."
+        ),
     )
     katalogus_cache_ttl: float = Field(
         30.0,

@@ -120,10 +120,19 @@ class _Poison(Exception):
     """A message that can never become an event."""
 
 
+#: A batch is handed over at the latest this long after its first message, however busy the queue.
+MAX_BATCH_AGE = 0.25
+
+
 @dataclass
 class _Batch:
     started: float
     messages: list[Message] = field(default_factory=list)
+    last: float = 0.0
+
+    def due_at(self, window: float) -> float:
+        """When no message came for ``window`` seconds, or the batch reached its maximum age."""
+        return min(max(self.last, self.started) + window, self.started + MAX_BATCH_AGE)
 
 
 class _Batches:
@@ -135,14 +144,17 @@ class _Batches:
         self.open: dict[str, _Batch] = {}
 
     def add(self, queue: str, message: Message) -> None:
-        self.open.setdefault(queue, _Batch(time.monotonic())).messages.append(message)
+        now = time.monotonic()
+        batch = self.open.setdefault(queue, _Batch(now))
+        batch.messages.append(message)
+        batch.last = now
 
     def next_due(self, now: float) -> tuple[str, list[Message]] | None:
         """Take the oldest batch that is full or whose window has passed."""
         due = [
             (batch.started, queue)
             for queue, batch in self.open.items()
-            if len(batch.messages) >= self.size or now >= batch.started + self.window
+            if len(batch.messages) >= self.size or now >= batch.due_at(self.window)
         ]
         if not due:
             return None
@@ -150,14 +162,14 @@ class _Batches:
         batch = self.open.pop(queue)
         taken, rest = batch.messages[: self.size], batch.messages[self.size :]
         if rest:
-            self.open[queue] = _Batch(now, rest)
+            self.open[queue] = _Batch(now, rest, now)
         return queue, taken
 
     def wait(self, now: float) -> float:
         """How long to wait for more messages before a batch falls due."""
         if not self.open:
             return IDLE_WAIT
-        first_due = min(batch.started for batch in self.open.values()) + self.window
+        first_due = min(batch.due_at(self.window) for batch in self.open.values())
         return max(first_due - now, 0.001)
 
     def take_all(self) -> list[Message]:

@@ -53,7 +53,7 @@ from kat_scheduler.publisher import Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import rank_normalizer
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleState, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from kat_scheduler.timing import period
@@ -134,8 +134,9 @@ class MutationHandler(_Base):
         by_org: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_org[event.client_id].append(i)
-        per_org: list[list[Candidate]] = []
-        schedules: list[NewSchedule] = []
+        # 1. Pure: per organisation, the pairs the mutations may run and the hashes they make wrong.
+        pairs_by_org: dict[str, list[Pair]] = {}
+        cancel: list[str] = []
         for org, indices in by_org.items():
             boefjes = self._plugins_or_reject(org, self.plugins.boefjes, indices, rejected)
             if boefjes is None:
@@ -144,7 +145,21 @@ class MutationHandler(_Base):
             latest: dict[str, ScanProfileMutation] = {}
             for i in indices:
                 latest[events[i].primary_key] = events[i]
-            per_org.append(self._plan_org(org, BoefjeIndex(boefjes), list(latest.values()), schedules, now))
+            pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel)
+        # 2. One statement each for the whole batch (hashes include the organisation).
+        if cancel:
+            self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
+            self.stats.schedules_disabled += self.schedules.disable_hashes(
+                cancel, "object deleted or scan level too low", now=now
+            )
+        hashes = [p.hash for pairs in pairs_by_org.values() for p in pairs]
+        states = self.schedules.states(hashes) if hashes else {}
+        live = self.tasks.live_hashes(hashes) if hashes else set()
+        history = self.tasks.last_runs(hashes) if hashes else {}
+        schedules: list[NewSchedule] = []
+        per_org = [
+            self._decide(org, pairs, states, live, history, schedules, now) for org, pairs in pairs_by_org.items()
+        ]
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
         self.stats.queued += self._dispatch([_boefje_dispatchable(c) for c in candidates])
@@ -152,15 +167,9 @@ class MutationHandler(_Base):
         self.schedules.upsert(schedules, now=now)
         return rejected
 
-    def _plan_org(
-        self,
-        org: str,
-        index: BoefjeIndex,
-        mutations: list[ScanProfileMutation],
-        schedules: list[NewSchedule],
-        now: datetime,
-    ) -> list[Candidate]:
-        cancel: list[str] = []
+    def _pairs(
+        self, org: str, index: BoefjeIndex, mutations: list[ScanProfileMutation], cancel: list[str]
+    ) -> list[Pair]:
         pairs: list[Pair] = []
         for mutation in mutations:
             if mutation.operation == MutationOperation.DELETE or mutation.value is None:
@@ -170,17 +179,18 @@ class MutationHandler(_Base):
             skipped: Counter[SkipReason] = Counter()
             pairs.extend(mutation_pairs(org, index, mutation.value, mutation.operation, skipped))
             self.stats.skipped.update({str(k): v for k, v in skipped.items()})
-        if cancel:
-            self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
-            self.stats.schedules_disabled += self.schedules.disable_hashes(
-                cancel, "object deleted or scan level too low", now=now
-            )
-        if not pairs:
-            return []
-        hashes = [p.hash for p in pairs]
-        states = self.schedules.states(hashes)
-        live = self.tasks.live_hashes(hashes)
-        history = self.tasks.last_runs(hashes)
+        return pairs
+
+    def _decide(
+        self,
+        org: str,
+        pairs: list[Pair],
+        states: dict[str, ScheduleState],
+        live: set[str],
+        history: dict[str, datetime],
+        schedules: list[NewSchedule],
+        now: datetime,
+    ) -> list[Candidate]:
         out: list[Candidate] = []
         for pair in pairs:
             state = states.get(pair.hash)

@@ -156,6 +156,20 @@ class ScheduleStore:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         ordered = sorted(schedules, key=lambda s: s.hash)
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                pg_insert_values(
+                    conn,
+                    "schedules",
+                    _PG_COLUMNS,
+                    _PG_CASTS,
+                    [_pg_tuple(s, now) for s in ordered],
+                    conflict=(
+                        "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
+                        "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at"
+                    ),
+                    page_size=CHUNK,
+                )
+                return
             for start in range(0, len(ordered), CHUNK):
                 insert = dialect.insert(_SCHEDULES)
                 stmt = insert.on_conflict_do_update(

@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 
+FINISHED_STATUS_SQL = "status IN ('completed', 'failed')"
 LIVE_STATUS_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in LIVE_STATUSES))
 
 NAMING_CONVENTION = {
@@ -131,7 +132,13 @@ class TaskRow(Base):
             sqlite_where=text(LIVE_STATUS_SQL),
         ),
         Index("ix_tasks_scheduler_id_status", "scheduler_id", "status"),
-        Index("ix_tasks_hash_ended_at", "hash", "ended_at"),
+        Index(
+            "ix_tasks_hash_ended_at_finished",
+            "hash",
+            "ended_at",
+            postgresql_where=text(FINISHED_STATUS_SQL),
+            sqlite_where=text(FINISHED_STATUS_SQL),
+        ),
         Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
         Index("ix_tasks_status_modified_at", "status", "modified_at"),
     )
