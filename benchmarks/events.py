@@ -1,0 +1,727 @@
+"""Benchmark: KAT's events through a real ``kat-scheduler listen`` (issue 4's targets).
+
+    .venv/bin/python -m benchmarks.events [--samples 200] [--storm 10000] [--runs 3]
+
+Per run: a fresh PostgreSQL database, an empty Redis db (7: the Celery broker), our event
+queues emptied on a RabbitMQ vhost of our own (``kat_bench_events``, created with
+``rabbitmqctl`` when missing), the simulated KAT in this process (so its request counts are
+exact), one ``python -m kat_scheduler listen`` subprocess on those, and the events published
+from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopoes does.
+
+1. **Latency.** A stock ``celery worker -Q boefjes -c 1`` runs :mod:`benchmarks.event_probe`,
+   whose ``kat.boefje.run`` pushes ``time.time()`` at its start into Redis. One at a time, a
+   ``create`` mutation of a new Hostname (level 4, organisations in turn) is published; the
+   next one only once every boefje task of the previous one has started (the worker is idle).
+   Latency = first task start - publish, on this machine's clock. The first ``--warmup`` events
+   are not counted. The tasks table splits it: publish -> claim (``created_at``: broker delivery,
+   batch window, the handler's queries), claim -> marked published (claim, publish, mark), and
+   marked published -> first start (worker pickup; negative when the worker started before the
+   listener had marked the row).
+2. **Storm a.** ``--storm`` creates of new objects (Hostnames and IPv4 addresses at level 4,
+   organisations in turn; each gets several boefjes) published at once with ``publish_many``;
+   the boefje worker is stopped, so the broker only collects.
+3. **Storm b.** The boefje planner ticks once in this process (everything in the world is
+   planned and gets a schedule); its tasks are then marked completed (the workers ran them)
+   and taken off the broker, and the tables ANALYZEd (as autovacuum would have in a steady
+   state). Then ``--storm`` updates of existing world objects at their own level: the steady
+   state, in which almost all fall within their schedule and queue nothing (boefjes with
+   ``run_on: update`` have no schedule and do run).
+
+A storm is followed by one sentinel ``create``: the listener handles batches in order on one
+thread, so once the sentinel's task is claimed every storm event has been handled. A storm's
+time runs from just before ``publish_many`` to the sentinel's claim ("handled"); its rate is
+``--storm`` / that time. "Last row" is the newest ``published_at`` of the storm's own rows.
+HTTP requests are the simulated services' counts from the start of the storm to the end.
+
+Prints figures per run and the median of ``--runs`` runs, then one line per target; asserts
+nothing. ``--profile DIR`` runs the listener under cProfile and leaves ``listener-N.prof``
+there. Logs go to a temporary folder, printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+import sqlalchemy as sa
+from kombu.connection import Connection
+
+from benchmarks.event_probe import KEY as PROBE_KEY
+from benchmarks.plan_boefjes import drop_database, fresh_database
+from kat_scheduler.clients import clients_from_settings
+from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, dead_letter_queue
+from kat_scheduler.hashing import boefje_task_hash
+from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
+from kat_scheduler.planning.boefjes import BoefjePlanner
+from kat_scheduler.publisher import make_publisher
+from kat_scheduler.settings import load_settings
+from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
+from kat_scheduler.sim.bridge import EventBridge
+from kat_scheduler.sim.events import scan_profile_mutation, world_mutations
+from kat_scheduler.sim.records import DECLARED, OOIRecord
+from kat_scheduler.sim.world import World
+from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage.db import make_engine
+from tests.workers import ROOT, celery_worker, stop, wait_for
+
+REDIS = os.environ.get("BENCH_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/7")
+AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+VHOST = "kat_bench_events"
+OUR_QUEUES = (
+    SCAN_PROFILE_MUTATIONS,
+    RAW_FILE_RECEIVED,
+    dead_letter_queue(SCAN_PROFILE_MUTATIONS),
+    dead_letter_queue(RAW_FILE_RECEIVED),
+)
+#: The Celery queue the listener publishes boefje tasks to (keys ``boefjes``, ``boefjes:1`` ... on Redis).
+BOEFJE_QUEUE = "boefjes"
+LEVEL = 4
+NETWORK = "internet"
+#: Pause after the last task of a latency sample started, so the worker is idle again.
+IDLE_GAP = 0.01
+
+TARGET_P50_MS = 50.0
+TARGET_P95_MS = 200.0
+TARGET_RATE = 5000.0
+TARGET_HTTP = 0.1
+
+
+# --- the brokers ----------------------------------------------------------------------------
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(vhost, safe="")))
+
+
+def connect_error(url: str) -> Exception | None:
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def events_url() -> str:
+    """RabbitMQ on our own vhost, created (with rabbitmqctl) when it is missing."""
+    url = with_vhost(AMQP, VHOST)
+    if connect_error(url) is None:
+        return url
+    if not shutil.which("rabbitmqctl"):
+        raise SystemExit(f"cannot reach vhost {VHOST} at {AMQP} and rabbitmqctl is not there to create it")
+    user = urlsplit(AMQP).username or "guest"
+    for command in (["add_vhost", VHOST], ["set_permissions", "-p", VHOST, user, ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
+    error = connect_error(url)
+    if error is not None:
+        raise SystemExit(f"cannot reach vhost {VHOST}: {error}")
+    return url
+
+
+def drop_event_queues(url: str) -> None:
+    """Delete our four event queues on our vhost (nothing else)."""
+    with Connection(url, connect_timeout=3) as conn:
+        for name in OUR_QUEUES:
+            with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
+                channel.queue_delete(name)
+
+
+def boefje_keys(broker: redis.Redis) -> list[bytes]:
+    """The Redis keys of the boefje queue (one per priority step)."""
+    name = BOEFJE_QUEUE.encode()
+    keys = [k if isinstance(k, bytes) else str(k).encode() for k in broker.keys(f"{BOEFJE_QUEUE}*")]
+    return [k for k in keys if k == name or k.startswith(name + b":")]
+
+
+def broker_depth(broker: redis.Redis) -> int:
+    return sum(int(broker.llen(key)) for key in boefje_keys(broker))
+
+
+def clear_boefje_queue(broker: redis.Redis) -> None:
+    keys = boefje_keys(broker)
+    if keys:
+        broker.delete(*keys)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def consuming_boefjes(world: World, org: str, object_type: str, level: int, operation: str) -> tuple[str, ...]:
+    """The boefjes a ``operation`` of an object of ``object_type`` at ``level`` queues in ``org`` (no history)."""
+    return tuple(
+        sorted(
+            b.id
+            for b in world.boefjes
+            if world.is_enabled(org, b.id)
+            and object_type in b.consumes
+            and b.scan_level <= level
+            and (not b.run_on or operation in b.run_on)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class NewObject:
+    """A new object to publish a ``create`` about, and the boefjes that should run on it."""
+
+    organisation: str
+    object_type: str
+    primary_key: str
+    boefjes: tuple[str, ...]
+
+    def body(self) -> dict[str, Any]:
+        ooi = OOIRecord(self.object_type, self.primary_key, DECLARED, LEVEL)
+        return scan_profile_mutation("create", self.organisation, self.primary_key, ooi)
+
+    def hashes(self) -> list[str]:
+        return [boefje_task_hash(b, self.organisation, self.primary_key) for b in self.boefjes]
+
+
+def primary_key(object_type: str, tag: str, n: int) -> str:
+    if object_type == "Hostname":
+        return f"Hostname|{NETWORK}|{tag}-{n}.bench.example"
+    if object_type == "IPAddressV4":
+        return f"IPAddressV4|{NETWORK}|10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+    raise ValueError(f"no primary keys for {object_type}")
+
+
+def new_objects(world: World, tag: str, count: int, object_types: Sequence[str]) -> list[NewObject]:
+    """``count`` new objects, in turn over (organisation, type) pairs that some enabled boefje consumes."""
+    combos = [
+        (org, object_type, boefjes)
+        for org in world.organisation_ids
+        for object_type in object_types
+        if (boefjes := consuming_boefjes(world, org, object_type, LEVEL, "create"))
+    ]
+    if not combos:
+        raise SystemExit(f"no enabled boefje consumes {object_types} in any organisation")
+    out = []
+    for n in range(count):
+        org, object_type, boefjes = combos[n % len(combos)]
+        out.append(NewObject(org, object_type, primary_key(object_type, tag, n), boefjes))
+    return out
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def start_listener(
+    kat: SimulatedKAT,
+    queue_uri: str,
+    db_uri: str,
+    log: Path,
+    profile: Path | None,
+    extra_env: dict[str, str],
+    listener_command: str | None = None,
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **kat.urls,
+        "QUEUE_URI": queue_uri,
+        "SCHEDULER_DB_URI": db_uri,
+        "SCHEDULER_BROKER_URL": REDIS,
+        "PYTHONPATH": str(ROOT),
+        **extra_env,
+    }
+    env.pop("SCHEDULER_RESULT_BACKEND", None)
+    profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    command = shlex.split(listener_command) if listener_command else [*profiler, "-m", "kat_scheduler", "listen"]
+    with open(log, "wb") as output:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
+def check_alive(process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    if process.poll() is not None:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise RuntimeError(f"the {what} exited with {process.returncode}; its log ({log}) ends:\n{tail}")
+
+
+@contextlib.contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``extra`` set, for reading the listener's settings as it will."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else math.nan,
+    }
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+# --- 1. latency -------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    primary_key: str
+    published: float
+    confirmed: float
+    first_start: float
+
+
+def wait_for_starts(probe: redis.Redis, obj: NewObject, timeout: float) -> tuple[list[float], int]:
+    """Block until every boefje of ``obj`` started (or ``timeout``); the start times and stray records."""
+    deadline = time.monotonic() + timeout
+    starts: list[float] = []
+    strays = 0
+    while len(starts) < len(obj.boefjes):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        item = probe.blpop([PROBE_KEY], timeout=min(remaining, 1.0))  # below the client's socket timeout
+        if item is None:
+            continue
+        record = json.loads(item[1])
+        if record["input_ooi"] == obj.primary_key:
+            starts.append(float(record["started"]))
+        else:
+            strays += 1
+    return starts, strays
+
+
+def measure_latency(
+    bridge: EventBridge,
+    probe: redis.Redis,
+    engine: sa.Engine,
+    objects: Sequence[NewObject],
+    warmup: int,
+    alive: Callable[[], None],
+) -> dict[str, Any]:
+    probe.delete(PROBE_KEY)
+    samples: list[Sample] = []
+    missing = incomplete = strays = 0
+    for n, obj in enumerate(objects):
+        published = time.time()
+        if not bridge.publish(SCAN_PROFILE_MUTATIONS, obj.body()):
+            raise RuntimeError("RabbitMQ did not take an event")
+        confirmed = time.time()
+        starts, stray = wait_for_starts(probe, obj, timeout=90 if n == 0 else 15)
+        strays += stray
+        if len(starts) < len(obj.boefjes):
+            alive()
+            incomplete += bool(starts)
+            missing += not starts
+        if not starts:
+            continue
+        if n >= warmup:
+            samples.append(Sample(obj.primary_key, published, confirmed, min(starts)))
+        time.sleep(IDLE_GAP)
+    latencies = [s.first_start - s.published for s in samples]
+
+    # Where the time went, from the listener's own timestamps in the tasks table.
+    keys = [s.primary_key for s in samples]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(TaskRow.input_ooi, sa.func.min(TaskRow.created_at), sa.func.min(TaskRow.published_at))
+            .where(TaskRow.input_ooi.in_(keys))
+            .group_by(TaskRow.input_ooi)
+        ).all()
+    claimed = {pk: (created.timestamp(), marked.timestamp() if marked else math.nan) for pk, created, marked in rows}
+    to_claim, claim_to_marked, marked_to_start, confirm = [], [], [], []
+    for s in samples:
+        if s.primary_key not in claimed:
+            continue
+        created, marked = claimed[s.primary_key]
+        to_claim.append(created - s.published)
+        claim_to_marked.append(marked - created)
+        marked_to_start.append(s.first_start - marked)
+        confirm.append(s.confirmed - s.published)
+    return {
+        "n": len(latencies),
+        "missing": missing,
+        "incomplete": incomplete,
+        "strays": strays,
+        **spread(latencies),
+        "parts": {
+            "publish+confirm": statistics.median(confirm) if confirm else math.nan,
+            "publish->claim": statistics.median(to_claim) if to_claim else math.nan,
+            "claim->marked": statistics.median(claim_to_marked) if claim_to_marked else math.nan,
+            "marked->start": statistics.median(marked_to_start) if marked_to_start else math.nan,
+        },
+        "parts_p95": {
+            "publish->claim": percentile(to_claim, 95),
+            "claim->marked": percentile(claim_to_marked, 95),
+            "marked->start": percentile(marked_to_start, 95),
+        },
+    }
+
+
+# --- 2/3. storms -------------------------------------------------------------------------------
+
+
+def sentinel_done(engine: sa.Engine, sentinel: NewObject) -> bool:
+    with engine.connect() as conn:
+        done = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(TaskRow)
+            .where(TaskRow.hash.in_(sentinel.hashes()), TaskRow.published_at.is_not(None))
+        ).scalar_one()
+    return bool(done)
+
+
+def storm(
+    bridge: EventBridge,
+    kat: SimulatedKAT,
+    engine: sa.Engine,
+    broker: redis.Redis,
+    bodies: list[dict[str, Any]],
+    sentinel: NewObject,
+    alive: Callable[[], None],
+    timeout: float = 900,
+) -> dict[str, Any]:
+    depth_before = broker_depth(broker)
+    kat.reset_counts()
+    t0 = time.time()
+    taken = bridge.publish_many(SCAN_PROFILE_MUTATIONS, bodies)
+    publish_seconds = time.time() - t0
+    if taken != len(bodies) or not bridge.publish(SCAN_PROFILE_MUTATIONS, sentinel.body()):
+        raise RuntimeError(f"RabbitMQ took {taken} of {len(bodies)} events (or not the sentinel)")
+
+    def done() -> bool:
+        alive()
+        return sentinel_done(engine, sentinel)
+
+    if not wait_for(done, timeout=timeout, interval=0.05):
+        raise RuntimeError(f"the storm was not handled within {timeout} s")
+    requests = dict(kat.request_counts)
+    since = datetime.fromtimestamp(t0, UTC)
+    with engine.connect() as conn:
+        queued, last = conn.execute(
+            sa.select(sa.func.count(), sa.func.max(TaskRow.published_at)).where(
+                TaskRow.created_at >= since,
+                TaskRow.published_at.is_not(None),
+                TaskRow.input_ooi != sentinel.primary_key,
+            )
+        ).one()
+        handled = conn.execute(
+            sa.select(sa.func.min(TaskRow.created_at)).where(TaskRow.hash.in_(sentinel.hashes()))
+        ).scalar_one()
+        claims = conn.execute(
+            sa.select(sa.func.count(sa.distinct(TaskRow.created_at))).where(
+                TaskRow.created_at >= since, TaskRow.input_ooi != sentinel.primary_key
+            )
+        ).scalar_one()
+        by_boefje = dict(
+            conn.execute(
+                sa.select(TaskRow.plugin_id, sa.func.count())
+                .where(TaskRow.created_at >= since, TaskRow.input_ooi != sentinel.primary_key)
+                .group_by(TaskRow.plugin_id)
+                .order_by(sa.func.count().desc())
+            ).all()
+        )
+        unpublished = conn.execute(
+            sa.select(sa.func.count()).where(TaskRow.created_at >= since, TaskRow.published_at.is_(None))
+        ).scalar_one()
+    handled_s = handled.timestamp() - t0
+    total_requests = sum(requests.values())
+    return {
+        "mutations": len(bodies),
+        "publish_s": publish_seconds,
+        "handled_s": handled_s,
+        "last_row_s": (last.timestamp() - t0) if last is not None else math.nan,
+        "rate": len(bodies) / handled_s,
+        "queued": int(queued),
+        "unpublished": int(unpublished),
+        "claims": int(claims),
+        "by_boefje": {str(k): int(v) for k, v in by_boefje.items()},
+        "on_broker": broker_depth(broker) - depth_before - len(sentinel.boefjes),
+        "requests": requests,
+        "http_per_mutation": total_requests / len(bodies),
+    }
+
+
+def plan_and_complete(kat: SimulatedKAT, db_uri: str, engine: sa.Engine, broker: redis.Redis) -> dict[str, Any]:
+    """One planning tick in this process, then its tasks completed (ran) and off the broker."""
+    settings = load_settings(
+        octopoes_api=kat.octopoes_url,
+        katalogus_api=kat.katalogus_url,
+        bytes_api=kat.bytes_url,
+        broker_url=REDIS,
+        result_backend=None,
+        db_uri=db_uri,
+        org_cap_per_tick=10_000_000,
+        queue_depth_limit_boefjes=10_000_000,
+    )
+    clients = clients_from_settings(settings)
+    publisher = make_publisher(settings)
+    t = time.perf_counter()
+    try:
+        planner = BoefjePlanner(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
+        report = planner.plan(None, now=datetime.now(UTC))
+    finally:
+        publisher.close()
+        clients.close()
+    seconds = time.perf_counter() - t
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        completed = conn.execute(
+            sa.update(TaskRow)
+            .where(TaskRow.status.in_(list(LIVE_STATUSES)))
+            .values(status=TaskStatus.COMPLETED, started_at=now, ended_at=now, modified_at=now)
+        ).rowcount
+        schedules = conn.execute(sa.text("SELECT count(*) FROM schedules WHERE enabled")).scalar_one()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # Fresh statistics, as autovacuum keeps them in a steady state: right after the bulk update
+        # above, stale ones make the planner read every completed row for each history look-up.
+        conn.execute(sa.text("ANALYZE tasks"))
+        conn.execute(sa.text("ANALYZE schedules"))
+    clear_boefje_queue(broker)
+    return {
+        "queued": report.queued,
+        "seconds": seconds,
+        "errors": dict(report.errors),
+        "completed": completed,
+        "schedules": int(schedules),
+    }
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def run_once(
+    world: World, kat: SimulatedKAT, queue_uri: str, args: argparse.Namespace, n: int, logs: Path
+) -> dict[str, Any]:
+    db_uri, admin = fresh_database()
+    engine = make_engine(db_uri, pool_size=2)
+    broker = redis.Redis.from_url(REDIS)
+    broker.flushdb()
+    drop_event_queues(queue_uri)
+    tag = f"r{n}-{uuid.uuid4().hex[:6]}"
+    listener_log = logs / f"listener-{n}.log"
+    profile = Path(args.profile).resolve() / f"listener-{n}.prof" if args.profile else None
+    listener = start_listener(kat, queue_uri, db_uri, listener_log, profile, listener_env(args), args.listener_command)
+
+    def alive() -> None:
+        check_alive(listener, "listener", listener_log)
+
+    figures: dict[str, Any] = {}
+    try:
+        with EventBridge(queue_uri) as bridge:
+            # 1. latency, on an idle probe worker
+            worker_env = {
+                "SCHEDULER_BROKER_URL": REDIS,
+                "SCHEDULER_DB_URI": db_uri,
+                "EVENT_PROBE_REDIS_URL": REDIS,
+            }
+            with celery_worker(
+                "benchmarks.event_probe",
+                [BOEFJE_QUEUE],
+                worker_env,
+                concurrency=1,
+                log_file=logs / f"worker-{n}.log",
+                hostname=f"bench-events-{uuid.uuid4().hex[:6]}@%h",
+            ):
+                objects = new_objects(world, f"lat-{tag}", args.warmup + args.samples, ["Hostname"])
+                figures["latency"] = measure_latency(bridge, broker, engine, objects, args.warmup, alive)
+            clear_boefje_queue(broker)
+
+            # 2. storm a: creates of new objects
+            creates = new_objects(world, f"storm-{tag}", args.storm, ["Hostname", "IPAddressV4"])
+            sentinel_a = new_objects(world, f"sentinel-a-{tag}", 1, ["Hostname"])[0]
+            figures["a"] = storm(bridge, kat, engine, broker, [o.body() for o in creates], sentinel_a, alive)
+            figures["a"]["expected"] = sum(len(o.boefjes) for o in creates)
+            clear_boefje_queue(broker)
+
+            # 3. storm b: updates of planned objects
+            figures["plan"] = plan_and_complete(kat, db_uri, engine, broker)
+            updates = world_mutations(world, args.storm, operation="update")
+            sentinel_b = new_objects(world, f"sentinel-b-{tag}", 1, ["Hostname"])[0]
+            figures["b"] = storm(bridge, kat, engine, broker, updates, sentinel_b, alive)
+        alive()
+        return figures
+    finally:
+        stop(listener, timeout=30)
+        engine.dispose()
+        drop_database(admin, db_uri)
+        admin.dispose()
+        broker.flushdb()
+        broker.close()
+        drop_event_queues(queue_uri)
+
+
+def listener_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    for item in args.listener_env:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+def print_run(n: int, f: dict[str, Any]) -> None:
+    lat = f["latency"]
+    parts = ", ".join(f"{k} {ms(v)}" for k, v in lat["parts"].items())
+    parts95 = ", ".join(f"{k} {ms(v)}" for k, v in lat["parts_p95"].items())
+    print(
+        f"run {n}: latency p50 {ms(lat['p50'])} ms, p95 {ms(lat['p95'])} ms, p99 {ms(lat['p99'])} ms, "
+        f"max {ms(lat['max'])} ms, n {lat['n']} "
+        f"(missing {lat['missing']}, incomplete {lat['incomplete']}, strays {lat['strays']})"
+    )
+    print(f"  latency parts, median (ms): {parts}; p95: {parts95}")
+    for name in ("a", "b"):
+        s = f[name]
+        expected = f" of {s['expected']} expected" if "expected" in s else ""
+        print(
+            f"  storm {name}: {s['mutations']} mutations published in {s['publish_s']:.2f} s, handled in "
+            f"{s['handled_s']:.2f} s = {s['rate']:,.0f} mutations/s; last row at {s['last_row_s']:.2f} s; "
+            f"{s['queued']} tasks queued{expected} ({s['unpublished']} claimed, not published; "
+            f"{s['on_broker']} on the broker); HTTP {s['requests']} = {s['http_per_mutation']:.4f}/mutation"
+        )
+        print(f"    claim statements (~ handler batches that queued work): {s['claims']}; by boefje {s['by_boefje']}")
+        if name == "a":
+            p = f["plan"]
+            print(
+                f"  planning tick before storm b: {p['queued']} tasks queued in {p['seconds']:.1f} s, then "
+                f"{p['completed']} marked completed; {p['schedules']} schedules"
+                + (f"; errors {p['errors']}" if p["errors"] else "")
+            )
+
+
+def median(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], float]) -> float:
+    return statistics.median(get(r) for r in runs)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=200, help="latency samples per run")
+    parser.add_argument("--warmup", type=int, default=10, help="latency events published first, not counted")
+    parser.add_argument("--storm", type=int, default=10_000, help="mutations per storm")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--organisations", type=int, default=10)
+    parser.add_argument("--oois", type=int, default=1000, help="objects per organisation (storm b updates them)")
+    parser.add_argument("--boefjes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", metavar="DIR", help="run the listener under cProfile, writing DIR/listener-N.prof")
+    parser.add_argument(
+        "--listener-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the listener, e.g. SCHEDULER_EVENTS_BATCH_WINDOW=0.2 (repeatable)",
+    )
+    parser.add_argument(
+        "--listener-command",
+        metavar="COMMAND",
+        help="run this instead of `python -m kat_scheduler listen` (to compare a changed listener)",
+    )
+    args = parser.parse_args()
+
+    t = time.perf_counter()
+    world = generate_world(
+        WorldConfig(seed=args.seed, organisations=args.organisations, oois_per_org=args.oois, boefjes=args.boefjes)
+    )
+    objects = sum(len(world.oois(org)) for org in world.organisation_ids)
+    print(
+        f"world: {args.organisations} orgs x {args.oois} OOIs x {args.boefjes} boefjes ({objects} objects), "
+        f"generated in {time.perf_counter() - t:.1f} s"
+    )
+    if args.storm > objects:
+        print(f"note: storm b updates {args.storm} > {objects} objects, so some objects more than once")
+    queue_uri = events_url()
+    logs = Path(tempfile.mkdtemp(prefix="kat_bench_events_"))
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    with _environment(listener_env(args)):
+        listener_settings = load_settings()
+    print(
+        f"events on {with_vhost(AMQP, VHOST)}, Celery broker {REDIS}; listener batches of "
+        f"{listener_settings.events_batch_size}, window {listener_settings.events_batch_window * 1000:.0f} ms, "
+        f"Katalogus cache {listener_settings.katalogus_cache_ttl:.0f} s"
+    )
+    gc.freeze()
+    runs: list[dict[str, Any]] = []
+    with SimulatedKAT(world).start() as kat:
+        for n in range(1, args.runs + 1):
+            figures = run_once(world, kat, queue_uri, args, n, logs)
+            runs.append(figures)
+            print_run(n, figures)
+            sys.stdout.flush()
+
+    p50 = median(runs, lambda r: r["latency"]["p50"])
+    p95 = median(runs, lambda r: r["latency"]["p95"])
+    p99 = median(runs, lambda r: r["latency"]["p99"])
+    worst = median(runs, lambda r: r["latency"]["max"])
+    count = median(runs, lambda r: r["latency"]["n"])
+    print(
+        f"median of {len(runs)} runs: latency p50 {ms(p50)} ms, p95 {ms(p95)} ms, p99 {ms(p99)} ms, "
+        f"max {ms(worst)} ms, n {count:.0f}"
+    )
+    storms: dict[str, tuple[float, float]] = {}
+    for name in ("a", "b"):
+        rate = statistics.median(r[name]["rate"] for r in runs)
+        http = statistics.median(r[name]["http_per_mutation"] for r in runs)
+        queued = statistics.median(r[name]["queued"] for r in runs)
+        handled = statistics.median(r[name]["handled_s"] for r in runs)
+        storms[name] = (rate, http)
+        print(
+            f"median of {len(runs)} runs: storm {name}: {rate:,.0f} mutations/s ({args.storm} handled in "
+            f"{handled:.2f} s), {queued:.0f} tasks queued, {http:.4f} HTTP requests/mutation"
+        )
+    print(f"latency p50 {ms(p50)} ms (target <= {TARGET_P50_MS:.0f} ms): {verdict(p50 * 1000 <= TARGET_P50_MS)}")
+    print(f"latency p95 {ms(p95)} ms (target <= {TARGET_P95_MS:.0f} ms): {verdict(p95 * 1000 <= TARGET_P95_MS)}")
+    for name, label in (("a", "new objects"), ("b", "steady state")):
+        rate, http = storms[name]
+        what = f"storm {name} ({label})"
+        print(f"{what} {rate:,.0f} mutations/s (target >= {TARGET_RATE:,.0f}): {verdict(rate >= TARGET_RATE)}")
+        print(f"{what} {http:.4f} HTTP/mutation (target <= {TARGET_HTTP}): {verdict(http <= TARGET_HTTP)}")
+    print(f"logs: {logs}")
+
+
+if __name__ == "__main__":
+    main()
