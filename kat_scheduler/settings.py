@@ -212,6 +212,14 @@ class Settings(BaseSettings):
     reap_interval: float = Field(
         60.0, gt=0, le=86400, description="Seconds between runs of the reaper (stuck, unpublished and lost tasks)."
     )
+    running_slack: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "Seconds past the hard time limit after which the reaper treats a running task as stuck "
+            "(its worker host died) and runs it again or fails it."
+        ),
+    )
     unpublished_after: float = Field(
         60.0,
         gt=0,

@@ -234,18 +234,42 @@ class TaskStore:
             return session.execute(stmt).scalar_one_or_none()
 
     def take_over(
-        self, task_id: uuid.UUID, dead_worker: str, worker: str, now: datetime | None = None
+        self,
+        task_id: uuid.UUID,
+        dead_worker: str,
+        worker: str,
+        now: datetime | None = None,
+        *,
+        max_attempts: int | None = None,
     ) -> TaskRow | None:
-        """Restart a task whose runner process is known to be dead (``running`` by ``dead_worker``)."""
+        """Restart a task whose runner process is known to be dead (``running`` by ``dead_worker``).
+
+        With ``max_attempts``, a task that has had that many attempts is not restarted: its row is
+        failed instead (a plugin that takes its process down every time would loop for ever), and
+        ``None`` is returned.
+        """
         now = now or utcnow()
-        stmt = (
-            update(TaskRow)
-            .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.RUNNING, TaskRow.worker == dead_worker)
-            .values(started_at=now, modified_at=now, worker=worker, attempts=TaskRow.attempts + 1)
-            .returning(TaskRow)
+        mine = (TaskRow.id == task_id, TaskRow.status == TaskStatus.RUNNING, TaskRow.worker == dead_worker)
+        stmt = update(TaskRow).where(*mine)
+        if max_attempts is not None:
+            stmt = stmt.where(TaskRow.attempts < max_attempts)
+        stmt = stmt.values(started_at=now, modified_at=now, worker=worker, attempts=TaskRow.attempts + 1).returning(
+            TaskRow
         )
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            return session.execute(stmt).scalar_one_or_none()
+            row = session.execute(stmt).scalar_one_or_none()
+            if row is None and max_attempts is not None:
+                session.execute(
+                    update(TaskRow)
+                    .where(*mine, TaskRow.attempts >= max_attempts)
+                    .values(
+                        status=TaskStatus.FAILED,
+                        ended_at=now,
+                        modified_at=now,
+                        error=f"its runner process died on each of {max_attempts} attempts (crash, OOM kill)",
+                    )
+                )
+            return row
 
     def finish(
         self,

@@ -87,12 +87,20 @@ class Job:
     kind = "task"
 
     def __init__(
-        self, tasks: TaskStore, clients: KATClients, runner: Runner, clock: Callable[[], datetime] = utcnow
+        self,
+        tasks: TaskStore,
+        clients: KATClients,
+        runner: Runner,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        max_attempts: int | None = None,
     ) -> None:
         self.tasks = tasks
         self.clients = clients
         self.runner = runner
         self.clock = clock
+        #: Runs a task may start, counting take-overs after its runner died (None: unbounded).
+        self.max_attempts = max_attempts
 
     def _start(self, task_id: uuid.UUID, worker: str) -> TaskRow | None:
         row = self.tasks.start(task_id, worker, now=self.clock())
@@ -102,7 +110,9 @@ class Job:
         if current is not None and current.status == TaskStatus.RUNNING and runner_is_dead(current.worker):
             # Redelivered after its worker process died on this host: run it now, not after the reaper.
             assert current.worker is not None
-            row = self.tasks.take_over(task_id, current.worker, worker, now=self.clock())
+            row = self.tasks.take_over(
+                task_id, current.worker, worker, now=self.clock(), max_attempts=self.max_attempts
+            )
             if row is not None:
                 logger.warning("%s %s: its runner %s died; running it again", self.kind, task_id, current.worker)
                 return row

@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 _TASKS = table_of(TaskRow)
 BATCH = 5000
-#: Slack on top of the hard time limit before a running row counts as stuck.
-RUNNING_SLACK = timedelta(minutes=1)
 
 
 @dataclass
@@ -82,7 +80,7 @@ class Reaper:
 
     def _recover_stuck(self, now: datetime, report: ReapReport) -> None:
         """Rows running past the hard limit: run again while attempts remain, else fail."""
-        cutoff = now - timedelta(seconds=self.settings.hard_time_limit) - RUNNING_SLACK
+        cutoff = now - timedelta(seconds=self.settings.hard_time_limit + self.settings.running_slack)
         stuck = (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < cutoff)
         with self.tasks.engine.begin() as conn:
             report.failed_stuck = conn.execute(

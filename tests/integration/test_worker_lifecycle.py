@@ -205,3 +205,25 @@ def test_a_task_running_in_a_live_process_is_not_taken_over(store, clients, worl
     store.start(task_id, worker_id())  # this very process: alive
     result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "other:1", org, "dns-records", ref)
     assert result.outcome == Outcome.SKIPPED
+
+
+def test_a_task_whose_runner_died_on_every_attempt_is_failed_not_taken_over_again(store, clients, world) -> None:
+    import subprocess
+    import sys
+
+    from kat_scheduler.workers.lifecycle import worker_id
+
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = worker_id().rpartition(":")[0]
+    store.start(task_id, f"{host}:{gone.pid}")  # attempt 1
+    for _ in range(2):  # attempts 2 and 3 died too
+        assert store.take_over(task_id, f"{host}:{gone.pid}", f"{host}:{gone.pid}") is not None
+    job = BoefjeJob(store, clients, SimulatedRunner(), max_attempts=3)
+    result = job.run(task_id, worker_id(), org, "dns-records", ref)
+    assert result.outcome == Outcome.SKIPPED
+    row = store.get(task_id)
+    assert row.status == TaskStatus.FAILED and row.attempts == 3 and "died on each of 3 attempts" in row.error
+    assert world.boefje_meta(task_id) is None
