@@ -6,12 +6,13 @@ is the ``tasks`` row id. The work itself is in :mod:`kat_scheduler.workers.lifec
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task, shared_task
-from celery.signals import task_failure
+from celery.signals import task_failure, task_received
 
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import TaskName
@@ -19,7 +20,20 @@ from kat_scheduler.runtime import get_runtime
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome, worker_id
 
+logger = logging.getLogger(__name__)
+
 OUR_TASKS = {TaskName.BOEFJE_RUN.value, TaskName.NORMALIZER_RUN.value}
+
+
+@task_received.connect
+def _received(request: Any = None, **_: Any) -> None:
+    """In the worker's main process: a message was received; its row goes ``queued → dispatched``."""
+    if request is None or getattr(request, "name", None) not in OUR_TASKS:
+        return
+    try:
+        get_runtime().tasks.mark_dispatched(uuid.UUID(request.id), worker=request.hostname or "worker")
+    except Exception:  # bookkeeping only: never let it stop the consumer
+        logger.exception("could not mark task %s dispatched", getattr(request, "id", "?"))
 
 
 @task_failure.connect

@@ -160,3 +160,49 @@ def test_a_boefje_that_ignores_its_soft_limit_is_killed_at_the_hard_limit_and_it
         assert failed, (tmp_path / "worker.log").read_text()[-3000:]
         assert worker.poll() is None
     assert "hard time limit" in store.get(stubborn).error
+
+
+def test_a_worker_records_every_state_of_a_task(
+    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path
+) -> None:
+    """A real worker runs a queued task: started by its pool process (host:pid), then completed."""
+    from kat_scheduler.workers.lifecycle import worker_id
+
+    store = TaskStore(pg_engine)
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    env = {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "simulated",
+    }
+    publish_boefje(task_id, org, ref, postgres_uri, redis_url)
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log"):
+        done = wait_for(lambda: store.get(task_id).status == TaskStatus.COMPLETED, timeout=30)
+    assert done, (tmp_path / "worker.log").read_text()[-3000:]
+    row = store.get(task_id)
+    assert row.started_at and row.ended_at and row.attempts == 1
+    host = worker_id().rpartition(":")[0]
+    assert row.worker.startswith(f"{host}:")  # the pool process that ran it
+    log = (tmp_path / "worker.log").read_text()
+    assert "could not mark task" not in log
+
+
+def test_the_received_signal_marks_a_queued_row_dispatched(monkeypatch, pg_engine, clients, world) -> None:
+    from types import SimpleNamespace
+
+    from kat_scheduler.tasks import workers as worker_tasks
+
+    store = TaskStore(pg_engine)
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    monkeypatch.setattr(worker_tasks, "get_runtime", lambda: SimpleNamespace(tasks=store))
+    request = SimpleNamespace(name=TaskName.BOEFJE_RUN.value, id=str(task_id), hostname="boefjes@host")
+    worker_tasks._received(request=request)
+    row = store.get(task_id)
+    assert row.status == TaskStatus.DISPATCHED and row.worker == "boefjes@host"
+    worker_tasks._received(request=SimpleNamespace(name="other.task", id=str(task_id), hostname="x"))
+    assert store.get(task_id).worker == "boefjes@host"
