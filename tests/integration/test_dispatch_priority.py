@@ -53,10 +53,10 @@ def test_a_message_routed_by_name_lands_on_its_queue(redis_url: str, tmp_path) -
     settings = load_settings(broker_url=redis_url, db_uri=f"sqlite:///{tmp_path / 'db.sqlite'}")
     app = create_app(settings, main="routing_test")
 
-    @app.task(name="kat.normalizer.run", shared=False)
+    @app.task(name="kat.normalizer.routing_probe", shared=False)
     def normalizer_probe() -> None: ...
 
-    @app.task(name="kat.scheduler.noop", shared=False)
+    @app.task(name="kat.scheduler.routing_probe", shared=False)
     def scheduler_probe() -> None: ...
 
     normalizer_probe.apply_async(priority=broker_priority(3, "redis"))
