@@ -57,6 +57,7 @@ import redis
 import sqlalchemy as sa
 
 from benchmarks.chaos_app import POISON_ENV, RECORD_KEY_ENV, RECORD_URL_ENV, RUN_MS_ENV
+from benchmarks.common import drop_database, fresh_database
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import SchedulerId, TaskStatus
@@ -66,7 +67,7 @@ from kat_scheduler.publisher import OutgoingMessage, Publisher, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT, World, WorldConfig, generate_world
-from kat_scheduler.storage import TaskStore, migrate
+from kat_scheduler.storage import TaskStore
 from kat_scheduler.storage.db import normalise_url
 from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 from kat_scheduler.storage.tasks import NewTask
@@ -81,22 +82,6 @@ LIVE = (TaskStatus.QUEUED, TaskStatus.DISPATCHED, TaskStatus.RUNNING)
 
 
 # --- the database -----------------------------------------------------------------------------
-
-
-def fresh_database() -> tuple[str, sa.Engine]:
-    admin = sa.create_engine(normalise_url(POSTGRES), isolation_level="AUTOCOMMIT")
-    name = f"kat_chaos_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = normalise_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(uri)
-    return uri, admin
-
-
-def drop_database(admin: sa.Engine, uri: str) -> None:
-    name = sa.engine.make_url(uri).database
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -434,7 +419,7 @@ def main() -> int:
     record_key = f"kat-chaos:{uuid.uuid4().hex[:8]}:runs"
     records = redis.Redis.from_url(RECORDS)
     with SimulatedKAT(world).start() as kat, workdir(args.keep_logs) as work:
-        db_uri, admin = fresh_database()
+        db_uri, admin = fresh_database("kat_chaos")
         broker = PrivateRedis(work, args.redis_persist)
         slots: list[WorkerSlot] = []
         engine = sa.create_engine(normalise_url(db_uri))

@@ -65,8 +65,8 @@ import redis
 import sqlalchemy as sa
 from kombu.connection import Connection
 
+from benchmarks.common import drop_database, fresh_database
 from benchmarks.event_probe import KEY as PROBE_KEY
-from benchmarks.plan_boefjes import drop_database, fresh_database
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, dead_letter_queue
 from kat_scheduler.hashing import boefje_task_hash

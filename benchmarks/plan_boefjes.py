@@ -26,33 +26,16 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
+from benchmarks.common import drop_database, fresh_database
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
-from kat_scheduler.storage import migrate
 from kat_scheduler.storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("BENCH_POSTGRES_URI", "postgresql://127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-
-
-def fresh_database() -> tuple[str, sa.Engine]:
-    admin = sa.create_engine(normalise_url(POSTGRES), isolation_level="AUTOCOMMIT")
-    name = f"kat_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = normalise_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(uri)
-    return uri, admin
-
-
-def drop_database(admin: sa.Engine, uri: str) -> None:
-    name = sa.engine.make_url(uri).database
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def peak_rss_mb(pid: int) -> float:

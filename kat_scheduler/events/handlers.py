@@ -27,7 +27,6 @@ from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
 from kat_scheduler.events.consumer import Rejected, TransientError
 from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
-from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.planning.reactions import (
     hashes_of_object,
@@ -163,7 +162,9 @@ class MutationHandler(_Base):
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
         self.stats.queued += self._dispatch([_boefje_dispatchable(c) for c in candidates])
-        schedules.extend(self._new_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now) for c in candidates)
+        schedules.extend(
+            new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings) for c in candidates
+        )
         self.schedules.upsert(schedules, now=now)
         return rejected
 
@@ -203,7 +204,9 @@ class MutationHandler(_Base):
             last = history.get(pair.hash)
             if last is not None and grace_skip(pair.boefje, last, now, self.settings.grace_period):
                 self.stats.skipped[str(SkipReason.GRACE)] += 1
-                schedules.append(self._new_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last))
+                schedules.append(
+                    new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+                )
                 continue
             if last is None and state is not None and state.enabled and state.deadline_at is not None:
                 last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
@@ -219,19 +222,6 @@ class MutationHandler(_Base):
                 )
             )
         return sorted(out, key=lambda c: c.sort_key)
-
-    def _new_schedule(
-        self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
-    ) -> NewSchedule:
-        return new_boefje_schedule(
-            org,
-            boefje,
-            input_ooi,
-            hash_,
-            after,
-            default_grace=self.settings.grace_period,
-            jitter=self.settings.schedule_jitter,
-        )
 
 
 class RawFileHandler(_Base):

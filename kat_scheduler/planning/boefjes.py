@@ -217,7 +217,9 @@ class BoefjePlanner:
             if not _is_due(pair.boefje, last, now, grace):
                 plan.skipped[SkipReason.GRACE] += 1
                 assert last is not None
-                plan.grace_schedules.append(self._new_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last))
+                plan.grace_schedules.append(
+                    new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+                )
                 continue
             out.append(
                 Candidate(
@@ -323,7 +325,7 @@ class BoefjePlanner:
         for start in range(0, len(published_ids), 5 * size):
             self.tasks.mark_published(published_ids[start : start + 5 * size])
         fresh = [
-            self._new_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now)
+            new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
             for c in published
             if c.schedule_id is None
         ]
@@ -337,19 +339,6 @@ class BoefjePlanner:
             task_name=BOEFJE_TASK,
             queue=BOEFJE_QUEUE,
             kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
-        )
-
-    def _new_schedule(
-        self, org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime
-    ) -> NewSchedule:
-        return new_boefje_schedule(
-            org,
-            boefje,
-            input_ooi,
-            hash_,
-            after,
-            default_grace=self.settings.grace_period,
-            jitter=self.settings.schedule_jitter,
         )
 
     # --- due schedules ---------------------------------------------------------------------

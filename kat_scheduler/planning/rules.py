@@ -20,6 +20,7 @@ from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.timing import next_deadline
@@ -203,14 +204,7 @@ def new_boefje_task(candidate: Candidate) -> NewTask:
 
 
 def new_boefje_schedule(
-    org: str,
-    boefje: Boefje,
-    input_ooi: str | None,
-    hash_: str,
-    after: datetime,
-    *,
-    default_grace: int,
-    jitter: float,
+    org: str, boefje: Boefje, input_ooi: str | None, hash_: str, after: datetime, settings: Settings
 ) -> NewSchedule:
     """The schedule of a (boefje, object, organisation), due at its next run after ``after``."""
     return NewSchedule(
@@ -224,7 +218,9 @@ def new_boefje_schedule(
             "input_ooi": input_ooi,
             "organization": org,
         },
-        deadline_at=next_deadline(boefje, after, hash_=hash_, default_seconds=default_grace, jitter=jitter),
+        deadline_at=next_deadline(
+            boefje, after, hash_=hash_, default_seconds=settings.grace_period, jitter=settings.schedule_jitter
+        ),
         schedule=boefje.cron,
         interval=boefje.interval,
     )
