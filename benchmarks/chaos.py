@@ -75,7 +75,6 @@ from kat_scheduler.workers import reaper as reaper_module
 from kat_scheduler.workers.reaper import Reaper, ReapReport
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("BENCH_POSTGRES_URI", "postgresql://127.0.0.1:5432/test")
 RECORDS = os.environ.get("CHAOS_RECORD_URL", "redis://127.0.0.1:6379/6")
 _TASKS = table_of(TaskRow)
 LIVE = (TaskStatus.QUEUED, TaskStatus.DISPATCHED, TaskStatus.RUNNING)
