@@ -4,6 +4,8 @@ them is tested with real workers in test_workers.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -15,7 +17,7 @@ from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.planning.rules import boefje_payload
 from kat_scheduler.storage import TaskStore
 from kat_scheduler.storage.tasks import NewTask
-from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob, Outcome
+from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob, Outcome, worker_id
 from kat_scheduler.workers.runners import UnknownPlugin
 from kat_scheduler.workers.simulated import SimulatedRunner
 
@@ -180,26 +182,23 @@ def test_a_normalizer_turns_raw_data_into_an_observation_that_grows_the_graph(st
     assert store.get(task_id).status == TaskStatus.COMPLETED
 
 
-def test_a_redelivery_after_its_runner_died_on_this_host_runs_at_once(store, clients, world) -> None:
-    import subprocess
-    import sys
-
-    from kat_scheduler.workers.lifecycle import worker_id
-
-    org, ref = hostname_with_dns(world)
-    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+def dead_worker_id() -> str:
+    """The worker id (``host:pid``) of a process on this host that has exited."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    host = worker_id().rpartition(":")[0]
-    store.start(task_id, f"{host}:{gone.pid}")  # it was running in a process that is now gone
+    return f"{worker_id().rpartition(':')[0]}:{gone.pid}"
+
+
+def test_a_redelivery_after_its_runner_died_on_this_host_runs_at_once(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    store.start(task_id, dead_worker_id())  # it was running in a process that is now gone
     result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, worker_id(), org, "dns-records", ref)
     assert result.outcome == Outcome.COMPLETED
     assert store.get(task_id).attempts == 2
 
 
 def test_a_task_running_in_a_live_process_is_not_taken_over(store, clients, world) -> None:
-    from kat_scheduler.workers.lifecycle import worker_id
-
     org, ref = hostname_with_dns(world)
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
     store.start(task_id, worker_id())  # this very process: alive
@@ -208,19 +207,12 @@ def test_a_task_running_in_a_live_process_is_not_taken_over(store, clients, worl
 
 
 def test_a_task_whose_runner_died_on_every_attempt_is_failed_not_taken_over_again(store, clients, world) -> None:
-    import subprocess
-    import sys
-
-    from kat_scheduler.workers.lifecycle import worker_id
-
     org, ref = hostname_with_dns(world)
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    host = worker_id().rpartition(":")[0]
-    store.start(task_id, f"{host}:{gone.pid}")  # attempt 1
+    dead = dead_worker_id()
+    store.start(task_id, dead)  # attempt 1
     for _ in range(2):  # attempts 2 and 3 died too
-        assert store.take_over(task_id, f"{host}:{gone.pid}", f"{host}:{gone.pid}") is not None
+        assert store.take_over(task_id, dead, dead) is not None
     job = BoefjeJob(store, clients, SimulatedRunner(), max_attempts=3)
     result = job.run(task_id, worker_id(), org, "dns-records", ref)
     assert result.outcome == Outcome.SKIPPED
