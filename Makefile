@@ -28,8 +28,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-run: $(STAMP)  ## The main job. Until the all-in-one lands: the simulated KAT world on :8001-8003.
-	$(BIN)/kat-scheduler sim serve $(RUN_ARGS)
+run: $(STAMP)  ## The main job: beat, workers, listener and Flower (embedded Redis, SQLite and a simulated KAT when nothing is configured).
+	$(BIN)/kat-scheduler run $(RUN_ARGS)
 
 docs: $(STAMP)  ## Regenerate docs/configuration.md and .env-dist from Settings.
 	$(BIN)/kat-scheduler settings --markdown > docs/configuration.md

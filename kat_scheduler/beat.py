@@ -41,10 +41,25 @@ class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
         if leader != self.is_leader:
             logger.warning("beat %s %s the lease", self.holder_id, "acquired" if leader else "lost or could not get")
             self.is_leader = leader
+            if leader:
+                self.make_all_due()
         if not leader:
             return min(float(self.max_interval), self.lease_ttl / 3)
         interval = float(super().tick(*args, **kwargs))
         return min(interval, self.lease_ttl / 3)
+
+    def make_all_due(self) -> None:
+        """A new leader cannot know when the last one ticked: tick every entry now.
+
+        Harmless by the claim invariant (a tick queues nothing that is already live) and it
+        means a fresh start, or a failover, does not wait a whole interval for the first tick.
+        """
+        now = self.app.now()
+        for entry in self.schedule.values():
+            run_every = getattr(entry.schedule, "run_every", None)
+            if run_every is not None:
+                entry.last_run_at = now - run_every
+        self._heap = None  # rebuilt from the entries on the next tick
 
     def close(self) -> None:
         if self.is_leader:

@@ -171,15 +171,15 @@ def listen() -> None:
         runtime.close()
 
 
-def _attach_sim() -> None:
-    try:
-        from kat_scheduler.sim.cli import sim
-    except ImportError:  # pragma: no cover - the simulation ships with the package
-        return
+def _attach_commands() -> None:
+    from kat_scheduler.run.command import run_cmd
+    from kat_scheduler.sim.cli import sim
+
     main.add_command(sim)
+    main.add_command(run_cmd)
 
 
-_attach_sim()
+_attach_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

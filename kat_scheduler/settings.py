@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SCHEDULER_"
 
-#: Fields that keep the name the rest of KAT already uses for them.
+#: Fields that keep the name the rest of KAT (or Flower) already uses for them.
 KAT_NAMES: dict[str, str] = {
     "octopoes_api": "OCTOPOES_API",
     "katalogus_api": "KATALOGUS_API",
@@ -25,6 +25,10 @@ KAT_NAMES: dict[str, str] = {
     "bytes_password": "BYTES_PASSWORD",
     "queue_uri": "QUEUE_URI",
     "db_uri": "SCHEDULER_DB_URI",
+    # Flower reads these itself too, so one variable configures `run` and a plain `celery flower`.
+    "flower_address": "FLOWER_ADDRESS",
+    "flower_port": "FLOWER_PORT",
+    "flower_basic_auth": "FLOWER_BASIC_AUTH",
 }
 
 
@@ -236,6 +240,38 @@ class Settings(BaseSettings):
         description="Seconds a beat's singleton lease lasts; a standby beat takes over after it expires.",
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    flower_address: str = Field(
+        "127.0.0.1",
+        validation_alias=_kat("flower_address"),
+        description="Address Flower listens on in `kat-scheduler run`.",
+    )
+    flower_port: int = Field(
+        5555,
+        validation_alias=_kat("flower_port"),
+        ge=0,
+        le=65535,
+        description="Port of Flower in `kat-scheduler run` (0: a free one).",
+    )
+    flower_basic_auth: SecretStr | None = Field(
+        None,
+        validation_alias=_kat("flower_basic_auth"),
+        description=(
+            "Flower's `user:password` (basic auth), for `kat-scheduler run` and the Procfile/compose "
+            "Flower. Unset in `kat-scheduler run`: a password is generated and printed at start."
+        ),
+    )
+
+    # --- The all-in-one run (`kat-scheduler run`) ---------------------------------------
+    run_dir: str = Field(
+        ".kat-scheduler",
+        description="Folder of `kat-scheduler run`'s state: logs, and in the embedded run its SQLite and Redis files.",
+    )
+    run_boefje_concurrency: int = Field(
+        2, ge=1, le=256, description="Boefje worker processes started by `kat-scheduler run`."
+    )
+    run_normalizer_concurrency: int = Field(
+        1, ge=1, le=256, description="Normalizer worker processes started by `kat-scheduler run`."
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -244,6 +280,15 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, _, password = value.get_secret_value().partition(":")
+            if not user or not password:
+                raise ValueError("must be user:password")
+        return value
 
     @field_validator("broker_url")
     @classmethod

@@ -59,3 +59,19 @@ def test_a_standby_beat_takes_over_when_the_leader_stops(app) -> None:
     tick_a_while(second, 3)
     assert second.is_leader and second.sent
     assert LeaseStore(second.leases.engine).holder("beat") == "beat-b"
+
+
+def test_a_beat_that_takes_the_lease_ticks_every_producer_at_once(sqlite_uri: str) -> None:
+    hour = 3600.0
+    settings = load_settings(
+        db_uri=sqlite_uri, beat_lease=30, plan_interval=hour, schedules_interval=hour, reap_interval=hour
+    )
+    scheduler = RecordingScheduler(create_app(settings, main="beat_first_tick"), holder_id="beat-a", lazy=False)
+    tick_a_while(scheduler, 5)
+    assert sorted(scheduler.sent) == [
+        "kat.scheduler.plan_boefjes",
+        "kat.scheduler.queue_due_schedules",
+        "kat.scheduler.reap",
+    ], "a new leader must not wait a whole interval for its first tick"
+    tick_a_while(scheduler, 5)
+    assert len(scheduler.sent) == 3, "after the first tick, each producer waits for its interval"

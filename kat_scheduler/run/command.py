@@ -1,0 +1,367 @@
+"""``kat-scheduler run``: the whole scheduler (and, embedded, a whole simulated KAT) in one command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+import requests
+
+from kat_scheduler.run.embedded import (
+    EmbeddedRedisError,
+    free_port,
+    redis_server_argv,
+    redis_server_binary,
+    wait_for_redis,
+)
+from kat_scheduler.run.monitor import Monitor, Sample
+from kat_scheduler.run.plan import (
+    ChildSpec,
+    EmbeddedPorts,
+    Role,
+    RunMode,
+    WorldOptions,
+    child_specs,
+    embedded_environment,
+    resolve_mode,
+)
+from kat_scheduler.run.supervisor import Child, ChildFailed, ExitReport, Supervisor
+from kat_scheduler.run.view import Banner, banner_lines, dashboard, status_line, summary_lines
+from kat_scheduler.settings import Settings, SettingsError, env_name, load_settings
+from kat_scheduler.sim.cli import world_options
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the whole shutdown may take (the issue's promise is 10 s; keep a margin).
+STOP_BUDGET = 8.0
+#: Seconds between status lines when the output is not a terminal.
+LINE_EVERY = 5.0
+
+
+class StartupError(RuntimeError):
+    """The run could not start; the message says what to do."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _flower_port(settings: Settings) -> int:
+    if settings.flower_port == 0:
+        return free_port(settings.flower_address)
+    if _port_free(settings.flower_address, settings.flower_port):
+        return settings.flower_port
+    if "flower_port" in settings.model_fields_set:
+        raise StartupError(
+            f"{env_name('flower_port')}={settings.flower_port} is in use on {settings.flower_address}; "
+            "choose another port (0 picks a free one)"
+        )
+    port = free_port(settings.flower_address)
+    logger.warning("port %s is in use; Flower listens on %s instead", settings.flower_port, port)
+    return port
+
+
+def _flower_credentials(settings: Settings) -> tuple[str, str]:
+    if settings.flower_basic_auth is not None:
+        user, _, password = settings.flower_basic_auth.get_secret_value().partition(":")
+        return user, password
+    return "kat", secrets.token_urlsafe(12)
+
+
+def _wait_http(url: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive:
+            raise StartupError(
+                f"{child.name} exited during start; its log ({child.log_path}) ends with:\n{child.tail()}"
+            )
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise StartupError(f"{child.name} did not answer on {url} within {timeout:.0f}s; see {child.log_path}")
+
+
+class Run:
+    """One run: the children, the monitor, and the stop flag."""
+
+    def __init__(self, settings: Settings, mode: RunMode, *, fresh: bool, flower: bool, world: WorldOptions) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.fresh = fresh
+        self.flower = flower
+        self.world = world
+        self.run_dir = Path(settings.run_dir).resolve()
+        self.log_dir = self.run_dir / "logs"
+        self.stopping = threading.Event()
+        self.supervisor: Supervisor | None = None
+        self.monitor: Monitor | None = None
+        self.child_settings = settings
+        self.banner: Banner | None = None
+        self.started_at = time.monotonic()
+        self.first: Sample | None = None
+        self.last: Sample | None = None
+        self.exits: list[ExitReport] = []
+        self._closers: list[Any] = []
+
+    # -- start ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        embedded_state = self.run_dir / "embedded"
+        if self.fresh and embedded_state.exists():
+            shutil.rmtree(embedded_state)
+        if self.log_dir.exists():
+            shutil.rmtree(self.log_dir)
+        self.log_dir.mkdir(parents=True)
+
+    def start(self) -> None:
+        self.prepare()
+        base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        overlay: dict[str, str] = {}
+        services: dict[str, str] = {}
+        supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
+        sim_ports = None
+        if self.mode is RunMode.EMBEDDED:
+            state = self.run_dir / "embedded"
+            state.mkdir(parents=True, exist_ok=True)
+            ports = sim_ports = EmbeddedPorts(free_port(), free_port(), free_port(), free_port())
+            overlay = embedded_environment(self.settings, state, ports)
+            if env_name("broker_url") in overlay or env_name("queue_uri") in overlay:
+                try:
+                    binary = redis_server_binary()
+                except EmbeddedRedisError as exc:
+                    raise StartupError(str(exc)) from exc
+                redis_child = supervisor.start(
+                    ChildSpec("redis", redis_server_argv(binary, ports.redis, state), Role.SERVICE)
+                )
+                wait_for_redis(f"redis://127.0.0.1:{ports.redis}/0", redis_child.process)
+                services["redis"] = f"redis://127.0.0.1:{ports.redis} (embedded, data in {state})"
+        self.child_settings = _with_env(self.settings, overlay)
+        supervisor.env.update(overlay)
+        self._migrate()
+        services["database"] = _safe(self.child_settings.db_uri)
+        services["broker"] = _safe(self.child_settings.broker_url)
+        services["events"] = _safe(self.child_settings.queue_uri)
+
+        user, password = _flower_credentials(self.settings)
+        flower_port = _flower_port(self.settings) if self.flower else None
+        specs = child_specs(
+            self.child_settings,
+            self.mode,
+            flower_port=flower_port,
+            flower_auth=f"{user}:{password}",
+            sim_ports=sim_ports,
+            world=self.world,
+            sim_env=overlay,
+        )
+        for spec in specs:
+            child = supervisor.start(spec)
+            if spec.ready_url:
+                _wait_http(spec.ready_url, child, timeout=120 if spec.name == "kat-sim" else 30)
+        services["octopoes"] = str(self.child_settings.octopoes_api)
+        services["katalogus"] = str(self.child_settings.katalogus_api)
+        services["bytes"] = str(self.child_settings.bytes_api)
+        flower_url = f"http://{self.settings.flower_address}:{flower_port}" if flower_port else None
+        self.banner = Banner(self.mode.value, flower_url, user, password, str(self.log_dir), services)
+        self.monitor = self._make_monitor()
+
+    def _migrate(self) -> None:
+        from kat_scheduler.storage import migrate
+
+        try:
+            migrate.upgrade(self.child_settings.db_uri)
+        except Exception as exc:
+            raise StartupError(f"cannot migrate the database {_safe(self.child_settings.db_uri)}: {exc}") from exc
+
+    def _make_monitor(self) -> Monitor:
+        from kat_scheduler.clients import clients_from_settings
+        from kat_scheduler.publisher import make_publisher
+        from kat_scheduler.storage.db import make_engine
+
+        engine = make_engine(self.child_settings.db_uri, pool_size=1)
+        publisher = make_publisher(self.child_settings)
+        clients = clients_from_settings(self.child_settings)
+        self._closers += [engine.dispose, publisher.close, clients.close]
+        return Monitor(engine, publisher, clients)
+
+    # -- run ------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def loop(self, duration: float | None, refresh: float, live: bool) -> None:
+        assert self.supervisor is not None and self.monitor is not None and self.banner is not None
+        deadline = None if duration is None else self.started_at + duration
+        self.first = self.last = self.monitor.sample()
+        if live:
+            from rich.live import Live
+
+            with Live(self._render(), refresh_per_second=4, screen=False, transient=False) as screen:
+                while self._tick(deadline, refresh):
+                    screen.update(self._render())
+        else:
+            next_line = 0.0
+            while self._tick(deadline, refresh):
+                if time.monotonic() >= next_line:
+                    assert self.last is not None
+                    click.echo(status_line(self.last, self.monitor, self.elapsed()))
+                    next_line = time.monotonic() + LINE_EVERY
+
+    def _tick(self, deadline: float | None, refresh: float) -> bool:
+        """Wait ``refresh`` seconds (or until asked to stop), then watch and sample; False: stop."""
+        assert self.supervisor is not None and self.monitor is not None
+        wait = refresh if deadline is None else max(0.0, min(refresh, deadline - time.monotonic()))
+        if self.stopping.wait(wait):
+            return False
+        for event in self.supervisor.watch():
+            click.echo(f"kat-scheduler run: {event}", err=True)
+        self.last = self.monitor.sample()
+        return deadline is None or time.monotonic() < deadline
+
+    def _render(self) -> Any:
+        assert self.monitor is not None and self.supervisor is not None and self.banner is not None
+        assert self.last is not None
+        return dashboard(self.last, self.monitor, self.supervisor.children, self.elapsed(), self.banner)
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.supervisor is None:
+            return
+        work = [r for r in (Role.PRODUCER, Role.WORKER, Role.MONITOR)]
+        self.exits += self.supervisor.stop(STOP_BUDGET * 0.8, roles=work)
+        if self.monitor is not None:
+            try:
+                self.last = self.monitor.sample()
+            except Exception:  # the summary falls back to the last sample
+                logger.exception("could not take the final sample")
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                logger.debug("closing a monitor connection failed", exc_info=True)
+        self.exits += self.supervisor.stop(STOP_BUDGET * 0.2, roles=[Role.SERVICE])
+        self.supervisor.kill_all()
+
+
+def _with_env(settings: Settings, overlay: dict[str, str]) -> Settings:
+    """``settings`` as the children see them: the environment plus ``overlay``."""
+    if not overlay:
+        return settings
+    saved = {name: os.environ.get(name) for name in overlay}
+    os.environ.update(overlay)
+    try:
+        return load_settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _safe(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@click.command("run")
+@click.option("--duration", type=click.FloatRange(min=1), default=None, help="Stop by itself after this many seconds.")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "embedded", "external"]),
+    default="auto",
+    show_default=True,
+    help="embedded: private Redis, SQLite and a simulated KAT; external: the configured services; "
+    "auto: external as soon as OCTOPOES_API, KATALOGUS_API, BYTES_API or QUEUE_URI is set.",
+)
+@click.option("--fresh", is_flag=True, help="Embedded: forget the previous run's tasks, schedules and messages.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option("--refresh", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per update.")
+@click.option(
+    "--live/--lines",
+    default=None,
+    help="A live dashboard (default on a terminal) or a status line every 5 s (default otherwise).",
+)
+@world_options
+def run_cmd(
+    duration: float | None,
+    mode: str,
+    fresh: bool,
+    no_flower: bool,
+    refresh: float,
+    live: bool | None,
+    seed: int,
+    organisations: int,
+    oois_per_org: int,
+    boefjes: int,
+) -> None:
+    """Run beat, the scheduler, boefje and normalizer workers, the listener and Flower together.
+
+    With nothing configured, everything is embedded: a private Redis, SQLite and a simulated KAT
+    world (--organisations, --oois-per-org, --boefjes, --seed), under SCHEDULER_RUN_DIR. Ctrl-C or
+    SIGTERM stops every process within 10 s; a summary follows.
+    """
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
+        sys.exit(2)
+    run = Run(
+        settings,
+        resolve_mode(settings, mode),
+        fresh=fresh,
+        flower=not no_flower,
+        world=WorldOptions(seed, organisations, oois_per_org, boefjes),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        run.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    try:
+        run.start()
+        assert run.banner is not None
+        for line in banner_lines(run.banner):
+            click.echo(line)
+        assert run.supervisor is not None
+        click.echo("  processes  " + " ".join(f"{c.name}={c.pid}" for c in run.supervisor.children))
+        run.loop(duration, refresh, sys.stdout.isatty() if live is None else live)
+    except (StartupError, EmbeddedRedisError, ChildFailed) as exc:
+        click.echo(f"kat-scheduler run: {exc}", err=True)
+        code = 1
+    finally:
+        stop_started = time.monotonic()
+        run.stop()
+        stopped_in = time.monotonic() - stop_started
+    if run.last is not None and run.monitor is not None:
+        exits = [(r.name, r.returncode, r.killed) for r in run.exits]
+        for line in summary_lines(run.first, run.last, run.monitor, run.elapsed(), exits):
+            click.echo(line)
+    click.echo(f"  stopped in {stopped_in:.1f}s; logs in {run.log_dir}")
+    sys.exit(code)

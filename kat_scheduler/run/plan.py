@@ -1,0 +1,189 @@
+"""What ``kat-scheduler run`` starts, and with what environment (pure: no processes, no I/O).
+
+Two modes:
+
+* **embedded** (nothing of KAT configured): a private Redis as broker and event bus, SQLite in
+  the run folder, and the simulated KAT world, so the whole cycle runs on a bare machine;
+* **external** (any of ``OCTOPOES_API``, ``KATALOGUS_API``, ``BYTES_API`` or ``QUEUE_URI`` set):
+  the real services and brokers from the settings, nothing embedded.
+
+Every child gets the complete environment it needs, so children agree with the supervisor
+whatever ``.env`` file is in the working directory.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kat_scheduler.queues import Queue
+from kat_scheduler.settings import Settings, env_name
+
+#: Settings whose presence means "run against a real KAT".
+KAT_SERVICE_FIELDS = ("octopoes_api", "katalogus_api", "bytes_api", "queue_uri")
+
+#: Intervals of the embedded run (unless set): a demo should show a tick within seconds.
+EMBEDDED_INTERVALS = {"plan_interval": "10", "schedules_interval": "10", "reap_interval": "30"}
+
+
+class RunMode(enum.StrEnum):
+    EMBEDDED = "embedded"
+    EXTERNAL = "external"
+
+
+def resolve_mode(settings: Settings, requested: str = "auto") -> RunMode:
+    """``auto``: external as soon as any KAT service is configured, else embedded."""
+    if requested != "auto":
+        return RunMode(requested)
+    configured = settings.model_fields_set & set(KAT_SERVICE_FIELDS)
+    return RunMode.EXTERNAL if configured else RunMode.EMBEDDED
+
+
+class Role(enum.StrEnum):
+    """Stop order: producers first (no new work), then workers, then what everything uses."""
+
+    PRODUCER = "producer"
+    WORKER = "worker"
+    MONITOR = "monitor"
+    SERVICE = "service"
+
+
+STOP_ORDER = (Role.PRODUCER, Role.WORKER, Role.MONITOR, Role.SERVICE)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: list[str]
+    role: Role
+    #: URL answering HTTP when the child is ready (None: ready once started).
+    ready_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbeddedPorts:
+    redis: int
+    octopoes: int
+    katalogus: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class WorldOptions:
+    seed: int = 1
+    organisations: int = 3
+    oois_per_org: int = 100
+    boefjes: int = 10
+
+
+def embedded_environment(settings: Settings, run_dir: Path, ports: EmbeddedPorts) -> dict[str, str]:
+    """Variables that point every child at the embedded services (what the user set wins)."""
+    chosen = settings.model_fields_set
+    redis_base = f"redis://127.0.0.1:{ports.redis}"
+    values = {
+        "broker_url": f"{redis_base}/0",
+        "queue_uri": f"{redis_base}/1",
+        "db_uri": f"sqlite:///{(run_dir / 'kat_scheduler.db').resolve()}",
+        "octopoes_api": f"http://127.0.0.1:{ports.octopoes}",
+        "katalogus_api": f"http://127.0.0.1:{ports.katalogus}",
+        "bytes_api": f"http://127.0.0.1:{ports.bytes}",
+        "runner": "simulated",
+        **EMBEDDED_INTERVALS,
+    }
+    return {env_name(name): value for name, value in values.items() if name not in chosen}
+
+
+def flower_argv(settings: Settings, port: int) -> list[str]:
+    """Flower's command line; its credentials go in its environment (``ps`` shows argv)."""
+    return [
+        *celery_argv(),
+        "flower",
+        f"--address={settings.flower_address}",
+        f"--port={port}",
+        "--purge_offline_workers=60",
+    ]
+
+
+def celery_argv() -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "kat_scheduler"]
+
+
+def worker_argv(queue: Queue, concurrency: int, log_level: str) -> list[str]:
+    return [
+        *celery_argv(),
+        "worker",
+        "-Q",
+        queue.value,
+        "--hostname",
+        f"{queue.value}@%h",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def child_specs(
+    settings: Settings,
+    mode: RunMode,
+    *,
+    flower_port: int | None,
+    flower_auth: str,
+    sim_ports: EmbeddedPorts | None = None,
+    world: WorldOptions = WorldOptions(),
+    sim_env: Mapping[str, str] | None = None,
+) -> list[ChildSpec]:
+    """Every child process of the run, in start order."""
+    level = settings.log_level
+    cli = [sys.executable, "-m", "kat_scheduler"]
+    specs: list[ChildSpec] = []
+    if mode is RunMode.EMBEDDED:
+        if sim_ports is None:
+            raise ValueError("the embedded run needs ports for the simulated KAT")
+        events_url = (sim_env or {}).get(env_name("queue_uri"), settings.queue_uri)
+        specs.append(
+            ChildSpec(
+                "kat-sim",
+                [
+                    *cli,
+                    "sim",
+                    "serve",
+                    f"--seed={world.seed}",
+                    f"--organisations={world.organisations}",
+                    f"--oois-per-org={world.oois_per_org}",
+                    f"--boefjes={world.boefjes}",
+                    f"--octopoes-port={sim_ports.octopoes}",
+                    f"--katalogus-port={sim_ports.katalogus}",
+                    f"--bytes-port={sim_ports.bytes}",
+                    f"--events-url={events_url}",
+                ],
+                Role.SERVICE,
+                ready_url=f"http://127.0.0.1:{sim_ports.katalogus}/health",
+            )
+        )
+    specs += [
+        ChildSpec("scheduler", worker_argv(Queue.SCHEDULER, 1, level), Role.WORKER),
+        ChildSpec("boefjes", worker_argv(Queue.BOEFJES, settings.run_boefje_concurrency, level), Role.WORKER),
+        ChildSpec(
+            "normalizers", worker_argv(Queue.NORMALIZERS, settings.run_normalizer_concurrency, level), Role.WORKER
+        ),
+        ChildSpec("listener", [*cli, "listen"], Role.PRODUCER),
+        ChildSpec("beat", [*celery_argv(), "beat", "--loglevel", level], Role.PRODUCER),
+    ]
+    if flower_port is not None:
+        specs.append(
+            ChildSpec(
+                "flower",
+                flower_argv(settings, flower_port),
+                Role.MONITOR,
+                ready_url=f"http://{settings.flower_address}:{flower_port}/healthcheck",
+                env={env_name("flower_basic_auth"): flower_auth},
+            )
+        )
+    return specs

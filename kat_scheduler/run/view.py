@@ -1,0 +1,127 @@
+"""The terminal view of ``kat-scheduler run``: a live dashboard on a terminal, lines otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from kat_scheduler.models.tasks import TaskStatus
+from kat_scheduler.run.monitor import Monitor, Sample
+from kat_scheduler.run.supervisor import Child
+
+TASK_TYPES = ("boefje", "normalizer")
+SHOWN_STATUSES = (
+    TaskStatus.QUEUED,
+    TaskStatus.DISPATCHED,
+    TaskStatus.RUNNING,
+    TaskStatus.COMPLETED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
+
+
+@dataclass(frozen=True)
+class Banner:
+    mode: str
+    flower_url: str | None
+    flower_user: str
+    flower_password: str
+    log_dir: str
+    services: dict[str, str]
+
+
+def banner_lines(banner: Banner) -> list[str]:
+    lines = [f"kat-scheduler run ({banner.mode})"]
+    for name, where in banner.services.items():
+        lines.append(f"  {name:<10} {where}")
+    if banner.flower_url:
+        lines.append(f"  flower     {banner.flower_url}  user {banner.flower_user}  password {banner.flower_password}")
+    lines.append(f"  logs       {banner.log_dir}")
+    return lines
+
+
+def _objects(sample: Sample, monitor: Monitor) -> str:
+    if sample.objects is None:
+        return "unknown"
+    grown = sample.objects - (monitor.first_objects or sample.objects)
+    return f"{sample.objects:,} (+{grown:,} since start, {sample.organisations} organisations)"
+
+
+def dashboard(
+    sample: Sample, monitor: Monitor, children: Sequence[Child], elapsed: float, banner: Banner
+) -> RenderableType:
+    tasks = Table(title="tasks", title_justify="left", expand=False)
+    tasks.add_column("type")
+    for status in SHOWN_STATUSES:
+        tasks.add_column(status.value, justify="right")
+    for task_type in TASK_TYPES:
+        tasks.add_row(task_type, *(f"{sample.count(task_type, status):,}" for status in SHOWN_STATUSES))
+
+    queues = Table(title="broker queues", title_justify="left")
+    queues.add_column("queue")
+    queues.add_column("waiting", justify="right")
+    for name, depth in sample.depths.items():
+        queues.add_row(name, f"{depth:,}")
+
+    processes = Table(title="processes", title_justify="left")
+    processes.add_column("process")
+    processes.add_column("pid", justify="right")
+    processes.add_column("state")
+    processes.add_column("restarts", justify="right")
+    for child in children:
+        processes.add_row(child.name, str(child.pid or "-"), "up" if child.alive else "down", str(child.restarts))
+
+    header = Text("\n".join(banner_lines(banner)))
+    progress = Text(
+        f"elapsed {elapsed:,.0f}s   finished {monitor.rate():,.1f} tasks/s   objects {_objects(sample, monitor)}"
+    )
+    parts: list[RenderableType] = [header, progress, tasks, queues, processes]
+    if sample.errors:
+        parts.append(Text("\n".join(f"{k}: {v}" for k, v in sample.errors.items()), style="red"))
+    parts.append(Text("Ctrl-C stops everything", style="dim"))
+    return Group(*parts)
+
+
+def status_line(sample: Sample, monitor: Monitor, elapsed: float) -> str:
+    """One line for logs and non-terminal output."""
+    parts = [f"t={elapsed:.0f}s"]
+    for task_type in TASK_TYPES:
+        counts = " ".join(
+            f"{status.value}={sample.count(task_type, status)}"
+            for status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.COMPLETED, TaskStatus.FAILED)
+        )
+        parts.append(f"{task_type}s[{counts}]")
+    parts.append("waiting[" + " ".join(f"{q}={n}" for q, n in sample.depths.items()) + "]")
+    parts.append(f"objects={sample.objects if sample.objects is not None else '?'}")
+    parts.append(f"rate={monitor.rate():.1f}/s")
+    if sample.errors:
+        parts.append("errors[" + "; ".join(f"{k}: {v}" for k, v in sample.errors.items()) + "]")
+    return "  ".join(parts)
+
+
+def summary_lines(
+    first: Sample | None, last: Sample, monitor: Monitor, elapsed: float, exits: Sequence[tuple[str, int | None, bool]]
+) -> list[str]:
+    lines = [f"summary after {elapsed:.1f}s"]
+    for task_type in TASK_TYPES:
+        counts = ", ".join(f"{status.value} {last.count(task_type, status):,}" for status in SHOWN_STATUSES)
+        lines.append(f"  {task_type}s: {counts}")
+    done = last.finished() - (first.finished() if first else 0)
+    lines.append(f"  finished this run: {done:,} tasks ({done / elapsed if elapsed > 0 else 0.0:,.1f}/s)")
+    if last.objects is not None:
+        start = monitor.first_objects if monitor.first_objects is not None else last.objects
+        lines.append(f"  objects: {start:,} -> {last.objects:,} (+{last.objects - start:,})")
+    left = sum(last.count(t, s) for t in TASK_TYPES for s in (TaskStatus.DISPATCHED, TaskStatus.RUNNING))
+    waiting = sum(last.count(t, TaskStatus.QUEUED) for t in TASK_TYPES)
+    lines.append(
+        f"  left for next time: {waiting:,} queued (kept on the broker), {left:,} interrupted (redelivered or reaped)"
+    )
+    killed = [name for name, _code, was_killed in exits if was_killed]
+    lines.append(
+        "  processes: all stopped cleanly" if not killed else f"  processes: killed after the stop budget: {killed}"
+    )
+    return lines
