@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,8 +25,10 @@ from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Dispatchable, Dispatcher
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
 from kat_scheduler.events.consumer import Rejected, TransientError
+from kat_scheduler.events.recording import RecordingHandler
 from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
+from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.planning.reactions import (
     hashes_of_object,
@@ -51,7 +53,9 @@ from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import rank_normalizer
+from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.settings import Settings
+from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleState, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
@@ -280,15 +284,45 @@ class RawFileHandler(_Base):
         return out
 
 
+def listener_summary(handlers: Mapping[str, _Base], since: datetime) -> dict[str, Any]:
+    """What the listener's handlers did since ``since`` (this process's start), for ``producer_runs``."""
+    stats = [handler.stats for handler in handlers.values()]
+    return {
+        "since": since.isoformat(),
+        "events": {queue: handler.stats.events for queue, handler in handlers.items()},
+        "queued": sum(s.queued for s in stats),
+        "cancelled": sum(s.cancelled for s in stats),
+        "schedules_disabled": sum(s.schedules_disabled for s in stats),
+    }
+
+
 def make_handlers(
     plugins: PluginCache,
     tasks: TaskStore,
     schedules: ScheduleStore,
     publisher: Publisher,
     settings: Settings,
+    *,
+    record_runs: bool = True,
+    record_interval: float = LISTENER_RECORD_INTERVAL,
 ) -> dict[str, Any]:
-    """The handler per event queue, for :class:`~kat_scheduler.events.consumer.EventConsumer`."""
-    return {
+    """The handler per event queue, for :class:`~kat_scheduler.events.consumer.EventConsumer`.
+
+    With ``record_runs``, each handler records the listener's run in ``producer_runs`` after a
+    batch, at most once per ``record_interval`` seconds (shared by both queues); recording never
+    fails a batch.
+    """
+    handlers: dict[str, MutationHandler | RawFileHandler] = {
         SCAN_PROFILE_MUTATIONS: MutationHandler(plugins, tasks, schedules, publisher, settings),
         RAW_FILE_RECEIVED: RawFileHandler(plugins, tasks, schedules, publisher, settings),
     }
+    if not record_runs:
+        return dict(handlers)
+    runs = ProducerRunStore(tasks.engine)
+    recorder = ThrottledRecorder(ProducerName.LISTENER, lambda: runs, min_interval=record_interval)
+    since = utcnow()
+
+    def summary() -> dict[str, Any]:
+        return listener_summary(handlers, since)
+
+    return {queue: RecordingHandler(handler, recorder, summary) for queue, handler in handlers.items()}

@@ -105,12 +105,16 @@ class RedisPublisher:
             self._push(chunk, published)
 
     def queue_depth(self, queue: str) -> int:
+        return sum(self.depth_by_priority(queue).values())
+
+    def depth_by_priority(self, queue: str) -> dict[int, int]:
+        """Messages waiting in ``queue`` per priority step (one ``LLEN`` per step, one round trip)."""
         self._check_queue(queue)
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 for key in self.keys.all_keys(queue):
                     pipe.llen(key)
-                return sum(pipe.execute())
+                return dict(zip(self.keys.steps, pipe.execute(), strict=True))
         except redis.RedisError as exc:
             raise BrokerError(f"queue depth of {queue!r}: {exc}") from exc
 

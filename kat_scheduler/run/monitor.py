@@ -87,7 +87,8 @@ class Monitor:
         self._objects_at = 0.0
         self._last_objects: tuple[int | None, int | None] = (None, None)
 
-    def sample(self) -> Sample:
+    def sample(self, *, count_objects: bool = False) -> Sample:
+        """A new sample; the graph is counted every ``objects_every`` seconds, or now if asked."""
         now = time.monotonic()
         sample = Sample(at=now)
         try:
@@ -101,7 +102,7 @@ class Monitor:
                 sample.depths[queue.value] = self.publisher.queue_depth(queue.value)
             except Exception as exc:
                 sample.errors["broker"] = _short(exc)
-        if self.clients is not None and now - self._objects_at >= self.objects_every:
+        if self.clients is not None and (count_objects or now - self._objects_at >= self.objects_every):
             self._objects_at = now
             try:
                 self._last_objects = self._count_objects()

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ``tasks``, ``schedules`` and ``beat_leases`` tables.
+"""SQLAlchemy models of the ``tasks``, ``schedules``, ``beat_leases`` and ``producer_runs`` tables.
 
 The unique partial index ``uq_tasks_live_hash`` is the heart of the scheduler: at most one task per
 hash may be live (queued, dispatched or running), so a claim is a plain
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kat_scheduler.models.producers import RunOutcome
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 
 FINISHED_STATUS_SQL = "status IN ('completed', 'failed')"
@@ -75,7 +77,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
-def _str_enum(enum: type[TaskStatus] | type[SchedulerId], length: int) -> Enum:
+def _str_enum(enum: type[StrEnum], length: int) -> Enum:
     return Enum(
         enum,
         native_enum=False,
@@ -182,3 +184,25 @@ class BeatLease(Base):
     holder: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[datetime]
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProducerRun(Base):
+    """The last run of each producer (beat's ticks, the event listener): one row per name, upserted.
+
+    ``name`` is a :class:`~kat_scheduler.models.producers.ProducerName` value, stored as plain text so
+    that a row written by a newer version (a new producer) never stops an older ``status`` from
+    reading the table.
+    """
+
+    __tablename__ = "producer_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    #: ``finished_at`` of the latest run that ended ``ok`` (``None`` until one did).
+    last_ok_at: Mapped[datetime | None]
+    outcome: Mapped[RunOutcome] = mapped_column(_str_enum(RunOutcome, 8))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)

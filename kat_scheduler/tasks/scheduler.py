@@ -3,6 +3,9 @@
 ``kat.scheduler.plan_boefjes`` fans out one ``plan_boefjes_for_org`` task per group of
 organisations (``SCHEDULER_PLAN_ORGS_PER_TASK``), so many scheduler workers share a tick;
 within a group, organisations are interleaved when publishing.
+
+Each beat-ticked task records its run in ``producer_runs`` (``kat-scheduler status`` shows them);
+for ``plan_boefjes`` that is the fan-out, not the planning tasks it sends.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init
 
+from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.boefjes import PlanReport
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
+from kat_scheduler.recording import recorded_run
 from kat_scheduler.runtime import get_runtime, reset_runtime
+from kat_scheduler.storage.producers import ProducerRunStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +55,36 @@ def summary(report: PlanReport) -> dict[str, Any]:
     }
 
 
+def _runs() -> ProducerRunStore:
+    """Where runs are recorded (built when a run ends; a failure there is logged, never raised)."""
+    return ProducerRunStore(get_runtime().engine)
+
+
+def errors_text(errors: dict[str, str]) -> str | None:
+    """The errors per organisation of a tick in one line (``None`` when there were none)."""
+    if not errors:
+        return None
+    return f"{len(errors)} organisation(s) failed: " + "; ".join(f"{org}: {error}" for org, error in errors.items())
+
+
 @shared_task(name=TaskName.PLAN_BOEFJES.value, ignore_result=True)
 def plan_boefjes() -> int:
     """Beat's tick: fan out the organisations to planning tasks; returns how many tasks it sent."""
     runtime = get_runtime()
-    organisations = runtime.planner().organisations()
-    size = runtime.settings.plan_orgs_per_task
-    priority = broker_priority(PLANNING_BAND, transport_of(runtime.settings.broker_url))
-    groups = [organisations[i : i + size] for i in range(0, len(organisations), size)]
-    for group in groups:
-        plan_boefjes_for_org.apply_async(
-            kwargs={"organisations": group},
-            queue=Queue.SCHEDULER.value,
-            priority=priority,
-            expires=runtime.settings.plan_interval,
-        )
+    with recorded_run(ProducerName.PLAN_BOEFJES, _runs) as run:
+        organisations = runtime.planner().organisations()
+        size = runtime.settings.plan_orgs_per_task
+        priority = broker_priority(PLANNING_BAND, transport_of(runtime.settings.broker_url))
+        groups = [organisations[i : i + size] for i in range(0, len(organisations), size)]
+        run.summary = {"organisations": len(organisations), "planning_tasks": 0}
+        for group in groups:
+            plan_boefjes_for_org.apply_async(
+                kwargs={"organisations": group},
+                queue=Queue.SCHEDULER.value,
+                priority=priority,
+                expires=runtime.settings.plan_interval,
+            )
+            run.summary["planning_tasks"] += 1
     logger.info("tick: %d organisations in %d planning tasks", len(organisations), len(groups))
     return len(groups)
 
@@ -82,12 +103,19 @@ def reap() -> dict[str, int]:
     from kat_scheduler.workers.reaper import Reaper
 
     runtime = get_runtime()
-    return Reaper(runtime.tasks, runtime.publisher, runtime.settings).reap(datetime.now(UTC)).as_dict()
+    with recorded_run(ProducerName.REAP, _runs) as run:
+        result = Reaper(runtime.tasks, runtime.publisher, runtime.settings).reap(datetime.now(UTC)).as_dict()
+        run.summary = dict(result)
+        if result["errors"]:
+            run.error = f"{result['errors']} publish(es) failed; left for the next run"
+    return result
 
 
 @shared_task(name=TaskName.QUEUE_DUE_SCHEDULES.value)
 def queue_due_schedules() -> dict[str, Any]:
-    report = get_runtime().planner().queue_due(now=datetime.now(UTC))
-    result = summary(report)
+    with recorded_run(ProducerName.QUEUE_DUE_SCHEDULES, _runs) as run:
+        report = get_runtime().planner().queue_due(now=datetime.now(UTC))
+        result = run.summary = summary(report)
+        run.error = errors_text(report.errors)
     logger.info("due schedules: %s", result)
     return result

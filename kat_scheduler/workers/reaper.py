@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
@@ -50,6 +51,26 @@ class ReapReport:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+# --- what counts as stalled (shared with ``kat-scheduler status``) -----------------------------
+
+
+def stuck_running_after(settings: Settings) -> float:
+    """Seconds a row may be ``running`` before its worker counts as lost: hard limit plus slack."""
+    return settings.hard_time_limit + settings.running_slack
+
+
+def stuck_running(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions on ``tasks`` of rows running past :func:`stuck_running_after` (repair 1)."""
+    cutoff = now - timedelta(seconds=stuck_running_after(settings))
+    return (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < cutoff)
+
+
+def never_published(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions on ``tasks`` of rows claimed but not published for ``SCHEDULER_UNPUBLISHED_AFTER`` (repair 2)."""
+    cutoff = now - timedelta(seconds=settings.unpublished_after)
+    return (_TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff)
 
 
 def message_for(row: Any) -> OutgoingMessage:
@@ -80,8 +101,7 @@ class Reaper:
 
     def _recover_stuck(self, now: datetime, report: ReapReport) -> None:
         """Rows running past the hard limit: run again while attempts remain, else fail."""
-        cutoff = now - timedelta(seconds=self.settings.hard_time_limit + self.settings.running_slack)
-        stuck = (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < cutoff)
+        stuck = stuck_running(self.settings, now)
         with self.tasks.engine.begin() as conn:
             report.failed_stuck = conn.execute(
                 update(_TASKS)
@@ -126,11 +146,7 @@ class Reaper:
         return len(published)
 
     def _publish_unpublished(self, now: datetime, report: ReapReport) -> int:
-        cutoff = now - timedelta(seconds=self.settings.unpublished_after)
-        rows = self._rows(
-            _TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff
-        )
-        return self._publish(rows, report)
+        return self._publish(self._rows(*never_published(self.settings, now)), report)
 
     def _republish_lost(self, now: datetime, report: ReapReport) -> int:
         cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)

@@ -39,3 +39,22 @@ def test_a_band_outside_zero_to_nine_is_refused(band) -> None:
 )
 def test_the_transport_is_read_from_the_broker_url(url: str, transport: str) -> None:
     assert transport_of(url) == transport
+
+
+@pytest.mark.parametrize("transport", ["redis", "amqp"])
+def test_every_band_comes_back_from_its_broker_priority(transport: str) -> None:
+    assert [band_of_priority(broker_priority(band, transport), transport) for band in range(10)] == list(range(10))
+
+
+def test_kombu_redis_keys_hold_one_band_each_with_our_transport_options() -> None:
+    from kat_scheduler.config import broker_transport_options
+    from kat_scheduler.publishing.redis_publisher import PriorityKeys
+    from kat_scheduler.settings import load_settings
+
+    keys = PriorityKeys(broker_transport_options(load_settings(broker_url="redis://127.0.0.1:6379/0")))
+    assert keys.all_keys("boefjes") == ["boefjes"] + [f"boefjes:{n}" for n in range(1, 10)]
+    assert [keys.key("boefjes", broker_priority(band, "redis")) for band in (0, 3, 9)] == [
+        "boefjes",
+        "boefjes:3",
+        "boefjes:9",
+    ]
