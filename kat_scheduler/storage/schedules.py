@@ -95,6 +95,27 @@ def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A schedule carried over whole from elsewhere (``kat-scheduler import-mula``): its own id,
+    enabled or not, its own deadline and timestamps."""
+
+    id: uuid.UUID
+    scheduler_id: SchedulerId
+    organisation: str
+    plugin_id: str
+    input_ooi: str | None
+    hash: str
+    data: dict[str, Any]
+    enabled: bool
+    deadline_at: datetime | None
+    created_at: datetime
+    modified_at: datetime
+    schedule: str | None = None
+    interval: int | None = None
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleState:
     id: uuid.UUID
     enabled: bool
@@ -136,6 +157,49 @@ class ScheduleStore:
                 rows = [_row(s, now) for s in ordered[start : start + CHUNK]]
                 created += len(conn.execute(stmt, rows).scalars().all())
         return created
+
+    def add_records(self, records: Sequence[ScheduleRecord]) -> set[uuid.UUID]:
+        """Insert schedules as they are; returns the ids inserted.
+
+        A record whose id or hash is taken already is left alone (an existing schedule of the
+        same task wins), so adding the same records twice inserts nothing the second time.
+        """
+        inserted: set[uuid.UUID] = set()
+        if not records:
+            return inserted
+        rows = [
+            {
+                "id": r.id,
+                "scheduler_id": r.scheduler_id,
+                "organisation": r.organisation,
+                "plugin_id": r.plugin_id,
+                "input_ooi": r.input_ooi,
+                "hash": r.hash,
+                "data": r.data,
+                "enabled": r.enabled,
+                "schedule": r.schedule,
+                "interval": r.interval,
+                "deadline_at": r.deadline_at,
+                "disabled_reason": r.disabled_reason,
+                "created_at": r.created_at,
+                "modified_at": r.modified_at,
+            }
+            for r in sorted(records, key=lambda r: r.hash)  # same lock order as racing producers
+        ]
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(_SCHEDULES).on_conflict_do_nothing().returning(_SCHEDULES.c.id)
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), CHUNK):
+                inserted.update(conn.execute(stmt, rows[start : start + CHUNK]).scalars())
+        return inserted
+
+    def existing_ids(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` are schedules already."""
+        found: set[uuid.UUID] = set()
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, _SCHEDULES.c.id, list(ids)):
+                found.update(conn.execute(select(_SCHEDULES.c.id).where(condition)).scalars())
+        return found
 
     def states(self, hashes: Collection[str]) -> dict[str, ScheduleState]:
         """Whether each of ``hashes`` has a schedule, enabled or not, and when it is due."""

@@ -47,6 +47,33 @@ class NewTask:
 ClaimedTask = NewTask
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedTask:
+    """A task that already ran elsewhere, carried over as it ended (``kat-scheduler import-mula``).
+
+    Such a row is never published and never live, so it takes no hash; it only feeds the history
+    look-ups (:meth:`TaskStore.last_runs`) that decide grace periods.
+    """
+
+    id: uuid.UUID
+    scheduler_id: SchedulerId
+    type: str
+    organisation: str
+    plugin_id: str
+    input_ooi: str | None
+    hash: str
+    status: TaskStatus
+    data: dict[str, Any]
+    created_at: datetime
+    ended_at: datetime
+    band: int = 9
+    priority: int = 0
+    reason: str | None = None
+    schedule_id: uuid.UUID | None = None
+    started_at: datetime | None = None
+    error: str | None = None
+
+
 def _row(task: NewTask, now: datetime) -> dict[str, Any]:
     """The row of a new claim (built by hand: ``dataclasses.asdict`` deep-copies ``data``)."""
     return {
@@ -160,6 +187,48 @@ class TaskStore:
                 for chunk in _chunks(ordered):
                     won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
         return [t for t in tasks if t.id in won]
+
+    def add_finished(self, tasks: Sequence[FinishedTask]) -> set[uuid.UUID]:
+        """Insert finished (completed or failed) rows as they are; returns the ids inserted.
+
+        A row whose id is taken already is left alone, so carrying the same history over twice
+        inserts nothing the second time. One transaction for all of ``tasks``.
+        """
+        for task in tasks:
+            if task.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+                raise ValueError(f"task {task.id}: only completed or failed tasks are added as history")
+        rows = [
+            {
+                "id": t.id,
+                "scheduler_id": t.scheduler_id,
+                "type": t.type,
+                "organisation": t.organisation,
+                "plugin_id": t.plugin_id,
+                "input_ooi": t.input_ooi,
+                "hash": t.hash,
+                "band": t.band,
+                "priority": t.priority,
+                "status": t.status,
+                "data": t.data,
+                "reason": t.reason,
+                "schedule_id": t.schedule_id,
+                "created_at": t.created_at,
+                "modified_at": t.ended_at,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
+                "attempts": 1,
+                "error": t.error,
+            }
+            for t in tasks
+        ]
+        inserted: set[uuid.UUID] = set()
+        if not rows:
+            return inserted
+        stmt = self._insert().returning(_TASKS.c.id)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(rows):
+                inserted.update(conn.execute(stmt, list(chunk)).scalars())
+        return inserted
 
     def mark_published(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
         """Record that the messages of ``ids`` are on the broker."""
@@ -348,6 +417,14 @@ class TaskStore:
     def get(self, task_id: uuid.UUID) -> TaskRow | None:
         with Session(self.engine) as session:
             return session.get(TaskRow, task_id)
+
+    def existing_ids(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` are rows already."""
+        found: set[uuid.UUID] = set()
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, _TASKS.c.id, list(ids)):
+                found.update(conn.execute(select(_TASKS.c.id).where(condition)).scalars())
+        return found
 
     def last_runs(self, hashes: Collection[str]) -> dict[str, datetime]:
         """When each hash's latest finished (completed or failed) run ended; absent if never."""
