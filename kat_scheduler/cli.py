@@ -171,12 +171,50 @@ def listen() -> None:
         runtime.close()
 
 
+@main.command("flower", context_settings={"ignore_unknown_options": True})
+@click.option("--unauthenticated", is_flag=True, help="Run without basic auth (only behind an authenticating proxy).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(unauthenticated: bool, flower_args: tuple[str, ...]) -> None:
+    """Flower on our Celery app, with basic auth from FLOWER_BASIC_AUTH (required by default).
+
+    Listens on FLOWER_ADDRESS:FLOWER_PORT; other arguments go to Flower unchanged. Prometheus
+    metrics are at /metrics.
+    """
+    settings = _settings_or_exit()
+    env = dict(os.environ)
+    if settings.flower_basic_auth is None and not unauthenticated:
+        click.echo(
+            "kat-scheduler: set FLOWER_BASIC_AUTH=user:password (Flower shows every task); "
+            "--unauthenticated runs without it",
+            err=True,
+        )
+        sys.exit(2)
+    if settings.flower_basic_auth is not None:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "kat_scheduler",
+        "flower",
+        f"--address={settings.flower_address}",
+        f"--port={settings.flower_port}",
+        *flower_args,
+    ]
+    os.execve(sys.executable, argv, env)
+
+
 def _attach_commands() -> None:
+    from kat_scheduler.mula_import import mula_import_cmd
     from kat_scheduler.run.command import run_cmd
     from kat_scheduler.sim.cli import sim
+    from kat_scheduler.status import status_cmd
 
     main.add_command(sim)
+    main.add_command(mula_import_cmd, "import-mula")
     main.add_command(run_cmd)
+    main.add_command(status_cmd)
 
 
 _attach_commands()

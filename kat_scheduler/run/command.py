@@ -249,7 +249,7 @@ class Run:
         self.exits += self.supervisor.stop(STOP_BUDGET * 0.8, roles=work)
         if self.monitor is not None:
             try:
-                self.last = self.monitor.sample()
+                self.last = self.monitor.sample(count_objects=True)
             except Exception:  # the summary falls back to the last sample
                 logger.exception("could not take the final sample")
         for close in self._closers:
@@ -346,12 +346,13 @@ def run_cmd(
     code = 0
     try:
         run.start()
-        assert run.banner is not None
-        for line in banner_lines(run.banner):
-            click.echo(line)
-        assert run.supervisor is not None
-        click.echo("  processes  " + " ".join(f"{c.name}={c.pid}" for c in run.supervisor.children))
-        run.loop(duration, refresh, sys.stdout.isatty() if live is None else live)
+        assert run.banner is not None and run.supervisor is not None
+        live_view = sys.stdout.isatty() if live is None else live
+        if not live_view:  # the live view shows the same at its top
+            for line in banner_lines(run.banner):
+                click.echo(line)
+            click.echo("  processes  " + " ".join(f"{c.name}={c.pid}" for c in run.supervisor.children))
+        run.loop(duration, refresh, live_view)
     except (StartupError, EmbeddedRedisError, ChildFailed) as exc:
         click.echo(f"kat-scheduler run: {exc}", err=True)
         code = 1

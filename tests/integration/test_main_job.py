@@ -158,11 +158,22 @@ def test_sigterm_mid_work_stops_within_10s_and_the_next_run_finishes_what_was_le
 
     left = {task_id for task_id, status in task_rows(state).items() if status in ("queued", "dispatched", "running")}
     assert left, "the run was stopped mid-work, so some tasks should have been left queued"
-    with open(tmp_path / "second.out", "wb") as sink:
-        second = subprocess.run(
-            run_command("--duration", "20", *world), cwd=tmp_path, env=env, stdout=sink, stderr=sink, timeout=120
-        )
-    assert second.returncode == 0, (tmp_path / "second.out").read_text()
+    second_output = tmp_path / "second.out"
+    with open(second_output, "wb") as sink:
+        second = subprocess.Popen(run_command(*world), cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+        try:
+            wait_for_line(second_output, r"processes\s+(.*)", second, timeout=90)
+            deadline = time.monotonic() + 150
+            unfinished = left
+            while unfinished and time.monotonic() < deadline and second.poll() is None:
+                after = task_rows(state)
+                unfinished = {task_id for task_id in left if after[task_id] not in ("completed", "failed")}
+                time.sleep(0.5)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=15) == 0, second_output.read_text()
+        finally:
+            if second.poll() is None:
+                second.kill()
     after = task_rows(state)
-    unfinished = {task_id: after[task_id] for task_id in left if after[task_id] not in ("completed", "failed")}
-    assert unfinished == {}, f"tasks left by the first run were lost: {unfinished}"
+    lost = {task_id: after[task_id] for task_id in left if after[task_id] not in ("completed", "failed")}
+    assert lost == {}, f"tasks left by the first run were not finished by the second: {lost}"
