@@ -58,6 +58,25 @@ def postgres_uri() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def private_postgres_uri(postgres_uri: str) -> Iterator[str]:
+    """A migrated database of this test's own, for tests whose subprocesses may still write
+    while the test ends; dropped, connections and all, afterwards."""
+    admin = sa.create_engine(normalise_url(postgres_uri), isolation_level="AUTOCOMMIT")
+    name = f"kat_private_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    uri = normalise_url(postgres_uri).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(uri)
+    try:
+        yield uri
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def _pg_engine(postgres_uri: str) -> Iterator[Engine]:
     engine = make_engine(postgres_uri, pool_size=10)

@@ -12,10 +12,14 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
+from tests.vhosts import own_vhost
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Variables that would configure a real KAT (or another Flower) and must not leak into the run.
@@ -177,3 +181,44 @@ def test_sigterm_mid_work_stops_within_10s_and_the_next_run_finishes_what_was_le
     after = task_rows(state)
     lost = {task_id: after[task_id] for task_id in left if after[task_id] not in ("completed", "failed")}
     assert lost == {}, f"tasks left by the first run were not finished by the second: {lost}"
+
+
+@pytest.fixture
+def external_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+    url = own_vhost(events_amqp_base, "kat_test_run")
+    drop_our_queues(url)
+    yield url
+    drop_our_queues(url)
+
+
+def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
+    kat, world, external_events_url: str, private_postgres_uri: str, redis_url: str, tmp_path: Path
+) -> None:
+    from kat_scheduler.sim.bridge import EventBridge
+
+    env = {
+        **clean_environment(tmp_path / "state"),
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "QUEUE_URI": external_events_url,
+        "SCHEDULER_DB_URI": private_postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "simulated",
+        "SCHEDULER_PLAN_INTERVAL": "5",
+    }
+    objects_before = sum(len(world.oois(org)) for org in world.organisation_ids)
+    output = tmp_path / "external.out"
+    with EventBridge(external_events_url) as bridge, open(output, "wb") as sink:
+        world.add_listener(bridge)
+        result = subprocess.run(
+            run_command("--duration", "20", "--no-flower"), cwd=tmp_path, env=env, stdout=sink, stderr=sink, timeout=120
+        )
+    text = output.read_text()
+    assert result.returncode == 0, text
+    assert "kat-scheduler run (external)" in text
+    assert "embedded" not in text and "kat-sim" not in text, "an external run must not embed anything"
+    completed = dict(re.findall(r"(boefje|normalizer)s: .*?completed ([\d,]+)", text))
+    assert int(completed["boefje"].replace(",", "")) > 0 and int(completed["normalizer"].replace(",", "")) > 0, text
+    assert sum(len(world.oois(org)) for org in world.organisation_ids) > objects_before, "the real graph did not grow"
+    assert not (tmp_path / "state" / "embedded").exists()

@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,37 +83,13 @@ def test_flower_refuses_to_start_without_credentials() -> None:
     assert "FLOWER_BASIC_AUTH" in result.stderr
 
 
-@pytest.fixture
-def private_database(postgres_uri: str) -> Iterator[str]:
-    """A migrated database of this test's own: the process set writes to it (beat's lease,
-    producer runs) while it runs, and it is dropped, connections and all, afterwards."""
-    import sqlalchemy as sa
-
-    from kat_scheduler.storage import migrate
-    from kat_scheduler.storage.db import normalise_url
-
-    admin = sa.create_engine(normalise_url(postgres_uri), isolation_level="AUTOCOMMIT")
-    name = f"kat_process_set_{os.getpid()}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = normalise_url(postgres_uri).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(uri)
-    try:
-        yield uri
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def test_honcho_starts_the_whole_process_set_and_stops_it(
-    private_database: str, redis_url: str, amqp_url: str, tmp_path: Path
+    private_postgres_uri: str, redis_url: str, amqp_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "FLOWER_", "QUEUE_URI"))},
-        "SCHEDULER_DB_URI": private_database,
+        "SCHEDULER_DB_URI": private_postgres_uri,
         "SCHEDULER_BROKER_URL": redis_url,
         "QUEUE_URI": amqp_url,
         "FLOWER_BASIC_AUTH": "ops:secret",
