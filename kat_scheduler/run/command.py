@@ -122,16 +122,39 @@ class Run:
         self.last: Sample | None = None
         self.exits: list[ExitReport] = []
         self._closers: list[Any] = []
+        self._lockfile: Any = None
 
     # -- start ----------------------------------------------------------------------------
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         embedded_state = self.run_dir / "embedded"
         if self.fresh and embedded_state.exists():
             shutil.rmtree(embedded_state)
         if self.log_dir.exists():
             shutil.rmtree(self.log_dir)
         self.log_dir.mkdir(parents=True)
+
+    def _lock(self) -> None:
+        """One run per run folder: two would share (and corrupt) its Redis and SQLite files."""
+        import fcntl
+
+        lock = open(self.run_dir / "run.lock", "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise StartupError(
+                f"{self.run_dir} is in use by kat-scheduler run (pid {holder}); stop it, or set "
+                f"{env_name('run_dir')} to another folder"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lockfile = lock
 
     def start(self) -> None:
         self.prepare()
@@ -243,6 +266,13 @@ class Run:
 
     # -- stop -----------------------------------------------------------------------------
     def stop(self) -> None:
+        try:
+            self._stop_children()
+        finally:
+            if self._lockfile is not None:
+                self._lockfile.close()
+
+    def _stop_children(self) -> None:
         if self.supervisor is None:
             return
         work = [r for r in (Role.PRODUCER, Role.WORKER, Role.MONITOR)]

@@ -222,3 +222,27 @@ def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
     assert int(completed["boefje"].replace(",", "")) > 0 and int(completed["normalizer"].replace(",", "")) > 0, text
     assert sum(len(world.oois(org)) for org in world.organisation_ids) > objects_before, "the real graph did not grow"
     assert not (tmp_path / "state" / "embedded").exists()
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    env = clean_environment(tmp_path / "state")
+    output = tmp_path / "first.out"
+    with open(output, "wb") as sink:
+        first = subprocess.Popen(
+            run_command("--no-flower", "--organisations", "1", "--oois-per-org", "10"),
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+        )
+        try:
+            wait_for_line(output, r"processes\s+(.*)", first, timeout=90)
+            second = subprocess.run(
+                run_command("--duration", "5"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+            )
+            assert second.returncode == 1
+            assert f"pid {first.pid}" in second.stderr and "is in use" in second.stderr
+            assert first.poll() is None, "the refused run must not disturb the first"
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=15) == 0
