@@ -201,7 +201,9 @@ class BoefjePlanner:
         if not pairs:
             return []
         hashes = [p.hash for p in pairs]
-        scheduled = self.schedules.existing_hashes(hashes)
+        # Enabled schedules are the due-schedule producer's; a disabled one is open again, so a
+        # boefje enabled again in Katalogus (no event says so) is found by the next tick.
+        scheduled = self.schedules.existing_hashes(hashes, enabled_only=True)
         open_pairs = [p for p in pairs if p.hash not in scheduled]
         plan.skipped[SkipReason.SCHEDULED] += len(pairs) - len(open_pairs)
         live = self.tasks.live_hashes([p.hash for p in open_pairs])

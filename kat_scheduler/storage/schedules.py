@@ -126,13 +126,29 @@ class ScheduleStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _insert(self) -> Insert:
-        if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(_SCHEDULES).on_conflict_do_nothing(index_elements=["hash"])
-        return sqlite.insert(_SCHEDULES).on_conflict_do_nothing(index_elements=["hash"])
+    def _insert_or_reenable(self) -> Insert:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(_SCHEDULES)
+        stmt: Insert = insert.on_conflict_do_update(
+            index_elements=[_SCHEDULES.c.hash],
+            set_={
+                "enabled": True,
+                "disabled_reason": None,
+                "deadline_at": insert.excluded.deadline_at,
+                "modified_at": insert.excluded.modified_at,
+            },
+            where=_SCHEDULES.c.enabled.is_(False),
+        )
+        return stmt
 
     def add_many(self, schedules: Sequence[NewSchedule], now: datetime | None = None) -> int:
-        """Create schedules whose hash has none yet; return how many were created."""
+        """Create schedules whose hash has none yet, and enable again (with the new deadline)
+        those that were disabled; an enabled schedule is left as it is. Returns how many rows
+        were created or enabled again.
+
+        The planner calls this for pairs it found eligible again: a boefje enabled again in
+        Katalogus (no event tells us) or an object cleared again gets its schedule back.
+        """
         if not schedules:
             return 0
         now = now or utcnow()
@@ -147,12 +163,16 @@ class ScheduleStore:
                         _PG_COLUMNS,
                         _PG_CASTS,
                         [_pg_tuple(s, now) for s in ordered],
-                        conflict="(hash) DO NOTHING",
+                        conflict=(
+                            "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
+                            "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at "
+                            "WHERE schedules.enabled = false"
+                        ),
                         returning="id",
                         page_size=CHUNK,
                     )
                 )
-            stmt = self._insert().returning(_SCHEDULES.c.id)
+            stmt = self._insert_or_reenable().returning(_SCHEDULES.c.id)
             for start in range(0, len(ordered), CHUNK):
                 rows = [_row(s, now) for s in ordered[start : start + CHUNK]]
                 created += len(conn.execute(stmt, rows).scalars().all())
@@ -264,11 +284,15 @@ class ScheduleStore:
         with Session(self.engine) as session:
             return session.execute(select(ScheduleRow).where(ScheduleRow.hash == hash_)).scalar_one_or_none()
 
-    def existing_hashes(self, hashes: Collection[str]) -> set[str]:
+    def existing_hashes(self, hashes: Collection[str], *, enabled_only: bool = False) -> set[str]:
+        """Which of ``hashes`` have a schedule (only enabled ones, if asked)."""
         found: set[str] = set()
         with self.engine.connect() as conn:
             for condition in in_values(conn, _SCHEDULES.c.hash, list(hashes)):
-                found.update(conn.execute(select(_SCHEDULES.c.hash).where(condition)).scalars())
+                stmt = select(_SCHEDULES.c.hash).where(condition)
+                if enabled_only:
+                    stmt = stmt.where(_SCHEDULES.c.enabled.is_(True))
+                found.update(conn.execute(stmt).scalars())
         return found
 
     def iter_due(self, now: datetime, batch_size: int = CHUNK) -> Iterator[list[ScheduleRow]]:

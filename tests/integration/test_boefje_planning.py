@@ -207,6 +207,26 @@ def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_eng
     assert all(c.boefje.id != schedule.plugin_id or c.organisation != schedule.organisation for c in report.planned)
 
 
+def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(planner, world, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        # a pair the first tick queued (not one it found within grace in Bytes' history)
+        schedule = conn.execute(select(ScheduleRow).join(TaskRow, TaskRow.hash == ScheduleRow.hash).limit(1)).first()
+        conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
+    world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
+    planner.queue_due(now=NOW + timedelta(minutes=1))
+    assert not planner.schedules.get_by_hash(schedule.hash).enabled
+
+    # Katalogus sends no event when a plugin is enabled: the periodic tick must find the pair again.
+    world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, True)
+    report = planner.plan(None, now=NOW + timedelta(minutes=2))
+    assert schedule.hash in {c.hash for c in report.planned}
+    row = planner.schedules.get_by_hash(schedule.hash)
+    assert row.enabled and row.disabled_reason is None
+    assert row.deadline_at > NOW + timedelta(minutes=2)
+
+
 def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, pg_engine) -> None:
     planner.plan(None, now=NOW)
     with pg_engine.begin() as conn:

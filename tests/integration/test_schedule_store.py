@@ -54,3 +54,21 @@ def test_a_disabled_schedule_is_never_due_and_says_why(engine: Engine) -> None:
     assert row is not None and not row.enabled and row.disabled_reason == "object deleted"
     store.enable([row.id], deadline_at=NOW)
     assert len([r for batch in store.iter_due(NOW) for r in batch]) == 2
+
+
+def test_adding_a_disabled_schedule_again_enables_it_and_an_enabled_one_is_left_alone(engine) -> None:
+    from dataclasses import replace
+
+    store = ScheduleStore(engine)
+    first, second = NewScheduleFactory.create_batch(2)
+    store.add_many([first, second])
+    store.disable_hashes([first.hash], "not enabled")
+    later = NOW + timedelta(days=3)
+    again = [replace(s, deadline_at=later) for s in (first, second)]
+    assert store.add_many(again) == 1
+    enabled_again = store.get_by_hash(first.hash)
+    assert enabled_again.enabled and enabled_again.disabled_reason is None
+    assert abs((enabled_again.deadline_at - later).total_seconds()) < 1
+    untouched = store.get_by_hash(second.hash)
+    assert abs((untouched.deadline_at - second.deadline_at).total_seconds()) < 1
+    assert store.existing_hashes([first.hash, second.hash], enabled_only=True) == {first.hash, second.hash}
