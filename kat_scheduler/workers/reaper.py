@@ -153,9 +153,12 @@ class Reaper:
         total = 0
         for queue in (Queue.BOEFJES, Queue.NORMALIZERS):
             scheduler_id = SchedulerId.BOEFJE if queue == Queue.BOEFJES else SchedulerId.NORMALIZER
+            # dispatched too: a worker received the message and lost it (a Redis that lost its
+            # data, a worker killed between receipt and start); the start is conditional, so a
+            # message that does turn up again cannot run the task twice.
             stale = and_(
                 _TASKS.c.scheduler_id == scheduler_id,
-                _TASKS.c.status == TaskStatus.QUEUED,
+                _TASKS.c.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
                 _TASKS.c.published_at < cutoff,
                 _TASKS.c.modified_at < cutoff,
             )

@@ -95,6 +95,20 @@ def test_queued_tasks_whose_messages_were_lost_are_republished_when_the_queue_is
     assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(lost.id)]
 
 
+def test_a_task_received_by_a_worker_that_lost_it_is_republished_and_can_run(reaper, pg_engine, redis_url) -> None:
+    store = reaper.tasks
+    received = NewTaskFactory()
+    store.claim([received])
+    store.mark_published([received.id])
+    assert store.mark_dispatched(received.id, "vanished-worker:1")
+    long_ago = utcnow() - timedelta(hours=2)
+    age(pg_engine, received.id, published_at=long_ago, modified_at=long_ago)
+    report = reaper.reap(utcnow())
+    assert report.republished_lost == 1, "a dispatched row whose message is gone would block its hash for ever"
+    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(received.id)]
+    assert store.start(received.id, "another-worker") is not None
+
+
 def test_a_healthy_backlog_is_not_duplicated(reaper, pg_engine, redis_url) -> None:
     store = reaper.tasks
     waiting = NewTaskFactory()
