@@ -13,6 +13,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+#: Seconds to wait for a PostgreSQL connection (a ``connect_timeout`` in the URL wins): a host
+#: that drops packets must give an error, not hang a worker, the listener or ``status``.
+CONNECT_TIMEOUT = 10
+
 
 def is_sqlite(db_uri: str) -> bool:
     return make_url(db_uri).get_backend_name() == "sqlite"
@@ -36,9 +40,11 @@ def make_engine(db_uri: str, *, pool_size: int = 5, echo: bool = False) -> Engin
         engine = create_engine(url, echo=echo, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT}
     return create_engine(
         url,
         echo=echo,
+        connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
