@@ -85,9 +85,15 @@ def _flower_credentials(settings: Settings) -> tuple[str, str]:
     return "kat", secrets.token_urlsafe(12)
 
 
-def _wait_http(url: str, child: Child, timeout: float) -> None:
+class Interrupted(StartupError):
+    """Ctrl-C or SIGTERM arrived while the run was starting."""
+
+
+def _wait_http(url: str, child: Child, timeout: float, stopping: threading.Event) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopping.is_set():
+            raise Interrupted("stopped while starting")
         if not child.alive:
             raise StartupError(
                 f"{child.name} exited during start; its log ({child.log_path}) ends with:\n{child.tail()}"
@@ -197,9 +203,11 @@ class Run:
             sim_env=overlay,
         )
         for spec in specs:
+            if self.stopping.is_set():
+                raise Interrupted("stopped while starting")
             child = supervisor.start(spec)
             if spec.ready_url:
-                _wait_http(spec.ready_url, child, timeout=120 if spec.name == "kat-sim" else 30)
+                _wait_http(spec.ready_url, child, 120 if spec.name == "kat-sim" else 30, self.stopping)
         services["octopoes"] = str(self.child_settings.octopoes_api)
         services["katalogus"] = str(self.child_settings.katalogus_api)
         services["bytes"] = str(self.child_settings.bytes_api)
@@ -383,6 +391,8 @@ def run_cmd(
                 click.echo(line)
             click.echo("  processes  " + " ".join(f"{c.name}={c.pid}" for c in run.supervisor.children))
         run.loop(duration, refresh, live_view)
+    except Interrupted:
+        click.echo("kat-scheduler run: stopped while starting", err=True)
     except (StartupError, EmbeddedRedisError, ChildFailed) as exc:
         click.echo(f"kat-scheduler run: {exc}", err=True)
         code = 1

@@ -246,3 +246,25 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
         finally:
             first.send_signal(signal.SIGTERM)
             assert first.wait(timeout=15) == 0
+
+
+def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "run.out"
+    big_world = ("--organisations", "10", "--oois-per-org", "3000", "--no-flower")  # slow to generate
+    with open(output, "wb") as sink:
+        run = subprocess.Popen(
+            run_command(*big_world), cwd=tmp_path, env=clean_environment(tmp_path / "state"), stdout=sink, stderr=sink
+        )
+        try:
+            time.sleep(3)
+            interrupted = time.monotonic()
+            run.send_signal(signal.SIGINT)
+            assert run.wait(timeout=15) == 0, output.read_text()
+            assert time.monotonic() - interrupted < 10
+        finally:
+            if run.poll() is None:
+                run.kill()
+    log = output.read_text()
+    assert "stopped while starting" in log or "summary" in log, log
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "state")], capture_output=True, text=True).stdout
+    assert leftovers.strip() == "", "the embedded redis-server outlived the run"
