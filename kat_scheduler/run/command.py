@@ -232,7 +232,8 @@ class Run:
         publisher = make_publisher(self.child_settings)
         clients = clients_from_settings(self.child_settings)
         self._closers += [engine.dispose, publisher.close, clients.close]
-        return Monitor(engine, publisher, clients)
+        tasks_every = 0.0 if self.mode is RunMode.EMBEDDED else 5.0
+        return Monitor(engine, publisher, clients, tasks_every=tasks_every)
 
     # -- run ------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -287,7 +288,7 @@ class Run:
         self.exits += self.supervisor.stop(STOP_BUDGET * 0.8, roles=work)
         if self.monitor is not None:
             try:
-                self.last = self.monitor.sample(count_objects=True)
+                self.last = self.monitor.sample(full=True)
             except Exception:  # the summary falls back to the last sample
                 logger.exception("could not take the final sample")
         for close in self._closers:

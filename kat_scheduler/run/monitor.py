@@ -77,32 +77,40 @@ class Monitor:
         clients: KATClients | None,
         *,
         objects_every: float = 5.0,
+        tasks_every: float = 0.0,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.clients = clients
         self.objects_every = objects_every
+        #: A production tasks table holds millions of rows: count them less often there.
+        self.tasks_every = tasks_every
+        self._tasks_at = float("-inf")
         self.history: deque[Sample] = deque(maxlen=120)
         self.first_objects: int | None = None
         self._objects_at = 0.0
         self._last_objects: tuple[int | None, int | None] = (None, None)
 
-    def sample(self, *, count_objects: bool = False) -> Sample:
-        """A new sample; the graph is counted every ``objects_every`` seconds, or now if asked."""
+    def sample(self, *, full: bool = False) -> Sample:
+        """A new sample; the graph is counted every ``objects_every`` seconds, or now when ``full``."""
         now = time.monotonic()
         sample = Sample(at=now)
-        try:
-            sample.tasks = count_tasks(self.engine)
-        except Exception as exc:
-            sample.errors["database"] = _short(exc)
-            if self.history:
-                sample.tasks = self.history[-1].tasks
+        if full or now - self._tasks_at >= self.tasks_every or not self.history:
+            try:
+                sample.tasks = count_tasks(self.engine)
+                self._tasks_at = now
+            except Exception as exc:
+                sample.errors["database"] = _short(exc)
+                if self.history:
+                    sample.tasks = self.history[-1].tasks
+        else:
+            sample.tasks = self.history[-1].tasks
         for queue in Queue:
             try:
                 sample.depths[queue.value] = self.publisher.queue_depth(queue.value)
             except Exception as exc:
                 sample.errors["broker"] = _short(exc)
-        if self.clients is not None and (count_objects or now - self._objects_at >= self.objects_every):
+        if self.clients is not None and (full or now - self._objects_at >= self.objects_every):
             self._objects_at = now
             try:
                 self._last_objects = self._count_objects()
