@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +73,7 @@ from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.publisher import make_publisher
-from kat_scheduler.settings import load_settings
+from kat_scheduler.settings import load_settings, load_settings_with
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.events import scan_profile_mutation, world_mutations
@@ -260,21 +260,6 @@ def check_alive(process: subprocess.Popen[bytes], what: str, log: Path) -> None:
     if process.poll() is not None:
         tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
         raise RuntimeError(f"the {what} exited with {process.returncode}; its log ({log}) ends:\n{tail}")
-
-
-@contextlib.contextmanager
-def _environment(extra: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``extra`` set, for reading the listener's settings as it will."""
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -677,8 +662,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="kat_bench_events_"))
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-    with _environment(listener_env(args)):
-        listener_settings = load_settings()
+    listener_settings = load_settings_with(listener_env(args))
     print(
         f"events on {with_vhost(AMQP, VHOST)}, Celery broker {REDIS}; listener batches of "
         f"{listener_settings.events_batch_size}, window {listener_settings.events_batch_window * 1000:.0f} ms, "

@@ -9,6 +9,8 @@ rest are ``SCHEDULER_<FIELD>``. ``docs/configuration.md`` is generated from this
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
@@ -343,6 +345,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"invalid settings: {exc}") from None
 
 
+def load_settings_with(environment: Mapping[str, str]) -> Settings:
+    """The settings a process would read with ``environment`` added to this one's."""
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        return load_settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
@@ -395,20 +411,26 @@ def settings_env_dist() -> str:
     return "\n".join(lines)
 
 
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The settings as a dict fit for logs: secrets and passwords in URLs masked."""
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (fit for logs and banners)."""
     from urllib.parse import urlsplit, urlunsplit
 
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict fit for logs: secrets and passwords in URLs masked."""
     out: dict[str, Any] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             value = "***"
         elif isinstance(value, str) and "://" in value:
-            parts = urlsplit(value)
-            if parts.password:
-                netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-                value = urlunsplit(parts._replace(netloc=netloc))
+            value = masked_url(value)
         elif not isinstance(value, (int, float, bool, type(None))):
             value = str(value)
         out[env_name(name)] = value

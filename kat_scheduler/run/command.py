@@ -38,7 +38,14 @@ from kat_scheduler.run.plan import (
 )
 from kat_scheduler.run.supervisor import Child, ChildFailed, ExitReport, Supervisor
 from kat_scheduler.run.view import Banner, banner_lines, dashboard, status_line, summary_lines
-from kat_scheduler.settings import Settings, SettingsError, env_name, load_settings
+from kat_scheduler.settings import (
+    Settings,
+    SettingsError,
+    env_name,
+    load_settings,
+    load_settings_with,
+    masked_url,
+)
 from kat_scheduler.sim.cli import world_options
 
 logger = logging.getLogger(__name__)
@@ -184,12 +191,12 @@ class Run:
                 )
                 wait_for_redis(f"redis://127.0.0.1:{ports.redis}/0", redis_child.process)
                 services["redis"] = f"redis://127.0.0.1:{ports.redis} (embedded, data in {state})"
-        self.child_settings = _with_env(self.settings, overlay)
+        self.child_settings = load_settings_with(overlay) if overlay else self.settings
         supervisor.env.update(overlay)
         self._migrate()
-        services["database"] = _safe(self.child_settings.db_uri)
-        services["broker"] = _safe(self.child_settings.broker_url)
-        services["events"] = _safe(self.child_settings.queue_uri)
+        services["database"] = masked_url(self.child_settings.db_uri)
+        services["broker"] = masked_url(self.child_settings.broker_url)
+        services["events"] = masked_url(self.child_settings.queue_uri)
 
         user, password = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None
@@ -221,7 +228,7 @@ class Run:
         try:
             migrate.upgrade(self.child_settings.db_uri)
         except Exception as exc:
-            raise StartupError(f"cannot migrate the database {_safe(self.child_settings.db_uri)}: {exc}") from exc
+            raise StartupError(f"cannot migrate the database {masked_url(self.child_settings.db_uri)}: {exc}") from exc
 
     def _make_monitor(self) -> Monitor:
         from kat_scheduler.clients import clients_from_settings
@@ -298,32 +305,6 @@ class Run:
                 logger.debug("closing a monitor connection failed", exc_info=True)
         self.exits += self.supervisor.stop(STOP_BUDGET * 0.2, roles=[Role.SERVICE])
         self.supervisor.kill_all()
-
-
-def _with_env(settings: Settings, overlay: dict[str, str]) -> Settings:
-    """``settings`` as the children see them: the environment plus ``overlay``."""
-    if not overlay:
-        return settings
-    saved = {name: os.environ.get(name) for name in overlay}
-    os.environ.update(overlay)
-    try:
-        return load_settings()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _safe(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 @click.command("run")

@@ -17,22 +17,13 @@ from kat_scheduler.clients import KATClients
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.publisher import Publisher
 from kat_scheduler.queues import Queue
+from kat_scheduler.sim.catalogue import OOI_TYPES
 from kat_scheduler.storage.tables import TaskRow
 
 logger = logging.getLogger(__name__)
 
 #: Object types counted in the graph: KAT's common types and the findings boefjes add.
-COUNTED_TYPES = (
-    "Network",
-    "DNSZone",
-    "Hostname",
-    "IPAddressV4",
-    "IPAddressV6",
-    "IPPort",
-    "Website",
-    "URL",
-    "Finding",
-)
+COUNTED_TYPES = (*OOI_TYPES, "Finding")
 #: At most this many organisations are counted per graph sample (one request each).
 MAX_COUNTED_ORGANISATIONS = 50
 
