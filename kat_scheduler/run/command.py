@@ -46,7 +46,7 @@ from kat_scheduler.settings import (
     load_settings_with,
     masked_url,
 )
-from kat_scheduler.sim.cli import world_options
+from kat_scheduler.sim.cli import world_options_with
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class Run:
     default=None,
     help="A live dashboard (default on a terminal) or a status line every 5 s (default otherwise).",
 )
-@world_options
+@world_options_with(organisations=5, oois_per_org=300)  # about a minute of work for the embedded run
 def run_cmd(
     duration: float | None,
     mode: str,

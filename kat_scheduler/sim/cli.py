@@ -26,17 +26,26 @@ from kat_scheduler.sim.world import World, WorldConfig, generate_world
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def world_options_with(*, organisations: int = 3, oois_per_org: int = 100) -> Callable[[F], F]:
+    """``--seed``, ``--organisations``, ``--oois-per-org`` and ``--boefjes`` with these defaults."""
+
+    def decorate(command: F) -> F:
+        options = (
+            click.option("--seed", type=int, default=1, show_default=True, help="Seed of the generated world."),
+            click.option("--organisations", type=click.IntRange(min=0), default=organisations, show_default=True),
+            click.option("--oois-per-org", type=click.IntRange(min=0), default=oois_per_org, show_default=True),
+            click.option("--boefjes", type=click.IntRange(min=0), default=10, show_default=True),
+        )
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def world_options(command: F) -> F:
     """``--seed``, ``--organisations``, ``--oois-per-org`` and ``--boefjes``: what world to generate."""
-    options = (
-        click.option("--seed", type=int, default=1, show_default=True, help="Seed of the generated world."),
-        click.option("--organisations", type=click.IntRange(min=0), default=3, show_default=True),
-        click.option("--oois-per-org", type=click.IntRange(min=0), default=100, show_default=True),
-        click.option("--boefjes", type=click.IntRange(min=0), default=10, show_default=True),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return world_options_with()(command)
 
 
 history_option = click.option("--history-fraction", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True)
