@@ -25,7 +25,7 @@ from kat_scheduler.run.embedded import (
     redis_server_binary,
     wait_for_redis,
 )
-from kat_scheduler.run.monitor import Monitor, Sample
+from kat_scheduler.run.monitor import Monitor, Sample, Sampler
 from kat_scheduler.run.plan import (
     ChildSpec,
     EmbeddedPorts,
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 STOP_BUDGET = 8.0
 #: Seconds between status lines when the output is not a terminal.
 LINE_EVERY = 5.0
+#: Seconds the final sample (for the summary) may take; else the summary uses the last one.
+FINAL_SAMPLE_BUDGET = 1.5
 
 
 class StartupError(RuntimeError):
@@ -117,10 +119,9 @@ def _wait_http(url: str, child: Child, timeout: float, stopping: threading.Event
 class Run:
     """One run: the children, the monitor, and the stop flag."""
 
-    def __init__(self, settings: Settings, mode: RunMode, *, fresh: bool, flower: bool, world: WorldOptions) -> None:
+    def __init__(self, settings: Settings, mode: RunMode, *, flower: bool, world: WorldOptions) -> None:
         self.settings = settings
         self.mode = mode
-        self.fresh = fresh
         self.flower = flower
         self.world = world
         self.run_dir = Path(settings.run_dir).resolve()
@@ -128,9 +129,10 @@ class Run:
         self.stopping = threading.Event()
         self.supervisor: Supervisor | None = None
         self.monitor: Monitor | None = None
+        self.sampler: Sampler | None = None
         self.child_settings = settings
         self.banner: Banner | None = None
-        self.started_at = time.monotonic()
+        self.launched_at = self.started_at = time.monotonic()
         self.first: Sample | None = None
         self.last: Sample | None = None
         self.exits: list[ExitReport] = []
@@ -142,7 +144,9 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         embedded_state = self.run_dir / "embedded"
-        if self.fresh and embedded_state.exists():
+        if self.mode is RunMode.EMBEDDED and embedded_state.exists():
+            # The simulated KAT lives in memory: its world is new every run, so the scheduler's
+            # state of the last run (kept for `kat-scheduler status` after it) starts over too.
             shutil.rmtree(embedded_state)
         if self.log_dir.exists():
             shutil.rmtree(self.log_dir)
@@ -175,6 +179,8 @@ class Run:
         overlay: dict[str, str] = {}
         services: dict[str, str] = {}
         supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
+        user, password = _flower_credentials(self.settings)
+        flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
         sim_ports = None
         if self.mode is RunMode.EMBEDDED:
             state = self.run_dir / "embedded"
@@ -198,8 +204,6 @@ class Run:
         services["broker"] = masked_url(self.child_settings.broker_url)
         services["events"] = masked_url(self.child_settings.queue_uri)
 
-        user, password = _flower_credentials(self.settings)
-        flower_port = _flower_port(self.settings) if self.flower else None
         specs = child_specs(
             self.child_settings,
             self.mode,
@@ -221,6 +225,7 @@ class Run:
         flower_url = f"http://{self.settings.flower_address}:{flower_port}" if flower_port else None
         self.banner = Banner(self.mode.value, flower_url, user, password, str(self.log_dir), services)
         self.monitor = self._make_monitor()
+        self.started_at = time.monotonic()  # --duration counts from here, not from the launch
 
     def _migrate(self) -> None:
         from kat_scheduler.storage import migrate
@@ -237,7 +242,8 @@ class Run:
 
         engine = make_engine(self.child_settings.db_uri, pool_size=1)
         publisher = make_publisher(self.child_settings)
-        clients = clients_from_settings(self.child_settings)
+        # The view must not wait on a slow service: short timeouts, no retries.
+        clients = clients_from_settings(self.child_settings.model_copy(update={"http_timeout": 2.0, "http_retries": 0}))
         self._closers += [engine.dispose, publisher.close, clients.close]
         tasks_every = 0.0 if self.mode is RunMode.EMBEDDED else 5.0
         return Monitor(engine, publisher, clients, tasks_every=tasks_every)
@@ -249,7 +255,9 @@ class Run:
     def loop(self, duration: float | None, refresh: float, live: bool) -> None:
         assert self.supervisor is not None and self.monitor is not None and self.banner is not None
         deadline = None if duration is None else self.started_at + duration
-        self.first = self.last = self.monitor.sample()
+        self.sampler = Sampler(self.monitor, refresh)
+        self.sampler.start()
+        self.first = self.last = self.sampler.first(timeout=refresh + 2)
         if live:
             from rich.live import Live
 
@@ -259,8 +267,7 @@ class Run:
         else:
             next_line = 0.0
             while self._tick(deadline, refresh):
-                if time.monotonic() >= next_line:
-                    assert self.last is not None
+                if time.monotonic() >= next_line and self.last is not None:
                     click.echo(status_line(self.last, self.monitor, self.elapsed()))
                     next_line = time.monotonic() + LINE_EVERY
 
@@ -272,12 +279,14 @@ class Run:
             return False
         for event in self.supervisor.watch():
             click.echo(f"kat-scheduler run: {event}", err=True)
-        self.last = self.monitor.sample()
+        if self.sampler is not None and self.sampler.latest is not None:
+            self.last = self.sampler.latest
         return deadline is None or time.monotonic() < deadline
 
     def _render(self) -> Any:
         assert self.monitor is not None and self.supervisor is not None and self.banner is not None
-        assert self.last is not None
+        if self.last is None:
+            return "waiting for the first sample…"
         return dashboard(self.last, self.monitor, self.supervisor.children, self.elapsed(), self.banner)
 
     # -- stop -----------------------------------------------------------------------------
@@ -293,11 +302,11 @@ class Run:
             return
         work = [r for r in (Role.PRODUCER, Role.WORKER, Role.MONITOR)]
         self.exits += self.supervisor.stop(STOP_BUDGET * 0.8, roles=work)
-        if self.monitor is not None:
-            try:
-                self.last = self.monitor.sample(full=True)
-            except Exception:  # the summary falls back to the last sample
-                logger.exception("could not take the final sample")
+        if self.sampler is not None:
+            self.last = self.sampler.final(timeout=FINAL_SAMPLE_BUDGET) or self.last
+            if not self.sampler.stop():
+                logger.warning("the final sample is stuck on a service; leaving its connections to the exit")
+                self._closers = []
         for close in self._closers:
             try:
                 close()
@@ -317,7 +326,6 @@ class Run:
     help="embedded: private Redis, SQLite and a simulated KAT; external: the configured services; "
     "auto: external as soon as OCTOPOES_API, KATALOGUS_API, BYTES_API or QUEUE_URI is set.",
 )
-@click.option("--fresh", is_flag=True, help="Embedded: forget the previous run's tasks, schedules and messages.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--refresh", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per update.")
 @click.option(
@@ -329,7 +337,6 @@ class Run:
 def run_cmd(
     duration: float | None,
     mode: str,
-    fresh: bool,
     no_flower: bool,
     refresh: float,
     live: bool | None,
@@ -353,7 +360,6 @@ def run_cmd(
     run = Run(
         settings,
         resolve_mode(settings, mode),
-        fresh=fresh,
         flower=not no_flower,
         world=WorldOptions(seed, organisations, oois_per_org, boefjes),
     )
@@ -361,8 +367,8 @@ def run_cmd(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         run.stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(signum, on_signal)
     code = 0
     try:
         run.start()
@@ -372,6 +378,7 @@ def run_cmd(
             for line in banner_lines(run.banner):
                 click.echo(line)
             click.echo("  processes  " + " ".join(f"{c.name}={c.pid}" for c in run.supervisor.children))
+            click.echo(f"  started in {run.started_at - run.launched_at:.1f}s")
         run.loop(duration, refresh, live_view)
     except Interrupted:
         click.echo("kat-scheduler run: stopped while starting", err=True)
@@ -387,4 +394,7 @@ def run_cmd(
         for line in summary_lines(run.first, run.last, run.monitor, run.elapsed(), exits):
             click.echo(line)
     click.echo(f"  stopped in {stopped_in:.1f}s; logs in {run.log_dir}")
+    if run.mode is RunMode.EMBEDDED and run.banner is not None:
+        db_uri = run.child_settings.db_uri
+        click.echo(f"  this run's tasks until the next run: SCHEDULER_DB_URI={db_uri} kat-scheduler status")
     sys.exit(code)

@@ -7,6 +7,7 @@ the sample then carries the error for that part and the last good figures stay o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 COUNTED_TYPES = (*OOI_TYPES, "Finding")
 #: At most this many organisations are counted per graph sample (one request each).
 MAX_COUNTED_ORGANISATIONS = 50
+#: Seconds one graph count may take before it is given up (the last count stays on screen).
+COUNT_BUDGET = 3.0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Monitor:
         self.tasks_every = tasks_every
         self._tasks_at = float("-inf")
         self.history: deque[Sample] = deque(maxlen=120)
+        self._lock = threading.Lock()  # the sampler thread appends while the view reads
         self.first_objects: int | None = None
         self._objects_at = 0.0
         self._last_objects: tuple[int | None, int | None] = (None, None)
@@ -110,26 +114,82 @@ class Monitor:
         sample.objects, sample.organisations = self._last_objects
         if sample.objects is not None and self.first_objects is None:
             self.first_objects = sample.objects
-        self.history.append(sample)
+        with self._lock:
+            self.history.append(sample)
         return sample
 
     def _count_objects(self) -> tuple[int, int]:
         assert self.clients is not None
+        deadline = time.monotonic() + COUNT_BUDGET
         organisations = sorted(self.clients.katalogus.organisations())[:MAX_COUNTED_ORGANISATIONS]
         total = 0
         for org in organisations:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"counting the graph took longer than {COUNT_BUDGET:.0f}s")
             page = self.clients.octopoes.list_objects(org, types=COUNTED_TYPES, limit=1)
             total += page.count
         return total, len(organisations)
 
     def rate(self, window: float = 10.0) -> float:
         """Tasks finished per second over the last ``window`` seconds."""
-        if len(self.history) < 2:
+        with self._lock:
+            history = list(self.history)
+        if len(history) < 2:
             return 0.0
-        last = self.history[-1]
-        first = next((s for s in self.history if last.at - s.at <= window), self.history[0])
+        last = history[-1]
+        first = next((s for s in history if last.at - s.at <= window), history[0])
         elapsed = last.at - first.at
         return (last.finished() - first.finished()) / elapsed if elapsed > 0 else 0.0
+
+
+class Sampler(threading.Thread):
+    """Takes samples in the background, so a slow or hung service never delays the view, the
+    reaction to Ctrl-C, or the stop (each wait on it is bounded)."""
+
+    def __init__(self, monitor: Monitor, every: float) -> None:
+        super().__init__(name="kat-run-sampler", daemon=True)
+        self.monitor = monitor
+        self.every = every
+        self.latest: Sample | None = None
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+        self._full = threading.Event()
+        self._full_done = threading.Event()
+        self._first = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            full = self._full.is_set()
+            try:
+                self.latest = self.monitor.sample(full=full)
+            except Exception:  # never let the view's thread die
+                logger.exception("taking a sample failed")
+            self._first.set()
+            if full:
+                self._full.clear()
+                self._full_done.set()
+            self._wake.wait(self.every)
+            self._wake.clear()
+
+    def first(self, timeout: float) -> Sample | None:
+        self._first.wait(timeout)
+        return self.latest
+
+    def final(self, timeout: float) -> Sample | None:
+        """A full sample taken now, or the latest one if that takes longer than ``timeout``."""
+        if self.is_alive():
+            self._full_done.clear()
+            self._full.set()
+            self._wake.set()
+            self._full_done.wait(timeout)
+        return self.latest
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop sampling; False when a sample is still stuck in a service call."""
+        self._halt.set()
+        self._wake.set()
+        self.join(timeout)
+        return not self.is_alive()
 
 
 def _short(exc: Exception) -> str:

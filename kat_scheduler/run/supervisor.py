@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ class Child:
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        guard = [sys.executable, "-m", "kat_scheduler.run.guard", str(os.getpid())]
         self.process = subprocess.Popen(
-            self.spec.argv,
+            [*guard, *self.spec.argv],
             env={**self.env, **self.spec.env},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -78,6 +80,13 @@ class Child:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the child alone: a Celery worker then stops its own pool processes
+        after their tasks (a signal to the whole group would kill the tasks too)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
 
     def signal_group(self, signum: int) -> None:
         """Send ``signum`` to the child and everything it forked."""
@@ -130,7 +139,7 @@ class Supervisor:
                     f"{child.name} exited with code {code} after {child.restarts} restarts; "
                     f"its log ({child.log_path}) ends with:\n{child.tail()}"
                 )
-            logger.warning("%s exited with code %s; restarting it (see %s)", child.name, code, child.log_path)
+            logger.info("%s exited with code %s; restarting it (see %s)", child.name, code, child.log_path)
             events.append(f"{child.name} exited ({code}), restarted")
             child.restart()
         return events
@@ -156,7 +165,7 @@ class Supervisor:
     def _stop_group(children: Sequence[Child], timeout: float) -> list[ExitReport]:
         for child in children:
             if child.alive:
-                child.signal_group(signal.SIGTERM)
+                child.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while any(child.alive for child in children) and time.monotonic() < deadline:
             time.sleep(0.05)

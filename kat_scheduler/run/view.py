@@ -115,10 +115,12 @@ def summary_lines(
     if last.objects is not None:
         start = monitor.first_objects if monitor.first_objects is not None else last.objects
         lines.append(f"  objects: {start:,} -> {last.objects:,} (+{last.objects - start:,})")
-    left = sum(last.count(t, s) for t in TASK_TYPES for s in (TaskStatus.DISPATCHED, TaskStatus.RUNNING))
-    waiting = sum(last.count(t, TaskStatus.QUEUED) for t in TASK_TYPES)
+    left = sum(last.count(t, TaskStatus.RUNNING) for t in TASK_TYPES)
+    # dispatched: a worker received the message but stopped before starting it; it goes back
+    waiting = sum(last.count(t, s) for t in TASK_TYPES for s in (TaskStatus.QUEUED, TaskStatus.DISPATCHED))
     lines.append(
-        f"  left for next time: {waiting:,} queued (kept on the broker), {left:,} interrupted (redelivered or reaped)"
+        f"  unfinished: {waiting:,} queued (their messages stay on the broker), "
+        f"{left:,} interrupted (redelivered, or requeued by the reaper)"
     )
     killed = [name for name, _code, was_killed in exits if was_killed]
     lines.append(

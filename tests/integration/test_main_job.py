@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,12 +52,22 @@ def flower_tasks(url: str, auth: tuple[str, str], name: str) -> dict[str, dict[s
     return tasks
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def processes_of_run(run_dir: Path) -> list[int]:
+    """Pids of live processes started for the run in ``run_dir`` (children inherit its
+    SCHEDULER_RUN_DIR), so a pid reused by an unrelated process is never mistaken for one."""
+    marker = f"SCHEDULER_RUN_DIR={run_dir}".encode() + b"\0"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.fixture
@@ -80,7 +90,7 @@ def main_job(tmp_path: Path):
             start_new_session=True,
         )
         try:
-            yield process, output
+            yield process, output, tmp_path / "state"
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -88,7 +98,7 @@ def main_job(tmp_path: Path):
 
 
 def test_the_main_job_runs_the_whole_cycle_embedded_and_stops_cleanly(main_job) -> None:
-    process, output = main_job
+    process, output, state_dir = main_job
     flower = wait_for_line(output, r"flower\s+(http://\S+)\s+user (\S+)\s+password (\S+)", process, timeout=90)
     url, auth = flower.group(1), (flower.group(2), flower.group(3))
     pids = {
@@ -120,7 +130,7 @@ def test_the_main_job_runs_the_whole_cycle_embedded_and_stops_cleanly(main_job) 
     assert "processes: all stopped cleanly" in text, text
     stopped = re.search(r"stopped in ([\d.]+)s", text)
     assert stopped and float(stopped.group(1)) <= 10.0
-    assert [name for name, pid in pids.items() if group_alive(pid)] == [], "a child process outlived the run"
+    assert processes_of_run(state_dir) == [], "a child process outlived the run"
 
 
 def run_command(*args: str) -> list[str]:
@@ -134,53 +144,68 @@ def task_rows(state: Path) -> dict[str, str]:
         return {task_id: status for task_id, status in db.execute("SELECT id, status FROM tasks")}
 
 
-def test_sigterm_mid_work_stops_within_10s_and_the_next_run_finishes_what_was_left(tmp_path: Path) -> None:
+def messages_kept_in(state: Path) -> set[str]:
+    """Task ids of the messages the embedded Redis kept on disk (queued, or unacked and due back)."""
+    import json
+
+    import redis
+
+    from kat_scheduler.run.embedded import free_port, redis_server_argv, redis_server_binary, wait_for_redis
+
+    port = free_port()
+    server = subprocess.Popen(
+        redis_server_argv(redis_server_binary(), port, state / "embedded"), stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_for_redis(f"redis://127.0.0.1:{port}/0", server)
+        client = redis.Redis(port=port)
+        ids: set[str] = set()
+        for key in client.keys("*"):
+            if key.startswith((b"boefjes", b"normalizers")) and client.type(key) == b"list":
+                ids.update(json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1))
+        for raw in client.hvals("unacked"):
+            ids.add(json.loads(raw)[0]["headers"]["id"])
+        client.close()
+        return ids
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_sigterm_mid_work_stops_within_10s_finishing_running_tasks_and_keeping_queued_ones(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = clean_environment(state)
-    output = tmp_path / "first.out"
+    output = tmp_path / "run.out"
     world = ("--organisations", "3", "--oois-per-org", "400", "--no-flower")
     with open(output, "wb") as sink:
-        first = subprocess.Popen(run_command("--fresh", *world), cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+        run = subprocess.Popen(
+            run_command(*world), cwd=tmp_path, env=clean_environment(state), stdout=sink, stderr=sink
+        )
         try:
-            wait_for_line(output, r"processes\s+(.*)", first, timeout=90)
+            wait_for_line(output, r"started in", run, timeout=90)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                statuses = list(task_rows(state).values()) if (state / "embedded" / "kat_scheduler.db").exists() else []
-                if statuses.count("completed") >= 20:
+                if list(task_rows(state).values()).count("completed") >= 20:
                     break
                 time.sleep(0.2)
             signalled = time.monotonic()
-            first.send_signal(signal.SIGTERM)
-            assert first.wait(timeout=15) == 0, output.read_text()
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=15) == 0, output.read_text()
             assert time.monotonic() - signalled <= 10.5, "the run must stop within 10 s of SIGTERM"
         finally:
-            if first.poll() is None:
-                first.kill()
-    text = output.read_text()
-    pids = [int(pid) for pid in re.findall(r"=(\d+)", re.search(r"processes\s+(.*)", text).group(1))]  # type: ignore[union-attr]
-    assert [pid for pid in pids if group_alive(pid)] == [], "a child process outlived the run"
+            if run.poll() is None:
+                run.kill()
+    assert processes_of_run(state) == [], "a child process outlived the run"
 
-    left = {task_id for task_id, status in task_rows(state).items() if status in ("queued", "dispatched", "running")}
-    assert left, "the run was stopped mid-work, so some tasks should have been left queued"
-    second_output = tmp_path / "second.out"
-    with open(second_output, "wb") as sink:
-        second = subprocess.Popen(run_command(*world), cwd=tmp_path, env=env, stdout=sink, stderr=sink)
-        try:
-            wait_for_line(second_output, r"processes\s+(.*)", second, timeout=90)
-            deadline = time.monotonic() + 150
-            unfinished = left
-            while unfinished and time.monotonic() < deadline and second.poll() is None:
-                after = task_rows(state)
-                unfinished = {task_id for task_id in left if after[task_id] not in ("completed", "failed")}
-                time.sleep(0.5)
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(timeout=15) == 0, second_output.read_text()
-        finally:
-            if second.poll() is None:
-                second.kill()
-    after = task_rows(state)
-    lost = {task_id: after[task_id] for task_id in left if after[task_id] not in ("completed", "failed")}
-    assert lost == {}, f"tasks left by the first run were not finished by the second: {lost}"
+    rows = task_rows(state)
+    running = {task_id for task_id, status in rows.items() if status == "running"}
+    assert running == set(), "a warm shutdown lets the workers finish the task at hand"
+    for worker in ("boefjes", "normalizers"):
+        assert "WorkerLostError" not in (state / "logs" / f"{worker}.log").read_text(), f"{worker}: a task was killed"
+    # queued, or received by a worker that stopped before starting it (its message goes back)
+    waiting = {task_id for task_id, status in rows.items() if status in ("queued", "dispatched")}
+    assert waiting, "the run was stopped mid-work, so some tasks should have been left queued"
+    missing = {task_id.replace("-", "") for task_id in waiting} - {m.replace("-", "") for m in messages_kept_in(state)}
+    assert missing == set(), f"{len(missing)} queued tasks lost their message"
 
 
 @pytest.fixture
@@ -266,5 +291,134 @@ def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) 
                 run.kill()
     log = output.read_text()
     assert "stopped while starting" in log or "summary" in log, log
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "state")], capture_output=True, text=True).stdout
-    assert leftovers.strip() == "", "the embedded redis-server outlived the run"
+    assert processes_of_run(tmp_path / "state") == [], "a process of the run outlived it"
+
+
+@pytest.fixture
+def small_run(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path]]]:
+    """Starts a run with a tiny world; whatever a test leaves running is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+        output = tmp_path / "run.out"
+        with open(output, "wb") as sink:
+            run = subprocess.Popen(
+                run_command("--no-flower", "--organisations", "1", "--oois-per-org", "20", *args),
+                cwd=tmp_path,
+                env=env or clean_environment(tmp_path / "state"),
+                stdout=sink,
+                stderr=sink,
+            )
+        started.append(run)
+        wait_for_line(output, r"started in", run, timeout=90)
+        return run, output
+
+    yield start
+    for run in started:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            try:
+                run.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+
+
+def wait_until_gone(run_dir: Path, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_of_run(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_a_closed_terminal_sighup_stops_the_run_cleanly(tmp_path: Path, small_run) -> None:
+    run, output = small_run()
+    run.send_signal(signal.SIGHUP)
+    assert run.wait(timeout=15) == 0, output.read_text()
+    assert processes_of_run(tmp_path / "state") == []
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_no_process_running(tmp_path: Path, small_run) -> None:
+    run, _ = small_run()
+    assert len(processes_of_run(tmp_path / "state")) > 1
+    run.kill()
+    run.wait()
+    assert wait_until_gone(tmp_path / "state", timeout=20) == [], "children outlived a killed supervisor"
+
+
+class Blackhole:
+    """A TCP server that accepts connections and never answers: a hung KAT service."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for conn in self.held:
+            conn.close()
+        self.server.close()
+
+
+def test_a_hung_kat_service_delays_neither_the_view_nor_the_stop(tmp_path: Path, redis_url: str, small_run) -> None:
+    hung = Blackhole()
+    try:
+        url = f"http://127.0.0.1:{hung.port}"
+        env = {
+            **clean_environment(tmp_path / "state"),
+            "OCTOPOES_API": url,
+            "KATALOGUS_API": url,
+            "BYTES_API": url,
+            "QUEUE_URI": redis_url.rsplit("/", 1)[0] + "/12",
+            "SCHEDULER_BROKER_URL": redis_url,
+            "SCHEDULER_DB_URI": f"sqlite:///{tmp_path / 'external.db'}",
+        }
+        run, output = small_run(env=env)
+        wait_for_line(output, r"\nt=\d+s", run, timeout=10)  # a status line despite the hung service
+        interrupted = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=20) == 0, output.read_text()
+        assert time.monotonic() - interrupted <= 10.5, "Ctrl-C must stop the run within 10 s"
+        assert wait_until_gone(tmp_path / "state", timeout=5) == []
+    finally:
+        hung.close()
+
+
+def test_invalid_settings_stop_the_run_before_anything_starts(tmp_path: Path) -> None:
+    env = {**clean_environment(tmp_path / "state"), "SCHEDULER_RUN_BOEFJE_CONCURRENCY": "0"}
+    result = subprocess.run(run_command(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SCHEDULER_RUN_BOEFJE_CONCURRENCY" in result.stderr
+
+
+def test_a_flower_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        env = {**clean_environment(tmp_path / "state"), "FLOWER_PORT": str(taken.getsockname()[1])}
+        result = subprocess.run(
+            [str(ROOT / ".venv/bin/python"), "-m", "kat_scheduler", "run", "--lines"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "FLOWER_PORT" in result.stderr and "in use" in result.stderr
+    assert not (tmp_path / "state" / "embedded" / "appendonly.aof").exists(), "nothing should have started"
