@@ -800,7 +800,8 @@ def mula_import_cmd(mula_db_uri: str, dry_run: bool, batch_size: int, since: dat
         summary = import_from_mula(mula, ours, since=since_utc, dry_run=dry_run, batch_size=batch_size, now=now)
     except (MulaSchemaError, SQLAlchemyError) as exc:
         click.echo(f"kat-scheduler: import from mula failed: {exc}", err=True)
-        click.echo("kat-scheduler: what was imported stays; running the import again continues safely", err=True)
+        if not dry_run:
+            click.echo("kat-scheduler: what was imported stays; running the import again continues safely", err=True)
         sys.exit(1)
     finally:
         mula.dispose()

@@ -74,7 +74,9 @@ def _shown_url(settings: Settings, field: str) -> str:
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:
-    return None if then is None else round((now - then).total_seconds(), 3)
+    """Seconds from ``then`` to ``now``; never negative (a row written while we collect, or a
+    producer on a host whose clock is a little ahead, is simply 0 s old)."""
+    return None if then is None else max(0.0, round((now - then).total_seconds(), 3))
 
 
 def collect_broker(settings: Settings) -> BrokerSection:

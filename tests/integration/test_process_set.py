@@ -72,6 +72,8 @@ def test_the_compose_file_names_only_commands_that_exist_and_guards_flower() -> 
     assert "FLOWER_BASIC_AUTH" in ours["flower"]["environment"]
     for infra in ("postgres", "redis", "rabbitmq"):
         assert "healthcheck" in services[infra], infra
+        assert services[infra].get("volumes"), f"{infra} must keep its data across restarts"
+    assert "--appendonly" in services["redis"]["command"], "Redis holds the queued messages: persist them"
 
 
 def test_flower_refuses_to_start_without_credentials() -> None:

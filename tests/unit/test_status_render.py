@@ -216,3 +216,14 @@ def test_the_json_has_the_documented_keys_and_bands_as_keys() -> None:
 )
 def test_durations_read_at_a_glance(seconds: float | None, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_an_age_is_never_negative() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kat_scheduler.status.collect import _age
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert _age(now, now + timedelta(seconds=1)) == 0.0
+    assert _age(now, now - timedelta(seconds=90)) == 90.0
+    assert _age(now, None) is None
