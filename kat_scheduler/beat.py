@@ -14,6 +14,7 @@ from typing import Any
 
 from celery.beat import Scheduler
 
+from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.leases import LeaseStore
 
@@ -29,10 +30,12 @@ class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
         self.lease_ttl = float(app.conf.kat_beat_lease)
         self.holder_id = holder_id or f"{socket.gethostname()}:{os.getpid()}"
         self.leases = LeaseStore(make_engine(app.conf.kat_db_uri, pool_size=1))
+        self.heartbeat = Heartbeat(app.conf.get("kat_heartbeat_file"))
         self.is_leader = False
         super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        self.heartbeat.beat()  # leader or standby: the loop is going round
         try:
             leader = self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl)
         except Exception:

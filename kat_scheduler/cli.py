@@ -171,6 +171,31 @@ def listen() -> None:
         runtime.close()
 
 
+@main.command("heartbeat")
+@click.option("--max-age", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds.")
+@click.option("--file", "path", default=None, help="The heartbeat file. Default: SCHEDULER_HEARTBEAT_FILE.")
+def heartbeat(max_age: float, path: str | None) -> None:
+    """Exit 0 when the listener's or beat's heartbeat file was touched within MAX_AGE seconds.
+
+    For container health checks: set SCHEDULER_HEARTBEAT_FILE for the process, and run this in
+    the same container.
+    """
+    from kat_scheduler.heartbeat import age
+
+    path = path or _settings_or_exit().heartbeat_file
+    if not path:
+        click.echo("kat-scheduler: set SCHEDULER_HEARTBEAT_FILE (or --file) to check a heartbeat", err=True)
+        sys.exit(2)
+    seconds = age(path)
+    if seconds is None:
+        click.echo(f"unhealthy: {path} does not exist (not started, or never got going)")
+        sys.exit(1)
+    if seconds > max_age:
+        click.echo(f"unhealthy: {path} last touched {seconds:.0f}s ago (more than {max_age:.0f}s)")
+        sys.exit(1)
+    click.echo(f"healthy: {path} touched {seconds:.1f}s ago")
+
+
 @main.command("flower", context_settings={"ignore_unknown_options": True})
 @click.option("--unauthenticated", is_flag=True, help="Run without basic auth (only behind an authenticating proxy).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)

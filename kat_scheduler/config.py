@@ -123,6 +123,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Ours (Celery keeps unknown lowercase keys): what the leased beat scheduler needs.
         "kat_db_uri": settings.db_uri,
         "kat_beat_lease": settings.beat_lease,
+        "kat_heartbeat_file": settings.heartbeat_file,
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -242,6 +242,14 @@ class Settings(BaseSettings):
         description="Seconds a beat's singleton lease lasts; a standby beat takes over after it expires.",
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    heartbeat_file: str | None = Field(
+        None,
+        description=(
+            "A file `kat-scheduler listen` and beat touch every few seconds while their loop runs "
+            "(the listener only while connected), for `kat-scheduler heartbeat` health checks. "
+            "Unset: none."
+        ),
+    )
     flower_address: str = Field(
         "127.0.0.1",
         validation_alias=_kat("flower_address"),

@@ -40,6 +40,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from pydantic import BaseModel, ValidationError
 
+from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.queues import transport_of
 from kat_scheduler.settings import Settings
@@ -197,6 +198,7 @@ class EventConsumer:
         max_backoff: float = 30.0,
         connect_timeout: float = 10.0,
         min_backoff: float = 0.5,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         unknown = sorted(set(handlers) - set(EVENT_MODELS))
         if unknown or not handlers:
@@ -209,6 +211,7 @@ class EventConsumer:
         self.batch_window = batch_window
         self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
         self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat or Heartbeat(None)
         self._handler_backoff = Backoff(min_backoff, max_backoff)
         self._reconnect_backoff = Backoff(min_backoff, max_backoff)
         self._stats = dict.fromkeys(STATS, 0)
@@ -278,6 +281,7 @@ class EventConsumer:
         )
 
         while not (stop.is_set() or self._finished(max_batches)):
+            self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
             due = batches.next_due(time.monotonic())
             if due is not None:
                 self._handle(producer, *due, stop)
@@ -432,6 +436,7 @@ def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threadi
             handlers,
             batch_size=settings.events_batch_size,
             batch_window=settings.events_batch_window,
+            heartbeat=Heartbeat(settings.heartbeat_file),
         ).run(stop=stop)
     finally:
         for sig, handler in previous.items():

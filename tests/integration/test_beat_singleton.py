@@ -75,3 +75,18 @@ def test_a_beat_that_takes_the_lease_ticks_every_producer_at_once(sqlite_uri: st
     ], "a new leader must not wait a whole interval for its first tick"
     tick_a_while(scheduler, 5)
     assert len(scheduler.sent) == 3, "after the first tick, each producer waits for its interval"
+
+
+def test_leader_and_standby_both_keep_their_heartbeat(sqlite_uri: str, tmp_path) -> None:
+    beats = {}
+    for holder in ("beat-a", "beat-b"):
+        alive = tmp_path / f"{holder}.alive"
+        settings = load_settings(db_uri=sqlite_uri, beat_lease=30, heartbeat_file=str(alive))
+        beats[holder] = (
+            RecordingScheduler(create_app(settings, main=f"hb-{holder}"), holder_id=holder, lazy=False),
+            alive,
+        )
+    for scheduler, _ in beats.values():
+        tick_a_while(scheduler, 2)
+    assert beats["beat-a"][0].is_leader and not beats["beat-b"][0].is_leader
+    assert all(alive.exists() for _, alive in beats.values()), "a standby beat is alive too"

@@ -472,3 +472,31 @@ def test_an_unreachable_broker_is_retried_until_stopped(url: str) -> None:
     consumer = EventConsumer(url, {SCAN_PROFILE_MUTATIONS: FakeHandler()}, min_backoff=0.05, max_backoff=0.1)
     with consuming(consumer):
         assert wait_for(lambda: consumer.stats()["reconnects"] >= 3, 5), consumer.stats()
+
+
+def test_an_idle_connected_listener_keeps_its_heartbeat_fresh(broker: str, tmp_path: Path) -> None:
+    from kat_scheduler.heartbeat import Heartbeat, age
+
+    alive = tmp_path / "alive"
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: FakeHandler()}, heartbeat=Heartbeat(alive, every=0.2))
+    with consuming(consumer):
+        assert wait_for(alive.exists, 10), "the heartbeat file was never touched"
+        first = alive.stat().st_mtime_ns
+        assert wait_for(lambda: alive.stat().st_mtime_ns > first, 5), "an idle listener stopped beating"
+    assert age(alive) is not None and age(alive) < 5
+
+
+def test_a_listener_that_cannot_reach_its_broker_does_not_beat(tmp_path: Path) -> None:
+    from kat_scheduler.heartbeat import Heartbeat
+
+    alive = tmp_path / "alive"
+    consumer = EventConsumer(
+        "redis://127.0.0.1:1/0",
+        {SCAN_PROFILE_MUTATIONS: FakeHandler()},
+        min_backoff=0.05,
+        max_backoff=0.1,
+        heartbeat=Heartbeat(alive, every=0.1),
+    )
+    with consuming(consumer):
+        assert wait_for(lambda: consumer.stats()["reconnects"] >= 3, 5)
+    assert not alive.exists(), "a heartbeat must mean connected and consuming"

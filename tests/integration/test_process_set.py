@@ -64,8 +64,10 @@ def test_the_compose_file_names_only_commands_that_exist_and_guards_flower() -> 
             assert command_problems(health[1:]) == [], f"{name}'s health check"
         if name != "migrate":
             assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
-    for name in ("beat", "scheduler-worker", "boefje-worker", "normalizer-worker", "flower"):
+    for name in ("beat", "scheduler-worker", "boefje-worker", "normalizer-worker", "listener", "flower"):
         assert "healthcheck" in ours[name], f"{name} has no health check"
+    for name in ("beat", "listener"):
+        assert ours[name]["environment"]["SCHEDULER_HEARTBEAT_FILE"], f"{name}'s heartbeat check needs its file"
     for worker, queue in (("scheduler-worker", "scheduler"), ("boefje-worker", "boefjes")):
         ping = ours[worker]["healthcheck"]["test"][1]
         assert f"--destination {queue}@$$HOSTNAME" in ping and queue in ours[worker]["command"]
