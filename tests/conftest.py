@@ -7,6 +7,7 @@ CI can never pass by skipping. Addresses can be changed with ``TEST_POSTGRES_URI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -35,9 +36,12 @@ def service_missing(what: str, error: Exception) -> None:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_uri() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
+@contextlib.contextmanager
+def new_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database; dropped afterwards with whatever is still connected.
+
+    Fails (in CI) or skips (locally) when PostgreSQL cannot be reached.
+    """
     admin_url = normalise_url(POSTGRES_URI)
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -45,36 +49,32 @@ def postgres_uri() -> Iterator[str]:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         service_missing(f"PostgreSQL at {POSTGRES_URI}", exc)
-    name = f"kat_scheduler_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = admin_url.set(database=name).render_as_string(hide_password=False)
     try:
-        migrate.upgrade(uri)
-        yield uri
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
+    with new_database("kat_scheduler_test") as uri:
+        migrate.upgrade(uri)
+        yield uri
 
 
 @pytest.fixture
-def private_postgres_uri(postgres_uri: str) -> Iterator[str]:
+def private_postgres_uri() -> Iterator[str]:
     """A migrated database of this test's own, for tests whose subprocesses may still write
     while the test ends; dropped, connections and all, afterwards."""
-    admin = sa.create_engine(normalise_url(postgres_uri), isolation_level="AUTOCOMMIT")
-    name = f"kat_private_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = normalise_url(postgres_uri).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(uri)
-    try:
+    with new_database("kat_private") as uri:
+        migrate.upgrade(uri)
         yield uri
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

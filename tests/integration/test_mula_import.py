@@ -10,8 +10,6 @@ current = revision 0011 (0008 added ``schedules`` and ``tasks.data/hash/priority
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +33,7 @@ from kat_scheduler.mula_import import (
 )
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.db import make_engine, normalise_url
-from tests.conftest import POSTGRES_URI, service_missing
+from tests.conftest import new_database
 from tests.factories import (
     MULA_EPOCH,
     BoefjeFactory,
@@ -121,28 +119,13 @@ CREATE SCHEMA empty;
 @pytest.fixture(scope="session")
 def mula_uri() -> Iterator[str]:
     """A database of its own, shaped like mula's (current schema in public, legacy in ``legacy``)."""
-    admin_url = normalise_url(POSTGRES_URI)
-    try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:
-        service_missing(f"PostgreSQL at {POSTGRES_URI}", exc)
-    name = f"mula_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    uri = admin_url.set(database=name).render_as_string(hide_password=False)
-    try:
+    with new_database("mula_test") as uri:
         engine = sa.create_engine(uri)
         with engine.begin() as conn:
             conn.exec_driver_sql(CURRENT_DDL)
             conn.exec_driver_sql(LEGACY_DDL)
         engine.dispose()
         yield uri
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
