@@ -132,3 +132,14 @@ def test_a_large_claim_is_split_into_statements_and_counted(engine: Engine) -> N
 
 def test_unknown_task_ids_are_absent(engine: Engine) -> None:
     assert TaskStore(engine).get(uuid.uuid4()) is None
+
+
+def test_an_object_key_longer_than_the_column_is_refused_not_cut(pg_engine) -> None:
+    import psycopg2.errors
+    import pytest
+
+    store = TaskStore(pg_engine)
+    too_long = NewTaskFactory(input_ooi="Hostname|internet|" + "a" * 2000)
+    with pytest.raises(psycopg2.errors.StringDataRightTruncation, match="too long"):
+        store.claim([too_long])
+    assert store.count_by_status()[TaskStatus.QUEUED] == 0
