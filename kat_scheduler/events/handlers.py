@@ -12,7 +12,6 @@ plugin lists come from a short-lived cache, so it costs almost no Katalogus call
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kat_scheduler import ids
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Dispatchable, Dispatcher
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
@@ -264,7 +264,7 @@ class RawFileHandler(_Base):
         rank = rank_normalizer(event.created_at, now)
         out = []
         for normalizer in chosen:
-            task_id = uuid.uuid4()
+            task_id = ids.uuid4()
             task = NewTask(
                 id=task_id,
                 scheduler_id=SchedulerId.NORMALIZER,

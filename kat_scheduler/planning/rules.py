@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kat_scheduler import ids
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
@@ -186,7 +187,7 @@ def boefje_message_kwargs(organisation: str, boefje_id: str, input_ooi: str | No
 
 
 def new_boefje_task(candidate: Candidate) -> NewTask:
-    task_id = uuid.uuid4()
+    task_id = ids.uuid4()
     return NewTask(
         id=task_id,
         scheduler_id=SchedulerId.BOEFJE,

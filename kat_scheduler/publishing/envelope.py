@@ -16,6 +16,7 @@ import uuid
 from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
+from kat_scheduler import ids
 from kat_scheduler.publisher import OutgoingMessage
 
 CONTENT_TYPE = "application/json"
@@ -158,5 +159,5 @@ class RedisEnvelopes:
             quote(message.queue),
             int(priority),
             # Any unique string will do (kombu uses it as a key of its unacked hash).
-            os.urandom(16).hex(),
+            ids.token_hex(),
         )

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, Insert, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from kat_scheduler import ids
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.sqlutil import in_values, pg_insert_values
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
@@ -42,7 +43,7 @@ class NewSchedule:
 
 def _row(schedule: NewSchedule, now: datetime) -> dict[str, Any]:
     return {
-        "id": schedule.id or uuid.uuid4(),
+        "id": schedule.id or ids.uuid4(),
         "scheduler_id": schedule.scheduler_id,
         "organisation": schedule.organisation,
         "plugin_id": schedule.plugin_id,
@@ -78,7 +79,7 @@ _PG_CASTS = {"id": "uuid", "data": "jsonb"}
 
 def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
     return (
-        str(schedule.id or uuid.uuid4()),
+        str(schedule.id or ids.uuid4()),
         schedule.scheduler_id.value,
         schedule.organisation,
         schedule.plugin_id,

@@ -1,0 +1,35 @@
+"""Random ids drawn in blocks: unique, version 4, never shared with a forked child."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from kat_scheduler import ids
+
+
+def test_ids_are_random_version_4_uuids_and_unique_across_blocks() -> None:
+    made = [ids.uuid4() for _ in range(3 * ids.BLOCK // 16 + 5)]
+    assert all(isinstance(u, uuid.UUID) and u.version == 4 and u.variant == uuid.RFC_4122 for u in made)
+    assert len(set(made)) == len(made)
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    ids.uuid4()  # the parent holds a partly used block
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids, then leave without running pytest's teardown
+        os.close(read)
+        os.write(write, "".join(ids.uuid4().hex for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    child = {text[i : i + 32] for i in range(0, len(text), 32)}
+    parent = {ids.uuid4().hex for _ in range(10)}
+    assert len(child) == 10 and not child & parent
+
+
+def test_token_hex_has_the_length_asked_for() -> None:
+    assert len(ids.token_hex()) == 32 and len(ids.token_hex(8)) == 16 and ids.token_hex() != ids.token_hex()
