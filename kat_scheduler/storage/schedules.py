@@ -75,6 +75,12 @@ _PG_COLUMNS = (
     "modified_at",
 )
 _PG_CASTS = {"id": "uuid", "data": "jsonb"}
+#: On a taken hash: enable the schedule with the new deadline (the fast path's SQL of
+#: :meth:`ScheduleStore._insert_or_enable`).
+_PG_ENABLE = (
+    "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
+    "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at"
+)
 
 
 def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
@@ -127,7 +133,9 @@ class ScheduleStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _insert_or_reenable(self) -> Insert:
+    def _insert_or_enable(self, *, only_disabled: bool) -> Insert:
+        """Insert, or on a taken hash enable the schedule with the new deadline (only a disabled
+        one, if asked: an enabled schedule keeps its deadline)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(_SCHEDULES)
         stmt: Insert = insert.on_conflict_do_update(
@@ -138,7 +146,7 @@ class ScheduleStore:
                 "deadline_at": insert.excluded.deadline_at,
                 "modified_at": insert.excluded.modified_at,
             },
-            where=_SCHEDULES.c.enabled.is_(False),
+            where=_SCHEDULES.c.enabled.is_(False) if only_disabled else None,
         )
         return stmt
 
@@ -164,16 +172,12 @@ class ScheduleStore:
                         _PG_COLUMNS,
                         _PG_CASTS,
                         [_pg_tuple(s, now) for s in ordered],
-                        conflict=(
-                            "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
-                            "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at "
-                            "WHERE schedules.enabled = false"
-                        ),
+                        conflict=f"{_PG_ENABLE} WHERE schedules.enabled = false",
                         returning="id",
                         page_size=CHUNK,
                     )
                 )
-            stmt = self._insert_or_reenable().returning(_SCHEDULES.c.id)
+            stmt = self._insert_or_enable(only_disabled=True).returning(_SCHEDULES.c.id)
             for start in range(0, len(ordered), CHUNK):
                 rows = [_row(s, now) for s in ordered[start : start + CHUNK]]
                 created += len(conn.execute(stmt, rows).scalars().all())
@@ -238,7 +242,6 @@ class ScheduleStore:
         if not schedules:
             return
         now = now or utcnow()
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         ordered = sorted(schedules, key=lambda s: s.hash)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -248,24 +251,12 @@ class ScheduleStore:
                     _PG_COLUMNS,
                     _PG_CASTS,
                     [_pg_tuple(s, now) for s in ordered],
-                    conflict=(
-                        "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
-                        "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at"
-                    ),
+                    conflict=_PG_ENABLE,
                     page_size=CHUNK,
                 )
                 return
+            stmt = self._insert_or_enable(only_disabled=False)
             for start in range(0, len(ordered), CHUNK):
-                insert = dialect.insert(_SCHEDULES)
-                stmt = insert.on_conflict_do_update(
-                    index_elements=[_SCHEDULES.c.hash],
-                    set_={
-                        "enabled": True,
-                        "disabled_reason": None,
-                        "deadline_at": insert.excluded.deadline_at,
-                        "modified_at": insert.excluded.modified_at,
-                    },
-                )
                 conn.execute(stmt, [_row(s, now) for s in ordered[start : start + CHUNK]])
 
     def disable_hashes(self, hashes: Collection[str], reason: str, now: datetime | None = None) -> int:
