@@ -40,6 +40,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from pydantic import BaseModel, ValidationError
 
+from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.queues import transport_of
@@ -339,7 +340,8 @@ class EventConsumer:
 
         started = time.monotonic()
         try:
-            rejected = {r.index: r.reason for r in self.handlers[queue](queue, events)}
+            with collector_paused():
+                rejected = {r.index: r.reason for r in self.handlers[queue](queue, events)}
         except Exception as exc:
             self._retry_later(queue, held, exc, stop)
             return

@@ -37,6 +37,7 @@ from kat_scheduler.eligibility import (
     grace_skip,
     static_skip,
 )
+from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
@@ -135,6 +136,10 @@ class BoefjePlanner:
 
     def plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Plan ``organisations`` (all of Katalogus' if ``None``) and, unless dry, queue the result."""
+        with collector_paused():
+            return self._plan(organisations, now=now, dry_run=dry_run)
+
+    def _plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool) -> PlanReport:
         report = PlanReport(now=now, dry_run=dry_run)
         started = time.perf_counter()
         orgs = list(organisations) if organisations is not None else self.organisations()
@@ -347,6 +352,10 @@ class BoefjePlanner:
 
     def queue_due(self, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Queue every due schedule (oldest deadline first, no cap), re-checking eligibility."""
+        with collector_paused():
+            return self._queue_due(now=now, dry_run=dry_run)
+
+    def _queue_due(self, *, now: datetime, dry_run: bool) -> PlanReport:
         report = PlanReport(now=now, dry_run=dry_run)
         indexes: dict[str, BoefjeIndex | None] = {}
         for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size):
