@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from kat_scheduler.clients import KATClients, ServiceError
-from kat_scheduler.dispatch import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher, DispatchResult
 from kat_scheduler.eligibility import (
     SkipReason,
     Trigger,
@@ -59,11 +59,11 @@ from kat_scheduler.rankers import BoefjeCandidate, rank_boefje
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
-from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.tasks import NewTask, TaskStore
 from kat_scheduler.timing import next_cron, next_deadline, period
 
 if TYPE_CHECKING:
-    from kat_scheduler.publisher import Publisher
+    from kat_scheduler.publisher import OutgoingMessage, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,61 @@ def _is_due(boefje: Boefje, last_run: datetime | None, now: datetime, default_gr
     return grace_skip(boefje, last_run, now, default_grace) is None
 
 
+class ClaimsAhead:
+    """Claims boefje candidates on a background thread while the caller goes on planning.
+
+    The database does the work of a claim on a core of its own, so claiming one organisation's
+    candidates overlaps with planning the next. :meth:`won` waits for every claim and says which
+    candidates won their hash, with the task and message to publish. With no dispatcher (a dry
+    run) nothing is claimed. A claim that fails re-raises from :meth:`won` (or on leaving the
+    block); rows claimed before it stay for the reaper, as any claim whose publish did not happen.
+    """
+
+    def __init__(self, dispatcher: Dispatcher | None, batch_size: int) -> None:
+        self.dispatcher = dispatcher
+        self.batch_size = batch_size
+        self.offered = 0
+        self._futures: list[Future[Claim]] = []
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim") if dispatcher is not None else None
+        )
+
+    def submit(self, candidates: Sequence[Candidate]) -> None:
+        if self._executor is None or not candidates:
+            return
+        self.offered += len(candidates)
+        for start in range(0, len(candidates), self.batch_size):
+            self._futures.append(self._executor.submit(self._claim, candidates[start : start + self.batch_size]))
+
+    def _claim(self, candidates: Sequence[Candidate]) -> Claim:
+        assert self.dispatcher is not None
+        return self.dispatcher.claim([_dispatchable(c) for c in candidates])
+
+    def won(self) -> dict[str, tuple[NewTask, OutgoingMessage]]:
+        """Every claimed task and its message, by hash."""
+        won: dict[str, tuple[NewTask, OutgoingMessage]] = {}
+        for future in self._futures:
+            claim = future.result()
+            won.update((task.hash, (task, message)) for task, message in zip(claim.tasks, claim.messages, strict=True))
+        return won
+
+    def __enter__(self) -> ClaimsAhead:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+def _dispatchable(candidate: Candidate) -> Dispatchable:
+    return Dispatchable(
+        task=new_boefje_task(candidate),
+        task_name=BOEFJE_TASK,
+        queue=BOEFJE_QUEUE,
+        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
+    )
+
+
 class BoefjePlanner:
     def __init__(
         self,
@@ -144,22 +199,29 @@ class BoefjePlanner:
         started = time.perf_counter()
         orgs = list(organisations) if organisations is not None else self.organisations()
         report.organisations = orgs
+        max_band = self._backpressure(report)
         plans: list[OrgPlan] = []
-        for org in orgs:
-            plan = self.plan_org(org, now)
-            if plan.error:
-                report.errors[org] = plan.error
-            report.skipped.update(plan.skipped)
-            plans.append(plan)
-        candidates = list(interleave([p.candidates for p in plans]))
-        candidates = self._apply_backpressure(candidates, report)
-        report.planned = candidates
-        report.timings["planning"] = time.perf_counter() - started
-        if dry_run:
-            return report
+        # Each organisation's candidates are final once it is planned (the cap is per organisation,
+        # backpressure per band), so they are claimed in the background, by the database on another
+        # core, while the next organisation is planned. Publishing waits for all: it interleaves.
+        with ClaimsAhead(None if dry_run else self._dispatcher(), self.settings.batch_size) as claims:
+            for org in orgs:
+                plan = self.plan_org(org, now)
+                if plan.error:
+                    report.errors[org] = plan.error
+                report.skipped.update(plan.skipped)
+                plan.candidates = self._keep_bands(plan.candidates, max_band, report)
+                plans.append(plan)
+                claims.submit(plan.candidates)
+            report.planned = list(interleave([p.candidates for p in plans]))
+            report.timings["planning"] = time.perf_counter() - started
+            if dry_run:
+                return report
+            self._publish(report.planned, claims, report, now)
         grace = [s for p in plans for s in p.grace_schedules]
+        started = time.perf_counter()
         report.schedules_created += self.schedules.add_many(grace, now=now)
-        self._dispatch(candidates, report, now)
+        report.timings["bookkeeping"] = report.timings.get("bookkeeping", 0.0) + time.perf_counter() - started
         return report
 
     def plan_org(self, organisation: str, now: datetime) -> OrgPlan:
@@ -275,20 +337,19 @@ class BoefjePlanner:
 
     # --- backpressure, dispatch, schedules -------------------------------------------------
 
-    def _apply_backpressure(self, candidates: list[Candidate], report: PlanReport) -> list[Candidate]:
+    def _backpressure(self, report: PlanReport) -> int | None:
+        """The highest band this tick may add (``None``: any), from the depth of the boefje queue."""
         if self.publisher is None:
-            return candidates
+            return None
         try:
             depth = self.publisher.queue_depth(BOEFJE_QUEUE)
         except Exception as exc:  # the broker may be down: say so, and plan as if the queue were empty
             logger.warning("could not read the depth of queue %s: %s", BOEFJE_QUEUE, exc)
-            return candidates
+            return None
         report.queue_depth = depth
         if depth <= self.settings.queue_depth_limit_boefjes:
-            return candidates
+            return None
         report.backpressure = True
-        kept = [c for c in candidates if c.rank.band <= self.settings.backpressure_band]
-        report.skipped[SkipReason.BACKPRESSURE] += len(candidates) - len(kept)
         logger.warning(
             "queue %s holds %d messages (limit %d): only bands <= %d are added this tick",
             BOEFJE_QUEUE,
@@ -296,6 +357,14 @@ class BoefjePlanner:
             self.settings.queue_depth_limit_boefjes,
             self.settings.backpressure_band,
         )
+        return self.settings.backpressure_band
+
+    @staticmethod
+    def _keep_bands(candidates: list[Candidate], max_band: int | None, report: PlanReport) -> list[Candidate]:
+        if max_band is None:
+            return candidates
+        kept = [c for c in candidates if c.rank.band <= max_band]
+        report.skipped[SkipReason.BACKPRESSURE] += len(candidates) - len(kept)
         return kept
 
     def _dispatcher(self) -> Dispatcher:
@@ -304,28 +373,31 @@ class BoefjePlanner:
         return Dispatcher(self.tasks, self.publisher)
 
     def _dispatch(self, candidates: Sequence[Candidate], report: PlanReport, now: datetime) -> None:
-        """Claim and publish in batches; then, off the critical path, mark and schedule them."""
+        """Claim ``candidates`` and publish the winners in the order given."""
+        with ClaimsAhead(self._dispatcher(), self.settings.batch_size) as claims:
+            claims.submit(candidates)
+            self._publish(candidates, claims, report, now)
+
+    def _publish(self, candidates: Sequence[Candidate], claims: ClaimsAhead, report: PlanReport, now: datetime) -> None:
+        """Publish what ``claims`` won, in the order of ``candidates``; then, off the critical path,
+        mark the rows published and give each new pair its schedule."""
         started = time.perf_counter()
         dispatcher = self._dispatcher()
+        won = claims.won()
+        report.dispatch.offered += claims.offered
         size = self.settings.batch_size
+        order = [c for c in candidates if c.hash in won]
         published: list[Candidate] = []
         published_ids: list[uuid.UUID] = []
-        by_hash = {c.hash: c for c in candidates}
-        chunks = [candidates[start : start + size] for start in range(0, len(candidates), size)]
-        # A two-stage pipeline: the next chunk is claimed (in the database, on another core) while
-        # this one is published; messages still go out in order.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim") as claimer:
-            pending = [claimer.submit(dispatcher.claim, [self._dispatchable(c) for c in chunk]) for chunk in chunks[:1]]
-            for index in range(len(chunks)):
-                claim = pending.pop(0).result()
-                if index + 1 < len(chunks):
-                    following = [self._dispatchable(c) for c in chunks[index + 1]]
-                    pending.append(claimer.submit(dispatcher.claim, following))
-                result = dispatcher.publish(claim, mark=False)
-                published.extend(by_hash[t.hash] for t in result.published_tasks)
-                published_ids.extend(t.id for t in result.published_tasks)
-                result.published_tasks = []
-                report.dispatch.add(result)
+        by_hash = {c.hash: c for c in order}
+        for start in range(0, len(order), size):
+            chunk = [won[c.hash] for c in order[start : start + size]]
+            claim = Claim(offered=0, tasks=[task for task, _ in chunk], messages=[message for _, message in chunk])
+            result = dispatcher.publish(claim, mark=False)
+            published.extend(by_hash[t.hash] for t in result.published_tasks)
+            published_ids.extend(t.id for t in result.published_tasks)
+            result.published_tasks = []
+            report.dispatch.add(result)
         report.last_published_at = utcnow()
         report.timings["dispatch"] = report.timings.get("dispatch", 0.0) + time.perf_counter() - started
         started = time.perf_counter()
@@ -338,15 +410,6 @@ class BoefjePlanner:
         ]
         report.schedules_created += self.schedules.add_many(fresh, now=now)
         report.timings["bookkeeping"] = report.timings.get("bookkeeping", 0.0) + time.perf_counter() - started
-
-    @staticmethod
-    def _dispatchable(candidate: Candidate) -> Dispatchable:
-        return Dispatchable(
-            task=new_boefje_task(candidate),
-            task_name=BOEFJE_TASK,
-            queue=BOEFJE_QUEUE,
-            kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
-        )
 
     # --- due schedules ---------------------------------------------------------------------
 
@@ -508,7 +571,7 @@ class BoefjePlanner:
             now,
         )
         candidate = Candidate(organisation, boefje, input_ooi, hash_, rank, Trigger.MANUAL)
-        item = self._dispatchable(candidate)
+        item = _dispatchable(candidate)
         result = self._dispatcher().dispatch([item])
         if result.errors:
             raise PushRefused(f"could not publish: {result.errors[0]}")
