@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from kat_scheduler import ids
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.storage.sqlutil import in_values, pg_insert_values
+from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
 _SCHEDULES = table_of(ScheduleRow)
@@ -59,22 +59,22 @@ def _row(schedule: NewSchedule, now: datetime) -> dict[str, Any]:
     }
 
 
-_PG_COLUMNS = (
-    "id",
-    "scheduler_id",
-    "organisation",
-    "plugin_id",
-    "input_ooi",
-    "hash",
-    "data",
-    "deadline_at",
-    "schedule",
-    "interval",
-    "enabled",
-    "created_at",
-    "modified_at",
-)
-_PG_CASTS = {"id": "uuid", "data": "jsonb"}
+#: The columns a new schedule is written with, and their SQL types (rows are :func:`_pg_tuple`).
+_PG_COLUMNS = {
+    "id": "uuid",
+    "scheduler_id": "text",
+    "organisation": "text",
+    "plugin_id": "text",
+    "input_ooi": "text",
+    "hash": "text",
+    "data": "jsonb",
+    "deadline_at": "timestamptz",
+    "schedule": "text",
+    "interval": "integer",
+    "enabled": "boolean",
+    "created_at": "timestamptz",
+    "modified_at": "timestamptz",
+}
 #: On a taken hash: enable the schedule with the new deadline (the fast path's SQL of
 #: :meth:`ScheduleStore._insert_or_enable`).
 _PG_ENABLE = (
@@ -166,11 +166,10 @@ class ScheduleStore:
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 return len(
-                    pg_insert_values(
+                    pg_insert_rows(
                         conn,
                         "schedules",
                         _PG_COLUMNS,
-                        _PG_CASTS,
                         [_pg_tuple(s, now) for s in ordered],
                         conflict=f"{_PG_ENABLE} WHERE schedules.enabled = false",
                         returning="id",
@@ -245,11 +244,10 @@ class ScheduleStore:
         ordered = sorted(schedules, key=lambda s: s.hash)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                pg_insert_values(
+                pg_insert_rows(
                     conn,
                     "schedules",
                     _PG_COLUMNS,
-                    _PG_CASTS,
                     [_pg_tuple(s, now) for s in ordered],
                     conflict=_PG_ENABLE,
                     page_size=CHUNK,

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
-from kat_scheduler.storage.sqlutil import in_values, pg_insert_values
+from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
 from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -101,25 +101,25 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-_PG_COLUMNS = (
-    "id",
-    "scheduler_id",
-    "type",
-    "organisation",
-    "plugin_id",
-    "input_ooi",
-    "hash",
-    "band",
-    "priority",
-    "status",
-    "data",
-    "reason",
-    "schedule_id",
-    "created_at",
-    "modified_at",
-    "attempts",
-)
-_PG_CASTS = {"id": "uuid", "schedule_id": "uuid", "data": "jsonb"}
+#: The columns a claim writes, with their SQL types (rows are :func:`_pg_tuple`).
+_PG_COLUMNS = {
+    "id": "uuid",
+    "scheduler_id": "text",
+    "type": "text",
+    "organisation": "text",
+    "plugin_id": "text",
+    "input_ooi": "text",
+    "hash": "text",
+    "band": "smallint",
+    "priority": "bigint",
+    "status": "text",
+    "data": "jsonb",
+    "reason": "text",
+    "schedule_id": "uuid",
+    "created_at": "timestamptz",
+    "modified_at": "timestamptz",
+    "attempts": "integer",
+}
 
 
 def _pg_tuple(task: NewTask, now: datetime) -> tuple[Any, ...]:
@@ -171,11 +171,10 @@ class TaskStore:
         ordered = sorted(tasks, key=lambda t: t.hash)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                ids = pg_insert_values(
+                ids = pg_insert_rows(
                     conn,
                     "tasks",
                     _PG_COLUMNS,
-                    _PG_CASTS,
                     [_pg_tuple(t, now) for t in ordered],
                     conflict="DO NOTHING",
                     returning="id::text",

@@ -1,0 +1,69 @@
+"""Claims and new schedules go to PostgreSQL as arrays: any text arrives exactly as it was sent."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine
+
+from kat_scheduler.storage import ScheduleStore, TaskStore
+from kat_scheduler.storage.sqlutil import pg_array
+from tests.factories import NewScheduleFactory, NewTaskFactory
+
+AWKWARD = [
+    'Hostname|internet|quote"d.example.nl',
+    "Hostname|internet|back\\slash.example.nl",
+    "Hostname|internet|{braces},commas.example.nl",
+    "Hostname|internet|NULL",
+    "Hostname|internet|it's",
+    "Hostname|internet|tab\tand\nnewline",
+    "Hostname|internet|ünïcødé-ドメイン.example",
+    "Hostname|internet|  spaces  ",
+    'Hostname|internet|\\"both\\"',
+]
+
+
+def test_text_is_quoted_and_escaped_and_none_is_null() -> None:
+    assert pg_array(["a", None, 'x"y', "b\\c"], "text") == '{"a",NULL,"x\\"y","b\\\\c"}'
+    assert pg_array([1, None, 3], "integer") == "{1,NULL,3}"
+
+
+def test_a_claim_stores_awkward_object_keys_and_payloads_unchanged(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    tasks = [NewTaskFactory(input_ooi=key, organisation=f"org-{i}\"'\\") for i, key in enumerate(AWKWARD)]
+    assert store.claim(tasks) == tasks
+    for task in tasks:
+        row = store.get(task.id)
+        assert row is not None
+        assert (row.input_ooi, row.organisation, row.hash, row.data) == (
+            task.input_ooi,
+            task.organisation,
+            task.hash,
+            task.data,
+        )
+
+
+def test_a_claim_without_an_object_stores_null(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    task = NewTaskFactory(input_ooi=None, data={"input_ooi": None})
+    assert store.claim([task]) == [task]
+    row = store.get(task.id)
+    assert row is not None and row.input_ooi is None and row.data == {"input_ooi": None}
+
+
+def test_new_schedules_keep_awkward_keys_and_a_missing_deadline(pg_engine: Engine) -> None:
+    store = ScheduleStore(pg_engine)
+    schedules = [NewScheduleFactory(input_ooi=key) for key in AWKWARD] + [NewScheduleFactory(deadline_at=None)]
+    assert store.add_many(schedules) == len(schedules)
+    found = store.states([s.hash for s in schedules])
+    assert set(found) == {s.hash for s in schedules}
+    assert found[schedules[-1].hash].deadline_at is None
+    assert all(state.enabled for state in found.values())
+
+
+@pytest.mark.parametrize("rows", [1, 2500])
+def test_claims_of_any_size_come_back_in_the_order_given(pg_engine: Engine, rows: int) -> None:
+    store = TaskStore(pg_engine)
+    tasks = NewTaskFactory.create_batch(rows)
+    assert store.claim(tasks) == tasks
+    fresh, twin = NewTaskFactory(), NewTaskFactory(input_ooi=tasks[-1].input_ooi)
+    assert store.claim([twin, fresh]) == [fresh]
