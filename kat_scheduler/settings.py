@@ -150,6 +150,15 @@ class Settings(BaseSettings):
         le=10000,
         description="Organisations planned by one planning task; a tick fans out one task per group.",
     )
+    plan_threads: int = Field(
+        3,
+        ge=1,
+        le=32,
+        description=(
+            "Organisations one planning task plans at once (threads): while one waits for Octopoes, "
+            "Bytes or the database, another computes. 1 plans them one after another."
+        ),
+    )
     events_batch_size: int = Field(
         500, ge=1, le=10000, description="Events the listener hands to its handlers at most at once."
     )

@@ -5,8 +5,13 @@ every type those boefjes consume (scan levels from the lowest clearance any of t
 then per page of objects: the static rules (pure), one query for pairs that already have a
 schedule, one for live tasks, one for our own history, and, only for pairs our history does not
 cover, Bytes' history of that boefje in bulk (once per organisation and boefje, newest first,
-only as far back as the grace period). Candidates are ranked, capped per organisation,
-interleaved across organisations, claimed and published in batches.
+only as far back as the grace period). Candidates are ranked and capped per organisation.
+
+``plan_threads`` organisations are planned at once, so one computes while others wait for a KAT
+service or the database; each organisation's candidates are claimed on a background thread as
+soon as it is planned (:class:`ClaimsAhead`). When all are planned, the claimed tasks are
+published in batches, most urgent band first with organisations taking turns. The cyclic garbage
+collector is paused meanwhile (:mod:`kat_scheduler.gcpause`).
 
 Every pair that is planned gets a schedule; re-runs then come from due schedules
 (:meth:`BoefjePlanner.queue_due`), so a second tick queues nothing new and a restart causes no
@@ -19,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -205,10 +210,9 @@ class BoefjePlanner:
         # backpressure per band), so they are claimed in the background, by the database on another
         # core, while the next organisation is planned. Publishing waits for all: it interleaves.
         with ClaimsAhead(None if dry_run else self._dispatcher(), self.settings.batch_size) as claims:
-            for org in orgs:
-                plan = self.plan_org(org, now)
+            for plan in self._plan_orgs(orgs, now):
                 if plan.error:
-                    report.errors[org] = plan.error
+                    report.errors[plan.organisation] = plan.error
                 report.skipped.update(plan.skipped)
                 plan.candidates = self._keep_bands(plan.candidates, max_band, report)
                 plans.append(plan)
@@ -223,6 +227,15 @@ class BoefjePlanner:
         report.schedules_created += self.schedules.add_many(grace, now=now)
         report.timings["bookkeeping"] = report.timings.get("bookkeeping", 0.0) + time.perf_counter() - started
         return report
+
+    def _plan_orgs(self, orgs: Sequence[str], now: datetime) -> Iterator[OrgPlan]:
+        """The plans of ``orgs``, in their order, ``plan_threads`` organisations planned at once."""
+        threads = min(self.settings.plan_threads, len(orgs))
+        if threads <= 1:
+            yield from (self.plan_org(org, now) for org in orgs)
+            return
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="plan") as pool:
+            yield from pool.map(lambda org: self.plan_org(org, now), orgs)
 
     def plan_org(self, organisation: str, now: datetime) -> OrgPlan:
         """The candidates of one organisation; a broken service answer is logged, not raised."""

@@ -241,3 +241,20 @@ def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, 
     row = planner.schedules.get_by_hash(schedule.hash)
     if world.plugin(schedule.plugin_id).scan_level > 0:
         assert not row.enabled and row.disabled_reason == str(SkipReason.CLEARANCE)
+
+
+def test_planning_several_organisations_at_once_plans_what_one_at_a_time_does(
+    planner_settings, clients, pg_engine
+) -> None:
+    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.storage import ScheduleStore, TaskStore
+
+    def planned(threads: int) -> list[tuple[str, str, str | None, int]]:
+        settings = planner_settings.model_copy(update={"plan_threads": threads})
+        planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings)
+        report = planner.plan(None, now=NOW, dry_run=True)
+        return [(c.organisation, c.boefje.id, c.input_ooi, c.rank.band) for c in report.planned]
+
+    one_by_one = planned(1)
+    assert len({org for org, *_ in one_by_one}) > 1
+    assert planned(4) == one_by_one
