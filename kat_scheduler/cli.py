@@ -157,6 +157,7 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
 @main.command("listen")
 def listen() -> None:
     """Consume KAT's events (scan_profile_mutations, raw_file_received) from QUEUE_URI and queue work."""
+    from kat_scheduler.events.bookkeeping import Bookkeeper
     from kat_scheduler.events.consumer import run_listener
     from kat_scheduler.events.handlers import make_handlers
     from kat_scheduler.plugin_cache import PluginCache
@@ -164,10 +165,14 @@ def listen() -> None:
     runtime = _planner_runtime()
     settings = runtime.settings
     plugins = PluginCache(runtime.clients.katalogus, ttl=settings.katalogus_cache_ttl)
-    handlers = make_handlers(plugins, runtime.tasks, runtime.schedules, runtime.publisher, settings)
+    bookkeeper = Bookkeeper()
+    handlers = make_handlers(
+        plugins, runtime.tasks, runtime.schedules, runtime.publisher, settings, bookkeeper=bookkeeper
+    )
     try:
         run_listener(settings, handlers)
     finally:
+        bookkeeper.close()
         runtime.close()
 
 

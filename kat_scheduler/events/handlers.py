@@ -1,8 +1,10 @@
 """What KAT's events turn into: boefje tasks, cancellations, normalizer tasks.
 
 Called by :class:`~kat_scheduler.events.consumer.EventConsumer` with a batch of validated events
-of one queue; everything a batch causes (claims, publishes, cancellations, schedule changes) is
-persisted before the handler returns, and only then are the messages acked.
+of one queue; the work a batch causes (claims, publishes, cancellations, schedules disabled) is
+done before the handler returns, and only then are the messages acked. Recording it (rows marked
+published, new schedules) is the :class:`~kat_scheduler.events.bookkeeping.Bookkeeper`'s, which
+the listener runs on a thread of its own, so the next batch starts meanwhile.
 
 Events consult our own record only (schedules, live tasks, our history), never Bytes: the planner
 already turned Bytes' history into schedules, so a mutation storm costs no Bytes calls, and the
@@ -16,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +27,7 @@ from kat_scheduler import ids
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Dispatchable, Dispatcher
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
+from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, TransientError
 from kat_scheduler.events.recording import RecordingHandler
 from kat_scheduler.hashing import normalizer_task_hash
@@ -85,8 +89,10 @@ class _Base:
         publisher: Publisher,
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
+        bookkeeper: Bookkeeper | None = None,
     ) -> None:
         self.plugins = plugins
+        self.bookkeeper = bookkeeper or Bookkeeper(threaded=False)
         self.tasks = tasks
         self.schedules = schedules
         self.dispatcher = Dispatcher(tasks, publisher)
@@ -109,9 +115,14 @@ class _Base:
             raise TransientError(f"Katalogus: {exc}") from exc
 
     def _dispatch(self, items: list[Dispatchable]) -> int:
+        """Claim and publish ``items``; marking them published is left to the bookkeeper."""
         queued = 0
         for start in range(0, len(items), self.settings.batch_size):
-            result = self.dispatcher.dispatch(items[start : start + self.settings.batch_size])
+            result = self.dispatcher.dispatch(items[start : start + self.settings.batch_size], mark=False)
+            if result.published_tasks:
+                self.bookkeeper.submit(
+                    "mark published", partial(self.tasks.mark_published, [t.id for t in result.published_tasks])
+                )
             if result.errors:
                 # Un-claimed rows are free again; what may have been sent stays for the reaper.
                 raise TransientError(f"publishing failed: {result.errors[0]}")
@@ -151,6 +162,7 @@ class MutationHandler(_Base):
             pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel)
         # 2. One statement each for the whole batch (hashes include the organisation).
         if cancel:
+            self.bookkeeper.flush()  # an earlier batch's schedule writes go first
             self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
             self.stats.schedules_disabled += self.schedules.disable_hashes(
                 cancel, "object deleted or scan level too low", now=now
@@ -169,7 +181,8 @@ class MutationHandler(_Base):
         schedules.extend(
             new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings) for c in candidates
         )
-        self.schedules.upsert(schedules, now=now)
+        if schedules:
+            self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
         return rejected
 
     def _pairs(
@@ -305,6 +318,7 @@ def make_handlers(
     *,
     record_runs: bool = True,
     record_interval: float = LISTENER_RECORD_INTERVAL,
+    bookkeeper: Bookkeeper | None = None,
 ) -> dict[str, Any]:
     """The handler per event queue, for :class:`~kat_scheduler.events.consumer.EventConsumer`.
 
@@ -313,8 +327,8 @@ def make_handlers(
     fails a batch.
     """
     handlers: dict[str, MutationHandler | RawFileHandler] = {
-        SCAN_PROFILE_MUTATIONS: MutationHandler(plugins, tasks, schedules, publisher, settings),
-        RAW_FILE_RECEIVED: RawFileHandler(plugins, tasks, schedules, publisher, settings),
+        SCAN_PROFILE_MUTATIONS: MutationHandler(plugins, tasks, schedules, publisher, settings, bookkeeper=bookkeeper),
+        RAW_FILE_RECEIVED: RawFileHandler(plugins, tasks, schedules, publisher, settings, bookkeeper=bookkeeper),
     }
     if not record_runs:
         return dict(handlers)

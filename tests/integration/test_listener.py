@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
-from kat_scheduler.storage import TaskRow
+from kat_scheduler.storage import ScheduleRow, TaskRow
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
 from tests.vhosts import own_vhost
 from tests.workers import ROOT, stop, wait_for
@@ -225,3 +225,45 @@ def test_killing_the_listener_mid_storm_loses_nothing_and_queues_nothing_twice(
     assert len(rows) == len({h for h, _ in rows}) == count * per_object
     assert {ref for _, ref in rows} == set(refs)
     assert partial <= count * per_object
+
+
+def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queued(
+    kat, world, bridge, events_url, postgres_uri, redis_url, pg_engine, tmp_path
+) -> None:
+    org = world.organisation_ids[0]
+    refs = [f"Hostname|internet|recorded-{n}.example.nl" for n in range(1000)]
+    bodies = [
+        {
+            "operation": "create",
+            "primary_key": ref,
+            "client_id": org,
+            "value": {
+                "primary_key": ref,
+                "object_type": "Hostname",
+                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": 2},
+            },
+        }
+        for ref in refs
+    ]
+    expected = len(refs) * len(expected_boefjes(world, org, "Hostname", 2))
+    assert bridge.publish_many("scan_profile_mutations", bodies) == len(refs)
+
+    def claimed() -> int:
+        with pg_engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
+
+    with open(tmp_path / "listener.log", "wb") as log:
+        process = start_listener(kat, events_url, postgres_uri, redis_url, log)
+        try:
+            assert wait_for(lambda: claimed() >= expected, timeout=60, interval=0.01)
+        finally:
+            stop(process)  # at once: the bookkeeping of the last batches may still be pending
+    assert process.returncode == 0, (tmp_path / "listener.log").read_text()
+    with pg_engine.connect() as conn:
+        unpublished = conn.execute(
+            select(func.count()).select_from(TaskRow).where(TaskRow.published_at.is_(None))
+        ).scalar_one()
+        scheduled = conn.execute(
+            select(func.count()).select_from(ScheduleRow).where(ScheduleRow.input_ooi.in_(refs))
+        ).scalar_one()
+    assert (claimed(), unpublished, scheduled) == (expected, 0, expected)
