@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ARRAY, Connection, String, Uuid, any_, bindparam
 from sqlalchemy.sql.elements import ColumnElement
@@ -41,16 +41,25 @@ def pg_array(values: Sequence[Any], sql_type: str) -> str:
     """
     if sql_type in _BARE_TYPES:
         return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
-    parts = []
-    for value in values:
-        if value is None:
-            parts.append("NULL")
-            continue
-        text = value.isoformat() if isinstance(value, datetime) else str(value)
-        if "\\" in text or '"' in text:
-            text = text.replace("\\", "\\\\").replace('"', '\\"')
-        parts.append('"' + text + '"')
-    return "{" + ",".join(parts) + "}"
+    first = next((v for v in values if v is not None), None)
+    texts: list[str | None]
+    if isinstance(first, datetime):
+        texts = [None if v is None else v.isoformat() for v in values]
+    elif first is None or isinstance(first, str):
+        texts = list(values)  # a column holds one type: str here
+    else:
+        texts = [None if v is None else str(v) for v in values]
+    if None not in texts:
+        # The common case, escaped in one go: NUL (which PostgreSQL text never holds) marks the
+        # boundaries while the joined text is escaped, then becomes the quoted separator.
+        joined = "\0".join(cast(list[str], texts))
+        if joined.count("\0") == len(texts) - 1:
+            return '{"' + _escape(joined).replace("\0", '","') + '"}'
+    return "{" + ",".join("NULL" if t is None else '"' + _escape(t) + '"' for t in texts) + "}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def pg_insert_rows(

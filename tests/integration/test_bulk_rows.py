@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import Engine
 
@@ -25,6 +27,11 @@ AWKWARD = [
 def test_text_is_quoted_and_escaped_and_none_is_null() -> None:
     assert pg_array(["a", None, 'x"y', "b\\c"], "text") == '{"a",NULL,"x\\"y","b\\\\c"}'
     assert pg_array([1, None, 3], "integer") == "{1,NULL,3}"
+    assert pg_array([], "text") == "{}"
+    moment = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    assert pg_array([moment, None], "timestamptz") == '{"2026-11-22T10:00:00+00:00",NULL}'
+    # A NUL inside a value cannot be mistaken for a boundary between values.
+    assert pg_array(["a\0b", "c"], "text") == '{"a\0b","c"}'
 
 
 def test_a_claim_stores_awkward_object_keys_and_payloads_unchanged(pg_engine: Engine) -> None:
