@@ -76,24 +76,30 @@ class Dispatcher:
         return self.publish(self.claim(items), mark=mark)
 
     def claim(self, items: Sequence[Dispatchable]) -> Claim:
-        """Step 1: claim the rows; the result says which won and what to publish for them."""
+        """Step 1: claim the rows; the result says which won and what to publish for them.
+
+        The messages are prepared (encoded) first: a message that could never be published
+        fails the call before any row is claimed, and publishing later only sends.
+        """
         from kat_scheduler.publisher import OutgoingMessage
 
         if not items:
             return Claim(offered=0, tasks=[], messages=[])
+        messages = self.publisher.prepare(
+            [
+                OutgoingMessage(
+                    task_id=item.task.id,
+                    task_name=item.task_name,
+                    queue=item.queue,
+                    band=item.task.band,
+                    kwargs=item.kwargs,
+                )
+                for item in items
+            ]
+        )
         claimed = self.store.claim([item.task for item in items])
-        by_id = {item.task.id: item for item in items}
-        messages = [
-            OutgoingMessage(
-                task_id=task.id,
-                task_name=by_id[task.id].task_name,
-                queue=by_id[task.id].queue,
-                band=task.band,
-                kwargs=by_id[task.id].kwargs,
-            )
-            for task in claimed
-        ]
-        return Claim(offered=len(items), tasks=claimed, messages=messages)
+        by_id = {message.task_id: message for message in messages}
+        return Claim(offered=len(items), tasks=claimed, messages=[by_id[task.id] for task in claimed])
 
     def publish(self, claim: Claim, *, mark: bool = True) -> DispatchResult:
         """Step 2: publish what was claimed, in order; un-claim what was certainly not sent."""

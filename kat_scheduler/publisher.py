@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -45,6 +45,8 @@ class OutgoingMessage:
     band: int
     #: Keyword arguments of the task: JSON-able, shown in Flower, never secrets.
     kwargs: dict[str, Any]
+    #: The message as its publisher will send it, when :meth:`Publisher.prepare` encoded it ahead.
+    prepared: str | None = field(default=None, compare=False, repr=False)
 
 
 class BrokerError(Exception):
@@ -80,6 +82,14 @@ class Publisher(Protocol):
         were certainly published; ``ValueError`` or ``TypeError`` for a message that can never
         be published (unknown queue, band out of range, kwargs not JSON-able), before anything
         is sent.
+        """
+        ...
+
+    def prepare(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        """``messages`` with as much of their encoding done as can be done ahead, on any thread.
+
+        Publishing the result then only sends. Raises ``ValueError`` or ``TypeError`` for a
+        message that can never be published, as :meth:`publish` would.
         """
         ...
 

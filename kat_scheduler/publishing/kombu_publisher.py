@@ -131,6 +131,13 @@ class KombuPublisher:
             for start in range(0, len(encoded), self.chunk_size):
                 self._publish_chunk(encoded[start : start + self.chunk_size], published)
 
+    def prepare(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        # kombu encodes again as it sends: here only what would make publish() refuse the batch.
+        sender = origin()
+        for message in messages:
+            self._encode(message, sender)
+        return list(messages)
+
     def queue_depth(self, queue: str) -> int:
         self._check_queue(queue)
         with self._lock:

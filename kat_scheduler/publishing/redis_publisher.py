@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -104,6 +105,15 @@ class RedisPublisher:
         for chunk in chunks:
             self._push(chunk, published)
 
+    def prepare(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        envelope = self._envelope_maker()
+        prepared = []
+        for message in messages:
+            self._check_queue(message.queue)
+            text = envelope(message, broker_priority(message.band, "redis"))
+            prepared.append(replace(message, prepared=text))
+        return prepared
+
     def queue_depth(self, queue: str) -> int:
         return sum(self.depth_by_priority(queue).values())
 
@@ -147,9 +157,8 @@ class RedisPublisher:
         for message in messages:
             self._check_queue(message.queue)
             priority = broker_priority(message.band, "redis")
-            by_key.setdefault(self.keys.key(message.queue, priority), []).append(
-                (message.task_id, envelope(message, priority))
-            )
+            text = message.prepared if message.prepared is not None else envelope(message, priority)
+            by_key.setdefault(self.keys.key(message.queue, priority), []).append((message.task_id, text))
         return by_key
 
     def _push(self, chunk: Chunk, published: list[uuid.UUID]) -> None:

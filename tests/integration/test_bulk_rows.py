@@ -74,3 +74,25 @@ def test_claims_of_any_size_come_back_in_the_order_given(pg_engine: Engine, rows
     assert store.claim(tasks) == tasks
     fresh, twin = NewTaskFactory(), NewTaskFactory(input_ooi=tasks[-1].input_ooi)
     assert store.claim([twin, fresh]) == [fresh]
+
+
+def test_a_message_that_can_never_be_published_is_refused_before_its_row_is_claimed(
+    pg_engine: Engine, redis_url: str
+) -> None:
+    from kat_scheduler.dispatch import Dispatchable, Dispatcher
+    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.settings import load_settings
+
+    store = TaskStore(pg_engine)
+    publisher = make_publisher(load_settings(broker_url=redis_url))
+    try:
+        good, bad = NewTaskFactory(), NewTaskFactory()
+        items = [
+            Dispatchable(good, "kat.boefje.run", "boefjes", {"input_ooi": good.input_ooi}),
+            Dispatchable(bad, "kat.boefje.run", "boefjes", {"when": object()}),
+        ]
+        with pytest.raises(TypeError):
+            Dispatcher(store, publisher).claim(items)
+        assert store.get(good.id) is None and store.get(bad.id) is None
+    finally:
+        publisher.close()

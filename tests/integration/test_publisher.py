@@ -76,8 +76,14 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["encoded-when-sent", "prepared-ahead"])
 def test_a_bulk_published_backlog_is_consumed_by_a_stock_worker_most_urgent_first_with_kwargs_intact(
-    settings: Settings, publisher: Publisher, redis_url: str, probe_results: redis.Redis, tmp_path: Path
+    settings: Settings,
+    publisher: Publisher,
+    redis_url: str,
+    probe_results: redis.Redis,
+    tmp_path: Path,
+    prepared: bool,
 ) -> None:
     bands = [band for band in range(10) for _ in range(3)]
     random.Random(11).shuffle(bands)
@@ -92,7 +98,7 @@ def test_a_bulk_published_backlog_is_consumed_by_a_stock_worker_most_urgent_firs
         for index, band in enumerate(bands)
     ]
 
-    publisher.publish(messages)
+    publisher.publish(publisher.prepare(messages) if prepared else messages)
     assert publisher.queue_depth(Queue.BOEFJES) == len(messages)
 
     with celery_worker(
@@ -235,4 +241,8 @@ def test_a_message_that_can_never_be_sent_fails_the_call_before_anything_is_sent
         publisher.publish([message(0), message(0, queue="boefjse")])
     with pytest.raises(TypeError):
         publisher.publish([message(0), message(0, when=object())])
+    with pytest.raises(ValueError, match="unknown queue"):
+        publisher.prepare([message(0), message(0, queue="boefjse")])
+    with pytest.raises(TypeError):
+        publisher.prepare([message(0), message(0, when=object())])
     assert publisher.queue_depth(Queue.BOEFJES) == 0
