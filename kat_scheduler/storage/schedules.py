@@ -7,13 +7,13 @@ backlog of any size is worked through without a per-tick cap.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, Insert, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -91,7 +91,7 @@ def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
         schedule.plugin_id,
         schedule.input_ooi,
         schedule.hash,
-        json.dumps(schedule.data),
+        orjson.dumps(schedule.data).decode(),
         schedule.deadline_at,
         schedule.schedule,
         schedule.interval,
