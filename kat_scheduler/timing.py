@@ -37,6 +37,19 @@ def next_cron(expression: str, after: datetime) -> datetime:
     return following
 
 
+@functools.lru_cache(maxsize=1024)
+def last_cron(expression: str, moment: datetime) -> datetime:
+    """The latest time of cron ``expression`` at or before ``moment``.
+
+    A cron boefje last run at ``a`` is due at ``moment`` exactly when ``a < last_cron(moment)``
+    (some cron time fell in ``(a, moment]``), which is what ``next_cron(a) <= moment`` says, with
+    one cron calculation per tick instead of one per object.
+    """
+    latest: datetime = croniter(expression, moment).get_prev(datetime)
+    following = next_cron(expression, latest)
+    return following if following <= moment else latest
+
+
 def next_deadline(
     boefje: Boefje,
     after: datetime,

@@ -65,7 +65,7 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from kat_scheduler.timing import next_cron, next_deadline, period
+from kat_scheduler.timing import last_cron, next_cron, next_deadline, period
 
 if TYPE_CHECKING:
     from kat_scheduler.publisher import OutgoingMessage, Publisher
@@ -115,7 +115,7 @@ def _is_due(boefje: Boefje, last_run: datetime | None, now: datetime, default_gr
     if last_run is None:
         return True
     if boefje.cron:
-        return next_cron(boefje.cron, last_run) <= now
+        return last_run < last_cron(boefje.cron, now)
     return grace_skip(boefje, last_run, now, default_grace) is None
 
 

@@ -1,7 +1,10 @@
+import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from kat_scheduler.hashing import boefje_task_hash
-from kat_scheduler.timing import jitter_fraction, next_deadline
+from kat_scheduler.timing import jitter_fraction, last_cron, next_cron, next_deadline
 from tests.factories import BoefjeFactory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -33,3 +36,21 @@ def test_jitter_is_stable_per_schedule_and_spreads_schedules() -> None:
     assert jitter_fraction(hashes[0]) == fractions[0]
     # Spread: every tenth of the range gets some schedules.
     assert len({int(f * 10) for f in fractions}) == 10
+
+
+@pytest.mark.parametrize("expression", ["0 3 * * *", "*/15 * * * *", "30 2 * * 1", "0 0 1 * *", "17 */5 * * *"])
+def test_a_cron_boefje_is_due_exactly_when_a_cron_time_passed_since_its_last_run(expression: str) -> None:
+    now = datetime(2026, 11, 22, 10, 45, tzinfo=UTC)
+    rng = random.Random(expression)
+    last_runs = [now - timedelta(seconds=rng.randrange(0, 40 * 86400)) for _ in range(300)]
+    # The fire times themselves, and a second either side of them, are the edge cases.
+    fire = last_cron(expression, now)
+    last_runs += [fire, fire - timedelta(seconds=1), fire + timedelta(seconds=1), now]
+    for last_run in last_runs:
+        assert (last_run < last_cron(expression, now)) == (next_cron(expression, last_run) <= now), last_run
+
+
+def test_the_last_cron_time_may_be_the_moment_itself() -> None:
+    on_the_hour = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+    assert last_cron("0 3 * * *", on_the_hour) == on_the_hour
+    assert last_cron("0 3 * * *", on_the_hour - timedelta(seconds=1)) == on_the_hour - timedelta(days=1)
