@@ -79,23 +79,31 @@ def pg_insert_rows(
     Each page of rows goes as one array literal per column, built here and bound as one string:
     a few string joins per column instead of psycopg2's per-row ``mogrify`` of a ``VALUES`` list
     (which cost more CPU than everything else in a claim), and PostgreSQL parses a dozen arrays
-    instead of thousands of row expressions. Rows are inserted in the order given. Runs in
-    ``conn``'s transaction; returns the first ``returning`` column of every row inserted.
+    instead of thousands of row expressions. A column holding one value in every row of the page
+    (a status, a timestamp, often the organisation) is sent once, as ``array_fill(value, n)``.
+    Rows are inserted in the order given. Runs in ``conn``'s transaction; returns the first
+    ``returning`` column of every row inserted.
     """
     names = list(columns)
-    arrays = ", ".join(f"%s::{columns[name]}[]" for name in names)
-    sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) ON CONFLICT {conflict}"
-    if returning:
-        sql += f" RETURNING {returning}"
+    head = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest("
+    tail = f") ON CONFLICT {conflict}" + (f" RETURNING {returning}" if returning else "")
     found: list[Any] = []
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         for start in range(0, len(rows), page_size):
             page = rows[start : start + page_size]
-            params = [
-                pg_array(values, columns[name]) for name, values in zip(names, zip(*page, strict=True), strict=True)
-            ]
-            cursor.execute(sql, params)
+            arrays: list[str] = []
+            params: list[Any] = []
+            for name, values in zip(names, zip(*page, strict=True), strict=True):
+                sql_type = columns[name]
+                if len(values) > 1 and values.count(values[0]) == len(values):
+                    # The same value in every row (a status, a timestamp): sent once.
+                    arrays.append(f"array_fill(%s::{sql_type}, ARRAY[{len(values)}])")
+                    params.append(values[0])
+                else:
+                    arrays.append(f"%s::{sql_type}[]")
+                    params.append(pg_array(values, sql_type))
+            cursor.execute(head + ", ".join(arrays) + tail, params)
             if returning:
                 found.extend(row[0] for row in cursor.fetchall())
     finally:

@@ -96,3 +96,14 @@ def test_a_message_that_can_never_be_published_is_refused_before_its_row_is_clai
         assert store.get(good.id) is None and store.get(bad.id) is None
     finally:
         publisher.close()
+
+
+def test_columns_with_one_value_in_every_row_arrive_in_every_row(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    same = NewTaskFactory.create_batch(300, organisation='one "org"', reason=None, schedule_id=None)
+    assert store.claim(same) == same
+    rows = [store.get(task.id) for task in same]
+    assert {(r.organisation, r.reason, r.schedule_id, r.band) for r in rows if r is not None} == {
+        ('one "org"', None, None, 5)
+    }
+    assert len({r.created_at for r in rows if r is not None}) == 1
