@@ -30,6 +30,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -120,6 +122,21 @@ class Backoff:
 
 class _Poison(Exception):
     """A message that can never become an event."""
+
+
+#: While a batch is being handled, how often (seconds) the receiving loop looks whether it is done.
+HANDLER_POLL = 0.002
+
+
+@dataclass
+class _InFlight:
+    """A batch handed to the handler's thread, waiting to be acked."""
+
+    queue: str
+    held: list[Message]
+    events: int
+    future: Future[dict[int, str]]
+    started: float
 
 
 #: A batch is handed over at the latest this long after its first message, however busy the queue.
@@ -281,14 +298,37 @@ class EventConsumer:
             self.prefetch,
         )
 
-        while not (stop.is_set() or self._finished(max_batches)):
-            self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
-            due = batches.next_due(time.monotonic())
-            if due is not None:
-                self._handle(producer, *due, stop)
-                continue
-            with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
-                connection.drain_events(timeout=batches.wait(time.monotonic()))
+        # One batch is handled at a time, on a thread of its own, while this thread goes on
+        # receiving (and decoding) the next one; acks and dead letters stay on this thread, which
+        # owns the channel. A batch in flight when the connection fails is waited for and left
+        # unacked: the broker delivers its events again, and the claim keeps that harmless.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+        inflight: _InFlight | None = None
+        try:
+            while not (stop.is_set() or self._finished(max_batches)):
+                self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
+                if inflight is not None and inflight.future.done():
+                    self._settle(producer, inflight, stop)
+                    inflight = None
+                    continue
+                if inflight is None:
+                    due = batches.next_due(time.monotonic())
+                    if due is not None:
+                        inflight = self._start(producer, *due, executor)
+                        continue
+                wait = batches.wait(time.monotonic())
+                if inflight is not None:
+                    wait = min(wait, HANDLER_POLL)
+                with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
+                    connection.drain_events(timeout=wait)
+            if inflight is not None:
+                futures_wait([inflight.future])
+                self._settle(producer, inflight, stop)
+                inflight = None
+        finally:
+            if inflight is not None:
+                futures_wait([inflight.future])
+            executor.shutdown(wait=True)
 
         for consumer in consumers:
             consumer.cancel()
@@ -325,7 +365,10 @@ class EventConsumer:
 
     # --- one batch -----------------------------------------------------------------------
 
-    def _handle(self, producer: Producer, queue: str, messages: list[Message], stop: threading.Event) -> None:
+    def _start(
+        self, producer: Producer, queue: str, messages: list[Message], executor: ThreadPoolExecutor
+    ) -> _InFlight | None:
+        """Decode a batch, dead-letter its poison, and hand the rest to the handler's thread."""
         self._count("batches")
         events: list[BaseModel] = []
         held: list[Message] = []
@@ -336,29 +379,34 @@ class EventConsumer:
             except _Poison as exc:
                 self._dead_letter(producer, queue, message, str(exc))
         if not events:
-            return
+            return None
+        future = executor.submit(self._run_handler, queue, events)
+        return _InFlight(queue, held, len(events), future, time.monotonic())
 
-        started = time.monotonic()
-        try:
-            with collector_paused():
-                rejected = {r.index: r.reason for r in self.handlers[queue](queue, events)}
-        except Exception as exc:
-            self._retry_later(queue, held, exc, stop)
+    def _run_handler(self, queue: str, events: list[BaseModel]) -> dict[int, str]:
+        with collector_paused():
+            return {r.index: r.reason for r in self.handlers[queue](queue, events)}
+
+    def _settle(self, producer: Producer, batch: _InFlight, stop: threading.Event) -> None:
+        """Ack a handled batch (dead-lettering what the handler rejected), or requeue it on failure."""
+        error = batch.future.exception()
+        if error is not None:
+            self._retry_later(batch.queue, batch.held, error, stop)
             return
         self._handler_backoff.reset()
-
-        for index, message in enumerate(held):
+        rejected = batch.future.result()
+        for index, message in enumerate(batch.held):
             reason = rejected.pop(index, None)
             if reason is None:
                 message.ack()
                 self._count("acked")
             else:
-                self._dead_letter(producer, queue, message, reason)
+                self._dead_letter(producer, batch.queue, message, reason)
         if rejected:
-            logger.warning("%s: the handler rejected indices outside its batch: %s", queue, sorted(rejected))
-        logger.debug("%s: handled %d events in %.3f s", queue, len(events), time.monotonic() - started)
+            logger.warning("%s: the handler rejected indices outside its batch: %s", batch.queue, sorted(rejected))
+        logger.debug("%s: handled %d events in %.3f s", batch.queue, batch.events, time.monotonic() - batch.started)
 
-    def _retry_later(self, queue: str, messages: list[Message], exc: Exception, stop: threading.Event) -> None:
+    def _retry_later(self, queue: str, messages: list[Message], exc: BaseException, stop: threading.Event) -> None:
         delay = self._handler_backoff.next()
         if isinstance(exc, TransientError):
             logger.warning("%s: %d events not handled (%s); requeued in %.1f s", queue, len(messages), exc, delay)

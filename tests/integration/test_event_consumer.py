@@ -297,6 +297,34 @@ def test_a_burst_reaches_the_handler_in_batches(broker: str) -> None:
     assert_nothing_left(broker, SCAN_PROFILE_MUTATIONS)
 
 
+def test_the_next_batch_is_received_while_one_is_handled_and_batches_never_overlap(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(600)])
+    running = threading.Lock()
+    overlapped: list[int] = []
+    received_meanwhile: list[int] = []
+    consumer: EventConsumer
+
+    def slow(number: int) -> None:
+        if not running.acquire(blocking=False):
+            overlapped.append(number)
+            return
+        try:
+            before = consumer.stats()["received"]
+            time.sleep(0.3)
+            received_meanwhile.append(consumer.stats()["received"] - before)
+        finally:
+            running.release()
+
+    handler = FakeHandler(before=slow)
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100)
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=600), 30), consumer.stats()
+
+    assert overlapped == []
+    assert handler.handled() == [key(n) for n in range(600)]  # one batch after another, in order
+    assert any(count > 0 for count in received_meanwhile[:-1]), received_meanwhile
+
+
 def test_poison_messages_are_dead_lettered_and_the_next_event_is_handled(
     broker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
