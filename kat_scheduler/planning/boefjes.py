@@ -26,7 +26,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -147,7 +147,10 @@ class ClaimsAhead:
 
     def _claim(self, candidates: Sequence[Candidate]) -> Claim:
         assert self.dispatcher is not None
-        return self.dispatcher.claim([_dispatchable(c) for c in candidates])
+        claim = self.dispatcher.claim([_dispatchable(c) for c in candidates])
+        # The payloads are in the database now; only ids and hashes are needed until the publish,
+        # which waits for every organisation: let them go now (a tenth of a cold tick's memory).
+        return Claim(claim.offered, [replace(task, data={}) for task in claim.tasks], claim.messages)
 
     def won(self) -> dict[str, tuple[NewTask, OutgoingMessage]]:
         """Every claimed task and its message, by hash."""

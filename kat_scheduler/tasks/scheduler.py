@@ -38,6 +38,7 @@ def _fresh_process(**_: Any) -> None:
 def summary(report: PlanReport) -> dict[str, Any]:
     """A JSON-able account of a tick, the task's result (and what Flower shows)."""
     return {
+        "now": report.now.isoformat(),
         "organisations": len(report.organisations),
         "planned": len(report.planned),
         "claimed": report.dispatch.claimed,
