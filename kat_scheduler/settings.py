@@ -156,7 +156,8 @@ class Settings(BaseSettings):
         le=32,
         description=(
             "Organisations one planning task plans at once (threads): while one waits for Octopoes, "
-            "Bytes or the database, another computes. 1 plans them one after another."
+            "Bytes or the database, another computes. 1 plans them one after another. Each holds a "
+            "database connection: SCHEDULER_DB_POOL_SIZE must be at least (this + 3) / 2."
         ),
     )
     events_batch_size: int = Field(
@@ -334,6 +335,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{env_name('visibility_timeout')} ({self.visibility_timeout}) must be greater than "
                 f"{env_name('hard_time_limit')} ({self.hard_time_limit}), or a running task is redelivered"
+            )
+
+        # A tick holds a connection per planning thread, one for its claims and one for itself;
+        # more than the pool (plus its overflow) allows would leave threads waiting for one.
+        if self.plan_threads + 2 > 2 * self.db_pool_size:
+            raise ValueError(
+                f"{env_name('plan_threads')} ({self.plan_threads}) needs "
+                f"{env_name('db_pool_size')} of at least {(self.plan_threads + 3) // 2} "
+                f"(each planning thread holds a database connection; got {self.db_pool_size})"
             )
 
     @property

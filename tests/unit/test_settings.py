@@ -73,6 +73,14 @@ def test_a_visibility_timeout_shorter_than_the_hard_limit_is_refused(monkeypatch
         load_settings()
 
 
+def test_more_planning_threads_than_database_connections_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_PLAN_THREADS", "12")
+    with pytest.raises(SettingsError, match="SCHEDULER_DB_POOL_SIZE of at least 7"):
+        load_settings()
+    monkeypatch.setenv("SCHEDULER_DB_POOL_SIZE", "7")
+    assert load_settings().plan_threads == 12
+
+
 def test_every_setting_is_described_and_documented() -> None:
     doc = settings_markdown()
     dist = settings_env_dist()
