@@ -402,12 +402,20 @@ class BoefjePlanner:
         won = claims.won()
         report.dispatch.offered += claims.offered
         size = self.settings.batch_size
-        order = [c for c in candidates if c.hash in won]
+        order: list[Candidate] = []
+        sent: dict[str, tuple[NewTask, OutgoingMessage]] = {}
+        for candidate in candidates:
+            # Once per hash: Octopoes' paging may list an object twice, which makes two candidates
+            # of one pair, of which one claim won.
+            claimed = won.pop(candidate.hash, None)
+            if claimed is not None:
+                sent[candidate.hash] = claimed
+                order.append(candidate)
         published: list[Candidate] = []
         published_ids: list[uuid.UUID] = []
         by_hash = {c.hash: c for c in order}
         for start in range(0, len(order), size):
-            chunk = [won[c.hash] for c in order[start : start + size]]
+            chunk = [sent[c.hash] for c in order[start : start + size]]
             claim = Claim(offered=0, tasks=[task for task, _ in chunk], messages=[message for _, message in chunk])
             result = dispatcher.publish(claim, mark=False)
             published.extend(by_hash[t.hash] for t in result.published_tasks)

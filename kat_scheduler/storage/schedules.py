@@ -101,6 +101,12 @@ def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
     )
 
 
+def _one_per_hash(schedules: Sequence[NewSchedule]) -> list[NewSchedule]:
+    """``schedules`` in hash order (the same lock order in racing producers), the last of each hash
+    only: one statement may not write a row twice (``ON CONFLICT DO UPDATE`` refuses to)."""
+    return sorted({s.hash: s for s in schedules}.values(), key=lambda s: s.hash)
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleRecord:
     """A schedule carried over whole from elsewhere (``kat-scheduler import-mula``): its own id,
@@ -162,7 +168,7 @@ class ScheduleStore:
             return 0
         now = now or utcnow()
         created = 0
-        ordered = sorted(schedules, key=lambda s: s.hash)  # same lock order in racing producers
+        ordered = _one_per_hash(schedules)  # same lock order in racing producers
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 return len(
@@ -241,7 +247,7 @@ class ScheduleStore:
         if not schedules:
             return
         now = now or utcnow()
-        ordered = sorted(schedules, key=lambda s: s.hash)
+        ordered = _one_per_hash(schedules)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 pg_insert_rows(

@@ -258,3 +258,29 @@ def test_planning_several_organisations_at_once_plans_what_one_at_a_time_does(
     one_by_one = planned(1)
     assert len({org for org, *_ in one_by_one}) > 1
     assert planned(4) == one_by_one
+
+
+def test_an_object_listed_twice_by_octopoes_is_queued_once_and_the_tick_completes(
+    planner, world, pg_engine, redis_url, monkeypatch
+) -> None:
+    octopoes = planner.clients.octopoes
+    listing = octopoes.iter_objects
+
+    def repeating(*args, **kwargs):  # offset paging while objects are added repeats some
+        first = None
+        for page in listing(*args, **kwargs):
+            first = first or page
+            yield page
+        if first:
+            yield first[:3]
+
+    monkeypatch.setattr(octopoes, "iter_objects", repeating)
+    report = planner.plan(None, now=NOW)
+    assert not report.errors
+    expected = allowed_boefje_tasks(world, NOW)
+    queued = queued_triples(pg_engine)
+    assert sorted(queued) == sorted(expected)
+    assert len(broker_messages(redis_url)) == len(expected)
+    with pg_engine.connect() as conn:
+        scheduled = conn.execute(select(ScheduleRow.hash)).scalars().all()
+    assert len(scheduled) == len(set(scheduled)) >= len(expected)
