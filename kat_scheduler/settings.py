@@ -157,7 +157,8 @@ class Settings(BaseSettings):
         description=(
             "Organisations one planning task plans at once (threads): while one waits for Octopoes, "
             "Bytes or the database, another computes. 1 plans them one after another. Each holds a "
-            "database connection: SCHEDULER_DB_POOL_SIZE must be at least (this + 3) / 2."
+            "database connection: SCHEDULER_DB_POOL_SIZE must be at least (this + 1) / 2 (the default "
+            "shrinks to fit a smaller pool)."
         ),
     )
     events_batch_size: int = Field(
@@ -337,14 +338,18 @@ class Settings(BaseSettings):
                 f"{env_name('hard_time_limit')} ({self.hard_time_limit}), or a running task is redelivered"
             )
 
-        # A tick holds a connection per planning thread, one for its claims and one for itself;
-        # more than the pool (plus its overflow) allows would leave threads waiting for one.
-        if self.plan_threads + 2 > 2 * self.db_pool_size:
-            raise ValueError(
-                f"{env_name('plan_threads')} ({self.plan_threads}) needs "
-                f"{env_name('db_pool_size')} of at least {(self.plan_threads + 3) // 2} "
-                f"(each planning thread holds a database connection; got {self.db_pool_size})"
-            )
+        # A tick's planning threads and its claim thread each hold a database connection; more
+        # than the pool (plus as many overflow) allows would leave threads waiting for one. An
+        # explicit setting that cannot be served is refused; the default shrinks to fit.
+        fits = 2 * self.db_pool_size - 1
+        if self.plan_threads > fits:
+            if "plan_threads" in self.model_fields_set:
+                raise ValueError(
+                    f"{env_name('plan_threads')} ({self.plan_threads}) needs {env_name('db_pool_size')} of at "
+                    f"least {(self.plan_threads + 2) // 2} (each planning thread holds a database connection; "
+                    f"got {self.db_pool_size})"
+                )
+            self.plan_threads = fits
 
     @property
     def effective_visibility_timeout(self) -> int:

@@ -81,6 +81,13 @@ def test_more_planning_threads_than_database_connections_is_refused(monkeypatch:
     assert load_settings().plan_threads == 12
 
 
+def test_the_default_planning_threads_shrink_to_a_small_database_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_DB_POOL_SIZE", "1")
+    assert load_settings().plan_threads == 1
+    monkeypatch.setenv("SCHEDULER_DB_POOL_SIZE", "2")
+    assert load_settings().plan_threads == 3
+
+
 def test_every_setting_is_described_and_documented() -> None:
     doc = settings_markdown()
     dist = settings_env_dist()
