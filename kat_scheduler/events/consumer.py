@@ -30,11 +30,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
@@ -124,8 +124,15 @@ class _Poison(Exception):
     """A message that can never become an event."""
 
 
+T = TypeVar("T")
+
 #: While a batch is being handled, how often (seconds) the receiving loop looks whether it is done.
 HANDLER_POLL = 0.002
+
+
+#: A batch in the handler for longer than this (seconds) stops the heartbeat: the listener is
+#: connected but stuck (a service or the database hanging past its timeouts).
+STALLED_AFTER = 120.0
 
 
 @dataclass
@@ -137,6 +144,36 @@ class _InFlight:
     events: int
     future: Future[dict[int, str]]
     started: float
+    warned: bool = False
+
+    def stalled(self, now: float) -> bool:
+        if now - self.started < STALLED_AFTER:
+            return False
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "%s: a batch of %d events has been in the handler for %.0f s; the heartbeat stops until it is done",
+                self.queue,
+                self.events,
+                now - self.started,
+            )
+        return True
+
+
+def _in_daemon_thread(function: Callable[..., T], *args: Any) -> Future[T]:
+    """``function(*args)`` on a daemon thread of its own (a process exiting does not wait for it)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed to the receiving thread, which decides
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="events-handler", daemon=True).start()
+    return future
 
 
 #: A batch is handed over at the latest this long after its first message, however busy the queue.
@@ -302,21 +339,22 @@ class EventConsumer:
         # receiving (and decoding) the next one; acks and dead letters stay on this thread, which
         # owns the channel. A batch in flight when the connection fails is waited for and left
         # unacked: the broker delivers its events again, and the claim keeps that harmless.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
         inflight: _InFlight | None = None
         try:
             while not (stop.is_set() or self._finished(max_batches)):
-                self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
+                now = time.monotonic()
+                if inflight is None or not inflight.stalled(now):
+                    self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
                 if inflight is not None and inflight.future.done():
                     self._settle(producer, inflight, stop)
                     inflight = None
                     continue
                 if inflight is None:
-                    due = batches.next_due(time.monotonic())
+                    due = batches.next_due(now)
                     if due is not None:
-                        inflight = self._start(producer, *due, executor)
+                        inflight = self._start(producer, *due)
                         continue
-                wait = batches.wait(time.monotonic())
+                wait = batches.wait(now)
                 if inflight is not None:
                     wait = min(wait, HANDLER_POLL)
                 with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
@@ -325,10 +363,14 @@ class EventConsumer:
                 futures_wait([inflight.future])
                 self._settle(producer, inflight, stop)
                 inflight = None
+        except (SystemExit, KeyboardInterrupt):
+            # A second signal: leave at once. The handler's thread is a daemon and ends with the
+            # process; its events were not acked, so the broker delivers them again.
+            inflight = None
+            raise
         finally:
-            if inflight is not None:
+            if inflight is not None:  # the connection failed: let the batch finish before the next
                 futures_wait([inflight.future])
-            executor.shutdown(wait=True)
 
         for consumer in consumers:
             consumer.cancel()
@@ -365,9 +407,7 @@ class EventConsumer:
 
     # --- one batch -----------------------------------------------------------------------
 
-    def _start(
-        self, producer: Producer, queue: str, messages: list[Message], executor: ThreadPoolExecutor
-    ) -> _InFlight | None:
+    def _start(self, producer: Producer, queue: str, messages: list[Message]) -> _InFlight | None:
         """Decode a batch, dead-letter its poison, and hand the rest to the handler's thread."""
         self._count("batches")
         events: list[BaseModel] = []
@@ -380,7 +420,7 @@ class EventConsumer:
                 self._dead_letter(producer, queue, message, str(exc))
         if not events:
             return None
-        future = executor.submit(self._run_handler, queue, events)
+        future = _in_daemon_thread(self._run_handler, queue, events)
         return _InFlight(queue, held, len(events), future, time.monotonic())
 
     def _run_handler(self, queue: str, events: list[BaseModel]) -> dict[int, str]:

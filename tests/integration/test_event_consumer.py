@@ -460,6 +460,24 @@ def test_sigterm_finishes_the_current_batch_and_leaves_the_rest(
     assert depth(amqp_events, SCAN_PROFILE_MUTATIONS) == 400 - len(done)  # the rest is back on the queue
 
 
+def test_a_second_sigterm_exits_at_once_and_the_batch_in_the_handler_comes_back(
+    amqp_events: str, redis_url: str, tmp_path: Path
+) -> None:
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(100)])
+    record = redis.Redis.from_url(redis_url, decode_responses=True)
+    log = tmp_path / "listener.log"
+    with script(log, amqp_events, redis_url, "--listener", "--sleep", "30") as process:
+        assert wait_for(lambda: record.llen(STARTED) > 0, 20), log.read_text()
+        os.killpg(process.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+        assert time.monotonic() - started < 5, log.read_text()  # not after the 30 s batch
+    assert record.llen(DONE) == 0
+    assert wait_for(lambda: depth(amqp_events, SCAN_PROFILE_MUTATIONS) == 100, 10)  # nothing acked, all back
+
+
 def close_our_connections() -> None:
     """Have RabbitMQ close every connection on our vhost, as a broker restart would."""
     listed = subprocess.run(
@@ -512,6 +530,28 @@ def test_an_idle_connected_listener_keeps_its_heartbeat_fresh(broker: str, tmp_p
         first = alive.stat().st_mtime_ns
         assert wait_for(lambda: alive.stat().st_mtime_ns > first, 5), "an idle listener stopped beating"
     assert age(alive) is not None and age(alive) < 5
+
+
+def test_a_listener_stuck_in_its_handler_stops_beating_and_beats_again_after(
+    amqp_events: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kat_scheduler.events import consumer as consumer_module
+    from kat_scheduler.heartbeat import Heartbeat
+
+    monkeypatch.setattr(consumer_module, "STALLED_AFTER", 0.5)
+    alive = tmp_path / "alive"
+    handler = FakeHandler(before=lambda number: time.sleep(3) if number == 1 else None)
+    consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler}, heartbeat=Heartbeat(alive, every=0.1))
+    with consuming(consumer):
+        assert wait_for(alive.exists, 10)
+        publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(1)])
+        assert wait_for(lambda: len(handler.calls) == 1, 10)
+        time.sleep(1.0)  # past STALLED_AFTER: the beats stop while the handler hangs
+        stuck_at = alive.stat().st_mtime_ns
+        time.sleep(1.0)
+        assert alive.stat().st_mtime_ns == stuck_at
+        assert wait_for(counted(consumer, acked=1), 10)
+        assert wait_for(lambda: alive.stat().st_mtime_ns > stuck_at, 5), "no beat after the batch was done"
 
 
 def test_a_listener_that_cannot_reach_its_broker_does_not_beat(tmp_path: Path) -> None:
