@@ -152,13 +152,25 @@ class ClaimsAhead:
         # which waits for every organisation: let them go now (a tenth of a cold tick's memory).
         return Claim(claim.offered, [replace(task, data={}) for task in claim.tasks], claim.messages)
 
-    def won(self) -> dict[str, tuple[NewTask, OutgoingMessage]]:
-        """Every claimed task and its message, by hash."""
+    def won(self, *, strict: bool = True) -> tuple[dict[str, tuple[NewTask, OutgoingMessage]], int]:
+        """Every task claimed since the last call and its message, by hash; and how many were offered.
+
+        Waits for those claims. A claim that failed re-raises, or with ``strict=False`` is logged
+        and skipped (to publish what the others won before giving up).
+        """
         won: dict[str, tuple[NewTask, OutgoingMessage]] = {}
-        for future in self._futures:
-            claim = future.result()
+        futures, self._futures = self._futures, []
+        offered, self.offered = self.offered, 0
+        for future in futures:
+            try:
+                claim = future.result()
+            except Exception as exc:
+                if strict:
+                    raise
+                logger.error("a claim of this tick failed: %s", exc)
+                continue
             won.update((task.hash, (task, message)) for task, message in zip(claim.tasks, claim.messages, strict=True))
-        return won
+        return won, offered
 
     def __enter__(self) -> ClaimsAhead:
         return self
@@ -166,6 +178,10 @@ class ClaimsAhead:
     def __exit__(self, *exc_info: object) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+
+def _interleaved(plans: Sequence[OrgPlan]) -> list[Candidate]:
+    return list(interleave([plan.candidates for plan in plans]))
 
 
 def _dispatchable(candidate: Candidate) -> Dispatchable:
@@ -212,19 +228,39 @@ class BoefjePlanner:
         # Each organisation's candidates are final once it is planned (the cap is per organisation,
         # backpressure per band), so they are claimed in the background, by the database on another
         # core, while the next organisation is planned. Publishing waits for all: it interleaves.
+        # Claimed rows wait unpublished only so long: a long tick publishes in rounds (each
+        # interleaved), well before the reaper would take unpublished rows for lost.
+        round_budget = self.settings.unpublished_after / 3
         with ClaimsAhead(None if dry_run else self._dispatcher(), self.settings.batch_size) as claims:
-            for plan in self._plan_orgs(orgs, now):
-                if plan.error:
-                    report.errors[plan.organisation] = plan.error
-                report.skipped.update(plan.skipped)
-                plan.candidates = self._keep_bands(plan.candidates, max_band, report)
-                plans.append(plan)
-                claims.submit(plan.candidates)
-            report.planned = list(interleave([p.candidates for p in plans]))
+            pending: list[OrgPlan] = []  # planned and claimed, not yet published
+            round_started: float | None = None
+            try:
+                for plan in self._plan_orgs(orgs, now):
+                    if plan.error:
+                        report.errors[plan.organisation] = plan.error
+                    report.skipped.update(plan.skipped)
+                    plan.candidates = self._keep_bands(plan.candidates, max_band, report)
+                    plans.append(plan)
+                    if dry_run:
+                        continue
+                    claims.submit(plan.candidates)
+                    pending.append(plan)
+                    round_started = round_started or time.monotonic()
+                    if time.monotonic() - round_started >= round_budget:
+                        self._publish(_interleaved(pending), claims, report, now)
+                        pending, round_started = [], None
+            except Exception:
+                if pending:  # publish what was claimed, so no row waits for the reaper
+                    try:
+                        self._publish(_interleaved(pending), claims, report, now, strict=False)
+                    except Exception:
+                        logger.exception("could not publish what this tick claimed before it failed; the reaper will")
+                raise
+            report.planned = _interleaved(plans)
             report.timings["planning"] = time.perf_counter() - started
             if dry_run:
                 return report
-            self._publish(report.planned, claims, report, now)
+            self._publish(_interleaved(pending), claims, report, now)
         grace = [s for p in plans for s in p.grace_schedules]
         started = time.perf_counter()
         report.schedules_created += self.schedules.add_many(grace, now=now)
@@ -394,13 +430,21 @@ class BoefjePlanner:
             claims.submit(candidates)
             self._publish(candidates, claims, report, now)
 
-    def _publish(self, candidates: Sequence[Candidate], claims: ClaimsAhead, report: PlanReport, now: datetime) -> None:
+    def _publish(
+        self,
+        candidates: Sequence[Candidate],
+        claims: ClaimsAhead,
+        report: PlanReport,
+        now: datetime,
+        *,
+        strict: bool = True,
+    ) -> None:
         """Publish what ``claims`` won, in the order of ``candidates``; then, off the critical path,
         mark the rows published and give each new pair its schedule."""
         started = time.perf_counter()
         dispatcher = self._dispatcher()
-        won = claims.won()
-        report.dispatch.offered += claims.offered
+        won, offered = claims.won(strict=strict)
+        report.dispatch.offered += offered
         size = self.settings.batch_size
         order: list[Candidate] = []
         sent: dict[str, tuple[NewTask, OutgoingMessage]] = {}

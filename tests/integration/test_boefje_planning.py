@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from kat_scheduler.eligibility import SkipReason
 from kat_scheduler.models import TaskStatus
@@ -284,3 +286,64 @@ def test_an_object_listed_twice_by_octopoes_is_queued_once_and_the_tick_complete
     with pg_engine.connect() as conn:
         scheduled = conn.execute(select(ScheduleRow.hash)).scalars().all()
     assert len(scheduled) == len(set(scheduled)) >= len(expected)
+
+
+def published_rows(engine: Engine) -> dict[str, datetime]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(TaskRow.organisation, func.min(TaskRow.published_at)).group_by(TaskRow.organisation))
+        return {org: first for org, first in rows}
+
+
+def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims_for_lost(
+    planner_settings, clients, pg_engine, redis_url, world
+) -> None:
+    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.storage import ScheduleStore, TaskStore
+
+    settings = planner_settings.model_copy(update={"unpublished_after": 0.6, "plan_threads": 1})
+    publisher = make_publisher(settings)
+    planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings, publisher)
+    planned_at: dict[str, datetime] = {}
+    real = planner.plan_org
+
+    def slow_plan_org(org: str, now: datetime):  # Octopoes slow to list each organisation
+        plan = real(org, now)
+        time.sleep(0.25)
+        planned_at[org] = datetime.now(UTC)
+        return plan
+
+    planner.plan_org = slow_plan_org  # type: ignore[method-assign]
+    try:
+        report = planner.plan(None, now=NOW)
+    finally:
+        publisher.close()
+    orgs = world.organisation_ids
+    first_published = published_rows(pg_engine)
+    # The first organisation's tasks went out before the last organisation was planned ...
+    assert first_published[orgs[0]] < planned_at[orgs[-1]]
+    # ... and still each task exactly once, all marked.
+    assert report.queued == len(allowed_boefje_tasks(world, NOW)) == len(broker_messages(redis_url))
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(TaskRow.published_at.is_(None))).scalar_one() == 0
+
+
+def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
+    planner, world, pg_engine, redis_url
+) -> None:
+    broken = world.organisation_ids[2]
+    real = planner.plan_org
+
+    def failing(org: str, now: datetime):
+        if org == broken:
+            raise RuntimeError("the database went away")
+        return real(org, now)
+
+    planner.plan_org = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="went away"):
+        planner.plan(None, now=NOW)
+    with pg_engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
+        unpublished = conn.execute(select(func.count()).where(TaskRow.published_at.is_(None))).scalar_one()
+    assert rows > 0 and unpublished == 0
+    assert len(broker_messages(redis_url)) == rows
