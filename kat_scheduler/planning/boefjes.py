@@ -123,10 +123,11 @@ class ClaimsAhead:
     """Claims boefje candidates on a background thread while the caller goes on planning.
 
     The database does the work of a claim on a core of its own, so claiming one organisation's
-    candidates overlaps with planning the next. :meth:`won` waits for every claim and says which
-    candidates won their hash, with the task and message to publish. With no dispatcher (a dry
-    run) nothing is claimed. A claim that fails re-raises from :meth:`won` (or on leaving the
-    block); rows claimed before it stay for the reaper, as any claim whose publish did not happen.
+    candidates overlaps with planning the next. :meth:`won` waits for the claims submitted since
+    it was last called and says which candidates won their hash, with the task and message to
+    publish. With no dispatcher (a dry run) nothing is claimed. A claim that fails re-raises from
+    :meth:`won`; the planner then publishes what the other claims won before it gives up, and
+    whatever is left unpublished is the reaper's, as any claim whose publish did not happen.
     """
 
     def __init__(self, dispatcher: Dispatcher | None, batch_size: int) -> None:
