@@ -91,6 +91,23 @@ def expected_boefjes(world, org: str, object_type: str, level: int, operation: s
     }
 
 
+def hostname_creates(org: str, refs: list[str], level: int = 2) -> list[dict]:
+    """``create`` mutations of new Hostnames at ``level``, as Octopoes publishes them."""
+    return [
+        {
+            "operation": "create",
+            "primary_key": ref,
+            "client_id": org,
+            "value": {
+                "primary_key": ref,
+                "object_type": "Hostname",
+                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": level},
+            },
+        }
+        for ref in refs
+    ]
+
+
 def test_a_new_object_in_octopoes_gets_its_boefjes_queued(world, bridge, listener, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "Hostname|internet|fresh.example.nl"
@@ -188,19 +205,7 @@ def test_killing_the_listener_mid_storm_loses_nothing_and_queues_nothing_twice(
     org = world.organisation_ids[0]
     count = 1500
     refs = [f"Hostname|internet|storm-{n}.example.nl" for n in range(count)]
-    bodies = [
-        {
-            "operation": "create",
-            "primary_key": ref,
-            "client_id": org,
-            "value": {
-                "primary_key": ref,
-                "object_type": "Hostname",
-                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": 2},
-            },
-        }
-        for ref in refs
-    ]
+    bodies = hostname_creates(org, refs)
     assert bridge.publish_many("scan_profile_mutations", bodies) == count
     per_object = len(expected_boefjes(world, org, "Hostname", 2))
 
@@ -232,19 +237,7 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
 ) -> None:
     org = world.organisation_ids[0]
     refs = [f"Hostname|internet|recorded-{n}.example.nl" for n in range(1000)]
-    bodies = [
-        {
-            "operation": "create",
-            "primary_key": ref,
-            "client_id": org,
-            "value": {
-                "primary_key": ref,
-                "object_type": "Hostname",
-                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": 2},
-            },
-        }
-        for ref in refs
-    ]
+    bodies = hostname_creates(org, refs)
     expected = len(refs) * len(expected_boefjes(world, org, "Hostname", 2))
     assert bridge.publish_many("scan_profile_mutations", bodies) == len(refs)
 
