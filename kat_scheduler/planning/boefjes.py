@@ -490,6 +490,7 @@ class BoefjePlanner:
     def _queue_due(self, *, now: datetime, dry_run: bool) -> PlanReport:
         report = PlanReport(now=now, dry_run=dry_run)
         indexes: dict[str, BoefjeIndex | None] = {}
+        max_band = self._backpressure(report)
         for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size):
             by_org: dict[str, list[ScheduleRow]] = defaultdict(list)
             for row in batch:
@@ -501,6 +502,10 @@ class BoefjePlanner:
                 candidates = self._due_candidates(org, rows, indexes, advance, disable, report, now)
                 per_org.append(candidates)
             candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org]))
+            kept = self._keep_bands(candidates, max_band, report)
+            for held_back in {c.hash for c in candidates} - {c.hash for c in kept}:
+                advance.pop(held_back)  # stays due: queued by a run once the queue is shallow again
+            candidates = kept
             report.planned.extend(candidates)
             if dry_run:
                 continue

@@ -195,6 +195,31 @@ def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) 
     assert live == schedule.id
 
 
+def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(planner, pg_engine) -> None:
+    planner.plan(None, now=NOW)  # nothing consumes: the queue is deep from here on
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
+        assert schedule is not None
+        conn.execute(
+            update(TaskRow)
+            .where(TaskRow.hash == schedule.hash)
+            .values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2))
+        )
+        due = NOW - timedelta(hours=1)
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=due))
+    later = NOW + timedelta(minutes=10)
+    deep = planner.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
+    planner.settings, shallow = deep, planner.settings
+
+    held = planner.queue_due(now=later)
+    assert held.backpressure and held.queued == 0 and held.skipped[SkipReason.BACKPRESSURE] == 1
+    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
+
+    planner.settings = shallow
+    queued = planner.queue_due(now=later)
+    assert queued.queued == 1 and planner.schedules.get_by_hash(schedule.hash).deadline_at > later
+
+
 def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_engine) -> None:
     planner.plan(None, now=NOW)
     with pg_engine.begin() as conn:
