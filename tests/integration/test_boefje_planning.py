@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -168,20 +169,23 @@ def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(planner) -> 
     assert all(c.rank.band <= 2 for c in second.planned)
 
 
-def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) -> None:
-    planner.plan(None, now=NOW)
-    with pg_engine.begin() as conn:
+def one_schedule_due(engine: Engine, due: datetime) -> Any:
+    """Finish the run of one planned pair two days ago and make its schedule due at ``due``."""
+    with engine.begin() as conn:
         schedule = conn.execute(select(ScheduleRow).limit(1)).first()
         assert schedule is not None
-        # The earlier run finished; the schedule is due.
         conn.execute(
             update(TaskRow)
             .where(TaskRow.hash == schedule.hash)
             .values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2))
         )
-        conn.execute(
-            update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW - timedelta(hours=1))
-        )
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=due))
+    return schedule
+
+
+def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
     later = NOW + timedelta(minutes=10)
     report = planner.queue_due(now=later)
     assert report.queued == 1
@@ -197,16 +201,8 @@ def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) 
 
 def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(planner, pg_engine) -> None:
     planner.plan(None, now=NOW)  # nothing consumes: the queue is deep from here on
-    with pg_engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
-        assert schedule is not None
-        conn.execute(
-            update(TaskRow)
-            .where(TaskRow.hash == schedule.hash)
-            .values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2))
-        )
-        due = NOW - timedelta(hours=1)
-        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=due))
+    due = NOW - timedelta(hours=1)
+    schedule = one_schedule_due(pg_engine, due)
     later = NOW + timedelta(minutes=10)
     deep = planner.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
     planner.settings, shallow = deep, planner.settings
