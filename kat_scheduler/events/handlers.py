@@ -42,15 +42,12 @@ from kat_scheduler.planning.reactions import (
     normalizers_for_raw,
 )
 from kat_scheduler.planning.rules import (
-    BOEFJE_QUEUE,
-    BOEFJE_TASK,
     BoefjeIndex,
     Candidate,
     Pair,
-    boefje_message_kwargs,
+    boefje_dispatchable,
     interleave,
     new_boefje_schedule,
-    new_boefje_task,
     rank_pair,
 )
 from kat_scheduler.plugin_cache import PluginCache
@@ -130,15 +127,6 @@ class _Base:
         return queued
 
 
-def _boefje_dispatchable(candidate: Candidate) -> Dispatchable:
-    return Dispatchable(
-        task=new_boefje_task(candidate),
-        task_name=BOEFJE_TASK,
-        queue=BOEFJE_QUEUE,
-        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
-    )
-
-
 class MutationHandler(_Base):
     """``scan_profile_mutations`` → boefje tasks for the object, or cancellations."""
 
@@ -177,7 +165,7 @@ class MutationHandler(_Base):
         ]
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
-        self.stats.queued += self._dispatch([_boefje_dispatchable(c) for c in candidates])
+        self.stats.queued += self._dispatch([boefje_dispatchable(c) for c in candidates])
         schedules.extend(
             new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings) for c in candidates
         )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from kat_scheduler.clients import KATClients, ServiceError
-from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.dispatch import Claim, Dispatcher, DispatchResult
 from kat_scheduler.eligibility import (
     SkipReason,
     Trigger,
@@ -48,15 +48,13 @@ from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.planning.rules import (
     BOEFJE_QUEUE,
-    BOEFJE_TASK,
     BoefjeIndex,
     Candidate,
     Pair,
     TopK,
-    boefje_message_kwargs,
+    boefje_dispatchable,
     interleave,
     new_boefje_schedule,
-    new_boefje_task,
     pairs_for_page,
     rank_pair,
 )
@@ -148,7 +146,7 @@ class ClaimsAhead:
 
     def _claim(self, candidates: Sequence[Candidate]) -> Claim:
         assert self.dispatcher is not None
-        claim = self.dispatcher.claim([_dispatchable(c) for c in candidates])
+        claim = self.dispatcher.claim([boefje_dispatchable(c) for c in candidates])
         # The payloads are in the database now; only ids and hashes are needed until the publish,
         # which waits for every organisation: let them go now (a tenth of a cold tick's memory).
         return Claim(claim.offered, [replace(task, data={}) for task in claim.tasks], claim.messages)
@@ -183,15 +181,6 @@ class ClaimsAhead:
 
 def _interleaved(plans: Sequence[OrgPlan]) -> list[Candidate]:
     return list(interleave([plan.candidates for plan in plans]))
-
-
-def _dispatchable(candidate: Candidate) -> Dispatchable:
-    return Dispatchable(
-        task=new_boefje_task(candidate),
-        task_name=BOEFJE_TASK,
-        queue=BOEFJE_QUEUE,
-        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
-    )
 
 
 class BoefjePlanner:
@@ -645,7 +634,7 @@ class BoefjePlanner:
             now,
         )
         candidate = Candidate(organisation, boefje, input_ooi, hash_, rank, Trigger.MANUAL)
-        item = _dispatchable(candidate)
+        item = boefje_dispatchable(candidate)
         result = self._dispatcher().dispatch([item])
         if result.errors:
             raise PushRefused(f"could not publish: {result.errors[0]}")

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from kat_scheduler import ids
+from kat_scheduler.dispatch import Dispatchable
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
@@ -201,6 +202,16 @@ def new_boefje_task(candidate: Candidate) -> NewTask:
         data=boefje_payload(task_id, candidate.boefje, candidate.organisation, candidate.input_ooi),
         reason=candidate.rank.reason[:64],
         schedule_id=candidate.schedule_id,
+    )
+
+
+def boefje_dispatchable(candidate: Candidate) -> Dispatchable:
+    """The task row to claim for ``candidate`` and the message that runs it."""
+    return Dispatchable(
+        task=new_boefje_task(candidate),
+        task_name=BOEFJE_TASK,
+        queue=BOEFJE_QUEUE,
+        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
     )
 
 
