@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -28,3 +29,58 @@ def drop_database(admin: sa.Engine, uri: str) -> None:
     name = sa.engine.make_url(uri).database
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# --- CPU by process ---------------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_name(pid: str, me: int, named: dict[int, str]) -> str:
+    """A short group name for a process: the named pids first, then by executable."""
+    if int(pid) in named:
+        return named[int(pid)]
+    if int(pid) == me:
+        return "benchmark"
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+    if comm.startswith("postgres"):
+        return "postgres"
+    if comm in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
+        return "rabbitmq"
+    if comm.startswith("redis-server"):
+        return "redis"
+    return comm
+
+
+def cpu_seconds(named: dict[int, str] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every live process, summed per group.
+
+    ``named`` maps pids to group names (a listener subprocess, say); this process is
+    "benchmark", PostgreSQL's backends "postgres", RabbitMQ's Erlang VM "rabbitmq". Differences
+    of two snapshots show where a phase's CPU went (processes that ended in between are lost).
+    """
+    named = named or {}
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / _TICKS
+        if used:
+            name = _process_name(entry, me, named)
+            totals[name] = totals.get(name, 0.0) + used
+    return totals
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float], floor: float = 0.05) -> dict[str, float]:
+    """Per group, the CPU seconds used between two :func:`cpu_seconds` snapshots (``floor`` and up)."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    return dict(sorted(((n, round(s, 2)) for n, s in used.items() if s >= floor), key=lambda i: -i[1]))

@@ -27,11 +27,21 @@ from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopo
    state, in which almost all fall within their schedule and queue nothing (boefjes with
    ``run_on: update`` have no schedule and do run).
 
+Each storm runs twice. **Live**: the listener consumes while the storm is published, and the
+clock starts just before ``publish_many``, so the benchmark's own publishing (a pure-Python
+kombu producer with confirms, sharing the two cores) is inside the figure. **Backlog**: the
+listener is stopped, the whole storm is published onto the queue, a new listener is started,
+and the clock starts once RabbitMQ counts its consumer: "published at once", then planned.
+Storm a's backlog run uses other new objects; storm b's two runs start from the same state
+(the first one's tasks and new schedules are deleted in between).
+
 A storm is followed by one sentinel ``create``: the listener handles batches in order on one
 thread, so once the sentinel's task is claimed every storm event has been handled. A storm's
-time runs from just before ``publish_many`` to the sentinel's claim ("handled"); its rate is
-``--storm`` / that time. "Last row" is the newest ``published_at`` of the storm's own rows.
-HTTP requests are the simulated services' counts from the start of the storm to the end.
+time runs from its clock's start to the sentinel's claim ("handled"); its rate is ``--storm`` /
+that time. "Last row" is the newest ``published_at`` of the storm's own rows. HTTP requests
+are the simulated services' counts over the same time (a new listener fetches each
+organisation's plugins once). CPU seconds per process group (``/proc``) show where the
+machine's time went.
 
 Prints figures per run and the median of ``--runs`` runs, then one line per target; asserts
 nothing. ``--profile DIR`` runs the listener under cProfile and leaves ``listener-N.prof``
@@ -65,7 +75,7 @@ import redis
 import sqlalchemy as sa
 from kombu.connection import Connection
 
-from benchmarks.common import drop_database, fresh_database
+from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
 from benchmarks.event_probe import KEY as PROBE_KEY
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, dead_letter_queue
@@ -79,7 +89,7 @@ from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.events import scan_profile_mutation, world_mutations
 from kat_scheduler.sim.records import DECLARED, OOIRecord
 from kat_scheduler.sim.world import World
-from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
 from kat_scheduler.storage.db import make_engine
 from tests.workers import ROOT, celery_worker, stop, wait_for
 
@@ -103,6 +113,13 @@ TARGET_P50_MS = 50.0
 TARGET_P95_MS = 200.0
 TARGET_RATE = 5000.0
 TARGET_HTTP = 0.1
+#: The storms in the order they run, and what each is.
+STORMS = {
+    "a": "new objects, live",
+    "a-backlog": "new objects, backlog",
+    "b-backlog": "steady state, backlog",
+    "b": "steady state, live",
+}
 
 
 # --- the brokers ----------------------------------------------------------------------------
@@ -197,6 +214,7 @@ class NewObject:
 
 
 def primary_key(object_type: str, tag: str, n: int) -> str:
+    """The ``n``-th new object of a type; addresses are numbered from ``n`` alone (pass distinct ``n``)."""
     if object_type == "Hostname":
         return f"Hostname|{NETWORK}|{tag}-{n}.bench.example"
     if object_type == "IPAddressV4":
@@ -204,8 +222,12 @@ def primary_key(object_type: str, tag: str, n: int) -> str:
     raise ValueError(f"no primary keys for {object_type}")
 
 
-def new_objects(world: World, tag: str, count: int, object_types: Sequence[str]) -> list[NewObject]:
-    """``count`` new objects, in turn over (organisation, type) pairs that some enabled boefje consumes."""
+def new_objects(world: World, tag: str, count: int, object_types: Sequence[str], first: int = 0) -> list[NewObject]:
+    """``count`` new objects, in turn over (organisation, type) pairs that some enabled boefje consumes.
+
+    Hostnames carry ``tag``; addresses are numbered from ``first``, so two sets of new addresses
+    need ranges of their own.
+    """
     combos = [
         (org, object_type, boefjes)
         for org in world.organisation_ids
@@ -217,7 +239,7 @@ def new_objects(world: World, tag: str, count: int, object_types: Sequence[str])
     out = []
     for n in range(count):
         org, object_type, boefjes = combos[n % len(combos)]
-        out.append(NewObject(org, object_type, primary_key(object_type, tag, n), boefjes))
+        out.append(NewObject(org, object_type, primary_key(object_type, tag, first + n), boefjes))
     return out
 
 
@@ -397,6 +419,41 @@ def sentinel_done(engine: sa.Engine, sentinel: NewObject) -> bool:
     return bool(done)
 
 
+@dataclass
+class Listener:
+    """The ``kat_scheduler listen`` subprocess of a run, which a backlog storm stops and starts again."""
+
+    start: Callable[[Path, str], subprocess.Popen[bytes]]
+    logs: Path
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    starts: int = 0
+
+    def begin(self) -> None:
+        self.starts += 1
+        suffix = "" if self.starts == 1 else f".{self.starts}"
+        self.log = self.logs / f"{self.name}{suffix}.log"
+        self.process = self.start(self.log, suffix)
+
+    def alive(self) -> None:
+        assert self.process is not None and self.log is not None
+        check_alive(self.process, "listener", self.log)
+
+    def named(self) -> dict[int, str]:
+        return {self.process.pid: "listener"} if self.process is not None else {}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout=30)
+
+
+def consumers(url: str, queue: str) -> int:
+    """How many consumers RabbitMQ has on ``queue``."""
+    with Connection(url, connect_timeout=3) as conn, conn.channel() as channel:
+        return int(channel.queue_declare(queue=queue, passive=True).consumer_count)
+
+
 def storm(
     bridge: EventBridge,
     kat: SimulatedKAT,
@@ -404,23 +461,49 @@ def storm(
     broker: redis.Redis,
     bodies: list[dict[str, Any]],
     sentinel: NewObject,
-    alive: Callable[[], None],
+    listener: Listener,
+    *,
+    backlog: bool = False,
     timeout: float = 900,
 ) -> dict[str, Any]:
+    """Publish ``bodies`` and a sentinel; figures once the sentinel's tasks are published.
+
+    Live (default): the listener is consuming while the events are published, and the clock
+    starts before the first publish. ``backlog``: the listener is stopped first, every event is
+    published onto the queue, then a new listener starts, and the clock starts when it is
+    attached to the queue (RabbitMQ counts its consumer), so only planning is timed.
+    """
     depth_before = broker_depth(broker)
+    if backlog:
+        listener.stop()
     kat.reset_counts()
+    cpu_start = cpu_seconds(listener.named())
     t0 = time.time()
     taken = bridge.publish_many(SCAN_PROFILE_MUTATIONS, bodies)
     publish_seconds = time.time() - t0
+    cpu_published = cpu_seconds(listener.named())
     if taken != len(bodies) or not bridge.publish(SCAN_PROFILE_MUTATIONS, sentinel.body()):
         raise RuntimeError(f"RabbitMQ took {taken} of {len(bodies)} events (or not the sentinel)")
+    if backlog:
+        listener.begin()
+
+        def attached() -> bool:
+            listener.alive()
+            return consumers(bridge.url, SCAN_PROFILE_MUTATIONS) > 0
+
+        if not wait_for(attached, timeout=60, interval=0.002):
+            raise RuntimeError("the listener did not attach to the queue within 60 s")
+        t0 = time.time()
+        kat.reset_counts()
+        cpu_start = cpu_published = cpu_seconds(listener.named())
 
     def done() -> bool:
-        alive()
+        listener.alive()
         return sentinel_done(engine, sentinel)
 
     if not wait_for(done, timeout=timeout, interval=0.05):
         raise RuntimeError(f"the storm was not handled within {timeout} s")
+    cpu_end = cpu_seconds(listener.named())
     requests = dict(kat.request_counts)
     since = datetime.fromtimestamp(t0, UTC)
     with engine.connect() as conn:
@@ -453,6 +536,7 @@ def storm(
     handled_s = handled.timestamp() - t0
     total_requests = sum(requests.values())
     return {
+        "backlog": backlog,
         "mutations": len(bodies),
         "publish_s": publish_seconds,
         "handled_s": handled_s,
@@ -465,6 +549,8 @@ def storm(
         "on_broker": broker_depth(broker) - depth_before - len(sentinel.boefjes),
         "requests": requests,
         "http_per_mutation": total_requests / len(bodies),
+        "cpu_publish": cpu_used(cpu_start, cpu_published),
+        "cpu_rest": cpu_used(cpu_published, cpu_end),
     }
 
 
@@ -525,13 +611,14 @@ def run_once(
     broker.flushdb()
     drop_event_queues(queue_uri)
     tag = f"r{n}-{uuid.uuid4().hex[:6]}"
-    listener_log = logs / f"listener-{n}.log"
-    profile = Path(args.profile).resolve() / f"listener-{n}.prof" if args.profile else None
-    listener = start_listener(kat, queue_uri, db_uri, listener_log, profile, listener_env(args), args.listener_command)
+    profiles = Path(args.profile).resolve() if args.profile else None
 
-    def alive() -> None:
-        check_alive(listener, "listener", listener_log)
+    def start(log: Path, suffix: str) -> subprocess.Popen[bytes]:
+        profile = profiles / f"listener-{n}{suffix}.prof" if profiles else None
+        return start_listener(kat, queue_uri, db_uri, log, profile, listener_env(args), args.listener_command)
 
+    listener = Listener(start, logs, f"listener-{n}")
+    listener.begin()
     figures: dict[str, Any] = {}
     try:
         with EventBridge(queue_uri) as bridge:
@@ -550,31 +637,49 @@ def run_once(
                 hostname=f"bench-events-{uuid.uuid4().hex[:6]}@%h",
             ):
                 objects = new_objects(world, f"lat-{tag}", args.warmup + args.samples, ["Hostname"])
-                figures["latency"] = measure_latency(bridge, broker, engine, objects, args.warmup, alive)
+                figures["latency"] = measure_latency(bridge, broker, engine, objects, args.warmup, listener.alive)
             clear_boefje_queue(broker)
 
-            # 2. storm a: creates of new objects
-            creates = new_objects(world, f"storm-{tag}", args.storm, ["Hostname", "IPAddressV4"])
-            sentinel_a = new_objects(world, f"sentinel-a-{tag}", 1, ["Hostname"])[0]
-            figures["a"] = storm(bridge, kat, engine, broker, [o.body() for o in creates], sentinel_a, alive)
-            figures["a"]["expected"] = sum(len(o.boefjes) for o in creates)
-            clear_boefje_queue(broker)
+            # 2. storm a: creates of new objects, live and then as a backlog (other new objects)
+            for first, (key, backlog) in enumerate((("a", False), ("a-backlog", True))):
+                types = ["Hostname", "IPAddressV4"]
+                creates = new_objects(world, f"storm-{key}-{tag}", args.storm, types, first=first * args.storm)
+                sentinel = new_objects(world, f"sentinel-{key}-{tag}", 1, ["Hostname"])[0]
+                bodies = [o.body() for o in creates]
+                figures[key] = storm(bridge, kat, engine, broker, bodies, sentinel, listener, backlog=backlog)
+                figures[key]["expected"] = sum(len(o.boefjes) for o in creates)
+                clear_boefje_queue(broker)
 
-            # 3. storm b: updates of planned objects
+            # 3. storm b: updates of planned objects, as a backlog and then live, from the same state
             figures["plan"] = plan_and_complete(kat, db_uri, engine, broker)
             updates = world_mutations(world, args.storm, operation="update")
-            sentinel_b = new_objects(world, f"sentinel-b-{tag}", 1, ["Hostname"])[0]
-            figures["b"] = storm(bridge, kat, engine, broker, updates, sentinel_b, alive)
-        alive()
+            for key, backlog in (("b-backlog", True), ("b", False)):
+                sentinel = new_objects(world, f"sentinel-{key}-{tag}", 1, ["Hostname"])[0]
+                since = datetime.now(UTC)
+                figures[key] = storm(bridge, kat, engine, broker, updates, sentinel, listener, backlog=backlog)
+                forget(engine, broker, since)
+        listener.alive()
         return figures
     finally:
-        stop(listener, timeout=30)
+        listener.stop()
         engine.dispose()
         drop_database(admin, db_uri)
         admin.dispose()
         broker.flushdb()
         broker.close()
         drop_event_queues(queue_uri)
+
+
+def forget(engine: sa.Engine, broker: redis.Redis, since: datetime) -> None:
+    """Undo a storm of updates: its tasks (rows and messages) and new schedules deleted, so the next starts alike.
+
+    Its updates queue only pairs without a schedule in force, so deleting the schedules created
+    since ``since`` puts the schedules back as they were.
+    """
+    with engine.begin() as conn:
+        conn.execute(sa.delete(TaskRow).where(TaskRow.created_at >= since))
+        conn.execute(sa.delete(ScheduleRow).where(ScheduleRow.created_at >= since))
+    clear_boefje_queue(broker)
 
 
 def listener_env(args: argparse.Namespace) -> dict[str, str]:
@@ -595,17 +700,22 @@ def print_run(n: int, f: dict[str, Any]) -> None:
         f"(missing {lat['missing']}, incomplete {lat['incomplete']}, strays {lat['strays']})"
     )
     print(f"  latency parts, median (ms): {parts}; p95: {parts95}")
-    for name in ("a", "b"):
+    for name in STORMS:
         s = f[name]
         expected = f" of {s['expected']} expected" if "expected" in s else ""
+        clock = "from the listener's attach" if s["backlog"] else "from the first publish"
         print(
             f"  storm {name}: {s['mutations']} mutations published in {s['publish_s']:.2f} s, handled in "
-            f"{s['handled_s']:.2f} s = {s['rate']:,.0f} mutations/s; last row at {s['last_row_s']:.2f} s; "
+            f"{s['handled_s']:.2f} s {clock} = {s['rate']:,.0f} mutations/s; last row at {s['last_row_s']:.2f} s; "
             f"{s['queued']} tasks queued{expected} ({s['unpublished']} claimed, not published; "
             f"{s['on_broker']} on the broker); HTTP {s['requests']} = {s['http_per_mutation']:.4f}/mutation"
         )
         print(f"    claim statements (~ handler batches that queued work): {s['claims']}; by boefje {s['by_boefje']}")
-        if name == "a":
+        if s["backlog"]:
+            print(f"    CPU s from the attach: {s['cpu_rest']}")
+        else:
+            print(f"    CPU s while publishing {s['cpu_publish']}; after {s['cpu_rest']}")
+        if name == "a-backlog":
             p = f["plan"]
             print(
                 f"  planning tick before storm b: {p['queued']} tasks queued in {p['seconds']:.1f} s, then "
@@ -687,7 +797,7 @@ def main() -> None:
         f"max {ms(worst)} ms, n {count:.0f}"
     )
     storms: dict[str, tuple[float, float]] = {}
-    for name in ("a", "b"):
+    for name in STORMS:
         rate = statistics.median(r[name]["rate"] for r in runs)
         http = statistics.median(r[name]["http_per_mutation"] for r in runs)
         queued = statistics.median(r[name]["queued"] for r in runs)
@@ -699,7 +809,7 @@ def main() -> None:
         )
     print(f"latency p50 {ms(p50)} ms (target <= {TARGET_P50_MS:.0f} ms): {verdict(p50 * 1000 <= TARGET_P50_MS)}")
     print(f"latency p95 {ms(p95)} ms (target <= {TARGET_P95_MS:.0f} ms): {verdict(p95 * 1000 <= TARGET_P95_MS)}")
-    for name, label in (("a", "new objects"), ("b", "steady state")):
+    for name, label in STORMS.items():
         rate, http = storms[name]
         what = f"storm {name} ({label})"
         print(f"{what} {rate:,.0f} mutations/s (target >= {TARGET_RATE:,.0f}): {verdict(rate >= TARGET_RATE)}")
