@@ -47,6 +47,14 @@ def _process_name(pid: str, me: int, named: dict[int, str]) -> str:
     except OSError:
         return "?"
     if comm.startswith("postgres"):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return "postgres"
+        if "autovacuum" in title:
+            return "postgres autovacuum"
+        if any(word in title for word in ("checkpointer", "walwriter", "background writer")):
+            return "postgres writers"
         return "postgres"
     if comm in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
         return "rabbitmq"
@@ -59,7 +67,8 @@ def cpu_seconds(named: dict[int, str] | None = None) -> dict[str, float]:
     """CPU seconds (user + system) used so far by every live process, summed per group.
 
     ``named`` maps pids to group names (a listener subprocess, say); this process is
-    "benchmark", PostgreSQL's backends "postgres", RabbitMQ's Erlang VM "rabbitmq". Differences
+    "benchmark", PostgreSQL's backends "postgres" (its autovacuum and its
+    checkpointer, WAL and background writers apart), RabbitMQ's Erlang VM "rabbitmq". Differences
     of two snapshots show where a phase's CPU went (processes that ended in between are lost).
     """
     named = named or {}

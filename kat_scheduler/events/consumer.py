@@ -270,6 +270,7 @@ class EventConsumer:
         self._reconnect_backoff = Backoff(min_backoff, max_backoff)
         self._stats = dict.fromkeys(STATS, 0)
         self._stats_lock = threading.Lock()
+        self._multiple_acks = False
 
     # --- public --------------------------------------------------------------------------
 
@@ -318,11 +319,18 @@ class EventConsumer:
         # one attempt: the retries are ours (they heed the stop event), not kombu's
         connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         self._declare(connection)
+        # On RabbitMQ each queue gets a channel of its own, so that delivery tags are per queue
+        # and a handled batch is acked with one ``multiple`` ack (see _ack). kombu's virtual
+        # transports (Redis) ignore ``multiple``: there one channel serves both queues, and every
+        # message is acked by itself.
+        self._multiple_acks = connection.transport.driver_type == "amqp"
         channel = connection.channel()
-        channel.basic_qos(0, self.prefetch, False)
+        channels = {queue: connection.channel() if self._multiple_acks else channel for queue in self.handlers}
+        for each in {id(c): c for c in (channel, *channels.values())}.values():
+            each.basic_qos(0, self.prefetch, False)
         batches = _Batches(self.batch_size, self.batch_window)
         producer = Producer(channel, auto_declare=False)  # the default exchange, for dead letters
-        consumers = [self._consumer(channel, batches, queue) for queue in self.handlers]
+        consumers = [self._consumer(channels[queue], batches, queue) for queue in self.handlers]
         for consumer in consumers:
             consumer.consume()
         self._reconnect_backoff.reset()
@@ -434,16 +442,34 @@ class EventConsumer:
             return
         self._handler_backoff.reset()
         rejected = batch.future.result()
+        accepted: list[Message] = []
         for index, message in enumerate(batch.held):
             reason = rejected.pop(index, None)
             if reason is None:
-                message.ack()
-                self._count("acked")
+                accepted.append(message)
             else:
-                self._dead_letter(producer, batch.queue, message, reason)
+                self._dead_letter(producer, batch.queue, message, reason)  # acked by itself
+        self._ack(accepted)
         if rejected:
             logger.warning("%s: the handler rejected indices outside its batch: %s", batch.queue, sorted(rejected))
         logger.debug("%s: handled %d events in %.3f s", batch.queue, batch.events, time.monotonic() - batch.started)
+
+    def _ack(self, messages: list[Message]) -> None:
+        """Ack ``messages``: on RabbitMQ with one ``multiple`` ack of the last of them.
+
+        That is right because the queue has a channel of its own and its batches are settled in
+        the order they came: every unsettled delivery up to the last tag of a batch belongs to
+        that batch (earlier batches are acked or requeued, later ones have higher tags, and
+        poison and rejected events were acked when they were dead-lettered).
+        """
+        if not messages:
+            return
+        if self._multiple_acks:
+            max(messages, key=lambda m: m.delivery_tag).ack(multiple=True)
+        else:
+            for message in messages:
+                message.ack()
+        self._count("acked", len(messages))
 
     def _retry_later(self, queue: str, messages: list[Message], exc: BaseException, stop: threading.Event) -> None:
         delay = self._handler_backoff.next()

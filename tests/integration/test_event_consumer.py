@@ -369,6 +369,29 @@ def test_rejected_events_are_dead_lettered_and_the_rest_acked(amqp_events: str) 
     assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
 
 
+def test_acking_a_batch_at_once_never_acks_the_other_queue_or_what_failed(broker: str) -> None:
+    # On RabbitMQ a handled batch is acked with one ``multiple`` ack. The raw files' first batch
+    # fails while mutations with poison and a rejection around them are acked: had that ack
+    # covered the raw files' deliveries too, they would be gone instead of handled on the retry.
+    for n in range(20):
+        publish(broker, SCAN_PROFILE_MUTATIONS, [b"not json" if n == 5 else mutation(n)])
+        publish(broker, RAW_FILE_RECEIVED, [raw_file(n)])
+    mutations = FakeHandler(reject=lambda event: "gone" if event.primary_key == key(9) else None)
+    raws = FakeHandler(fail={1: TransientError("Katalogus is down")})
+    consumer = EventConsumer(
+        broker, {SCAN_PROFILE_MUTATIONS: mutations, RAW_FILE_RECEIVED: raws}, batch_size=8, min_backoff=0.1
+    )
+
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=18 + 20, dead_lettered=2), 15), consumer.stats()
+
+    assert sorted(mutations.handled()) == sorted(key(n) for n in range(20) if n != 5)
+    assert sorted(raws.handled()) == sorted(str(raw_file(n)["raw_data"]["id"]) for n in range(20))
+    assert raws.calls[0].failed and consumer.stats()["requeued"] >= 1
+    assert len(take_all(broker, dead_letter_queue(SCAN_PROFILE_MUTATIONS))) == 2
+    assert_nothing_left(broker, SCAN_PROFILE_MUTATIONS, RAW_FILE_RECEIVED)
+
+
 def test_failed_batches_come_back_after_a_growing_backoff(amqp_events: str, caplog: pytest.LogCaptureFixture) -> None:
     publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(20)])
     handler = FakeHandler(
