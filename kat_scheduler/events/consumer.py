@@ -34,6 +34,7 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
@@ -41,6 +42,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from pydantic import BaseModel, ValidationError
 
+from kat_scheduler.events.amqp_readahead import ReadAheadTransport
 from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
@@ -309,11 +311,14 @@ class EventConsumer:
     def _connection(self) -> Connection:
         transport = transport_of(self.url)
         options: dict[str, Any] = {}
+        kind: Any = None  # the URL's own
         if transport == "amqp":
             options = dict(AMQP_TRANSPORT_OPTIONS)
+            if urlsplit(self.url).scheme in ("amqp", "pyamqp"):  # amqps keeps kombu's SSL transport
+                kind = ReadAheadTransport
         elif transport == "redis":
             options = {**REDIS_TRANSPORT_OPTIONS, "socket_connect_timeout": self.connect_timeout}
-        return Connection(self.url, connect_timeout=self.connect_timeout, transport_options=options)
+        return Connection(self.url, connect_timeout=self.connect_timeout, transport_options=options, transport=kind)
 
     def _consume(self, connection: Connection, stop: threading.Event, max_batches: int | None) -> None:
         # one attempt: the retries are ours (they heed the stop event), not kombu's
