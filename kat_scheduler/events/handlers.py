@@ -166,8 +166,14 @@ class MutationHandler(_Base):
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
         self.stats.queued += self._dispatch([boefje_dispatchable(c) for c in candidates])
+        # A pair that has a schedule gets its next deadline now. A new pair gets none: once its
+        # task has run, the next planning tick writes its schedule from that run (as it does for
+        # any pair with history and no schedule), and until then its live task, then its history,
+        # keep it from running twice. So a storm of new objects writes no schedules at all.
         schedules.extend(
-            new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings) for c in candidates
+            new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
+            for c in candidates
+            if c.hash in states
         )
         if schedules:
             self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))

@@ -14,6 +14,7 @@ from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
+from kat_scheduler.planning.rules import new_boefje_schedule
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.settings import Settings
@@ -118,16 +119,81 @@ def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, wo
     assert cancelled, "the world should have boefjes above level 1 for addresses"
 
 
-def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(mutations, world, pg_engine) -> None:
+def schedules_on(engine: Engine, pk: str) -> dict[str, ScheduleRow]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(ScheduleRow).where(ScheduleRow.input_ooi == pk)).all()
+    return {row.plugin_id: row for row in rows}
+
+
+def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(
+    mutations, planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)  # the world's objects get tasks and schedules
     org = world.organisation_ids[0]
-    pk = "Hostname|internet|deleted.example.nl"
-    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
-    assert tasks_on(pg_engine, pk)
-    mutations("scan_profile_mutations", [mutation(org, pk, None, "delete")])
-    assert tasks_on(pg_engine, pk) == {}
-    with pg_engine.connect() as conn:
-        enabled = conn.execute(select(ScheduleRow.enabled).where(ScheduleRow.input_ooi == pk)).scalars().all()
-    assert enabled and not any(enabled)
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    assert tasks_on(pg_engine, known.primary_key) and schedules_on(pg_engine, known.primary_key)
+    mutations("scan_profile_mutations", [mutation(org, known.primary_key, None, "delete")])
+    assert tasks_on(pg_engine, known.primary_key) == {}
+    assert not any(row.enabled for row in schedules_on(pg_engine, known.primary_key).values())
+
+
+def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
+    mutations, planner, world, pg_engine, planner_settings
+) -> None:
+    org = world.organisation_ids[0]
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    pk = known.primary_key
+    mutations("scan_profile_mutations", [mutation(org, pk, known.scan_level)])
+    queued = tasks_on(pg_engine, pk)
+    assert queued and schedules_on(pg_engine, pk) == {}  # the event writes no schedule for a new pair
+    ran = NOW + timedelta(minutes=10)
+    with pg_engine.begin() as conn:
+        conn.execute(
+            update(TaskRow)
+            .where(TaskRow.input_ooi == pk)
+            .values(status=TaskStatus.COMPLETED, started_at=ran, ended_at=ran)
+        )
+
+    tick = ran + timedelta(minutes=1)
+    planner.plan(None, now=tick)
+
+    schedules = schedules_on(pg_engine, pk)
+    periodic = {b for b in queued if not world.plugin(b).run_on}  # run_on boefjes have no schedule
+    assert periodic and set(schedules) == periodic
+    in_grace = []
+    for boefje_id in periodic:
+        boefje = world.plugin(boefje_id)
+        expected = new_boefje_schedule(org, boefje, pk, schedules[boefje_id].hash, ran, planner_settings)
+        if expected.deadline_at is not None and expected.deadline_at > tick:  # within grace: not run again
+            assert schedules[boefje_id].deadline_at == expected.deadline_at, boefje_id
+            assert boefje_id not in tasks_on(pg_engine, pk)
+            in_grace.append(boefje_id)
+    assert in_grace
+
+
+def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
+    mutations, planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)
+    org = world.organisation_ids[0]
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    before = schedules_on(pg_engine, known.primary_key)
+    later = NOW + timedelta(days=30)  # every schedule is due, every task long done
+    with pg_engine.begin() as conn:
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
+    handler = MutationHandler(
+        mutations.plugins,
+        mutations.tasks,
+        mutations.schedules,
+        mutations.dispatcher.publisher,
+        mutations.settings,
+        clock=lambda: later,
+    )
+    handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    after = schedules_on(pg_engine, known.primary_key)
+    requeued = {b for b in tasks_on(pg_engine, known.primary_key) if b in before}
+    assert requeued
+    assert all(after[b].deadline_at > later for b in requeued)  # type: ignore[operator]
 
 
 def test_a_cancelled_task_is_never_started(mutations, world, pg_engine, stores) -> None:

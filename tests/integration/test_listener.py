@@ -259,4 +259,6 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
         scheduled = conn.execute(
             select(func.count()).select_from(ScheduleRow).where(ScheduleRow.input_ooi.in_(refs))
         ).scalar_one()
-    assert (claimed(), unpublished, scheduled) == (expected, 0, expected)
+    # Every claimed row was marked published before the stop; new objects get their schedules
+    # from their first run (at the next tick), not from the listener.
+    assert (claimed(), unpublished, scheduled) == (expected, 0, 0)
