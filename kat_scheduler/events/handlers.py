@@ -111,9 +111,12 @@ class _Base:
         except (ServiceError, ValidationError) as exc:
             raise TransientError(f"Katalogus: {exc}") from exc
 
-    def _dispatch(self, items: list[Dispatchable]) -> int:
-        """Claim and publish ``items``; marking them published is left to the bookkeeper."""
-        queued = 0
+    def _dispatch(self, items: list[Dispatchable]) -> list[NewTask]:
+        """Claim and publish ``items``; the tasks published (marking them is left to the bookkeeper).
+
+        A task whose hash is live already loses its claim and is counted as skipped ``live``.
+        """
+        published: list[NewTask] = []
         for start in range(0, len(items), self.settings.batch_size):
             result = self.dispatcher.dispatch(items[start : start + self.settings.batch_size], mark=False)
             if result.published_tasks:
@@ -123,8 +126,11 @@ class _Base:
             if result.errors:
                 # Un-claimed rows are free again; what may have been sent stays for the reaper.
                 raise TransientError(f"publishing failed: {result.errors[0]}")
-            queued += result.published
-        return queued
+            if result.offered > result.claimed:
+                self.stats.skipped[str(SkipReason.LIVE)] += result.offered - result.claimed
+            published.extend(result.published_tasks)
+        self.stats.queued += len(published)
+        return published
 
 
 class MutationHandler(_Base):
@@ -155,25 +161,23 @@ class MutationHandler(_Base):
             self.stats.schedules_disabled += self.schedules.disable_hashes(
                 cancel, "object deleted or scan level too low", now=now
             )
+        # Whether a pair is live already is not looked up: its claim simply loses (see _dispatch).
         hashes = [p.hash for pairs in pairs_by_org.values() for p in pairs]
         states = self.schedules.states(hashes) if hashes else {}
-        live = self.tasks.live_hashes(hashes) if hashes else set()
         history = self.tasks.last_runs(hashes) if hashes else {}
         schedules: list[NewSchedule] = []
-        per_org = [
-            self._decide(org, pairs, states, live, history, schedules, now) for org, pairs in pairs_by_org.items()
-        ]
+        per_org = [self._decide(org, pairs, states, history, schedules, now) for org, pairs in pairs_by_org.items()]
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
-        self.stats.queued += self._dispatch([boefje_dispatchable(c) for c in candidates])
-        # A pair that has a schedule gets its next deadline now. A new pair gets none: once its
-        # task has run, the next planning tick writes its schedule from that run (as it does for
-        # any pair with history and no schedule), and until then its live task, then its history,
-        # keep it from running twice. So a storm of new objects writes no schedules at all.
+        queued = {t.hash for t in self._dispatch([boefje_dispatchable(c) for c in candidates])}
+        # A pair that has a schedule gets its next deadline now that it is queued. A new pair gets
+        # none: once its task has run, the next planning tick writes its schedule from that run (as
+        # it does for any pair with history and no schedule), and until then its live task, then
+        # its history, keep it from running twice. So a storm of new objects writes no schedules.
         schedules.extend(
             new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
             for c in candidates
-            if c.hash in states
+            if c.hash in states and c.hash in queued
         )
         if schedules:
             self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
@@ -198,7 +202,6 @@ class MutationHandler(_Base):
         org: str,
         pairs: list[Pair],
         states: dict[str, ScheduleState],
-        live: set[str],
         history: dict[str, datetime],
         schedules: list[NewSchedule],
         now: datetime,
@@ -206,9 +209,6 @@ class MutationHandler(_Base):
         out: list[Candidate] = []
         for pair in pairs:
             state = states.get(pair.hash)
-            if pair.hash in live:
-                self.stats.skipped[str(SkipReason.LIVE)] += 1
-                continue
             if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
                 self.stats.skipped[str(SkipReason.GRACE)] += 1
                 continue
@@ -253,7 +253,7 @@ class RawFileHandler(_Base):
                 items.extend(self._tasks_for(org, events[i], normalizers, now))
         self.stats.events += len(events)
         items.sort(key=lambda item: item[0])
-        self.stats.queued += self._dispatch([d for _, d in items])
+        self._dispatch([d for _, d in items])
         return rejected
 
     def _tasks_for(

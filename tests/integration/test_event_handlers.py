@@ -196,6 +196,33 @@ def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
     assert all(after[b].deadline_at > later for b in requeued)  # type: ignore[operator]
 
 
+def test_an_event_for_a_pair_still_queued_queues_nothing_and_keeps_its_deadline(
+    mutations, planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)  # every eligible pair has a schedule and a queued task
+    org = world.organisation_ids[0]
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    before = schedules_on(pg_engine, known.primary_key)
+    queued = tasks_on(pg_engine, known.primary_key)
+    assert queued and set(queued) <= set(before)
+    later = NOW + timedelta(days=30)  # every schedule is due, but the tasks never ran
+    handler = MutationHandler(
+        mutations.plugins,
+        mutations.tasks,
+        mutations.schedules,
+        mutations.dispatcher.publisher,
+        mutations.settings,
+        clock=lambda: later,
+    )
+    handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    with pg_engine.connect() as conn:
+        rows = conn.execute(select(TaskRow.plugin_id).where(TaskRow.input_ooi == known.primary_key)).scalars().all()
+    assert sorted(b for b in rows if b in queued) == sorted(queued)  # still one task per planned pair
+    after = schedules_on(pg_engine, known.primary_key)
+    assert {b: after[b].deadline_at for b in queued} == {b: before[b].deadline_at for b in queued}
+    assert handler.stats.skipped["already live"] == len(queued)
+
+
 def test_a_cancelled_task_is_never_started(mutations, world, pg_engine, stores) -> None:
     tasks, _ = stores
     org = world.organisation_ids[0]
