@@ -14,9 +14,8 @@ from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopo
    next one only once every boefje task of the previous one has started (the worker is idle).
    Latency = first task start - publish, on this machine's clock. The first ``--warmup`` events
    are not counted. The tasks table splits it: publish -> claim (``created_at``: broker delivery,
-   batch window, the handler's queries), claim -> marked published (claim, publish, mark), and
-   marked published -> first start (worker pickup; negative when the worker started before the
-   listener had marked the row).
+   batch window, the handler's queries) and claim -> first start (the claim's insert, the
+   publish, the worker's pickup).
 2. **Storm a.** ``--storm`` creates of new objects (Hostnames and IPv4 addresses at level 4,
    organisations in turn; each gets several boefjes) published at once with ``publish_many``;
    the boefje worker is stopped, so the broker only collects.
@@ -38,7 +37,7 @@ Storm a's backlog run uses other new objects; storm b's two runs start from the 
 A storm is followed by one sentinel ``create``: the listener handles batches in order on one
 thread, so once the sentinel's task is claimed every storm event has been handled. A storm's
 time runs from its clock's start to the sentinel's claim ("handled"); its rate is ``--storm`` /
-that time. "Last row" is the newest ``published_at`` of the storm's own rows. HTTP requests
+that time. "Last claim" is the newest ``created_at`` of the storm's own rows. HTTP requests
 are the simulated services' counts over the same time (a new listener fetches each
 organisation's plugins once). CPU seconds per process group (``/proc``) show where the
 machine's time went.
@@ -89,7 +88,7 @@ from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.events import scan_profile_mutation, world_mutations
 from kat_scheduler.sim.records import DECLARED, OOIRecord
 from kat_scheduler.sim.world import World
-from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.db import make_engine
 from tests.workers import ROOT, celery_worker, stop, wait_for
 
@@ -372,19 +371,18 @@ def measure_latency(
     keys = [s.primary_key for s in samples]
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(TaskRow.input_ooi, sa.func.min(TaskRow.created_at), sa.func.min(TaskRow.published_at))
+            sa.select(TaskRow.input_ooi, sa.func.min(TaskRow.created_at))
             .where(TaskRow.input_ooi.in_(keys))
             .group_by(TaskRow.input_ooi)
         ).all()
-    claimed = {pk: (created.timestamp(), marked.timestamp() if marked else math.nan) for pk, created, marked in rows}
-    to_claim, claim_to_marked, marked_to_start, confirm = [], [], [], []
+    claimed = {pk: created.timestamp() for pk, created in rows}
+    to_claim, claim_to_start, confirm = [], [], []
     for s in samples:
         if s.primary_key not in claimed:
             continue
-        created, marked = claimed[s.primary_key]
+        created = claimed[s.primary_key]
         to_claim.append(created - s.published)
-        claim_to_marked.append(marked - created)
-        marked_to_start.append(s.first_start - marked)
+        claim_to_start.append(s.first_start - created)
         confirm.append(s.confirmed - s.published)
     return {
         "n": len(latencies),
@@ -395,13 +393,11 @@ def measure_latency(
         "parts": {
             "publish+confirm": statistics.median(confirm) if confirm else math.nan,
             "publish->claim": statistics.median(to_claim) if to_claim else math.nan,
-            "claim->marked": statistics.median(claim_to_marked) if claim_to_marked else math.nan,
-            "marked->start": statistics.median(marked_to_start) if marked_to_start else math.nan,
+            "claim->start": statistics.median(claim_to_start) if claim_to_start else math.nan,
         },
         "parts_p95": {
             "publish->claim": percentile(to_claim, 95),
-            "claim->marked": percentile(claim_to_marked, 95),
-            "marked->start": percentile(marked_to_start, 95),
+            "claim->start": percentile(claim_to_start, 95),
         },
     }
 
@@ -414,7 +410,7 @@ def sentinel_done(engine: sa.Engine, sentinel: NewObject) -> bool:
         done = conn.execute(
             sa.select(sa.func.count())
             .select_from(TaskRow)
-            .where(TaskRow.hash.in_(sentinel.hashes()), TaskRow.published_at.is_not(None))
+            .where(TaskRow.hash.in_(sentinel.hashes()), TaskRow.id.not_in(sa.select(UnpublishedTask.task_id)))
         ).scalar_one()
     return bool(done)
 
@@ -508,9 +504,9 @@ def storm(
     since = datetime.fromtimestamp(t0, UTC)
     with engine.connect() as conn:
         queued, last = conn.execute(
-            sa.select(sa.func.count(), sa.func.max(TaskRow.published_at)).where(
+            sa.select(sa.func.count(), sa.func.max(TaskRow.created_at)).where(
                 TaskRow.created_at >= since,
-                TaskRow.published_at.is_not(None),
+                TaskRow.id.not_in(sa.select(UnpublishedTask.task_id)),
                 TaskRow.input_ooi != sentinel.primary_key,
             )
         ).one()
@@ -531,7 +527,9 @@ def storm(
             ).all()
         )
         unpublished = conn.execute(
-            sa.select(sa.func.count()).where(TaskRow.created_at >= since, TaskRow.published_at.is_(None))
+            sa.select(sa.func.count()).where(
+                TaskRow.created_at >= since, TaskRow.id.in_(sa.select(UnpublishedTask.task_id))
+            )
         ).scalar_one()
     handled_s = handled.timestamp() - t0
     total_requests = sum(requests.values())
@@ -540,7 +538,7 @@ def storm(
         "mutations": len(bodies),
         "publish_s": publish_seconds,
         "handled_s": handled_s,
-        "last_row_s": (last.timestamp() - t0) if last is not None else math.nan,
+        "last_claim_s": (last.timestamp() - t0) if last is not None else math.nan,
         "rate": len(bodies) / handled_s,
         "queued": int(queued),
         "unpublished": int(unpublished),
@@ -706,7 +704,7 @@ def print_run(n: int, f: dict[str, Any]) -> None:
         clock = "from the listener's attach" if s["backlog"] else "from the first publish"
         print(
             f"  storm {name}: {s['mutations']} mutations published in {s['publish_s']:.2f} s, handled in "
-            f"{s['handled_s']:.2f} s {clock} = {s['rate']:,.0f} mutations/s; last row at {s['last_row_s']:.2f} s; "
+            f"{s['handled_s']:.2f} s {clock} = {s['rate']:,.0f} mutations/s; last claim at {s['last_claim_s']:.2f} s; "
             f"{s['queued']} tasks queued{expected} ({s['unpublished']} claimed, not published; "
             f"{s['on_broker']} on the broker); HTTP {s['requests']} = {s['http_per_mutation']:.4f}/mutation"
         )

@@ -23,7 +23,7 @@ IN_CI = bool(os.environ.get("CI"))
 POSTGRES_URI = os.environ.get("TEST_POSTGRES_URI", "postgresql://127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-TABLES = ("tasks", "schedules", "beat_leases", "producer_runs")
+TABLES = ("tasks", "unpublished_tasks", "schedules", "beat_leases", "producer_runs")
 
 
 def service_missing(what: str, error: Exception) -> None:

@@ -2,7 +2,7 @@
 
 from kat_scheduler.storage.db import make_engine, session_factory
 from kat_scheduler.storage.schedules import ScheduleStore
-from kat_scheduler.storage.tables import Base, BeatLease, ScheduleRow, TaskRow
+from kat_scheduler.storage.tables import Base, BeatLease, ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.tasks import ClaimedTask, NewTask, TaskStore
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ScheduleStore",
     "TaskRow",
     "TaskStore",
+    "UnpublishedTask",
     "make_engine",
     "session_factory",
 ]

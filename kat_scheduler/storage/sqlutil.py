@@ -70,6 +70,7 @@ def pg_insert_rows(
     *,
     conflict: str,
     returning: str | None = None,
+    then: str | None = None,
     page_size: int = 1000,
 ) -> list[Any]:
     """Bulk ``INSERT … SELECT * FROM unnest(arrays) ON CONFLICT …`` on PostgreSQL.
@@ -83,10 +84,19 @@ def pg_insert_rows(
     (a status, a timestamp, often the organisation) is sent once, as ``array_fill(value, n)``.
     Rows are inserted in the order given. Runs in ``conn``'s transaction; returns the first
     ``returning`` column of every row inserted.
+
+    ``then`` is a second statement in the same one, run on the rows inserted: the insert becomes
+    the CTE ``inserted`` (its columns: ``returning``, which then must name each one once), and
+    ``then`` may read it (``… FROM inserted``).
     """
     names = list(columns)
     head = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest("
     tail = f") ON CONFLICT {conflict}" + (f" RETURNING {returning}" if returning else "")
+    if then is not None:
+        if not returning:
+            raise ValueError("pg_insert_rows: `then` reads the rows inserted, so give `returning`")
+        head = "WITH inserted AS (" + head
+        tail += f"), then_ AS ({then}) SELECT * FROM inserted"
     found: list[Any] = []
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ``tasks``, ``schedules``, ``beat_leases`` and ``producer_runs`` tables.
+"""SQLAlchemy models of the tables: ``tasks``, ``unpublished_tasks``, ``schedules``, ``beat_leases``, ``producer_runs``.
 
 The unique partial index ``uq_tasks_live_hash`` is the heart of the scheduler: at most one task per
 hash may be live (queued, dispatched or running), so a claim is a plain
@@ -144,6 +144,22 @@ class TaskRow(Base):
         Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
         Index("ix_tasks_status_modified_at", "status", "modified_at"),
     )
+
+
+class UnpublishedTask(Base):
+    """A claimed task whose message is not known to be on the broker yet.
+
+    A claim inserts the task (its ``published_at`` set to the claim's time, when its message is
+    about to be sent) and this row, in one statement; once the message is sent, this row is
+    deleted. Marking a task published is then a delete from this narrow table, not an update of
+    the wide ``tasks`` row and all its indexes. A row left here (the producer died between claim
+    and publish) is how the reaper finds the task to publish it again.
+    """
+
+    __tablename__ = "unpublished_tasks"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    claimed_at: Mapped[datetime]
 
 
 class ScheduleRow(Base):

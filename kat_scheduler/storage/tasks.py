@@ -12,15 +12,16 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, delete, func, select, update
+from sqlalchemy import Engine, Insert, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
-from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
+from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
+_UNPUBLISHED = table_of(UnpublishedTask)
 #: Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL statements small.
 CHUNK = 1000
 #: Rows per claim statement on PostgreSQL, where a page is one array per column (16 parameters
@@ -95,6 +96,7 @@ def _row(task: NewTask, now: datetime) -> dict[str, Any]:
         "status": TaskStatus.QUEUED,
         "created_at": now,
         "modified_at": now,
+        "published_at": now,
         "attempts": 0,
     }
 
@@ -121,8 +123,11 @@ _PG_COLUMNS = {
     "schedule_id": "uuid",
     "created_at": "timestamptz",
     "modified_at": "timestamptz",
+    "published_at": "timestamptz",
     "attempts": "integer",
 }
+#: Run with each claim's insert: its rows are unpublished until :meth:`TaskStore.mark_published`.
+_PG_UNPUBLISHED = "INSERT INTO unpublished_tasks (task_id, claimed_at) SELECT id, created_at FROM inserted"
 
 
 def _pg_tuple(task: NewTask, now: datetime) -> tuple[Any, ...]:
@@ -140,6 +145,7 @@ def _pg_tuple(task: NewTask, now: datetime) -> tuple[Any, ...]:
         orjson.dumps(task.data).decode(),
         task.reason,
         None if task.schedule_id is None else str(task.schedule_id),
+        now,
         now,
         now,
         0,
@@ -166,6 +172,9 @@ class TaskStore:
         live hashes makes this atomic however many producers race. Rows are inserted in hash order
         so that two claims of overlapping hashes take their index locks in the same order and can
         never deadlock; the claimed tasks are returned in the order given.
+
+        Each claimed task also gets a row in ``unpublished_tasks`` (in the same statement on
+        PostgreSQL) until :meth:`mark_published`; its ``published_at`` is the claim's time.
         """
         if not tasks:
             return []
@@ -182,7 +191,8 @@ class TaskStore:
                         _PG_COLUMNS,
                         rows,
                         conflict="DO NOTHING",
-                        returning="id::text",
+                        returning="id::text AS text_id, id, created_at",
+                        then=_PG_UNPUBLISHED,
                         page_size=PG_CLAIM_PAGE,
                     )
                 )
@@ -192,6 +202,8 @@ class TaskStore:
                 stmt = self._insert().returning(_TASKS.c.id)
                 for chunk in _chunks(ordered):
                     won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
+                for chunk in _chunks(list(won)):
+                    conn.execute(insert(_UNPUBLISHED), [{"task_id": i, "claimed_at": now} for i in chunk])
         return [t for t in tasks if t.id in won]
 
     def add_finished(self, tasks: Sequence[FinishedTask]) -> set[uuid.UUID]:
@@ -236,16 +248,16 @@ class TaskStore:
                 inserted.update(conn.execute(stmt, list(chunk)).scalars())
         return inserted
 
-    def mark_published(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
-        """Record that the messages of ``ids`` are on the broker."""
-        now = now or utcnow()
+    def mark_published(self, ids: Collection[uuid.UUID]) -> int:
+        """Record that the messages of ``ids`` are on the broker; how many were unpublished.
+
+        A delete from the narrow ``unpublished_tasks`` (a dead tuple each, no index written), not
+        an update of the wide ``tasks`` rows.
+        """
         count = 0
         with self.engine.begin() as conn:
-            for condition in in_values(conn, _TASKS.c.id, list(ids)):
-                result = conn.execute(
-                    update(_TASKS).where(condition, _TASKS.c.published_at.is_(None)).values(published_at=now)
-                )
-                count += result.rowcount
+            for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(ids)):
+                count += conn.execute(delete(_UNPUBLISHED).where(condition)).rowcount
         return count
 
     def unclaim(self, ids: Collection[uuid.UUID]) -> int:
@@ -253,15 +265,21 @@ class TaskStore:
         count = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(list(ids)):
+                unpublished = select(_UNPUBLISHED.c.task_id).where(_UNPUBLISHED.c.task_id.in_(chunk))
                 result = conn.execute(
-                    delete(_TASKS).where(
-                        _TASKS.c.id.in_(chunk),
-                        _TASKS.c.published_at.is_(None),
-                        _TASKS.c.status == TaskStatus.QUEUED,
-                    )
+                    delete(_TASKS).where(_TASKS.c.id.in_(unpublished), _TASKS.c.status == TaskStatus.QUEUED)
                 )
                 count += result.rowcount
+                conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(chunk)))
         return count
+
+    def unpublished_ids(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` are claimed but not marked published."""
+        found: set[uuid.UUID] = set()
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(ids)):
+                found.update(conn.execute(select(_UNPUBLISHED.c.task_id).where(condition)).scalars())
+        return found
 
     # --- transitions -----------------------------------------------------------------------
 

@@ -4,8 +4,11 @@
    its worker die (SIGKILL, OOM, a lost host): it is queued and published again while it has
    attempts left (``SCHEDULER_MAX_RETRIES``), else failed, so its hash is free again. (A
    redelivery on the same host whose runner process is gone takes over at once instead.)
-2. **Claimed, never published**: a row ``queued`` with no ``published_at`` older than
-   ``SCHEDULER_UNPUBLISHED_AFTER`` seconds (a producer died between claim and publish): published.
+2. **Claimed, never published**: a row ``queued`` still listed in ``unpublished_tasks``
+   ``SCHEDULER_UNPUBLISHED_AFTER`` seconds after its claim (a producer died between claim and
+   publish), or claimed that long ago by a version before revision 0004 and never marked:
+   published. A listing whose task is no longer queued (it was published after all, and ran or
+   was cancelled) is dropped.
 3. **Queued, message lost**: rows ``queued`` for longer than the broker's visibility timeout with
    no worker activity, while their queue on the broker is empty (so their messages are surely
    gone: a broker that lost its data, a purge): published again. When the queue is not empty
@@ -24,19 +27,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
+from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
 from kat_scheduler.storage.tasks import TaskStore
 
 logger = logging.getLogger(__name__)
 
 _TASKS = table_of(TaskRow)
+_UNPUBLISHED = table_of(UnpublishedTask)
 BATCH = 5000
 
 
@@ -70,7 +74,10 @@ def stuck_running(settings: Settings, now: datetime) -> tuple[ColumnElement[bool
 def never_published(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
     """Conditions on ``tasks`` of rows claimed but not published for ``SCHEDULER_UNPUBLISHED_AFTER`` (repair 2)."""
     cutoff = now - timedelta(seconds=settings.unpublished_after)
-    return (_TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff)
+    listed = select(_UNPUBLISHED.c.task_id).where(_UNPUBLISHED.c.claimed_at < cutoff)
+    # A row claimed by a version before revision 0004 is not listed: it has no published_at.
+    older = and_(_TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff)
+    return (_TASKS.c.status == TaskStatus.QUEUED, or_(_TASKS.c.id.in_(listed), older))
 
 
 def message_for(row: Any) -> OutgoingMessage:
@@ -143,10 +150,16 @@ class Reaper:
         if published:
             with self.tasks.engine.begin() as conn:
                 conn.execute(update(_TASKS).where(_TASKS.c.id.in_(published)).values(published_at=utcnow()))
+                conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(published)))
         return len(published)
 
     def _publish_unpublished(self, now: datetime, report: ReapReport) -> int:
-        return self._publish(self._rows(*never_published(self.settings, now)), report)
+        published = self._publish(self._rows(*never_published(self.settings, now)), report)
+        cutoff = now - timedelta(seconds=self.settings.unpublished_after)
+        queued = exists().where(_TASKS.c.id == _UNPUBLISHED.c.task_id, _TASKS.c.status == TaskStatus.QUEUED)
+        with self.tasks.engine.begin() as conn:  # listings of tasks that moved on (or are gone)
+            conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.claimed_at < cutoff, ~queued))
+        return published
 
     def _republish_lost(self, now: datetime, report: ReapReport) -> int:
         cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
-from kat_scheduler.storage import ScheduleRow, TaskRow
+from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
 from tests.vhosts import own_vhost
 from tests.workers import ROOT, stop, wait_for
@@ -253,9 +253,7 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
             stop(process)  # at once: the bookkeeping of the last batches may still be pending
     assert process.returncode == 0, (tmp_path / "listener.log").read_text()
     with pg_engine.connect() as conn:
-        unpublished = conn.execute(
-            select(func.count()).select_from(TaskRow).where(TaskRow.published_at.is_(None))
-        ).scalar_one()
+        unpublished = conn.execute(select(func.count()).select_from(UnpublishedTask)).scalar_one()
         scheduled = conn.execute(
             select(func.count()).select_from(ScheduleRow).where(ScheduleRow.input_ooi.in_(refs))
         ).scalar_one()

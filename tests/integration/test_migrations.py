@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import migrate
 from kat_scheduler.storage.db import make_engine, normalise_url
-from kat_scheduler.storage.tables import Base
+from kat_scheduler.storage.tables import Base, TaskRow
+from kat_scheduler.workers.reaper import never_published
 from tests.conftest import POSTGRES_URI, service_missing
 
 
@@ -67,3 +72,39 @@ def test_upgrading_twice_is_harmless(empty_db: str) -> None:
     migrate.upgrade(empty_db)
     migrate.upgrade(empty_db)
     assert migrate.current_revision(empty_db) == migrate.head_revision()
+
+
+def test_a_task_claimed_but_not_published_before_0004_is_still_found_by_the_reaper_after_it(empty_db: str) -> None:
+    migrate.upgrade(empty_db, "0003")  # the tasks table is as it is now; published_at NULL meant "not sent"
+    engine = make_engine(empty_db)
+    claimed_at = datetime.now(UTC) - timedelta(hours=1)
+    waiting, sent, finished = (
+        old_task_row(status=status, published_at=published, created_at=claimed_at)
+        for status, published in (("queued", None), ("queued", claimed_at), ("completed", None))
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.insert(TaskRow), [waiting, sent, finished])
+    migrate.upgrade(empty_db)
+    with engine.connect() as conn:
+        stalled = conn.execute(sa.select(TaskRow.id).where(*never_published(load_settings(), datetime.now(UTC))))
+        assert list(stalled.scalars()) == [waiting["id"]]
+    engine.dispose()
+
+
+def old_task_row(**columns: object) -> dict[str, object]:
+    """A ``tasks`` row as revision 0003 had it."""
+    return {
+        "id": uuid.uuid4(),
+        "scheduler_id": "boefje",
+        "type": "boefje",
+        "organisation": "org",
+        "plugin_id": "dns-records",
+        "input_ooi": "Hostname|internet|a.nl",
+        "hash": uuid.uuid4().hex,
+        "band": 1,
+        "priority": 0,
+        "data": {},
+        "modified_at": columns["created_at"],
+        "attempts": 0,
+        **columns,
+    }

@@ -15,7 +15,7 @@ from kat_scheduler.publisher import OutgoingMessage, make_publisher
 from kat_scheduler.queues import LEAST_URGENT_BAND, Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
-from kat_scheduler.storage import TaskRow
+from kat_scheduler.storage import TaskRow, UnpublishedTask
 from tests.workers import celery_worker, wait_for
 
 
@@ -35,7 +35,7 @@ def queued_rows(engine) -> list[tuple[str, str, str, int, str]]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi, TaskRow.band, TaskRow.id).where(
-                TaskRow.status == TaskStatus.QUEUED, TaskRow.published_at.is_not(None)
+                TaskRow.status == TaskStatus.QUEUED, TaskRow.id.not_in(select(UnpublishedTask.task_id))
             )
         ).all()
     return [(r[0], r[1], r[2], r[3], str(r[4])) for r in rows]

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from celery import current_app
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
 
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.events.consumer import TransientError
@@ -126,7 +126,11 @@ def test_a_producer_on_a_database_without_producer_runs_runs_and_logs(
     redis_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'old.db'}"
-    migrate.upgrade(uri, "0002")
+    migrate.upgrade(uri)
+    engine = create_engine(uri)
+    with engine.begin() as conn:  # as if producer_runs had never been created (or was lost)
+        conn.execute(text("DROP TABLE producer_runs"))
+    engine.dispose()
     runtime = Runtime(load_settings(db_uri=uri, broker_url=redis_url))
     monkeypatch.setattr(scheduler_tasks, "get_runtime", lambda: runtime)
     try:

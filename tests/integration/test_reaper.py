@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 import redis
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, delete, update
 
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.settings import load_settings
-from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.reaper import Reaper
 from tests.factories import NewTaskFactory
@@ -35,8 +35,38 @@ def boefje_messages(redis_url: str) -> list[dict]:
 
 
 def age(engine: Engine, task_id, **columns) -> None:
+    """Set columns of a task row; an older ``created_at`` makes its claim (if unpublished) as old."""
     with engine.begin() as conn:
         conn.execute(update(TaskRow).where(TaskRow.id == task_id).values(**columns))
+        if "created_at" in columns:
+            conn.execute(
+                update(UnpublishedTask)
+                .where(UnpublishedTask.task_id == task_id)
+                .values(claimed_at=columns["created_at"])
+            )
+
+
+def test_a_claim_by_a_version_before_0004_that_never_published_is_published(reaper, pg_engine, redis_url) -> None:
+    store = reaper.tasks
+    orphan = NewTaskFactory()
+    store.claim([orphan])
+    with pg_engine.begin() as conn:  # how an older version left it: not listed, no published_at
+        conn.execute(delete(UnpublishedTask))
+        conn.execute(update(TaskRow).values(published_at=None, created_at=utcnow() - timedelta(minutes=5)))
+    assert reaper.reap(utcnow()).published_unpublished == 1
+    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(orphan.id)]
+    assert reaper.reap(utcnow()).published_unpublished == 0
+
+
+def test_a_listing_of_a_task_that_ran_after_all_is_dropped_not_published(reaper, pg_engine, redis_url) -> None:
+    store = reaper.tasks
+    ran = NewTaskFactory()
+    store.claim([ran])  # published, but the producer died before marking it
+    store.start(ran.id, "w")
+    age(pg_engine, ran.id, created_at=utcnow() - timedelta(minutes=5))
+    assert reaper.reap(utcnow()).published_unpublished == 0
+    assert boefje_messages(redis_url) == []
+    assert store.unpublished_ids([ran.id]) == set()
 
 
 def test_a_task_left_running_past_the_hard_limit_is_run_again(reaper, pg_engine, redis_url) -> None:
@@ -76,8 +106,7 @@ def test_a_claimed_task_that_was_never_published_is_published(reaper, pg_engine,
     messages = boefje_messages(redis_url)
     assert [m["headers"]["id"] for m in messages] == [str(orphan.id)]
     assert json.loads(__import__("base64").b64decode(messages[0]["body"]))[1]["input_ooi"] == orphan.input_ooi
-    assert store.get(orphan.id).published_at is not None
-    assert store.get(young.id).published_at is None
+    assert store.unpublished_ids([orphan.id, young.id]) == {young.id}
     assert reaper.reap(utcnow()).published_unpublished == 0
 
 

@@ -18,7 +18,7 @@ from kat_scheduler.publisher import OutgoingMessage, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.status import StatusReport, collect_broker, collect_status, status_cmd
-from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore, migrate
+from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore, UnpublishedTask, migrate
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.reaper import Reaper
 from tests.factories import NewScheduleFactory, NewTaskFactory
@@ -50,8 +50,15 @@ def run_status(settings: Settings, *args: str) -> Result:
 
 
 def age(engine: Engine, task_id: uuid.UUID, **columns) -> None:
+    """Set columns of a task row; an older ``created_at`` makes its claim (if unpublished) as old."""
     with engine.begin() as conn:
         conn.execute(update(TaskRow).where(TaskRow.id == task_id).values(**columns))
+        if "created_at" in columns:
+            conn.execute(
+                update(UnpublishedTask)
+                .where(UnpublishedTask.task_id == task_id)
+                .values(claimed_at=columns["created_at"])
+            )
 
 
 def message(band: int, queue: Queue = Queue.BOEFJES) -> OutgoingMessage:
@@ -155,7 +162,7 @@ def test_due_schedules_are_the_enabled_ones_whose_deadline_passed(settings: Sett
     assert section.oldest_due_at == overdue.deadline_at and section.oldest_due_seconds == pytest.approx(600, abs=1)
 
 
-def test_a_database_behind_the_newest_schema_says_so_and_the_producers_section_fails(
+def test_a_database_behind_the_newest_schema_says_so_and_the_sections_needing_newer_tables_fail(
     settings: Settings, tmp_path
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'old.db'}"
@@ -163,7 +170,9 @@ def test_a_database_behind_the_newest_schema_says_so_and_the_producers_section_f
     report = collect_status(settings.model_copy(update={"db_uri": uri}))
     assert report.database.error is None
     assert (report.database.revision, report.database.up_to_date) == ("0002", False)
-    assert report.failed == ["producers"] and "producer_runs" in (report.producers.error or "")
+    assert report.failed == ["producers", "stalled"]
+    assert "producer_runs" in (report.producers.error or "")
+    assert "unpublished_tasks" in (report.stalled.error or "")
     assert report.tasks.error is None and report.tasks.total == 0
 
 

@@ -21,7 +21,8 @@ def test_a_claim_returns_the_tasks_whose_hash_was_free(engine: Engine) -> None:
     assert claimed == [again[2]]
     assert store.get(again[0].id) is None
     row = store.get(first[0].id)
-    assert row is not None and row.status == TaskStatus.QUEUED and row.published_at is None
+    assert row is not None and row.status == TaskStatus.QUEUED
+    assert store.unpublished_ids([t.id for t in first]) == {t.id for t in first}  # until marked
 
 
 def test_duplicate_hashes_within_one_claim_are_claimed_once(engine: Engine) -> None:
@@ -128,6 +129,8 @@ def test_a_large_claim_is_split_into_statements_and_counted(engine: Engine) -> N
     assert len(store.claim(tasks)) == 2500
     assert store.count_by_status()[TaskStatus.QUEUED] == 2500
     assert store.mark_published([t.id for t in tasks]) == 2500
+    assert store.mark_published([t.id for t in tasks]) == 0  # once is enough
+    assert not store.unpublished_ids([t.id for t in tasks])
 
 
 def test_unknown_task_ids_are_absent(engine: Engine) -> None:
