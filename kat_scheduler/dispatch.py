@@ -66,26 +66,27 @@ class Dispatcher:
         self.store = store
         self.publisher = publisher
 
-    def dispatch(self, items: Sequence[Dispatchable], *, mark: bool = True) -> DispatchResult:
+    def dispatch(
+        self,
+        items: Sequence[Dispatchable],
+        *,
+        mark: bool = True,
+        messages: Sequence[OutgoingMessage] | None = None,
+    ) -> DispatchResult:
         """Claim and publish one batch; never raises for a publish failure (it is reported).
 
         With ``mark=False`` the caller marks ``result.published_tasks`` published itself (a
         producer does so once after its last publish, to keep bookkeeping off the critical path;
         should it crash in between, the reaper republishes and the claim keeps that harmless).
+        ``messages`` are the items' messages from :meth:`prepare`, when made already.
         """
-        return self.publish(self.claim(items), mark=mark)
+        return self.publish(self.claim(items, messages=messages), mark=mark)
 
-    def claim(self, items: Sequence[Dispatchable]) -> Claim:
-        """Step 1: claim the rows; the result says which won and what to publish for them.
-
-        The messages are prepared (encoded) first: a message that could never be published
-        fails the call before any row is claimed, and publishing later only sends.
-        """
+    def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
+        """The messages of ``items``, encoded (in order): what :meth:`claim` would make first."""
         from kat_scheduler.publisher import OutgoingMessage
 
-        if not items:
-            return Claim(offered=0, tasks=[], messages=[])
-        messages = self.publisher.prepare(
+        return self.publisher.prepare(
             [
                 OutgoingMessage(
                     task_id=item.task.id,
@@ -97,6 +98,20 @@ class Dispatcher:
                 for item in items
             ]
         )
+
+    def claim(self, items: Sequence[Dispatchable], *, messages: Sequence[OutgoingMessage] | None = None) -> Claim:
+        """Step 1: claim the rows; the result says which won and what to publish for them.
+
+        The messages are prepared (encoded) first, unless given (from :meth:`prepare`): a message
+        that could never be published fails the call before any row is claimed, and publishing
+        later only sends.
+        """
+        if not items:
+            return Claim(offered=0, tasks=[], messages=[])
+        if messages is None:
+            messages = self.prepare(items)
+        elif len(messages) != len(items):
+            raise ValueError(f"{len(messages)} messages given for {len(items)} items")
         claimed = self.store.claim([item.task for item in items])
         by_id = {message.task_id: message for message in messages}
         return Claim(offered=len(items), tasks=claimed, messages=[by_id[task.id] for task in claimed])

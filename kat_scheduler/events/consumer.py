@@ -28,12 +28,15 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from functools import partial
+from queue import SimpleQueue
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from kombu.connection import Connection
@@ -98,6 +101,24 @@ class Rejected:
 #: the batch causes is persisted before it returns; it returns the events it will never be able
 #: to process, and raises :class:`TransientError` to have the whole batch tried again later.
 Handler = Callable[[str, list[Any]], list[Rejected]]
+#: What a :class:`StagedHandler`'s ``plan`` returns: the batch's writes, run later; returns as a handler does.
+Finish = Callable[[], list[Rejected]]
+
+
+@runtime_checkable
+class StagedHandler(Protocol):
+    """A handler in two stages, so that the next batch is planned while this one is written.
+
+    ``plan(queue, events)`` reads and decides (and may raise, as a handler does) and returns
+    ``finish``, which claims, publishes and cancels. The listener runs the plans of its batches
+    one after the other on one thread and their finishes one after the other on another, so the
+    writes keep the order of the batches while the plan of batch n + 1 overlaps the writes of
+    batch n. Calling the handler does both at once.
+    """
+
+    def __call__(self, queue: str, events: list[Any]) -> list[Rejected]: ...
+
+    def plan(self, queue: str, events: list[Any]) -> Finish: ...
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -134,6 +155,8 @@ HANDLER_POLL = 0.002
 #: A batch in the handler for longer than this (seconds) stops the heartbeat: the listener is
 #: connected but stuck (a service or the database hanging past its timeouts).
 STALLED_AFTER = 120.0
+#: Batches of a :class:`StagedHandler` in flight at once: one being written, the next being planned.
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -145,6 +168,9 @@ class _InFlight:
     events: int
     future: Future[dict[int, str]]
     started: float
+    #: Set once a staged handler's plan of this batch is done (the next batch may be planned);
+    #: ``None`` for a plain handler, whose batches are handled one at a time.
+    planned: threading.Event | None = None
     warned: bool = False
 
     def stalled(self, now: float) -> bool:
@@ -175,6 +201,25 @@ def _in_daemon_thread(function: Callable[..., T], *args: Any) -> Future[T]:
 
     threading.Thread(target=run, name="events-handler", daemon=True).start()
     return future
+
+
+class _SerialWorker:
+    """Runs submitted calls one after the other on a daemon thread of its own (started on first use)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()
 
 
 #: A batch is handed over at the latest this long after its first message, however busy the queue.
@@ -238,9 +283,10 @@ class _Batches:
 class EventConsumer:
     """Consumes the event queues that have a handler, in batches; see the module docstring.
 
-    ``prefetch`` (default ``2 * batch_size``) is how many unacked messages the broker lets us
-    hold. ``min_backoff`` is the first delay after a failed batch or a lost connection; each
-    further failure doubles it, up to ``max_backoff``.
+    ``prefetch`` (default ``(PIPELINE_DEPTH + 1) * batch_size``: the batches in flight and the
+    next one) is how many unacked messages the broker lets us hold. ``min_backoff`` is the first
+    delay after a failed batch or a lost connection; each further failure doubles it, up to
+    ``max_backoff``.
     """
 
     def __init__(
@@ -265,7 +311,7 @@ class EventConsumer:
         self.handlers = dict(handlers)
         self.batch_size = batch_size
         self.batch_window = batch_window
-        self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
+        self.prefetch = min(prefetch or (PIPELINE_DEPTH + 1) * batch_size, MAX_PREFETCH)
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat or Heartbeat(None)
         self._handler_backoff = Backoff(min_backoff, max_backoff)
@@ -273,6 +319,8 @@ class EventConsumer:
         self._stats = dict.fromkeys(STATS, 0)
         self._stats_lock = threading.Lock()
         self._multiple_acks = False
+        self._planner = _SerialWorker("events-plan")
+        self._writer = _SerialWorker("events-write")
 
     # --- public --------------------------------------------------------------------------
 
@@ -347,42 +395,45 @@ class EventConsumer:
             self.prefetch,
         )
 
-        # One batch is handled at a time, on a thread of its own, while this thread goes on
-        # receiving (and decoding) the next one; acks and dead letters stay on this thread, which
-        # owns the channel. A batch in flight when the connection fails is waited for and left
-        # unacked: the broker delivers its events again, and the claim keeps that harmless.
-        inflight: _InFlight | None = None
+        # Batches are handled on other threads while this one goes on receiving (and decoding)
+        # the next; acks and dead letters stay on this thread, which owns the channel. A plain
+        # handler takes one batch at a time. A staged handler's batches are planned one after
+        # the other on one thread and written one after the other on another, so the next batch
+        # is planned while the last is written (PIPELINE_DEPTH in flight); they are settled in
+        # the order they came. Batches in flight when the connection fails are waited for and
+        # left unacked: the broker delivers their events again, and the claim keeps that harmless.
+        inflight: deque[_InFlight] = deque()
         try:
             while not (stop.is_set() or self._finished(max_batches)):
                 now = time.monotonic()
-                if inflight is None or not inflight.stalled(now):
+                if not inflight or not inflight[0].stalled(now):
                     self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
-                if inflight is not None and inflight.future.done():
-                    self._settle(producer, inflight, stop)
-                    inflight = None
+                if inflight and inflight[0].future.done():
+                    self._settle(producer, inflight.popleft(), stop)
                     continue
-                if inflight is None:
+                if _may_start(inflight):
                     due = batches.next_due(now)
                     if due is not None:
-                        inflight = self._start(producer, *due)
+                        started = self._start(producer, *due)
+                        if started is not None:
+                            inflight.append(started)
                         continue
                 wait = batches.wait(now)
-                if inflight is not None:
+                if inflight:
                     wait = min(wait, HANDLER_POLL)
                 with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
                     connection.drain_events(timeout=wait)
-            if inflight is not None:
-                futures_wait([inflight.future])
-                self._settle(producer, inflight, stop)
-                inflight = None
+            while inflight:
+                futures_wait([inflight[0].future])
+                self._settle(producer, inflight.popleft(), stop)
         except (SystemExit, KeyboardInterrupt):
-            # A second signal: leave at once. The handler's thread is a daemon and ends with the
-            # process; its events were not acked, so the broker delivers them again.
-            inflight = None
+            # A second signal: leave at once. The handler threads are daemons and end with the
+            # process; their events were not acked, so the broker delivers them again.
+            inflight.clear()
             raise
         finally:
-            if inflight is not None:  # the connection failed: let the batch finish before the next
-                futures_wait([inflight.future])
+            if inflight:  # the connection failed: let the batches finish before the next
+                futures_wait([batch.future for batch in inflight])
 
         for consumer in consumers:
             consumer.cancel()
@@ -432,12 +483,44 @@ class EventConsumer:
                 self._dead_letter(producer, queue, message, str(exc))
         if not events:
             return None
+        handler = self.handlers[queue]
+        if isinstance(handler, StagedHandler):
+            future, planned = self._staged(handler, queue, events)
+            return _InFlight(queue, held, len(events), future, time.monotonic(), planned)
         future = _in_daemon_thread(self._run_handler, queue, events)
         return _InFlight(queue, held, len(events), future, time.monotonic())
 
     def _run_handler(self, queue: str, events: list[BaseModel]) -> dict[int, str]:
         with collector_paused():
             return {r.index: r.reason for r in self.handlers[queue](queue, events)}
+
+    def _staged(
+        self, handler: StagedHandler, queue: str, events: list[BaseModel]
+    ) -> tuple[Future[dict[int, str]], threading.Event]:
+        """Plan the batch on the planning thread, then write it on the writing thread."""
+        future: Future[dict[int, str]] = Future()
+        future.set_running_or_notify_cancel()
+        planned = threading.Event()
+
+        def write(finish: Finish) -> None:
+            try:
+                with collector_paused():
+                    future.set_result({r.index: r.reason for r in finish()})
+            except BaseException as exc:  # handed to the receiving thread, which decides
+                future.set_exception(exc)
+
+        def plan() -> None:
+            try:
+                with collector_paused():
+                    finish = handler.plan(queue, events)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                self._writer.submit(partial(write, finish))  # before the next plan can be
+            planned.set()
+
+        self._planner.submit(plan)
+        return future, planned
 
     def _settle(self, producer: Producer, batch: _InFlight, stop: threading.Event) -> None:
         """Ack a handled batch (dead-lettering what the handler rejected), or requeue it on failure."""
@@ -517,6 +600,14 @@ class EventConsumer:
 
     def _finished(self, max_batches: int | None) -> bool:
         return max_batches is not None and self.stats()["batches"] >= max_batches
+
+
+def _may_start(inflight: deque[_InFlight]) -> bool:
+    """Whether the next batch may be taken up: none in flight, or the last is planned and there is room."""
+    if not inflight:
+        return True
+    last = inflight[-1]
+    return len(inflight) < PIPELINE_DEPTH and last.planned is not None and last.planned.is_set()
 
 
 def _decode(queue: str, message: Message) -> BaseModel:

@@ -28,7 +28,7 @@ from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Dispatchable, Dispatcher
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
 from kat_scheduler.events.bookkeeping import Bookkeeper
-from kat_scheduler.events.consumer import Rejected, TransientError
+from kat_scheduler.events.consumer import Finish, Rejected, TransientError
 from kat_scheduler.events.recording import RecordingHandler
 from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
@@ -51,7 +51,7 @@ from kat_scheduler.planning.rules import (
     rank_pair,
 )
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import Publisher
+from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import rank_normalizer
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
@@ -124,14 +124,23 @@ class _Base:
         except (ServiceError, ValidationError) as exc:
             raise TransientError(f"Katalogus: {exc}") from exc
 
-    def _dispatch(self, items: list[Dispatchable]) -> list[NewTask]:
-        """Claim and publish ``items``; the tasks published (marking them is left to the bookkeeper).
+    def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
+        """Handle one batch: :meth:`plan` it, then write it."""
+        return self.plan(queue, events)()
 
-        A task whose hash is live already loses its claim and is counted as skipped ``live``.
+    def plan(self, queue: str, events: list[Any]) -> Finish:
+        """Read and decide (may raise :class:`TransientError`); returns the batch's writes."""
+        raise NotImplementedError
+
+    def _dispatch(self, items: list[Dispatchable], messages: list[OutgoingMessage]) -> list[NewTask]:
+        """Claim and publish ``items`` (``messages`` are theirs, prepared); the tasks published.
+
+        Marking them published is left to the bookkeeper. A task whose hash is live already
+        loses its claim and is counted as skipped ``live``.
         """
         published: list[NewTask] = []
         for start, end in _spans(len(items), self.settings.batch_size):
-            result = self.dispatcher.dispatch(items[start:end], mark=False)
+            result = self.dispatcher.dispatch(items[start:end], mark=False, messages=messages[start:end])
             if result.published_tasks:
                 self.bookkeeper.submit(
                     "mark published", partial(self.tasks.mark_published, [t.id for t in result.published_tasks])
@@ -147,9 +156,16 @@ class _Base:
 
 
 class MutationHandler(_Base):
-    """``scan_profile_mutations`` → boefje tasks for the object, or cancellations."""
+    """``scan_profile_mutations`` → boefje tasks for the object, or cancellations.
 
-    def __call__(self, queue: str, events: list[ScanProfileMutation]) -> list[Rejected]:
+    The plan reads (plugins, schedules, history) and decides; the writes (cancellations, claims,
+    publishes) come after, in batch order, so a delete in one batch is never overtaken by a
+    create of the batch before. A plan may run before the writes of the batch before it are done:
+    what it reads then may be a batch behind, which costs nothing but a lost claim (the pair was
+    queued meanwhile) or a deadline written from a run that the pair's new task will replace.
+    """
+
+    def plan(self, queue: str, events: list[ScanProfileMutation]) -> Finish:
         now = self.clock()
         rejected: list[Rejected] = []
         by_org: dict[str, list[int]] = defaultdict(list)
@@ -167,14 +183,9 @@ class MutationHandler(_Base):
             for i in indices:
                 latest[events[i].primary_key] = events[i]
             pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel)
-        # 2. One statement each for the whole batch (hashes include the organisation).
-        if cancel:
-            self.bookkeeper.flush()  # an earlier batch's schedule writes go first
-            self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
-            self.stats.schedules_disabled += self.schedules.disable_hashes(
-                cancel, "object deleted or scan level too low", now=now
-            )
-        # Whether a pair is live already is not looked up: its claim simply loses (see _dispatch).
+        # 2. One statement each for the whole batch (hashes include the organisation). Whether a
+        # pair is live already is not looked up: its claim simply loses (see _dispatch). The
+        # hashes to cancel are other objects' or other pairs' than the ones planned here.
         hashes = [p.hash for pairs in pairs_by_org.values() for p in pairs]
         states = self.schedules.states(hashes) if hashes else {}
         history = self.tasks.last_runs(hashes) if hashes else {}
@@ -182,19 +193,32 @@ class MutationHandler(_Base):
         per_org = [self._decide(org, pairs, states, history, schedules, now) for org, pairs in pairs_by_org.items()]
         self.stats.events += len(events)
         candidates = list(interleave(per_org))
-        queued = {t.hash for t in self._dispatch([boefje_dispatchable(c) for c in candidates])}
-        # A pair that has a schedule gets its next deadline now that it is queued. A new pair gets
-        # none: once its task has run, the next planning tick writes its schedule from that run (as
-        # it does for any pair with history and no schedule), and until then its live task, then
-        # its history, keep it from running twice. So a storm of new objects writes no schedules.
-        schedules.extend(
-            new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
-            for c in candidates
-            if c.hash in states and c.hash in queued
-        )
-        if schedules:
-            self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
-        return rejected
+        items = [boefje_dispatchable(c) for c in candidates]
+        messages = self.dispatcher.prepare(items)
+
+        def finish() -> list[Rejected]:
+            if cancel:
+                self.bookkeeper.flush()  # an earlier batch's schedule writes go first
+                self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
+                self.stats.schedules_disabled += self.schedules.disable_hashes(
+                    cancel, "object deleted or scan level too low", now=now
+                )
+            queued = {t.hash for t in self._dispatch(items, messages)}
+            # A pair that has a schedule gets its next deadline now that it is queued. A new pair
+            # gets none: once its task has run, the next planning tick writes its schedule from
+            # that run (as it does for any pair with history and no schedule), and until then its
+            # live task, then its history, keep it from running twice. So a storm of new objects
+            # writes no schedules.
+            schedules.extend(
+                new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
+                for c in candidates
+                if c.hash in states and c.hash in queued
+            )
+            if schedules:
+                self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
+            return rejected
+
+        return finish
 
     def _pairs(
         self, org: str, index: BoefjeIndex, mutations: list[ScanProfileMutation], cancel: list[str]
@@ -251,7 +275,7 @@ class MutationHandler(_Base):
 class RawFileHandler(_Base):
     """``raw_file_received`` → one normalizer task per enabled normalizer consuming the file's types."""
 
-    def __call__(self, queue: str, events: list[RawFileReceived]) -> list[Rejected]:
+    def plan(self, queue: str, events: list[RawFileReceived]) -> Finish:
         now = self.clock()
         rejected: list[Rejected] = []
         by_org: dict[str, list[int]] = defaultdict(list)
@@ -266,8 +290,14 @@ class RawFileHandler(_Base):
                 items.extend(self._tasks_for(org, events[i], normalizers, now))
         self.stats.events += len(events)
         items.sort(key=lambda item: item[0])
-        self._dispatch([d for _, d in items])
-        return rejected
+        dispatchables = [d for _, d in items]
+        messages = self.dispatcher.prepare(dispatchables)
+
+        def finish() -> list[Rejected]:
+            self._dispatch(dispatchables, messages)
+            return rejected
+
+        return finish
 
     def _tasks_for(
         self, org: str, event: RawFileReceived, normalizers: Any, now: datetime

@@ -7,16 +7,22 @@ untouched, and a failure to record is only logged (see :mod:`kat_scheduler.recor
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from typing import Any
 
-from kat_scheduler.events.consumer import Handler, Rejected
+from kat_scheduler.events.consumer import Finish, Handler, Rejected, StagedHandler
 from kat_scheduler.models.producers import RunOutcome
 from kat_scheduler.recording import ThrottledRecorder, describe
 from kat_scheduler.storage.tables import utcnow
 
 
 class RecordingHandler:
-    """``handler``, and after each batch the listener's run (throttled by ``recorder``)."""
+    """``handler``, and after each batch the listener's run (throttled by ``recorder``).
+
+    Staged itself (see :class:`~kat_scheduler.events.consumer.StagedHandler`): a run is recorded
+    when a batch is written, or when its plan or its writes fail.
+    """
 
     def __init__(
         self,
@@ -29,17 +35,37 @@ class RecordingHandler:
         self.summary = summary
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
+        return self.plan(queue, events)()
+
+    def plan(self, queue: str, events: list[Any]) -> Finish:
+        """The handler's plan (when it is staged: else the whole batch is done in ``finish``)."""
         started = utcnow()
         try:
-            rejected = self.handler(queue, events)
-        except Exception as exc:
-            self.recorder.record(
-                started_at=started,
-                finished_at=utcnow(),
-                outcome=RunOutcome.ERROR,
-                summary=self.summary,
-                error=f"{queue}: {describe(exc)}",
+            finish: Finish = (
+                self.handler.plan(queue, events)
+                if isinstance(self.handler, StagedHandler)
+                else partial(self.handler, queue, events)
             )
+        except Exception as exc:
+            self._failed(queue, started, exc)
             raise
-        self.recorder.record(started_at=started, finished_at=utcnow(), outcome=RunOutcome.OK, summary=self.summary)
-        return rejected
+
+        def recorded() -> list[Rejected]:
+            try:
+                rejected = finish()
+            except Exception as exc:
+                self._failed(queue, started, exc)
+                raise
+            self.recorder.record(started_at=started, finished_at=utcnow(), outcome=RunOutcome.OK, summary=self.summary)
+            return rejected
+
+        return recorded
+
+    def _failed(self, queue: str, started: datetime, exc: Exception) -> None:
+        self.recorder.record(
+            started_at=started,
+            finished_at=utcnow(),
+            outcome=RunOutcome.ERROR,
+            summary=self.summary,
+            error=f"{queue}: {describe(exc)}",
+        )

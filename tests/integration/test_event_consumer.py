@@ -12,6 +12,7 @@ each test.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Producer
 
 from kat_scheduler.events.consumer import (
+    PIPELINE_DEPTH,
     RAW_FILE_RECEIVED,
     REDIS_TRANSPORT_OPTIONS,
     SCAN_PROFILE_MUTATIONS,
@@ -323,6 +325,68 @@ def test_the_next_batch_is_received_while_one_is_handled_and_batches_never_overl
     assert overlapped == []
     assert handler.handled() == [key(n) for n in range(600)]  # one batch after another, in order
     assert any(count > 0 for count in received_meanwhile[:-1]), received_meanwhile
+
+
+class StagedFake:
+    """A staged handler that logs when each batch's plan and writes start and end."""
+
+    def __init__(self, write_seconds: float = 0.15, fail_plan: set[int] | None = None) -> None:
+        self.write_seconds = write_seconds
+        self.fail_plan = fail_plan or set()
+        self.log: list[tuple[str, int, float]] = []  # (what, batch number, monotonic time)
+        self.written: list[str] = []
+        self.batches = 0
+
+    def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
+        return self.plan(queue, events)()
+
+    def plan(self, queue: str, events: list[Any]) -> Callable[[], list[Rejected]]:
+        self.batches += 1
+        number = self.batches
+        self.log.append(("plan", number, time.monotonic()))
+        time.sleep(0.05)
+        if number in self.fail_plan:
+            raise TransientError(f"plan {number} failed")
+        keys = [event_key(event) for event in events]
+
+        def finish() -> list[Rejected]:
+            self.log.append(("write", number, time.monotonic()))
+            time.sleep(self.write_seconds)
+            self.written.extend(keys)
+            self.log.append(("written", number, time.monotonic()))
+            return []
+
+        return finish
+
+    def at(self, what: str, number: int) -> float:
+        return next(t for w, n, t in self.log if (w, n) == (what, number))
+
+
+def test_a_staged_handler_plans_the_next_batch_while_writing_one_and_writes_in_order(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(500)])
+    handler = StagedFake()
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100)
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=500), 30), consumer.stats()
+
+    assert handler.written == [key(n) for n in range(500)]  # written in order, each once
+    writes = [(handler.at("write", n), handler.at("written", n)) for n in range(1, handler.batches + 1)]
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(writes))  # one at a time
+    # ... and while batch n was written, batch n + 1 was planned
+    overlapped = [n for n in range(1, handler.batches) if handler.at("plan", n + 1) < handler.at("written", n)]
+    assert overlapped, handler.log
+    assert consumer.prefetch == (PIPELINE_DEPTH + 1) * 100
+
+
+def test_a_batch_whose_plan_fails_comes_back_and_the_batches_after_it_are_still_handled(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(300)])
+    handler = StagedFake(write_seconds=0.01, fail_plan={2})
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100, min_backoff=0.05)
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=300), 30), consumer.stats()
+
+    assert sorted(handler.written) == sorted(key(n) for n in range(300))  # every event, once
+    assert 0 < consumer.stats()["requeued"] <= 100  # batch 2 (the broker may cut it short), once
 
 
 def test_poison_messages_are_dead_lettered_and_the_next_event_is_handled(
