@@ -53,7 +53,7 @@ from kat_scheduler.planning.rules import (
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.rankers import rank_normalizer
+from kat_scheduler.rankers import Rank, rank_normalizer
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.producers import ProducerRunStore
@@ -244,6 +244,7 @@ class MutationHandler(_Base):
         now: datetime,
     ) -> list[Candidate]:
         out: list[Candidate] = []
+        ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
         for pair in pairs:
             state = states.get(pair.hash)
             if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
@@ -259,13 +260,19 @@ class MutationHandler(_Base):
             if last is None and state is not None and state.enabled and state.deadline_at is not None:
                 last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
             trigger = Trigger.NEW_OBJECT if last is None else Trigger.SCHEDULE
+            # A rank depends on the pair only through its boefje: a storm of new objects ranks
+            # each boefje once per batch (the ranker is pure, so this changes nothing).
+            key = (pair.boefje.id, trigger, last)
+            rank = ranks.get(key)
+            if rank is None:
+                rank = ranks[key] = rank_pair(pair, trigger, last, now, self.settings.grace_period)
             out.append(
                 Candidate(
                     organisation=org,
                     boefje=pair.boefje,
                     input_ooi=pair.ooi.primary_key,
                     hash=pair.hash,
-                    rank=rank_pair(pair, trigger, last, now, self.settings.grace_period),
+                    rank=rank,
                     trigger=trigger,
                 )
             )
