@@ -219,7 +219,11 @@ class _SerialWorker:
 
     def _run(self) -> None:
         while True:
-            self._jobs.get()()
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # a job reports its own failure; this thread must outlive any
+                logger.exception("%s: a job failed outside its batch", self.name)
 
 
 #: A batch is handed over at the latest this long after its first message, however busy the queue.
@@ -513,11 +517,11 @@ class EventConsumer:
             try:
                 with collector_paused():
                     finish = handler.plan(queue, events)
+                self._writer.submit(partial(write, finish))  # before the next plan can be
             except BaseException as exc:
                 future.set_exception(exc)
-            else:
-                self._writer.submit(partial(write, finish))  # before the next plan can be
-            planned.set()
+            finally:
+                planned.set()
 
         self._planner.submit(plan)
         return future, planned
