@@ -34,7 +34,7 @@ and the clock starts once RabbitMQ counts its consumer: "published at once", the
 Storm a's backlog run uses other new objects; storm b's two runs start from the same state
 (the first one's tasks and new schedules are deleted in between).
 
-A storm is followed by one sentinel ``create``: the listener handles batches in order on one
+A storm is followed by one sentinel ``create``: the listener writes batches in order on one
 thread, so once the sentinel's task is claimed every storm event has been handled. A storm's
 time runs from its clock's start to the sentinel's claim ("handled"); its rate is ``--storm`` /
 that time. "Last claim" is the newest ``created_at`` of the storm's own rows. HTTP requests

@@ -4,7 +4,7 @@
 2. **Publish** the claimed ones, in the order given, with their band as broker priority.
 3. **Mark** them published. If publishing fails, the rows that were certainly not published
    are un-claimed (deleted, freeing their hashes for the next tick); anything uncertain stays
-   claimed with ``published_at`` unset, for the reaper to publish again.
+   listed in ``unpublished_tasks``, for the reaper to publish again.
 
 Row before message, always: a worker that receives a message finds its row.
 """

@@ -5,8 +5,8 @@ the work is in the database and on the broker. Two writes remain that only recor
 marking the rows published, and giving each new pair its schedule. Doing them on this thread lets
 the listener take up the next batch while the database writes them on another core.
 
-Should the process die before they are written, nothing is lost: a row left without
-``published_at`` is published again by the reaper (a duplicate message runs nothing, the start is
+Should the process die before they are written, nothing is lost: a row left listed in
+``unpublished_tasks`` is published again by the reaper (a duplicate message runs nothing, the start is
 conditional), and a pair without a schedule is found by the next planning tick. A failed write is
 logged and counted, never raised into the consumer.
 

@@ -211,10 +211,15 @@ class _SerialWorker:
         self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Make sure the thread runs (raises ``RuntimeError`` when none can be started)."""
+        if self._thread is None or not self._thread.is_alive():
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            thread.start()
+            self._thread = thread
+
     def submit(self, job: Callable[[], None]) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
+        self.start()
         self._jobs.put(job)
 
     def _run(self) -> None:
@@ -325,6 +330,9 @@ class EventConsumer:
         self._multiple_acks = False
         self._planner = _SerialWorker("events-plan")
         self._writer = _SerialWorker("events-write")
+        #: Batches overlap (one planned while one is written) only when every handler is staged;
+        #: a plain handler is given one batch at a time.
+        self._pipelined = all(isinstance(h, StagedHandler) for h in self.handlers.values())
 
     # --- public --------------------------------------------------------------------------
 
@@ -415,7 +423,7 @@ class EventConsumer:
                 if inflight and inflight[0].future.done():
                     self._settle(producer, inflight.popleft(), stop)
                     continue
-                if _may_start(inflight):
+                if _may_start(inflight, self._pipelined):
                     due = batches.next_due(now)
                     if due is not None:
                         started = self._start(producer, *due)
@@ -488,9 +496,11 @@ class EventConsumer:
         if not events:
             return None
         handler = self.handlers[queue]
-        if isinstance(handler, StagedHandler):
-            future, planned = self._staged(handler, queue, events)
-            return _InFlight(queue, held, len(events), future, time.monotonic(), planned)
+        if self._pipelined:
+            assert isinstance(handler, StagedHandler)
+            batch = _InFlight(queue, held, len(events), Future(), time.monotonic(), threading.Event())
+            self._staged(handler, events, batch)
+            return batch
         future = _in_daemon_thread(self._run_handler, queue, events)
         return _InFlight(queue, held, len(events), future, time.monotonic())
 
@@ -498,15 +508,19 @@ class EventConsumer:
         with collector_paused():
             return {r.index: r.reason for r in self.handlers[queue](queue, events)}
 
-    def _staged(
-        self, handler: StagedHandler, queue: str, events: list[BaseModel]
-    ) -> tuple[Future[dict[int, str]], threading.Event]:
-        """Plan the batch on the planning thread, then write it on the writing thread."""
-        future: Future[dict[int, str]] = Future()
+    def _staged(self, handler: StagedHandler, events: list[BaseModel], batch: _InFlight) -> None:
+        """Plan ``batch`` on the planning thread, then write it on the writing thread.
+
+        Its ``future`` gets the result, its ``planned`` is set once the plan is done, and its
+        ``started`` is reset when its writes begin: waiting behind the writes of the batch before
+        it is not being stuck.
+        """
+        future, planned, queue = batch.future, batch.planned, batch.queue
+        assert planned is not None
         future.set_running_or_notify_cancel()
-        planned = threading.Event()
 
         def write(finish: Finish) -> None:
+            batch.started = time.monotonic()
             try:
                 with collector_paused():
                     future.set_result({r.index: r.reason for r in finish()})
@@ -515,6 +529,9 @@ class EventConsumer:
 
         def plan() -> None:
             try:
+                # The writing thread first: a plan's writes, once planned, must be written (the
+                # handler counts on it to know what is still ahead of the next plan).
+                self._writer.start()
                 with collector_paused():
                     finish = handler.plan(queue, events)
                 self._writer.submit(partial(write, finish))  # before the next plan can be
@@ -524,7 +541,6 @@ class EventConsumer:
                 planned.set()
 
         self._planner.submit(plan)
-        return future, planned
 
     def _settle(self, producer: Producer, batch: _InFlight, stop: threading.Event) -> None:
         """Ack a handled batch (dead-lettering what the handler rejected), or requeue it on failure."""
@@ -606,12 +622,13 @@ class EventConsumer:
         return max_batches is not None and self.stats()["batches"] >= max_batches
 
 
-def _may_start(inflight: deque[_InFlight]) -> bool:
-    """Whether the next batch may be taken up: none in flight, or the last is planned and there is room."""
+def _may_start(inflight: deque[_InFlight], pipelined: bool) -> bool:
+    """Whether the next batch may be taken up: none in flight, or (when every handler is staged)
+    the last one is planned and there is room."""
     if not inflight:
         return True
     last = inflight[-1]
-    return len(inflight) < PIPELINE_DEPTH and last.planned is not None and last.planned.is_set()
+    return pipelined and len(inflight) < PIPELINE_DEPTH and last.planned is not None and last.planned.is_set()
 
 
 def _decode(queue: str, message: Message) -> BaseModel:

@@ -14,9 +14,10 @@ plugin lists come from a short-lived cache, so it costs almost no Katalogus call
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -77,6 +78,24 @@ class HandlerStats:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class _Unwritten:
+    """A planned batch whose writes have not finished: the hashes it queues and those it cancels."""
+
+    queues: frozenset[str]
+    cancels: frozenset[str]
+
+
+def _ahead(batches: list[_Unwritten]) -> tuple[set[str], set[str]]:
+    """What the writes of ``batches`` (in order) will leave: hashes live, and hashes cancelled."""
+    live: set[str] = set()
+    cancelled: set[str] = set()
+    for batch in batches:
+        live = (live - batch.cancels) | batch.queues
+        cancelled = (cancelled | batch.cancels) - batch.queues
+    return live, cancelled
+
+
 def _spans(count: int, size: int) -> list[tuple[int, int]]:
     """``[start, end)`` spans of about ``size`` covering ``count`` items; a short tail joins the last.
 
@@ -109,6 +128,16 @@ class _Base:
         self.settings = settings
         self.clock = clock
         self.stats = HandlerStats()
+        #: The plan and the writes of different batches run on different threads.
+        self._lock = threading.Lock()
+        self._unwritten: list[_Unwritten] = []
+
+    def _count(self, skipped: Counter[str] | None = None, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+            if skipped:
+                self.stats.skipped.update(skipped)
 
     def _plugins_or_reject(
         self, org: str, fetch: Callable[[str], Any], indices: Sequence[int], rejected: list[Rejected]
@@ -149,20 +178,22 @@ class _Base:
                 # Un-claimed rows are free again; what may have been sent stays for the reaper.
                 raise TransientError(f"publishing failed: {result.errors[0]}")
             if result.offered > result.claimed:
-                self.stats.skipped[str(SkipReason.LIVE)] += result.offered - result.claimed
+                self._count(Counter({str(SkipReason.LIVE): result.offered - result.claimed}))
             published.extend(result.published_tasks)
-        self.stats.queued += len(published)
+        self._count(queued=len(published))
         return published
 
 
 class MutationHandler(_Base):
     """``scan_profile_mutations`` → boefje tasks for the object, or cancellations.
 
-    The plan reads (plugins, schedules, history) and decides; the writes (cancellations, claims,
-    publishes) come after, in batch order, so a delete in one batch is never overtaken by a
-    create of the batch before. A plan may run before the writes of the batch before it are done:
-    what it reads then may be a batch behind, which costs nothing but a lost claim (the pair was
-    queued meanwhile) or a deadline written from a run that the pair's new task will replace.
+    The plan reads (plugins; live tasks, then schedules and history) and decides; the writes
+    (cancellations, claims, publishes) come after, in batch order, so a delete in one batch is
+    never overtaken by a create of the batch before. A plan may run before the writes of the
+    batches before it are done, so it reads the database as those writes will leave it: a hash
+    an earlier batch queues counts as live, one it cancels as not live with its schedule
+    disabled. Live tasks are read before history, as the planner does: a task that finishes
+    after the plan read it as live is skipped, not queued again inside its grace period.
     """
 
     def plan(self, queue: str, events: list[ScanProfileMutation]) -> Finish:
@@ -174,6 +205,7 @@ class MutationHandler(_Base):
         # 1. Pure: per organisation, the pairs the mutations may run and the hashes they make wrong.
         pairs_by_org: dict[str, list[Pair]] = {}
         cancel: list[str] = []
+        skipped: Counter[str] = Counter()
         for org, indices in by_org.items():
             boefjes = self._plugins_or_reject(org, self.plugins.boefjes, indices, rejected)
             if boefjes is None:
@@ -182,27 +214,44 @@ class MutationHandler(_Base):
             latest: dict[str, ScanProfileMutation] = {}
             for i in indices:
                 latest[events[i].primary_key] = events[i]
-            pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel)
-        # 2. One statement each for the whole batch (hashes include the organisation). Whether a
-        # pair is live already is not looked up: its claim simply loses (see _dispatch). The
-        # hashes to cancel are other objects' or other pairs' than the ones planned here.
+            pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel, skipped)
+        # 2. One statement each for the whole batch (hashes include the organisation), live tasks
+        # first; then as the writes of the batches still ahead of this one will leave things.
         hashes = [p.hash for pairs in pairs_by_org.values() for p in pairs]
+        with self._lock:
+            live_ahead, cancelled_ahead = _ahead(self._unwritten)
+        live = (self.tasks.live_hashes(hashes) - cancelled_ahead) | live_ahead if hashes else set()
         states = self.schedules.states(hashes) if hashes else {}
+        for hash_ in cancelled_ahead & states.keys():
+            states[hash_] = replace(states[hash_], enabled=False)
         history = self.tasks.last_runs(hashes) if hashes else {}
         schedules: list[NewSchedule] = []
-        per_org = [self._decide(org, pairs, states, history, schedules, now) for org, pairs in pairs_by_org.items()]
-        self.stats.events += len(events)
+        ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
+        per_org = [
+            self._decide(org, pairs, live, states, history, schedules, ranks, now, skipped)
+            for org, pairs in pairs_by_org.items()
+        ]
         candidates = list(interleave(per_org))
         items = [boefje_dispatchable(c) for c in candidates]
         messages = self.dispatcher.prepare(items)
+        self._count(skipped, events=len(events))
+        unwritten = _Unwritten(frozenset(c.hash for c in candidates), frozenset(cancel))
+        with self._lock:
+            self._unwritten.append(unwritten)
 
         def finish() -> list[Rejected]:
+            try:
+                return write()
+            finally:
+                with self._lock:
+                    self._unwritten.remove(unwritten)
+
+        def write() -> list[Rejected]:
             if cancel:
                 self.bookkeeper.flush()  # an earlier batch's schedule writes go first
-                self.stats.cancelled += len(self.tasks.cancel_hashes(cancel, now=now))
-                self.stats.schedules_disabled += self.schedules.disable_hashes(
-                    cancel, "object deleted or scan level too low", now=now
-                )
+                cancelled = len(self.tasks.cancel_hashes(cancel, now=now))
+                disabled = self.schedules.disable_hashes(cancel, "object deleted or scan level too low", now=now)
+                self._count(cancelled=cancelled, schedules_disabled=disabled)
             queued = {t.hash for t in self._dispatch(items, messages)}
             # A pair that has a schedule gets its next deadline now that it is queued. A new pair
             # gets none: once its task has run, the next planning tick writes its schedule from
@@ -221,7 +270,12 @@ class MutationHandler(_Base):
         return finish
 
     def _pairs(
-        self, org: str, index: BoefjeIndex, mutations: list[ScanProfileMutation], cancel: list[str]
+        self,
+        org: str,
+        index: BoefjeIndex,
+        mutations: list[ScanProfileMutation],
+        cancel: list[str],
+        skipped: Counter[str],
     ) -> list[Pair]:
         pairs: list[Pair] = []
         for mutation in mutations:
@@ -229,30 +283,35 @@ class MutationHandler(_Base):
                 cancel.extend(hashes_of_object(org, index, mutation.primary_key))
                 continue
             cancel.extend(hashes_without_clearance(org, index, mutation.value))
-            skipped: Counter[SkipReason] = Counter()
-            pairs.extend(mutation_pairs(org, index, mutation.value, mutation.operation, skipped))
-            self.stats.skipped.update({str(k): v for k, v in skipped.items()})
+            reasons: Counter[SkipReason] = Counter()
+            pairs.extend(mutation_pairs(org, index, mutation.value, mutation.operation, reasons))
+            skipped.update({str(k): v for k, v in reasons.items()})
         return pairs
 
     def _decide(
         self,
         org: str,
         pairs: list[Pair],
+        live: set[str],
         states: dict[str, ScheduleState],
         history: dict[str, datetime],
         schedules: list[NewSchedule],
+        ranks: dict[tuple[str, Trigger, datetime | None], Rank],
         now: datetime,
+        skipped: Counter[str],
     ) -> list[Candidate]:
         out: list[Candidate] = []
-        ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
         for pair in pairs:
+            if pair.hash in live:
+                skipped[str(SkipReason.LIVE)] += 1
+                continue
             state = states.get(pair.hash)
             if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
-                self.stats.skipped[str(SkipReason.GRACE)] += 1
+                skipped[str(SkipReason.GRACE)] += 1
                 continue
             last = history.get(pair.hash)
             if last is not None and grace_skip(pair.boefje, last, now, self.settings.grace_period):
-                self.stats.skipped[str(SkipReason.GRACE)] += 1
+                skipped[str(SkipReason.GRACE)] += 1
                 schedules.append(
                     new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
                 )
@@ -295,7 +354,7 @@ class RawFileHandler(_Base):
                 continue
             for i in indices:
                 items.extend(self._tasks_for(org, events[i], normalizers, now))
-        self.stats.events += len(events)
+        self._count(events=len(events))
         items.sort(key=lambda item: item[0])
         dispatchables = [d for _, d in items]
         messages = self.dispatcher.prepare(dispatchables)
@@ -311,11 +370,11 @@ class RawFileHandler(_Base):
     ) -> list[tuple[tuple[int, int, str], Dispatchable]]:
         raw = event.raw_data
         if raw.is_error:
-            self.stats.skipped["error raw file"] += 1
+            self._count(Counter({"error raw file": 1}))
             return []
         chosen = normalizers_for_raw(normalizers, raw)
         if not chosen:
-            self.stats.skipped["no normalizer"] += 1
+            self._count(Counter({"no normalizer": 1}))
             return []
         raw_json = raw.model_dump(mode="json")
         rank = rank_normalizer(event.created_at, now)

@@ -12,13 +12,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, delete, func, insert, select, update
+from sqlalchemy import Engine, Insert, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
-from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
+from kat_scheduler.storage.tables import LIVE_STATUS_SQL, TaskRow, UnpublishedTask, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
 _UNPUBLISHED = table_of(UnpublishedTask)
@@ -467,9 +467,25 @@ class TaskStore:
         return found
 
     def live_hashes(self, hashes: Collection[str]) -> set[str]:
-        """Which of ``hashes`` have a live (queued, dispatched or running) task."""
+        """Which of ``hashes`` have a live (queued, dispatched or running) task.
+
+        On PostgreSQL one probe of ``uq_tasks_live_hash`` per hash (a lateral join): the plain
+        ``hash = ANY(…) AND status IN (…)`` was planned, whenever statistics lagged a burst of
+        claims, as a scan of every live row through the status index, filtered against every
+        hash: 13-22 ms per 1,000 hashes with 41,000 tasks queued, growing with the queue, against
+        4-5 ms for the probes whatever the queue holds.
+        """
         live: set[str] = set()
+        if not hashes:
+            return live
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                probe = text(
+                    "SELECT h FROM unnest(CAST(:hashes AS text[])) AS h, LATERAL "
+                    f"(SELECT 1 FROM tasks WHERE tasks.hash = h AND {LIVE_STATUS_SQL} LIMIT 1) AS live"
+                )
+                live.update(conn.execute(probe, {"hashes": list(hashes)}).scalars())
+                return live
             for condition in in_values(conn, _TASKS.c.hash, list(hashes)):
                 stmt = select(_TASKS.c.hash).where(condition, _TASKS.c.status.in_(list(LIVE_STATUSES)))
                 live.update(conn.execute(stmt).scalars())

@@ -119,6 +119,69 @@ def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, wo
     assert cancelled, "the world should have boefjes above level 1 for addresses"
 
 
+# --- batches planned while the batch before them is still being written (the listener's stages) --
+
+
+def test_a_batch_planned_before_the_last_is_written_does_not_queue_its_pairs_again(mutations, world, pg_engine) -> None:
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|twice-in-a-row.example.nl"
+    first = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4)])
+    second = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4, "update")])  # before first is written
+    first()
+    ran = tasks_on(pg_engine, pk)
+    assert ran
+    with pg_engine.begin() as conn:  # the workers run them before the second batch is written
+        conn.execute(update(TaskRow).where(TaskRow.input_ooi == pk).values(status=TaskStatus.COMPLETED, ended_at=NOW))
+    second()
+    assert not set(ran) & set(tasks_on(pg_engine, pk))  # not queued again: the second plan took them as live
+
+
+def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had_happened(
+    mutations, planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)  # pairs with schedules in the future and queued tasks
+    org = world.organisation_ids[0]
+    known = next(
+        o
+        for o in world.oois(org).values()
+        if o.object_type == "IPAddressV4" and o.scan_level >= 2 and schedules_on(pg_engine, o.primary_key)
+    )
+    before = tasks_on(pg_engine, known.primary_key)
+    assert any(world.plugin(b).scan_level > 1 for b in before)
+    drop = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, 1, "update")])
+    back = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    drop()  # cancels what level 1 does not clear and disables those schedules ...
+    back()  # ... which the level coming back queues again, as if the batches had run one by one
+    requeued = tasks_on(pg_engine, known.primary_key)
+    assert {b for b in before if world.plugin(b).scan_level > 1} <= set(requeued)
+    after = schedules_on(pg_engine, known.primary_key)
+    assert all(after[b].enabled for b in requeued if b in after)
+
+
+def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
+    mutations, planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)
+    org = world.organisation_ids[0]
+    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    queued = tasks_on(pg_engine, known.primary_key)
+    assert queued
+    later = NOW + timedelta(days=30)  # every schedule due, but the tasks are live when planned
+    handler = MutationHandler(
+        mutations.plugins,
+        mutations.tasks,
+        mutations.schedules,
+        mutations.dispatcher.publisher,
+        mutations.settings,
+        clock=lambda: later,
+    )
+    finish = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    with pg_engine.begin() as conn:  # the workers finish them before the batch is written
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=later))
+    finish()
+    assert not set(queued) & set(tasks_on(pg_engine, known.primary_key))
+
+
 def schedules_on(engine: Engine, pk: str) -> dict[str, ScheduleRow]:
     with engine.connect() as conn:
         rows = conn.execute(select(ScheduleRow).where(ScheduleRow.input_ooi == pk)).all()

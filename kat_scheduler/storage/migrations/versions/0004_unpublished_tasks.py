@@ -4,7 +4,9 @@ Marking a task published used to update its ``tasks`` row (``published_at``): a 
 row of about 500 bytes and an entry in each of its indexes, for every task, on the hot path of
 every producer. A claim now sets ``published_at`` to its own time and lists the task in
 ``unpublished_tasks``; marking it published deletes that small row. Rows claimed before this
-revision and still waiting for their publish are listed here, so the reaper still finds them.
+revision (or by an older process still running) keep ``published_at`` NULL until marked, and
+the reaper finds those by that, as before; they are not listed here, so that an older process
+marking or un-claiming them still finds them as it expects.
 
 Revision ID: 0004
 Revises: 0003
@@ -29,11 +31,6 @@ def upgrade() -> None:
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("task_id", name="pk_unpublished_tasks"),
     )
-    op.execute(
-        "INSERT INTO unpublished_tasks (task_id, claimed_at) "
-        "SELECT id, created_at FROM tasks WHERE status = 'queued' AND published_at IS NULL"
-    )
-    op.execute("UPDATE tasks SET published_at = created_at WHERE status = 'queued' AND published_at IS NULL")
 
 
 def downgrade() -> None:
