@@ -78,7 +78,7 @@ class HandlerStats:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: each batch removes its own
 class _Unwritten:
     """A planned batch whose writes have not finished: the hashes it queues and those it cancels."""
 
