@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, update
@@ -59,6 +60,25 @@ def mutation(org: str, pk: str, level: int | None, operation: str = "create") ->
         }
     return ScanProfileMutation.model_validate(
         {"operation": operation, "primary_key": pk, "client_id": org, "value": value}
+    )
+
+
+def planned_hostname(planner, world) -> tuple[str, Any]:
+    """The world planned at ``NOW``; the first organisation and one of its hostnames at level 2 or more."""
+    planner.plan(None, now=NOW)
+    org = world.organisation_ids[0]
+    return org, next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+
+
+def handler_at(mutations: MutationHandler, when: datetime) -> MutationHandler:
+    """A handler like ``mutations`` whose clock stands at ``when``."""
+    return MutationHandler(
+        mutations.plugins,
+        mutations.tasks,
+        mutations.schedules,
+        mutations.dispatcher.publisher,
+        mutations.settings,
+        clock=lambda: when,
     )
 
 
@@ -161,20 +181,11 @@ def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had
 def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
     mutations, planner, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)
-    org = world.organisation_ids[0]
-    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    org, known = planned_hostname(planner, world)
     queued = tasks_on(pg_engine, known.primary_key)
     assert queued
     later = NOW + timedelta(days=30)  # every schedule due, but the tasks are live when planned
-    handler = MutationHandler(
-        mutations.plugins,
-        mutations.tasks,
-        mutations.schedules,
-        mutations.dispatcher.publisher,
-        mutations.settings,
-        clock=lambda: later,
-    )
+    handler = handler_at(mutations, later)
     finish = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
     with pg_engine.begin() as conn:  # the workers finish them before the batch is written
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=later))
@@ -237,21 +248,12 @@ def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
 def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
     mutations, planner, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)
-    org = world.organisation_ids[0]
-    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    org, known = planned_hostname(planner, world)
     before = schedules_on(pg_engine, known.primary_key)
     later = NOW + timedelta(days=30)  # every schedule is due, every task long done
     with pg_engine.begin() as conn:
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
-    handler = MutationHandler(
-        mutations.plugins,
-        mutations.tasks,
-        mutations.schedules,
-        mutations.dispatcher.publisher,
-        mutations.settings,
-        clock=lambda: later,
-    )
+    handler = handler_at(mutations, later)
     handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
     after = schedules_on(pg_engine, known.primary_key)
     requeued = {b for b in tasks_on(pg_engine, known.primary_key) if b in before}
@@ -262,21 +264,12 @@ def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
 def test_an_event_for_a_pair_still_queued_queues_nothing_and_keeps_its_deadline(
     mutations, planner, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)  # every eligible pair has a schedule and a queued task
-    org = world.organisation_ids[0]
-    known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
+    org, known = planned_hostname(planner, world)  # every eligible pair: a schedule and a queued task
     before = schedules_on(pg_engine, known.primary_key)
     queued = tasks_on(pg_engine, known.primary_key)
     assert queued and set(queued) <= set(before)
     later = NOW + timedelta(days=30)  # every schedule is due, but the tasks never ran
-    handler = MutationHandler(
-        mutations.plugins,
-        mutations.tasks,
-        mutations.schedules,
-        mutations.dispatcher.publisher,
-        mutations.settings,
-        clock=lambda: later,
-    )
+    handler = handler_at(mutations, later)
     handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
     with pg_engine.connect() as conn:
         rows = conn.execute(select(TaskRow.plugin_id).where(TaskRow.input_ooi == known.primary_key)).scalars().all()
