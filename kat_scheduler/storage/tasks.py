@@ -275,10 +275,14 @@ class TaskStore:
 
     def unpublished_ids(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
         """Which of ``ids`` are claimed but not marked published."""
-        found: set[uuid.UUID] = set()
+        return self._present(_UNPUBLISHED.c.task_id, ids)
+
+    def _present(self, column: Any, values: Collection[Any]) -> set[Any]:
+        """Which of ``values`` stand in ``column`` (one statement per backend chunk)."""
+        found: set[Any] = set()
         with self.engine.connect() as conn:
-            for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(ids)):
-                found.update(conn.execute(select(_UNPUBLISHED.c.task_id).where(condition)).scalars())
+            for condition in in_values(conn, column, list(values)):
+                found.update(conn.execute(select(column).where(condition)).scalars())
         return found
 
     # --- transitions -----------------------------------------------------------------------
@@ -444,11 +448,7 @@ class TaskStore:
 
     def existing_ids(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
         """Which of ``ids`` are rows already."""
-        found: set[uuid.UUID] = set()
-        with self.engine.connect() as conn:
-            for condition in in_values(conn, _TASKS.c.id, list(ids)):
-                found.update(conn.execute(select(_TASKS.c.id).where(condition)).scalars())
-        return found
+        return self._present(_TASKS.c.id, ids)
 
     def last_runs(self, hashes: Collection[str]) -> dict[str, datetime]:
         """When each hash's latest finished (completed or failed) run ended; absent if never."""
