@@ -90,6 +90,7 @@ from kat_scheduler.sim.records import DECLARED, OOIRecord
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.tables import LIVE_STATUS_SQL
 from tests.workers import ROOT, celery_worker, stop, wait_for
 
 REDIS = os.environ.get("BENCH_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -410,7 +411,14 @@ def sentinel_done(engine: sa.Engine, sentinel: NewObject) -> bool:
         done = conn.execute(
             sa.select(sa.func.count())
             .select_from(TaskRow)
-            .where(TaskRow.hash.in_(sentinel.hashes()), TaskRow.id.not_in(sa.select(UnpublishedTask.task_id)))
+            .where(
+                TaskRow.hash.in_(sentinel.hashes()),
+                # Polled every 50 ms while the listener works: the live-hash index answers this in
+                # microseconds, where the hashes alone (no plain index) scanned every task, and
+                # took a fifth of a core from PostgreSQL in a storm of 20,000 tasks.
+                sa.text(LIVE_STATUS_SQL),
+                TaskRow.id.not_in(sa.select(UnpublishedTask.task_id)),
+            )
         ).scalar_one()
     return bool(done)
 
