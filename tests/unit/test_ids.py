@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import uuid
 
 from kat_scheduler import ids
@@ -12,6 +14,16 @@ def test_ids_are_random_version_4_uuids_and_unique_across_blocks() -> None:
     made = [ids.uuid4() for _ in range(3 * ids.BLOCK // 16 + 5)]
     assert all(isinstance(u, uuid.UUID) and u.version == 4 and u.variant == uuid.RFC_4122 for u in made)
     assert len(set(made)) == len(made)
+
+
+def test_an_id_behaves_as_the_plain_uuid_of_its_value() -> None:
+    made = ids.uuid4()
+    plain = uuid.UUID(str(made))
+    assert made == plain and hash(made) == hash(plain) and {made: 1}[plain] == 1
+    assert (made.hex, made.bytes, made.int, made.version) == (plain.hex, plain.bytes, plain.int, 4)
+    assert str(made) == str(plain) and repr(made) == repr(plain)
+    for copied in (pickle.loads(pickle.dumps(made)), copy.deepcopy(made)):
+        assert type(copied) is uuid.UUID and copied == made
 
 
 def test_a_forked_child_never_repeats_its_parents_ids() -> None:
