@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -58,6 +59,11 @@ def pg_array(values: Sequence[Any], sql_type: str) -> str:
     return "{" + ",".join("NULL" if t is None else '"' + _escape(t) + '"' for t in texts) + "}"
 
 
+def _output_name(returning: str) -> str:
+    """The name of the first column of a ``RETURNING`` list: ``id::text AS text_id`` → ``text_id``."""
+    return re.split(r"\s+AS\s+", returning.split(",", 1)[0].strip(), flags=re.IGNORECASE)[-1]
+
+
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -87,7 +93,8 @@ def pg_insert_rows(
 
     ``then`` is a second statement in the same one, run on the rows inserted: the insert becomes
     the CTE ``inserted`` (its columns: ``returning``, which then must name each one once), and
-    ``then`` may read it (``… FROM inserted``).
+    ``then`` may read it (``… FROM inserted``). Only the first column comes back to Python (a
+    column it needs only for ``then`` is not sent, nor parsed into a UUID or a datetime).
     """
     names = list(columns)
     head = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest("
@@ -96,7 +103,7 @@ def pg_insert_rows(
         if not returning:
             raise ValueError("pg_insert_rows: `then` reads the rows inserted, so give `returning`")
         head = "WITH inserted AS (" + head
-        tail += f"), then_ AS ({then}) SELECT * FROM inserted"
+        tail += f"), then_ AS ({then}) SELECT {_output_name(returning)} FROM inserted"
     found: list[Any] = []
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
