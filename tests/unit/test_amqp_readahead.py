@@ -7,6 +7,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from amqp.exceptions import UnexpectedFrame
 
 from kat_scheduler.events.amqp_readahead import ReadAheadTCPTransport
 
@@ -100,4 +101,32 @@ def test_a_closed_connection_is_an_error_not_a_hang(
 
     assert transport.read_frame()[2] == b"complete"
     with pytest.raises(OSError, match="closed"):
+        transport.read_frame()
+
+
+def test_only_a_whole_buffered_frame_is_taken_without_reading_the_socket(
+    pair: tuple[ReadAheadTCPTransport, CountingSocket, socket.socket],
+) -> None:
+    transport, counting, broker = pair
+    cut = frame(2, b"y" * 100)
+    broker.sendall(frame(1, b"a") + frame(1, b"b") + cut[:50])
+    assert transport.read_frame()[2] == b"a"
+    reads = counting.recvs
+
+    assert transport.take_frame() == (1, 1, b"b")
+    assert transport.take_frame() is None  # half a frame: left where it is
+    assert counting.recvs == reads
+    broker.sendall(cut[50:])
+    assert transport.read_frame() == (1, 2, b"y" * 100)
+
+
+def test_a_frame_with_a_wrong_end_octet_is_an_error_not_a_frame(
+    pair: tuple[ReadAheadTCPTransport, CountingSocket, socket.socket],
+) -> None:
+    transport, _, broker = pair
+    broker.sendall(frame(1, b"fine") + frame(1, b"broken")[:-1] + b"\x00")
+    assert transport.read_frame()[2] == b"fine"
+
+    assert transport.take_frame() is None
+    with pytest.raises(UnexpectedFrame, match="frame_end"):
         transport.read_frame()
