@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import threading
 import uuid
 
 from kat_scheduler import ids
@@ -45,3 +46,18 @@ def test_a_forked_child_never_repeats_its_parents_ids() -> None:
 
 def test_token_hex_has_the_length_asked_for() -> None:
     assert len(ids.token_hex()) == 32 and len(ids.token_hex(8)) == 16 and ids.token_hex() != ids.token_hex()
+
+
+def test_threads_drawing_at_once_never_share_an_id() -> None:
+    made: list[list[uuid.UUID]] = [[] for _ in range(4)]
+
+    def draw(into: list[uuid.UUID]) -> None:
+        into.extend(ids.uuid4() for _ in range(ids.BLOCK // 16 + 100))
+
+    threads = [threading.Thread(target=draw, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [u for into in made for u in into]
+    assert len(set(everything)) == len(everything) == 4 * (ids.BLOCK // 16 + 100)
