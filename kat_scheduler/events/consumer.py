@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -157,6 +158,12 @@ HANDLER_POLL = 0.002
 STALLED_AFTER = 120.0
 #: Batches of a :class:`StagedHandler` in flight at once: one being written, the next being planned.
 PIPELINE_DEPTH = 2
+#: The listener process's GIL switch interval (seconds; Python's default is 0.005). The writing
+#: thread is the critical path of a burst, and it takes the GIL back after every wait (the claim,
+#: its commit, each Redis round trip) from threads that are decoding and planning: with the default
+#: it waits up to 5 ms each time. At 1 ms storm a (backlog) ran 5-17 % faster in five alternating
+#: pairs of runs.
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass
@@ -664,6 +671,8 @@ def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threadi
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         EventConsumer(
             settings.queue_uri,
@@ -673,5 +682,6 @@ def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threadi
             heartbeat=Heartbeat(settings.heartbeat_file),
         ).run(stop=stop)
     finally:
+        sys.setswitchinterval(switch_interval)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -39,11 +39,14 @@ from kat_scheduler.events.consumer import (
     RAW_FILE_RECEIVED,
     REDIS_TRANSPORT_OPTIONS,
     SCAN_PROFILE_MUTATIONS,
+    SWITCH_INTERVAL,
     EventConsumer,
     Rejected,
     TransientError,
     dead_letter_queue,
+    run_listener,
 )
+from kat_scheduler.settings import load_settings
 from tests.conftest import AMQP_URL, service_missing
 from tests.consumer_script import DONE, STARTED, event_key
 from tests.workers import ROOT, stop, wait_for
@@ -527,6 +530,29 @@ def test_a_killed_consumer_loses_nothing(amqp_events: str, redis_url: str, tmp_p
     assert in_flight <= set(second)  # the batch cut off in the handler was handled again
     assert not done_first & set(second) and len(second) == len(set(second))  # acked means gone
     assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
+
+
+def test_the_listener_switches_threads_every_millisecond_while_it_runs_and_restores_the_interval(
+    amqp_events: str,
+) -> None:
+    seen: list[float] = []
+    stop_event = threading.Event()
+
+    def handler(queue: str, events: list[Any]) -> list[Rejected]:
+        seen.append(sys.getswitchinterval())
+        stop_event.set()
+        return []
+
+    before = sys.getswitchinterval()
+    publish(amqp_events, SCAN_PROFILE_MUTATIONS, [mutation(1)])
+    thread = threading.Thread(
+        target=run_listener, args=(load_settings(queue_uri=amqp_events), {SCAN_PROFILE_MUTATIONS: handler}, stop_event)
+    )
+    thread.start()
+    thread.join(30)
+
+    assert not thread.is_alive() and seen == [SWITCH_INTERVAL] and SWITCH_INTERVAL < 0.005
+    assert sys.getswitchinterval() == before
 
 
 def test_sigterm_finishes_the_current_batch_and_leaves_the_rest(
