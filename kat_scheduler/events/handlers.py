@@ -202,6 +202,7 @@ class MutationHandler(_Base):
         by_org: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_org[event.client_id].append(i)
+        self.plugins.prefetch("boefje", by_org)  # the uncached ones at once, not one after another
         # 1. Pure: per organisation, the pairs the mutations may run and the hashes they make wrong.
         pairs_by_org: dict[str, list[Pair]] = {}
         cancel: list[str] = []
@@ -347,6 +348,7 @@ class RawFileHandler(_Base):
         by_org: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_org[event.organization].append(i)
+        self.plugins.prefetch("normalizer", by_org)
         items: list[tuple[tuple[int, int, str], Dispatchable]] = []
         for org, indices in by_org.items():
             normalizers = self._plugins_or_reject(org, self.plugins.normalizers, indices, rejected)
