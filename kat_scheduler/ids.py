@@ -68,10 +68,12 @@ class TextUUID(uuid.UUID):
 
 
 def uuid4() -> uuid.UUID:
-    """A random (version 4) UUID, like :func:`uuid.uuid4`, in a fifth of the time.
+    """A random (version 4) UUID, like :func:`uuid.uuid4`, with its text already made.
 
     Built without ``uuid.UUID.__init__`` (whose argument checks cost more than the rest): the
     random bits with the version and variant set, exactly as ``UUID(bytes=…, version=4)`` does.
+    Text included, it costs what ``UUID(bytes=…, version=4)`` alone did (2.4 µs against 2.2 µs
+    here); each ``str()`` of it after that is free instead of 1.5 µs.
     """
     value = int.from_bytes(_random.take(16)) & _CLEAR | _SET
     hex_ = f"{value:032x}"
