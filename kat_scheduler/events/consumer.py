@@ -102,24 +102,28 @@ class Rejected:
 #: the batch causes is persisted before it returns; it returns the events it will never be able
 #: to process, and raises :class:`TransientError` to have the whole batch tried again later.
 Handler = Callable[[str, list[Any]], list[Rejected]]
-#: What a :class:`StagedHandler`'s ``plan`` returns: the batch's writes, run later; returns as a handler does.
-Finish = Callable[[], list[Rejected]]
+#: A :class:`StagedHandler` batch's last stage: sends what its writes claimed; returns as a handler does.
+Send = Callable[[], list[Rejected]]
+#: What a :class:`StagedHandler`'s ``plan`` returns: the batch's database writes, which return its :data:`Send`.
+Write = Callable[[], Send]
 
 
 @runtime_checkable
 class StagedHandler(Protocol):
-    """A handler in two stages, so that the next batch is planned while this one is written.
+    """A handler in three stages, so that one batch is planned while the one before it is written
+    and the one before that is sent.
 
     ``plan(queue, events)`` reads and decides (and may raise, as a handler does) and returns
-    ``finish``, which claims, publishes and cancels. The listener runs the plans of its batches
-    one after the other on one thread and their finishes one after the other on another, so the
-    writes keep the order of the batches while the plan of batch n + 1 overlaps the writes of
-    batch n. Calling the handler does both at once.
+    ``write``, which claims and cancels in the database and returns ``send``, which publishes
+    what was claimed and returns the rejected events. The listener runs each stage of its
+    batches one after the other on a thread of its own, so every stage keeps the order of the
+    batches while batch n is sent, n + 1 written and n + 2 planned. A batch is acked once it is
+    sent. Calling the handler does all three at once.
     """
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]: ...
 
-    def plan(self, queue: str, events: list[Any]) -> Finish: ...
+    def plan(self, queue: str, events: list[Any]) -> Write: ...
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -156,8 +160,8 @@ HANDLER_POLL = 0.002
 #: A batch in the handler for longer than this (seconds) stops the heartbeat: the listener is
 #: connected but stuck (a service or the database hanging past its timeouts).
 STALLED_AFTER = 120.0
-#: Batches of a :class:`StagedHandler` in flight at once: one being written, the next being planned.
-PIPELINE_DEPTH = 2
+#: Batches of a :class:`StagedHandler` in flight at once: one being sent, one written, one planned.
+PIPELINE_DEPTH = 3
 #: The listener process's GIL switch interval (seconds; Python's default is 0.005). The writing
 #: thread is the critical path of a burst, and it takes the GIL back after every wait (the claim,
 #: its commit, each Redis round trip) from threads that are decoding and planning: with the default
@@ -337,7 +341,8 @@ class EventConsumer:
         self._multiple_acks = False
         self._planner = _SerialWorker("events-plan")
         self._writer = _SerialWorker("events-write")
-        #: Batches overlap (one planned while one is written) only when every handler is staged;
+        self._sender = _SerialWorker("events-send")
+        #: Batches overlap (one planned, one written, one sent) only when every handler is staged;
         #: a plain handler is given one batch at a time.
         self._pipelined = all(isinstance(h, StagedHandler) for h in self.handlers.values())
 
@@ -416,11 +421,12 @@ class EventConsumer:
 
         # Batches are handled on other threads while this one goes on receiving (and decoding)
         # the next; acks and dead letters stay on this thread, which owns the channel. A plain
-        # handler takes one batch at a time. A staged handler's batches are planned one after
-        # the other on one thread and written one after the other on another, so the next batch
-        # is planned while the last is written (PIPELINE_DEPTH in flight); they are settled in
-        # the order they came. Batches in flight when the connection fails are waited for and
-        # left unacked: the broker delivers their events again, and the claim keeps that harmless.
+        # handler takes one batch at a time. Each stage of a staged handler's batches (plan,
+        # write, send) runs on a thread of its own, one batch after the other, so a batch is
+        # planned while the one before it is written and the one before that is sent
+        # (PIPELINE_DEPTH in flight); they are settled in the order they came. Batches in flight
+        # when the connection fails are waited for and left unacked: the broker delivers their
+        # events again, and the claim keeps that harmless.
         inflight: deque[_InFlight] = deque()
         try:
             while not (stop.is_set() or self._finished(max_batches)):
@@ -516,32 +522,41 @@ class EventConsumer:
             return {r.index: r.reason for r in self.handlers[queue](queue, events)}
 
     def _staged(self, handler: StagedHandler, events: list[BaseModel], batch: _InFlight) -> None:
-        """Plan ``batch`` on the planning thread, then write it on the writing thread.
+        """Plan ``batch`` on the planning thread, write it on the writing thread, send it on the sending one.
 
         Its ``future`` gets the result, its ``planned`` is set once the plan is done, and its
-        ``started`` is reset when its writes begin: waiting behind the writes of the batch before
-        it is not being stuck.
+        ``started`` is reset when its writes begin: waiting behind the batches before it is not
+        being stuck.
         """
         future, planned, queue = batch.future, batch.planned, batch.queue
         assert planned is not None
         future.set_running_or_notify_cancel()
 
-        def write(finish: Finish) -> None:
+        def send(sender: Send) -> None:
+            try:
+                with collector_paused():
+                    future.set_result({r.index: r.reason for r in sender()})
+            except BaseException as exc:  # handed to the receiving thread, which decides
+                future.set_exception(exc)
+
+        def write(writer: Write) -> None:
             batch.started = time.monotonic()
             try:
                 with collector_paused():
-                    future.set_result({r.index: r.reason for r in finish()})
-            except BaseException as exc:  # handed to the receiving thread, which decides
+                    sender = writer()
+                self._sender.submit(partial(send, sender))  # before the next batch's writes can be
+            except BaseException as exc:
                 future.set_exception(exc)
 
         def plan() -> None:
             try:
-                # The writing thread first: a plan's writes, once planned, must be written (the
-                # handler counts on it to know what is still ahead of the next plan).
+                # The later stages' threads first: a batch, once planned, must be written and,
+                # once written, sent (the handler counts on it to know what is still ahead).
                 self._writer.start()
+                self._sender.start()
                 with collector_paused():
-                    finish = handler.plan(queue, events)
-                self._writer.submit(partial(write, finish))  # before the next plan can be
+                    writer = handler.plan(queue, events)
+                self._writer.submit(partial(write, writer))  # before the next plan can be
             except BaseException as exc:
                 future.set_exception(exc)
             finally:

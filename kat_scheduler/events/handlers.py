@@ -26,10 +26,10 @@ from pydantic import ValidationError
 
 from kat_scheduler import ids
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
-from kat_scheduler.dispatch import Dispatchable, Dispatcher
+from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
 from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
 from kat_scheduler.events.bookkeeping import Bookkeeper
-from kat_scheduler.events.consumer import Finish, Rejected, TransientError
+from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.recording import RecordingHandler
 from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
@@ -131,6 +131,9 @@ class _Base:
         #: The plan and the writes of different batches run on different threads.
         self._lock = threading.Lock()
         self._unwritten: list[_Unwritten] = []
+        #: Batches written and not yet sent (the send of one overlaps the writes of the next).
+        self._sends = threading.Condition()
+        self._unsent = 0
 
     def _count(self, skipped: Counter[str] | None = None, **counts: int) -> None:
         with self._lock:
@@ -154,49 +157,97 @@ class _Base:
             raise TransientError(f"Katalogus: {exc}") from exc
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
-        """Handle one batch: :meth:`plan` it, then write it."""
-        return self.plan(queue, events)()
+        """Handle one batch: :meth:`plan` it, write it, send it."""
+        return self.plan(queue, events)()()
 
-    def plan(self, queue: str, events: list[Any]) -> Finish:
+    def plan(self, queue: str, events: list[Any]) -> Write:
         """Read and decide (may raise :class:`TransientError`); returns the batch's writes."""
         raise NotImplementedError
 
-    def _dispatch(self, items: list[Dispatchable], messages: list[OutgoingMessage]) -> list[NewTask]:
-        """Claim and publish ``items`` (``messages`` are theirs, prepared); the tasks published.
+    def _claim(self, items: list[Dispatchable], messages: list[OutgoingMessage]) -> list[Claim]:
+        """Claim ``items`` (``messages`` are theirs, prepared), a span at a time; what each span won.
 
-        Marking them published is left to the bookkeeper. A task whose hash is live already
-        loses its claim and is counted as skipped ``live``.
+        A task whose hash is live already loses its claim and is counted as skipped ``live``.
+        Should a span's claim fail, the spans claimed before it are un-claimed.
+        """
+        claims: list[Claim] = []
+        try:
+            for start, end in _spans(len(items), self.settings.batch_size):
+                claim = self.dispatcher.claim(items[start:end], messages=messages[start:end])
+                claims.append(claim)
+                if claim.offered > len(claim.tasks):
+                    self._count(Counter({str(SkipReason.LIVE): claim.offered - len(claim.tasks)}))
+        except Exception:
+            self._unclaim(claims)
+            raise
+        return claims
+
+    def _send(self, claims: list[Claim]) -> list[NewTask]:
+        """Publish what ``claims`` won, in order; the tasks published.
+
+        Marking them published is left to the bookkeeper. When a publish fails, the rows certainly
+        not sent are un-claimed (those of the claims after it too) and :class:`TransientError`
+        is raised; what may have been sent stays listed for the reaper.
         """
         published: list[NewTask] = []
-        for start, end in _spans(len(items), self.settings.batch_size):
-            result = self.dispatcher.dispatch(items[start:end], mark=False, messages=messages[start:end])
+        for n, claim in enumerate(claims):
+            result = self.dispatcher.publish(claim, mark=False)
             if result.published_tasks:
                 self.bookkeeper.submit(
                     "mark published", partial(self.tasks.mark_published, [t.id for t in result.published_tasks])
                 )
             if result.errors:
-                # Un-claimed rows are free again; what may have been sent stays for the reaper.
+                self._unclaim(claims[n + 1 :])
                 raise TransientError(f"publishing failed: {result.errors[0]}")
-            if result.offered > result.claimed:
-                self._count(Counter({str(SkipReason.LIVE): result.offered - result.claimed}))
             published.extend(result.published_tasks)
         self._count(queued=len(published))
         return published
+
+    def _unclaim(self, claims: list[Claim]) -> None:
+        """Free the rows of ``claims`` (never sent); when that fails too, they are left for the reaper."""
+        ids_ = [task.id for claim in claims for task in claim.tasks]
+        if not ids_:
+            return
+        try:
+            self.tasks.unclaim(ids_)
+        except Exception:
+            logger.exception(
+                "un-claiming %d tasks that were never sent failed; the reaper will publish them", len(ids_)
+            )
+
+    def _sending(self) -> Callable[[], None]:
+        """Count a batch as written and not yet sent; returns what its send calls when it ends."""
+        with self._sends:
+            self._unsent += 1
+
+        def done() -> None:
+            with self._sends:
+                self._unsent -= 1
+                self._sends.notify_all()
+
+        return done
+
+    def _wait_for_sends(self) -> None:
+        """Wait until every batch written before this one is sent (its bookkeeping submitted)."""
+        with self._sends:
+            self._sends.wait_for(lambda: self._unsent == 0)
 
 
 class MutationHandler(_Base):
     """``scan_profile_mutations`` → boefje tasks for the object, or cancellations.
 
     The plan reads (plugins; live tasks, then schedules and history) and decides; the writes
-    (cancellations, claims, publishes) come after, in batch order, so a delete in one batch is
-    never overtaken by a create of the batch before. A plan may run before the writes of the
+    (cancellations, claims) come after, in batch order, so a delete in one batch is never
+    overtaken by a create of the batch before, and the send (publishes, then the bookkeeping)
+    last. A batch's cancellations may be written before the batch before it is sent: a worker
+    skips a message whose row is cancelled. A plan may run before the writes of the
     batches before it are done, so it reads the database as those writes will leave it: a hash
     an earlier batch queues counts as live, one it cancels as not live with its schedule
     disabled. Live tasks are read before history, as the planner does: a task that finishes
     after the plan read it as live is skipped, not queued again inside its grace period.
     """
 
-    def plan(self, queue: str, events: list[ScanProfileMutation]) -> Finish:
+    def plan(self, queue: str, events: list[ScanProfileMutation]) -> Write:
         now = self.clock()
         rejected: list[Rejected] = []
         by_org: dict[str, list[int]] = defaultdict(list)
@@ -240,20 +291,28 @@ class MutationHandler(_Base):
         with self._lock:
             self._unwritten.append(unwritten)
 
-        def finish() -> list[Rejected]:
+        def write() -> Send:
             try:
-                return write()
+                if cancel:
+                    # An earlier batch's schedule writes go first: they are submitted when it is
+                    # sent, and once they are all submitted, written.
+                    self._wait_for_sends()
+                    self.bookkeeper.flush()
+                    cancelled = len(self.tasks.cancel_hashes(cancel, now=now))
+                    disabled = self.schedules.disable_hashes(cancel, "object deleted or scan level too low", now=now)
+                    self._count(cancelled=cancelled, schedules_disabled=disabled)
+                claims = self._claim(items, messages)
+                sent = self._sending()
             finally:
                 with self._lock:
                     self._unwritten.remove(unwritten)
+            return partial(send, claims, sent)
 
-        def write() -> list[Rejected]:
-            if cancel:
-                self.bookkeeper.flush()  # an earlier batch's schedule writes go first
-                cancelled = len(self.tasks.cancel_hashes(cancel, now=now))
-                disabled = self.schedules.disable_hashes(cancel, "object deleted or scan level too low", now=now)
-                self._count(cancelled=cancelled, schedules_disabled=disabled)
-            queued = {t.hash for t in self._dispatch(items, messages)}
+        def send(claims: list[Claim], sent: Callable[[], None]) -> list[Rejected]:
+            try:
+                queued = {t.hash for t in self._send(claims)}
+            finally:
+                sent()
             # A pair that has a schedule gets its next deadline now that it is queued. A new pair
             # gets none: once its task has run, the next planning tick writes its schedule from
             # that run (as it does for any pair with history and no schedule), and until then its
@@ -268,7 +327,7 @@ class MutationHandler(_Base):
                 self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
             return rejected
 
-        return finish
+        return write
 
     def _pairs(
         self,
@@ -342,7 +401,7 @@ class MutationHandler(_Base):
 class RawFileHandler(_Base):
     """``raw_file_received`` → one normalizer task per enabled normalizer consuming the file's types."""
 
-    def plan(self, queue: str, events: list[RawFileReceived]) -> Finish:
+    def plan(self, queue: str, events: list[RawFileReceived]) -> Write:
         now = self.clock()
         rejected: list[Rejected] = []
         by_org: dict[str, list[int]] = defaultdict(list)
@@ -361,11 +420,16 @@ class RawFileHandler(_Base):
         dispatchables = [d for _, d in items]
         messages = self.dispatcher.prepare(dispatchables)
 
-        def finish() -> list[Rejected]:
-            self._dispatch(dispatchables, messages)
-            return rejected
+        def write() -> Send:
+            claims = self._claim(dispatchables, messages)
 
-        return finish
+            def send() -> list[Rejected]:
+                self._send(claims)
+                return rejected
+
+            return send
+
+        return write
 
     def _tasks_for(
         self, org: str, event: RawFileReceived, normalizers: Any, now: datetime

@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from kat_scheduler.events.consumer import Finish, Handler, Rejected, StagedHandler
+from kat_scheduler.events.consumer import Handler, Rejected, Send, StagedHandler, Write
 from kat_scheduler.models.producers import RunOutcome
 from kat_scheduler.recording import ThrottledRecorder, describe
 from kat_scheduler.storage.tables import utcnow
@@ -21,7 +21,7 @@ class RecordingHandler:
     """``handler``, and after each batch the listener's run (throttled by ``recorder``).
 
     Staged itself (see :class:`~kat_scheduler.events.consumer.StagedHandler`): a run is recorded
-    when a batch is written, or when its plan or its writes fail.
+    when a batch is sent, or when any of its stages fails.
     """
 
     def __init__(
@@ -35,31 +35,42 @@ class RecordingHandler:
         self.summary = summary
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
-        return self.plan(queue, events)()
+        return self.plan(queue, events)()()
 
-    def plan(self, queue: str, events: list[Any]) -> Finish:
-        """The handler's plan (when it is staged: else the whole batch is done in ``finish``)."""
+    def plan(self, queue: str, events: list[Any]) -> Write:
+        """The handler's plan (when it is staged: else the whole batch is done in ``write``)."""
         started = utcnow()
         try:
-            finish: Finish = (
+            write: Write = (
                 self.handler.plan(queue, events)
                 if isinstance(self.handler, StagedHandler)
-                else partial(self.handler, queue, events)
+                else partial(_at_once, self.handler, queue, events)
             )
         except Exception as exc:
             self._failed(queue, started, exc)
             raise
 
-        def recorded() -> list[Rejected]:
+        def recorded_write() -> Send:
             try:
-                rejected = finish()
+                send = write()
             except Exception as exc:
                 self._failed(queue, started, exc)
                 raise
-            self.recorder.record(started_at=started, finished_at=utcnow(), outcome=RunOutcome.OK, summary=self.summary)
-            return rejected
 
-        return recorded
+            def recorded_send() -> list[Rejected]:
+                try:
+                    rejected = send()
+                except Exception as exc:
+                    self._failed(queue, started, exc)
+                    raise
+                self.recorder.record(
+                    started_at=started, finished_at=utcnow(), outcome=RunOutcome.OK, summary=self.summary
+                )
+                return rejected
+
+            return recorded_send
+
+        return recorded_write
 
     def _failed(self, queue: str, started: datetime, exc: Exception) -> None:
         self.recorder.record(
@@ -69,3 +80,9 @@ class RecordingHandler:
             summary=self.summary,
             error=f"{queue}: {describe(exc)}",
         )
+
+
+def _at_once(handler: Handler, queue: str, events: list[Any]) -> Send:
+    """A plain handler's whole batch, done as a staged handler's writes."""
+    rejected = handler(queue, events)
+    return lambda: rejected

@@ -331,19 +331,20 @@ def test_the_next_batch_is_received_while_one_is_handled_and_batches_never_overl
 
 
 class StagedFake:
-    """A staged handler that logs when each batch's plan and writes start and end."""
+    """A staged handler that logs when each batch's plan, writes and send start and end."""
 
-    def __init__(self, write_seconds: float = 0.15, fail_plan: set[int] | None = None) -> None:
-        self.write_seconds = write_seconds
+    def __init__(self, stage_seconds: float = 0.15, fail_plan: set[int] | None = None) -> None:
+        self.stage_seconds = stage_seconds
         self.fail_plan = fail_plan or set()
         self.log: list[tuple[str, int, float]] = []  # (what, batch number, monotonic time)
         self.written: list[str] = []
+        self.sent: list[str] = []
         self.batches = 0
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
-        return self.plan(queue, events)()
+        return self.plan(queue, events)()()
 
-    def plan(self, queue: str, events: list[Any]) -> Callable[[], list[Rejected]]:
+    def plan(self, queue: str, events: list[Any]) -> Callable[[], Callable[[], list[Rejected]]]:
         self.batches += 1
         number = self.batches
         self.log.append(("plan", number, time.monotonic()))
@@ -352,38 +353,79 @@ class StagedFake:
             raise TransientError(f"plan {number} failed")
         keys = [event_key(event) for event in events]
 
-        def finish() -> list[Rejected]:
+        def write() -> Callable[[], list[Rejected]]:
             self.log.append(("write", number, time.monotonic()))
-            time.sleep(self.write_seconds)
+            time.sleep(self.stage_seconds)
             self.written.extend(keys)
             self.log.append(("written", number, time.monotonic()))
+            return send
+
+        def send() -> list[Rejected]:
+            self.log.append(("send", number, time.monotonic()))
+            time.sleep(self.stage_seconds)
+            self.sent.extend(keys)
+            self.log.append(("sent", number, time.monotonic()))
             return []
 
-        return finish
+        return write
 
     def at(self, what: str, number: int) -> float:
         return next(t for w, n, t in self.log if (w, n) == (what, number))
 
 
-def test_a_staged_handler_plans_the_next_batch_while_writing_one_and_writes_in_order(broker: str) -> None:
-    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(500)])
+def test_a_staged_handler_plans_writes_and_sends_three_batches_at_once_each_stage_in_order(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(600)])
     handler = StagedFake()
     consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100)
     with consuming(consumer):
-        assert wait_for(counted(consumer, acked=500), 30), consumer.stats()
+        assert wait_for(counted(consumer, acked=600), 30), consumer.stats()
 
-    assert handler.written == [key(n) for n in range(500)]  # written in order, each once
-    writes = [(handler.at("write", n), handler.at("written", n)) for n in range(1, handler.batches + 1)]
-    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(writes))  # one at a time
-    # ... and while batch n was written, batch n + 1 was planned
-    overlapped = [n for n in range(1, handler.batches) if handler.at("plan", n + 1) < handler.at("written", n)]
-    assert overlapped, handler.log
+    in_order = [key(n) for n in range(600)]
+    assert handler.written == in_order and handler.sent == in_order  # each stage in order, each once
+    batches = range(1, handler.batches + 1)
+    for stage, end in (("write", "written"), ("send", "sent")):
+        spans = [(handler.at(stage, n), handler.at(end, n)) for n in batches]
+        assert all(e <= next_start for (_, e), (next_start, _) in itertools.pairwise(spans))  # one at a time
+    # while batch n was sent, batch n + 1 was written and batch n + 2 planned
+    assert any(handler.at("write", n + 1) < handler.at("sent", n) for n in batches[:-1]), handler.log
+    assert any(handler.at("plan", n + 2) < handler.at("sent", n) for n in batches[:-2]), handler.log
     assert consumer.prefetch == (PIPELINE_DEPTH + 1) * 100
+
+
+def test_a_staged_batch_is_acked_only_once_it_is_sent(broker: str) -> None:
+    publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(50)])
+    may_send = threading.Event()
+    handler = StagedFake(stage_seconds=0.0)
+    plan = handler.plan
+
+    def held_send(queue: str, events: list[Any]) -> Callable[[], Callable[[], list[Rejected]]]:
+        write = plan(queue, events)
+
+        def held_write() -> Callable[[], list[Rejected]]:
+            send = write()
+
+            def held() -> list[Rejected]:
+                assert may_send.wait(10)
+                return send()
+
+            return held
+
+        return held_write
+
+    handler.plan = held_send  # type: ignore[method-assign]
+    consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100)
+    with consuming(consumer):
+        assert wait_for(lambda: len(handler.written) == 50, 10)
+        time.sleep(0.3)
+        assert consumer.stats()["acked"] == 0  # written, not sent: nothing acked
+        may_send.set()
+        assert wait_for(counted(consumer, acked=50), 10), consumer.stats()
+    assert handler.sent == [key(n) for n in range(50)]
 
 
 def test_a_batch_whose_plan_fails_comes_back_and_the_batches_after_it_are_still_handled(broker: str) -> None:
     publish(broker, SCAN_PROFILE_MUTATIONS, [mutation(n) for n in range(300)])
-    handler = StagedFake(write_seconds=0.01, fail_plan={2})
+    handler = StagedFake(stage_seconds=0.01, fail_plan={2})
     consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: handler}, batch_size=100, min_backoff=0.05)
     with consuming(consumer):
         assert wait_for(counted(consumer, acked=300), 30), consumer.stats()

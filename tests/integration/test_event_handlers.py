@@ -3,12 +3,14 @@ that feeds them from RabbitMQ is tested in test_event_consumer.py and test_liste
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from kat_scheduler.clients import KATClients
 from kat_scheduler.events.consumer import TransientError
@@ -17,9 +19,9 @@ from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.rules import new_boefje_schedule
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
 
 NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
 
@@ -147,12 +149,12 @@ def test_a_batch_planned_before_the_last_is_written_does_not_queue_its_pairs_aga
     pk = "Hostname|internet|twice-in-a-row.example.nl"
     first = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4)])
     second = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4, "update")])  # before first is written
-    first()
+    first()()
     ran = tasks_on(pg_engine, pk)
     assert ran
     with pg_engine.begin() as conn:  # the workers run them before the second batch is written
         conn.execute(update(TaskRow).where(TaskRow.input_ooi == pk).values(status=TaskStatus.COMPLETED, ended_at=NOW))
-    second()
+    second()()
     assert not set(ran) & set(tasks_on(pg_engine, pk))  # not queued again: the second plan took them as live
 
 
@@ -170,8 +172,8 @@ def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had
     assert any(world.plugin(b).scan_level > 1 for b in before)
     drop = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, 1, "update")])
     back = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
-    drop()  # cancels what level 1 does not clear and disables those schedules ...
-    back()  # ... which the level coming back queues again, as if the batches had run one by one
+    drop()()  # cancels what level 1 does not clear and disables those schedules ...
+    back()()  # ... which the level coming back queues again, as if the batches had run one by one
     requeued = tasks_on(pg_engine, known.primary_key)
     assert {b for b in before if world.plugin(b).scan_level > 1} <= set(requeued)
     after = schedules_on(pg_engine, known.primary_key)
@@ -186,11 +188,75 @@ def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
     assert queued
     later = NOW + timedelta(days=30)  # every schedule due, but the tasks are live when planned
     handler = handler_at(mutations, later)
-    finish = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    write = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
     with pg_engine.begin() as conn:  # the workers finish them before the batch is written
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=later))
-    finish()
+    write()()
     assert not set(queued) & set(tasks_on(pg_engine, known.primary_key))
+
+
+def test_a_delete_written_before_the_batch_before_it_is_sent_still_leaves_its_schedules_disabled(
+    mutations, planner, world, pg_engine
+) -> None:
+    org, known = planned_hostname(planner, world)
+    with pg_engine.begin() as conn:  # every task long done, every schedule due
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
+    handler = handler_at(mutations, NOW + timedelta(days=30))
+    send_update = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, 4, "update")])()
+    write_delete = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, None, "delete")])
+    sends: list[Any] = []
+    writing = threading.Thread(target=lambda: sends.append(write_delete()))
+    writing.start()
+    writing.join(0.5)
+    assert writing.is_alive()  # the delete's writes wait for the update to be sent ...
+    send_update()  # ... which moves its pairs' deadlines (enabling their schedules) first
+    writing.join(10)
+    assert not writing.is_alive()
+    sends[0]()
+
+    assert tasks_on(pg_engine, known.primary_key) == {}
+    schedules = schedules_on(pg_engine, known.primary_key)
+    assert schedules and not any(row.enabled for row in schedules.values())
+
+
+class RefusingPublisher:
+    """A broker that is down: nothing is ever published."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.calls = 0
+
+    def prepare(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        return self.publisher.prepare(messages)
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.calls += 1
+        raise PublishError("broker down", certain=True)
+
+
+def test_a_failed_publish_frees_every_claim_of_its_batch_and_the_batch_comes_back(
+    mutations, stores, publisher, world, pg_engine, planner_settings
+) -> None:
+    tasks, schedules = stores
+    refusing = RefusingPublisher(publisher)
+    small_spans = planner_settings.model_copy(update={"batch_size": 2})  # several claims a batch
+    handler = MutationHandler(mutations.plugins, tasks, schedules, refusing, small_spans, clock=lambda: NOW)  # type: ignore[arg-type]
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|broker-down.example.nl"
+    expected = expected_boefjes(world, org, "Hostname", 4, "create")
+    assert len(expected) > 2
+
+    send = handler.plan("scan_profile_mutations", [mutation(org, pk, 4)])()
+    assert set(tasks_on(pg_engine, pk)) == expected  # claimed, every span
+    with pytest.raises(TransientError, match="publishing failed"):
+        send()
+
+    assert refusing.calls == 1  # the first span failed; the rest were never tried ...
+    assert tasks_on(pg_engine, pk) == {}  # ... and every row is free again
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(UnpublishedTask)).scalar_one() == 0
+    mutations("scan_profile_mutations", [mutation(org, pk, 4)])  # the batch again, the broker back
+    assert set(tasks_on(pg_engine, pk)) == expected
 
 
 def schedules_on(engine: Engine, pk: str) -> dict[str, ScheduleRow]:
