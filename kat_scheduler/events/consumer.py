@@ -163,9 +163,9 @@ STALLED_AFTER = 120.0
 #: Batches of a :class:`StagedHandler` in flight at once: one being sent, one written, one planned.
 PIPELINE_DEPTH = 3
 #: The listener process's GIL switch interval (seconds; Python's default is 0.005). The writing
-#: thread is the critical path of a burst, and it takes the GIL back after every wait (the claim,
-#: its commit, each Redis round trip) from threads that are decoding and planning: with the default
-#: it waits up to 5 ms each time. At 1 ms storm a (backlog) ran 5-17 % faster in five alternating
+#: and sending threads take the GIL back after every wait (the claim, its commit, each Redis round
+#: trip) from threads that are decoding and planning: with the default they wait up to 5 ms each
+#: time. At 1 ms storm a (backlog) ran 5-17 % faster in five alternating
 #: pairs of runs.
 SWITCH_INTERVAL = 0.001
 
