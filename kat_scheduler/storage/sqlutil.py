@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import ARRAY, Connection, String, Uuid, any_, bindparam
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.sql.elements import ColumnElement
 
 #: Values per ``IN (…)`` list on SQLite (below its bound-parameter limit).
@@ -17,14 +18,20 @@ IN_CHUNK = 1000
 def in_values(conn: Connection, column: ColumnElement[Any], values: Sequence[Any]) -> Iterator[ColumnElement[bool]]:
     """Conditions ``column IN values``, as few as the backend allows.
 
-    PostgreSQL gets one ``column = ANY(:array)`` (one bound parameter, however many values: far
-    cheaper to build and plan than a thousand-item IN list); SQLite gets IN lists of 1000.
+    PostgreSQL gets one ``column = ANY(CAST(:array AS type[]))`` (one bound parameter, however
+    many values: far cheaper to build and plan than a thousand-item IN list), the array bound as
+    the text of its literal (:func:`pg_array`: a few joins, where psycopg2 adapts a list value by
+    value, about 0.7 ms of CPU per 1,000 hashes); SQLite gets IN lists of 1000.
     """
     if not values:
         return
     if conn.dialect.name == "postgresql":
-        element = Uuid() if isinstance(column.type, Uuid) else String()
-        yield column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+        element: Uuid[Any] | String = Uuid() if isinstance(column.type, Uuid) else String()
+        if isinstance(column.type, (Uuid, String)):
+            text = pg_array(values, "uuid" if isinstance(element, Uuid) else "text")
+            yield column == any_(sql_cast(bindparam(None, text, type_=String()), ARRAY(element)))
+        else:  # another type: psycopg2 adapts the list
+            yield column == any_(bindparam(None, list(values), type_=ARRAY(element)))
         return
     for start in range(0, len(values), IN_CHUNK):
         yield column.in_(values[start : start + IN_CHUNK])

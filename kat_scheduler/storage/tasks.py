@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
-from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
+from kat_scheduler.storage.sqlutil import in_values, pg_array, pg_insert_rows
 from kat_scheduler.storage.tables import LIVE_STATUS_SQL, TaskRow, UnpublishedTask, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -484,7 +484,7 @@ class TaskStore:
                     "SELECT h FROM unnest(CAST(:hashes AS text[])) AS h, LATERAL "
                     f"(SELECT 1 FROM tasks WHERE tasks.hash = h AND {LIVE_STATUS_SQL} LIMIT 1) AS live"
                 )
-                live.update(conn.execute(probe, {"hashes": list(hashes)}).scalars())
+                live.update(conn.execute(probe, {"hashes": pg_array(list(hashes), "text")}).scalars())
                 return live
             for condition in in_values(conn, _TASKS.c.hash, list(hashes)):
                 stmt = select(_TASKS.c.hash).where(condition, _TASKS.c.status.in_(list(LIVE_STATUSES)))

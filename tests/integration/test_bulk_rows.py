@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -47,6 +48,19 @@ def test_a_claim_stores_awkward_object_keys_and_payloads_unchanged(pg_engine: En
             task.hash,
             task.data,
         )
+
+
+def test_look_ups_by_awkward_hashes_and_by_ids_find_exactly_their_rows(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    hashes = [key.removeprefix("Hostname|internet|")[:30] for key in AWKWARD]  # a hash is at most 32
+    tasks = [NewTaskFactory(hash=hash_) for hash_ in hashes]
+    store.claim(tasks)
+    others = [hash_ + "x" for hash_ in hashes]
+    assert store.live_hashes(hashes + others) == set(hashes)
+    cancelled = store.cancel_hashes(hashes[:3] + others)
+    assert sorted(cancelled) == sorted(t.id for t in tasks[:3])
+    assert store.live_hashes(hashes) == set(hashes[3:])
+    assert store.existing_ids([t.id for t in tasks[::2]] + [uuid.uuid4()]) == {t.id for t in tasks[::2]}
 
 
 def test_a_claim_without_an_object_stores_null(pg_engine: Engine) -> None:
