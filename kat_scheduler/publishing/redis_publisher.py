@@ -164,29 +164,40 @@ class RedisPublisher:
         return by_key
 
     def _push(self, chunk: Chunk, published: list[uuid.UUID]) -> None:
-        """One pipeline of ``LPUSH key envelope...`` per key; adds the chunk's ids to ``published``.
+        """``LPUSH key envelope...`` per key, sent at once; adds the chunk's ids to ``published``.
 
-        Kombu's consumer pops from the right, so the first pushed is the first out.
+        Kombu's consumer pops from the right, so the first pushed is the first out. The commands
+        are written in Redis's protocol here and sent with one ``sendall``: redis-py's pipeline
+        sends a chunk of a thousand envelopes in some 300 pieces of 6 KB, one system call each,
+        which cost more CPU than the rest of the publish.
         """
+        packed = _lpush_commands(chunk)
         maybe_sent = False
         for attempt in range(1, self.retries + 2):
             if attempt > 1:
                 time.sleep(self.backoff * 2 ** (attempt - 2))
+            pool = self._client.connection_pool
             try:
-                self._ensure_connected()
+                connection = pool.get_connection()  # connects (or reconnects) before we send
             except _TRANSIENT as exc:
                 error: Exception = exc
                 logger.warning("Redis unreachable (attempt %d of %d): %s", attempt, self.retries + 1, exc)
                 continue
             try:
-                with self._client.pipeline(transaction=False) as pipe:
-                    for key, items in chunk.items():
-                        pipe.lpush(key, *(payload for _, payload in items))
-                    results = pipe.execute(raise_on_error=False)
+                connection.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+                results: list[Any] = []
+                for _ in chunk:
+                    try:
+                        results.append(connection.read_response())
+                    except redis.ResponseError as exc:  # this command refused; the others stand
+                        results.append(exc)
             except _TRANSIENT as exc:
+                connection.disconnect()  # type: ignore[no-untyped-call]
                 error, maybe_sent = exc, True
                 logger.warning("publishing to Redis failed (attempt %d of %d): %s", attempt, self.retries + 1, exc)
                 continue
+            finally:
+                pool.release(connection)
             refused = None
             for items, result in zip(chunk.values(), results, strict=True):
                 if isinstance(result, Exception):
@@ -198,7 +209,14 @@ class RedisPublisher:
             return
         raise PublishError(f"Redis publish failed: {error}", published, certain=not maybe_sent)
 
-    def _ensure_connected(self) -> None:
-        """Take a connection from the pool and give it back: connects (or reconnects) before we send."""
-        pool = self._client.connection_pool
-        pool.release(pool.get_connection())
+
+def _lpush_commands(chunk: Chunk) -> bytes:
+    """``LPUSH key envelope...`` for each key of ``chunk``, in Redis's protocol (RESP), UTF-8."""
+    parts: list[bytes] = []
+    for key, items in chunk.items():
+        name = key.encode()
+        parts.append(b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n" % (len(items) + 2, len(name), name))
+        for _, payload in items:
+            data = payload.encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)

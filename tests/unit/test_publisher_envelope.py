@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis.connection
 from celery import Celery
 from celery.worker.request import Request
 from kombu.connection import Connection
@@ -24,7 +25,7 @@ from kat_scheduler.celery_app import create_app
 from kat_scheduler.config import broker_transport_options
 from kat_scheduler.publisher import OutgoingMessage
 from kat_scheduler.publishing.envelope import RedisEnvelopes, origin, redis_envelope, task_headers
-from kat_scheduler.publishing.redis_publisher import PriorityKeys
+from kat_scheduler.publishing.redis_publisher import PriorityKeys, _lpush_commands
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 
@@ -126,6 +127,17 @@ def test_redis_keys_take_kombus_defaults_for_what_the_options_leave_out() -> Non
     kombu = object.__new__(KombuRedisChannel)
     for priority in range(10):
         assert keys.key("q", priority) == kombu._q_for_pri("q", priority)
+
+
+def test_the_lpush_commands_we_write_are_the_ones_redis_py_writes() -> None:
+    chunk = {
+        "boefjes": [(uuid.uuid4(), redis_envelope(outgoing(), 3, "gen1@host")) for _ in range(3)],
+        "boefjes\x066": [(uuid.uuid4(), 'ünïcode "quoted" \\ {x}')],
+    }
+    stock = redis.connection.Connection().pack_commands(
+        [("LPUSH", key, *(payload for _, payload in items)) for key, items in chunk.items()]
+    )
+    assert _lpush_commands(chunk) == b"".join(stock)
 
 
 def test_importing_the_publisher_api_loads_no_broker_library() -> None:
