@@ -22,7 +22,7 @@ test: $(STAMP)  ## Run the whole test suite (needs PostgreSQL, Redis and RabbitM
 lint: $(STAMP)  ## ruff format check, ruff lint, mypy (strict).
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy kat_scheduler celeryconfig.py
+	$(BIN)/mypy kat_scheduler celeryconfig.py benchmarks tests
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -22,6 +22,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 import sqlalchemy as sa
@@ -45,7 +46,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_once(world, kat: SimulatedKAT, args) -> dict:
+def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
     db_uri, admin = fresh_database()
     broker = redis.Redis.from_url(REDIS)
     broker.flushdb()
@@ -99,8 +100,8 @@ def run_once(world, kat: SimulatedKAT, args) -> dict:
             queue=Queue.SCHEDULER.value,
             priority=broker_priority(0, "redis"),
         ).get(timeout=120)
-        figures = {}
-        expected: set = set()
+        figures: dict[str, Any] = {}
+        expected: set[tuple[str, str, str]] = set()
         for phase in ("cold", "warm"):
             kat.reset_counts()
             sent = datetime.now(UTC)
@@ -131,7 +132,10 @@ def run_once(world, kat: SimulatedKAT, args) -> dict:
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT organisation, plugin_id, input_ooi FROM tasks")).all()
         queued_set = {(r[0], r[1], r[2]) for r in rows}
-        depth = sum(broker.llen(k) for k in broker.keys("boefjes*") if not k.startswith(b"_kombu"))
+        depth = 0
+        for key in cast(list[bytes], broker.keys("boefjes*")):
+            if not key.startswith(b"_kombu"):
+                depth += broker.llen(key)
         figures["exact"] = queued_set == expected and len(rows) == len(expected)
         figures["missing"] = len(expected - queued_set)
         figures["extra"] = len(queued_set - expected)

@@ -93,7 +93,7 @@ def pg_engine(_pg_engine: Engine) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def sqlite_uri(tmp_path) -> str:  # type: ignore[no-untyped-def]
+def sqlite_uri(tmp_path) -> str:
     uri = f"sqlite:///{tmp_path / 'kat_scheduler.db'}"
     migrate.upgrade(uri)
     return uri
@@ -134,7 +134,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """RabbitMQ; our queues are deleted before and after the test."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     from kat_scheduler.queues import Queue
 

@@ -59,7 +59,7 @@ def celery_worker(
         yield process
     finally:
         stop(process)
-        if log_file:
+        if not isinstance(output, int):  # a file of ours, not DEVNULL
             output.close()
 
 

@@ -29,11 +29,10 @@ def kat(world: World) -> Iterator[SimulatedKAT]:
 
 
 def make_clients(kat: SimulatedKAT) -> KATClients:
-    options = {"timeout": 5.0, "retries": 1, "backoff": 0.0}
     return KATClients(
-        octopoes=OctopoesClient(kat.octopoes_url, **options),
-        katalogus=KatalogusClient(kat.katalogus_url, **options),
-        bytes=BytesClient(kat.bytes_url, "bytes", "bytes", **options),
+        octopoes=OctopoesClient(kat.octopoes_url, timeout=5.0, retries=1, backoff=0.0),
+        katalogus=KatalogusClient(kat.katalogus_url, timeout=5.0, retries=1, backoff=0.0),
+        bytes=BytesClient(kat.bytes_url, "bytes", "bytes", timeout=5.0, retries=1, backoff=0.0),
     )
 
 

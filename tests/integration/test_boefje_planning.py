@@ -6,11 +6,11 @@ import json
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from kat_scheduler.eligibility import SkipReason
 from kat_scheduler.models import TaskStatus
@@ -21,7 +21,7 @@ from tests.integration.conftest import WORLD_NOW
 NOW = WORLD_NOW + timedelta(minutes=5)
 
 
-def queued_triples(engine: Engine) -> list[tuple[str, str, str]]:
+def queued_triples(engine: Engine) -> list[tuple[str, str, str | None]]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi).where(
@@ -31,9 +31,9 @@ def queued_triples(engine: Engine) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def broker_messages(redis_url: str) -> list[dict]:
+def broker_messages(redis_url: str) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(redis_url)
-    keys = [k for k in client.keys("boefjes*") if not k.startswith(b"_kombu")]
+    keys = [k for k in cast(list[bytes], client.keys("boefjes*")) if not k.startswith(b"_kombu")]
     return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
 
 
@@ -163,7 +163,7 @@ def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(planner) -> 
     planner.schedules.engine.dispose()
     with planner.tasks.engine.begin() as conn:
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=30)))
-        conn.execute(ScheduleRow.__table__.delete())
+        conn.execute(delete(ScheduleRow))
     second = planner.plan(None, now=NOW)
     assert second.backpressure and second.queue_depth >= first.queued
     assert second.skipped[SkipReason.BACKPRESSURE] > 0
@@ -337,7 +337,7 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
                 ).scalar_one()
         return plan
 
-    planner.plan_org = slow_plan_org  # type: ignore[method-assign]
+    planner.plan_org = slow_plan_org  # type: ignore[method-assign,assignment]
     try:
         report = planner.plan(None, now=NOW)
     finally:
@@ -361,7 +361,7 @@ def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
             raise RuntimeError("the database went away")
         return real(org, now)
 
-    planner.plan_org = failing  # type: ignore[method-assign]
+    planner.plan_org = failing
     with pytest.raises(RuntimeError, match="went away"):
         planner.plan(None, now=NOW)
     with pg_engine.connect() as conn:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Row, func, select, update
 
 from kat_scheduler.clients import KATClients
 from kat_scheduler.events.consumer import TransientError
@@ -259,7 +259,7 @@ def test_a_failed_publish_frees_every_claim_of_its_batch_and_the_batch_comes_bac
     assert set(tasks_on(pg_engine, pk)) == expected
 
 
-def schedules_on(engine: Engine, pk: str) -> dict[str, ScheduleRow]:
+def schedules_on(engine: Engine, pk: str) -> dict[str, Row[Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(ScheduleRow).where(ScheduleRow.input_ooi == pk)).all()
     return {row.plugin_id: row for row in rows}
@@ -324,7 +324,7 @@ def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
     after = schedules_on(pg_engine, known.primary_key)
     requeued = {b for b in tasks_on(pg_engine, known.primary_key) if b in before}
     assert requeued
-    assert all(after[b].deadline_at > later for b in requeued)  # type: ignore[operator]
+    assert all(after[b].deadline_at > later for b in requeued)
 
 
 def test_an_event_for_a_pair_still_queued_queues_nothing_and_keeps_its_deadline(
@@ -438,7 +438,7 @@ def raw_event(world, org: str, boefje_id: str, mime_types: list[str]) -> RawFile
     )
 
 
-def normalizer_rows(engine: Engine) -> list[TaskRow]:
+def normalizer_rows(engine: Engine) -> list[Row[Any]]:
     with engine.connect() as conn:
         return list(conn.execute(select(TaskRow).where(TaskRow.scheduler_id == SchedulerId.NORMALIZER)).all())
 

@@ -13,10 +13,11 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from kombu import Connection
-from kombu import Queue as KombuQueue
+from kombu.connection import Connection
+from kombu.entity import Queue as KombuQueue
 from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
@@ -91,7 +92,7 @@ def expected_boefjes(world, org: str, object_type: str, level: int, operation: s
     }
 
 
-def hostname_creates(org: str, refs: list[str], level: int = 2) -> list[dict]:
+def hostname_creates(org: str, refs: list[str], level: int = 2) -> list[dict[str, Any]]:
     """``create`` mutations of new Hostnames at ``level``, as Octopoes publishes them."""
     return [
         {
@@ -188,7 +189,7 @@ def test_a_poison_message_is_dead_lettered_and_the_next_event_still_handled(
     world.add_ooi(org, "Hostname", pk, level=2, scan_profile_type="declared")
     assert wait_for(lambda: boefje_tasks(pg_engine, pk), timeout=20)
 
-    dead: list[tuple[bytes, dict]] = []
+    dead: list[tuple[bytes, dict[str, Any]]] = []
 
     def dead_lettered() -> bool:
         dead.extend(take_all(events_url, "scan_profile_mutations.dead"))
@@ -211,7 +212,7 @@ def test_killing_the_listener_mid_storm_loses_nothing_and_queues_nothing_twice(
 
     def queued() -> int:
         with pg_engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
+            return int(conn.execute(select(func.count()).select_from(TaskRow)).scalar_one())
 
     with open(tmp_path / "first.log", "wb") as log:
         first = start_listener(kat, events_url, postgres_uri, redis_url, log)
@@ -243,7 +244,7 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
 
     def claimed() -> int:
         with pg_engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
+            return int(conn.execute(select(func.count()).select_from(TaskRow)).scalar_one())
 
     with open(tmp_path / "listener.log", "wb") as log:
         process = start_listener(kat, events_url, postgres_uri, redis_url, log)

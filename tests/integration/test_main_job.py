@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import requests
@@ -46,7 +47,8 @@ def wait_for_line(output: Path, pattern: str, process: subprocess.Popen[bytes], 
 
 
 def flower_tasks(url: str, auth: tuple[str, str], name: str) -> dict[str, dict[str, object]]:
-    answer = requests.get(f"{url}/api/tasks", params={"taskname": name, "limit": 50}, auth=auth, timeout=5)
+    params: dict[str, str | int] = {"taskname": name, "limit": 50}
+    answer = requests.get(f"{url}/api/tasks", params=params, auth=auth, timeout=5)
     answer.raise_for_status()
     tasks: dict[str, dict[str, object]] = answer.json()
     return tasks
@@ -160,7 +162,7 @@ def messages_kept_in(state: Path) -> set[str]:
         wait_for_redis(f"redis://127.0.0.1:{port}/0", server)
         client = redis.Redis(port=port)
         ids: set[str] = set()
-        for key in client.keys("*"):
+        for key in cast(list[bytes], client.keys("*")):
             if key.startswith((b"boefjes", b"normalizers")) and client.type(key) == b"list":
                 ids.update(json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1))
         for raw in client.hvals("unacked"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -40,12 +41,12 @@ def empty_db(request: pytest.FixtureRequest, tmp_path):
     admin.dispose()
 
 
-def schema_diff(uri: str) -> list:
+def schema_diff(uri: str) -> list[Any]:
     engine = make_engine(uri)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            return compare_metadata(context, Base.metadata)
+            return list(compare_metadata(context, Base.metadata))
     finally:
         engine.dispose()
 

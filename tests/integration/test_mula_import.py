@@ -530,14 +530,14 @@ def test_the_command_needs_a_mula_database_uri(monkeypatch: pytest.MonkeyPatch) 
 # --- end to end: the planner honours the imported history and schedules ---------------------------
 
 
-def test_the_planner_sees_imported_history_and_schedules(planner, world, mula: Engine, pg_engine: Engine) -> None:  # type: ignore[no-untyped-def]
+def test_the_planner_sees_imported_history_and_schedules(planner, world, mula: Engine, pg_engine: Engine) -> None:
     from kat_scheduler.eligibility import SkipReason
     from kat_scheduler.sim.oracle import allowed_boefje_tasks
     from tests.integration.conftest import WORLD_NOW
 
     now = WORLD_NOW + timedelta(minutes=5)
     allowed = sorted(allowed_boefje_tasks(world, now))
-    periodic = [t for t in allowed if not (b := world.plugin(t[1])).cron and (b.interval or 1440) >= 60]  # type: ignore[union-attr]
+    periodic = [t for t in allowed if not (b := world.plugin(t[1])).cron and (b.interval or 1440) >= 60]
     assert len(periodic) >= 10, "the world should allow some interval boefjes"
     ran, scheduled = periodic[:6], periodic[6:10]
     insert(

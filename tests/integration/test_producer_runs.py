@@ -164,12 +164,14 @@ def test_the_listener_records_a_batch_then_waits_out_its_interval_unless_it_fail
         assert first.summary["queued"] > 0
 
         handlers[SCAN_PROFILE_MUTATIONS](SCAN_PROFILE_MUTATIONS, [mutation(org, "Hostname|internet|b.nl", 2)])
-        assert runs.get(ProducerName.LISTENER).finished_at == first.finished_at  # within the interval
+        again = runs.get(ProducerName.LISTENER)
+        assert again is not None and again.finished_at == first.finished_at  # within the interval
 
         kat.inject_fault("katalogus", status=503, times=None)
         with pytest.raises(TransientError):
             handlers[SCAN_PROFILE_MUTATIONS](SCAN_PROFILE_MUTATIONS, [mutation(org, "Hostname|internet|c.nl", 2)])
         failed = runs.get(ProducerName.LISTENER)
+        assert failed is not None and failed.error is not None
         assert failed.outcome == RunOutcome.ERROR and failed.error.startswith("scan_profile_mutations: ")
         assert failed.last_ok_at == first.finished_at
         assert failed.summary["events"][SCAN_PROFILE_MUTATIONS] == 2

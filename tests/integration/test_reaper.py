@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 import redis
@@ -28,9 +29,9 @@ def reaper(pg_engine: Engine, redis_url: str, postgres_uri: str):
     publisher.close()
 
 
-def boefje_messages(redis_url: str) -> list[dict]:
+def boefje_messages(redis_url: str) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(redis_url)
-    keys = [k for k in client.keys("boefjes*") if not k.startswith(b"_kombu")]
+    keys = [k for k in cast(list[bytes], client.keys("boefjes*")) if not k.startswith(b"_kombu")]
     return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
 
 

@@ -28,7 +28,8 @@ def test_every_due_schedule_is_found_oldest_first_without_a_cap(engine: Engine) 
     assert [len(b) for b in batches] == [1000, 1000, 500]
     assert len(found) == 2500
     deadlines = [row.deadline_at for row in found]
-    assert deadlines == sorted(deadlines)
+    assert None not in deadlines
+    assert deadlines == sorted(d for d in deadlines if d is not None)
     assert deadlines[0] == NOW - timedelta(minutes=2499)
 
 
@@ -41,14 +42,15 @@ def test_advancing_a_deadline_takes_the_schedule_off_the_due_list(engine: Engine
     store.set_deadlines({row_a.id: NOW + timedelta(days=1)})
     due = [row.hash for batch in store.iter_due(NOW) for row in batch]
     assert due == [b.hash]
-    assert store.get_by_hash(a.hash).deadline_at == NOW + timedelta(days=1)  # type: ignore[union-attr]
+    advanced = store.get_by_hash(a.hash)
+    assert advanced is not None and advanced.deadline_at == NOW + timedelta(days=1)
 
 
 def test_a_disabled_schedule_is_never_due_and_says_why(engine: Engine) -> None:
     store = ScheduleStore(engine)
     kept, gone = NewScheduleFactory.create_batch(2, deadline_at=NOW - timedelta(minutes=1))
     store.add_many([kept, gone])
-    assert store.disable_for_ooi("aa", gone.input_ooi, reason="object deleted") == 1  # type: ignore[arg-type]
+    assert store.disable_for_ooi("aa", gone.input_ooi, reason="object deleted") == 1
     assert [row.hash for batch in store.iter_due(NOW) for row in batch] == [kept.hash]
     row = store.get_by_hash(gone.hash)
     assert row is not None and not row.enabled and row.disabled_reason == "object deleted"
@@ -67,8 +69,10 @@ def test_adding_a_disabled_schedule_again_enables_it_and_an_enabled_one_is_left_
     again = [replace(s, deadline_at=later) for s in (first, second)]
     assert store.add_many(again) == 1
     enabled_again = store.get_by_hash(first.hash)
+    assert enabled_again is not None and enabled_again.deadline_at is not None
     assert enabled_again.enabled and enabled_again.disabled_reason is None
     assert abs((enabled_again.deadline_at - later).total_seconds()) < 1
     untouched = store.get_by_hash(second.hash)
+    assert untouched is not None and untouched.deadline_at is not None and second.deadline_at is not None
     assert abs((untouched.deadline_at - second.deadline_at).total_seconds()) < 1
     assert store.existing_hashes([first.hash, second.hash], enabled_only=True) == {first.hash, second.hash}

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner, Result
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import Engine, update
 
 from kat_scheduler.models import SchedulerId, TaskStatus

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ from kat_scheduler.workers.local import LocalPluginRunner
 from kat_scheduler.workers.runners import UnknownPlugin
 from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
 from tests.workers import celery_worker, wait_for
+
+
+def row_of(store: TaskStore, task_id: uuid.UUID) -> TaskRow:
+    """The task's row, which must exist."""
+    row = store.get(task_id)
+    assert row is not None, f"no row for task {task_id}"
+    return row
 
 
 def write_plugin(root: Path, folder: str, description: str, module: str, plugin_id: str, code: str) -> None:
@@ -131,11 +139,11 @@ def test_a_boefje_past_its_soft_time_limit_fails_and_the_worker_lives_on(
     (plugins / "slow" / "boefje.json").write_text(json.dumps({"id": "dns-records"}))
     publish_boefje(slow, org, ref, postgres_uri, redis_url)
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
-        finished = wait_for(lambda: store.get(slow).status == TaskStatus.FAILED, timeout=30)
+        finished = wait_for(lambda: row_of(store, slow).status == TaskStatus.FAILED, timeout=30)
         assert finished, (tmp_path / "worker.log").read_text()[-3000:]
         assert worker.poll() is None
-    row = store.get(slow)
-    assert "SoftTimeLimitExceeded" in row.error
+    row = row_of(store, slow)
+    assert row.error is not None and "SoftTimeLimitExceeded" in row.error
     with pg_engine.connect() as conn:
         assert conn.execute(select(TaskRow.status).where(TaskRow.id == slow)).scalar_one() == TaskStatus.FAILED
     assert any("error/boefje" in r.mime_types for r in world.raw_files_of(slow))
@@ -156,10 +164,10 @@ def test_a_boefje_that_ignores_its_soft_limit_is_killed_at_the_hard_limit_and_it
     env = local_worker_env(kat, plugins, postgres_uri, redis_url, soft=1, hard=3)
     publish_boefje(stubborn, org, ref, postgres_uri, redis_url)
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log") as worker:
-        failed = wait_for(lambda: store.get(stubborn).status == TaskStatus.FAILED, timeout=30)
+        failed = wait_for(lambda: row_of(store, stubborn).status == TaskStatus.FAILED, timeout=30)
         assert failed, (tmp_path / "worker.log").read_text()[-3000:]
         assert worker.poll() is None
-    assert "hard time limit" in store.get(stubborn).error
+    assert "hard time limit" in (row_of(store, stubborn).error or "")
 
 
 def test_a_worker_records_every_state_of_a_task(
@@ -181,12 +189,12 @@ def test_a_worker_records_every_state_of_a_task(
     }
     publish_boefje(task_id, org, ref, postgres_uri, redis_url)
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "worker.log"):
-        done = wait_for(lambda: store.get(task_id).status == TaskStatus.COMPLETED, timeout=30)
+        done = wait_for(lambda: row_of(store, task_id).status == TaskStatus.COMPLETED, timeout=30)
     assert done, (tmp_path / "worker.log").read_text()[-3000:]
-    row = store.get(task_id)
+    row = row_of(store, task_id)
     assert row.started_at and row.ended_at and row.attempts == 1
     host = worker_id().rpartition(":")[0]
-    assert row.worker.startswith(f"{host}:")  # the pool process that ran it
+    assert row.worker is not None and row.worker.startswith(f"{host}:")  # the pool process that ran it
     log = (tmp_path / "worker.log").read_text()
     assert "could not mark task" not in log
 
@@ -202,7 +210,7 @@ def test_the_received_signal_marks_a_queued_row_dispatched(monkeypatch, pg_engin
     monkeypatch.setattr(worker_tasks, "get_runtime", lambda: SimpleNamespace(tasks=store))
     request = SimpleNamespace(name=TaskName.BOEFJE_RUN.value, id=str(task_id), hostname="boefjes@host")
     worker_tasks._received(request=request)
-    row = store.get(task_id)
+    row = row_of(store, task_id)
     assert row.status == TaskStatus.DISPATCHED and row.worker == "boefjes@host"
     worker_tasks._received(request=SimpleNamespace(name="other.task", id=str(task_id), hostname="x"))
-    assert store.get(task_id).worker == "boefjes@host"
+    assert row_of(store, task_id).worker == "boefjes@host"

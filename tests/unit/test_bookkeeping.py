@@ -5,17 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 
 import pytest
 
 from kat_scheduler.events.bookkeeping import Bookkeeper
 
 
+def _sleep_then_append(seconds: float, done: list[int], n: int) -> None:
+    time.sleep(seconds)
+    done.append(n)
+
+
 def test_writes_run_in_the_order_submitted_and_flush_waits_for_them() -> None:
     keeper = Bookkeeper()
     done: list[int] = []
     for n in range(20):
-        keeper.submit(f"write {n}", lambda n=n: (time.sleep(0.001), done.append(n)))
+        keeper.submit(f"write {n}", partial(_sleep_then_append, 0.001, done, n))
     keeper.flush()
     assert done == list(range(20))
     keeper.close()
@@ -57,7 +63,7 @@ def test_close_finishes_what_was_submitted() -> None:
     keeper = Bookkeeper(max_pending=2)
     done: list[int] = []
     for n in range(6):  # more than max_pending: submit waits for room instead of dropping
-        keeper.submit("write", lambda n=n: (time.sleep(0.005), done.append(n)))
+        keeper.submit("write", partial(_sleep_then_append, 0.005, done, n))
     keeper.close()
     assert done == list(range(6))
 

@@ -3,6 +3,7 @@
 import threading
 from collections import deque
 from concurrent.futures import Future
+from functools import partial
 
 import pytest
 
@@ -13,8 +14,12 @@ def test_jobs_run_one_after_the_other_in_the_order_given_on_one_thread() -> None
     worker = _SerialWorker("test-stage")
     ran: list[tuple[int, str]] = []
     done = threading.Event()
+
+    def record(n: int) -> None:
+        ran.append((n, threading.current_thread().name))
+
     for n in range(50):
-        worker.submit(lambda n=n: ran.append((n, threading.current_thread().name)))
+        worker.submit(partial(record, n))
     worker.submit(done.set)
     assert done.wait(5)
     assert [n for n, _ in ran] == list(range(50))

@@ -1,12 +1,14 @@
 """The wire models accept KAT's exact shapes (KAT-API.md) and reject what is not."""
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from kat_scheduler.models import OOI, BoefjeMeta, RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.plugins import PLUGIN_LIST, Boefje, Normalizer
 
-HOSTNAME = {
+HOSTNAME: dict[str, Any] = {
     "object_type": "Hostname",
     "primary_key": "Hostname|internet|mispo.es",
     "scan_profile": {

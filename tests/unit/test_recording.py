@@ -23,10 +23,28 @@ class FakeRuns:
         self.fail = fail
         self.records: list[dict[str, Any]] = []
 
-    def record(self, name: ProducerName, **values: Any) -> None:
+    def record(
+        self,
+        name: ProducerName,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        outcome: RunOutcome,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
         if self.fail:
             raise ConnectionError("database down")
-        self.records.append({"name": name, **values})
+        self.records.append(
+            {
+                "name": name,
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "outcome": outcome,
+                "summary": summary,
+                "error": error,
+            }
+        )
 
 
 class Clock:
