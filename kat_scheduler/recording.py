@@ -19,31 +19,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from kat_scheduler.models.producers import ProducerName, RunOutcome
+from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.tables import utcnow
 
 logger = logging.getLogger(__name__)
 
-
-class RunStore(Protocol):
-    """Where runs are recorded: :class:`~kat_scheduler.storage.producers.ProducerRunStore`."""
-
-    def record(
-        self,
-        name: ProducerName,
-        *,
-        started_at: datetime,
-        finished_at: datetime,
-        outcome: RunOutcome,
-        summary: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None: ...
-
-
 #: Builds the store when a run is recorded (so even creating the engine cannot break a producer).
-StoreFactory = Callable[[], RunStore]
+StoreFactory = Callable[[], ProducerRunStore]
 #: Seconds between two records of the listener, unless its outcome changed.
 LISTENER_RECORD_INTERVAL = 5.0
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -12,6 +13,7 @@ from kat_scheduler.events.consumer import Rejected
 from kat_scheduler.events.recording import RecordingHandler
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.recording import ThrottledRecorder, recorded_run
+from kat_scheduler.storage.producers import ProducerRunStore
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -23,28 +25,15 @@ class FakeRuns:
         self.fail = fail
         self.records: list[dict[str, Any]] = []
 
-    def record(
-        self,
-        name: ProducerName,
-        *,
-        started_at: datetime,
-        finished_at: datetime,
-        outcome: RunOutcome,
-        summary: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
+    def record(self, name: ProducerName, **values: Any) -> None:
         if self.fail:
             raise ConnectionError("database down")
-        self.records.append(
-            {
-                "name": name,
-                "started_at": started_at,
-                "finished_at": finished_at,
-                "outcome": outcome,
-                "summary": summary,
-                "error": error,
-            }
-        )
+        self.records.append({"name": name, **values})
+
+
+def store_of(runs: FakeRuns) -> Callable[[], ProducerRunStore]:
+    """A store factory handing out ``runs`` (a stand-in, so the type is asserted, not checked)."""
+    return lambda: cast(ProducerRunStore, runs)
 
 
 class Clock:
@@ -62,7 +51,7 @@ def ticking(start: datetime = T0, step: float = 1.0):
 
 def test_a_run_that_returns_is_recorded_ok_with_its_summary_and_times() -> None:
     runs = FakeRuns()
-    with recorded_run(ProducerName.PLAN_BOEFJES, lambda: runs, clock=ticking()) as run:
+    with recorded_run(ProducerName.PLAN_BOEFJES, store_of(runs), clock=ticking()) as run:
         run.summary = {"planning_tasks": 2}
     [record] = runs.records
     assert record["name"] == ProducerName.PLAN_BOEFJES and record["outcome"] == RunOutcome.OK
@@ -72,7 +61,7 @@ def test_a_run_that_returns_is_recorded_ok_with_its_summary_and_times() -> None:
 
 def test_a_run_that_raises_is_recorded_as_error_and_the_exception_goes_on() -> None:
     runs = FakeRuns()
-    with pytest.raises(RuntimeError, match="katalogus down"), recorded_run(ProducerName.REAP, lambda: runs) as run:
+    with pytest.raises(RuntimeError, match="katalogus down"), recorded_run(ProducerName.REAP, store_of(runs)) as run:
         run.summary = {"organisations": 3}
         raise RuntimeError("katalogus down")
     [record] = runs.records
@@ -82,17 +71,17 @@ def test_a_run_that_raises_is_recorded_as_error_and_the_exception_goes_on() -> N
 
 def test_a_run_that_failed_in_part_is_recorded_as_error_without_raising() -> None:
     runs = FakeRuns()
-    with recorded_run(ProducerName.QUEUE_DUE_SCHEDULES, lambda: runs) as run:
+    with recorded_run(ProducerName.QUEUE_DUE_SCHEDULES, store_of(runs)) as run:
         run.error = "1 organisation(s) failed: aa: timeout"
     assert runs.records[0]["outcome"] == RunOutcome.ERROR and runs.records[0]["error"].endswith("timeout")
 
 
 def test_a_failure_to_record_is_logged_and_never_reaches_the_producer(caplog: pytest.LogCaptureFixture) -> None:
-    def broken_store() -> FakeRuns:
+    def broken_store() -> ProducerRunStore:
         raise ValueError("no engine")
 
     with caplog.at_level(logging.WARNING, "kat_scheduler.recording"):
-        with recorded_run(ProducerName.REAP, lambda: FakeRuns(fail=True)):
+        with recorded_run(ProducerName.REAP, store_of(FakeRuns(fail=True))):
             pass
         with recorded_run(ProducerName.REAP, broken_store):
             pass
@@ -104,7 +93,7 @@ def test_a_failure_to_record_is_logged_and_never_reaches_the_producer(caplog: py
 
 def test_the_listener_records_at_most_once_per_interval_unless_the_outcome_changes() -> None:
     runs, clock = FakeRuns(), Clock()
-    recorder = ThrottledRecorder(ProducerName.LISTENER, lambda: runs, min_interval=5, monotonic=clock)
+    recorder = ThrottledRecorder(ProducerName.LISTENER, store_of(runs), min_interval=5, monotonic=clock)
     summaries = []
 
     def summary() -> dict[str, Any]:
@@ -130,9 +119,9 @@ def test_the_listener_records_at_most_once_per_interval_unless_the_outcome_chang
 def test_a_recorder_whose_database_is_down_does_not_ask_it_again_for_every_batch() -> None:
     attempts, clock = [], Clock()
 
-    def store() -> FakeRuns:
+    def store() -> ProducerRunStore:
         attempts.append(clock.now)
-        return FakeRuns(fail=True)
+        return cast(ProducerRunStore, FakeRuns(fail=True))
 
     recorder = ThrottledRecorder(ProducerName.LISTENER, store, min_interval=5, monotonic=clock)
     for now in (0.0, 1.0, 2.0, 5.0):
@@ -143,7 +132,7 @@ def test_a_recorder_whose_database_is_down_does_not_ask_it_again_for_every_batch
 
 def test_a_recording_handler_passes_the_batch_result_and_errors_through() -> None:
     runs, clock = FakeRuns(), Clock()
-    recorder = ThrottledRecorder(ProducerName.LISTENER, lambda: runs, min_interval=5, monotonic=clock)
+    recorder = ThrottledRecorder(ProducerName.LISTENER, store_of(runs), min_interval=5, monotonic=clock)
 
     def handler(queue: str, events: list[Any]) -> list[Rejected]:
         if events == ["boom"]:
@@ -161,6 +150,6 @@ def test_a_recording_handler_passes_the_batch_result_and_errors_through() -> Non
 
 
 def test_a_recording_handler_whose_database_is_down_still_returns_the_batch_result() -> None:
-    recorder = ThrottledRecorder(ProducerName.LISTENER, lambda: FakeRuns(fail=True))
+    recorder = ThrottledRecorder(ProducerName.LISTENER, store_of(FakeRuns(fail=True)))
     recording = RecordingHandler(lambda queue, events: [], recorder, dict)
     assert recording("scan_profile_mutations", [1, 2]) == []
