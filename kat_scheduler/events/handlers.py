@@ -311,21 +311,21 @@ class MutationHandler(_Base):
         def send(claims: list[Claim], sent: Callable[[], None]) -> list[Rejected]:
             try:
                 queued = {t.hash for t in self._send(claims)}
+                # A pair that has a schedule gets its next deadline now that it is queued. A new
+                # pair gets none: once its task has run, the next planning tick writes its schedule
+                # from that run (as it does for any pair with history and no schedule), and until
+                # then its live task, then its history, keep it from running twice. So a storm of
+                # new objects writes no schedules.
+                schedules.extend(
+                    new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
+                    for c in candidates
+                    if c.hash in states and c.hash in queued
+                )
+                if schedules:
+                    self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
+                return rejected
             finally:
-                sent()
-            # A pair that has a schedule gets its next deadline now that it is queued. A new pair
-            # gets none: once its task has run, the next planning tick writes its schedule from
-            # that run (as it does for any pair with history and no schedule), and until then its
-            # live task, then its history, keep it from running twice. So a storm of new objects
-            # writes no schedules.
-            schedules.extend(
-                new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
-                for c in candidates
-                if c.hash in states and c.hash in queued
-            )
-            if schedules:
-                self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
-            return rejected
+                sent()  # only now: a later batch's disables wait for this batch's schedule writes
 
         return write
 

@@ -4,6 +4,7 @@ that feeds them from RabbitMQ is tested in test_event_consumer.py and test_liste
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -196,12 +197,19 @@ def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
 
 
 def test_a_delete_written_before_the_batch_before_it_is_sent_still_leaves_its_schedules_disabled(
-    mutations, planner, world, pg_engine
+    mutations, planner, world, pg_engine, monkeypatch
 ) -> None:
     org, known = planned_hostname(planner, world)
     with pg_engine.begin() as conn:  # every task long done, every schedule due
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
     handler = handler_at(mutations, NOW + timedelta(days=30))
+    upsert = handler.schedules.upsert
+
+    def slow_upsert(*args: Any, **kwargs: Any) -> None:  # a slow database widens any race
+        time.sleep(0.3)
+        upsert(*args, **kwargs)
+
+    monkeypatch.setattr(handler.schedules, "upsert", slow_upsert)
     send_update = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, 4, "update")])()
     write_delete = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, None, "delete")])
     sends: list[Any] = []
