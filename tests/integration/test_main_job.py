@@ -21,6 +21,7 @@ import requests
 
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
 from tests.vhosts import own_vhost
+from tests.workers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Variables that would configure a real KAT (or another Flower) and must not leak into the run.
@@ -283,7 +284,10 @@ def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) 
             run_command(*big_world), cwd=tmp_path, env=clean_environment(tmp_path / "state"), stdout=sink, stderr=sink
         )
         try:
-            time.sleep(3)
+            # Interrupt once the run has started a child (the embedded Redis or the world), long
+            # before the big world answers: the run is still starting when the signal arrives.
+            assert wait_for(lambda: len(processes_of_run(tmp_path / "state")) >= 2, timeout=30), output.read_text()
+            assert "started in" not in output.read_text(), "the run started before it could be interrupted"
             interrupted = time.monotonic()
             run.send_signal(signal.SIGINT)
             assert run.wait(timeout=15) == 0, output.read_text()
@@ -292,7 +296,8 @@ def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) 
             if run.poll() is None:
                 run.kill()
     log = output.read_text()
-    assert "stopped while starting" in log or "summary" in log, log
+    assert "stopped while starting" in log, log
+    assert "started in" not in log, log
     assert processes_of_run(tmp_path / "state") == [], "a process of the run outlived it"
 
 
