@@ -23,7 +23,7 @@ def quoted_commands(document: Path) -> list[tuple[int, list[str]]]:
         for offset, line in enumerate(block.group(1).splitlines()):
             line = line.removeprefix("$ ")
             for command in split_shell(line.replace("…", "x")):
-                if command[0] in OURS:
+                if Path(command[0]).name in OURS:  # `.venv/bin/kat-scheduler` too
                     found.append((first_line + offset, command))
     for inline in re.finditer(r"`((?:kat-scheduler|celery -A kat_scheduler) [^`]*)`", text):
         if any(mark in inline.group(1) for mark in ("…", "<", "[")):
