@@ -18,14 +18,19 @@ ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 
 def split_shell(line: str) -> list[list[str]]:
-    """The simple commands of a shell line (``a && b`` gives two), without comments and
-    leading ``VAR=value`` assignments."""
+    """The simple commands of a shell line (``a && b`` gives two), without comments,
+    redirections and leading ``VAR=value`` assignments."""
     words = shlex.split(line, comments=True)
     commands: list[list[str]] = [[]]
+    redirect_target = False
     for word in words:
-        if word in ("&&", "||", ";", "|"):
+        if redirect_target:  # the file of a `> file`
+            redirect_target = False
+        elif word in ("&&", "||", ";", "|", "&"):
             commands.append([])
-        else:
+        elif word in (">", ">>", "<", "2>", "2>>"):
+            redirect_target = True
+        elif word not in ("2>&1",):
             commands[-1].append(word)
     out = []
     for command in commands:
