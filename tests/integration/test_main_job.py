@@ -284,9 +284,11 @@ def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) 
             run_command(*big_world), cwd=tmp_path, env=clean_environment(tmp_path / "state"), stdout=sink, stderr=sink
         )
         try:
-            # Interrupt once the run has started a child (the embedded Redis or the world), long
-            # before the big world answers: the run is still starting when the signal arrives.
-            assert wait_for(lambda: len(processes_of_run(tmp_path / "state")) >= 2, timeout=30), output.read_text()
+            # Interrupt once the run's supervisor has started a child (its log file exists: the
+            # embedded Redis or the world), long before the big world answers: the run is still
+            # starting when the signal arrives, and its own handlers are installed by then.
+            logs = tmp_path / "state" / "logs"
+            assert wait_for(lambda: logs.is_dir() and any(logs.glob("*.log")), timeout=30), output.read_text()
             assert "started in" not in output.read_text(), "the run started before it could be interrupted"
             interrupted = time.monotonic()
             run.send_signal(signal.SIGINT)
