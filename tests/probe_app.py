@@ -18,7 +18,7 @@ from kat_scheduler.celery_app import create_app
 from kat_scheduler.settings import load_settings
 
 app = create_app(load_settings(), main="probe", tasks=False)
-_redis = redis.Redis.from_url(os.environ.get("PROBE_REDIS_URL", "redis://127.0.0.1:6379/15"))
+_redis = redis.Redis.from_url(os.environ["PROBE_REDIS_URL"])  # the test run's own database
 
 
 @app.task(name="kat.boefje.run", shared=False)

@@ -14,12 +14,13 @@ from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import TaskRow
+from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
 from tests.integration.test_listener import start_listener
 from tests.vhosts import own_vhost
 from tests.workers import celery_worker, stop, wait_for
 
-VHOST = "kat_test_loop"
+VHOST = vhost_name("loop")
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@
 Events are published as KAT publishes them (plain JSON on the default exchange, routing key =
 queue name, durable queue) and consumed by :class:`EventConsumer` with a fake handler.
 
-RabbitMQ tests run on a vhost of their own, ``kat_test_events`` (created with ``rabbitmqctl``
-when it is missing and can be created; otherwise ``/`` is used), and only our four queues are
-deleted before and after each test. Redis tests use the ``redis_url`` database, flushed around
-each test.
+RabbitMQ tests run on the run's own vhost ``kat_test_<run id>_events`` (see tests/conftest.py),
+and only our four queues are deleted before and after each test. Redis tests use the run's
+``redis_url`` database, flushed around each test.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -47,11 +46,12 @@ from kat_scheduler.events.consumer import (
     run_listener,
 )
 from kat_scheduler.settings import load_settings
-from tests.conftest import AMQP_URL, service_missing
+from tests.conftest import run_vhost, vhost_name
 from tests.consumer_script import DONE, STARTED, event_key
+from tests.vhosts import RunVhosts
 from tests.workers import ROOT, stop, wait_for
 
-EVENTS_VHOST = "kat_test_events"
+EVENTS_VHOST = vhost_name("events")
 OUR_QUEUES = [
     SCAN_PROFILE_MUTATIONS,
     RAW_FILE_RECEIVED,
@@ -63,35 +63,10 @@ OUR_QUEUES = [
 # --- brokers --------------------------------------------------------------------------------
 
 
-def with_vhost(url: str, vhost: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + quote(vhost, safe="")))
-
-
-def connect_error(url: str) -> Exception | None:
-    try:
-        with Connection(url, connect_timeout=3) as conn:
-            conn.connect()
-    except Exception as exc:
-        return exc
-    return None
-
-
 @pytest.fixture(scope="session")
-def events_amqp_base() -> str:
-    """RabbitMQ on the ``kat_test_events`` vhost, created if need be; ``/`` when that fails."""
-    url = with_vhost(AMQP_URL, EVENTS_VHOST)
-    if connect_error(url) is None:
-        return url
-    if shutil.which("rabbitmqctl"):
-        user = urlsplit(AMQP_URL).username or "guest"
-        for command in (["add_vhost", EVENTS_VHOST], ["set_permissions", "-p", EVENTS_VHOST, user, ".*", ".*", ".*"]):
-            subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
-        if connect_error(url) is None:
-            return url
-    error = connect_error(AMQP_URL)
-    if error is not None:
-        service_missing(f"RabbitMQ at {AMQP_URL}", error)
-    return AMQP_URL
+def events_amqp_base(rabbitmq_vhosts: RunVhosts) -> str:
+    """RabbitMQ on the run's own events vhost (created now, deleted at the end of the run)."""
+    return run_vhost(EVENTS_VHOST)
 
 
 def drop_our_queues(url: str) -> None:

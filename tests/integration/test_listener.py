@@ -1,7 +1,7 @@
 """``kat-scheduler listen`` as a real process on RabbitMQ: KAT's events in, work queued.
 
 The simulated KAT publishes its events through the event bridge, exactly as Octopoes and Bytes
-do, on a vhost of our own (``kat_test_listener``).
+do, on a vhost of the run's own (``kat_test_<run id>_listener``).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from sqlalchemy import Engine, func, select
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
+from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
 from tests.vhosts import own_vhost
 from tests.workers import ROOT, stop, wait_for
 
-VHOST = "kat_test_listener"
+VHOST = vhost_name("listener")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import cast
 import pytest
 import requests
 
+from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
 from tests.vhosts import own_vhost
 from tests.workers import wait_for
@@ -213,7 +214,7 @@ def test_sigterm_mid_work_stops_within_10s_finishing_running_tasks_and_keeping_q
 
 @pytest.fixture
 def external_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
-    url = own_vhost(events_amqp_base, "kat_test_run")
+    url = own_vhost(events_amqp_base, vhost_name("run"))
     drop_our_queues(url)
     yield url
     drop_our_queues(url)
@@ -382,7 +383,9 @@ class Blackhole:
         self.server.close()
 
 
-def test_a_hung_kat_service_delays_neither_the_view_nor_the_stop(tmp_path: Path, redis_url: str, small_run) -> None:
+def test_a_hung_kat_service_delays_neither_the_view_nor_the_stop(
+    tmp_path: Path, redis_url: str, second_redis_url: str, small_run
+) -> None:
     hung = Blackhole()
     try:
         url = f"http://127.0.0.1:{hung.port}"
@@ -391,7 +394,7 @@ def test_a_hung_kat_service_delays_neither_the_view_nor_the_stop(tmp_path: Path,
             "OCTOPOES_API": url,
             "KATALOGUS_API": url,
             "BYTES_API": url,
-            "QUEUE_URI": redis_url.rsplit("/", 1)[0] + "/12",
+            "QUEUE_URI": second_redis_url,
             "SCHEDULER_BROKER_URL": redis_url,
             "SCHEDULER_DB_URI": f"sqlite:///{tmp_path / 'external.db'}",
         }

@@ -13,10 +13,10 @@ from alembic.migration import MigrationContext
 
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import migrate
-from kat_scheduler.storage.db import make_engine, normalise_url
+from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import Base, TaskRow
 from kat_scheduler.workers.reaper import never_published
-from tests.conftest import POSTGRES_URI, service_missing
+from tests.conftest import new_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,21 +24,8 @@ def empty_db(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'm.db'}"
         return
-    admin_url = normalise_url(POSTGRES_URI)
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("CREATE DATABASE kat_scheduler_migrations"))
-    except sa.exc.ProgrammingError:
-        with admin.connect() as conn:
-            conn.execute(sa.text("DROP DATABASE kat_scheduler_migrations WITH (FORCE)"))
-            conn.execute(sa.text("CREATE DATABASE kat_scheduler_migrations"))
-    except Exception as exc:
-        service_missing("PostgreSQL", exc)
-    yield admin_url.set(database="kat_scheduler_migrations").render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS kat_scheduler_migrations WITH (FORCE)"))
-    admin.dispose()
+    with new_database("kat_migrations") as uri:
+        yield uri
 
 
 def schema_diff(uri: str) -> list[Any]:

@@ -21,6 +21,7 @@ from kat_scheduler.status import StatusReport, collect_broker, collect_status, s
 from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore, UnpublishedTask, migrate
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.reaper import Reaper
+from tests.conftest import vhost_name
 from tests.factories import NewScheduleFactory, NewTaskFactory
 from tests.integration.test_event_consumer import events_amqp_base  # noqa: F401
 from tests.vhosts import own_vhost
@@ -197,7 +198,7 @@ def test_redis_depths_per_band_are_what_the_publisher_put_there(settings: Settin
 @pytest.fixture
 def status_amqp(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
     """RabbitMQ on a vhost of our own, without our task queues before and after."""
-    url = own_vhost(events_amqp_base, "kat_test_status")
+    url = own_vhost(events_amqp_base, vhost_name("status"))
 
     def drop() -> None:
         with Connection(url, connect_timeout=3) as conn:

@@ -1,8 +1,8 @@
 """The simulation's events as real broker messages: the bridge, ``sim serve --events-url``, ``sim publish-*``.
 
 Every message is checked as a consumer of KAT's events sees it: a plain JSON body (not a Celery
-message) on a durable queue, in exactly KAT's shape. RabbitMQ tests run in a vhost of their
-own (``kat_test_sim``, created with ``rabbitmqctl`` when it is there, else ``/``) and only ever
+message) on a durable queue, in exactly KAT's shape. RabbitMQ tests run in a vhost of the
+run's own (``kat_test_<run id>_sim``, see tests/conftest.py) and only ever
 touch the two event queues (and their ``.dead`` variants); Redis tests only their keys.
 """
 
@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -41,9 +41,10 @@ from kat_scheduler.sim import (
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.cli import sim
 from kat_scheduler.sim.events import world_mutations, world_raw_files
-from tests.conftest import AMQP_URL, REDIS_URL, service_missing
+from tests.conftest import run_vhost, service_missing, vhost_name
+from tests.vhosts import RunVhosts, shown
 
-VHOST = "kat_test_sim"
+VHOST = vhost_name("sim")
 EVENT_QUEUES = (SCAN_PROFILE_MUTATIONS, RAW_FILE_RECEIVED)
 OUR_QUEUES = (*EVENT_QUEUES, *(f"{name}.dead" for name in EVENT_QUEUES))
 MUTATION_KEYS = {"operation", "primary_key", "client_id", "value"}
@@ -66,13 +67,9 @@ def _rabbitmqctl(*args: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def vhost_url() -> str:
-    """``TEST_AMQP_URL`` on the ``kat_test_sim`` vhost (created if need be), or as it is without rabbitmqctl."""
-    parts = urlsplit(AMQP_URL)
-    _rabbitmqctl("add_vhost", VHOST)  # fails harmlessly when it exists
-    if not _rabbitmqctl("set_permissions", "-p", VHOST, parts.username or "guest", ".*", ".*", ".*"):
-        return AMQP_URL
-    return urlunsplit(parts._replace(path=f"/{VHOST}"))
+def vhost_url(rabbitmq_vhosts: RunVhosts) -> str:
+    """``TEST_AMQP_URL`` on the run's own ``kat_test_<run id>_sim`` vhost."""
+    return run_vhost(VHOST)
 
 
 def _drop_amqp_queues(url: str) -> None:
@@ -104,20 +101,17 @@ def amqp_events_url(vhost_url: str) -> Iterator[str]:
     try:
         _drop_amqp_queues(vhost_url)
     except Exception as exc:
-        service_missing(f"RabbitMQ at {vhost_url}", exc)
+        service_missing(f"RabbitMQ at {shown(vhost_url)}", exc)
     yield vhost_url
     _drop_amqp_queues(vhost_url)
 
 
 @pytest.fixture
-def redis_events_url() -> Iterator[str]:
-    """Redis, with the event queues' keys deleted before and after the test."""
-    try:
-        _drop_redis_queues(REDIS_URL)
-    except Exception as exc:
-        service_missing(f"Redis at {REDIS_URL}", exc)
-    yield REDIS_URL
-    _drop_redis_queues(REDIS_URL)
+def redis_events_url(run_redis_url: str) -> Iterator[str]:
+    """The run's Redis database, with the event queues' keys deleted before and after the test."""
+    _drop_redis_queues(run_redis_url)
+    yield run_redis_url
+    _drop_redis_queues(run_redis_url)
 
 
 @pytest.fixture(params=["amqp", "redis"])
