@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -443,27 +444,44 @@ def settings_env_dist() -> str:
     return "\n".join(lines)
 
 
-def masked_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (fit for logs and banners)."""
-    from urllib.parse import urlsplit, urlunsplit
+#: ``scheme://user:password@host…``: the password is everything up to the ``@`` that is followed by a
+#: host (a name, or ``[IPv6]``), an optional port and the end or a ``/``, ``?`` or ``#``. So a
+#: password may hold ``@``, ``/``, ``?`` or ``:`` unencoded (SQLAlchemy accepts all of them).
+_USERINFO = re.compile(
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\[\]]*:)(?P<password>.*?)"
+    r"(?P<tail>@(?:\[[^\]]*\]|[^@/?#:\[\]]*)(?::\d*)?(?:[/?#].*)?)$",
+    re.DOTALL,
+)
+#: Query parameters that carry a secret (``?password=…``, ``&sslpassword=…``, ``?token=…``).
+_SECRET_PARAMETER = re.compile(r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
+MASK = "***"
 
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (fit for logs and banners).
+
+    Masks ``user:password@``, ``:password@`` (password only) and secret query parameters
+    (``?password=…``); IPv6 hosts, ports and every other part stay as they were. Several URLs
+    separated by ``;`` (kombu's failover form) are masked one by one. Errs on the side of masking:
+    a string it cannot take apart may lose more than its password, never keep it.
+    """
+    if ";" in url and "://" in url.partition(";")[2]:
+        return ";".join(masked_url(part) for part in url.split(";"))
+    match = _USERINFO.match(url)
+    if match and match["password"]:
+        url = match["head"] + MASK + match["tail"]
+    return _SECRET_PARAMETER.sub(lambda m: m[1] + MASK, url)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The settings as a dict fit for logs: secrets and passwords in URLs masked."""
+    """The settings as a dict fit for logs: secrets masked, and passwords in URLs (KAT's service
+    URLs too) masked."""
     out: dict[str, Any] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
-            value = "***"
-        elif isinstance(value, str) and "://" in value:
-            value = masked_url(value)
+            value = MASK
         elif not isinstance(value, (int, float, bool, type(None))):
-            value = str(value)
+            value = masked_url(str(value))
         out[env_name(name)] = value
     return out

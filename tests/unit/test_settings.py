@@ -7,6 +7,7 @@ from kat_scheduler.settings import (
     SettingsError,
     env_name,
     load_settings,
+    masked_url,
     redacted,
     settings_env_dist,
     settings_markdown,
@@ -99,9 +100,69 @@ def test_every_setting_is_described_and_documented() -> None:
 
 def test_secrets_never_appear_in_the_printable_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BYTES_PASSWORD", "hunter2")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:flowerpw")
     monkeypatch.setenv("QUEUE_URI", "amqp://kat:rabbitpw@rabbitmq:5672/kat")
     monkeypatch.setenv("SCHEDULER_DB_URI", "postgresql://sched:dbpw@db:5432/scheduler")
+    monkeypatch.setenv("SCHEDULER_BROKER_URL", "redis://:redispw@redis:6379/0")
+    monkeypatch.setenv("SCHEDULER_RESULT_BACKEND", "db+postgresql://sched:backendpw@db/results")
+    monkeypatch.setenv("OCTOPOES_API", "http://kat:octopoespw@octopoes:8001")
+    monkeypatch.setenv("KATALOGUS_API", "https://kat:katalogusp%40w@katalogus")
+    monkeypatch.setenv("BYTES_API", "http://kat:bytesapipw@bytes:8002")
     shown = str(redacted(load_settings()))
-    for secret in ("hunter2", "rabbitpw", "dbpw"):
+    for secret in (
+        "hunter2",
+        "flowerpw",
+        "rabbitpw",
+        "dbpw",
+        "redispw",
+        "backendpw",
+        "octopoespw",
+        "katalogusp",
+        "bytesapipw",
+    ):
         assert secret not in shown
     assert "rabbitmq:5672" in shown
+    assert "http://kat:***@octopoes:8001/" in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://sched:dbpw@db:5432/scheduler", "postgresql://sched:***@db:5432/scheduler"),
+        ("postgresql://sched:dbpw@db/scheduler", "postgresql://sched:***@db/scheduler"),  # no port
+        ("redis://:redispw@redis:6379/0", "redis://:***@redis:6379/0"),  # password only
+        ("redis://:redispw@redis", "redis://:***@redis"),
+        ("amqp://kat:rabbitpw@[::1]:5672/kat", "amqp://kat:***@[::1]:5672/kat"),  # IPv6
+        ("amqp://kat:rabbitpw@[2001:db8::1]/kat", "amqp://kat:***@[2001:db8::1]/kat"),
+        (
+            "postgresql://sched@db/x?password=dbpw&sslmode=require",
+            "postgresql://sched@db/x?password=***&sslmode=require",
+        ),
+        ("postgresql://db/x?sslmode=require&sslpassword=dbpw", "postgresql://db/x?sslmode=require&sslpassword=***"),
+        ("http://octopoes/api?api_key=dbpw", "http://octopoes/api?api_key=***"),
+        ("postgresql://sched:db%2Fp%40w@db/x", "postgresql://sched:***@db/x"),  # URL-encoded
+        ("postgresql://sched:db/p?w#x@db/x", "postgresql://sched:***@db/x"),  # what SQLAlchemy accepts unencoded
+        ("redis://:db@pw@redis/0", "redis://:***@redis/0"),
+        ("db+postgresql://sched:dbpw@db/results", "db+postgresql://sched:***@db/results"),
+        ("http://kat:dbpw@octopoes:8001/", "http://kat:***@octopoes:8001/"),
+        ("amqp://kat:dbpw@one//;amqp://kat:dbpw@two//", "amqp://kat:***@one//;amqp://kat:***@two//"),  # failover
+    ],
+)
+def test_a_password_in_any_form_of_url_is_masked_and_the_rest_kept(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://sched@db:5432/scheduler",
+        "redis://redis:6379/0",
+        "amqp://[::1]:5672//",
+        "sqlite:///kat_scheduler.db",
+        "sqlite:////var/lib/kat/at@home.db",
+        "memory://",
+        "http://octopoes:8001/?limit=10",
+    ],
+)
+def test_a_url_without_a_password_is_shown_as_it_is(url: str) -> None:
+    assert masked_url(url) == url
