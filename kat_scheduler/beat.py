@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from celery.beat import Scheduler
+from pydantic import SecretStr
 
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.storage.db import make_engine
@@ -23,13 +24,19 @@ logger = logging.getLogger(__name__)
 LEASE_NAME = "beat"
 
 
+def database_uri(configured: SecretStr | str) -> str:
+    """The lease database's URL: kept as a SecretStr in Celery's configuration (see config.py),
+    a plain string if an own ``CELERY_CONFIG_MODULE`` sets one."""
+    return configured.get_secret_value() if isinstance(configured, SecretStr) else configured
+
+
 class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
     """Celery's in-memory scheduler behind a database lease."""
 
     def __init__(self, app: Any, *args: Any, holder_id: str | None = None, **kwargs: Any) -> None:
         self.lease_ttl = float(app.conf.kat_beat_lease)
         self.holder_id = holder_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.leases = LeaseStore(make_engine(app.conf.kat_db_uri, pool_size=1))
+        self.leases = LeaseStore(make_engine(database_uri(app.conf.kat_db_uri), pool_size=1))
         self.heartbeat = Heartbeat(app.conf.get("kat_heartbeat_file"))
         self.is_leader = False
         super().__init__(app, *args, **kwargs)

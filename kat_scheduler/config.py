@@ -16,6 +16,7 @@ from typing import Any
 
 from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
+from pydantic import SecretStr
 
 from kat_scheduler.queues import (
     AMQP_MAX_PRIORITY,
@@ -120,8 +121,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "beat_scheduler": "kat_scheduler.beat:LeasedScheduler",
         "beat_max_loop_interval": min(5.0, settings.beat_lease / 3),
-        # Ours (Celery keeps unknown lowercase keys): what the leased beat scheduler needs.
-        "kat_db_uri": settings.db_uri,
+        # Ours (Celery keeps unknown lowercase keys): what the leased beat scheduler needs. The
+        # database URL may hold a password and Celery censors only keys it knows to be secret
+        # (`celery report`, `inspect conf`, Flower's Config tab show the rest), so it is kept as a
+        # SecretStr: every rendering of it, Celery's included, shows '**********'.
+        "kat_db_uri": SecretStr(settings.db_uri),
         "kat_beat_lease": settings.beat_lease,
         "kat_heartbeat_file": settings.heartbeat_file,
         "timezone": "UTC",

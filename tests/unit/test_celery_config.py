@@ -51,6 +51,40 @@ def test_beat_ticks_the_planner_on_the_configured_interval() -> None:
     assert conf["beat_scheduler"] == "kat_scheduler.beat:LeasedScheduler"
 
 
+def test_celerys_own_views_of_the_configuration_show_no_password() -> None:
+    # What `celery report` (humanize), `inspect conf` and Flower's Config tab (table, as JSON) print.
+    from celery.utils.saferepr import saferepr
+    from celery.utils.serialization import jsonify
+
+    from kat_scheduler.celery_app import create_app
+
+    settings = load_settings(
+        db_uri="postgresql://sched:dbpw@db:5432/scheduler",
+        broker_url="amqp://kat:brokerpw@rabbitmq:5672/kat",
+        result_backend="db+postgresql://sched:backendpw@db/results",
+        queue_uri="amqp://kat:eventspw@rabbitmq:5672/kat",
+        octopoes_api="http://kat:octopoespw@octopoes:8001",
+        bytes_password="bytespw",
+        flower_basic_auth="ops:flowerpw",
+    )
+    conf = create_app(settings, main="censored", tasks=False).conf
+    for with_defaults in (False, True):
+        shown = conf.humanize(with_defaults=with_defaults) + repr(
+            jsonify(conf.table(with_defaults=with_defaults), unknown_type_filter=saferepr)
+        )
+        for secret in ("dbpw", "brokerpw", "backendpw", "eventspw", "octopoespw", "bytespw", "flowerpw"):
+            assert secret not in shown
+        assert "rabbitmq:5672" in shown
+
+
+def test_beat_gets_the_database_url_in_full() -> None:
+    from kat_scheduler.beat import database_uri
+
+    uri = "postgresql://sched:dbpw@db:5432/scheduler"
+    assert database_uri(celery_config(load_settings(db_uri=uri))["kat_db_uri"]) == uri
+    assert database_uri(uri) == uri  # as an own CELERY_CONFIG_MODULE may set it
+
+
 def test_celery_finds_the_app_with_dash_a_kat_scheduler() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "kat_scheduler", "report"],

@@ -1,0 +1,213 @@
+"""No secret in view: with a password in every URL and every password setting set, nothing that
+shows configuration shows one of them.
+
+A real worker, a real beat and a real Flower run with credentials in the database URL, the
+broker URL (a RabbitMQ user of this test's own), the result backend, QUEUE_URI and the KAT
+service URLs, plus BYTES_PASSWORD and FLOWER_BASIC_AUTH. Then Flower's worker API and pages,
+``celery report``, ``celery inspect conf``, ``kat-scheduler settings`` and every process's log
+are read, and none of the secrets may be in them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pytest
+import requests
+from sqlalchemy.engine import make_url
+
+from kat_scheduler.beat import LEASE_NAME
+from kat_scheduler.run.embedded import free_port
+from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.leases import LeaseStore
+from tests.conftest import service_missing
+from tests.workers import celery_worker, stop, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Variables that configure us, KAT, Flower or Celery: none of the caller's may reach the processes.
+CONFIG_PREFIXES = ("SCHEDULER_", "OCTOPOES_", "KATALOGUS_", "BYTES_", "QUEUE_URI", "FLOWER_", "CELERY_")
+
+
+def new_secret(label: str) -> str:
+    """A password no output could contain by chance."""
+    return f"sekrit{label}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    database: str
+    broker: str
+    events: str
+    backend: str
+    octopoes: str
+    katalogus: str
+    bytes_api: str
+    bytes_password: str
+    flower: str
+
+    @classmethod
+    def new(cls) -> Secrets:
+        return cls(**{name: new_secret(name.replace("_", "")) for name in cls.__dataclass_fields__})
+
+    def found_in(self, text: str) -> list[str]:
+        """The names of the secrets ``text`` shows, in full or URL-quoted."""
+        return [name for name, value in vars(self).items() if value in text or quote(value, safe="") in text]
+
+
+def vhost_of(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def rabbitmqctl(*args: str) -> None:
+    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"rabbitmqctl {args[0]} failed: {result.stderr}"
+
+
+@pytest.fixture
+def secrets() -> Secrets:
+    return Secrets.new()
+
+
+@pytest.fixture
+def broker_with_password(amqp_url: str, secrets: Secrets) -> Iterator[str]:
+    """``amqp_url``'s vhost, reached as a RabbitMQ user of this test's own whose password is
+    ``secrets.broker``; the user is deleted afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        service_missing("rabbitmqctl (to create a RabbitMQ user)", FileNotFoundError("rabbitmqctl"))
+    user = f"kat_secrets_{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_user", user, secrets.broker)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost_of(amqp_url), user, ".*", ".*", ".*")
+        parts = urlsplit(amqp_url)
+        host = parts.netloc.rpartition("@")[2]
+        yield urlunsplit((parts.scheme, f"{user}:{secrets.broker}@{host}", parts.path, "", ""))
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
+def with_password(database_uri: str, password: str) -> str:
+    """``database_uri`` with ``password`` (PostgreSQL here trusts loopback, so any password works)."""
+    url = make_url(database_uri)
+    return url.set(username=url.username or "postgres", password=password).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def environment(
+    secrets: Secrets, broker_with_password: str, private_postgres_uri: str, amqp_url: str
+) -> dict[str, str]:
+    """Every credential-bearing setting set, each with its own secret."""
+    closed = free_port()  # the KAT services are never reached; a planning tick only fails on them
+    parts = urlsplit(amqp_url)
+    events_host = parts.netloc.rpartition("@")[2]
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)},
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "SCHEDULER_DB_URI": with_password(private_postgres_uri, secrets.database),
+        "SCHEDULER_BROKER_URL": broker_with_password,
+        "SCHEDULER_RESULT_BACKEND": "db+" + with_password(private_postgres_uri, secrets.backend),
+        "QUEUE_URI": f"amqp://kat:{secrets.events}@{events_host}{parts.path}",
+        "OCTOPOES_API": f"http://kat:{secrets.octopoes}@127.0.0.1:{closed}",
+        "KATALOGUS_API": f"http://kat:{secrets.katalogus}@127.0.0.1:{closed}",
+        "BYTES_API": f"http://kat:{secrets.bytes_api}@127.0.0.1:{closed}",
+        "BYTES_PASSWORD": secrets.bytes_password,
+        "FLOWER_BASIC_AUTH": f"ops:{secrets.flower}",
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_PORT": str(free_port()),
+        "SCHEDULER_HTTP_RETRIES": "0",
+    }
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run a command to its end; its output (stdout and stderr)."""
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(argv[:6])} failed ({result.returncode}):\n{output}"
+    return output
+
+
+def celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "kat_scheduler", *args]
+
+
+def flower_workers(url: str, auth: tuple[str, str]) -> dict[str, Any]:
+    try:
+        answer = requests.get(f"{url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10)
+        workers: dict[str, Any] = answer.json() if answer.ok else {}
+    except (requests.RequestException, ValueError):
+        workers = {}
+    return workers
+
+
+def started(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as sink:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_no_password_is_shown_by_celery_flower_our_settings_or_any_log(
+    secrets: Secrets, environment: dict[str, str], private_postgres_uri: str, tmp_path: Path
+) -> None:
+    worker_name = f"secrets-{uuid.uuid4().hex[:8]}@localhost"
+    worker_log, beat_log, flower_log = tmp_path / "worker.log", tmp_path / "beat.log", tmp_path / "flower.log"
+    flower_url = f"http://127.0.0.1:{environment['FLOWER_PORT']}"
+    auth = ("ops", secrets.flower)
+    shown: dict[str, str] = {}
+
+    with celery_worker("kat_scheduler", ["scheduler"], environment, log_file=worker_log, hostname=worker_name):
+        beat = started(celery("beat", "-l", "INFO"), environment, tmp_path, beat_log)
+        flower = started([sys.executable, "-m", "kat_scheduler", "flower"], environment, tmp_path, flower_log)
+        try:
+            # Beat works with the password-bearing database URL: it takes the lease, and its
+            # first tick runs on the worker (and fails on the unreachable KAT services).
+            leases = LeaseStore(make_engine(private_postgres_uri, pool_size=1))
+            assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), beat_log.read_text()
+            assert wait_for(
+                lambda: "kat.scheduler.plan_boefjes[" in worker_log.read_text(errors="replace"), timeout=60
+            ), worker_log.read_text()
+
+            workers: dict[str, Any] = {}
+
+            def flower_sees_the_worker() -> bool:
+                nonlocal workers
+                workers = flower_workers(flower_url, auth)
+                return bool(workers.get(worker_name, {}).get("conf"))
+
+            assert wait_for(flower_sees_the_worker, timeout=60, interval=0.5), flower_log.read_text()
+            assert "task_acks_late" in workers[worker_name]["conf"]
+            shown["flower /api/workers"] = requests.get(
+                f"{flower_url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10
+            ).text
+            for page in (f"/worker/{worker_name}", "/broker", "/workers"):
+                answer = requests.get(flower_url + page, auth=auth, timeout=10)
+                assert answer.ok, f"{page}: HTTP {answer.status_code}"
+                shown[f"flower {page}"] = answer.text
+
+            shown["celery inspect conf"] = run(
+                celery("inspect", "conf", "-d", worker_name, "--timeout", "10"), environment, tmp_path
+            )
+            assert "task_acks_late" in shown["celery inspect conf"], "the worker's configuration was not shown"
+        finally:
+            stop(beat)
+            stop(flower)
+
+    shown["celery report"] = run(celery("report"), environment, tmp_path)
+    assert "broker_url" in shown["celery report"]
+    shown["kat-scheduler settings"] = run([sys.executable, "-m", "kat_scheduler", "settings"], environment, tmp_path)
+    assert "SCHEDULER_DB_URI" in shown["kat-scheduler settings"]
+    shown["worker log"] = worker_log.read_text(errors="replace")
+    shown["beat log"] = beat_log.read_text(errors="replace")
+    shown["flower log"] = flower_log.read_text(errors="replace")
+    assert "transport:" in shown["worker log"], "the worker's banner is part of what is checked"
+
+    leaks = {where: secrets.found_in(text) for where, text in shown.items() if secrets.found_in(text)}
+    assert leaks == {}, f"secrets shown: {leaks}"
