@@ -1,22 +1,24 @@
 """No secret in view: with a password in every URL and every password setting set, nothing that
 shows configuration shows one of them.
 
-A real worker, a real beat and a real Flower run with credentials in the database URL, the
-broker URL (a RabbitMQ user of this test's own), the result backend, QUEUE_URI and the KAT
-service URLs, plus BYTES_PASSWORD and FLOWER_BASIC_AUTH. Then Flower's worker API and pages,
-``celery report``, ``celery inspect conf``, ``kat-scheduler settings`` and every process's log
-are read, and none of the secrets may be in them.
+A real worker, beat, Flower and listener run with credentials in the database URL, the broker
+URL and QUEUE_URI (two RabbitMQ users of this test's own), the result backend and the KAT service
+URLs, plus BYTES_PASSWORD and FLOWER_BASIC_AUTH. Then Flower's worker API and pages (the worker's
+Config tab among them), ``celery report``, ``celery inspect conf``, ``kat-scheduler settings``,
+``kat-scheduler status`` and every process's log (the startup banners included) are read, and
+none of the secrets may be in them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -56,7 +58,7 @@ class Secrets:
 
     @classmethod
     def new(cls) -> Secrets:
-        return cls(**{name: new_secret(name.replace("_", "")) for name in cls.__dataclass_fields__})
+        return cls(**{name: new_secret(name.replace("_", "")) for name in (f.name for f in fields(cls))})
 
     def found_in(self, text: str) -> list[str]:
         """The names of the secrets ``text`` shows, in full or URL-quoted."""
@@ -78,21 +80,28 @@ def secrets() -> Secrets:
     return Secrets.new()
 
 
-@pytest.fixture
-def broker_with_password(amqp_url: str, secrets: Secrets) -> Iterator[str]:
-    """``amqp_url``'s vhost, reached as a RabbitMQ user of this test's own whose password is
-    ``secrets.broker``; the user is deleted afterwards."""
+@contextlib.contextmanager
+def rabbitmq_user(amqp_url: str, password: str) -> Iterator[str]:
+    """``amqp_url``'s vhost, reached as a new RabbitMQ user with ``password``; deleted afterwards."""
     if shutil.which("rabbitmqctl") is None:
         service_missing("rabbitmqctl (to create a RabbitMQ user)", FileNotFoundError("rabbitmqctl"))
     user = f"kat_secrets_{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_user", user, secrets.broker)
+    rabbitmqctl("add_user", user, password)
     try:
         rabbitmqctl("set_permissions", "-p", vhost_of(amqp_url), user, ".*", ".*", ".*")
         parts = urlsplit(amqp_url)
         host = parts.netloc.rpartition("@")[2]
-        yield urlunsplit((parts.scheme, f"{user}:{secrets.broker}@{host}", parts.path, "", ""))
+        yield urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, "", ""))
     finally:
         rabbitmqctl("delete_user", user)
+
+
+@pytest.fixture
+def broker_and_events(amqp_url: str, secrets: Secrets) -> Iterator[tuple[str, str]]:
+    """The task broker's and the event bus's URLs, each a RabbitMQ user of this test's own whose
+    password is ``secrets.broker`` and ``secrets.events``."""
+    with rabbitmq_user(amqp_url, secrets.broker) as broker, rabbitmq_user(amqp_url, secrets.events) as events:
+        yield broker, events
 
 
 def with_password(database_uri: str, password: str) -> str:
@@ -102,21 +111,18 @@ def with_password(database_uri: str, password: str) -> str:
 
 
 @pytest.fixture
-def environment(
-    secrets: Secrets, broker_with_password: str, private_postgres_uri: str, amqp_url: str
-) -> dict[str, str]:
+def environment(secrets: Secrets, broker_and_events: tuple[str, str], private_postgres_uri: str) -> dict[str, str]:
     """Every credential-bearing setting set, each with its own secret."""
     closed = free_port()  # the KAT services are never reached; a planning tick only fails on them
-    parts = urlsplit(amqp_url)
-    events_host = parts.netloc.rpartition("@")[2]
+    broker, events = broker_and_events
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)},
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "SCHEDULER_DB_URI": with_password(private_postgres_uri, secrets.database),
-        "SCHEDULER_BROKER_URL": broker_with_password,
+        "SCHEDULER_BROKER_URL": broker,
         "SCHEDULER_RESULT_BACKEND": "db+" + with_password(private_postgres_uri, secrets.backend),
-        "QUEUE_URI": f"amqp://kat:{secrets.events}@{events_host}{parts.path}",
+        "QUEUE_URI": events,
         "OCTOPOES_API": f"http://kat:{secrets.octopoes}@127.0.0.1:{closed}",
         "KATALOGUS_API": f"http://kat:{secrets.katalogus}@127.0.0.1:{closed}",
         "BYTES_API": f"http://kat:{secrets.bytes_api}@127.0.0.1:{closed}",
@@ -128,11 +134,11 @@ def environment(
     }
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+def run(argv: list[str], env: dict[str, str], cwd: Path, *, check: bool = True) -> str:
     """Run a command to its end; its output (stdout and stderr)."""
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=90)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(argv[:6])} failed ({result.returncode}):\n{output}"
+    assert result.returncode == 0 or not check, f"{' '.join(argv[:6])} failed ({result.returncode}):\n{output}"
     return output
 
 
@@ -154,26 +160,31 @@ def started(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subpr
         return subprocess.Popen(argv, env=env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_no_password_is_shown_by_celery_flower_our_settings_or_any_log(
+def test_no_password_is_shown_by_celery_flower_our_commands_or_any_log(
     secrets: Secrets, environment: dict[str, str], private_postgres_uri: str, tmp_path: Path
 ) -> None:
     worker_name = f"secrets-{uuid.uuid4().hex[:8]}@localhost"
-    worker_log, beat_log, flower_log = tmp_path / "worker.log", tmp_path / "beat.log", tmp_path / "flower.log"
+    logs = {name: tmp_path / f"{name}.log" for name in ("worker", "beat", "flower", "listener")}
     flower_url = f"http://127.0.0.1:{environment['FLOWER_PORT']}"
     auth = ("ops", secrets.flower)
     shown: dict[str, str] = {}
 
-    with celery_worker("kat_scheduler", ["scheduler"], environment, log_file=worker_log, hostname=worker_name):
-        beat = started(celery("beat", "-l", "INFO"), environment, tmp_path, beat_log)
-        flower = started([sys.executable, "-m", "kat_scheduler", "flower"], environment, tmp_path, flower_log)
+    def log(name: str) -> str:
+        return logs[name].read_text(errors="replace")
+
+    with celery_worker("kat_scheduler", ["scheduler"], environment, log_file=logs["worker"], hostname=worker_name):
+        processes = [
+            started(celery("beat", "-l", "INFO"), environment, tmp_path, logs["beat"]),
+            started([sys.executable, "-m", "kat_scheduler", "flower"], environment, tmp_path, logs["flower"]),
+            started([sys.executable, "-m", "kat_scheduler", "listen"], environment, tmp_path, logs["listener"]),
+        ]
+        leases = LeaseStore(make_engine(private_postgres_uri, pool_size=1))
         try:
             # Beat works with the password-bearing database URL: it takes the lease, and its
             # first tick runs on the worker (and fails on the unreachable KAT services).
-            leases = LeaseStore(make_engine(private_postgres_uri, pool_size=1))
-            assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), beat_log.read_text()
-            assert wait_for(
-                lambda: "kat.scheduler.plan_boefjes[" in worker_log.read_text(errors="replace"), timeout=60
-            ), worker_log.read_text()
+            assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log("beat")
+            assert wait_for(lambda: "kat.scheduler.plan_boefjes[" in log("worker"), timeout=60), log("worker")
+            assert wait_for(lambda: "listening on" in log("listener"), timeout=60), log("listener")
 
             workers: dict[str, Any] = {}
 
@@ -182,7 +193,7 @@ def test_no_password_is_shown_by_celery_flower_our_settings_or_any_log(
                 workers = flower_workers(flower_url, auth)
                 return bool(workers.get(worker_name, {}).get("conf"))
 
-            assert wait_for(flower_sees_the_worker, timeout=60, interval=0.5), flower_log.read_text()
+            assert wait_for(flower_sees_the_worker, timeout=60, interval=0.5), log("flower")
             assert "task_acks_late" in workers[worker_name]["conf"]
             shown["flower /api/workers"] = requests.get(
                 f"{flower_url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10
@@ -197,16 +208,19 @@ def test_no_password_is_shown_by_celery_flower_our_settings_or_any_log(
             )
             assert "task_acks_late" in shown["celery inspect conf"], "the worker's configuration was not shown"
         finally:
-            stop(beat)
-            stop(flower)
+            leases.engine.dispose()
+            for process in processes:
+                stop(process)
 
     shown["celery report"] = run(celery("report"), environment, tmp_path)
     assert "broker_url" in shown["celery report"]
     shown["kat-scheduler settings"] = run([sys.executable, "-m", "kat_scheduler", "settings"], environment, tmp_path)
     assert "SCHEDULER_DB_URI" in shown["kat-scheduler settings"]
-    shown["worker log"] = worker_log.read_text(errors="replace")
-    shown["beat log"] = beat_log.read_text(errors="replace")
-    shown["flower log"] = flower_log.read_text(errors="replace")
+    shown["kat-scheduler status"] = run(
+        [sys.executable, "-m", "kat_scheduler", "status"], environment, tmp_path, check=False
+    )
+    assert "@127.0.0.1:5432/" in shown["kat-scheduler status"], "status names the database"
+    shown.update({f"{name} log": log(name) for name in logs})
     assert "transport:" in shown["worker log"], "the worker's banner is part of what is checked"
 
     leaks = {where: secrets.found_in(text) for where, text in shown.items() if secrets.found_in(text)}
