@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, inspect, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,6 +34,7 @@ from kat_scheduler.status.report import (
     StatusReport,
     TasksSection,
 )
+from kat_scheduler.storage.db import missing_sqlite_file
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -278,35 +277,36 @@ def _stalled(engine: Engine, settings: Settings, now: datetime, examples: int, s
     )
 
 
-def _missing_sqlite_file(db_uri: str) -> str | None:
-    """The path of a SQLite database file that does not exist (we never create one here)."""
-    url = make_url(db_uri)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return None if Path(str(url.database)).exists() else str(url.database)
-
-
 def collect_status(
     settings: Settings,
     *,
     now: datetime | None = None,
     engine: Engine | None = None,
     examples: int = EXAMPLES,
+    broker: bool = True,
 ) -> StatusReport:
     """Everything ``kat-scheduler status`` shows; a section that fails carries its error.
 
     ``engine`` is the task database (made from ``settings.db_uri`` and disposed when not given);
-    ``examples`` is how many stalled rows of each kind are listed.
+    ``examples`` is how many stalled rows of each kind are listed; ``broker=False`` leaves the
+    broker unread (its section then holds neither queues nor an error).
     """
     now = now or utcnow()
-    broker = collect_broker(settings)
+    if broker:
+        broker_section = collect_broker(settings)
+    else:
+        broker_section = BrokerSection(
+            transport=transport_of(settings.broker_url), url=_shown_url(settings, "broker_url")
+        )
     tasks, schedules, producers, stalled = TasksSection(), SchedulesSection(), ProducersSection(), StalledSection()
     database = DatabaseSection(url=_shown_url(settings, "db_uri"))
     own_engine = engine is None
     if engine is None:
-        missing = _missing_sqlite_file(settings.db_uri)
+        missing = missing_sqlite_file(settings.db_uri)
         if missing is not None:
-            database.error = f"no database file at {missing}"
+            from kat_scheduler.storage.migrate import UPGRADE_HINT
+
+            database.error = f"no database file at {missing}: {UPGRADE_HINT}"
         else:
             from kat_scheduler.storage.db import make_engine
 
@@ -317,6 +317,9 @@ def collect_status(
         if engine is None or database.error is not None:
             for section in (tasks, schedules, producers, stalled):
                 section.error = "no database (see database)"
+        elif database.revision is None:
+            for section in (tasks, schedules, producers, stalled):
+                section.error = "no schema (see database)"
         else:
             db = engine
             _guarded(tasks, lambda s: _count_tasks(db, s))
@@ -329,7 +332,7 @@ def collect_status(
     return StatusReport(
         generated_at=now,
         database=database,
-        broker=broker,
+        broker=broker_section,
         tasks=tasks,
         schedules=schedules,
         producers=producers,

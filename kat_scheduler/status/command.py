@@ -20,8 +20,14 @@ from kat_scheduler.status.render import render_table
     show_default=True,
     help="Stalled rows listed per kind.",
 )
+@click.option(
+    "--no-broker",
+    is_flag=True,
+    help="Do not read the broker (no queue depths): for a database whose broker is gone, "
+    "such as an embedded run's after it stopped.",
+)
 @click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool, examples: int) -> None:
+def status_cmd(ctx: click.Context, as_json: bool, examples: int, no_broker: bool) -> None:
     """Queue depths per band, tasks by status, due schedules, last run per producer, stalled rows.
 
     Exits 1 when a section could not be collected (broker or database unreachable), else 0.
@@ -33,6 +39,6 @@ def status_cmd(ctx: click.Context, as_json: bool, examples: int) -> None:
         except SettingsError as exc:
             click.echo(f"kat-scheduler: {exc}", err=True)
             sys.exit(2)
-    report = collect_status(settings, examples=examples)
+    report = collect_status(settings, examples=examples, broker=not no_broker)
     click.echo(report.model_dump_json(indent=2) if as_json else render_table(report), nl=as_json)
     ctx.exit(0 if report.ok else 1)

@@ -102,6 +102,8 @@ def _render_database(db: DatabaseSection) -> list[str]:
 
 
 def _render_broker(broker: BrokerSection) -> list[str]:
+    if broker.error is None and broker.queues is None:
+        return [f"Broker  {broker.url}  not read (--no-broker): no queue depths"]
     title = f"Broker  {broker.url}  (messages waiting; b0 = band 0, most urgent)"
     if broker.error is not None or broker.queues is None:
         return _failed(title, broker.error or "no data")

@@ -6,6 +6,7 @@ a pooled connection must not be shared between processes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -20,6 +21,15 @@ CONNECT_TIMEOUT = 10
 
 def is_sqlite(db_uri: str) -> bool:
     return make_url(db_uri).get_backend_name() == "sqlite"
+
+
+def missing_sqlite_file(db_uri: str) -> str | None:
+    """The path of ``db_uri``'s SQLite file when it does not exist (connecting would create it), else ``None``."""
+    url = make_url(db_uri)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or path is None or path in ("", ":memory:"):
+        return None
+    return None if Path(path).exists() else path
 
 
 def normalise_url(db_uri: str) -> URL:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -290,4 +291,27 @@ def test_a_database_that_is_down_fails_its_sections_but_the_broker_is_reported(s
 def test_a_missing_sqlite_file_is_reported_not_created(settings: Settings, tmp_path) -> None:
     path = tmp_path / "absent.db"
     report = collect_status(settings.model_copy(update={"db_uri": f"sqlite:///{path}"}))
-    assert report.database.error == f"no database file at {path}" and not path.exists()
+    assert report.database.error == f"no database file at {path}: run `kat-scheduler db upgrade`"
+    assert not path.exists()
+
+
+def test_a_database_without_a_schema_says_so_in_each_section_that_needs_it(settings: Settings, tmp_path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    report = collect_status(settings.model_copy(update={"db_uri": f"sqlite:///{path}"}))
+    assert report.database.error is None and (report.database.revision, report.database.up_to_date) == (None, False)
+    assert report.failed == ["tasks", "schedules", "producers", "stalled"]
+    assert report.tasks.error == "no schema (see database)"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [], "nothing may be created"
+
+
+def test_no_broker_reads_only_the_database_and_a_broker_that_is_gone_is_no_failure(
+    settings: Settings, pg_engine: Engine
+) -> None:
+    TaskStore(pg_engine).claim(NewTaskFactory.create_batch(2))
+    result = run_status(settings.model_copy(update={"broker_url": UNREACHABLE_REDIS}), "--no-broker", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] is True and data["broker"]["queues"] is None and data["broker"]["error"] is None
+    assert data["tasks"]["by_status"]["queued"] == 2

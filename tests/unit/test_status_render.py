@@ -170,6 +170,14 @@ def test_a_failed_section_shows_its_error_and_the_rest_is_still_rendered() -> No
     assert lines_after(text, "Tasks")  # still there
 
 
+def test_a_broker_left_unread_is_said_to_be_and_is_no_failure() -> None:
+    report = healthy_report()
+    report.broker = BrokerSection(transport="redis", url="redis://h:1/0")
+    text = render_table(report)
+    assert report.ok and text.splitlines()[0].endswith(": ok")
+    assert "Broker  redis://h:1/0  not read (--no-broker): no queue depths" in text.splitlines()
+
+
 def test_rabbitmq_depths_show_totals_consumers_and_undeclared_queues() -> None:
     report = healthy_report()
     report.broker = BrokerSection(
