@@ -97,10 +97,21 @@ def settings_cmd(markdown: bool, env_dist: bool) -> None:
     click.echo(json.dumps(redacted(_settings_or_exit()), indent=2))
 
 
+def _schema_or_exit(settings: Settings) -> None:
+    """Exit with one line (2: not migrated, 1: not reachable) unless the database has the newest schema."""
+    from kat_scheduler.storage import migrate
+
+    try:
+        migrate.require_schema(settings.db_uri)
+    except migrate.DatabaseNotReady as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, migrate.SchemaNotReady) else 1)
+
+
 def _planner_runtime() -> Runtime:
     from kat_scheduler.runtime import get_runtime
 
-    _settings_or_exit()
+    _schema_or_exit(_settings_or_exit())
     return get_runtime()
 
 
@@ -113,13 +124,19 @@ def plan_cmd(dry_run: bool, orgs: tuple[str, ...], fmt: str, limit: int | None) 
     """Run the boefje planner once, exactly as a beat tick does (or explain it with --dry-run)."""
     from datetime import UTC, datetime
 
+    from kat_scheduler.clients import ServiceError
     from kat_scheduler.planning.explain import render_plan
 
     runtime = _planner_runtime()
-    report = runtime.planner().plan(list(orgs) or None, now=datetime.now(UTC), dry_run=dry_run)
+    try:
+        report = runtime.planner().plan(list(orgs) or None, now=datetime.now(UTC), dry_run=dry_run)
+    except ServiceError as exc:
+        click.echo(f"kat-scheduler: not planned: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        runtime.close()
     for line in render_plan(report, fmt=fmt, limit=limit):
         click.echo(line)
-    runtime.close()
     if report.errors:
         sys.exit(1)
 
@@ -137,12 +154,21 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
     """Queue BOEFJE on OOI now: band 0, bypasses the grace period, never clearance. Prints the task id."""
     from datetime import UTC, datetime
 
-    from kat_scheduler.clients import ServiceError
+    from kat_scheduler.clients import OrganisationNotFound, ServiceError
     from kat_scheduler.planning.boefjes import PushRefused
+    from kat_scheduler.settings import masked_url
 
     runtime = _planner_runtime()
+    katalogus = runtime.clients.katalogus
     try:
+        # Katalogus answers an unknown organisation's plugin with the same 404 as an unknown
+        # plugin; its listing of the organisation's plugins tells the two apart.
+        katalogus.plugins(org, ids=[boefje_id])
         result = runtime.planner().push(org, boefje_id, ooi, now=datetime.now(UTC))
+    except OrganisationNotFound:
+        where = masked_url(katalogus.base_url)
+        click.echo(f"kat-scheduler: not queued: organisation {org!r} is not known to Katalogus at {where}", err=True)
+        sys.exit(1)
     except (PushRefused, ServiceError) as exc:
         click.echo(f"kat-scheduler: not queued: {exc}", err=True)
         sys.exit(1)
@@ -161,9 +187,17 @@ def listen() -> None:
     from kat_scheduler.events.consumer import run_listener
     from kat_scheduler.events.handlers import make_handlers
     from kat_scheduler.plugin_cache import PluginCache
+    from kat_scheduler.run.preflight import Unreachable, require_brokers
 
     runtime = _planner_runtime()
     settings = runtime.settings
+    # At start an unreachable broker or event bus ends the command (a process manager restarts
+    # it); once connected, the listener rides out outages by itself, logging each reconnect.
+    try:
+        require_brokers(settings)
+    except Unreachable as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
+        sys.exit(1)
     plugins = PluginCache(runtime.clients.katalogus, ttl=settings.katalogus_cache_ttl)
     bookkeeper = Bookkeeper()
     handlers = make_handlers(

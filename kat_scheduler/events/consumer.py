@@ -51,7 +51,7 @@ from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.queues import transport_of
-from kat_scheduler.settings import Settings
+from kat_scheduler.settings import Settings, masked_url
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class EventConsumer:
                 delay = self._reconnect_backoff.next()
                 logger.warning(
                     "events broker %s: connection lost (%s); reconnecting in %.1f s",
-                    connection.as_uri(),
+                    masked_url(self.url),
                     str(exc) or type(exc).__name__,
                     delay,
                 )
@@ -414,7 +414,7 @@ class EventConsumer:
         logger.info(
             "listening on %s at %s (batches of up to %d, prefetch %d)",
             ", ".join(self.handlers),
-            connection.as_uri(),
+            masked_url(self.url),
             self.batch_size,
             self.prefetch,
         )

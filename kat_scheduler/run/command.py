@@ -35,7 +35,9 @@ from kat_scheduler.run.plan import (
     child_specs,
     embedded_environment,
     resolve_mode,
+    status_command,
 )
+from kat_scheduler.run.preflight import Unreachable, require_brokers
 from kat_scheduler.run.supervisor import Child, ChildFailed, ExitReport, Supervisor
 from kat_scheduler.run.view import Banner, banner_lines, dashboard, status_line, summary_lines
 from kat_scheduler.settings import (
@@ -131,6 +133,8 @@ class Run:
         self.monitor: Monitor | None = None
         self.sampler: Sampler | None = None
         self.child_settings = settings
+        #: What the run set for its children on top of the environment (the embedded services).
+        self.overlay: dict[str, str] = {}
         self.banner: Banner | None = None
         self.launched_at = self.started_at = time.monotonic()
         self.first: Sample | None = None
@@ -197,8 +201,15 @@ class Run:
                 )
                 wait_for_redis(f"redis://127.0.0.1:{ports.redis}/0", redis_child.process)
                 services["redis"] = f"redis://127.0.0.1:{ports.redis} (embedded, data in {state})"
+        self.overlay = overlay
         self.child_settings = load_settings_with(overlay) if overlay else self.settings
         supervisor.env.update(overlay)
+        try:
+            require_brokers(self.child_settings)
+        except Unreachable as exc:
+            raise StartupError(str(exc)) from None
+        if self.stopping.is_set():
+            raise Interrupted("stopped while starting")
         self._migrate()
         services["database"] = masked_url(self.child_settings.db_uri)
         services["broker"] = masked_url(self.child_settings.broker_url)
@@ -223,7 +234,9 @@ class Run:
         services["katalogus"] = str(self.child_settings.katalogus_api)
         services["bytes"] = str(self.child_settings.bytes_api)
         flower_url = f"http://{self.settings.flower_address}:{flower_port}" if flower_port else None
-        self.banner = Banner(self.mode.value, flower_url, user, password, str(self.log_dir), services)
+        self.banner = Banner(
+            self.mode.value, flower_url, user, password, str(self.log_dir), services, status_command(overlay)
+        )
         self.monitor = self._make_monitor()
         self.started_at = time.monotonic()  # --duration counts from here, not from the launch
 
@@ -395,6 +408,9 @@ def run_cmd(
             click.echo(line)
     click.echo(f"  stopped in {stopped_in:.1f}s; logs in {run.log_dir}")
     if run.mode is RunMode.EMBEDDED and run.banner is not None:
-        db_uri = run.child_settings.db_uri
-        click.echo(f"  this run's tasks until the next run: SCHEDULER_DB_URI={db_uri} kat-scheduler status")
+        if env_name("broker_url") in run.overlay:  # the embedded Redis stopped with the run
+            command = status_command(run.overlay, database_only=True)
+            click.echo(f"  this run's tasks until the next run (its queues went with the embedded Redis): {command}")
+        else:
+            click.echo(f"  this run's tasks until the next run: {status_command(run.overlay)}")
     sys.exit(code)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.clients import KATClients
+from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.publisher import Publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.catalogue import OOI_TYPES
+from kat_scheduler.storage.migrate import one_line
 from kat_scheduler.storage.tables import TaskRow
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ class Monitor:
             self._objects_at = now
             try:
                 self._last_objects = self._count_objects()
+            except ServiceError as exc:  # Katalogus (the organisations) or Octopoes (the objects)
+                sample.errors[exc.service] = _short(exc)
             except Exception as exc:
-                sample.errors["octopoes"] = _short(exc)
+                sample.errors["graph"] = _short(exc)
         sample.objects, sample.organisations = self._last_objects
         if sample.objects is not None and self.first_objects is None:
             self.first_objects = sample.objects
@@ -193,5 +196,8 @@ class Sampler(threading.Thread):
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
+    """The whole reason on one line: a service error without its service's name (the key says
+    it), a database error without SQLAlchemy's statement and links."""
+    if isinstance(exc, ServiceError):
+        return " ".join(f"{exc.endpoint}: {exc.detail}".split())
+    return one_line(exc)

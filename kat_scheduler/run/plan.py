@@ -14,6 +14,7 @@ whatever ``.env`` file is in the working directory.
 from __future__ import annotations
 
 import enum
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,3 +188,25 @@ def child_specs(
             )
         )
     return specs
+
+
+def kat_scheduler_command() -> str:
+    """``kat-scheduler`` as a shell can run it: the script next to this Python (a virtualenv's
+    ``bin``, which is usually not on the PATH), else ``python -m kat_scheduler``."""
+    script = Path(sys.executable).parent / "kat-scheduler"
+    if script.exists():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m kat_scheduler"
+
+
+def status_command(overlay: Mapping[str, str], *, database_only: bool = False) -> str:
+    """The shell command that shows this run's ``kat-scheduler status``.
+
+    ``overlay`` is what the run set for its children (:func:`embedded_environment`); its database
+    and broker are named on the command line (they are the embedded ones, without passwords;
+    settings of the user's own are theirs already). ``database_only``: the run's broker is gone,
+    so the command reads only the database.
+    """
+    names = [env_name("db_uri")] if database_only else [env_name("db_uri"), env_name("broker_url")]
+    assignments = [f"{name}={shlex.quote(overlay[name])}" for name in names if name in overlay]
+    return " ".join([*assignments, kat_scheduler_command(), "status", *(["--no-broker"] if database_only else [])])

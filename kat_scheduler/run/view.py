@@ -32,6 +32,8 @@ class Banner:
     flower_password: str
     log_dir: str
     services: dict[str, str]
+    #: The shell command that shows this run's ``kat-scheduler status`` while it runs.
+    status: str = ""
 
 
 def banner_lines(banner: Banner) -> list[str]:
@@ -41,6 +43,8 @@ def banner_lines(banner: Banner) -> list[str]:
     if banner.flower_url:
         lines.append(f"  flower     {banner.flower_url}  user {banner.flower_user}  password {banner.flower_password}")
     lines.append(f"  logs       {banner.log_dir}")
+    if banner.status:
+        lines.append(f"  status     {banner.status}")
     return lines
 
 

@@ -95,3 +95,40 @@ def test_push_of_an_unknown_boefje_says_so(kat, world, postgres_uri, redis_url) 
         "Hostname|internet|x",
     )
     assert result.returncode == 1 and "no boefje 'no-such-boefje'" in result.stderr
+
+
+def test_push_for_an_organisation_katalogus_does_not_know_names_katalogus(kat, world, postgres_uri, redis_url) -> None:
+    result = kat_scheduler(
+        worker_env(kat, postgres_uri, redis_url),
+        "push",
+        "boefje",
+        "--org",
+        "orgXX",
+        "--boefje",
+        "dns-records",
+        "--ooi",
+        "Hostname|internet|x",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"kat-scheduler: not queued: organisation 'orgXX' is not known to Katalogus at {kat.katalogus_url}"
+    ]
+    assert "orgXX" not in world.organisation_ids
+
+
+def test_plan_with_katalogus_out_of_reach_says_so_in_one_line(postgres_uri, redis_url) -> None:
+    from kat_scheduler.run.embedded import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "OCTOPOES_API": closed,
+        "KATALOGUS_API": closed,
+        "BYTES_API": closed,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_HTTP_RETRIES": "0",
+    }
+    result = kat_scheduler(env, "plan", "--dry-run")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("kat-scheduler: not planned: katalogus: GET /v1/organisations: connection failed: ")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from kat_scheduler.clients import BytesClient, HTTPOptions, KatalogusClient, KATClients, OctopoesClient
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.publisher import BrokerError
+from kat_scheduler.run.embedded import free_port
 from kat_scheduler.run.monitor import Monitor
 from kat_scheduler.storage import TaskStore
 from tests.factories import NewTaskFactory
@@ -66,3 +68,21 @@ def test_a_large_table_is_counted_at_most_every_tasks_every_seconds(sqlite_engin
     finish(store, 1)
     assert monitor.sample().count("boefje", TaskStatus.COMPLETED) == 0, "counted again too soon"
     assert monitor.sample(full=True).count("boefje", TaskStatus.COMPLETED) == 1, "the final sample counts"
+
+
+def test_a_katalogus_that_cannot_be_reached_is_named_with_the_whole_reason(sqlite_engine: Engine) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    options = HTTPOptions(timeout=2.0, retries=0)
+    clients = KATClients(
+        octopoes=OctopoesClient(url, **options),
+        katalogus=KatalogusClient(url, **options),
+        bytes=BytesClient(url, "bytes", "bytes", **options),
+    )
+    try:
+        sample = Monitor(sqlite_engine, Broker({}), clients).sample(full=True)  # type: ignore[arg-type]
+    finally:
+        clients.close()
+    assert set(sample.errors) == {"katalogus"}, sample.errors
+    reason = sample.errors["katalogus"]
+    assert reason.startswith("GET /v1/organisations: connection failed: ") and reason.endswith("Connection refused")
+    assert "\n" not in reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from kat_scheduler.run.plan import (
     RunMode,
     child_specs,
     embedded_environment,
+    kat_scheduler_command,
     resolve_mode,
+    status_command,
 )
 from kat_scheduler.settings import load_settings
 
@@ -83,3 +86,28 @@ def test_the_flower_password_is_not_on_the_command_line() -> None:
     specs = child_specs(load_settings(), RunMode.EXTERNAL, flower_port=5555, flower_auth="kat:s3cret")
     flower = next(spec for spec in specs if spec.name == "flower")
     assert "s3cret" not in " ".join(flower.argv)
+
+
+def test_the_status_command_names_the_embedded_database_and_broker_and_no_setting_of_the_users_own(
+    tmp_path: Path,
+) -> None:
+    overlay = embedded_environment(load_settings(broker_url="redis://:pw@elsewhere:6379/0"), tmp_path, PORTS)
+    command = status_command(overlay)
+    assert command == f"SCHEDULER_DB_URI={overlay['SCHEDULER_DB_URI']} {kat_scheduler_command()} status"
+    assert "pw" not in command
+
+
+def test_after_the_run_the_status_command_reads_only_its_database(tmp_path: Path) -> None:
+    overlay = embedded_environment(load_settings(), tmp_path, PORTS)
+    assert status_command(overlay) == (
+        f"SCHEDULER_DB_URI={overlay['SCHEDULER_DB_URI']} SCHEDULER_BROKER_URL=redis://127.0.0.1:7001/0 "
+        f"{kat_scheduler_command()} status"
+    )
+    assert status_command(overlay, database_only=True) == (
+        f"SCHEDULER_DB_URI={overlay['SCHEDULER_DB_URI']} {kat_scheduler_command()} status --no-broker"
+    )
+
+
+def test_kat_scheduler_is_called_by_its_full_path_next_to_this_python() -> None:
+    command = kat_scheduler_command()
+    assert command.startswith(str(Path(sys.executable).parent)) or command.endswith("-m kat_scheduler")

@@ -17,6 +17,7 @@ BANNER = Banner(
     flower_password="s3cret-pw",
     log_dir="/tmp/logs",
     services={"broker": "redis://127.0.0.1:7001/0"},
+    status="SCHEDULER_BROKER_URL=redis://127.0.0.1:7001/0 /venv/bin/kat-scheduler status",
 )
 
 
@@ -32,6 +33,12 @@ def sample(completed: int, queued: int = 0, objects: int | None = 100) -> Sample
         depths={"boefjes": queued, "normalizers": 0, "scheduler": 0},
         objects=objects,
         organisations=2,
+    )
+
+
+def test_the_banner_says_how_to_see_this_runs_status() -> None:
+    assert "  status     SCHEDULER_BROKER_URL=redis://127.0.0.1:7001/0 /venv/bin/kat-scheduler status" in banner_lines(
+        BANNER
     )
 
 
