@@ -133,6 +133,15 @@ class Settings(BaseSettings):
             "unless the plugin's `interval` (minutes) says otherwise."
         ),
     )
+    bytes_stall_age: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Seconds after its start that a boefje run Bytes shows without an end counts as dead: "
+            "younger, the boefje is running (under some runner) and is not queued again; older, the "
+            "run died and the pair is due. 0 means: the hard time limit plus SCHEDULER_RUNNING_SLACK."
+        ),
+    )
     schedule_jitter: float = Field(
         0.1,
         ge=0,
@@ -351,6 +360,11 @@ class Settings(BaseSettings):
                     f"got {self.db_pool_size})"
                 )
             self.plan_threads = fits
+
+    @property
+    def effective_bytes_stall_age(self) -> float:
+        """Seconds after which a run Bytes shows without an end counts as dead (see ``bytes_stall_age``)."""
+        return self.bytes_stall_age or self.hard_time_limit + self.running_slack
 
     @property
     def effective_visibility_timeout(self) -> int:

@@ -8,7 +8,9 @@ the listener runs on a thread of its own, so the next batch starts meanwhile.
 
 Events consult our own record only (schedules, live tasks, our history), never Bytes: the planner
 already turned Bytes' history into schedules, so a mutation storm costs no Bytes calls, and the
-plugin lists come from a short-lived cache, so it costs almost no Katalogus calls either.
+plugin lists come from a short-lived cache, so it costs almost no Katalogus calls either. Whether
+a pair is due is :func:`kat_scheduler.rules.is_due`'s, from our own last run (grace, interval,
+cron), as on every other path.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -27,7 +29,6 @@ from pydantic import ValidationError
 from kat_scheduler import ids
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
-from kat_scheduler.eligibility import SkipReason, Trigger, grace_skip
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.recording import RecordingHandler
@@ -56,6 +57,7 @@ from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import Rank, rank_normalizer
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
+from kat_scheduler.rules import NOT_DUE_SKIP, NotDueReason, SkipReason, Trigger, boefje_facts, is_due
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleState, ScheduleStore
@@ -361,21 +363,36 @@ class MutationHandler(_Base):
         skipped: Counter[str],
     ) -> list[Candidate]:
         out: list[Candidate] = []
+        default_grace = timedelta(seconds=self.settings.grace_period)
+        stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
         for pair in pairs:
             if pair.hash in live:
                 skipped[str(SkipReason.LIVE)] += 1
                 continue
             state = states.get(pair.hash)
             if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
-                skipped[str(SkipReason.GRACE)] += 1
+                # The schedule's deadline is when the rules make the pair due (written from what
+                # the planner knew, Bytes' history included).
+                skipped[str(SkipReason.CRON if pair.boefje.cron else SkipReason.GRACE)] += 1
                 continue
             last = history.get(pair.hash)
-            if last is not None and grace_skip(pair.boefje, last, now, self.settings.grace_period):
-                skipped[str(SkipReason.GRACE)] += 1
-                schedules.append(
-                    new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+            if last is not None:
+                decision = is_due(
+                    boefje_facts(
+                        pair.boefje,
+                        now=now,
+                        last_ended=last,
+                        bytes_run=None,
+                        default_grace=default_grace,
+                        stall_age=stall_age,
+                    )
                 )
-                continue
+                if not decision.due:
+                    skipped[str(NOT_DUE_SKIP[NotDueReason(decision.reason)])] += 1
+                    schedules.append(
+                        new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+                    )
+                    continue
             if last is None and state is not None and state.enabled and state.deadline_at is not None:
                 last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
             trigger = Trigger.NEW_OBJECT if last is None else Trigger.SCHEDULE

@@ -34,14 +34,6 @@ from pydantic import ValidationError
 
 from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatcher, DispatchResult
-from kat_scheduler.eligibility import (
-    SkipReason,
-    Trigger,
-    clearance_skip,
-    grace_period,
-    grace_skip,
-    static_skip,
-)
 from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
@@ -58,12 +50,26 @@ from kat_scheduler.planning.rules import (
     pairs_for_page,
     rank_pair,
 )
-from kat_scheduler.rankers import BoefjeCandidate, rank_boefje
+from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.rules import (
+    NOT_DUE_SKIP,
+    BytesRun,
+    Decision,
+    DueReason,
+    NotDueReason,
+    SkipReason,
+    Trigger,
+    boefje_facts,
+    clearance_skip,
+    grace_period,
+    is_due,
+    static_skip,
+)
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from kat_scheduler.timing import last_cron, next_cron, next_deadline, period
+from kat_scheduler.timing import next_cron, next_deadline, period
 
 if TYPE_CHECKING:
     from kat_scheduler.publisher import OutgoingMessage, Publisher
@@ -109,12 +115,22 @@ class PlanReport:
         return self.dispatch.published
 
 
-def _is_due(boefje: Boefje, last_run: datetime | None, now: datetime, default_grace: int) -> bool:
-    if last_run is None:
-        return True
-    if boefje.cron:
-        return last_run < last_cron(boefje.cron, now)
-    return grace_skip(boefje, last_run, now, default_grace) is None
+def _schedule_from(decision: Decision, run: BytesRun | None) -> datetime:
+    """What the schedule of a pair that is not due counts its next deadline from: the end of the
+    run the decision counted, or for a run still going in Bytes, its start (such a run typically
+    ends soon after; should it die instead, the pair is due one period after that start)."""
+    if decision.reason == NotDueReason.RUNNING:
+        assert run is not None and run.started_at is not None
+        return run.started_at
+    assert decision.last_ended is not None
+    return decision.last_ended
+
+
+def shown_reason(rank: Rank, decision: Decision) -> Rank:
+    """The rank, saying "stalled run in Bytes" when that is why the pair is due (``plan --dry-run``)."""
+    if decision.reason == DueReason.STALLED:
+        return Rank(rank.band, rank.score, str(DueReason.STALLED))
+    return rank
 
 
 class ClaimsAhead:
@@ -284,7 +300,7 @@ class BoefjePlanner:
         if not index.any_enabled:
             return
         top = TopK(self.settings.org_cap_per_tick)
-        bytes_history: dict[str, dict[str, datetime]] = {}
+        bytes_history: dict[str, dict[str, BytesRun]] = {}
         pages = self.clients.octopoes.iter_objects(
             org,
             types=index.types,
@@ -304,7 +320,7 @@ class BoefjePlanner:
         org: str,
         pairs: list[Pair],
         plan: OrgPlan,
-        bytes_history: dict[str, dict[str, datetime]],
+        bytes_history: dict[str, dict[str, BytesRun]],
         now: datetime,
     ) -> Iterable[Candidate]:
         if not pairs:
@@ -320,16 +336,33 @@ class BoefjePlanner:
         open_pairs = [p for p in open_pairs if p.hash not in live]
         ours = self.tasks.last_runs([p.hash for p in open_pairs])
         grace = self.settings.grace_period
+        default_grace = timedelta(seconds=grace)
+        stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
         out: list[Candidate] = []
         for pair in open_pairs:
             last = ours.get(pair.hash)
-            if last is None:
-                last = self._bytes_last_run(org, pair.boefje, pair.ooi.primary_key, bytes_history, now)
-            if not _is_due(pair.boefje, last, now, grace):
-                plan.skipped[SkipReason.GRACE] += 1
-                assert last is not None
+            # Bytes only for pairs our own history does not cover (fetched in bulk per boefje).
+            run = (
+                None
+                if last is not None
+                else self._bytes_run(org, pair.boefje, pair.ooi.primary_key, bytes_history, now)
+            )
+            decision = is_due(
+                boefje_facts(
+                    pair.boefje,
+                    now=now,
+                    last_ended=last,
+                    bytes_run=run,
+                    default_grace=default_grace,
+                    stall_age=stall_age,
+                )
+            )
+            if not decision.due:
+                plan.skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
                 plan.grace_schedules.append(
-                    new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+                    new_boefje_schedule(
+                        org, pair.boefje, pair.ooi.primary_key, pair.hash, _schedule_from(decision, run), self.settings
+                    )
                 )
                 continue
             out.append(
@@ -338,44 +371,53 @@ class BoefjePlanner:
                     boefje=pair.boefje,
                     input_ooi=pair.ooi.primary_key,
                     hash=pair.hash,
-                    rank=rank_pair(pair, Trigger.PLAN, last, now, grace),
+                    rank=shown_reason(rank_pair(pair, Trigger.PLAN, decision.last_ended, now, grace), decision),
                     trigger=Trigger.PLAN,
                 )
             )
         return out
 
-    def _bytes_last_run(
-        self, org: str, boefje: Boefje, input_ooi: str, cache: dict[str, dict[str, datetime]], now: datetime
-    ) -> datetime | None:
-        """The last run Bytes knows of, fetched in bulk once per (organisation, boefje)."""
+    def _bytes_run(
+        self, org: str, boefje: Boefje, input_ooi: str, cache: dict[str, dict[str, BytesRun]], now: datetime
+    ) -> BytesRun | None:
+        """Bytes' newest run of the pair, from its history fetched in bulk once per (organisation, boefje)."""
         if boefje.id not in cache:
-            cache[boefje.id] = self._fetch_bytes_history(org, boefje, now)
+            cache[boefje.id] = self._fetch_bytes_history(org, boefje, self._history_horizon(boefje, now))
         return cache[boefje.id].get(input_ooi)
 
-    def _fetch_bytes_history(self, org: str, boefje: Boefje, now: datetime) -> dict[str, datetime]:
-        latest: dict[str, datetime] = {}
-        horizon = self._history_horizon(boefje, now)
+    def _fetch_bytes_history(self, org: str, boefje: Boefje, horizon: datetime) -> dict[str, BytesRun]:
+        """Bytes' newest run (by start, ended or not) per object of ``boefje``, back to ``horizon``."""
+        newest: dict[str, BytesRun] = {}
         for page in self.clients.bytes.iter_run_times(org, boefje.id, page_size=self.settings.batch_size):
             oldest: datetime | None = None
             for meta in page:
-                if (
-                    meta.input_ooi
-                    and meta.ended_at
-                    and (meta.input_ooi not in latest or latest[meta.input_ooi] < meta.ended_at)
-                ):
-                    latest[meta.input_ooi] = meta.ended_at
-                if meta.started_at is not None and (oldest is None or meta.started_at < oldest):
-                    oldest = meta.started_at
+                started = meta.started_at
+                if meta.input_ooi and (started is not None or meta.ended_at is not None):
+                    known = newest.get(meta.input_ooi)
+                    # Newest first, so the first run seen is kept; a run stored while paging may
+                    # shift a page and show an older one again, which loses this comparison.
+                    if known is None or (
+                        started is not None and (known.started_at is None or known.started_at < started)
+                    ):
+                        newest[meta.input_ooi] = BytesRun(started, meta.ended_at)
+                if started is not None and (oldest is None or started < oldest):
+                    oldest = started
             if oldest is not None and oldest < horizon:
-                break  # newest first: older runs cannot keep anything in its grace period
-        return latest
+                break  # newest first: older runs cannot change any decision
+        return newest
 
     def _history_horizon(self, boefje: Boefje, now: datetime) -> datetime:
+        """How far back Bytes' history can still change a decision at ``now``.
+
+        An object whose newest run started before it is due whatever that run was: it ended
+        before the grace period (a day of margin: a run that started before the grace period may
+        have ended inside it), or it has no end and is older than the stall age.
+        """
         if boefje.cron:
             # A cron boefje is due once a cron time passed since its last run; a year covers any cron.
             return now - timedelta(days=366)
-        # A day of margin: a run that started before the grace period may have ended inside it.
-        return now - grace_period(boefje, self.settings.grace_period) - timedelta(days=1)
+        grace = grace_period(boefje, self.settings.grace_period) + timedelta(days=1)
+        return now - max(grace, timedelta(seconds=self.settings.effective_bytes_stall_age))
 
     # --- backpressure, dispatch, schedules -------------------------------------------------
 
@@ -485,7 +527,7 @@ class BoefjePlanner:
             for row in batch:
                 by_org[row.organisation].append(row)
             per_org: list[list[Candidate]] = []
-            advance: dict[str, tuple[ScheduleRow, Boefje]] = {}
+            advance: dict[str, tuple[ScheduleRow, Boefje, datetime]] = {}
             disable: dict[str, list[ScheduleRow]] = defaultdict(list)
             for org, rows in by_org.items():
                 candidates = self._due_candidates(org, rows, indexes, advance, disable, report, now)
@@ -505,12 +547,12 @@ class BoefjePlanner:
             deadlines = {
                 row.id: next_deadline(
                     boefje,
-                    now,
+                    after,
                     hash_=row.hash,
                     default_seconds=self.settings.grace_period,
                     jitter=self.settings.schedule_jitter,
                 )
-                for row, boefje in advance.values()
+                for row, boefje, after in advance.values()
             }
             self.schedules.set_deadlines(deadlines, now=now)
             report.schedules_advanced += len(deadlines)
@@ -521,7 +563,7 @@ class BoefjePlanner:
         org: str,
         rows: list[ScheduleRow],
         indexes: dict[str, BoefjeIndex | None],
-        advance: dict[str, tuple[ScheduleRow, Boefje]],
+        advance: dict[str, tuple[ScheduleRow, Boefje, datetime]],
         disable: dict[str, list[ScheduleRow]],
         report: PlanReport,
         now: datetime,
@@ -544,6 +586,8 @@ class BoefjePlanner:
             return []
         live = self.tasks.live_hashes([r.hash for r in rows])
         last_runs = self.tasks.last_runs([r.hash for r in rows])
+        default_grace = timedelta(seconds=self.settings.grace_period)
+        stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
         out: list[Candidate] = []
         for row in rows:
             boefje = index.boefjes.get(row.plugin_id)
@@ -559,12 +603,29 @@ class BoefjePlanner:
                 report.skipped[reason] += 1
                 disable[str(reason)].append(row)
                 continue
-            advance[row.hash] = (row, boefje)
+            advance[row.hash] = (row, boefje, now)
             if row.hash in live:
                 report.skipped[SkipReason.LIVE] += 1
                 continue
+            # Our own history only (Bytes' was turned into this schedule by the tick): a run since
+            # the schedule was written (an event's, a manual one) moves its deadline instead.
+            decision = is_due(
+                boefje_facts(
+                    boefje,
+                    now=now,
+                    last_ended=last_runs.get(row.hash),
+                    bytes_run=None,
+                    default_grace=default_grace,
+                    stall_age=stall_age,
+                )
+            )
+            if not decision.due:
+                report.skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
+                assert decision.last_ended is not None
+                advance[row.hash] = (row, boefje, decision.last_ended)
+                continue
             pair = Pair(boefje, ooi, row.hash)
-            last = last_runs.get(row.hash) or self._estimated_last_run(row, boefje)
+            last = decision.last_ended or self._estimated_last_run(row, boefje)
             out.append(
                 Candidate(
                     organisation=org,

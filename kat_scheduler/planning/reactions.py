@@ -8,13 +8,13 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from kat_scheduler.eligibility import SkipReason, static_skip
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.bytes import RawData
 from kat_scheduler.models.events import MutationOperation
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Normalizer
 from kat_scheduler.planning.rules import BoefjeIndex, Pair
+from kat_scheduler.rules import SkipReason, clearance_skip, static_skip
 
 
 def object_type_of(primary_key: str) -> str:
@@ -51,7 +51,7 @@ def hashes_without_clearance(organisation: str, index: BoefjeIndex, ooi: OOI) ->
     return [
         boefje_task_hash(b.id, organisation, ooi.primary_key)
         for b in index.consumers(ooi.object_type)
-        if b.scan_level > ooi.scan_level
+        if clearance_skip(b, ooi) is not None
     ]
 
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from kat_scheduler import ids
 from kat_scheduler.dispatch import Dispatchable
-from kat_scheduler.eligibility import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.rules import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask

@@ -10,12 +10,18 @@ from typing import Any, cast
 
 import pytest
 import redis
+from croniter import croniter
 from sqlalchemy import Engine, delete, func, select, update
 
-from kat_scheduler.eligibility import SkipReason
+from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import TaskStatus
+from kat_scheduler.planning.explain import render_plan
+from kat_scheduler.rules import SkipReason
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
+from kat_scheduler.timing import next_deadline
+from tests.factories import BoefjeMetaFactory
 from tests.integration.conftest import WORLD_NOW
 
 NOW = WORLD_NOW + timedelta(minutes=5)
@@ -369,3 +375,144 @@ def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
         unpublished = conn.execute(select(func.count()).select_from(UnpublishedTask)).scalar_one()
     assert rows > 0 and unpublished == 0
     assert len(broker_messages(redis_url)) == rows
+
+
+# --- Bytes' runs without an end, cron, and due schedules: the one rules core on each path ---------
+
+
+def never_run_pairs(world: World, count: int, *, cron: bool = False) -> list[tuple[str, str, str]]:
+    """``count`` pairs the rules allow at ``NOW`` that have no run in Bytes (of a cron boefje or not)."""
+    pairs = sorted(
+        t
+        for t in allowed_boefje_tasks(world, NOW)
+        if world.last_run(*t) is None and bool(getattr(world.plugin(t[1]), "cron", None)) == cron
+    )
+    assert len(pairs) >= count
+    return pairs[:count]
+
+
+def bytes_run(world: World, pair: tuple[str, str, str], started: datetime, ended: datetime | None) -> None:
+    org, boefje_id, pk = pair
+    world.add_boefje_meta(
+        BoefjeMetaFactory(
+            organization=org,
+            boefje={"id": boefje_id, "version": None},
+            input_ooi=pk,
+            started_at=started,
+            ended_at=ended,
+        )
+    )
+
+
+def test_a_boefje_running_in_bytes_is_not_queued_again_and_one_whose_run_died_is(planner, world, pg_engine) -> None:
+    running, stalled = never_run_pairs(world, 2)
+    bytes_run(world, running, NOW - timedelta(days=10), NOW - timedelta(days=10, seconds=-30))
+    bytes_run(world, running, NOW - timedelta(minutes=2), None)  # the newest: started, no end
+    bytes_run(world, stalled, NOW - timedelta(days=10), NOW - timedelta(days=10, seconds=-30))
+    bytes_run(world, stalled, NOW - timedelta(hours=2), None)  # older than the stall age: it died
+    expected = allowed_boefje_tasks(world, NOW, stall_age_seconds=planner.settings.effective_bytes_stall_age)
+    assert running not in expected and stalled in expected
+
+    dry = planner.plan(None, now=NOW, dry_run=True)
+    reasons = {(c.organisation, c.boefje.id, c.input_ooi): c.rank.reason for c in dry.planned}
+    assert running not in reasons and reasons[stalled] == "stalled run in Bytes"
+    assert dry.skipped[SkipReason.RUNNING] >= 1
+    shown = "\n".join(render_plan(dry))
+    assert "stalled run in Bytes" in shown and "running in Bytes:" in shown
+
+    report = planner.plan(None, now=NOW)
+    assert set(queued_triples(pg_engine)) == expected
+    assert report.queued == len(expected)
+    # The running pair's schedule counts from its start; the next tick leaves it to the schedule.
+    org, boefje_id, pk = running
+    row = planner.schedules.get_by_hash(boefje_task_hash(boefje_id, org, pk))
+    boefje = planner.clients.katalogus.plugin(org, boefje_id)
+    assert row.deadline_at == next_deadline(
+        boefje,
+        NOW - timedelta(minutes=2),
+        hash_=row.hash,
+        default_seconds=planner.settings.grace_period,
+        jitter=planner.settings.schedule_jitter,
+    )
+    assert planner.plan(None, now=NOW + timedelta(minutes=30)).queued == 0
+
+
+def test_the_stall_age_is_a_setting(planner, world, pg_engine) -> None:
+    (pair,) = never_run_pairs(world, 1)
+    bytes_run(world, pair, NOW - timedelta(hours=2), None)
+    planner.settings = planner.settings.model_copy(update={"bytes_stall_age": 3 * 3600})
+    assert planner.settings.effective_bytes_stall_age == 3 * 3600
+    expected = allowed_boefje_tasks(world, NOW, stall_age_seconds=3 * 3600)
+    assert pair not in expected
+
+    report = planner.plan(None, now=NOW)
+    assert set(queued_triples(pg_engine)) == expected
+    assert report.skipped[SkipReason.RUNNING] >= 1
+
+
+def test_a_cron_boefje_whose_last_run_is_inside_the_grace_but_before_the_last_cron_time_is_queued(
+    planner, world, pg_engine
+) -> None:
+    due, waiting = never_run_pairs(world, 2, cron=True)
+    boefje = world.plugin(due[1])
+    assert boefje is not None and boefje.cron
+    cron = boefje.cron
+    last_cron = croniter(cron, NOW).get_prev(datetime)
+    assert NOW - last_cron < timedelta(days=1), "the test needs a cron time within the grace period"
+    before, after = last_cron - timedelta(minutes=10), last_cron + timedelta(minutes=10)
+    bytes_run(world, due, before - timedelta(seconds=30), before)
+    bytes_run(world, waiting, after - timedelta(seconds=30), after)
+
+    report = planner.plan(None, now=NOW)
+    queued = set(queued_triples(pg_engine))
+    assert due in queued and waiting not in queued
+    assert queued == allowed_boefje_tasks(world, NOW)
+    assert report.skipped[SkipReason.CRON] >= 1
+
+
+def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_from_that_run(
+    planner, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
+        assert schedule is not None
+        ran = NOW + timedelta(hours=1)  # a run since (an event's, a manual one): inside a day's grace
+        conn.execute(
+            update(TaskRow)
+            .where(TaskRow.hash == schedule.hash)
+            .values(status=TaskStatus.COMPLETED, started_at=ran, ended_at=ran)
+        )
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
+    later = NOW + timedelta(hours=3)
+    report = planner.queue_due(now=later)
+    assert schedule.hash not in {c.hash for c in report.planned}
+    assert report.skipped[SkipReason.GRACE] == 1
+    boefje = planner.clients.katalogus.plugin(schedule.organisation, "dns-records")
+    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
+        boefje,
+        ran,
+        hash_=schedule.hash,
+        default_seconds=planner.settings.grace_period,
+        jitter=planner.settings.schedule_jitter,
+    )
+
+
+def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_inside_the_grace(
+    planner, world, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-zone").limit(1)).first()
+        assert schedule is not None
+        ran = datetime(2026, 6, 1, 13, 0, tzinfo=NOW.tzinfo)
+        conn.execute(
+            update(TaskRow)
+            .where(TaskRow.hash == schedule.hash)
+            .values(status=TaskStatus.COMPLETED, started_at=ran, ended_at=ran)
+        )
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
+    at_five = datetime(2026, 6, 2, 5, 0, tzinfo=NOW.tzinfo)  # 04:00 passed, a day's grace has not
+    report = planner.queue_due(now=at_five)
+    assert schedule.hash in {c.hash for c in report.planned}
+    assert report.skipped[SkipReason.GRACE] == report.skipped[SkipReason.CRON] == 0

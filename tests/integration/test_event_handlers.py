@@ -480,3 +480,32 @@ def test_the_same_raw_file_twice_is_normalized_once(raw_files, world, pg_engine)
     raw_files("raw_file_received", [event])
     rows = normalizer_rows(pg_engine)
     assert len(rows) == len({r.hash for r in rows}) >= 1
+
+
+def test_cron_decides_on_the_event_path_too(mutations, world, pg_engine) -> None:
+    """dns-zone runs at 04:00 daily: a run that ended before the last 04:00 is due again inside the
+    default grace period (a day); one that ended after it waits for the next 04:00."""
+    org = world.organisation_ids[0]
+    dns_zone = world.plugin("dns-zone")
+    assert dns_zone is not None and dns_zone.cron == "0 4 * * *" and world.is_enabled(org, "dns-zone")
+    before_cron = "DNSZone|internet|ran-before-four.example.nl"
+    after_cron = "DNSZone|internet|ran-after-four.example.nl"
+    mutations("scan_profile_mutations", [mutation(org, before_cron, 2), mutation(org, after_cron, 2)])
+    assert "dns-zone" in tasks_on(pg_engine, before_cron) and "dns-zone" in tasks_on(pg_engine, after_cron)
+    ended = {before_cron: datetime(2026, 6, 1, 13, 0, tzinfo=UTC), after_cron: datetime(2026, 6, 2, 4, 30, tzinfo=UTC)}
+    with pg_engine.begin() as conn:
+        for pk, at in ended.items():
+            conn.execute(
+                update(TaskRow)
+                .where(TaskRow.input_ooi == pk)
+                .values(status=TaskStatus.COMPLETED, started_at=at, ended_at=at)
+            )
+    at_five = datetime(2026, 6, 2, 5, 0, tzinfo=UTC)  # within a day of both runs
+    handler = handler_at(mutations, at_five)
+    handler("scan_profile_mutations", [mutation(org, before_cron, 2, "update"), mutation(org, after_cron, 2, "update")])
+
+    assert "dns-zone" in tasks_on(pg_engine, before_cron)  # cron time passed: due
+    assert "dns-zone" not in tasks_on(pg_engine, after_cron)
+    assert handler.stats.skipped["before its next cron time"] == 1
+    handler.bookkeeper.flush()
+    assert schedules_on(pg_engine, after_cron)["dns-zone"].deadline_at == datetime(2026, 6, 3, 4, 0, tzinfo=UTC)

@@ -1,10 +1,14 @@
 """The rules that decide whether a boefje may run on an object."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kat_scheduler.eligibility import SkipReason, clearance_skip, grace_period, grace_skip, static_skip
+from kat_scheduler.models.events import MutationOperation
+from kat_scheduler.planning.reactions import hashes_without_clearance, mutation_pairs
+from kat_scheduler.planning.rules import BoefjeIndex
+from kat_scheduler.rules import SkipReason, clearance_skip, grace_period, grace_skip, static_skip
 from tests.factories import BoefjeFactory, OOIFactory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -59,3 +63,27 @@ def test_the_plugin_interval_in_minutes_overrides_the_default_grace_period() -> 
 def test_grace_period_since_the_last_run(interval, ended_ago, reason) -> None:
     last = None if ended_ago is None else NOW - ended_ago
     assert grace_skip(BoefjeFactory(interval=interval), last, NOW, DAY) == reason
+
+
+def test_a_cron_boefje_is_due_by_its_cron_not_its_grace_period() -> None:
+    daily_at_4 = BoefjeFactory(cron="0 4 * * *", interval=None)
+    assert grace_skip(daily_at_4, NOW - timedelta(hours=10), NOW, DAY) is None  # 04:00 passed since
+    assert grace_skip(daily_at_4, NOW - timedelta(hours=7), NOW, DAY) == SkipReason.CRON
+
+
+def test_the_old_module_path_still_imports() -> None:
+    from kat_scheduler import eligibility
+
+    assert eligibility.static_skip is static_skip
+    assert eligibility.SkipReason is SkipReason
+
+
+@pytest.mark.parametrize(("need", "level"), [(n, lvl) for n in range(5) for lvl in range(5)])
+def test_every_path_agrees_on_clearance(need: int, level: int) -> None:
+    boefje = BoefjeFactory(id="b", scan_level=need, consumes=["Hostname"])
+    ooi = OOIFactory(object_type="Hostname", level=level)
+    cleared = clearance_skip(boefje, ooi) is None
+    assert (static_skip(boefje, ooi, periodic=True) is None) == cleared
+    index = BoefjeIndex([boefje])
+    assert bool(mutation_pairs("org", index, ooi, MutationOperation.UPDATE, Counter())) == cleared
+    assert (not hashes_without_clearance("org", index, ooi)) == cleared

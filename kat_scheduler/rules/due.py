@@ -1,0 +1,131 @@
+"""Whether a (boefje, object) pair is due to run again: one pure function for every path.
+
+KAT's rule (KAT-API.md, "How KAT's scheduler decides"), from the facts of one pair:
+
+* a pair that never ran is due;
+* while Bytes' newest run of the pair has a start and no end, the boefje is running (under some
+  runner): not due, unless that start is older than the stall age, then the run died and the
+  pair is due again (a dead run counts as no run);
+* otherwise the last run is the later end of our own last run and Bytes' newest run; when the
+  plugin has a ``cron``, cron decides: due once a cron time passed since that end;
+* else due once the grace period (the plugin's ``interval`` minutes, else the default) has passed
+  since that end.
+
+The tick, due schedules and the event handlers call :func:`is_due` with the facts they have
+(events and due schedules know our own history, not Bytes'). No I/O, no clock: ``now`` is a fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from kat_scheduler.models.plugins import Boefje
+from kat_scheduler.timing import last_cron, next_cron
+
+
+class DueReason(StrEnum):
+    """Why a pair is due."""
+
+    NEVER_RUN = "never run"
+    GRACE_OVER = "grace over"
+    CRON_PASSED = "cron time passed"
+    STALLED = "stalled run in Bytes"
+
+
+class NotDueReason(StrEnum):
+    """Why a pair is not due (yet)."""
+
+    GRACE = "within grace period"
+    CRON = "before its next cron time"
+    RUNNING = "running in Bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class BytesRun:
+    """Bytes' newest run of a pair (by ``started_at``): its start and, once it ended, its end."""
+
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairFacts:
+    """What is known about one pair at ``now``.
+
+    ``last_ended``: the end of our own last run (``None``: none, or unknown to the caller);
+    ``bytes_run``: Bytes' newest run (``None``: none, or not asked); ``interval`` (minutes) and
+    ``cron``: the plugin's; ``default_grace``: the grace period when the plugin has no interval;
+    ``stall_age``: how long after its start a run without an end counts as dead.
+    """
+
+    now: datetime
+    last_ended: datetime | None
+    bytes_run: BytesRun | None
+    interval: int | None
+    cron: str | None
+    default_grace: timedelta
+    stall_age: timedelta
+
+
+def boefje_facts(
+    boefje: Boefje,
+    *,
+    now: datetime,
+    last_ended: datetime | None,
+    bytes_run: BytesRun | None,
+    default_grace: timedelta,
+    stall_age: timedelta,
+) -> PairFacts:
+    """The facts of a pair of ``boefje`` (its ``interval`` and ``cron``) and an object."""
+    return PairFacts(
+        now=now,
+        last_ended=last_ended,
+        bytes_run=bytes_run,
+        interval=boefje.interval,
+        cron=boefje.cron,
+        default_grace=default_grace,
+        stall_age=stall_age,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Due or not, and why.
+
+    ``until``: when a pair that is not due becomes due, if nothing changes meanwhile (for a
+    running pair, when its run counts as stalled). ``last_ended``: the run end the decision
+    counted from (``None`` when no ended run counted), for ranking and for the next deadline.
+    """
+
+    due: bool
+    reason: DueReason | NotDueReason
+    until: datetime | None = None
+    last_ended: datetime | None = None
+
+
+def is_due(facts: PairFacts) -> Decision:
+    """Whether the pair of ``facts`` may run at ``facts.now``; see the module for the rule."""
+    now = facts.now
+    run = facts.bytes_run
+    stalled = False
+    last = facts.last_ended
+    if run is not None:
+        if run.ended_at is not None:
+            if last is None or run.ended_at > last:
+                last = run.ended_at
+        elif run.started_at is not None:
+            if now - run.started_at < facts.stall_age:
+                return Decision(False, NotDueReason.RUNNING, run.started_at + facts.stall_age, last)
+            stalled = True
+    if last is None:
+        return Decision(True, DueReason.STALLED if stalled else DueReason.NEVER_RUN)
+    if facts.cron:
+        if last < last_cron(facts.cron, now):
+            return Decision(True, DueReason.STALLED if stalled else DueReason.CRON_PASSED, None, last)
+        return Decision(False, NotDueReason.CRON, next_cron(facts.cron, last), last)
+    until = last + (timedelta(minutes=facts.interval) if facts.interval else facts.default_grace)
+    if now < until:
+        return Decision(False, NotDueReason.GRACE, until, last)
+    return Decision(True, DueReason.STALLED if stalled else DueReason.GRACE_OVER, None, last)
