@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from croniter import croniter
+
 from kat_scheduler.sim import catalogue
 from kat_scheduler.sim.records import (
     DECLARED,
@@ -36,6 +38,16 @@ SHARED_DOMAIN = "gedeeld-platform.nl"
 _LEVEL_WEIGHTS = (10, 25, 35, 20, 10)
 _MIN_AGE_S = 5 * 60.0
 _MAX_AGE_S = 30 * 86400.0
+#: Shares of the pairs with history whose newest run has a start and no end: recent (the boefje is
+#: still running under some runner) and stale (the run died; started a quarter of an hour to three hours ago).
+RUNNING_SHARE = 0.03
+STALLED_SHARE = 0.04
+#: Share of the pairs of a cron boefje with history whose newest run ended inside the default grace
+#: period (a day) but before the last cron time: due by cron, not by grace.
+CRON_CASE_SHARE = 0.5
+#: Seconds before ``now`` a recent unfinished run started: well inside any stall age.
+_RUNNING_AGE_S = (10.0, 60.0)
+_STALLED_AGE_S = (900.0, 3 * 3600.0)
 
 
 @dataclass
@@ -249,12 +261,26 @@ def generate_history(
     """Past runs for about ``fraction`` of the (boefje, object) pairs the boefje consumes.
 
     Each chosen pair gets one to three runs, started between five minutes and thirty days
-    before ``now`` (log-uniform, so recent runs are common). A boefje with empty ``consumes``
-    gets a few runs without an input object. Returned sorted by ``started_at``.
+    before ``now`` (log-uniform, so recent runs are common). Besides, of the chosen pairs:
+
+    * of a cron boefje, :data:`CRON_CASE_SHARE` get a newest run that ended within a day before
+      ``now`` but before the last cron time (when that is within a day): due by cron, not grace;
+    * :data:`RUNNING_SHARE` get a run that started seconds before ``now`` and has no end (running);
+    * :data:`STALLED_SHARE` get one that started a quarter of an hour to three hours before
+      ``now`` and never ended (it died; mostly the pair's newest run, sometimes not).
+
+    These draw from generators of their own, so the other runs are those of worlds generated
+    before these cases existed. A boefje with empty ``consumes`` gets a few runs without an input
+    object. Returned sorted by ``started_at``.
     """
     if fraction <= 0:
         return []
     rng = random.Random(f"{seed}:history:{org_index}")
+    unfinished = random.Random(f"{seed}:unfinished:{org_index}")
+    cron_cases = random.Random(f"{seed}:cron:{org_index}")
+    last_cron: dict[str, datetime] = {
+        b.id: croniter(b.cron, now).get_prev(datetime) for b in boefjes if b.cron and b.consumes
+    }
     consumers: dict[str, list[BoefjeDef]] = {}
     for boefje in boefjes:
         for object_type in boefje.consumes:
@@ -264,11 +290,30 @@ def generate_history(
 
     def add_runs(boefje: BoefjeDef, input_ooi: str | None) -> None:
         count = rng.choices((1, 2, 3), weights=(60, 25, 15))[0]
+        youngest = _MAX_AGE_S
         for _ in range(count):
             age = math.exp(rng.uniform(low, high))
+            youngest = min(youngest, age)
             started = now - timedelta(seconds=age)
             ended = min(started + timedelta(seconds=rng.uniform(0.5, 90.0)), now)
             runs.append(BoefjeRun(make_uuid(rng), organisation, boefje.id, input_ooi, started, ended))
+        if boefje.id in last_cron and cron_cases.random() < CRON_CASE_SHARE:
+            # Ended within a day before now, and before the last cron time: the newest run.
+            earliest = max(now - timedelta(days=1), last_cron[boefje.id] - timedelta(hours=1))
+            ended = earliest + (last_cron[boefje.id] - earliest) * cron_cases.uniform(0.0, 0.99)
+            started = ended - timedelta(seconds=30)
+            if earliest < last_cron[boefje.id] and (now - started).total_seconds() < youngest:
+                runs.append(BoefjeRun(make_uuid(cron_cases), organisation, boefje.id, input_ooi, started, ended))
+                youngest = (now - started).total_seconds()
+        draw = unfinished.random()
+        if input_ooi is None or draw >= RUNNING_SHARE + STALLED_SHARE:
+            return
+        low_age, high_age = _RUNNING_AGE_S if draw < RUNNING_SHARE else _STALLED_AGE_S
+        # Four in five dead runs are the pair's newest; the others may be older than an ended run.
+        if draw >= RUNNING_SHARE and youngest > low_age and unfinished.random() < 0.8:
+            high_age = min(high_age, youngest)
+        started = now - timedelta(seconds=unfinished.uniform(low_age, high_age))
+        runs.append(BoefjeRun(make_uuid(unfinished), organisation, boefje.id, input_ooi, started, None))
 
     for ooi in oois:
         for boefje in consumers.get(ooi.object_type, ()):

@@ -200,8 +200,9 @@ def test_history_lies_between_thirty_days_ago_and_now_sorted_by_start(shared_wor
     starts = [r.started_at for r in runs]
     assert starts == sorted(starts)  # type: ignore[type-var]
     for run in runs:
-        assert run.started_at is not None and run.ended_at is not None
-        assert now - timedelta(days=30, minutes=1) <= run.started_at <= run.ended_at <= now
+        assert run.started_at is not None
+        assert now - timedelta(days=30, minutes=1) <= run.started_at <= (run.ended_at or run.started_at) <= now
+    assert sum(r.ended_at is None for r in runs) < 0.1 * len(runs)  # a few never ended (running, or died)
     assert any(now - r.started_at < timedelta(hours=1) for r in runs if r.started_at)  # recent runs exist
     assert any(now - r.started_at > timedelta(days=7) for r in runs if r.started_at)  # and old ones
 
