@@ -89,11 +89,12 @@ def _flower_port(settings: Settings) -> int:
     return port
 
 
-def _flower_credentials(settings: Settings) -> tuple[str, str]:
+def _flower_credentials(settings: Settings) -> tuple[str, str, bool]:
+    """Flower's user and password, and whether the password was generated (only then is it shown)."""
     if settings.flower_basic_auth is not None:
         user, _, password = settings.flower_basic_auth.get_secret_value().partition(":")
-        return user, password
-    return "kat", secrets.token_urlsafe(12)
+        return user, password, False
+    return "kat", secrets.token_urlsafe(12), True
 
 
 class Interrupted(StartupError):
@@ -183,7 +184,7 @@ class Run:
         overlay: dict[str, str] = {}
         services: dict[str, str] = {}
         supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
-        user, password = _flower_credentials(self.settings)
+        user, password, generated = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
         sim_ports = None
         if self.mode is RunMode.EMBEDDED:
@@ -230,12 +231,18 @@ class Run:
             child = supervisor.start(spec)
             if spec.ready_url:
                 _wait_http(spec.ready_url, child, 120 if spec.name == "kat-sim" else 30, self.stopping)
-        services["octopoes"] = str(self.child_settings.octopoes_api)
-        services["katalogus"] = str(self.child_settings.katalogus_api)
-        services["bytes"] = str(self.child_settings.bytes_api)
+        services["octopoes"] = masked_url(str(self.child_settings.octopoes_api))
+        services["katalogus"] = masked_url(str(self.child_settings.katalogus_api))
+        services["bytes"] = masked_url(str(self.child_settings.bytes_api))
         flower_url = f"http://{self.settings.flower_address}:{flower_port}" if flower_port else None
         self.banner = Banner(
-            self.mode.value, flower_url, user, password, str(self.log_dir), services, status_command(overlay)
+            self.mode.value,
+            flower_url,
+            user,
+            password if generated else None,
+            str(self.log_dir),
+            services,
+            status_command(overlay),
         )
         self.monitor = self._make_monitor()
         self.started_at = time.monotonic()  # --duration counts from here, not from the launch

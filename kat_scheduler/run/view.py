@@ -29,7 +29,8 @@ class Banner:
     mode: str
     flower_url: str | None
     flower_user: str
-    flower_password: str
+    #: Shown only when the run generated it; ``None``: the user's own, from FLOWER_BASIC_AUTH.
+    flower_password: str | None
     log_dir: str
     services: dict[str, str]
     #: The shell command that shows this run's ``kat-scheduler status`` while it runs.
@@ -41,7 +42,8 @@ def banner_lines(banner: Banner) -> list[str]:
     for name, where in banner.services.items():
         lines.append(f"  {name:<10} {where}")
     if banner.flower_url:
-        lines.append(f"  flower     {banner.flower_url}  user {banner.flower_user}  password {banner.flower_password}")
+        password = banner.flower_password or "from FLOWER_BASIC_AUTH"
+        lines.append(f"  flower     {banner.flower_url}  user {banner.flower_user}  password {password}")
     lines.append(f"  logs       {banner.log_dir}")
     if banner.status:
         lines.append(f"  status     {banner.status}")

@@ -227,7 +227,7 @@ def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
 
     env = {
         **clean_environment(tmp_path / "state"),
-        "OCTOPOES_API": kat.octopoes_url,
+        "OCTOPOES_API": kat.octopoes_url.replace("http://", "http://kat:s3cret-in-url@"),
         "KATALOGUS_API": kat.katalogus_url,
         "BYTES_API": kat.bytes_url,
         "QUEUE_URI": external_events_url,
@@ -246,6 +246,7 @@ def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
     text = output.read_text()
     assert result.returncode == 0, text
     assert "kat-scheduler run (external)" in text
+    assert "s3cret-in-url" not in text and "http://kat:***@127.0.0.1" in text, "the banner shows a password"
     assert "embedded" not in text and "kat-sim" not in text, "an external run must not embed anything"
     completed = dict(re.findall(r"(boefje|normalizer)s: .*?completed ([\d,]+)", text))
     assert int(completed["boefje"].replace(",", "")) > 0 and int(completed["normalizer"].replace(",", "")) > 0, text

@@ -48,6 +48,14 @@ def test_the_banner_says_where_flower_is_and_how_to_log_in() -> None:
     assert "kat-scheduler run (embedded)" in text
 
 
+def test_a_flower_password_the_user_set_is_never_printed() -> None:
+    from dataclasses import replace
+
+    text = "\n".join(banner_lines(replace(BANNER, flower_password=None)))
+    assert "s3cret-pw" not in text
+    assert "user kat  password from FLOWER_BASIC_AUTH" in text
+
+
 def test_the_dashboard_shows_tasks_queues_processes_and_the_graph(sqlite_engine: Engine, tmp_path: Path) -> None:
     monitor = Monitor(sqlite_engine, NoBroker(), None)  # type: ignore[arg-type]
     monitor.first_objects = 80
