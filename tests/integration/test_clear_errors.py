@@ -79,6 +79,26 @@ def test_a_missing_sqlite_database_is_named_in_one_line_and_not_created(command:
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
+@pytest.mark.parametrize("role", [["worker", "-Q", "scheduler", "-c", "1"], ["beat"]], ids=["worker", "beat"])
+def test_a_celery_worker_or_beat_on_a_missing_database_stops_at_start_naming_it(
+    role: list[str], tmp_path: Path, redis_url: str
+) -> None:
+    path = tmp_path / "kat_scheduler.db"
+    env = environment(SCHEDULER_DB_URI=f"sqlite:///{path}", SCHEDULER_BROKER_URL=redis_url, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "kat_scheduler", *role],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"does not exist (no file {path}; expected revision {HEAD}): run `kat-scheduler db upgrade`" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
 def test_import_mula_on_a_missing_sqlite_database_says_to_upgrade_and_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "kat_scheduler.db"
     env = environment(SCHEDULER_DB_URI=f"sqlite:///{path}")
