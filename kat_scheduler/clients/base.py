@@ -30,6 +30,7 @@ from kat_scheduler.clients.errors import (
     ServiceUnavailable,
 )
 from kat_scheduler.models.health import ServiceHealth
+from kat_scheduler.settings import masked_url
 from kat_scheduler.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class HTTPService:
         self._request_count = 0
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.base_url}>"
+        return f"<{type(self).__name__} {masked_url(self.base_url)}>"
 
     # --- lifecycle ----------------------------------------------------------------------
 

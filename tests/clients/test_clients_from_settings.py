@@ -61,3 +61,11 @@ def test_the_password_stays_secret_in_the_client(kat, credentials):
 
     assert credentials[1] not in repr(vars(clients.bytes))
     clients.close()
+
+
+def test_a_client_never_shows_the_password_of_its_base_url() -> None:
+    from kat_scheduler.clients import OctopoesClient
+
+    client = OctopoesClient("http://kat:s3cret@127.0.0.1:1")
+    assert repr(client) == "<OctopoesClient http://kat:***@127.0.0.1:1>"
+    client.close()
