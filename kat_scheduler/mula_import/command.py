@@ -48,10 +48,13 @@ def mula_import_cmd(mula_db_uri: str, dry_run: bool, batch_size: int, since: dat
     except SettingsError as exc:
         click.echo(f"kat-scheduler: {exc}", err=True)
         sys.exit(2)
-    if not migrate.is_up_to_date(settings.db_uri):
-        click.echo(
-            "kat-scheduler: the database is not at the newest revision: run `kat-scheduler db upgrade`", err=True
-        )
+    try:
+        migrate.require_schema(settings.db_uri)
+    except migrate.DatabaseUnreachable as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
+        sys.exit(1)
+    except migrate.DatabaseNotReady as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
         sys.exit(2)
     if normalise_url(mula_db_uri) == normalise_url(settings.db_uri):
         click.echo("kat-scheduler: --mula-db-uri is SCHEDULER_DB_URI itself; give mula's database", err=True)
