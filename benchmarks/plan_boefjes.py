@@ -8,7 +8,10 @@ subprocess (one process: its peak RSS is the producer's). The tick is one
 ``kat.scheduler.plan_boefjes_for_org`` task for all organisations; its time runs from sending it
 to the last task row's ``published_at``. Then a warm tick (nothing new). The queued set is
 compared with the set the rules allow, computed independently from the world
-(``kat_scheduler.sim.oracle``). Prints figures; asserts nothing about time.
+(``kat_scheduler.sim.oracle``, with the scheduler's stall age): precision (the share of queued
+tasks the rules allow) and recall (the share of allowed tasks queued). The world's history holds
+runs that are still going in Bytes and runs that died, and cron runs due by cron inside the
+grace period. Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from kat_scheduler.celery_app import create_app
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
-from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.sim.oracle import allowed_boefje_tasks, unfinished_runs
 from kat_scheduler.storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +122,9 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
             tick_seconds = (last_publish - sent).total_seconds() if (queued and last_publish) else task_seconds
             if phase == "cold":
                 # The allowed set at the tick's own moment (grace periods expire as runs go by).
-                expected = allowed_boefje_tasks(world, datetime.fromisoformat(summary["now"]))
+                expected = allowed_boefje_tasks(
+                    world, datetime.fromisoformat(summary["now"]), stall_age_seconds=settings.effective_bytes_stall_age
+                )
             figures[phase] = {
                 "queued": queued,
                 "tick_s": tick_seconds,
@@ -139,6 +144,9 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
         figures["exact"] = queued_set == expected and len(rows) == len(expected)
         figures["missing"] = len(expected - queued_set)
         figures["extra"] = len(queued_set - expected)
+        right = len(queued_set & expected)
+        figures["precision"] = right / len(rows) if rows else 1.0
+        figures["recall"] = right / len(expected) if expected else 1.0
         figures["broker_depth"] = depth
         figures["rss_mb"] = peak_rss_mb(worker.pid)
         return figures
@@ -174,7 +182,12 @@ def main() -> None:
 
     gc.freeze()
     with SimulatedKAT(world).start() as kat:
-        print(f"the rules allow {len(allowed_boefje_tasks(world, datetime.now(UTC)))} tasks now")
+        stall_age = load_settings().effective_bytes_stall_age
+        counts = unfinished_runs(world, datetime.now(UTC), stall_age)
+        print(
+            f"the rules allow {len(allowed_boefje_tasks(world, datetime.now(UTC), stall_age_seconds=stall_age))} "
+            f"tasks now; newest Bytes runs without an end: {counts['running']} running, {counts['stalled']} stalled"
+        )
         runs = []
         for n in range(args.runs):
             figures = run_once(world, kat, args)
@@ -186,7 +199,8 @@ def main() -> None:
                 f"requests {cold['requests']} = {req / max(cold['queued'], 1):.4f}/task; "
                 f"warm {warm['queued']} new in {warm['task_s']:.2f} s, requests {warm['requests']}; "
                 f"peak RSS {figures['rss_mb']:.0f} MB; exact set: {figures['exact']} "
-                f"(missing {figures['missing']}, extra {figures['extra']}); on broker: {figures['broker_depth']}"
+                f"(missing {figures['missing']}, extra {figures['extra']}; precision {figures['precision']:.4f}, "
+                f"recall {figures['recall']:.4f}); on broker: {figures['broker_depth']}"
             )
             print(f"  phases (s): cold {cold['timings']}, warm {warm['timings']}")
             if cold["errors"] or warm["errors"]:
@@ -198,7 +212,9 @@ def main() -> None:
         f"{statistics.median(per_task):.4f} HTTP requests per queued task, "
         f"peak RSS {statistics.median(r['rss_mb'] for r in runs):.0f} MB, "
         f"warm tick {statistics.median(r['warm']['task_s'] for r in runs):.2f} s, "
-        f"exact in {sum(r['exact'] for r in runs)}/{len(runs)} runs"
+        f"exact in {sum(r['exact'] for r in runs)}/{len(runs)} runs, "
+        f"precision {statistics.median(r['precision'] for r in runs):.4f}, "
+        f"recall {statistics.median(r['recall'] for r in runs):.4f}"
     )
 
 
