@@ -53,10 +53,21 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Revision to upgrade to.")
 def db_upgrade(revision: str) -> None:
     """Bring the database to the newest schema (safe to run on every deploy)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kat_scheduler.settings import masked_url
     from kat_scheduler.storage import migrate
 
     settings = _settings_or_exit()
-    migrate.upgrade(settings.db_uri, revision)
+    try:
+        migrate.upgrade(settings.db_uri, revision)
+    except migrate.DatabaseNotReady as exc:
+        click.echo(f"kat-scheduler: {exc}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"kat-scheduler: cannot migrate the database {masked_url(settings.db_uri)}: {reason}", err=True)
+        sys.exit(1)
     click.echo(f"database at revision {migrate.current_revision(settings.db_uri)}")
 
 

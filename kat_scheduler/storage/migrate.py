@@ -52,7 +52,22 @@ def alembic_config(db_uri: str) -> Config:
     return config
 
 
+class BrokenInstall(DatabaseNotReady):
+    """This installation of kat_scheduler has no migration scripts."""
+
+
+def _require_scripts() -> str:
+    head = _scripts().get_current_head()
+    if head is None:
+        raise BrokenInstall(
+            f"this kat-scheduler has no migration scripts in {MIGRATIONS / 'versions'}: "
+            "its installation is incomplete; reinstall the package"
+        )
+    return head
+
+
 def upgrade(db_uri: str, revision: str = "head") -> None:
+    _require_scripts()
     command.upgrade(alembic_config(db_uri), revision)
 
 
@@ -101,7 +116,7 @@ def require_schema(db_uri: str) -> str | None:
     opened (opening would create it).
     """
     shown = masked_url(db_uri)
-    head = head_revision()
+    head = _require_scripts()
     missing = missing_sqlite_file(db_uri)
     if missing is not None:
         raise SchemaNotReady(

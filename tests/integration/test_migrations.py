@@ -96,3 +96,20 @@ def old_task_row(**columns: object) -> dict[str, object]:
         "attempts": 0,
         **columns,
     }
+
+
+def test_an_install_without_its_migration_scripts_is_named_as_broken_and_migrates_nothing(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    incomplete = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS, incomplete, ignore=shutil.ignore_patterns("versions"))
+    (incomplete / "versions").mkdir()
+    monkeypatch.setattr(migrate, "MIGRATIONS", incomplete)
+    database = tmp_path / "kat_scheduler.db"
+    database.touch()
+    for attempt in (migrate.upgrade, migrate.require_schema):
+        with pytest.raises(migrate.BrokenInstall, match=r"no migration scripts .* reinstall the package"):
+            attempt(f"sqlite:///{database}")
+    assert database.stat().st_size == 0
