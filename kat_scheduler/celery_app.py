@@ -11,7 +11,7 @@ from celery import Celery
 from celery.signals import beat_init, worker_init
 
 from kat_scheduler.config import celery_config
-from kat_scheduler.settings import Settings, get_settings
+from kat_scheduler.settings import Settings, SettingsError, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,17 @@ def create_app(settings: Settings | None = None, *, main: str = "kat_scheduler",
     else:
         celery.config_from_object(os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"))
     if tasks:
-        require_schema_at_start(celery, (settings or get_settings()).db_uri)
+        require_schema_at_start(celery, (settings or _settings_or_exit()).db_uri)
     return celery
+
+
+def _settings_or_exit() -> Settings:
+    """The process's settings; invalid ones stop ``celery -A kat_scheduler …`` in one line, not a traceback."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"kat-scheduler: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def require_schema_at_start(celery: Celery, db_uri: str) -> None:

@@ -99,6 +99,25 @@ def test_a_celery_worker_or_beat_on_a_missing_database_stops_at_start_naming_it(
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
+@pytest.mark.parametrize("role", [["worker", "-Q", "scheduler"], ["beat"]], ids=["worker", "beat"])
+def test_a_celery_worker_or_beat_with_an_invalid_setting_names_it_in_one_line(role: list[str], tmp_path: Path) -> None:
+    env = environment(SCHEDULER_BATCH_SIZE="abc", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "kat_scheduler", *role],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "kat-scheduler: invalid settings:",
+        "  SCHEDULER_BATCH_SIZE: Input should be a valid integer, unable to parse string as an integer",
+    ]
+
+
 def test_import_mula_on_a_missing_sqlite_database_says_to_upgrade_and_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "kat_scheduler.db"
     env = environment(SCHEDULER_DB_URI=f"sqlite:///{path}")
