@@ -79,15 +79,7 @@ def boefje_facts(
     stall_age: timedelta,
 ) -> PairFacts:
     """The facts of a pair of ``boefje`` (its ``interval`` and ``cron``) and an object."""
-    return PairFacts(
-        now=now,
-        last_ended=last_ended,
-        bytes_run=bytes_run,
-        interval=boefje.interval,
-        cron=boefje.cron,
-        default_grace=default_grace,
-        stall_age=stall_age,
-    )
+    return PairFacts(now, last_ended, bytes_run, boefje.interval, boefje.cron, default_grace, stall_age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +97,11 @@ class Decision:
     last_ended: datetime | None = None
 
 
+#: The decisions that depend on nothing but their reason (the tick makes many of them).
+_NEVER_RUN = Decision(True, DueReason.NEVER_RUN)
+_STALLED = Decision(True, DueReason.STALLED)
+
+
 def is_due(facts: PairFacts) -> Decision:
     """Whether the pair of ``facts`` may run at ``facts.now``; see the module for the rule."""
     now = facts.now
@@ -120,7 +117,7 @@ def is_due(facts: PairFacts) -> Decision:
                 return Decision(False, NotDueReason.RUNNING, run.started_at + facts.stall_age, last)
             stalled = True
     if last is None:
-        return Decision(True, DueReason.STALLED if stalled else DueReason.NEVER_RUN)
+        return _STALLED if stalled else _NEVER_RUN
     if facts.cron:
         if last < last_cron(facts.cron, now):
             return Decision(True, DueReason.STALLED if stalled else DueReason.CRON_PASSED, None, last)
