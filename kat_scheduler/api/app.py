@@ -1,0 +1,47 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from kat_scheduler.api import health, schedulers, tasks
+from kat_scheduler.api.context import ApiContext
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.task_views import TaskViews
+from kat_scheduler.version import __version__
+
+#: Database connections per API process (FastAPI runs each request on a worker thread).
+POOL_SIZE = 10
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """The API on ``settings``' database (or on ``engine``, which the caller then owns and disposes)."""
+    own_engine = engine is None
+    db = engine if engine is not None else make_engine(settings.db_uri, pool_size=POOL_SIZE)
+    ctx = ApiContext(settings=settings, engine=db, tasks=TaskViews(db))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            ctx.close()
+            if own_engine:
+                db.dispose()
+
+    app = FastAPI(
+        title="kat_scheduler",
+        version=__version__,
+        description="OpenKAT's scheduler API (mula-compatible): health, metrics, schedulers and tasks.",
+        lifespan=lifespan,
+    )
+    app.state.context = ctx
+    app.include_router(health.router)
+    app.include_router(schedulers.router)
+    app.include_router(tasks.router)
+    return app

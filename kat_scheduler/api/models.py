@@ -1,0 +1,113 @@
+"""The API's models on the wire, shaped exactly as mula's clients read them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.tables import TaskRow
+
+#: The ``item_type`` each scheduler reports.
+ITEM_TYPES: dict[SchedulerId, str] = {
+    SchedulerId.BOEFJE: "BoefjeTask",
+    SchedulerId.NORMALIZER: "NormalizerTask",
+    SchedulerId.REPORT: "ReportTask",
+}
+
+
+class Task(BaseModel):
+    """A task as ``GET /tasks/{id}`` answers it; ``data`` is the BoefjeTask, NormalizerTask or ReportTask."""
+
+    id: uuid.UUID
+    scheduler_id: SchedulerId
+    schedule_id: uuid.UUID | None = None
+    organisation: str
+    priority: int = Field(description="Lower runs sooner (within the task's band).")
+    status: TaskStatus
+    type: str
+    hash: str
+    data: dict[str, Any]
+    created_at: datetime
+    modified_at: datetime
+
+    @classmethod
+    def of(cls, row: TaskRow) -> Task:
+        data = dict(row.data)
+        boefje = data.get("boefje")
+        if isinstance(boefje, dict) and "oci_image" not in boefje:
+            # Boefje workers filter on data.boefje.oci_image: the key is always there.
+            data["boefje"] = {**boefje, "oci_image": None}
+        return cls(
+            id=row.id,
+            scheduler_id=row.scheduler_id,
+            schedule_id=row.schedule_id,
+            organisation=row.organisation,
+            priority=row.priority,
+            status=row.status,
+            type=row.type,
+            hash=row.hash,
+            data=data,
+            created_at=row.created_at,
+            modified_at=row.modified_at,
+        )
+
+
+class TaskPatch(BaseModel):
+    """The body of ``PATCH /tasks/{id}``: any Task field; only ``status`` may differ from the task."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: uuid.UUID | None = None
+    scheduler_id: str | None = None
+    schedule_id: uuid.UUID | None = None
+    organisation: str | None = None
+    priority: int | None = None
+    status: TaskStatus | None = None
+    type: str | None = None
+    hash: str | None = None
+    data: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+class TaskPage(BaseModel):
+    """The paginated envelope of task listings."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[Task]
+    is_partial_count: bool | None = Field(
+        None, description="Only with allow_partial_count=true: whether the count stopped at its bound."
+    )
+
+
+class Scheduler(BaseModel):
+    id: SchedulerId
+    type: str
+    item_type: str
+    qsize: int = Field(description="Tasks of this scheduler that are queued.")
+    last_activity: datetime | None = Field(description="When a task of this scheduler last changed.")
+
+
+class Health(BaseModel):
+    service: str = "scheduler"
+    healthy: bool = True
+    version: str
+    additional: Any = None
+    results: list[Any] = Field(default_factory=list)
+    externals: dict[str, bool] = Field(default_factory=dict)
+
+
+class Problem(BaseModel):
+    """Every error body."""
+
+    detail: Any
+
+
+#: Each status's count in an hour of ``GET /tasks/stats``, and ``total``.
+StatusCounts = dict[str, int]

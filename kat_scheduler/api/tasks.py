@@ -1,0 +1,151 @@
+"""``/tasks``: listing with bounded counts, one task, its status over HTTP, hourly stats."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from kat_scheduler.api.context import ApiContext, context
+from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
+from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.task_views import TaskNotFound, TaskQuery, TransitionRefused
+
+router = APIRouter(tags=["tasks"])
+
+#: The most tasks one page may hold.
+MAX_LIMIT = 500
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No task has this id"}}
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A date or datetime from the query; without a zone it is UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _page_url(request: Request, offset: int, limit: int) -> str:
+    return str(request.url.include_query_params(offset=offset, limit=limit))
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    response_model_exclude_none=False,
+    summary="Tasks, newest first, paginated (limit=0: only the count)",
+    responses={400: {"model": Problem, "description": "Contradicting query parameters"}},
+)
+def list_tasks(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    scheduler_id: SchedulerId | None = None,
+    organisation: Annotated[list[str] | None, Query(description="One organisation code, or repeated.")] = None,
+    task_type: Annotated[str | None, Query(description="The task's type: boefje, normalizer or report.")] = None,
+    type_: Annotated[str | None, Query(alias="type", description="Older name of task_type.")] = None,
+    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    input_ooi: Annotated[str | None, Query(description="Only tasks on this object (Rocky's search).")] = None,
+    plugin_id: Annotated[str | None, Query(description="Only tasks of this boefje or normalizer.")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 10,
+    min_created_at: Annotated[datetime | None, Query(description="ISO datetime or date (YYYY-MM-DD), UTC.")] = None,
+    max_created_at: Annotated[datetime | None, Query(description="ISO datetime or date (YYYY-MM-DD), UTC.")] = None,
+    max_pages: Annotated[int, Query(ge=1, le=20, description="Pages a bounded count covers.")] = 6,
+    allow_partial_count: Annotated[
+        bool, Query(description="Count at most offset + max_pages * limit + 1 tasks (is_partial_count says so).")
+    ] = False,
+) -> JSONResponse:
+    low, high = _utc(min_created_at), _utc(max_created_at)
+    if low is not None and high is not None and low > high:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "min_created_at must be less than max_created_at")
+    if task_type is not None and type_ is not None and task_type != type_:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "task_type and type contradict each other")
+    query = TaskQuery(
+        scheduler_id=scheduler_id,
+        organisations=tuple(organisation or ()),
+        task_type=task_type or type_,
+        status=status_,
+        input_ooi=input_ooi,
+        plugin_id=plugin_id,
+        min_created_at=low,
+        max_created_at=high,
+    )
+    cap = offset + max_pages * limit + 1 if allow_partial_count else None
+    found = ctx.tasks.page(query, offset=offset, limit=limit, count_cap=cap)
+    page = TaskPage(
+        count=found.count,
+        next=_page_url(request, offset + limit, limit) if limit and offset + limit < found.count else None,
+        previous=_page_url(request, max(offset - limit, 0), limit) if limit and offset > 0 else None,
+        results=[Task.of(row) for row in found.rows],
+        is_partial_count=found.partial if allow_partial_count else None,
+    )
+    body = page.model_dump(mode="json", exclude={"is_partial_count"} if not allow_partial_count else set())
+    return JSONResponse(body)
+
+
+@router.get(
+    "/tasks/stats",
+    response_model=dict[str, StatusCounts],
+    summary="Tasks per hour of the last 24 h (by modified_at) and status, with a total",
+)
+def task_stats(
+    ctx: Annotated[ApiContext, Depends(context)],
+    scheduler_id: SchedulerId | None = None,
+    organisation_id: Annotated[list[str] | None, Query(description="An organisation, or repeated.")] = None,
+    organisation_ids: Annotated[list[str] | None, Query(description="Organisations (repeated).")] = None,
+) -> dict[str, StatusCounts]:
+    organisations = tuple(dict.fromkeys([*(organisation_id or ()), *(organisation_ids or ())]))
+    buckets = ctx.tasks.hourly_status_counts(scheduler_id=scheduler_id, organisations=organisations)
+    stats: dict[str, StatusCounts] = {}
+    for hour, counts in buckets.items():
+        bucket = {s.value: counts.get(s, 0) for s in TaskStatus}
+        bucket["total"] = sum(counts.values())
+        stats[hour.isoformat()] = bucket
+    return stats
+
+
+@router.get("/tasks/{task_id}", response_model=Task, summary="One task", responses=NOT_FOUND)
+def get_task(task_id: uuid.UUID, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+    row = ctx.tasks.get(task_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
+    return Task.of(row)
+
+
+@router.patch(
+    "/tasks/{task_id}",
+    response_model=Task,
+    summary="Move a task through its lifecycle (status), as the workers do",
+    responses={
+        **NOT_FOUND,
+        400: {"model": Problem, "description": "Empty body, a field other than status, or a refused transition"},
+    },
+)
+def patch_task(task_id: uuid.UUID, item: TaskPatch, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+    patch = item.model_dump(exclude_unset=True)
+    if not patch:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "no data to patch")
+    row = ctx.tasks.get(task_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
+    current = Task.of(row).model_dump()
+    changed = sorted(name for name, value in patch.items() if name != "status" and value != current[name])
+    if changed:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"only status can be patched; these fields differ from the task: {changed}"
+        )
+    wanted = patch.get("status")
+    if wanted is None:
+        if "status" in patch:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "status cannot be null")
+        return Task.of(row)
+    try:
+        moved = ctx.tasks.move(task_id, TaskStatus(wanted))
+    except TaskNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}") from None
+    except TransitionRefused as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    return Task.of(moved)

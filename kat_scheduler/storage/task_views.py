@@ -1,0 +1,247 @@
+"""What the HTTP API reads and changes in ``tasks``: listings with bounded counts, hourly status
+counts, queue sizes, and the lifecycle transitions a client may ask for.
+
+Route handlers hold no SQL: every statement the API runs is here (or in :mod:`.tasks`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Select, func, literal_column, select, union_all, update
+from sqlalchemy.orm import Session
+
+from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
+
+_TASKS = table_of(TaskRow)
+
+#: Which statuses a task may be moved to over HTTP, and from which: the workers' own lifecycle
+#: (``TaskStore.mark_dispatched``, ``start``, ``finish``, ``requeue``, ``cancel`` and the
+#: worker's ``fail_for_good``). A runner may hand a task back (``dispatched|running → queued``).
+#: Nothing leaves ``completed``, ``failed`` or ``cancelled``, and nothing goes back to ``pending``.
+PATCH_TRANSITIONS: dict[TaskStatus, tuple[TaskStatus, ...]] = {
+    TaskStatus.DISPATCHED: (TaskStatus.QUEUED,),
+    TaskStatus.RUNNING: (TaskStatus.QUEUED, TaskStatus.DISPATCHED),
+    TaskStatus.COMPLETED: (TaskStatus.DISPATCHED, TaskStatus.RUNNING),
+    TaskStatus.FAILED: (TaskStatus.QUEUED, TaskStatus.DISPATCHED, TaskStatus.RUNNING),
+    TaskStatus.QUEUED: (TaskStatus.DISPATCHED, TaskStatus.RUNNING),
+    TaskStatus.CANCELLED: (TaskStatus.QUEUED, TaskStatus.DISPATCHED),
+}
+
+
+class TaskNotFound(LookupError):
+    """No task has this id."""
+
+
+class TransitionRefused(ValueError):
+    """The task's status may not become the status asked for; nothing was changed."""
+
+    def __init__(self, task_id: uuid.UUID, current: TaskStatus, wanted: TaskStatus) -> None:
+        allowed = [s.value for s, sources in PATCH_TRANSITIONS.items() if current in sources]
+        options = ", ".join(allowed) if allowed else "nothing: it is final"
+        super().__init__(
+            f"task {task_id} is {current.value} and cannot become {wanted.value} (it can become {options})"
+        )
+        self.current = current
+        self.wanted = wanted
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """Which tasks a listing covers; every field narrows it (empty: no condition)."""
+
+    scheduler_id: SchedulerId | None = None
+    organisations: Sequence[str] = ()
+    task_type: str | None = None
+    status: TaskStatus | None = None
+    input_ooi: str | None = None
+    plugin_id: str | None = None
+    min_created_at: datetime | None = None
+    max_created_at: datetime | None = None
+    #: Further conditions on ``tasks`` (the filter language of ``POST /tasks``).
+    where: Sequence[ColumnElement[bool]] = field(default_factory=tuple)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        col = _TASKS.c
+        found: list[ColumnElement[bool]] = list(self.where)
+        if self.scheduler_id is not None:
+            found.append(col.scheduler_id == self.scheduler_id)
+        if len(self.organisations) == 1:
+            found.append(col.organisation == self.organisations[0])
+        elif self.organisations:
+            found.append(col.organisation.in_(list(self.organisations)))
+        if self.task_type is not None:
+            found.append(col.type == self.task_type)
+        if self.status is not None:
+            found.append(col.status == self.status)
+        if self.input_ooi is not None:
+            found.append(col.input_ooi == self.input_ooi)
+        if self.plugin_id is not None:
+            found.append(col.plugin_id == self.plugin_id)
+        if self.min_created_at is not None:
+            found.append(col.created_at >= self.min_created_at)
+        if self.max_created_at is not None:
+            found.append(col.created_at <= self.max_created_at)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    rows: list[TaskRow]
+    #: How many tasks match; with a cap, at most the cap.
+    count: int
+    #: The count stopped at the cap: there are at least ``count`` tasks.
+    partial: bool = False
+
+
+class TaskViews:
+    """The API's reads of ``tasks`` and its status changes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, task_id: uuid.UUID) -> TaskRow | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(TaskRow, task_id)
+
+    def page(self, query: TaskQuery, *, offset: int, limit: int, count_cap: int | None = None) -> TaskPage:
+        """Tasks matching ``query``, newest ``created_at`` first, and their count.
+
+        ``limit`` 0 counts only. With ``count_cap``, the count reads at most that many rows (a
+        listing of millions needs no exact total to show its first pages) and says when it stopped.
+        """
+        conditions = query.conditions()
+        matching: Select[Any] = select(_TASKS.c.id).where(*conditions)
+        with Session(self.engine, expire_on_commit=False) as session:
+            if count_cap is None:
+                count = session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+                partial = False
+            else:
+                bounded = matching.limit(count_cap).subquery()
+                count = session.execute(select(func.count()).select_from(bounded)).scalar_one()
+                partial = count >= count_cap
+            rows: list[TaskRow] = []
+            if limit > 0:
+                stmt = (
+                    select(TaskRow)
+                    .where(*conditions)
+                    .order_by(TaskRow.created_at.desc(), TaskRow.id)
+                    .offset(offset)
+                    .limit(limit)
+                )
+                rows = list(session.execute(stmt).scalars())
+        return TaskPage(rows, count, partial)
+
+    def hourly_status_counts(
+        self,
+        *,
+        scheduler_id: SchedulerId | None = None,
+        organisations: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> dict[datetime, dict[TaskStatus, int]]:
+        """Tasks modified in the 24 hours before ``now``, counted per hour (of ``modified_at``) and status.
+
+        Only hours with tasks appear; each hour is its start, in UTC.
+        """
+        now = now or utcnow()
+        col = _TASKS.c
+        hour = _hour_of(self.engine, col.modified_at)
+        stmt = (
+            select(hour.label("hour"), col.status, func.count())
+            .where(col.modified_at >= now - timedelta(hours=24), col.modified_at <= now)
+            .group_by(hour, col.status)
+        )
+        if scheduler_id is not None:
+            stmt = stmt.where(col.scheduler_id == scheduler_id)
+        if organisations:
+            stmt = stmt.where(col.organisation.in_(list(organisations)))
+        buckets: dict[datetime, dict[TaskStatus, int]] = {}
+        with self.engine.connect() as conn:
+            for start, status, count in conn.execute(stmt):
+                bucket = buckets.setdefault(_as_utc_hour(start), {})
+                bucket[TaskStatus(status)] = bucket.get(TaskStatus(status), 0) + count
+        return dict(sorted(buckets.items()))
+
+    def queued_count(self, scheduler_id: SchedulerId) -> int:
+        """Tasks of ``scheduler_id`` waiting to be run (``queued``)."""
+        col = _TASKS.c
+        stmt = select(func.count()).where(col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def last_activity(self, scheduler_id: SchedulerId) -> datetime | None:
+        """When a task of ``scheduler_id`` last changed (one index probe per status)."""
+        col = _TASKS.c
+        per_status = [
+            select(func.max(col.modified_at).label("m")).where(col.status == status, col.scheduler_id == scheduler_id)
+            for status in TaskStatus
+        ]
+        latest = union_all(*per_status).subquery()
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(latest.c.m))).scalar_one_or_none()
+        return _as_utc(value)
+
+    def counts(self) -> dict[tuple[SchedulerId, TaskStatus], int]:
+        """Tasks per scheduler and status (every pair, zeros included)."""
+        col = _TASKS.c
+        stmt = select(col.scheduler_id, col.status, func.count()).group_by(col.scheduler_id, col.status)
+        with self.engine.connect() as conn:
+            found = {(SchedulerId(s), TaskStatus(t)): int(n) for s, t, n in conn.execute(stmt)}
+        return {(s, t): found.get((s, t), 0) for s in SchedulerId for t in TaskStatus}
+
+    def move(self, task_id: uuid.UUID, to_status: TaskStatus, now: datetime | None = None) -> TaskRow:
+        """Move a task to ``to_status`` as the workers would; the row as it is afterwards.
+
+        Asking for the status the task has already changes nothing. Raises :class:`TaskNotFound`,
+        or :class:`TransitionRefused` (nothing changed) for a move the lifecycle does not allow.
+        """
+        now = now or utcnow()
+        values: dict[str, Any] = {"status": to_status, "modified_at": now}
+        if to_status is TaskStatus.RUNNING:
+            values.update(started_at=now, attempts=TaskRow.attempts + 1)
+        elif to_status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+            values["ended_at"] = now
+        sources = PATCH_TRANSITIONS.get(to_status, ())
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if sources:
+                stmt = (
+                    update(TaskRow)
+                    .where(TaskRow.id == task_id, TaskRow.status.in_(list(sources)))
+                    .values(**values)
+                    .returning(TaskRow)
+                )
+                moved = session.execute(stmt).scalar_one_or_none()
+                if moved is not None:
+                    return moved
+            current = session.get(TaskRow, task_id)
+        if current is None:
+            raise TaskNotFound(str(task_id))
+        if current.status == to_status:
+            return current
+        raise TransitionRefused(task_id, current.status, to_status)
+
+
+def _hour_of(engine: Engine, column: Any) -> ColumnElement[Any]:
+    if engine.dialect.name == "postgresql":
+        return func.date_trunc("hour", column)
+    # SQLite stores UTC as "YYYY-MM-DD HH:MM:SS.ffffff"; the hour is its first 13 characters.
+    return func.substr(column, 1, 13).op("||")(literal_column("':00:00'"))
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _as_utc_hour(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    result = _as_utc(value)
+    assert result is not None
+    return result.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
