@@ -5,7 +5,9 @@ every type those boefjes consume (scan levels from the lowest clearance any of t
 then per page of objects: the static rules (pure), one query for pairs that already have a
 schedule, one for live tasks, one for our own history, and, only for pairs our history does not
 cover, Bytes' history of that boefje in bulk (once per organisation and boefje, newest first,
-only as far back as the grace period). Candidates are ranked and capped per organisation.
+only as far back as the grace period or the stall age; the newest run per object, ended or not).
+Whether a pair is due is :func:`kat_scheduler.rules.is_due`'s, here as on every other path (due
+schedules, events). Candidates are ranked and capped per organisation.
 
 ``plan_threads`` organisations are planned at once, so one computes while others wait for a KAT
 service or the database; each organisation's candidates are claimed on a background thread as
