@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 )
 def mula_import_cmd(mula_db_uri: str, dry_run: bool, batch_size: int, since: datetime | None) -> None:
     """Import mula's schedules and finished task history (grace periods) into SCHEDULER_DB_URI."""
-    from kat_scheduler.settings import SettingsError, get_settings
+    from kat_scheduler.settings import SettingsError, load_settings
     from kat_scheduler.storage import migrate
     from kat_scheduler.storage.db import make_engine, normalise_url
 
     try:
-        settings = get_settings()
+        settings = load_settings()  # not the cached process settings: a command reads its environment now
     except SettingsError as exc:
         click.echo(f"kat-scheduler: {exc}", err=True)
         sys.exit(2)

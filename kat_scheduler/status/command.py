@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from kat_scheduler.settings import Settings, SettingsError, get_settings
+from kat_scheduler.settings import Settings, SettingsError, load_settings
 from kat_scheduler.status.collect import EXAMPLES, collect_status
 from kat_scheduler.status.render import render_table
 
@@ -35,7 +35,7 @@ def status_cmd(ctx: click.Context, as_json: bool, examples: int, no_broker: bool
     settings = ctx.obj if isinstance(ctx.obj, Settings) else None
     if settings is None:
         try:
-            settings = get_settings()
+            settings = load_settings()  # not the cached process settings: a command reads its environment now
         except SettingsError as exc:
             click.echo(f"kat-scheduler: {exc}", err=True)
             sys.exit(2)
