@@ -221,6 +221,25 @@ def listen() -> None:
         runtime.close()
 
 
+@main.command("api")
+@click.option("--host", default=None, help="Address to listen on. Default: SCHEDULER_API_HOST.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port. Default: SCHEDULER_API_PORT.")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API OpenKAT's components speak (mula-compatible; the OpenAPI page is /docs)."""
+    import uvicorn
+
+    from kat_scheduler.api import create_app
+
+    settings = _settings_or_exit()
+    _schema_or_exit(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=settings.api_port if port is None else port,
+        log_level=settings.log_level.lower(),
+    )
+
+
 @main.command("heartbeat")
 @click.option("--max-age", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds.")
 @click.option("--file", "path", default=None, help="The heartbeat file. Default: SCHEDULER_HEARTBEAT_FILE.")

@@ -292,6 +292,20 @@ class Settings(BaseSettings):
         ),
     )
 
+    api_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the HTTP API (`kat-scheduler api`, mula-compatible) listens on; `0.0.0.0` for "
+            "every interface (in a container)."
+        ),
+    )
+    api_port: int = Field(
+        8004,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP API (`kat-scheduler api`; in `kat-scheduler run` 0 means a free one).",
+    )
+
     # --- The all-in-one run (`kat-scheduler run`) ---------------------------------------
     run_dir: str = Field(
         ".kat-scheduler",

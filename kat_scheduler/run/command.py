@@ -74,19 +74,27 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _flower_port(settings: Settings) -> int:
-    if settings.flower_port == 0:
-        return free_port(settings.flower_address)
-    if _port_free(settings.flower_address, settings.flower_port):
-        return settings.flower_port
-    if "flower_port" in settings.model_fields_set:
-        raise StartupError(
-            f"{env_name('flower_port')}={settings.flower_port} is in use on {settings.flower_address}; "
-            "choose another port (0 picks a free one)"
-        )
-    port = free_port(settings.flower_address)
-    logger.warning("port %s is in use; Flower listens on %s instead", settings.flower_port, port)
+def _listen_port(settings: Settings, field: str, host: str, what: str) -> int:
+    """The port ``what`` listens on: the setting ``field``'s, or a free one when it is 0 or (unless
+    set explicitly) in use."""
+    wanted: int = getattr(settings, field)
+    if wanted == 0:
+        return free_port(host)
+    if _port_free(host, wanted):
+        return wanted
+    if field in settings.model_fields_set:
+        raise StartupError(f"{env_name(field)}={wanted} is in use on {host}; choose another port (0 picks a free one)")
+    port = free_port(host)
+    logger.warning("port %s is in use; %s listens on %s instead", wanted, what, port)
     return port
+
+
+def _flower_port(settings: Settings) -> int:
+    return _listen_port(settings, "flower_port", settings.flower_address, "Flower")
+
+
+def _api_port(settings: Settings) -> int:
+    return _listen_port(settings, "api_port", settings.api_host, "the HTTP API")
 
 
 def _flower_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -186,6 +194,7 @@ class Run:
         supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
         user, password, generated = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
+        api_port = _api_port(self.settings)
         sim_ports = None
         if self.mode is RunMode.EMBEDDED:
             state = self.run_dir / "embedded"
@@ -224,6 +233,7 @@ class Run:
             sim_ports=sim_ports,
             world=self.world,
             sim_env=overlay,
+            api_port=api_port,
         )
         for spec in specs:
             if self.stopping.is_set():
@@ -243,6 +253,7 @@ class Run:
             str(self.log_dir),
             services,
             status_command(overlay),
+            api_url=f"http://{self.settings.api_host}:{api_port}",
         )
         self.monitor = self._make_monitor()
         self.started_at = time.monotonic()  # --duration counts from here, not from the launch

@@ -35,6 +35,8 @@ class Banner:
     services: dict[str, str]
     #: The shell command that shows this run's ``kat-scheduler status`` while it runs.
     status: str = ""
+    #: Where the HTTP API answers (``None``: not started).
+    api_url: str | None = None
 
 
 def banner_lines(banner: Banner) -> list[str]:
@@ -44,6 +46,8 @@ def banner_lines(banner: Banner) -> list[str]:
     if banner.flower_url:
         password = banner.flower_password or "from FLOWER_BASIC_AUTH"
         lines.append(f"  flower     {banner.flower_url}  user {banner.flower_user}  password {password}")
+    if banner.api_url:
+        lines.append(f"  api        {banner.api_url}  (OpenAPI page: {banner.api_url}/docs)")
     lines.append(f"  logs       {banner.log_dir}")
     if banner.status:
         lines.append(f"  status     {banner.status}")

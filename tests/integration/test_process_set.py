@@ -40,7 +40,7 @@ def compose() -> dict[str, Any]:
 
 def test_the_procfile_names_only_commands_that_exist() -> None:
     entries = procfile()
-    assert {"beat", "scheduler", "boefjes", "normalizers", "listener", "flower"} <= set(entries)
+    assert {"beat", "scheduler", "boefjes", "normalizers", "listener", "flower", "api"} <= set(entries)
     for name, command in entries.items():
         assert command_problems(shlex.split(command)) == [], name
 
@@ -56,6 +56,7 @@ def test_the_compose_file_names_only_commands_that_exist_and_guards_flower() -> 
         "normalizer-worker",
         "listener",
         "flower",
+        "api",
     }
     for name, service in ours.items():
         assert command_problems(service["command"]) == [], name
@@ -64,8 +65,11 @@ def test_the_compose_file_names_only_commands_that_exist_and_guards_flower() -> 
             assert command_problems(health[1:]) == [], f"{name}'s health check"
         if name != "migrate":
             assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
-    for name in ("beat", "scheduler-worker", "boefje-worker", "normalizer-worker", "listener", "flower"):
+    for name in ("beat", "scheduler-worker", "boefje-worker", "normalizer-worker", "listener", "flower", "api"):
         assert "healthcheck" in ours[name], f"{name} has no health check"
+    api_port = ours["api"]["environment"]["SCHEDULER_API_PORT"]
+    assert f"http://127.0.0.1:{api_port}/health" in ours["api"]["healthcheck"]["test"][-1]
+    assert ours["api"]["environment"]["SCHEDULER_API_HOST"] == "0.0.0.0", "the API must be reachable from outside"
     for name in ("beat", "listener"):
         assert ours[name]["environment"]["SCHEDULER_HEARTBEAT_FILE"], f"{name}'s heartbeat check needs its file"
     for worker, queue in (("scheduler-worker", "scheduler"), ("boefje-worker", "boefjes")):
@@ -87,10 +91,21 @@ def test_flower_refuses_to_start_without_credentials() -> None:
     assert "FLOWER_BASIC_AUTH" in result.stderr
 
 
+def api_answers(port: int) -> bool:
+    """The Procfile's API serves the database's schedulers."""
+    import requests
+
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/schedulers", timeout=5)
+    except requests.RequestException:
+        return False
+    return answer.ok and [s["id"] for s in answer.json()] == ["boefje", "normalizer", "report"]
+
+
 def test_honcho_starts_the_whole_process_set_and_stops_it(
     private_postgres_uri: str, redis_url: str, amqp_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, api_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "FLOWER_", "QUEUE_URI"))},
         "SCHEDULER_DB_URI": private_postgres_uri,
@@ -98,6 +113,7 @@ def test_honcho_starts_the_whole_process_set_and_stops_it(
         "QUEUE_URI": amqp_url,
         "FLOWER_BASIC_AUTH": "ops:secret",
         "FLOWER_PORT": str(port),
+        "SCHEDULER_API_PORT": str(api_port),
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",
     }
@@ -129,7 +145,7 @@ def test_honcho_starts_the_whole_process_set_and_stops_it(
                         workers = answer.json() if answer.ok else {}
                     except (requests.RequestException, ValueError):
                         workers = {}
-                    if {name.split("@")[0] for name in workers} >= {q.value for q in Queue}:
+                    if {name.split("@")[0] for name in workers} >= {q.value for q in Queue} and api_answers(api_port):
                         ready = True
                         break
                 time.sleep(1)
