@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
 from kat_scheduler.storage.task_views import TaskNotFound, TaskQuery, TransitionRefused
 
 router = APIRouter(tags=["tasks"])
@@ -32,16 +34,18 @@ def _page_url(request: Request, offset: int, limit: int) -> str:
     return str(request.url.include_query_params(offset=offset, limit=limit))
 
 
-@router.get(
-    "/tasks",
-    response_model=TaskPage,
-    response_model_exclude_none=False,
-    summary="Tasks, newest first, paginated (limit=0: only the count)",
-    responses={400: {"model": Problem, "description": "Contradicting query parameters"}},
-)
-def list_tasks(
-    request: Request,
-    ctx: Annotated[ApiContext, Depends(context)],
+@dataclass(frozen=True)
+class Listing:
+    """The query parameters of ``GET /tasks`` and ``POST /tasks``."""
+
+    query: TaskQuery
+    offset: int
+    limit: int
+    max_pages: int
+    allow_partial_count: bool
+
+
+def listing(
     scheduler_id: SchedulerId | None = None,
     organisation: Annotated[list[str] | None, Query(description="One organisation code, or repeated.")] = None,
     task_type: Annotated[str | None, Query(description="The task's type: boefje, normalizer or report.")] = None,
@@ -57,7 +61,7 @@ def list_tasks(
     allow_partial_count: Annotated[
         bool, Query(description="Count at most offset + max_pages * limit + 1 tasks (is_partial_count says so).")
     ] = False,
-) -> JSONResponse:
+) -> Listing:
     low, high = _utc(min_created_at), _utc(max_created_at)
     if low is not None and high is not None and low > high:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "min_created_at must be less than max_created_at")
@@ -73,17 +77,58 @@ def list_tasks(
         min_created_at=low,
         max_created_at=high,
     )
-    cap = offset + max_pages * limit + 1 if allow_partial_count else None
-    found = ctx.tasks.page(query, offset=offset, limit=limit, count_cap=cap)
+    return Listing(query, offset, limit, max_pages, allow_partial_count)
+
+
+def _respond(request: Request, ctx: ApiContext, params: Listing) -> JSONResponse:
+    offset, limit = params.offset, params.limit
+    cap = offset + params.max_pages * limit + 1 if params.allow_partial_count else None
+    found = ctx.tasks.page(params.query, offset=offset, limit=limit, count_cap=cap)
     page = TaskPage(
         count=found.count,
         next=_page_url(request, offset + limit, limit) if limit and offset + limit < found.count else None,
         previous=_page_url(request, max(offset - limit, 0), limit) if limit and offset > 0 else None,
         results=[Task.of(row) for row in found.rows],
-        is_partial_count=found.partial if allow_partial_count else None,
+        is_partial_count=found.partial if params.allow_partial_count else None,
     )
-    body = page.model_dump(mode="json", exclude={"is_partial_count"} if not allow_partial_count else set())
+    body = page.model_dump(mode="json", exclude=set() if params.allow_partial_count else {"is_partial_count"})
     return JSONResponse(body)
+
+
+LISTING_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Contradicting query parameters, or a filter that cannot be applied"}
+}
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    summary="Tasks, newest first, paginated (limit=0: only the count)",
+    responses=LISTING_ERRORS,
+)
+def list_tasks(
+    request: Request, ctx: Annotated[ApiContext, Depends(context)], params: Annotated[Listing, Depends(listing)]
+) -> JSONResponse:
+    return _respond(request, ctx, params)
+
+
+@router.post(
+    "/tasks",
+    response_model=TaskPage,
+    summary="Tasks matching the filter language, newest first, paginated (the query parameters of GET apply too)",
+    responses=LISTING_ERRORS,
+)
+def search_tasks(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    params: Annotated[Listing, Depends(listing)],
+    filters: Annotated[FilterRequest | None, Body(description='{"filters": [...]} or null')] = None,
+) -> JSONResponse:
+    try:
+        where = conditions(filters, ctx.engine.dialect.name)
+    except FilterError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    return _respond(request, ctx, replace(params, query=replace(params.query, where=tuple(where))))
 
 
 @router.get(
