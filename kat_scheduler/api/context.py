@@ -9,8 +9,11 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from kat_scheduler.clients import KATClients, clients_from_settings
+from kat_scheduler.dispatch import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.publisher import Publisher, make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.task_views import TaskViews
+from kat_scheduler.storage.tasks import TaskStore
 
 
 @dataclass
@@ -19,7 +22,10 @@ class ApiContext:
     engine: Engine
     tasks: TaskViews
     _clients: KATClients | None = field(default=None, repr=False)
+    _publisher: Publisher | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: One dispatch at a time over the one broker connection.
+    _dispatch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def clients(self) -> KATClients:
@@ -29,11 +35,22 @@ class ApiContext:
                 self._clients = clients_from_settings(self.settings)
             return self._clients
 
+    def dispatch(self, item: Dispatchable) -> DispatchResult:
+        """Claim ``item``'s row, then publish its message: the producers' own path (``dispatch.py``)."""
+        with self._dispatch_lock:
+            if self._publisher is None:
+                self._publisher = make_publisher(self.settings)
+            return Dispatcher(TaskStore(self.engine), self._publisher).dispatch([item])
+
     def close(self) -> None:
         with self._lock:
             if self._clients is not None:
                 self._clients.close()
                 self._clients = None
+        with self._dispatch_lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
 
 
 def context(request: Request) -> ApiContext:

@@ -1,0 +1,139 @@
+"""``POST /schedulers/{id}/push``: a task queued by hand (Rocky's "scan now", a worker handing one back).
+
+It takes the producers' path: the row is claimed (one live task per hash), then its message is
+published to the scheduler's Celery queue at band 0, the most urgent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kat_scheduler.api.context import ApiContext, context
+from kat_scheduler.api.models import Problem, Task
+from kat_scheduler.api.schedulers import known_scheduler
+from kat_scheduler.dispatch import Dispatchable
+from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
+from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
+from kat_scheduler.storage.tasks import NewTask
+
+router = APIRouter(tags=["schedulers"])
+
+#: Seconds a client is told to wait before pushing a hash again that is queued or running.
+RETRY_AFTER = 60
+
+
+class TaskPush(BaseModel):
+    """The body of a push. A worker re-pushing a whole Task sends more keys: they are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: uuid.UUID | None = None
+    scheduler_id: str | None = None
+    organisation: str
+    priority: int | None = None
+    data: dict[str, Any]
+
+
+def _bad(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_400_BAD_REQUEST, detail)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'data'}: {e['msg']}" for e in exc.errors())
+
+
+def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
+    """The row and message of a push; 400 for data that does not make a task of this scheduler."""
+    given = push.data.get("id")
+    if push.id is not None and given is not None and str(given) != str(push.id):
+        raise _bad(f"id {push.id} and data.id {given} differ")
+    task_id = push.id or (uuid.UUID(str(given)) if given is not None else uuid.uuid4())
+    data = {**push.data, "id": str(task_id)}
+    try:
+        if scheduler_id is SchedulerId.BOEFJE:
+            boefje = BoefjeTask.model_validate(data)
+            organisation, plugin_id, input_ooi, hash_ = (
+                boefje.organization,
+                boefje.boefje.id,
+                boefje.input_ooi,
+                boefje.hash,
+            )
+            name, queue = TaskName.BOEFJE_RUN, Queue.BOEFJES
+            kwargs: dict[str, Any] = {"organisation": organisation, "boefje_id": plugin_id, "input_ooi": input_ooi}
+            data["boefje"] = {"oci_image": None, **data["boefje"]}
+        else:
+            normalizer = NormalizerTask.model_validate(data)
+            organisation, plugin_id, hash_ = normalizer.organization, normalizer.normalizer.id, normalizer.hash
+            input_ooi = normalizer.raw_data.boefje_meta.input_ooi
+            name, queue = TaskName.NORMALIZER_RUN, Queue.NORMALIZERS
+            kwargs = {
+                "organisation": organisation,
+                "normalizer_id": plugin_id,
+                "raw_data_id": str(normalizer.raw_data.id),
+            }
+    except ValidationError as exc:
+        raise _bad(f"data is not a {scheduler_id.value} task: {_errors(exc)}") from None
+    if organisation != push.organisation:
+        raise _bad(f"organisation {push.organisation!r} differs from the data's organization {organisation!r}")
+    task = NewTask(
+        id=task_id,
+        scheduler_id=scheduler_id,
+        type=scheduler_id.value,
+        organisation=organisation,
+        plugin_id=plugin_id,
+        input_ooi=input_ooi,
+        hash=hash_,
+        band=MANUAL_BAND,
+        priority=push.priority if push.priority is not None else 0,
+        data=data,
+        reason="manual",
+    )
+    return Dispatchable(task, name.value, queue.value, kwargs)
+
+
+@router.post(
+    "/schedulers/{scheduler_id}/push",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Task,
+    summary="Queue a task now, at the most urgent band",
+    responses={
+        400: {"model": Problem, "description": "Data that does not validate, or contradicts the path"},
+        404: {"model": Problem, "description": "No such scheduler"},
+        409: {"model": Problem, "description": "A task with the same hash is queued or running (see Retry-After)"},
+        503: {"model": Problem, "description": "The broker did not take the message"},
+    },
+)
+def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+    scheduler = known_scheduler(scheduler_id)
+    if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
+        raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")
+    if scheduler is SchedulerId.REPORT:
+        raise _bad("report tasks are queued by their schedules; pushing one is not supported yet")
+    item = dispatchable(scheduler, body)
+    existing = ctx.tasks.get(item.task.id)
+    if existing is not None:
+        # A runner handing back a task it popped but never started (boefjes' worker manager does
+        # so on shutdown): the task is queued again. Any other status: the id is taken.
+        if existing.status is TaskStatus.DISPATCHED and existing.hash == item.task.hash:
+            return Task.of(ctx.tasks.move(existing.id, TaskStatus.QUEUED))
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"a task with id {item.task.id} exists already ({existing.status.value})"
+        )
+    result = ctx.dispatch(item)
+    if result.claimed == 0:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"a task with hash {item.task.hash} is already queued or running",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
+    if result.errors and not result.published:
+        row = ctx.tasks.get(item.task.id)
+        if row is None:  # certainly not sent: the claim was released
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"not queued: {result.errors[0]}")
+    row = ctx.tasks.get(item.task.id)
+    assert row is not None
+    return Task.of(row)
