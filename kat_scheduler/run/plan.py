@@ -141,7 +141,8 @@ def child_specs(
     sim_env: Mapping[str, str] | None = None,
     api_port: int | None = None,
 ) -> list[ChildSpec]:
-    """Every child process of the run, in start order (the HTTP API only with ``api_port``)."""
+    """Every child process of the run, in start order (the HTTP API only with ``api_port``, after
+    Flower, which must be up before tasks run to see them)."""
     level = settings.log_level
     cli = [sys.executable, "-m", "kat_scheduler"]
     specs: list[ChildSpec] = []
@@ -178,15 +179,6 @@ def child_specs(
         ChildSpec("listener", [*cli, "listen"], Role.PRODUCER),
         ChildSpec("beat", [*celery_argv(), "beat", "--loglevel", level], Role.PRODUCER),
     ]
-    if api_port is not None:
-        specs.append(
-            ChildSpec(
-                "api",
-                [*cli, "api", f"--host={settings.api_host}", f"--port={api_port}"],
-                Role.PRODUCER,  # it queues work (pushes), so it stops with the producers
-                ready_url=f"http://{settings.api_host}:{api_port}/health",
-            )
-        )
     if flower_port is not None:
         specs.append(
             ChildSpec(
@@ -195,6 +187,15 @@ def child_specs(
                 Role.MONITOR,
                 ready_url=f"http://{settings.flower_address}:{flower_port}/healthcheck",
                 env={env_name("flower_basic_auth"): flower_auth},
+            )
+        )
+    if api_port is not None:
+        specs.append(
+            ChildSpec(
+                "api",
+                [*cli, "api", f"--host={settings.api_host}", f"--port={api_port}"],
+                Role.PRODUCER,  # it queues work (pushes), so it stops with the producers
+                ready_url=f"http://{settings.api_host}:{api_port}/health",
             )
         )
     return specs

@@ -1,0 +1,66 @@
+"""The filter language, compiled without a database: what each backend is asked, and what is refused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy.dialects import postgresql, sqlite
+
+from kat_scheduler.storage.filters import POSTGRESQL_ONLY, Filter, FilterError, FilterRequest, Operator, conditions
+
+DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
+
+
+def sql(body: dict[str, object], dialect: str) -> str:
+    [condition] = conditions(FilterRequest.model_validate(body), dialect)
+    return str(condition.compile(dialect=DIALECTS[dialect], compile_kwargs={"literal_binds": True}))
+
+
+def one(column: str, operator: str, value: object, field: str | None = None) -> dict[str, object]:
+    item: dict[str, object] = {"column": column, "operator": operator, "value": value}
+    if field is not None:
+        item["field"] = field
+    return {"filters": [item]}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "glob"),
+    [("acme%", "acme*"), ("a_c", "a?c"), ("100*%", "100[*]*"), ("what?", "what[?]"), ("[x]%", "[[]x]*")],
+)
+def test_a_like_pattern_becomes_the_same_case_sensitive_glob_on_sqlite(pattern, glob):
+    assert sql(one("organisation", "like", pattern), "sqlite") == f"tasks.organisation GLOB '{glob}'"
+
+
+def test_a_json_path_is_read_as_text_on_both_backends():
+    body = one("data", "==", "nmap", field="boefje__id")
+
+    assert sql(body, "postgresql") == "CAST((tasks.data #>> '{boefje, id}') AS VARCHAR) = 'nmap'"
+    assert sql(body, "sqlite") == "CAST(JSON_EXTRACT(tasks.data, '$.\"boefje\".\"id\"') AS VARCHAR) = 'nmap'"
+
+
+def test_a_json_value_is_compared_as_the_type_of_the_filter_value():
+    assert "AS INTEGER" in sql(one("data", ">", 2, field="boefje__scan_level"), "postgresql")
+    assert "AS BOOLEAN" in sql(one("data", "is", True, field="enabled"), "postgresql")
+
+
+@pytest.mark.parametrize("operator", sorted(op.value for op in POSTGRESQL_ONLY))
+def test_postgresqls_own_operators_are_refused_on_sqlite_by_name(operator):
+    with pytest.raises(FilterError, match=re.escape(f"operator '{operator}' needs PostgreSQL")):
+        conditions(FilterRequest.model_validate(one("data", operator, "x")), "sqlite")
+
+
+def test_every_operator_of_the_contract_is_known():
+    contract = [
+        *("==", "eq", "!=", "ne", "is", "is_not", "is_null", "is_not_null", ">", "gt", "<", "lt", ">=", "gte"),
+        *("<=", "lte", "like", "not_like", "ilike", "not_ilike", "in", "not_in", "contains", "any", "match"),
+        *("starts_with", "@>", "<@", "@?", "@@"),
+    ]
+
+    assert sorted(op.value for op in Operator) == sorted(contract)
+
+
+def test_no_filters_mean_no_conditions():
+    assert conditions(None, "sqlite") == []
+    assert conditions(FilterRequest(filters=[]), "sqlite") == []
+    assert Filter(column="organisation", operator=Operator.IS_NULL).value is None
