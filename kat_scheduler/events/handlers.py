@@ -6,11 +6,13 @@ done before the handler returns, and only then are the messages acked. Recording
 published, new schedules) is the :class:`~kat_scheduler.events.bookkeeping.Bookkeeper`'s, which
 the listener runs on a thread of its own, so the next batch starts meanwhile.
 
-Events consult our own record only (schedules, live tasks, our history), never Bytes: the planner
-already turned Bytes' history into schedules, so a mutation storm costs no Bytes calls, and the
-plugin lists come from a short-lived cache, so it costs almost no Katalogus calls either. Whether
-a pair is due is :func:`kat_scheduler.rules.is_due`'s, from our own last run (grace, interval,
-cron), as on every other path.
+Events consult our own record only (schedules, live tasks, our history, and ``bytes_runs``: Bytes'
+newest run per pair as the last planning tick saw it), never Bytes itself: the planner turned
+Bytes' history into schedules for the pairs eligible then, and keeps the newest run of every other
+object of that history in ``bytes_runs``, so a mutation storm costs no Bytes calls; the plugin
+lists come from a short-lived cache, so it costs almost no Katalogus calls either. Whether a pair
+is due is :func:`kat_scheduler.rules.is_due`'s, from our own last run or, for a pair without one,
+Bytes' newest run (running, stalled, grace, interval, cron), as on every other path.
 """
 
 from __future__ import annotations
@@ -57,8 +59,18 @@ from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rankers import Rank, rank_normalizer
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
-from kat_scheduler.rules import NOT_DUE_SKIP, NotDueReason, SkipReason, Trigger, boefje_facts, is_due
+from kat_scheduler.rules import (
+    NOT_DUE_SKIP,
+    BytesRun,
+    NotDueReason,
+    SkipReason,
+    Trigger,
+    boefje_facts,
+    counted_from,
+    is_due,
+)
 from kat_scheduler.settings import Settings
+from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleState, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
@@ -98,6 +110,11 @@ def _ahead(batches: list[_Unwritten]) -> tuple[set[str], set[str]]:
     return live, cancelled
 
 
+def _in_force(state: ScheduleState | None, now: datetime) -> bool:
+    """Whether a pair's schedule keeps it from running now (enabled, its deadline still ahead)."""
+    return state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now
+
+
 def _spans(count: int, size: int) -> list[tuple[int, int]]:
     """``[start, end)`` spans of about ``size`` covering ``count`` items; a short tail joins the last.
 
@@ -126,6 +143,7 @@ class _Base:
         self.bookkeeper = bookkeeper or Bookkeeper(threaded=False)
         self.tasks = tasks
         self.schedules = schedules
+        self.bytes_runs = BytesRunStore(tasks.engine)
         self.dispatcher = Dispatcher(tasks, publisher)
         self.settings = settings
         self.clock = clock
@@ -279,10 +297,13 @@ class MutationHandler(_Base):
         for hash_ in cancelled_ahead & states.keys():
             states[hash_] = replace(states[hash_], enabled=False)
         history = self.tasks.last_runs(hashes) if hashes else {}
+        # Bytes' newest run (as the last tick saw it) of the pairs our own record does not cover.
+        uncovered = [h for h in hashes if h not in live and h not in history and not _in_force(states.get(h), now)]
+        bytes_runs = self.bytes_runs.newest(uncovered) if uncovered else {}
         schedules: list[NewSchedule] = []
         ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
         per_org = [
-            self._decide(org, pairs, live, states, history, schedules, ranks, now, skipped)
+            self._decide(org, pairs, live, states, history, bytes_runs, schedules, ranks, now, skipped)
             for org, pairs in pairs_by_org.items()
         ]
         candidates = list(interleave(per_org))
@@ -357,6 +378,7 @@ class MutationHandler(_Base):
         live: set[str],
         states: dict[str, ScheduleState],
         history: dict[str, datetime],
+        bytes_runs: dict[str, BytesRun],
         schedules: list[NewSchedule],
         ranks: dict[tuple[str, Trigger, datetime | None], Rank],
         now: datetime,
@@ -370,19 +392,21 @@ class MutationHandler(_Base):
                 skipped[str(SkipReason.LIVE)] += 1
                 continue
             state = states.get(pair.hash)
-            if state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now:
+            if _in_force(state, now):
                 # The schedule's deadline is when the rules make the pair due (written from what
                 # the planner knew, Bytes' history included).
                 skipped[str(SkipReason.CRON if pair.boefje.cron else SkipReason.GRACE)] += 1
                 continue
             last = history.get(pair.hash)
-            if last is not None:
+            # Our own last run, else Bytes' newest run as the last tick saw it (as the tick does).
+            run = bytes_runs.get(pair.hash) if last is None else None
+            if last is not None or run is not None:
                 decision = is_due(
                     boefje_facts(
                         pair.boefje,
                         now=now,
                         last_ended=last,
-                        bytes_run=None,
+                        bytes_run=run,
                         default_grace=default_grace,
                         stall_age=stall_age,
                     )
@@ -390,9 +414,17 @@ class MutationHandler(_Base):
                 if not decision.due:
                     skipped[str(NOT_DUE_SKIP[NotDueReason(decision.reason)])] += 1
                     schedules.append(
-                        new_boefje_schedule(org, pair.boefje, pair.ooi.primary_key, pair.hash, last, self.settings)
+                        new_boefje_schedule(
+                            org,
+                            pair.boefje,
+                            pair.ooi.primary_key,
+                            pair.hash,
+                            counted_from(decision, run),
+                            self.settings,
+                        )
                     )
                     continue
+                last = decision.last_ended
             if last is None and state is not None and state.enabled and state.deadline_at is not None:
                 last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
             trigger = Trigger.NEW_OBJECT if last is None else Trigger.SCHEDULE

@@ -63,11 +63,13 @@ from kat_scheduler.rules import (
     Trigger,
     boefje_facts,
     clearance_skip,
+    counted_from,
     grace_period,
     is_due,
     static_skip,
 )
 from kat_scheduler.settings import Settings
+from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
@@ -88,6 +90,8 @@ class OrgPlan:
     candidates: list[Candidate] = field(default_factory=list)
     skipped: Counter[SkipReason] = field(default_factory=Counter)
     grace_schedules: list[NewSchedule] = field(default_factory=list)
+    #: Bytes' newest run per object, by boefje, of every history this tick listed (kept in ``bytes_runs``).
+    bytes_history: dict[str, dict[str, BytesRun]] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -107,6 +111,8 @@ class PlanReport:
     schedules_created: int = 0
     schedules_disabled: int = 0
     schedules_advanced: int = 0
+    #: Bytes' newest runs kept in ``bytes_runs`` (every object of every history listed).
+    bytes_runs_recorded: int = 0
     #: Wall-clock time the last message of this tick was handed to the broker.
     last_published_at: datetime | None = None
     #: Seconds spent per phase: planning, dispatch (claim + publish), bookkeeping.
@@ -115,17 +121,6 @@ class PlanReport:
     @property
     def queued(self) -> int:
         return self.dispatch.published
-
-
-def _schedule_from(decision: Decision, run: BytesRun | None) -> datetime:
-    """What the schedule of a pair that is not due counts its next deadline from: the end of the
-    run the decision counted, or for a run still going in Bytes, its start (such a run typically
-    ends soon after; should it die instead, the pair is due one period after that start)."""
-    if decision.reason == NotDueReason.RUNNING:
-        assert run is not None and run.started_at is not None
-        return run.started_at
-    assert decision.last_ended is not None
-    return decision.last_ended
 
 
 def shown_reason(rank: Rank, decision: Decision) -> Rank:
@@ -215,6 +210,7 @@ class BoefjePlanner:
         self.schedules = schedules
         self.settings = settings
         self.publisher = publisher
+        self.bytes_runs = BytesRunStore(tasks.engine)
 
     # --- the tick --------------------------------------------------------------------------
 
@@ -272,6 +268,7 @@ class BoefjePlanner:
         grace = [s for p in plans for s in p.grace_schedules]
         started = time.perf_counter()
         report.schedules_created += self.schedules.add_many(grace, now=now)
+        report.bytes_runs_recorded = self._record_bytes_history(plans, now)
         report.timings["bookkeeping"] = report.timings.get("bookkeeping", 0.0) + time.perf_counter() - started
         return report
 
@@ -293,6 +290,7 @@ class BoefjePlanner:
             plan.error = f"{type(exc).__name__}: {exc}"
             plan.candidates = []
             plan.grace_schedules = []
+            plan.bytes_history = {}
             logger.error("planning organisation %s failed, skipped this tick: %s", organisation, plan.error)
         return plan
 
@@ -302,7 +300,7 @@ class BoefjePlanner:
         if not index.any_enabled:
             return
         top = TopK(self.settings.org_cap_per_tick)
-        bytes_history: dict[str, dict[str, BytesRun]] = {}
+        bytes_history = plan.bytes_history
         pages = self.clients.octopoes.iter_objects(
             org,
             types=index.types,
@@ -314,6 +312,16 @@ class BoefjePlanner:
             pairs = pairs_for_page(org, index, page, plan.skipped, periodic=True)
             for candidate in self._filter_pairs(org, pairs, plan, bytes_history, now):
                 top.push(candidate)
+        # A boefje whose history no tick has listed yet (none of its pairs needed it) is listed now,
+        # so that bytes_runs knows its runs before an event raises an object it ran on.
+        unlisted = [
+            b for b in index.boefjes.values() if b.enabled and b.consumes and not b.run_on and b.id not in bytes_history
+        ]
+        if unlisted:
+            listed = self.bytes_runs.listed(org)
+            for boefje in unlisted:
+                if boefje.id not in listed:
+                    self._bytes_run(org, boefje, "", bytes_history, now)
         plan.skipped[SkipReason.ORG_CAP] += top.dropped
         plan.candidates = top.sorted()
 
@@ -363,7 +371,7 @@ class BoefjePlanner:
                 plan.skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
                 plan.grace_schedules.append(
                     new_boefje_schedule(
-                        org, pair.boefje, pair.ooi.primary_key, pair.hash, _schedule_from(decision, run), self.settings
+                        org, pair.boefje, pair.ooi.primary_key, pair.hash, counted_from(decision, run), self.settings
                     )
                 )
                 continue
@@ -407,6 +415,31 @@ class BoefjePlanner:
             if oldest is not None and oldest < horizon:
                 break  # newest first: older runs cannot change any decision
         return newest
+
+    def _record_bytes_history(self, plans: Sequence[OrgPlan], now: datetime) -> int:
+        """Keep Bytes' newest run of every object in the histories this tick listed (``bytes_runs``).
+
+        Every object, not only those eligible now: an event that raises an object's level later
+        reads it there (:class:`~kat_scheduler.events.handlers.MutationHandler`). Written after the
+        publish, off the tick's critical path; the hashes are computed here for the same reason.
+        """
+        runs = [
+            SeenRun(
+                boefje_task_hash(boefje_id, plan.organisation, ooi),
+                plan.organisation,
+                boefje_id,
+                ooi,
+                run.started_at,
+                run.ended_at,
+            )
+            for plan in plans
+            for boefje_id, newest in plan.bytes_history.items()
+            for ooi, run in newest.items()
+        ]
+        for start in range(0, len(runs), 20 * self.settings.batch_size):
+            self.bytes_runs.record(runs[start : start + 20 * self.settings.batch_size], now)
+        self.bytes_runs.record_listed([(p.organisation, b) for p in plans for b in p.bytes_history], now)
+        return len(runs)
 
     def _history_horizon(self, boefje: Boefje, now: datetime) -> datetime:
         """How far back Bytes' history can still change a decision at ``now``.

@@ -10,7 +10,16 @@ This package owns the decisions every producer shares, so no path keeps a copy o
 The tick, due schedules, manual push, the event handlers and ``plan --dry-run`` call these.
 """
 
-from kat_scheduler.rules.due import BytesRun, Decision, DueReason, NotDueReason, PairFacts, boefje_facts, is_due
+from kat_scheduler.rules.due import (
+    BytesRun,
+    Decision,
+    DueReason,
+    NotDueReason,
+    PairFacts,
+    boefje_facts,
+    counted_from,
+    is_due,
+)
 from kat_scheduler.rules.eligibility import (
     NOT_DUE_SKIP,
     SkipReason,
@@ -32,6 +41,7 @@ __all__ = [
     "Trigger",
     "boefje_facts",
     "clearance_skip",
+    "counted_from",
     "grace_period",
     "grace_skip",
     "is_due",

@@ -126,3 +126,14 @@ def is_due(facts: PairFacts) -> Decision:
     if now < until:
         return Decision(False, NotDueReason.GRACE, until, last)
     return Decision(True, DueReason.STALLED if stalled else DueReason.GRACE_OVER, None, last)
+
+
+def counted_from(decision: Decision, run: BytesRun | None) -> datetime:
+    """What the schedule of a pair that is not due counts its next deadline from: the end of the
+    run ``decision`` counted, or, for a run still going in Bytes (``run``), its start (such a run
+    typically ends soon after; should it die instead, the pair is due one period after that start)."""
+    if decision.reason == NotDueReason.RUNNING:
+        assert run is not None and run.started_at is not None
+        return run.started_at
+    assert decision.last_ended is not None
+    return decision.last_ended

@@ -13,11 +13,16 @@ clearance is met, and Bytes' newest run of the pair (the latest ``started_at``):
   an end is running: not allowed; or
 * ended, and for a boefje with ``cron``, a cron time came after that end and not after ``now``;
   for one without, its ``interval`` minutes (else the default grace) have passed since that end.
+
+:func:`allowed_event_tasks` models the event path: what a storm of scan-profile mutations may
+queue right after such a first tick (see there).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from croniter import croniter
 
@@ -27,6 +32,21 @@ Triple = tuple[str, str, str]
 
 #: The scheduler's default stall age: its default hard time limit (360 s) plus running slack (60 s).
 DEFAULT_STALL_AGE_SECONDS = 420.0
+
+
+def _due_by_bytes(
+    world: World, org: str, boefje: Any, primary_key: str, now: datetime, default_grace: timedelta, stall_age: timedelta
+) -> bool:
+    """Whether Bytes' newest run of the pair lets it run at ``now`` (none, died, or grace/cron over)."""
+    last = world.last_run(org, boefje.id, primary_key)
+    if last is None:
+        return True
+    if last.ended_at is None:
+        return last.started_at is None or last.started_at + stall_age <= now
+    if boefje.cron:
+        return bool(croniter(boefje.cron, last.ended_at).get_next(datetime) <= now)
+    grace = timedelta(minutes=boefje.interval) if boefje.interval else default_grace
+    return now - last.ended_at >= grace
 
 
 def allowed_boefje_tasks(
@@ -45,21 +65,56 @@ def allowed_boefje_tasks(
             for b in boefjes:
                 if ooi.object_type not in b.consumes or b.scan_level > level:
                     continue
-                last = world.last_run(org, b.id, ooi.primary_key)
-                if last is not None and last.ended_at is None and last.started_at is not None:
-                    if last.started_at + stall_age > now:
-                        continue  # still running under some runner
-                elif last is not None and last.ended_at is not None:
-                    if b.cron:
-                        if croniter(b.cron, last.ended_at).get_next(datetime) > now:
-                            continue
-                    else:
-                        grace = (
-                            timedelta(minutes=b.interval) if b.interval else timedelta(seconds=default_grace_seconds)
-                        )
-                        if now - last.ended_at < grace:
-                            continue
-                allowed.add((org, b.id, ooi.primary_key))
+                if _due_by_bytes(
+                    world, org, b, ooi.primary_key, now, timedelta(seconds=default_grace_seconds), stall_age
+                ):
+                    allowed.add((org, b.id, ooi.primary_key))
+    return allowed
+
+
+def allowed_event_tasks(
+    world: World,
+    mutations: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    default_grace_seconds: int = 86400,
+    stall_age_seconds: float = DEFAULT_STALL_AGE_SECONDS,
+) -> set[Triple]:
+    """Every (org, boefje, object) that ``mutations`` (``scan_profile_mutations`` bodies) may queue at
+    ``now``, after one first tick on the world as it is (and nothing else since).
+
+    That tick queued or gave a schedule to every pair eligible then, so those are not queued again
+    (a queued task is live, or has run since; a schedule's deadline is when the pair is due, which
+    the storm is assumed to come before). A ``create`` or ``update`` at a level makes the pairs it
+    clears eligible: a boefje with ``run_on`` only on its operation and always (its runs come from
+    events; Bytes is not asked), any other periodic boefje when it was not eligible at the tick and
+    Bytes' newest run of the pair lets it run at ``now`` (as in :func:`allowed_boefje_tasks`). A
+    ``delete`` queues nothing. Each object's mutations count as a union (a storm raises once).
+    """
+    allowed: set[Triple] = set()
+    stall_age = timedelta(seconds=stall_age_seconds)
+    default_grace = timedelta(seconds=default_grace_seconds)
+    for body in mutations:
+        value = body.get("value")
+        operation = body["operation"]
+        if operation == "delete" or not value:
+            continue
+        org, primary_key = body["client_id"], body["primary_key"]
+        object_type = value["object_type"]
+        level = value["scan_profile"]["level"] if value.get("scan_profile") else 0
+        ooi = world.get_ooi(org, primary_key)
+        level_at_tick = (ooi.level if ooi.scan_profile_type != "empty" else 0) if ooi is not None else -1
+        for b in world.boefjes:
+            if not world.is_enabled(org, b.id) or object_type not in b.consumes or b.scan_level > level:
+                continue
+            if b.run_on:
+                if operation in b.run_on:
+                    allowed.add((org, b.id, primary_key))
+                continue
+            if b.scan_level <= level_at_tick:
+                continue  # the tick's: queued or scheduled
+            if _due_by_bytes(world, org, b, primary_key, now, default_grace, stall_age):
+                allowed.add((org, b.id, primary_key))
     return allowed
 
 

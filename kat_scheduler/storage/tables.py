@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the tables: ``tasks``, ``unpublished_tasks``, ``schedules``, ``beat_leases``, ``producer_runs``.
+"""SQLAlchemy models of the tables: ``tasks``, ``unpublished_tasks``, ``schedules``, ``beat_leases``,
+``producer_runs``, ``bytes_runs``, ``bytes_histories``.
 
 The unique partial index ``uq_tasks_live_hash`` is the heart of the scheduler: at most one task per
 hash may be live (queued, dispatched or running), so a claim is a plain
@@ -222,3 +223,39 @@ class ProducerRun(Base):
     pid: Mapped[int] = mapped_column(Integer)
     summary: Mapped[dict[str, Any]]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class BytesRunRow(Base):
+    """Bytes' newest run of one (boefje, object, organisation) pair, as a planning tick last saw it.
+
+    The tick lists each boefje's history in Bytes in bulk (per organisation); it keeps here the
+    newest run of every object that history holds, whether the pair was eligible then or not, so
+    that an event that makes a pair eligible later knows Bytes' history without asking Bytes.
+    ``hash`` is the pair's task hash; ``ended_at`` is ``None`` for a run that had not ended when
+    it was seen (``seen_at``, the tick's time).
+    """
+
+    __tablename__ = "bytes_runs"
+
+    hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    organisation: Mapped[str] = mapped_column(String(128))
+    plugin_id: Mapped[str] = mapped_column(String(128))
+    input_ooi: Mapped[str] = mapped_column(String(1024))
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    seen_at: Mapped[datetime]
+
+
+class BytesHistoryRow(Base):
+    """When a planning tick last listed a boefje's history in Bytes for an organisation.
+
+    A boefje whose history no tick has listed yet (none of its pairs needed it: no object cleared
+    it, or our own history covered every one) is listed by the next tick anyway, so that
+    ``bytes_runs`` holds its runs before an event raises an object it has run on.
+    """
+
+    __tablename__ = "bytes_histories"
+
+    organisation: Mapped[str] = mapped_column(String(128), primary_key=True)
+    plugin_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime]

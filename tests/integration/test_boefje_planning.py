@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 import redis
 from croniter import croniter
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, text, update
 
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import TaskStatus
@@ -25,6 +25,13 @@ from tests.factories import BoefjeMetaFactory
 from tests.integration.conftest import WORLD_NOW
 
 NOW = WORLD_NOW + timedelta(minutes=5)
+
+
+@pytest.fixture(autouse=True)
+def no_bytes_runs(pg_engine: Engine) -> None:
+    """Bytes' runs kept by an earlier test's tick (same world, same hashes) are not this test's."""
+    with pg_engine.begin() as conn:
+        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
 
 
 def queued_triples(engine: Engine) -> list[tuple[str, str, str | None]]:
@@ -516,3 +523,51 @@ def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_insid
     report = planner.queue_due(now=at_five)
     assert schedule.hash in {c.hash for c in report.planned}
     assert report.skipped[SkipReason.GRACE] == report.skipped[SkipReason.CRON] == 0
+
+
+def bytes_runs_kept(engine: Engine) -> dict[tuple[str, str, str], tuple[datetime | None, datetime | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organisation, plugin_id, input_ooi, started_at, ended_at FROM bytes_runs"))
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+
+
+def test_a_tick_keeps_bytes_newest_run_of_every_object_it_lists_the_history_of_eligible_or_not(
+    planner, world, pg_engine
+) -> None:
+    org = world.organisation_ids[0]
+    low = next(
+        (org, b.id, o.primary_key)
+        for b in sorted(world.boefjes, key=lambda b: b.id)
+        if world.is_enabled(org, b.id) and b.consumes and not b.run_on and not b.cron and b.scan_level > 0
+        for o in sorted(world.oois(org).values(), key=lambda o: o.primary_key)
+        if o.object_type in b.consumes and o.level < b.scan_level
+    )
+    started = NOW - timedelta(minutes=1)
+    bytes_run(world, low, started, None)  # below clearance: not a pair of the tick's, running in Bytes
+
+    report = planner.plan(None, now=NOW)
+
+    kept = bytes_runs_kept(pg_engine)
+    assert kept[low] == (started, None)
+    # Every object of every history the tick listed: the world's newest runs back to the horizon.
+    assert report.bytes_runs_recorded == len(kept) > 0
+    for (o, boefje_id, pk), (start, end) in list(kept.items())[:200]:
+        newest = world.last_run(o, boefje_id, pk)
+        assert newest is not None and (newest.started_at, newest.ended_at) == (start, end)
+
+
+def test_a_boefje_no_object_clears_still_has_its_history_listed_once(planner, world, pg_engine, kat) -> None:
+    """nuclei-cve needs level 4; with every object of the world below it, no pair asks for its
+    history, yet the first tick lists it (a raise later must know it) and the next one does not."""
+    for org in world.organisation_ids:
+        for ooi in list(world.oois(org).values()):
+            if ooi.level >= 4:
+                world.set_scan_level(org, ooi.primary_key, 3)
+    planner.plan(None, now=NOW)
+    with pg_engine.connect() as conn:
+        listed = set(conn.execute(text("SELECT organisation, plugin_id FROM bytes_histories")).all())
+    wanted = {(org, "nuclei-cve") for org in world.organisation_ids if world.is_enabled(org, "nuclei-cve")}
+    assert wanted and wanted <= listed
+    kat.reset_counts()
+    planner.plan(None, now=NOW + timedelta(minutes=1))
+    assert kat.request_counts.get("bytes", 0) == 0

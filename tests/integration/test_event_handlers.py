@@ -11,20 +11,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Row, func, select, update
+from sqlalchemy import Engine, Row, func, select, text, update
 
 from kat_scheduler.clients import KATClients
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
-from kat_scheduler.hashing import normalizer_task_hash
+from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.rules import new_boefje_schedule
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.settings import Settings
+from kat_scheduler.sim.events import world_mutations
+from kat_scheduler.sim.oracle import allowed_event_tasks
+from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
+from kat_scheduler.timing import next_deadline
+from tests.factories import BoefjeMetaFactory
 
 NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def no_bytes_runs(pg_engine: Engine) -> None:
+    """Bytes' runs kept by an earlier test's tick (same world, same hashes) are not this test's."""
+    with pg_engine.begin() as conn:
+        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
 
 
 @pytest.fixture
@@ -509,3 +521,134 @@ def test_cron_decides_on_the_event_path_too(mutations, world, pg_engine) -> None
     assert handler.stats.skipped["before its next cron time"] == 1
     handler.bookkeeper.flush()
     assert schedules_on(pg_engine, after_cron)["dns-zone"].deadline_at == datetime(2026, 6, 3, 4, 0, tzinfo=UTC)
+
+
+# --- Bytes' history on the event path: objects below clearance at the tick, then raised ------------
+
+
+def below_clearance(world: World, count: int) -> list[tuple[str, str, str]]:
+    """``count`` (org, boefje, object) pairs of the first organisation on distinct objects that the
+    boefje (enabled, periodic, no cron) does not clear, and that have no run in Bytes."""
+    org = world.organisation_ids[0]
+    pairs: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for boefje in sorted(world.boefjes, key=lambda b: b.id):
+        if not world.is_enabled(org, boefje.id) or not boefje.consumes or boefje.run_on or boefje.cron:
+            continue
+        for ooi in sorted(world.oois(org).values(), key=lambda o: o.primary_key):
+            if (
+                ooi.object_type in boefje.consumes
+                and ooi.level < boefje.scan_level
+                and ooi.primary_key not in seen
+                and world.last_run(org, boefje.id, ooi.primary_key) is None
+            ):
+                pairs.append((org, boefje.id, ooi.primary_key))
+                seen.add(ooi.primary_key)
+                if len(pairs) == count:
+                    return pairs
+    raise AssertionError(f"the world has fewer than {count} such pairs")
+
+
+def bytes_run(world: World, pair: tuple[str, str, str], started: datetime, ended: datetime | None) -> None:
+    org, boefje_id, pk = pair
+    world.add_boefje_meta(
+        BoefjeMetaFactory(
+            organization=org,
+            boefje={"id": boefje_id, "version": None},
+            input_ooi=pk,
+            started_at=started,
+            ended_at=ended,
+        )
+    )
+
+
+def raise_to_4(mutations: MutationHandler, pairs: Sequence[tuple[str, str, str]]) -> None:
+    mutations("scan_profile_mutations", [mutation(org, pk, 4, "update") for org, _, pk in pairs])
+
+
+def test_a_raise_on_an_object_whose_bytes_run_ended_inside_the_grace_period_queues_nothing_and_schedules_it(
+    mutations, planner, world, pg_engine
+) -> None:
+    inside, never = below_clearance(world, 2)
+    ended = NOW - timedelta(hours=14)  # the default grace period is a day
+    bytes_run(world, inside, ended - timedelta(seconds=30), ended)
+    planner.plan(None, now=NOW)  # lists the boefje's history in Bytes, the object below clearance
+    assert inside[1] not in tasks_on(pg_engine, inside[2])
+
+    raise_to_4(mutations, [inside, never])
+
+    assert inside[1] not in tasks_on(pg_engine, inside[2])
+    assert never[1] in tasks_on(pg_engine, never[2])  # no run in Bytes: queued
+    assert mutations.stats.skipped["within grace period"] >= 1
+    mutations.bookkeeper.flush()
+    boefje = mutations.plugins.boefjes(inside[0])
+    deadline = schedules_on(pg_engine, inside[2])[inside[1]].deadline_at
+    assert deadline == next_deadline(
+        next(b for b in boefje if b.id == inside[1]),
+        ended,
+        hash_=boefje_task_hash(inside[1], inside[0], inside[2]),
+        default_seconds=mutations.settings.grace_period,
+        jitter=mutations.settings.schedule_jitter,
+    )
+    assert deadline > NOW
+
+
+def test_a_raise_on_an_object_its_boefje_is_running_on_in_bytes_queues_nothing_and_a_stalled_one_queues(
+    mutations, planner, world, pg_engine
+) -> None:
+    running, stalled = below_clearance(world, 2)
+    bytes_run(world, running, NOW - timedelta(minutes=2), None)
+    bytes_run(world, stalled, NOW - timedelta(hours=2), None)  # older than the stall age: it died
+    planner.plan(None, now=NOW)
+
+    raise_to_4(mutations, [running, stalled])
+
+    assert running[1] not in tasks_on(pg_engine, running[2])
+    assert mutations.stats.skipped["running in Bytes"] == 1
+    assert stalled[1] in tasks_on(pg_engine, stalled[2])
+
+
+def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, planner, world, pg_engine) -> None:
+    """dns-zone runs at 04:00 daily; NOW is 12:05. A Bytes run that ended at 03:50 is due (a cron
+    time passed since), one that ended at 04:10 waits for tomorrow's 04:00, both inside a day's grace."""
+    org = world.organisation_ids[0]
+    assert world.is_enabled(org, "dns-zone")
+    before, after = [(org, "dns-zone", f"DNSZone|internet|cron-{name}.example.nl") for name in ("before", "after")]
+    for _, _, pk in (before, after):
+        world.add_ooi(org, "DNSZone", pk, level=0)  # dns-zone needs level 1
+    for pair, at in (
+        (before, datetime(2026, 6, 1, 3, 50, tzinfo=UTC)),
+        (after, datetime(2026, 6, 1, 4, 10, tzinfo=UTC)),
+    ):
+        bytes_run(world, pair, at - timedelta(seconds=30), at)
+    planner.plan(None, now=NOW)
+
+    raise_to_4(mutations, [before, after])
+
+    assert "dns-zone" in tasks_on(pg_engine, before[2])
+    assert "dns-zone" not in tasks_on(pg_engine, after[2])
+    assert mutations.stats.skipped["before its next cron time"] == 1
+    mutations.bookkeeper.flush()
+    assert schedules_on(pg_engine, after[2])["dns-zone"].deadline_at == datetime(2026, 6, 2, 4, 0, tzinfo=UTC)
+
+
+def test_a_raise_after_the_tick_decides_as_the_tick_would_for_every_object_of_the_world(
+    mutations, planner, world, pg_engine
+) -> None:
+    """Every object of the world raised to level 4 after a tick: what is queued is what the
+    simulation's oracle allows on the event path (the world's own history of ended, running and
+    dead runs included)."""
+    planner.plan(None, now=NOW)
+    with pg_engine.connect() as conn:
+        ticked = {tuple(r) for r in conn.execute(select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi))}
+    bodies = world_mutations(world, operation="update", level=4)
+    expected = allowed_event_tasks(
+        world,
+        bodies,
+        now=NOW,
+        stall_age_seconds=mutations.settings.effective_bytes_stall_age,
+    )
+    mutations("scan_profile_mutations", [ScanProfileMutation.model_validate(b) for b in bodies])
+    with pg_engine.connect() as conn:
+        queued = {tuple(r) for r in conn.execute(select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi))}
+    assert queued - ticked == expected

@@ -1,0 +1,133 @@
+"""Bytes' newest run per (boefje, object, organisation) pair, as a planning tick last saw it.
+
+The tick lists a boefje's history in Bytes in bulk, once per organisation; :meth:`BytesRunStore.record`
+keeps the newest run of every object in that listing (eligible then or not), and the event handlers
+read it by hash (:meth:`BytesRunStore.newest`) for the pairs our own history does not cover. So an
+event that raises an object's level knows that Bytes shows a run still going, or one that ended
+inside the grace period, without a request to Bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from kat_scheduler.rules import BytesRun
+from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
+from kat_scheduler.storage.tables import BytesHistoryRow, BytesRunRow, table_of
+
+_BYTES_RUNS = table_of(BytesRunRow)
+_HISTORIES = table_of(BytesHistoryRow)
+#: Rows per statement.
+CHUNK = 1000
+
+_PG_COLUMNS = {
+    "hash": "text",
+    "organisation": "text",
+    "plugin_id": "text",
+    "input_ooi": "text",
+    "started_at": "timestamptz",
+    "ended_at": "timestamptz",
+    "seen_at": "timestamptz",
+}
+#: A row seen later wins; one seen earlier (a slower tick finishing last) changes nothing.
+_PG_CONFLICT = (
+    "(hash) DO UPDATE SET started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, "
+    "seen_at = EXCLUDED.seen_at WHERE bytes_runs.seen_at <= EXCLUDED.seen_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRun:
+    """Bytes' newest run of the pair of ``hash``: its start and its end (``None``: not ended when seen)."""
+
+    hash: str
+    organisation: str
+    plugin_id: str
+    input_ooi: str
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class BytesRunStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def listed(self, organisation: str) -> set[str]:
+        """The boefjes whose history in Bytes a tick has listed for ``organisation``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_HISTORIES.c.plugin_id).where(_HISTORIES.c.organisation == organisation))
+            return set(rows.scalars())
+
+    def record_listed(self, listings: Collection[tuple[str, str]], seen_at: datetime) -> None:
+        """Note that the histories of these (organisation, boefje) were listed at ``seen_at``."""
+        if not listings:
+            return
+        rows = [{"organisation": o, "plugin_id": p, "seen_at": seen_at} for o, p in sorted(set(listings))]
+        with self.engine.begin() as conn:
+            insert = postgresql.insert(_HISTORIES) if conn.dialect.name == "postgresql" else sqlite.insert(_HISTORIES)
+            stmt = insert.on_conflict_do_update(
+                index_elements=[_HISTORIES.c.organisation, _HISTORIES.c.plugin_id],
+                set_={"seen_at": insert.excluded.seen_at},
+                where=_HISTORIES.c.seen_at <= insert.excluded.seen_at,
+            )
+            for start in range(0, len(rows), CHUNK):
+                conn.execute(stmt, rows[start : start + CHUNK])
+
+    def record(self, runs: Sequence[SeenRun], seen_at: datetime) -> None:
+        """Keep ``runs`` as Bytes' newest runs of their pairs at ``seen_at`` (one row per hash, upserted)."""
+        if not runs:
+            return
+        ordered = sorted({run.hash: run for run in runs}.values(), key=lambda run: run.hash)  # one lock order
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                rows = [
+                    (r.hash, r.organisation, r.plugin_id, r.input_ooi, r.started_at, r.ended_at, seen_at)
+                    for r in ordered
+                ]
+                pg_insert_rows(conn, "bytes_runs", _PG_COLUMNS, rows, conflict=_PG_CONFLICT, page_size=CHUNK)
+                return
+            insert = sqlite.insert(_BYTES_RUNS)
+            stmt = insert.on_conflict_do_update(
+                index_elements=[_BYTES_RUNS.c.hash],
+                set_={
+                    "started_at": insert.excluded.started_at,
+                    "ended_at": insert.excluded.ended_at,
+                    "seen_at": insert.excluded.seen_at,
+                },
+                where=_BYTES_RUNS.c.seen_at <= insert.excluded.seen_at,
+            )
+            for start in range(0, len(ordered), CHUNK):
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "hash": r.hash,
+                            "organisation": r.organisation,
+                            "plugin_id": r.plugin_id,
+                            "input_ooi": r.input_ooi,
+                            "started_at": r.started_at,
+                            "ended_at": r.ended_at,
+                            "seen_at": seen_at,
+                        }
+                        for r in ordered[start : start + CHUNK]
+                    ],
+                )
+
+    def newest(self, hashes: Collection[str]) -> dict[str, BytesRun]:
+        """Bytes' newest run of each of ``hashes`` as last seen; absent: none seen (none, or too old to matter)."""
+        found: dict[str, BytesRun] = {}
+        if not hashes:
+            return found
+        cols = _BYTES_RUNS.c
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, cols.hash, list(hashes)):
+                for hash_, started, ended in conn.execute(
+                    select(cols.hash, cols.started_at, cols.ended_at).where(condition)
+                ):
+                    found[hash_] = BytesRun(started, ended)
+        return found
