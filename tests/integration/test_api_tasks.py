@@ -319,10 +319,11 @@ def test_a_bad_listing_query_names_the_problem_and_changes_nothing(api, store, p
 
 def test_stats_count_the_last_24_hours_per_hour_and_status_for_the_organisations_asked(api, store):
     now = datetime.now(UTC)
-    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    recent = now - timedelta(seconds=5)
+    this_hour = recent.replace(minute=0, second=0, microsecond=0)
     earlier = this_hour - timedelta(hours=3)
-    store.claim(NewTaskFactory.build_batch(2, organisation="aa"), now=now - timedelta(seconds=5))
-    store.claim(NewTaskFactory.build_batch(1, organisation="bb"), now=now - timedelta(seconds=5))
+    store.claim(NewTaskFactory.build_batch(2, organisation="aa"), now=recent)
+    store.claim(NewTaskFactory.build_batch(1, organisation="bb"), now=recent)
     [done] = NewTaskFactory.build_batch(1, organisation="aa")
     store.claim([done], now=earlier)
     store.start(done.id, "w", now=earlier + timedelta(minutes=1))
@@ -341,6 +342,17 @@ def test_stats_count_the_last_24_hours_per_hour_and_status_for_the_organisations
     assert both[this_hour.isoformat()]["queued"] == 3
     assert everyone == both
     assert api.get("/tasks/stats", params={"scheduler_id": "report"}).json() == {}
+
+
+def test_stats_for_an_unknown_scheduler_are_422_naming_it(api, store):
+    [task_id] = queued(store)
+    before = snapshot(store, task_id)
+
+    response = api.get("/tasks/stats", params={"scheduler_id": "boefje-aa"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "scheduler_id"]
+    assert snapshot(store, task_id) == before
 
 
 # --- /schedulers ----------------------------------------------------------------------------
