@@ -33,6 +33,7 @@ def clean_environment(run_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
     env["SCHEDULER_RUN_DIR"] = str(run_dir)
     env["FLOWER_PORT"] = "0"  # a free port: other runs may hold 5555
+    env["SCHEDULER_API_PORT"] = "0"  # a free port: other runs may hold 8004
     return env
 
 
