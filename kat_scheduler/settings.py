@@ -402,6 +402,11 @@ def load_settings(**overrides: Any) -> Settings:
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"{name}: {message}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except UnicodeDecodeError as exc:
+        env_file = os.path.abspath(str(Settings.model_config.get("env_file") or ".env"))
+        raise SettingsError(
+            f"invalid settings: {env_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
 

@@ -166,3 +166,13 @@ def test_a_password_in_any_form_of_url_is_masked_and_the_rest_kept(url: str, sho
 )
 def test_a_url_without_a_password_is_shown_as_it_is(url: str) -> None:
     assert masked_url(url) == url
+
+
+def test_an_env_file_that_is_not_utf8_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from kat_scheduler.settings import SettingsError, load_settings
+
+    (tmp_path / ".env").write_bytes(b"SCHEDULER_BATCH_SIZE=\xff\xfe\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == f"invalid settings: {tmp_path / '.env'} is not UTF-8 text (byte 0xff at offset 21)"
