@@ -335,12 +335,12 @@ class Settings(BaseSettings):
                 raise ValueError("must be user:password")
         return value
 
-    @field_validator("broker_url")
+    @field_validator("broker_url", "queue_uri")
     @classmethod
     def _broker(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
         if "://" not in value or scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}:
-            raise ValueError("must be a redis://, rediss:// or amqp:// URL")
+            raise ValueError(f"must be a redis://, rediss:// or amqp:// URL, got {masked_url(value)!r}")
         return value
 
     @field_validator("db_uri")

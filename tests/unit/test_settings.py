@@ -49,6 +49,7 @@ def test_kat_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SCHEDULER_PLAN_INTERVAL", "soon"),
         ("SCHEDULER_GRACE_PERIOD", "-5"),
         ("SCHEDULER_BROKER_URL", "kafka://broker"),
+        ("QUEUE_URI", "not-a-url"),
         ("SCHEDULER_DB_URI", "mysql://db"),
         ("SCHEDULER_LOG_LEVEL", "LOUD"),
         ("SCHEDULER_BATCH_SIZE", "0"),
