@@ -157,10 +157,36 @@ def push() -> None:
     """Queue work by hand, at the most urgent band."""
 
 
+def _storable_ooi(value: str | None) -> str | None:
+    """``--ooi`` as the database can store it: UTF-8 text without NUL, at most the column's length."""
+    from sqlalchemy import String
+
+    from kat_scheduler.storage.tables import TaskRow, table_of
+
+    if value is None:
+        return None
+    column = table_of(TaskRow).c.input_ooi.type
+    limit = column.length if isinstance(column, String) and column.length else None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("is not valid UTF-8 text") from None
+    if "\x00" in value:
+        raise click.BadParameter("contains a NUL character")
+    if limit is not None and len(value) > limit:
+        raise click.BadParameter(f"is {len(value)} characters long; an object key has at most {limit}")
+    return value
+
+
 @push.command("boefje")
 @click.option("--org", required=True, help="Organisation id.")
 @click.option("--boefje", "boefje_id", required=True, help="Boefje id.")
-@click.option("--ooi", default=None, help="Input object's primary key (omit for boefjes without input).")
+@click.option(
+    "--ooi",
+    default=None,
+    callback=lambda ctx, param, value: _storable_ooi(value),
+    help="Input object's primary key (omit for boefjes without input).",
+)
 def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
     """Queue BOEFJE on OOI now: band 0, bypasses the grace period, never clearance. Prints the task id."""
     from datetime import UTC, datetime

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 )
 def mula_import_cmd(mula_db_uri: str, dry_run: bool, batch_size: int, since: datetime | None) -> None:
     """Import mula's schedules and finished task history (grace periods) into SCHEDULER_DB_URI."""
-    from kat_scheduler.settings import SettingsError, load_settings
+    from kat_scheduler.settings import SettingsError, load_settings, masked_url
     from kat_scheduler.storage import migrate
     from kat_scheduler.storage.db import make_engine, normalise_url
 
@@ -56,14 +56,23 @@ def mula_import_cmd(mula_db_uri: str, dry_run: bool, batch_size: int, since: dat
     except migrate.DatabaseNotReady as exc:
         click.echo(f"kat-scheduler: {exc}", err=True)
         sys.exit(2)
+    try:
+        mula = make_engine(mula_db_uri, pool_size=1)
+    except (SQLAlchemyError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        click.echo(
+            f"kat-scheduler: --mula-db-uri {masked_url(mula_db_uri)} is not a database URL we can use: {reason}",
+            err=True,
+        )
+        sys.exit(2)
     if normalise_url(mula_db_uri) == normalise_url(settings.db_uri):
+        mula.dispose()
         click.echo("kat-scheduler: --mula-db-uri is SCHEDULER_DB_URI itself; give mula's database", err=True)
         sys.exit(2)
     since_utc = since.replace(tzinfo=UTC) if since is not None else None
     now = datetime.now(UTC)
     if since_utc is None:
         since_utc = now - timedelta(days=settings.retention_days)
-    mula = make_engine(mula_db_uri, pool_size=1)
     ours = make_engine(settings.db_uri, pool_size=2)
     try:
         summary = import_from_mula(mula, ours, since=since_utc, dry_run=dry_run, batch_size=batch_size, now=now)

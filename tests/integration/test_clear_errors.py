@@ -336,3 +336,40 @@ def test_the_embedded_run_prints_a_status_command_for_while_it_runs_and_one_that
     assert executable in summary.group(1) and "Traceback" not in after.stderr
     assert "not read (--no-broker)" in after.stdout
     assert re.search(r"^completed +[1-9]", after.stdout, re.M), after.stdout
+
+
+@pytest.mark.parametrize(
+    ("ooi", "reason"),
+    [
+        (os.fsdecode(b"Hostname|internet|\xff.example"), "is not valid UTF-8 text"),
+        ("Hostname|internet|" + "a" * 1010, "is 1028 characters long; an object key has at most 1024"),
+    ],
+    ids=["undecodable", "too-long"],
+)
+def test_push_refuses_an_object_key_the_database_cannot_store_in_one_line(
+    ooi: str, reason: str, tmp_path: Path
+) -> None:
+    env = environment(SCHEDULER_DB_URI=f"sqlite:///{tmp_path / 'kat_scheduler.db'}")
+    result = subprocess.run(
+        [sys.executable, "-m", "kat_scheduler", "push", "boefje", "--org", "org01", "--boefje", "b", "--ooi", ooi],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert f"Invalid value for '--ooi': {reason}".encode() in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_mula_with_a_url_that_is_no_database_names_it_without_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "kat_scheduler.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    env = environment(SCHEDULER_DB_URI=f"sqlite:///{path}")
+    result = kat_scheduler(tmp_path, env, "import-mula", "--mula-db-uri", "garbage://mula:s3cret@db/mula", "--dry-run")
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "kat-scheduler: --mula-db-uri garbage://mula:***@db/mula is not a database URL we can use: "
+        "Can't load plugin: sqlalchemy.dialects:garbage"
+    )
