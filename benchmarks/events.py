@@ -25,6 +25,17 @@ from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopo
    state). Then ``--storm`` updates of existing world objects at their own level: the steady
    state, in which almost all fall within their schedule and queue nothing (boefjes with
    ``run_on: update`` have no schedule and do run).
+4. **Storm c.** From the same state, ``--storm`` updates that raise world objects to level 4:
+   pairs below clearance at the tick become eligible, and Bytes' history decides (runs that
+   ended inside the grace period, runs still going or dead, cron), which the listener knows
+   from ``bytes_runs`` (what the tick kept of Bytes' history), not from Bytes.
+
+Every storm's queued set (organisation, boefje, object) is compared with what the simulation's
+oracle allows (``kat_scheduler.sim.oracle.allowed_event_tasks``, at the storm's start, with the
+scheduler's stall age): precision (the share of queued tasks the rules allow) and recall (the
+share of allowed tasks queued). The listener and the tick run with a stall age of
+``--stall-age`` seconds (an hour), so the world's runs without an end are still partly running
+and partly dead while a run of the benchmark lasts.
 
 Each storm runs twice. **Live**: the listener consumes while the storm is published, and the
 clock starts just before ``publish_many``, so the benchmark's own publishing (a pure-Python
@@ -86,6 +97,7 @@ from kat_scheduler.settings import load_settings, load_settings_with
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.events import scan_profile_mutation, world_mutations
+from kat_scheduler.sim.oracle import allowed_event_tasks, raised_pairs
 from kat_scheduler.sim.records import DECLARED, OOIRecord
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
@@ -119,6 +131,7 @@ STORMS = {
     "a-backlog": "new objects, backlog",
     "b-backlog": "steady state, backlog",
     "b": "steady state, live",
+    "c-backlog": "levels raised, backlog",
 }
 
 
@@ -469,6 +482,7 @@ def storm(
     *,
     backlog: bool = False,
     timeout: float = 900,
+    allowed: Callable[[datetime], set[tuple[str, str, str]]] | None = None,
 ) -> dict[str, Any]:
     """Publish ``bodies`` and a sentinel; figures once the sentinel's tasks are published.
 
@@ -505,6 +519,7 @@ def storm(
         listener.alive()
         return sentinel_done(engine, sentinel)
 
+    expected = allowed(datetime.fromtimestamp(t0, UTC)) if allowed is not None else None
     if not wait_for(done, timeout=timeout, interval=0.05):
         raise RuntimeError(f"the storm was not handled within {timeout} s")
     cpu_end = cpu_seconds(listener.named())
@@ -534,6 +549,14 @@ def storm(
                 .order_by(sa.func.count().desc())
             ).all()
         )
+        triples = {
+            (str(o), str(p), str(i))
+            for o, p, i in conn.execute(
+                sa.select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi).where(
+                    TaskRow.created_at >= since, TaskRow.input_ooi != sentinel.primary_key
+                )
+            )
+        }
         unpublished = conn.execute(
             sa.select(sa.func.count()).where(
                 TaskRow.created_at >= since, TaskRow.id.in_(sa.select(UnpublishedTask.task_id))
@@ -557,10 +580,27 @@ def storm(
         "http_per_mutation": total_requests / len(bodies),
         "cpu_publish": cpu_used(cpu_start, cpu_published),
         "cpu_rest": cpu_used(cpu_published, cpu_end),
+        **exactness(triples, expected),
     }
 
 
-def plan_and_complete(kat: SimulatedKAT, db_uri: str, engine: sa.Engine, broker: redis.Redis) -> dict[str, Any]:
+def exactness(queued: set[tuple[str, str, str]], expected: set[tuple[str, str, str]] | None) -> dict[str, Any]:
+    """Precision and recall of ``queued`` against the oracle's ``expected`` (nothing when not compared)."""
+    if expected is None:
+        return {}
+    right = len(queued & expected)
+    return {
+        "precision": right / len(queued) if queued else 1.0,
+        "recall": right / len(expected) if expected else 1.0,
+        "extra": len(queued - expected),
+        "missing": len(expected - queued),
+        "allowed": len(expected),
+    }
+
+
+def plan_and_complete(
+    kat: SimulatedKAT, db_uri: str, engine: sa.Engine, broker: redis.Redis, stall_age: int
+) -> dict[str, Any]:
     """One planning tick in this process, then its tasks completed (ran) and off the broker."""
     settings = load_settings(
         octopoes_api=kat.octopoes_url,
@@ -571,6 +611,7 @@ def plan_and_complete(kat: SimulatedKAT, db_uri: str, engine: sa.Engine, broker:
         db_uri=db_uri,
         org_cap_per_tick=10_000_000,
         queue_depth_limit_boefjes=10_000_000,
+        bytes_stall_age=stall_age,
     )
     clients = clients_from_settings(settings)
     publisher = make_publisher(settings)
@@ -602,6 +643,7 @@ def plan_and_complete(kat: SimulatedKAT, db_uri: str, engine: sa.Engine, broker:
         "errors": dict(report.errors),
         "completed": completed,
         "schedules": int(schedules),
+        "bytes_runs": report.bytes_runs_recorded,
     }
 
 
@@ -624,6 +666,16 @@ def run_once(
         return start_listener(kat, queue_uri, db_uri, log, profile, listener_env(args), args.listener_command)
 
     listener = Listener(start, logs, f"listener-{n}")
+
+    def oracle(bodies: list[dict[str, Any]]) -> Callable[[datetime], set[tuple[str, str, str]]]:
+        def allowed(now: datetime) -> set[tuple[str, str, str]]:
+            cases[id(bodies)] = raised_pairs(world, bodies, now=now, stall_age_seconds=args.stall_age)
+            return allowed_event_tasks(world, bodies, now=now, stall_age_seconds=args.stall_age)
+
+        return allowed
+
+    cases: dict[int, dict[str, int]] = {}
+
     listener.begin()
     figures: dict[str, Any] = {}
     try:
@@ -652,17 +704,27 @@ def run_once(
                 creates = new_objects(world, f"storm-{key}-{tag}", args.storm, types, first=first * args.storm)
                 sentinel = new_objects(world, f"sentinel-{key}-{tag}", 1, ["Hostname"])[0]
                 bodies = [o.body() for o in creates]
-                figures[key] = storm(bridge, kat, engine, broker, bodies, sentinel, listener, backlog=backlog)
+                figures[key] = storm(
+                    bridge, kat, engine, broker, bodies, sentinel, listener, backlog=backlog, allowed=oracle(bodies)
+                )
                 figures[key]["expected"] = sum(len(o.boefjes) for o in creates)
                 clear_boefje_queue(broker)
 
             # 3. storm b: updates of planned objects, as a backlog and then live, from the same state
-            figures["plan"] = plan_and_complete(kat, db_uri, engine, broker)
+            figures["plan"] = plan_and_complete(kat, db_uri, engine, broker, args.stall_age)
             updates = world_mutations(world, args.storm, operation="update")
-            for key, backlog in (("b-backlog", True), ("b", False)):
+            raises = world_mutations(world, args.storm, operation="update", level=LEVEL)
+            for key, backlog, bodies in (
+                ("b-backlog", True, updates),
+                ("b", False, updates),
+                ("c-backlog", True, raises),
+            ):
                 sentinel = new_objects(world, f"sentinel-{key}-{tag}", 1, ["Hostname"])[0]
                 since = datetime.now(UTC)
-                figures[key] = storm(bridge, kat, engine, broker, updates, sentinel, listener, backlog=backlog)
+                figures[key] = storm(
+                    bridge, kat, engine, broker, bodies, sentinel, listener, backlog=backlog, allowed=oracle(bodies)
+                )
+                figures[key]["raised"] = cases.get(id(bodies), {})
                 forget(engine, broker, since)
         listener.alive()
         return figures
@@ -689,7 +751,7 @@ def forget(engine: sa.Engine, broker: redis.Redis, since: datetime) -> None:
 
 
 def listener_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {}
+    env = {"SCHEDULER_BYTES_STALL_AGE": str(args.stall_age)}
     for item in args.listener_env:
         name, _, value = item.partition("=")
         env[name] = value
@@ -717,6 +779,13 @@ def print_run(n: int, f: dict[str, Any]) -> None:
             f"{s['on_broker']} on the broker); HTTP {s['requests']} = {s['http_per_mutation']:.4f}/mutation"
         )
         print(f"    claim statements (~ handler batches that queued work): {s['claims']}; by boefje {s['by_boefje']}")
+        if s.get("raised"):
+            print(f"    pairs made eligible that were not at the tick, by Bytes' newest run: {s['raised']}")
+        if "precision" in s:
+            print(
+                f"    against the oracle: {s['allowed']} allowed; precision {s['precision']:.4f}, recall "
+                f"{s['recall']:.4f} (extra {s['extra']}, missing {s['missing']})"
+            )
         if s["backlog"]:
             print(f"    CPU s from the attach: {s['cpu_rest']}")
         else:
@@ -725,8 +794,8 @@ def print_run(n: int, f: dict[str, Any]) -> None:
             p = f["plan"]
             print(
                 f"  planning tick before storm b: {p['queued']} tasks queued in {p['seconds']:.1f} s, then "
-                f"{p['completed']} marked completed; {p['schedules']} schedules"
-                + (f"; errors {p['errors']}" if p["errors"] else "")
+                f"{p['completed']} marked completed; {p['schedules']} schedules; "
+                f"{p['bytes_runs']} Bytes runs kept" + (f"; errors {p['errors']}" if p["errors"] else "")
             )
 
 
@@ -748,6 +817,9 @@ def main() -> None:
     parser.add_argument("--oois", type=int, default=1000, help="objects per organisation (storm b updates them)")
     parser.add_argument("--boefjes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--stall-age", type=int, default=3600, help="SCHEDULER_BYTES_STALL_AGE of the listener and the tick (s)"
+    )
     parser.add_argument("--profile", metavar="DIR", help="run the listener under cProfile, writing DIR/listener-N.prof")
     parser.add_argument(
         "--listener-env",
@@ -809,9 +881,12 @@ def main() -> None:
         queued = statistics.median(r[name]["queued"] for r in runs)
         handled = statistics.median(r[name]["handled_s"] for r in runs)
         storms[name] = (rate, http)
+        precision = statistics.median(r[name]["precision"] for r in runs)
+        recall = statistics.median(r[name]["recall"] for r in runs)
         print(
             f"median of {len(runs)} runs: storm {name}: {rate:,.0f} mutations/s ({args.storm} handled in "
-            f"{handled:.2f} s), {queued:.0f} tasks queued, {http:.4f} HTTP requests/mutation"
+            f"{handled:.2f} s), {queued:.0f} tasks queued, {http:.4f} HTTP requests/mutation, "
+            f"precision {precision:.4f}, recall {recall:.4f}"
         )
     print(f"latency p50 {ms(p50)} ms (target <= {TARGET_P50_MS:.0f} ms): {verdict(p50 * 1000 <= TARGET_P50_MS)}")
     print(f"latency p95 {ms(p95)} ms (target <= {TARGET_P95_MS:.0f} ms): {verdict(p95 * 1000 <= TARGET_P95_MS)}")

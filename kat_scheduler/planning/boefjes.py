@@ -7,7 +7,10 @@ schedule, one for live tasks, one for our own history, and, only for pairs our h
 cover, Bytes' history of that boefje in bulk (once per organisation and boefje, newest first,
 only as far back as the grace period or the stall age; the newest run per object, ended or not).
 Whether a pair is due is :func:`kat_scheduler.rules.is_due`'s, here as on every other path (due
-schedules, events). Candidates are ranked and capped per organisation.
+schedules, events). Candidates are ranked and capped per organisation. The newest run of every
+object of each history listed, eligible or not, is kept in ``bytes_runs`` after the publish, for
+the event handlers (an object raised later); a boefje whose history no tick has listed yet is
+listed once even when none of its pairs needs it.
 
 ``plan_threads`` organisations are planned at once, so one computes while others wait for a KAT
 service or the database; each organisation's candidates are claimed on a background thread as

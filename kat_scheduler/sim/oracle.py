@@ -49,6 +49,19 @@ def _due_by_bytes(
     return now - last.ended_at >= grace
 
 
+def bytes_state(
+    world: World, org: str, boefje: Any, primary_key: str, now: datetime, default_grace: timedelta, stall_age: timedelta
+) -> str:
+    """What Bytes' newest run of the pair says at ``now``: ``"no run"``, ``"running"``, ``"stalled"``,
+    ``"not due"`` (ended inside its grace period, or before the next cron time) or ``"due"``."""
+    last = world.last_run(org, boefje.id, primary_key)
+    if last is None:
+        return "no run"
+    if last.ended_at is None and last.started_at is not None:
+        return "stalled" if last.started_at + stall_age <= now else "running"
+    return "due" if _due_by_bytes(world, org, boefje, primary_key, now, default_grace, stall_age) else "not due"
+
+
 def allowed_boefje_tasks(
     world: World,
     now: datetime,
@@ -91,7 +104,39 @@ def allowed_event_tasks(
     Bytes' newest run of the pair lets it run at ``now`` (as in :func:`allowed_boefje_tasks`). A
     ``delete`` queues nothing. Each object's mutations count as a union (a storm raises once).
     """
-    allowed: set[Triple] = set()
+    return set(_event_pairs(world, mutations, now, default_grace_seconds, stall_age_seconds, allowed_only=True))
+
+
+def raised_pairs(
+    world: World,
+    mutations: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    default_grace_seconds: int = 86400,
+    stall_age_seconds: float = DEFAULT_STALL_AGE_SECONDS,
+) -> dict[str, int]:
+    """How many periodic pairs ``mutations`` make eligible that were not at the first tick, by what
+    Bytes' newest run says at ``now`` (:func:`bytes_state`): the cases the event path must get right."""
+    counts: dict[str, int] = {}
+    for state in _event_pairs(
+        world, mutations, now, default_grace_seconds, stall_age_seconds, allowed_only=False
+    ).values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _event_pairs(
+    world: World,
+    mutations: Iterable[Mapping[str, Any]],
+    now: datetime,
+    default_grace_seconds: int,
+    stall_age_seconds: float,
+    *,
+    allowed_only: bool,
+) -> dict[Triple, str]:
+    """The pairs of :func:`allowed_event_tasks` (``allowed_only``), or every periodic pair the
+    mutations newly make eligible, each with its :func:`bytes_state` (``"event"`` for ``run_on``)."""
+    pairs: dict[Triple, str] = {}
     stall_age = timedelta(seconds=stall_age_seconds)
     default_grace = timedelta(seconds=default_grace_seconds)
     for body in mutations:
@@ -108,14 +153,15 @@ def allowed_event_tasks(
             if not world.is_enabled(org, b.id) or object_type not in b.consumes or b.scan_level > level:
                 continue
             if b.run_on:
-                if operation in b.run_on:
-                    allowed.add((org, b.id, primary_key))
+                if operation in b.run_on and allowed_only:
+                    pairs[(org, b.id, primary_key)] = "event"
                 continue
             if b.scan_level <= level_at_tick:
                 continue  # the tick's: queued or scheduled
-            if _due_by_bytes(world, org, b, primary_key, now, default_grace, stall_age):
-                allowed.add((org, b.id, primary_key))
-    return allowed
+            state = bytes_state(world, org, b, primary_key, now, default_grace, stall_age)
+            if not allowed_only or state in ("no run", "stalled", "due"):
+                pairs[(org, b.id, primary_key)] = state
+    return pairs
 
 
 def unfinished_runs(
