@@ -12,13 +12,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
@@ -262,3 +262,44 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
     # Every claimed row was marked published before the stop; new objects get their schedules
     # from their first run (at the next tick), not from the listener.
     assert (claimed(), unpublished, scheduled) == (expected, 0, 0)
+
+
+def test_a_raise_after_the_tick_leaves_a_boefje_bytes_shows_running_or_inside_its_grace_alone(
+    world, bridge, listener, planner, pg_engine
+) -> None:
+    """Shodan (level 1, a week's interval) on three new addresses at level 0: Bytes shows it running
+    on one, ended 14 hours ago on another, never on the third. After a tick, all three are raised
+    to level 2: only the third gets shodan; nmap (no run in Bytes) runs on all three."""
+    org = "org01"
+    assert world.is_enabled(org, "shodan") and world.is_enabled(org, "nmap")
+    with pg_engine.begin() as conn:  # what an earlier test's tick kept is not this test's
+        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
+    refs = {name: f"IPAddressV4|internet|192.0.2.{n}" for n, name in enumerate(("running", "grace", "never"), 201)}
+    for ref in refs.values():
+        world.add_ooi(org, "IPAddressV4", ref, level=0)
+    now = datetime.now(UTC)
+    for ref, started, ended in (
+        (refs["running"], now - timedelta(minutes=1), None),
+        (refs["grace"], now - timedelta(hours=14, seconds=30), now - timedelta(hours=14)),
+    ):
+        meta = BoefjeMeta.model_validate(
+            {
+                "id": str(uuid.uuid4()),
+                "boefje": {"id": "shodan", "version": None},
+                "input_ooi": ref,
+                "arguments": {},
+                "organization": org,
+                "started_at": started.isoformat(),
+                "ended_at": ended.isoformat() if ended else None,
+            }
+        )
+        world.add_boefje_meta(meta)
+    planner.plan(None, now=now)  # lists shodan's history in Bytes; the addresses are below clearance
+
+    for ref in refs.values():
+        world.set_scan_level(org, ref, 2)
+
+    assert wait_for(lambda: all("nmap" in boefje_tasks(pg_engine, ref) for ref in refs.values()), timeout=20)
+    assert "shodan" in boefje_tasks(pg_engine, refs["never"])
+    assert "shodan" not in boefje_tasks(pg_engine, refs["running"])
+    assert "shodan" not in boefje_tasks(pg_engine, refs["grace"])
