@@ -281,8 +281,14 @@ class EventBridge:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the connection; a publish still retrying after ``timeout`` seconds is left to end with the process."""
+        if not self._lock.acquire(timeout=timeout):
+            logger.warning(
+                "a publish to %s is still in progress after %.0fs; not waiting for it", self.safe_url, timeout
+            )
+            return
+        try:
             connection, self._connection, self._producer, self._confirms = self._connection, None, None, None
             self._declared.clear()
             if connection is not None:
@@ -290,6 +296,8 @@ class EventBridge:
                     connection.release()
                 except Exception:
                     logger.debug("error while closing the connection", exc_info=True)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Self:
         return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,6 +24,9 @@ from kat_scheduler.sim.http import Fault, FaultInjector, RequestStats, ServiceAp
 from kat_scheduler.sim.world import World
 
 logger = logging.getLogger(__name__)
+
+#: Seconds :meth:`SimulatedKAT.stop` waits for its servers; a stop never waits for ever.
+STOP_TIMEOUT = 10.0
 
 SERVICES: tuple[str, ...] = ("octopoes", "katalogus", "bytes")
 
@@ -86,8 +90,12 @@ class SimulatedKAT:
         stoppers = [threading.Thread(target=server.stop, daemon=True) for server in self._servers.values()]
         for stopper in stoppers:
             stopper.start()
+        deadline = time.monotonic() + STOP_TIMEOUT
         for stopper in stoppers:
-            stopper.join()
+            stopper.join(max(0.0, deadline - time.monotonic()))
+        stuck = sum(stopper.is_alive() for stopper in stoppers)
+        if stuck:  # the servers' threads are daemons: the process can still exit
+            logger.warning("%d simulated service(s) did not stop within %.0fs", stuck, STOP_TIMEOUT)
 
     @property
     def running(self) -> bool:

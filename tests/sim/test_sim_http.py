@@ -246,3 +246,22 @@ def test_chunked_bodies_and_unencoded_plus_signs_are_understood(kat: SimulatedKA
     finally:
         connection.close()
     assert kat.world.get_ooi("org01", "Hostname|internet|chunked.example.nl") is not None
+
+
+def test_a_service_that_does_not_stop_never_holds_up_the_simulations_stop(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kat_scheduler.sim import server as sim_server
+
+    kat = SimulatedKAT(world).start()
+    real_stop = ServiceServer.stop
+    released = threading.Event()
+    monkeypatch.setattr(sim_server, "STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(ServiceServer, "stop", lambda self: released.wait(30))
+    started = time.monotonic()
+    kat.stop()
+    assert time.monotonic() - started < 5
+    assert "did not stop within" in caplog.text
+    released.set()
+    monkeypatch.setattr(ServiceServer, "stop", real_stop)
+    kat.stop()
