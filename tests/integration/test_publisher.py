@@ -135,7 +135,14 @@ def test_a_message_whose_worker_dies_mid_task_is_delivered_again_on_the_same_que
 ) -> None:
     # Redis redelivers an unacked message once it is older than the visibility timeout, when a
     # worker starts; RabbitMQ as soon as the dead worker's connection drops.
-    limits = {"SCHEDULER_SOFT_TIME_LIMIT": "1", "SCHEDULER_HARD_TIME_LIMIT": "2", "SCHEDULER_VISIBILITY_TIMEOUT": "3"}
+    # The visibility timeout leaves the second worker 6 s to run and ack the message before Redis
+    # would hand it out once more (3 s was too short on a loaded machine).
+    visibility = 6
+    limits = {
+        "SCHEDULER_SOFT_TIME_LIMIT": "1",
+        "SCHEDULER_HARD_TIME_LIMIT": "2",
+        "SCHEDULER_VISIBILITY_TIMEOUT": str(visibility),
+    }
     env = worker_env(settings, redis_url, **limits)
     doomed = message(4, organisation="org-1", probe_sleep=30)
     publisher.publish([doomed])
@@ -151,7 +158,7 @@ def test_a_message_whose_worker_dies_mid_task_is_delivered_again_on_the_same_que
     if transport_of(settings.broker_url) == "amqp":
         assert wait_for(lambda: publisher.queue_depth(Queue.BOEFJES) == 1, timeout=5)
     else:
-        time.sleep(max(0.0, delivered_at + 3.5 - time.monotonic()))
+        time.sleep(max(0.0, delivered_at + visibility + 0.5 - time.monotonic()))
 
     with celery_worker("tests.probe_app", [Queue.BOEFJES], env, log_file=tmp_path / "second.log"):
         finished = wait_for(lambda: probe_results.llen("probe:record") >= 1, timeout=20)

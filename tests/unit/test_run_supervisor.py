@@ -79,3 +79,22 @@ def test_children_stop_in_order_producers_first_services_last(tmp_path: Path) ->
         time.sleep(0.05)
     supervisor.stop(budget=6)
     assert marker.read_text().split() == ["beat", "boefjes", "redis"]
+
+
+def test_time_a_role_did_not_need_is_left_to_the_roles_after_it(tmp_path: Path) -> None:
+    supervisor = Supervisor({}, tmp_path)
+    slow_to_stop = (  # stops 1.5 s after SIGTERM: more than its own share of the 4 s (1.33 s)
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    supervisor.start(ChildSpec("beat", python("import time; time.sleep(60)"), Role.PRODUCER))
+    flower = supervisor.start(ChildSpec("flower", python(slow_to_stop), Role.MONITOR))
+    deadline = time.monotonic() + 10
+    while "up" not in flower.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    reports = supervisor.stop(budget=4.0, roles=[Role.PRODUCER, Role.MONITOR])
+    assert time.monotonic() - started < 4.5
+    assert [(r.name, r.killed) for r in reports] == [("beat", False), ("flower", False)]
