@@ -136,14 +136,21 @@ def test_a_body_that_is_not_json_is_a_response_error(kat, octopoes):
 
 
 def test_json_of_the_wrong_shape_is_a_response_error_naming_the_field(kat, katalogus):
-    kat.inject_fault("katalogus", status=200, body=b'[{"id": "x", "type": "boefje", "scan_level": 9}]')
+    kat.inject_fault("katalogus", status=200, body=b'{"org01": {"id": "org01"}}')
+
+    with pytest.raises(ServiceResponseError) as caught:
+        katalogus.organisations()
+
+    assert str(caught.value).startswith("katalogus: GET /v1/organisations: unexpected body: org01.name:")
+
+
+def test_a_plugin_list_that_is_not_a_list_is_a_response_error(kat, katalogus):
+    kat.inject_fault("katalogus", status=200, body=b'{"id": "x", "type": "boefje"}')
 
     with pytest.raises(ServiceResponseError) as caught:
         katalogus.plugins("org01")
 
-    assert str(caught.value).startswith(
-        "katalogus: GET /v1/organisations/org01/plugins: unexpected body: 0.boefje.scan_level:"
-    )
+    assert str(caught.value).startswith("katalogus: GET /v1/organisations/org01/plugins: unexpected body:")
 
 
 def test_sends_its_user_agent(octopoes):

@@ -112,3 +112,24 @@ def test_health(katalogus):
     health = katalogus.health()
 
     assert (health.service, health.healthy) == ("katalogus", True)
+
+
+def test_a_plugin_that_does_not_validate_is_skipped_alone_and_named(katalogus, kat, caplog):
+    import json
+
+    body = [
+        {"id": "good", "type": "boefje", "enabled": True, "consumes": ["Hostname"], "scan_level": 1},
+        {"id": "bad-cron", "type": "boefje", "enabled": True, "consumes": ["Hostname"], "cron": "not a cron"},
+        {"id": "kat_good_normalize", "type": "normalizer", "enabled": True, "consumes": ["boefje/good"]},
+    ]
+    kat.inject_fault("katalogus", status=200, body=json.dumps(body).encode(), times=2, path_prefix="/v1/organisations")
+
+    plugins = katalogus.plugins("org01")
+    boefjes = katalogus.boefjes("org01")
+
+    assert [p.id for p in plugins] == ["good", "kat_good_normalize"]
+    assert [b.id for b in boefjes] == ["good"]
+    assert [(i.plugin_id, i.reason) for i in boefjes.invalid] == [
+        ("bad-cron", "boefje.cron: invalid cron expression 'not a cron'")
+    ]
+    assert "plugin 'bad-cron' skipped, it does not validate: boefje.cron: invalid cron expression" in caplog.text
