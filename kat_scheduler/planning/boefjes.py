@@ -315,15 +315,17 @@ class BoefjePlanner:
             pairs = pairs_for_page(org, index, page, plan.skipped, periodic=True)
             for candidate in self._filter_pairs(org, pairs, plan, bytes_history, now):
                 top.push(candidate)
-        # A boefje whose history no tick has listed yet (none of its pairs needed it) is listed now,
-        # so that bytes_runs knows its runs before an event raises an object it ran on.
+        # Histories this tick did not need are listed anyway (for bytes_runs, which events read) when
+        # no tick has listed them yet (none of their pairs needed it), or when they held a run that
+        # was going when seen and has passed the stall age since: did it end, or die?
         unlisted = [
             b for b in index.boefjes.values() if b.enabled and b.consumes and not b.run_on and b.id not in bytes_history
         ]
         if unlisted:
-            listed = self.bytes_runs.listed(org)
+            stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
+            listed, overdue = self.bytes_runs.listing_state(org, now=now, stall_age=stall_age)
             for boefje in unlisted:
-                if boefje.id not in listed:
+                if boefje.id not in listed or boefje.id in overdue:
                     self._bytes_run(org, boefje, "", bytes_history, now)
         plan.skipped[SkipReason.ORG_CAP] += top.dropped
         plan.candidates = top.sorted()

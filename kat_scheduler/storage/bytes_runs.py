@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,11 +57,26 @@ class BytesRunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def listed(self, organisation: str) -> set[str]:
-        """The boefjes whose history in Bytes a tick has listed for ``organisation``."""
+    def listing_state(self, organisation: str, *, now: datetime, stall_age: timedelta) -> tuple[set[str], set[str]]:
+        """Of ``organisation``: the boefjes whose history in Bytes a tick has listed, and those of
+        them with a run that was going when it was seen and has passed ``stall_age`` since (it has
+        ended or died by now, which only listing that history again tells)."""
+        cols = _BYTES_RUNS.c
+        # The runs seen without an end (the partial index ix_bytes_runs_unended): few; compared here,
+        # which works alike on both backends.
+        unended = select(cols.plugin_id, cols.started_at, cols.seen_at).where(
+            cols.organisation == organisation, cols.ended_at.is_(None)
+        )
         with self.engine.connect() as conn:
-            rows = conn.execute(select(_HISTORIES.c.plugin_id).where(_HISTORIES.c.organisation == organisation))
-            return set(rows.scalars())
+            listed = set(
+                conn.execute(select(_HISTORIES.c.plugin_id).where(_HISTORIES.c.organisation == organisation)).scalars()
+            )
+            overdue = {
+                plugin_id
+                for plugin_id, started, seen in conn.execute(unended)
+                if started is not None and seen - started < stall_age <= now - started
+            }
+        return listed, overdue
 
     def record_listed(self, listings: Collection[tuple[str, str]], seen_at: datetime) -> None:
         """Note that the histories of these (organisation, boefje) were listed at ``seen_at``."""

@@ -245,6 +245,18 @@ class BytesRunRow(Base):
     ended_at: Mapped[datetime | None]
     seen_at: Mapped[datetime]
 
+    __table_args__ = (
+        # Runs seen without an end, per organisation: the tick lists a history again once such a
+        # run has passed the stall age (few rows: most runs have ended when seen).
+        Index(
+            "ix_bytes_runs_unended",
+            "organisation",
+            "plugin_id",
+            postgresql_where=text("ended_at IS NULL"),
+            sqlite_where=text("ended_at IS NULL"),
+        ),
+    )
+
 
 class BytesHistoryRow(Base):
     """When a planning tick last listed a boefje's history in Bytes for an organisation.

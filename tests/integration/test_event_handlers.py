@@ -652,3 +652,25 @@ def test_a_raise_after_the_tick_decides_as_the_tick_would_for_every_object_of_th
     with pg_engine.connect() as conn:
         queued = {tuple(r) for r in conn.execute(select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi))}
     assert queued - ticked == expected
+
+
+def test_a_run_seen_going_that_ended_after_the_tick_is_seen_ended_by_the_next_tick_past_its_stall_age(
+    mutations, planner, world, pg_engine
+) -> None:
+    """Bytes shows a run going at the tick; it ends a minute later. The next tick after its stall
+    age lists the boefje's history again (no pair of it needed Bytes), so a raise then waits the
+    grace period from that end instead of taking the run for dead."""
+    (pair,) = below_clearance(world, 1)
+    started = NOW - timedelta(minutes=2)
+    bytes_run(world, pair, started, None)
+    planner.plan(None, now=NOW)
+    ended = NOW + timedelta(minutes=1)
+    bytes_run(world, pair, started + timedelta(seconds=1), ended)  # Bytes' newest run now: it ended
+    later = NOW + timedelta(minutes=10)  # past the stall age (7 minutes) of the run seen going
+    planner.plan(None, now=later)
+
+    handler = handler_at(mutations, later)
+    raise_to_4(handler, [pair])
+
+    assert pair[1] not in tasks_on(pg_engine, pair[2])
+    assert handler.stats.skipped["within grace period"] >= 1

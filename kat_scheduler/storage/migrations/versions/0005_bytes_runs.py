@@ -5,7 +5,8 @@ schedules only, so a pair that Bytes shows running, or ended inside its grace pe
 again. The tick already lists each boefje's history in Bytes in bulk; it now keeps the newest run
 of every object in that history here, and the handlers read it by hash. ``bytes_histories`` says
 which boefjes' histories a tick has listed, per organisation, so that one never listed (no pair
-needed it) is listed by the next tick.
+needed it) is listed by the next tick; ``ix_bytes_runs_unended`` finds the histories to list
+again because a run that was going when seen has passed the stall age since.
 
 Revision ID: 0005
 Revises: 0004
@@ -35,6 +36,13 @@ def upgrade() -> None:
         sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("hash", name="pk_bytes_runs"),
     )
+    op.create_index(
+        "ix_bytes_runs_unended",
+        "bytes_runs",
+        ["organisation", "plugin_id"],
+        postgresql_where=sa.text("ended_at IS NULL"),
+        sqlite_where=sa.text("ended_at IS NULL"),
+    )
     op.create_table(
         "bytes_histories",
         sa.Column("organisation", sa.String(128), nullable=False),
@@ -46,4 +54,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("bytes_histories")
+    op.drop_index("ix_bytes_runs_unended", table_name="bytes_runs")
     op.drop_table("bytes_runs")
