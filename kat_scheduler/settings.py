@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kat_scheduler.models.tasks import SchedulerId
+
 ENV_PREFIX = "SCHEDULER_"
 
 #: Fields that keep the name the rest of KAT (or Flower) already uses for them.
@@ -306,6 +308,15 @@ class Settings(BaseSettings):
         description="Port of the HTTP API (`kat-scheduler api`; in `kat-scheduler run` 0 means a free one).",
     )
 
+    pull_schedulers: str = Field(
+        "report",
+        description=(
+            "Schedulers whose tasks are popped over HTTP (`POST /schedulers/{id}/pop`, OpenKAT's own "
+            "runners) instead of published to Celery: a comma-separated list of `boefje`, `normalizer`, "
+            "`report` (empty: none)."
+        ),
+    )
+
     # --- The all-in-one run (`kat-scheduler run`) ---------------------------------------
     run_dir: str = Field(
         ".kat-scheduler",
@@ -342,6 +353,16 @@ class Settings(BaseSettings):
         if "://" not in value or scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}:
             raise ValueError(f"must be a redis://, rediss:// or amqp:// URL, got {masked_url(value)!r}")
         return value
+
+    @field_validator("pull_schedulers")
+    @classmethod
+    def _pull_schedulers(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        known = [s.value for s in SchedulerId]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown scheduler {', '.join(map(repr, unknown))} (schedulers: {', '.join(known)})")
+        return ",".join(dict.fromkeys(names))
 
     @field_validator("db_uri")
     @classmethod
@@ -383,6 +404,11 @@ class Settings(BaseSettings):
     @property
     def effective_visibility_timeout(self) -> int:
         return self.visibility_timeout or self.hard_time_limit + 600
+
+    @property
+    def pull_scheduler_ids(self) -> frozenset[SchedulerId]:
+        """The schedulers whose tasks are popped over HTTP, not published to Celery."""
+        return frozenset(SchedulerId(name) for name in self.pull_schedulers.split(",") if name)
 
     @property
     def broker_is_redis(self) -> bool:

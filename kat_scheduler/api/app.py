@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from kat_scheduler.api import health, push, schedulers, tasks
+from kat_scheduler.api import health, pop, push, schedulers, tasks
 from kat_scheduler.api.context import ApiContext
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
@@ -44,5 +44,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(schedulers.router)
     app.include_router(push.router)
+    app.include_router(pop.router)
     app.include_router(tasks.router)
     return app

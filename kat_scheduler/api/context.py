@@ -10,10 +10,11 @@ from sqlalchemy import Engine
 
 from kat_scheduler.clients import KATClients, clients_from_settings
 from kat_scheduler.dispatch import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.publisher import Publisher, make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.task_views import TaskViews
-from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 
 @dataclass
@@ -21,6 +22,8 @@ class ApiContext:
     settings: Settings
     engine: Engine
     tasks: TaskViews
+    #: Schedulers delivered through Celery that a runner tried to pop from (logged once each).
+    warned_pops: set[SchedulerId] = field(default_factory=set, repr=False)
     _clients: KATClients | None = field(default=None, repr=False)
     _publisher: Publisher | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -41,6 +44,16 @@ class ApiContext:
             if self._publisher is None:
                 self._publisher = make_publisher(self.settings)
             return Dispatcher(TaskStore(self.engine), self._publisher).dispatch([item])
+
+    def claim_for_pull(self, task: NewTask) -> bool:
+        """Claim ``task``'s row for a pull scheduler: queued for a pop, never published (whether
+        its hash was free). The claim's listing in ``unpublished_tasks`` is dropped at once: there
+        is no message to wait for."""
+        store = TaskStore(self.engine)
+        if not store.claim([task]):
+            return False
+        store.mark_published([task.id])
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kat_scheduler.hashing import report_task_hash
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.storage.tables import TaskRow
 
@@ -54,6 +55,28 @@ class Task(BaseModel):
             created_at=row.created_at,
             modified_at=row.modified_at,
         )
+
+
+class ReportTask(BaseModel):
+    """The ``data`` of a report task (and of a report schedule): which recipe, for which organisation.
+
+    Rocky may add ``"type": "report"``; any key it adds is kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    organisation_id: str = Field(min_length=1)
+    report_recipe_id: str = Field(min_length=1)
+
+    @property
+    def hash(self) -> str:
+        return report_task_hash(self.report_recipe_id, self.organisation_id)
+
+
+class PoppedTasks(BaseModel):
+    """The answer of ``POST /schedulers/{id}/pop``: the tasks taken, most urgent first, now dispatched."""
+
+    results: list[Task]
 
 
 class TaskPatch(BaseModel):

@@ -1,7 +1,8 @@
 """``POST /schedulers/{id}/push``: a task queued by hand (Rocky's "scan now", a worker handing one back).
 
-It takes the producers' path: the row is claimed (one live task per hash), then its message is
-published to the scheduler's Celery queue at band 0, the most urgent.
+It takes the producers' path: the row is claimed (one live task per hash) at band 0, the most
+urgent, then its message is published to the scheduler's Celery queue. A pull scheduler's task
+(``SCHEDULER_PULL_SCHEDULERS``) is only claimed: its runners pop it (``pop.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kat_scheduler.api.context import ApiContext, context
-from kat_scheduler.api.models import Problem, Task
+from kat_scheduler.api.models import Problem, ReportTask, Task
 from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.dispatch import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
@@ -95,11 +96,36 @@ def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
     return Dispatchable(task, name.value, queue.value, kwargs)
 
 
+def report_task(push: TaskPush) -> NewTask:
+    """The row of a pushed report task; 400 for data that is not a ReportTask of the organisation."""
+    try:
+        report = ReportTask.model_validate(push.data)
+    except ValidationError as exc:
+        raise _bad(f"data is not a report task: {_errors(exc)}") from None
+    if report.organisation_id != push.organisation:
+        raise _bad(
+            f"organisation {push.organisation!r} differs from the data's organisation_id {report.organisation_id!r}"
+        )
+    return NewTask(
+        id=push.id or uuid.uuid4(),
+        scheduler_id=SchedulerId.REPORT,
+        type=SchedulerId.REPORT.value,
+        organisation=report.organisation_id,
+        plugin_id=report.report_recipe_id,
+        input_ooi=None,
+        hash=report.hash,
+        band=MANUAL_BAND,
+        priority=push.priority if push.priority is not None else 0,
+        data=push.data,
+        reason="manual",
+    )
+
+
 @router.post(
     "/schedulers/{scheduler_id}/push",
     status_code=status.HTTP_201_CREATED,
     response_model=Task,
-    summary="Queue a task now, at the most urgent band",
+    summary="Queue a task now, at the most urgent band (pull schedulers: for the next pop, unpublished)",
     responses={
         400: {"model": Problem, "description": "Data that does not validate, or contradicts the path"},
         404: {"model": Problem, "description": "No such scheduler"},
@@ -111,25 +137,35 @@ def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(c
     scheduler = known_scheduler(scheduler_id)
     if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
         raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")
-    if scheduler is SchedulerId.REPORT:
-        raise _bad("report tasks are queued by their schedules; pushing one is not supported yet")
-    item = dispatchable(scheduler, body)
-    existing = ctx.tasks.get(item.task.id)
+    pull = scheduler in ctx.settings.pull_scheduler_ids
+    if scheduler is SchedulerId.REPORT and not pull:
+        raise _bad("report tasks are delivered only by pop: the report scheduler is not in SCHEDULER_PULL_SCHEDULERS")
+    item = None if scheduler is SchedulerId.REPORT else dispatchable(scheduler, body)
+    task = report_task(body) if item is None else item.task
+    existing = ctx.tasks.get(task.id)
     if existing is not None:
         # A runner handing back a task it popped but never started (boefjes' worker manager does
         # so on shutdown): the task is queued again. Any other status: the id is taken.
-        if existing.status is TaskStatus.DISPATCHED and existing.hash == item.task.hash:
+        if existing.status is TaskStatus.DISPATCHED and existing.hash == task.hash:
             return Task.of(ctx.tasks.move(existing.id, TaskStatus.QUEUED))
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"a task with id {item.task.id} exists already ({existing.status.value})"
+            status.HTTP_409_CONFLICT, f"a task with id {task.id} exists already ({existing.status.value})"
         )
+    taken = HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"a task with hash {task.hash} is already queued or running",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+    if pull or item is None:
+        # A pull scheduler's runners pop it: claimed at the most urgent band, never published.
+        if not ctx.claim_for_pull(task):
+            raise taken
+        row = ctx.tasks.get(task.id)
+        assert row is not None
+        return Task.of(row)
     result = ctx.dispatch(item)
     if result.claimed == 0:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"a task with hash {item.task.hash} is already queued or running",
-            headers={"Retry-After": str(RETRY_AFTER)},
-        )
+        raise taken
     if result.errors and not result.published:
         row = ctx.tasks.get(item.task.id)
         if row is None:  # certainly not sent: the claim was released

@@ -7,7 +7,7 @@ Route handlers hold no SQL: every statement the API runs is here (or in :mod:`.t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,6 +193,74 @@ class TaskViews:
         with self.engine.connect() as conn:
             found = {(SchedulerId(s), TaskStatus(t)): int(n) for s, t, n in conn.execute(stmt)}
         return {(s, t): found.get((s, t), 0) for s in SchedulerId for t in TaskStatus}
+
+    def pop(
+        self,
+        scheduler_id: SchedulerId,
+        *,
+        limit: int,
+        where: Sequence[ColumnElement[bool]] = (),
+        now: datetime | None = None,
+    ) -> list[TaskRow]:
+        """Take up to ``limit`` queued tasks of ``scheduler_id`` matching ``where``, most urgent first
+        (band, then priority, then age), and mark them ``dispatched``; the rows as they are now.
+
+        One statement. On PostgreSQL ``WITH picked AS MATERIALIZED (SELECT … LIMIT n FOR UPDATE
+        SKIP LOCKED) UPDATE … FROM picked RETURNING``: a concurrent pop skips rows another pop is
+        taking and takes the next ones, so no two pops return the same task and neither waits. On
+        SQLite ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING``: SQLite has no row locks but
+        runs one writing statement at a time (the UPDATE takes the database's write lock before it
+        reads), so the select and the update of one pop are never interleaved with another's.
+        """
+        if limit <= 0:
+            return []
+        now = now or utcnow()
+        col = _TASKS.c
+        picked = (
+            select(col.id)
+            .where(col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where)
+            .order_by(col.band, col.priority, col.created_at)
+            .limit(limit)
+            .correlate(None)
+        )
+        if self.engine.dialect.name == "postgresql":
+            # A CTE, evaluated once: PostgreSQL may run an IN (subquery … LIMIT) of an UPDATE more
+            # than once and take more than ``limit`` rows.
+            cte = picked.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+            taken: ColumnElement[bool] = TaskRow.id == cte.c.id
+        else:
+            taken = TaskRow.id.in_(picked.scalar_subquery())
+        stmt = (
+            update(TaskRow)
+            .where(taken, TaskRow.status == TaskStatus.QUEUED)
+            .values(status=TaskStatus.DISPATCHED, modified_at=now)
+            .returning(TaskRow)
+            .execution_options(synchronize_session=False)
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            rows = list(session.execute(stmt).scalars())
+        return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
+
+    def requeue_popped(
+        self, scheduler_ids: Collection[SchedulerId], *, popped_before: datetime, now: datetime | None = None
+    ) -> int:
+        """Tasks of ``scheduler_ids`` popped (``dispatched``) before ``popped_before`` and never
+        started: queued again, so the next pop takes them (the runner that popped them is gone)."""
+        if not scheduler_ids:
+            return 0
+        now = now or utcnow()
+        col = _TASKS.c
+        stmt = (
+            update(_TASKS)
+            .where(
+                col.scheduler_id.in_(list(scheduler_ids)),
+                col.status == TaskStatus.DISPATCHED,
+                col.modified_at < popped_before,
+            )
+            .values(status=TaskStatus.QUEUED, modified_at=now, error="requeued by the reaper: popped but never started")
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
 
     def move(self, task_id: uuid.UUID, to_status: TaskStatus, now: datetime | None = None) -> TaskRow:
         """Move a task to ``to_status`` as the workers would; the row as it is afterwards.

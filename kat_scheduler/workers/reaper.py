@@ -13,7 +13,12 @@
    no worker activity, while their queue on the broker is empty (so their messages are surely
    gone: a broker that lost its data, a purge): published again. When the queue is not empty
    they wait; republishing a healthy backlog would only duplicate it.
-4. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
+4. **Popped, never started** (pull schedulers, ``SCHEDULER_PULL_SCHEDULERS``): a task a runner
+   popped over HTTP (``dispatched``) and has not started after the broker's visibility timeout
+   is a lost message too: its runner is gone. It is queued again for the next pop. A pull
+   scheduler's tasks are never published: repairs 1 and 2 queue them (or drop their claim's
+   listing) without a message, and repair 3 leaves them to this one.
+5. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
    deleted in batches.
 
 Republishing is always safe: a worker starts a task only through the conditional claim, so a
@@ -35,6 +40,7 @@ from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
+from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import TaskStore
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ class ReapReport:
     requeued_stuck: int = 0
     published_unpublished: int = 0
     republished_lost: int = 0
+    requeued_popped: int = 0
     pruned: int = 0
     errors: int = 0
 
@@ -95,12 +102,15 @@ class Reaper:
         self.tasks = tasks
         self.publisher = publisher
         self.settings = settings
+        #: Schedulers whose tasks runners pop over HTTP: never published.
+        self.pull = settings.pull_scheduler_ids
 
     def reap(self, now: datetime) -> ReapReport:
         report = ReapReport()
         self._recover_stuck(now, report)
         report.published_unpublished = self._publish_unpublished(now, report)
         report.republished_lost = self._republish_lost(now, report)
+        report.requeued_popped = self._requeue_popped(now)
         report.pruned = self._prune(now)
         if any(report.as_dict().values()):
             logger.warning("reaper: %s", report.as_dict())
@@ -130,7 +140,10 @@ class Reaper:
                     .returning(*_TASKS.c)
                 ).all()
             )
-        report.requeued_stuck = self._publish(requeued, report)
+        # A pull scheduler's row, queued again, waits for the next pop: no message.
+        popped = sum(1 for row in requeued if row.scheduler_id in self.pull)
+        celery = [row for row in requeued if row.scheduler_id not in self.pull]
+        report.requeued_stuck = popped + self._publish(celery, report)
 
     def _rows(self, *conditions: Any) -> list[Any]:
         with self.tasks.engine.connect() as conn:
@@ -154,7 +167,11 @@ class Reaper:
         return len(published)
 
     def _publish_unpublished(self, now: datetime, report: ReapReport) -> int:
-        published = self._publish(self._rows(*never_published(self.settings, now)), report)
+        rows = self._rows(*never_published(self.settings, now))
+        pull = [row.id for row in rows if row.scheduler_id in self.pull]
+        if pull:  # nothing to publish: a runner pops them; only the claims' listings go
+            self.tasks.mark_published(pull)
+        published = self._publish([row for row in rows if row.scheduler_id not in self.pull], report)
         cutoff = now - timedelta(seconds=self.settings.unpublished_after)
         queued = exists().where(_TASKS.c.id == _UNPUBLISHED.c.task_id, _TASKS.c.status == TaskStatus.QUEUED)
         with self.tasks.engine.begin() as conn:  # listings of tasks that moved on (or are gone)
@@ -166,6 +183,8 @@ class Reaper:
         total = 0
         for queue in (Queue.BOEFJES, Queue.NORMALIZERS):
             scheduler_id = SchedulerId.BOEFJE if queue == Queue.BOEFJES else SchedulerId.NORMALIZER
+            if scheduler_id in self.pull:
+                continue  # no messages: see _requeue_popped
             # dispatched too: a worker received the message and lost it (a Redis that lost its
             # data, a worker killed between receipt and start); the start is conditional, so a
             # message that does turn up again cannot run the task twice.
@@ -188,6 +207,11 @@ class Reaper:
                 continue
             total += self._publish(rows, report)
         return total
+
+    def _requeue_popped(self, now: datetime) -> int:
+        """Tasks of pull schedulers popped but not started within the visibility timeout: queued again."""
+        cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)
+        return TaskViews(self.tasks.engine).requeue_popped(self.pull, popped_before=cutoff, now=now)
 
     def _prune(self, now: datetime) -> int:
         cutoff = now - timedelta(days=self.settings.retention_days)

@@ -151,7 +151,7 @@ def test_a_normalizer_push_goes_to_the_normalizer_queue(api, engine, settings):
             "organisation 'bb' differs from the data's organization 'aa'",
         ),
         ("/schedulers/boefje/push", {**rocky_push(), "id": str(uuid.uuid4())}, 400, "differ"),
-        ("/schedulers/report/push", {"organisation": "aa", "data": {}}, 400, "not supported yet"),
+        ("/schedulers/report/push", {"organisation": "aa", "data": {}}, 400, "data is not a report task"),
         ("/schedulers/boefje/push", {"data": {}}, 422, "organisation"),
     ],
 )
