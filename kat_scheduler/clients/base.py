@@ -277,10 +277,17 @@ def _brief(response: requests.Response, limit: int = 200) -> str:
 
 
 def _summarize(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
+    first = exc.errors(include_url=False, include_input=False)[0]
     if first["type"] == "json_invalid":
         return f"malformed JSON ({first['msg']})"
-    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"unexpected body: {validation_reason(exc, whole='body')}"
+
+
+def validation_reason(exc: ValidationError, whole: str = "value") -> str:
+    """The first problem of ``exc`` on one line: where (``whole`` when it is the whole value) and what."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or whole
+    message = str(first["msg"]).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"unexpected body: {where}: {first['msg']}{more}"
+    return f"{where}: {message}{more}"

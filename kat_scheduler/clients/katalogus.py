@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from kat_scheduler.clients.base import HTTPService, segment
+from kat_scheduler.clients.base import HTTPService, segment, validation_reason
 from kat_scheduler.clients.errors import NotFound, OrganisationNotFound
 from kat_scheduler.models.plugins import (
     PLUGIN,
@@ -92,7 +92,7 @@ class KatalogusClient(HTTPService):
             try:
                 plugins.append(PLUGIN.validate_python(item))
             except ValidationError as exc:
-                invalid = InvalidPlugin(str(item.get("id", "?")), _reason(exc))
+                invalid = InvalidPlugin(str(item.get("id", "?")), validation_reason(exc))
                 plugins.invalid.append(invalid)
                 logger.warning(
                     "katalogus: organisation %s: plugin %r skipped, it does not validate: %s",
@@ -120,12 +120,3 @@ class KatalogusClient(HTTPService):
         """``org``'s settings for ``boefje_id`` (environment for the run); ``{}`` when there are none."""
         path = f"/v1/organisations/{segment(org)}/{segment(boefje_id)}/settings"
         return self._lookup(path, SETTINGS) or {}
-
-
-def _reason(error: ValidationError) -> str:
-    """The first problem of ``error`` on one line: where, and what."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {message}{more}" if where else f"{message}{more}"

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from requests import Response
 
-from kat_scheduler.clients.base import HEALTH, HTTPService, isoformat, segment
+from kat_scheduler.clients.base import HEALTH, HTTPService, isoformat, segment, validation_reason
 from kat_scheduler.clients.errors import NotFound, OrganisationNotFound
 from kat_scheduler.models.health import ServiceHealth
 from kat_scheduler.models.ooi import OOI
@@ -19,13 +20,24 @@ logger = logging.getLogger(__name__)
 
 
 class ObjectsPage(BaseModel):
-    """One page of ``GET /{org}/objects``: ``count`` is the total over all pages."""
+    """One page of ``GET /{org}/objects``: ``count`` is the total over all pages.
+
+    ``invalid`` names the objects of the page that did not validate (a key longer than the
+    database can store, say): they are left out of ``items`` and logged, the rest count.
+    """
 
     count: int = Field(ge=0)
     items: list[OOI]
+    invalid: list[str] = Field(default_factory=list)
+
+
+class _RawObjectsPage(BaseModel):
+    count: int = Field(ge=0)
+    items: list[dict[str, Any]]
 
 
 OBJECTS_PAGE: TypeAdapter[ObjectsPage] = TypeAdapter(ObjectsPage)
+RAW_OBJECTS_PAGE: TypeAdapter[_RawObjectsPage] = TypeAdapter(_RawObjectsPage)
 OBJECT: TypeAdapter[OOI] = TypeAdapter(OOI)
 OBJECT_CLIENTS: TypeAdapter[dict[str, OOI]] = TypeAdapter(dict[str, OOI])
 
@@ -63,11 +75,34 @@ class OctopoesClient(HTTPService):
         }
         path = f"/{segment(org)}/objects"
         try:
-            return self._get(path, OBJECTS_PAGE, params=params)
+            response = self._request("GET", path, params=params)
         except NotFound as exc:
             raise OrganisationNotFound(
                 self.name, exc.endpoint, f"organisation {org!r} not found", status_code=404
             ) from None
+        try:
+            return OBJECTS_PAGE.validate_json(response.content)
+        except ValidationError:
+            return self._page_without_invalid(org, path, response)
+
+    def _page_without_invalid(self, org: str, path: str, response: Response) -> ObjectsPage:
+        """The page whose objects are validated one by one: one bad object is skipped, not the page."""
+        raw = self._parse("GET", path, response, RAW_OBJECTS_PAGE)  # a page of the wrong shape still fails
+        page = ObjectsPage(count=raw.count, items=[])
+        for item in raw.items:
+            try:
+                page.items.append(OBJECT.validate_python(item))
+            except ValidationError as exc:
+                key = str(item.get("primary_key", "?"))
+                shown = key if len(key) <= 80 else f"{key[:80]}… ({len(key)} characters)"
+                page.invalid.append(key)
+                logger.warning(
+                    "octopoes: organisation %s: object %r skipped, it does not validate: %s",
+                    org,
+                    shown,
+                    validation_reason(exc),
+                )
+        return page
 
     def iter_objects(
         self,
@@ -89,11 +124,13 @@ class OctopoesClient(HTTPService):
             page = self.list_objects(
                 org, types=types, scan_levels=levels, offset=offset, limit=page_size, valid_time=moment
             )
-            if not page.items:
+            listed = len(page.items) + len(page.invalid)  # a skipped object still takes its place
+            if not listed:
                 return
-            yield page.items
-            offset += len(page.items)
-            if offset >= page.count or len(page.items) < page_size:
+            if page.items:
+                yield page.items
+            offset += listed
+            if offset >= page.count or listed < page_size:
                 return
 
     def get_object(self, org: str, reference: str, valid_time: datetime | None = None) -> OOI | None:

@@ -8,11 +8,13 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from kat_scheduler.models.limits import Identifier, ObjectKey
+
 
 class BoefjeRef(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: str
+    id: Identifier
     version: str | None = None
 
 
@@ -23,9 +25,9 @@ class BoefjeMeta(BaseModel):
     started_at: AwareDatetime | None = None
     ended_at: AwareDatetime | None = None
     boefje: BoefjeRef
-    input_ooi: str | None = None
+    input_ooi: ObjectKey | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
-    organization: str
+    organization: Identifier
     runnable_hash: str | None = None
     environment: dict[str, str] | None = Field(default_factory=dict)
 

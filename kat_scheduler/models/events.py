@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from kat_scheduler.models.bytes import RawData
+from kat_scheduler.models.limits import Identifier, ObjectKey
 from kat_scheduler.models.ooi import OOI
 
 
@@ -23,8 +24,8 @@ class ScanProfileMutation(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     operation: MutationOperation
-    primary_key: str
-    client_id: str
+    primary_key: ObjectKey
+    client_id: Identifier
     value: OOI | None = None
 
     @model_validator(mode="after")
@@ -41,5 +42,5 @@ class RawFileReceived(BaseModel):
 
     event_id: str = "raw_file_received"
     created_at: datetime
-    organization: str
+    organization: Identifier
     raw_data: RawData

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kat_scheduler.models.limits import ObjectKey
+
 
 class ScanProfileType(StrEnum):
     DECLARED = "declared"
@@ -17,7 +19,7 @@ class ScanProfile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     scan_profile_type: ScanProfileType = ScanProfileType.EMPTY
-    reference: str
+    reference: ObjectKey
     level: int = Field(0, ge=0, le=4)
     user_id: int | None = None
 
@@ -28,7 +30,7 @@ class OOI(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     object_type: str
-    primary_key: str
+    primary_key: ObjectKey
     scan_profile: ScanProfile | None = None
 
     @property

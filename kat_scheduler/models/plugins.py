@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from kat_scheduler.models.limits import Identifier
+
 
 class PluginType(StrEnum):
     BOEFJE = "boefje"
@@ -22,14 +24,14 @@ class RunOn(StrEnum):
 class Organisation(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: str
+    id: Identifier
     name: str
 
 
 class _PluginBase(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: str
+    id: Identifier
     name: str | None = None
     version: str | None = None
     enabled: bool = False

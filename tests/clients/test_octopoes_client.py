@@ -184,3 +184,42 @@ def test_naive_datetimes_are_refused_before_sending(kat, octopoes):
 def test_health_of_the_service_and_of_an_organisation(octopoes):
     assert octopoes.health().service == "octopoes"
     assert octopoes.health("org01").healthy
+
+
+def test_an_object_whose_key_the_database_cannot_store_is_skipped_alone_and_named(octopoes, kat, caplog):
+    import json
+
+    def hostname(key: str) -> dict[str, object]:
+        return {"object_type": "Hostname", "primary_key": key, "scan_profile": None}
+
+    too_long = "Hostname|internet|" + "x" * 1100
+    body = {
+        "count": 4,
+        "items": [
+            hostname("Hostname|internet|a.nl"),
+            hostname(too_long),
+            hostname("Hostname|internet|n\x00l"),
+            hostname("Hostname|internet|b.nl"),
+        ],
+    }
+    kat.inject_fault("octopoes", status=200, body=json.dumps(body).encode(), path_prefix="/org01/objects")
+
+    page = octopoes.list_objects("org01", types=["Hostname"])
+
+    assert [o.primary_key for o in page.items] == ["Hostname|internet|a.nl", "Hostname|internet|b.nl"]
+    assert page.invalid == [too_long, "Hostname|internet|n\x00l"]
+    assert "(1118 characters)" in caplog.text and "at most 1024 characters" in caplog.text
+    assert "NUL character" in caplog.text
+
+
+def test_a_page_of_objects_that_all_fail_to_validate_does_not_end_the_listing(kat, octopoes, world):
+    import json
+
+    expected = world.list_oois("org03", types=["Hostname"], scan_levels=[1, 2, 3, 4])
+    bad = {"object_type": "Hostname", "primary_key": "Hostname|internet|" + "x" * 1100}
+    first_page = {"count": len(expected), "items": [bad, bad, bad]}
+    kat.inject_fault("octopoes", status=200, body=json.dumps(first_page).encode(), path_prefix="/org03/objects")
+
+    pages = list(octopoes.iter_objects("org03", types=["Hostname"], scan_levels=range(1, 5), page_size=3))
+
+    assert keys(item for page in pages for item in page) == keys(expected)[3:]

@@ -130,7 +130,7 @@ def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planne
     kat.inject_fault(
         "octopoes",
         status=200,
-        body=b'{"count": 1, "items": [{"nope": 1}]}',
+        body=b'{"count": 1, "items": "nope"}',
         times=None,
         path_prefix=f"/{broken}/objects",
     )
@@ -139,6 +139,20 @@ def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planne
     assert broken in caplog.text
     expected = {t for t in allowed_boefje_tasks(world, NOW) if t[0] != broken}
     assert set(queued_triples(pg_engine)) == expected
+
+
+def test_an_object_whose_key_the_database_cannot_store_is_skipped_and_the_rest_of_its_organisation_planned(
+    planner, kat, world, pg_engine, caplog
+) -> None:
+    org = world.organisation_ids[0]
+    too_long = "Hostname|internet|" + "x" * 1100 + ".nl"
+    world.add_ooi(org, "Hostname", too_long, level=4, scan_profile_type="declared")
+    report = planner.plan(None, now=NOW)
+    assert report.errors == {}
+    assert f"octopoes: organisation {org}: object 'Hostname|internet|xxx" in caplog.text
+    expected = {t for t in allowed_boefje_tasks(world, NOW) if t[2] != too_long}
+    assert set(queued_triples(pg_engine)) == expected
+    assert any(t[0] == org for t in expected)
 
 
 def test_bands_follow_the_rankers(planner) -> None:

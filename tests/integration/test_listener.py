@@ -303,3 +303,37 @@ def test_a_raise_after_the_tick_leaves_a_boefje_bytes_shows_running_or_inside_it
     assert "shodan" in boefje_tasks(pg_engine, refs["never"])
     assert "shodan" not in boefje_tasks(pg_engine, refs["running"])
     assert "shodan" not in boefje_tasks(pg_engine, refs["grace"])
+
+
+def test_events_whose_keys_the_database_cannot_store_are_dead_lettered_and_the_good_ones_around_them_handled(
+    world, bridge, listener, events_url, pg_engine
+) -> None:
+    org = world.organisation_ids[0]
+    good = [f"Hostname|internet|good-{n}.example.nl" for n in range(50)]
+    too_long = "Hostname|internet|" + "x" * 1100 + ".nl"
+    with_nul = "Hostname|internet|nul\x00.example.nl"
+    bodies = (
+        hostname_creates(org, good[:25])
+        + hostname_creates(org, [too_long, with_nul])
+        + hostname_creates(org, good[25:])
+    )
+    assert bridge.publish_many("scan_profile_mutations", bodies) == 52
+    per_object = expected_boefjes(world, org, "Hostname", 2)
+    assert per_object
+
+    def handled() -> bool:
+        with pg_engine.connect() as conn:
+            refs = conn.execute(select(TaskRow.input_ooi).where(TaskRow.input_ooi.in_(good)).distinct())
+            return set(refs.scalars()) == set(good)
+
+    assert wait_for(handled, timeout=30), "the good events around the bad ones were not all handled"
+    dead: list[tuple[bytes, dict[str, Any]]] = []
+
+    def both_dead_lettered() -> bool:
+        dead.extend(take_all(events_url, "scan_profile_mutations.dead"))
+        return len(dead) >= 2
+
+    assert wait_for(both_dead_lettered, timeout=10)
+    reasons = sorted(str(headers["x-death-reason"]) for _, headers in dead)
+    assert any("at most 1024 characters" in reason for reason in reasons), reasons
+    assert any("NUL character" in reason for reason in reasons), reasons

@@ -127,3 +127,39 @@ def test_a_raw_file_event_knows_whether_it_is_an_error_file() -> None:
     assert ok.raw_data.mime_type_values == ["boefje/dns-records"] and not ok.raw_data.is_error
     event["raw_data"]["mime_types"].append({"value": "error/boefje"})  # type: ignore[index]
     assert RawFileReceived.model_validate(event).raw_data.is_error
+
+
+def test_the_wire_models_limits_are_the_columns_lengths() -> None:
+    from sqlalchemy import String
+
+    from kat_scheduler.models.limits import ID_LENGTH, OBJECT_KEY_LENGTH
+    from kat_scheduler.storage.tables import Base
+
+    lengths = {
+        (table.name, column.name): column.type.length
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, String) and column.name in ("input_ooi", "organisation", "plugin_id")
+    }
+    assert lengths
+    for (table, column), length in lengths.items():
+        expected = OBJECT_KEY_LENGTH if column == "input_ooi" else ID_LENGTH
+        assert length == expected, f"{table}.{column}"
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("Hostname|internet|" + "x" * 1100, "at most 1024 characters"),
+        ("Hostname|internet|a\x00b", "contains a NUL character"),
+    ],
+    ids=["too-long", "nul"],
+)
+def test_a_mutation_whose_key_the_database_cannot_store_is_refused_with_the_reason(key: str, reason: str) -> None:
+    from pydantic import ValidationError
+
+    from kat_scheduler.models import ScanProfileMutation
+
+    body = {"operation": "delete", "primary_key": key, "client_id": "org01"}
+    with pytest.raises(ValidationError, match=reason):
+        ScanProfileMutation.model_validate(body)
