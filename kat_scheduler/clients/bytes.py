@@ -27,6 +27,7 @@ from kat_scheduler.clients.errors import (
     ServiceRequestError,
 )
 from kat_scheduler.models.bytes import BoefjeMeta, NormalizerMeta
+from kat_scheduler.models.limits import storable_key
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,11 @@ class BytesClient(HTTPService):
                 "descending": "true",
             }
             page = self._get("/bytes/boefje_meta", RUN_TIMES, params=params)
-            if page:
-                yield page
+            # A run on an object key the database cannot store concerns no object we can plan
+            # (Octopoes' listing skips such objects): leave it out rather than fail on it later.
+            storable = [run for run in page if run.input_ooi is None or storable_key(run.input_ooi)]
+            if storable:
+                yield storable
             if len(page) < page_size:
                 return
             offset += len(page)

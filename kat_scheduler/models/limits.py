@@ -29,3 +29,8 @@ def _without_nul(value: str) -> str:
 ObjectKey = Annotated[str, StringConstraints(max_length=OBJECT_KEY_LENGTH), AfterValidator(_without_nul)]
 #: An organisation's or a plugin's id.
 Identifier = Annotated[str, StringConstraints(max_length=ID_LENGTH), AfterValidator(_without_nul)]
+
+
+def storable_key(value: str) -> bool:
+    """Whether ``value`` fits an object key column (for data read in bulk without a model per item)."""
+    return len(value) <= OBJECT_KEY_LENGTH and "\x00" not in value

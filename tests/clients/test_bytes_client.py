@@ -332,3 +332,17 @@ def test_run_times_page_through_all_runs_of_a_boefje_newest_first(world, bytes_c
     assert len(times) == len(expected)
     assert [t.started_at for t in times] == sorted((r.started_at for r in expected), reverse=True)
     assert {t.input_ooi for t in times} == {r.input_ooi for r in expected}
+
+
+def test_a_run_on_an_object_key_the_database_cannot_store_is_left_out_of_the_history(kat, bytes_client) -> None:
+    import json
+
+    def run(key: str) -> dict[str, object]:
+        return {"input_ooi": key, "started_at": "2026-06-01T10:00:00Z", "ended_at": "2026-06-01T10:01:00Z"}
+
+    page = [run("Hostname|internet|a.nl"), run("Hostname|internet|" + "x" * 1100), run("Hostname|internet|n\x00l")]
+    kat.inject_fault("bytes", status=200, body=json.dumps(page).encode(), path_prefix="/bytes/boefje_meta")
+
+    pages = list(bytes_client.iter_run_times("org01", "dns-records", page_size=3))
+
+    assert [[r.input_ooi for r in p] for p in pages[:1]] == [["Hostname|internet|a.nl"]]
