@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -112,8 +112,12 @@ class OctopoesClient(HTTPService):
         scan_levels: Iterable[int] | None = None,
         page_size: int = 1000,
         valid_time: datetime | None = None,
+        on_invalid: Callable[[list[str]], None] | None = None,
     ) -> Iterator[list[OOI]]:
-        """All matching objects, a page at a time, all read at one ``valid_time`` for consistency."""
+        """All matching objects, a page at a time, all read at one ``valid_time`` for consistency.
+
+        Objects that do not validate are skipped (and logged); ``on_invalid`` gets their keys.
+        """
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         types = list(types)
@@ -125,6 +129,8 @@ class OctopoesClient(HTTPService):
                 org, types=types, scan_levels=levels, offset=offset, limit=page_size, valid_time=moment
             )
             listed = len(page.items) + len(page.invalid)  # a skipped object still takes its place
+            if page.invalid and on_invalid is not None:
+                on_invalid(page.invalid)
             if not listed:
                 return
             if page.items:

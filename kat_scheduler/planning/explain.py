@@ -51,5 +51,8 @@ def render_plan(report: PlanReport, *, fmt: str = "table", limit: int | None = N
     yield f"queue depth (boefjes): {depth}" + (
         " — BACKPRESSURE: only urgent bands added" if report.backpressure else ""
     )
+    for org, invalid in sorted(report.invalid_plugins.items()):
+        for plugin_id, why in sorted(invalid.items()):
+            yield f"SKIPPED plugin {plugin_id} of {org}, it does not validate: {why}"
     for org, error in sorted(report.errors.items()):
         yield f"ERROR {org}: {error}"

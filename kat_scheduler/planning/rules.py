@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,8 +31,10 @@ from kat_scheduler.timing import next_deadline
 class BoefjeIndex:
     """An organisation's boefjes by the object type they consume."""
 
-    def __init__(self, boefjes: Iterable[Boefje]) -> None:
+    def __init__(self, boefjes: Iterable[Boefje], invalid: Mapping[str, str] | None = None) -> None:
         self.boefjes = {b.id: b for b in boefjes}
+        #: Plugins Katalogus lists that do not validate (id → reason): skipped, never taken for gone.
+        self.invalid = dict(invalid or {})
         self._by_type: dict[str, list[Boefje]] = defaultdict(list)
         for boefje in self.boefjes.values():
             for object_type in boefje.consumes:

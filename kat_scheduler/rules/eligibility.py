@@ -36,6 +36,8 @@ class SkipReason(StrEnum):
     SCHEDULED = "already scheduled"
     BACKPRESSURE = "queue full (backpressure)"
     ORG_CAP = "organisation cap reached"
+    INVALID_PLUGIN = "plugin does not validate"
+    INVALID_OBJECT = "object does not validate"
 
 
 class Trigger(StrEnum):

@@ -153,6 +153,33 @@ def test_an_object_whose_key_the_database_cannot_store_is_skipped_and_the_rest_o
     expected = {t for t in allowed_boefje_tasks(world, NOW) if t[2] != too_long}
     assert set(queued_triples(pg_engine)) == expected
     assert any(t[0] == org for t in expected)
+    assert report.skipped[SkipReason.INVALID_OBJECT] == 1
+
+
+def test_a_plugin_with_an_invalid_cron_is_skipped_and_its_siblings_planned(
+    planner, clients, kat, world, pg_engine, caplog
+) -> None:
+    org = world.organisation_ids[0]
+    planned = {t for t in allowed_boefje_tasks(world, NOW) if t[0] == org}
+    bad = sorted({boefje for _, boefje, _ in planned})[0]
+    listing = clients.katalogus.session.get(f"{kat.katalogus_url}/v1/organisations/{org}/plugins").json()
+    for plugin in listing:
+        if plugin["id"] == bad:
+            plugin["cron"] = "not a cron"
+    kat.inject_fault(
+        "katalogus", status=200, body=json.dumps(listing).encode(), times=None, path_prefix=f"/v1/organisations/{org}/"
+    )
+
+    dry = planner.plan([org], now=NOW, dry_run=True)
+    assert (
+        f"SKIPPED plugin {bad} of {org}, it does not validate: boefje.cron: invalid cron expression 'not a cron'"
+        in (list(render_plan(dry)))
+    )
+    report = planner.plan([org], now=NOW)
+
+    assert report.errors == {} and report.skipped[SkipReason.INVALID_PLUGIN] == 1
+    assert set(queued_triples(pg_engine)) == {t for t in planned if t[1] != bad}
+    assert any(t[1] != bad for t in planned)
 
 
 def test_bands_follow_the_rankers(planner) -> None:
@@ -256,6 +283,29 @@ def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_eng
     assert not row.enabled and row.disabled_reason == str(SkipReason.NOT_ENABLED)
     assert report.schedules_disabled >= 1
     assert all(c.boefje.id != schedule.plugin_id or c.organisation != schedule.organisation for c in report.planned)
+
+
+def test_a_schedule_whose_plugin_does_not_validate_is_left_alone_until_it_does(
+    planner, clients, kat, pg_engine
+) -> None:
+    planner.plan(None, now=NOW)
+    schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
+    org = schedule.organisation
+    listing = clients.katalogus.session.get(f"{kat.katalogus_url}/v1/organisations/{org}/plugins").json()
+    for plugin in listing:
+        if plugin["id"] == schedule.plugin_id:
+            plugin["cron"] = "not a cron"
+    kat.inject_fault(
+        "katalogus", status=200, body=json.dumps(listing).encode(), times=None, path_prefix=f"/v1/organisations/{org}/"
+    )
+
+    held = planner.queue_due(now=NOW + timedelta(minutes=1))
+    row = planner.schedules.get_by_hash(schedule.hash)
+    assert row.enabled and row.deadline_at == NOW - timedelta(hours=1), "an invalid plugin is not a gone plugin"
+    assert held.skipped[SkipReason.INVALID_PLUGIN] == 1 and held.queued == 0
+
+    kat.clear_faults()
+    assert planner.queue_due(now=NOW + timedelta(minutes=1)).queued == 1
 
 
 def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(planner, world, pg_engine) -> None:
