@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from kat_scheduler.api import health, pop, push, schedulers, tasks
+from kat_scheduler.api import health, pop, push, schedulers, schedules, tasks
 from kat_scheduler.api.context import ApiContext
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(
         title="kat_scheduler",
         version=__version__,
-        description="OpenKAT's scheduler API (mula-compatible): health, metrics, schedulers and tasks.",
+        description="OpenKAT's scheduler API (mula-compatible): health, metrics, schedulers, tasks and schedules.",
         lifespan=lifespan,
     )
     app.state.context = ctx
@@ -46,4 +46,5 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(push.router)
     app.include_router(pop.router)
     app.include_router(tasks.router)
+    app.include_router(schedules.router)
     return app

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kat_scheduler.hashing import report_task_hash
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.storage.tables import TaskRow
+from kat_scheduler.storage.tables import ScheduleRow, TaskRow
 
 #: The ``item_type`` each scheduler reports.
 ITEM_TYPES: dict[SchedulerId, str] = {
@@ -107,6 +107,71 @@ class TaskPage(BaseModel):
     is_partial_count: bool | None = Field(
         None, description="Only with allow_partial_count=true: whether the count stopped at its bound."
     )
+
+
+class Schedule(BaseModel):
+    """A schedule as the ``/schedules`` routes answer it."""
+
+    id: uuid.UUID
+    scheduler_id: SchedulerId
+    organisation: str
+    hash: str
+    data: dict[str, Any]
+    enabled: bool
+    schedule: str | None = Field(description="A cron expression; null for a one-off schedule.")
+    deadline_at: datetime | None = Field(description="When it is due next; null once a one-off fired.")
+    created_at: datetime
+    modified_at: datetime
+
+    @classmethod
+    def of(cls, row: ScheduleRow) -> Schedule:
+        return cls(
+            id=row.id,
+            scheduler_id=row.scheduler_id,
+            organisation=row.organisation,
+            hash=row.hash,
+            data=row.data,
+            enabled=row.enabled,
+            schedule=row.schedule,
+            deadline_at=row.deadline_at,
+            created_at=row.created_at,
+            modified_at=row.modified_at,
+        )
+
+
+class SchedulePage(BaseModel):
+    """The paginated envelope of schedule listings."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[Schedule]
+    is_partial_count: bool | None = Field(
+        None, description="Only with allow_partial_count=true: whether the count stopped at its bound."
+    )
+
+
+class ScheduleCreate(BaseModel):
+    """The body of ``POST /schedules`` (Rocky's ScheduleRequest): ``schedule``, ``deadline_at`` or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler_id: str
+    organisation: str = Field(min_length=1)
+    data: dict[str, Any]
+    schedule: str | None = None
+    deadline_at: datetime | None = None
+
+
+class SchedulePatch(BaseModel):
+    """The body of ``PATCH /schedules/{id}``: what may change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    schedule: str | None = None
+    deadline_at: datetime | None = None
+    data: dict[str, Any] | None = None
 
 
 class Scheduler(BaseModel):

@@ -1,4 +1,4 @@
-"""mula's filter language, turned into SQLAlchemy conditions on ``tasks``.
+"""mula's filter language, turned into SQLAlchemy conditions on ``tasks`` or ``schedules``.
 
 A request is ``{"filters": [F, ...]}`` (all must hold) or ``{"filters": {"and": [...], "or": [...],
 "not": [...]}}`` (``and``: all hold, ``or``: at least one, ``not``: none; several keys: all of
@@ -23,10 +23,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     DateTime,
     Integer,
     String,
+    Table,
     Uuid,
     bindparam,
     cast,
@@ -42,9 +44,10 @@ from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.storage.tables import TaskRow, table_of
+from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of
 
 _TASKS = table_of(TaskRow)
+_SCHEDULES = table_of(ScheduleRow)
 
 
 class FilterError(ValueError):
@@ -157,30 +160,51 @@ COLUMNS = (
 )
 
 
-def conditions(request: FilterRequest | None, dialect: str) -> list[ColumnElement[bool]]:
-    """The conditions of ``request`` for a database of ``dialect`` (``postgresql``, ``sqlite``)."""
+#: The columns a filter on ``schedules`` may name.
+SCHEDULE_COLUMNS = (
+    "id",
+    "scheduler_id",
+    "organisation",
+    "hash",
+    "data",
+    "enabled",
+    "schedule",
+    "deadline_at",
+    "created_at",
+    "modified_at",
+    "plugin_id",
+    "input_ooi",
+)
+#: The columns filters may name, per table.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {"tasks": COLUMNS, "schedules": SCHEDULE_COLUMNS}
+
+
+def conditions(request: FilterRequest | None, dialect: str, table: Table = _TASKS) -> list[ColumnElement[bool]]:
+    """The conditions of ``request`` on ``table`` (``tasks`` unless given: ``schedules`` is the
+    other) for a database of ``dialect`` (``postgresql``, ``sqlite``)."""
     if request is None:
         return []
     if isinstance(request.filters, list):
-        return [condition(f, dialect) for f in request.filters]
+        return [condition(f, dialect, table) for f in request.filters]
     groups = request.filters
-    found = [condition(f, dialect) for f in groups.and_]
+    found = [condition(f, dialect, table) for f in groups.and_]
     if groups.or_:
-        found.append(or_(*(condition(f, dialect) for f in groups.or_)))
+        found.append(or_(*(condition(f, dialect, table) for f in groups.or_)))
     if groups.not_:
-        found.append(not_(or_(*(condition(f, dialect) for f in groups.not_))))
+        found.append(not_(or_(*(condition(f, dialect, table) for f in groups.not_))))
     return found
 
 
-def condition(item: Filter, dialect: str) -> ColumnElement[bool]:
-    """One filter as a condition; :class:`FilterError` when it cannot be applied."""
-    if item.column not in COLUMNS:
-        raise FilterError(f"unknown filter column {item.column!r} (columns: {', '.join(COLUMNS)})")
+def condition(item: Filter, dialect: str, table: Table = _TASKS) -> ColumnElement[bool]:
+    """One filter on ``table`` as a condition; :class:`FilterError` when it cannot be applied."""
+    columns = TABLE_COLUMNS[table.name]
+    if item.column not in columns:
+        raise FilterError(f"unknown filter column {item.column!r} (columns: {', '.join(columns)})")
     if item.operator in POSTGRESQL_ONLY and dialect != "postgresql":
         raise FilterError(f"operator {item.operator.value!r} needs PostgreSQL; this scheduler's database is {dialect}")
-    column = _TASKS.c[item.column]
+    column = table.c[item.column]
     if item.column == "data":
-        return _json_condition(item, dialect)
+        return _json_condition(item, dialect, table)
     if item.field is not None:
         raise FilterError(f"field {item.field!r} is given for column {item.column!r}; only data has fields")
     value = _column_value(item, column.type)
@@ -210,6 +234,10 @@ def _scalar_for(item: Filter, sql_type: Any, value: Any) -> Any:
         if isinstance(sql_type, DateTime):
             moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
             return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        if isinstance(sql_type, Boolean):
+            if not isinstance(value, bool):
+                raise ValueError("not a boolean")
+            return value
         if isinstance(sql_type, Integer):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError("not an integer")
@@ -298,8 +326,8 @@ def _path(field: str) -> tuple[str | int, ...]:
     return tuple(int(key) if key.isdigit() else key for key in keys)
 
 
-def _json_condition(item: Filter, dialect: str) -> ColumnElement[bool]:
-    data = _TASKS.c.data
+def _json_condition(item: Filter, dialect: str, table: Table) -> ColumnElement[bool]:
+    data = table.c.data
     op = item.operator
     if op in (Operator.JSON_CONTAINS, Operator.JSON_CONTAINED_BY):
         target = cast(data, JSONB) if item.field is None else cast(data, JSONB)[_path(item.field)]
@@ -317,7 +345,7 @@ def _json_condition(item: Filter, dialect: str) -> ColumnElement[bool]:
         raise FilterError(f"operator {op.value!r} on column 'data' needs a field (a path into its JSON)")
     path = _path(item.field)
     if op is Operator.ANY:
-        return _json_any(path, item, dialect)
+        return _json_any(path, item, dialect, table)
     sample = _sample(item.value)
     element = data[path]
     if isinstance(sample, bool):
@@ -345,20 +373,29 @@ def _sample(value: FilterValue) -> Any:
     return value
 
 
-def _json_any(path: tuple[str | int, ...], item: Filter, dialect: str) -> ColumnElement[bool]:
+def _json_any(path: tuple[str | int, ...], item: Filter, dialect: str, table: Table) -> ColumnElement[bool]:
     """The JSON array at ``path`` holds at least one of the values (one value or a list)."""
     values: list[Any] = _plain(item.value) if isinstance(item.value, list) else [_plain(item.value)]
     if not values:
         return false()
     if dialect == "postgresql":
-        target = cast(_TASKS.c.data, JSONB)[path]
+        target = cast(table.c.data, JSONB)[path]
         options = [
             target.op("@>")(cast(bindparam(None, orjson.dumps([v]).decode(), type_=String()), JSONB)) for v in values
         ]
         return or_(*options)
     json_path = "$" + "".join(f"[{k}]" if isinstance(k, int) else f'."{k}"' for k in path)
-    each = func.json_each(_TASKS.c.data, json_path).table_valued("value")
+    each = func.json_each(table.c.data, json_path).table_valued("value")
     return exists(select(literal_column("1")).select_from(each).where(each.c.value.in_(values)))
 
 
-__all__ = ["COLUMNS", "POSTGRESQL_ONLY", "Filter", "FilterError", "FilterRequest", "Operator", "conditions"]
+__all__ = [
+    "COLUMNS",
+    "POSTGRESQL_ONLY",
+    "SCHEDULE_COLUMNS",
+    "Filter",
+    "FilterError",
+    "FilterRequest",
+    "Operator",
+    "conditions",
+]

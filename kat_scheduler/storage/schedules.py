@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, bindparam, select, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Insert, Select, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kat_scheduler import ids
@@ -133,6 +134,56 @@ class ScheduleState:
     id: uuid.UUID
     enabled: bool
     deadline_at: datetime | None
+
+
+class HashTaken(ValueError):
+    """Another schedule has this hash already; nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleQuery:
+    """Which schedules a listing covers (the API's ``GET /schedules``); every field narrows it."""
+
+    scheduler_id: SchedulerId | None = None
+    organisation: str | None = None
+    hash: str | None = None
+    enabled: bool | None = None
+    min_deadline_at: datetime | None = None
+    max_deadline_at: datetime | None = None
+    min_created_at: datetime | None = None
+    max_created_at: datetime | None = None
+    #: Further conditions on ``schedules`` (the filter language of ``POST /schedules/search``).
+    where: Sequence[ColumnElement[bool]] = field(default_factory=tuple)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        col = _SCHEDULES.c
+        found: list[ColumnElement[bool]] = list(self.where)
+        if self.scheduler_id is not None:
+            found.append(col.scheduler_id == self.scheduler_id)
+        if self.organisation is not None:
+            found.append(col.organisation == self.organisation)
+        if self.hash is not None:
+            found.append(col.hash == self.hash)
+        if self.enabled is not None:
+            found.append(col.enabled.is_(self.enabled))
+        if self.min_deadline_at is not None:
+            found.append(col.deadline_at >= self.min_deadline_at)
+        if self.max_deadline_at is not None:
+            found.append(col.deadline_at <= self.max_deadline_at)
+        if self.min_created_at is not None:
+            found.append(col.created_at >= self.min_created_at)
+        if self.max_created_at is not None:
+            found.append(col.created_at <= self.max_created_at)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePage:
+    rows: list[ScheduleRow]
+    #: How many schedules match; with a cap, at most the cap.
+    count: int
+    #: The count stopped at the cap.
+    partial: bool = False
 
 
 class ScheduleStore:
@@ -291,8 +342,16 @@ class ScheduleStore:
                 found.update(conn.execute(stmt).scalars())
         return found
 
-    def iter_due(self, now: datetime, batch_size: int = CHUNK) -> Iterator[list[ScheduleRow]]:
-        """Every enabled schedule with ``deadline_at <= now``, oldest deadline first, in batches."""
+    def iter_due(
+        self, now: datetime, batch_size: int = CHUNK, scheduler_id: SchedulerId | None = SchedulerId.BOEFJE
+    ) -> Iterator[list[ScheduleRow]]:
+        """Every enabled schedule of ``scheduler_id`` with ``deadline_at <= now``, oldest deadline
+        first, in batches.
+
+        Boefje schedules unless asked otherwise (``None``: every scheduler's): the boefje producer
+        re-checks each against Katalogus and would disable a report schedule (its recipe is no
+        plugin) as "plugin no longer exists".
+        """
         last: tuple[datetime, uuid.UUID] | None = None
         while True:
             stmt = (
@@ -301,6 +360,8 @@ class ScheduleStore:
                 .order_by(ScheduleRow.deadline_at, ScheduleRow.id)
                 .limit(batch_size)
             )
+            if scheduler_id is not None:
+                stmt = stmt.where(ScheduleRow.scheduler_id == scheduler_id)
             if last is not None:
                 stmt = stmt.where(tuple_(ScheduleRow.deadline_at, ScheduleRow.id) > tuple_(*last))
             with Session(self.engine) as session:
@@ -365,3 +426,51 @@ class ScheduleStore:
                 .values(enabled=True, disabled_reason=None, deadline_at=deadline_at, modified_at=now)
             )
         return result.rowcount
+
+    # --- the HTTP API's reads and edits (``/schedules``) -------------------------------------
+
+    def get(self, schedule_id: uuid.UUID) -> ScheduleRow | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(ScheduleRow, schedule_id)
+
+    def page(self, query: ScheduleQuery, *, offset: int, limit: int, count_cap: int | None = None) -> SchedulePage:
+        """Schedules matching ``query``, newest ``created_at`` first, and their count (bounded by
+        ``count_cap`` when given); ``limit`` 0 counts only."""
+        conditions = query.conditions()
+        matching: Select[Any] = select(_SCHEDULES.c.id).where(*conditions)
+        if count_cap is not None:
+            matching = matching.limit(count_cap)
+        with Session(self.engine, expire_on_commit=False) as session:
+            count = session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+            rows: list[ScheduleRow] = []
+            if limit > 0:
+                stmt = (
+                    select(ScheduleRow)
+                    .where(*conditions)
+                    .order_by(ScheduleRow.created_at.desc(), ScheduleRow.id)
+                    .offset(offset)
+                    .limit(limit)
+                )
+                rows = list(session.execute(stmt).scalars())
+        return SchedulePage(rows, count, count_cap is not None and count >= count_cap)
+
+    def change(self, schedule_id: uuid.UUID, values: dict[str, Any], now: datetime | None = None) -> ScheduleRow | None:
+        """Set ``values`` on a schedule (``modified_at`` moves); the row afterwards, ``None`` when
+        there is none. :class:`HashTaken` when a new ``hash`` is another schedule's (nothing changed)."""
+        stmt = (
+            update(ScheduleRow)
+            .where(ScheduleRow.id == schedule_id)
+            .values(**values, modified_at=now or utcnow())
+            .returning(ScheduleRow)
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                return session.execute(stmt).scalar_one_or_none()
+        except IntegrityError:
+            raise HashTaken(str(values.get("hash"))) from None
+
+    def delete(self, schedule_id: uuid.UUID) -> bool:
+        """Delete a schedule (its tasks keep their history, without a ``schedule_id``); whether it existed."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(delete(_SCHEDULES).where(_SCHEDULES.c.id == schedule_id)).rowcount)
