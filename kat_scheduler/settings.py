@@ -237,7 +237,19 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(
         2.0, gt=0, le=3600, description="Seconds before the first retry after a service was down; doubles per retry."
     )
-    max_retries: int = Field(5, ge=0, le=100, description="Retries of a task after a transient service error.")
+    max_retries: int = Field(
+        5, ge=0, le=100, description="Retries of a task after a service error (down, or an unreadable answer)."
+    )
+    service_failure_retry_delay: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds after a boefje task gave up because Katalogus, Octopoes or Bytes failed (down, or an "
+            "answer that could not be read) before its (boefje, object) pair is due again. Such a task is "
+            "not counted as a run, so the pair does not wait out its grace period."
+        ),
+    )
     reap_interval: float = Field(
         60.0, gt=0, le=86400, description="Seconds between runs of the reaper (stuck, unpublished and lost tasks)."
     )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, delete, func, insert, select, text, update
+from sqlalchemy import Engine, Insert, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -76,6 +76,16 @@ class FinishedTask:
     schedule_id: uuid.UUID | None = None
     started_at: datetime | None = None
     error: str | None = None
+
+
+#: ``tasks.reason`` of a task that failed because a KAT service did (:func:`service_failed_reason`):
+#: such a row is no run of its plugin, so :meth:`TaskStore.last_runs` leaves it out.
+SERVICE_FAILED_PREFIX = "service failed: "
+
+
+def service_failed_reason(service: str) -> str:
+    """The ``reason`` of a task given up on because ``service`` (katalogus, octopoes, bytes) failed."""
+    return f"{SERVICE_FAILED_PREFIX}{service}"[:64]
 
 
 def _row(task: NewTask, now: datetime) -> dict[str, Any]:
@@ -374,16 +384,60 @@ class TaskStore:
         status: TaskStatus,
         error: str | None = None,
         now: datetime | None = None,
+        *,
+        data: dict[str, Any] | None = None,
     ) -> bool:
-        """End a running task as completed or failed."""
+        """End a running task as completed or failed (``data``: replace the row's payload too)."""
         if status not in (TaskStatus.COMPLETED, TaskStatus.FAILED):
             raise ValueError(f"a task finishes completed or failed, not {status}")
         now = now or utcnow()
-        return self.transition(task_id, [TaskStatus.RUNNING], status, ended_at=now, error=error, now=now)
+        values: dict[str, Any] = {} if data is None else {"data": data}
+        return self.transition(task_id, [TaskStatus.RUNNING], status, ended_at=now, error=error, now=now, **values)
 
-    def requeue(self, task_id: uuid.UUID, error: str | None = None, now: datetime | None = None) -> bool:
-        """Put a running task back to ``queued`` (it will be retried)."""
-        return self.transition(task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow())
+    def requeue(
+        self,
+        task_id: uuid.UUID,
+        error: str | None = None,
+        now: datetime | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Put a running task back to ``queued`` (it will be retried); ``data`` replaces its payload
+        (the worker keeps a plugin's output there while storing it is retried)."""
+        values: dict[str, Any] = {} if data is None else {"data": data}
+        return self.transition(
+            task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow(), **values
+        )
+
+    def fail_for_service(
+        self,
+        task_id: uuid.UUID,
+        service: str,
+        error: str,
+        now: datetime | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+    ) -> TaskRow | None:
+        """Give up on a task because ``service`` failed: ``failed``, with ``reason`` naming the service
+        (:func:`service_failed_reason`), so that it does not count as a run (``data``: replace the
+        payload too). The row, or ``None`` when the task had ended already."""
+        now = now or utcnow()
+        values: dict[str, Any] = {} if data is None else {"data": data}
+        stmt = (
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.status.in_(list(LIVE_STATUSES)))
+            .values(
+                status=TaskStatus.FAILED,
+                reason=service_failed_reason(service),
+                error=error,
+                ended_at=now,
+                modified_at=now,
+                **values,
+            )
+            .returning(TaskRow)
+        )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            return session.execute(stmt).scalar_one_or_none()
 
     def cancel(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
         """Cancel tasks not yet running; workers skip cancelled rows."""
@@ -451,15 +505,20 @@ class TaskStore:
         return self._present(_TASKS.c.id, ids)
 
     def last_runs(self, hashes: Collection[str]) -> dict[str, datetime]:
-        """When each hash's latest finished (completed or failed) run ended; absent if never."""
+        """When each hash's latest finished (completed or failed) run ended; absent if never.
+
+        A task given up on because a KAT service failed (:meth:`fail_for_service`) is no run of its
+        plugin and is left out: its pair waits for its schedule's short retry deadline, not a grace period.
+        """
         found: dict[str, datetime] = {}
         ended = [TaskStatus.COMPLETED, TaskStatus.FAILED]
         col = _TASKS.c
+        not_service_failed = or_(col.reason.is_(None), col.reason.not_like(f"{SERVICE_FAILED_PREFIX}%"))
         with self.engine.connect() as conn:
             for condition in in_values(conn, col.hash, list(hashes)):
                 stmt = (
                     select(col.hash, func.max(col.ended_at))
-                    .where(condition, col.status.in_(ended), col.ended_at.is_not(None))
+                    .where(condition, col.status.in_(ended), col.ended_at.is_not(None), not_service_failed)
                     .group_by(col.hash)
                 )
                 for hash_, ended_at in conn.execute(stmt):

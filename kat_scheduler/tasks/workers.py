@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
@@ -54,13 +55,22 @@ def _hard_time_limit(
 
 
 def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
-    """Retry a task whose service was down, with exponential backoff and a bounded count."""
+    """Retry a task whose service failed, with exponential backoff and a bounded count; after the
+    last retry the row fails as no run of its plugin and its pair is due again after
+    ``SCHEDULER_SERVICE_FAILURE_RETRY_DELAY`` (not a grace period later)."""
     if result.outcome != Outcome.RETRY:
         return result.as_dict()
-    settings = get_runtime().settings
+    runtime = get_runtime()
+    settings = runtime.settings
     retries = task.request.retries
     if retries >= settings.max_retries:
-        job.fail_for_good(uuid.UUID(task.request.id), f"gave up after {retries} retries: {result.detail}")
+        job.fail_for_good(
+            uuid.UUID(task.request.id),
+            f"gave up after {retries} retries: {result.detail}",
+            service=result.service,
+            schedules=runtime.schedules,
+            retry_at=utcnow() + timedelta(seconds=settings.service_failure_retry_delay),
+        )
         return JobResult(Outcome.FAILED, f"gave up after {retries} retries").as_dict()
     raise task.retry(countdown=settings.retry_backoff * 2**retries, max_retries=settings.max_retries)
 

@@ -8,13 +8,20 @@
    normalizer → one observation in Octopoes and the normalizer meta in Bytes.
 5. **finish**: ``completed`` or ``failed`` with the error text.
 
-A service that is down (:class:`~kat_scheduler.clients.ServiceUnavailable`) puts the row back to
-``queued`` and asks the caller to retry later; anything that can never succeed (unknown plugin,
-object gone, a runner crash) fails the row at once with a clear error.
+A KAT service that fails (:class:`~kat_scheduler.clients.ServiceError`: down, an answer that
+cannot be read, a refusal) is not the plugin's failure: the row goes back to ``queued`` and the
+caller retries later. When the plugin already ran and only storing its output failed, the output
+is kept in the row's ``data`` (``kept_output``, without the plugin's settings) and the retry,
+on whichever worker, stores it without running the plugin again. A caller that gives up calls
+:meth:`Job.fail_for_good` with the service: the row fails with ``reason`` ``service failed:
+<service>``, which is no run for grace periods, and the pair's schedule is due again soon.
+Anything that can never succeed (unknown plugin, object gone, the plugin's own failure) fails
+the row at once with a clear error.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -26,10 +33,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from kat_scheduler.clients import KATClients, ServiceError, ServiceUnavailable
+from pydantic import BaseModel
+
+from kat_scheduler.clients import AlreadyExists, KATClients, ServiceError
 from kat_scheduler.models.bytes import BoefjeMeta, RawData
 from kat_scheduler.models.plugins import Boefje, Normalizer
-from kat_scheduler.models.tasks import TaskStatus
+from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import TaskStore
 from kat_scheduler.workers.runners import Runner, UnknownPlugin
@@ -48,6 +58,8 @@ class Outcome(StrEnum):
 class JobResult:
     outcome: Outcome
     detail: str = ""
+    #: The KAT service whose failure asks for a retry (``Outcome.RETRY`` only).
+    service: str | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {"outcome": self.outcome.value, "detail": self.detail}
@@ -78,9 +90,57 @@ class _Permanent(Exception):
     """Fail the row with this message."""
 
 
+#: The key of a task's ``data`` that holds its plugin's output while storing it is retried.
+KEPT_OUTPUT = "kept_output"
+
+
+class KeptFile(BaseModel):
+    name: str
+    content: str  # base64
+    tags: list[str]
+
+
+class KeptBoefjeOutput(BaseModel):
+    """A boefje run whose output is not (all) in Bytes yet. ``meta``: the BoefjeMeta without its
+    ``environment`` (the plugin's settings, possibly secret, are read again from Katalogus when
+    the meta has to be stored again)."""
+
+    meta: dict[str, Any]
+    meta_stored: bool = False
+    status: str
+    files: list[KeptFile]
+    error: str | None = None
+
+
+class KeptNormalizerOutput(BaseModel):
+    """A normalizer run whose results are not (all) stored yet."""
+
+    results: list[dict[str, Any]]
+    version: str | None = None
+    started_at: datetime
+    ended_at: datetime
+    observation_saved: bool = False
+
+
+class _StoreFailed(Exception):
+    """Storing a plugin's output failed on ``cause``; ``kept`` is what is left to store."""
+
+    def __init__(self, cause: ServiceError, kept: BaseModel) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.kept = kept
+
+
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text[:4000]
+
+
+def _without_kept(data: dict[str, Any]) -> dict[str, Any] | None:
+    """``data`` without a kept output, or ``None`` when it holds none (nothing to write)."""
+    if KEPT_OUTPUT not in data:
+        return None
+    return {key: value for key, value in data.items() if key != KEPT_OUTPUT}
 
 
 class Job:
@@ -120,29 +180,77 @@ class Job:
         logger.info("%s %s not started: it is %s", self.kind, task_id, state)
         return None
 
-    def _guard(self, task_id: uuid.UUID, body: Callable[[], None]) -> JobResult:
+    def _guard(self, row: TaskRow, body: Callable[[], None]) -> JobResult:
+        task_id = row.id
+        cleaned = _without_kept(row.data)  # a kept output is dropped once the row ends
         try:
             body()
-        except ServiceUnavailable as exc:
-            self.tasks.requeue(task_id, error=_error_text(exc), now=self.clock())
-            logger.warning("%s %s: %s; will retry", self.kind, task_id, exc)
-            return JobResult(Outcome.RETRY, str(exc))
-        except (_Permanent, UnknownPlugin, ServiceError) as exc:
+        except (_StoreFailed, ServiceError) as exc:
+            cause = exc.cause if isinstance(exc, _StoreFailed) else exc
+            data = None
+            if isinstance(exc, _StoreFailed):
+                data = {**row.data, KEPT_OUTPUT: exc.kept.model_dump(mode="json")}
+            self.tasks.requeue(task_id, error=_error_text(cause), now=self.clock(), data=data)
+            kept = "; its output is kept, only storing it is retried" if data is not None else ""
+            logger.warning("%s %s: %s; will retry%s", self.kind, task_id, cause, kept)
+            return JobResult(Outcome.RETRY, str(cause), service=cause.service)
+        except (_Permanent, UnknownPlugin) as exc:
             error = str(exc) if isinstance(exc, _Permanent) else _error_text(exc)
-            self.tasks.finish(task_id, TaskStatus.FAILED, error=error, now=self.clock())
+            self.tasks.finish(task_id, TaskStatus.FAILED, error=error, now=self.clock(), data=cleaned)
             logger.error("%s %s failed: %s", self.kind, task_id, error)
             return JobResult(Outcome.FAILED, error)
-        self.tasks.finish(task_id, TaskStatus.COMPLETED, now=self.clock())
+        self.tasks.finish(task_id, TaskStatus.COMPLETED, now=self.clock(), data=cleaned)
         return JobResult(Outcome.COMPLETED)
 
-    def fail_for_good(self, task_id: uuid.UUID, error: str) -> None:
-        """After the last retry: give up on a task that is back in ``queued``."""
-        self.tasks.transition(
-            task_id,
-            [TaskStatus.QUEUED, TaskStatus.DISPATCHED, TaskStatus.RUNNING],
-            TaskStatus.FAILED,
-            error=error,
-            ended_at=self.clock(),
+    def fail_for_good(
+        self,
+        task_id: uuid.UUID,
+        error: str,
+        *,
+        service: str | None = None,
+        schedules: ScheduleStore | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        """After the last retry: give up on a task that is back in ``queued``.
+
+        With ``service`` (the KAT service that kept failing) the row fails as no run of its plugin
+        (``reason`` names the service; :meth:`TaskStore.last_runs` leaves it out) and, with
+        ``schedules`` and ``retry_at``, a boefje pair's schedule is enabled with ``retry_at`` as its
+        deadline, so the tick, due schedules and events all leave it alone until then and queue it
+        after (not a grace period later).
+        """
+        now = self.clock()
+        if service is None:
+            self.tasks.transition(
+                task_id,
+                [TaskStatus.QUEUED, TaskStatus.DISPATCHED, TaskStatus.RUNNING],
+                TaskStatus.FAILED,
+                error=error,
+                ended_at=now,
+            )
+            return
+        current = self.tasks.get(task_id)
+        cleaned = None if current is None else _without_kept(current.data)
+        row = self.tasks.fail_for_service(task_id, service, error, now=now, data=cleaned)
+        if row is None or schedules is None or retry_at is None or row.scheduler_id != SchedulerId.BOEFJE:
+            return
+        boefje = row.data.get("boefje") or {"id": row.plugin_id}
+        schedules.upsert(
+            [
+                NewSchedule(
+                    scheduler_id=SchedulerId.BOEFJE,
+                    organisation=row.organisation,
+                    plugin_id=row.plugin_id,
+                    input_ooi=row.input_ooi,
+                    hash=row.hash,
+                    data={"boefje": boefje, "input_ooi": row.input_ooi, "organization": row.organisation},
+                    deadline_at=retry_at,
+                )
+            ],
+            now=now,
+        )
+        logger.warning(
+            "%s %s: gave up, %s failed; its pair is due again at %s", self.kind, task_id, service, retry_at.isoformat()
         )
 
 
@@ -155,9 +263,17 @@ class BoefjeJob(Job):
         row = self._start(task_id, worker)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
-        return self._guard(task_id, lambda: self._run(task_id, organisation, boefje_id, input_ooi))
+        return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi))
 
-    def _run(self, task_id: uuid.UUID, organisation: str, boefje_id: str, input_ooi: str | None) -> None:
+    def _run(self, row: TaskRow, organisation: str, boefje_id: str, input_ooi: str | None) -> None:
+        task_id = row.id
+        kept = row.data.get(KEPT_OUTPUT)
+        if kept is not None:
+            logger.info(
+                "boefje task %s: storing the output of its earlier run (the boefje does not run again)", task_id
+            )
+            self._store(organisation, boefje_id, KeptBoefjeOutput.model_validate(kept), environment=None)
+            return
         plugin = self.clients.katalogus.plugin(organisation, boefje_id)
         if not isinstance(plugin, Boefje):
             raise _Permanent(f"unknown boefje {boefje_id!r} in organisation {organisation!r}")
@@ -177,13 +293,12 @@ class BoefjeJob(Job):
             "arguments": {"input": ooi_json} if ooi_json is not None else {},
             "organization": organisation,
             "runnable_hash": None,
-            "environment": environment,
         }
         tags = {f"boefje/{plugin.id}"} | ({f"boefje/{plugin.id}-{plugin.version}"} if plugin.version else set())
         status = "COMPLETED"
         error: str | None = None
         try:
-            output = self.runner.run_boefje(plugin.id, meta, environment)
+            output = self.runner.run_boefje(plugin.id, {**meta, "environment": environment}, environment)
             files = [(str(i), content, sorted(tags | mime)) for i, (mime, content) in enumerate(output)]
         except UnknownPlugin:
             raise
@@ -192,16 +307,36 @@ class BoefjeJob(Job):
             status = "FAILED"
             files = [("error", traceback.format_exc().encode(), sorted(tags | {"error/boefje"}))]
         meta["ended_at"] = self.clock().isoformat()
-        record = BoefjeMeta.model_validate(meta)
-        self._save_meta(record)
-        if files:
-            self.clients.bytes.save_raw(record.id, files, status=status)
-        if error is not None:
-            raise _Permanent(f"boefje {plugin.id} failed: {error}")
+        result = KeptBoefjeOutput(
+            meta=meta,
+            status=status,
+            files=[
+                KeptFile(name=name, content=base64.b64encode(content).decode("ascii"), tags=file_tags)
+                for name, content, file_tags in files
+            ],
+            error=None if error is None else f"boefje {plugin.id} failed: {error}",
+        )
+        self._store(organisation, boefje_id, result, environment=environment)
+
+    def _store(
+        self, organisation: str, boefje_id: str, output: KeptBoefjeOutput, environment: dict[str, str] | None
+    ) -> None:
+        """Store a run's meta and raw files in Bytes; on a service failure, raise what is left to store."""
+        try:
+            if not output.meta_stored:
+                if environment is None:  # a retry: the settings were not kept
+                    environment = self.clients.katalogus.boefje_settings(organisation, boefje_id)
+                self._save_meta(BoefjeMeta.model_validate({**output.meta, "environment": environment}))
+                output = output.model_copy(update={"meta_stored": True})
+            if output.files:
+                files = [(f.name, base64.b64decode(f.content), f.tags) for f in output.files]
+                self.clients.bytes.save_raw(uuid.UUID(str(output.meta["id"])), files, status=output.status)
+        except ServiceError as exc:
+            raise _StoreFailed(exc, output) from exc
+        if output.error is not None:
+            raise _Permanent(output.error)
 
     def _save_meta(self, meta: BoefjeMeta) -> None:
-        from kat_scheduler.clients import AlreadyExists
-
         try:
             self.clients.bytes.save_boefje_meta(meta)
         except AlreadyExists:
@@ -217,13 +352,19 @@ class NormalizerJob(Job):
         row = self._start(task_id, worker)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
-        return self._guard(task_id, lambda: self._run(task_id, row, organisation, normalizer_id, raw_data_id))
+        return self._guard(row, lambda: self._run(row, organisation, normalizer_id, raw_data_id))
 
-    def _run(self, task_id: uuid.UUID, row: TaskRow, organisation: str, normalizer_id: str, raw_data_id: str) -> None:
+    def _run(self, row: TaskRow, organisation: str, normalizer_id: str, raw_data_id: str) -> None:
+        task_id = row.id
+        raw_data = RawData.model_validate(row.data["raw_data"])
+        kept = row.data.get(KEPT_OUTPUT)
+        if kept is not None:
+            logger.info("normalizer task %s: storing the results of its earlier run (it does not run again)", task_id)
+            self._store(task_id, organisation, normalizer_id, raw_data, KeptNormalizerOutput.model_validate(kept))
+            return
         plugin = self.clients.katalogus.plugin(organisation, normalizer_id)
         if not isinstance(plugin, Normalizer):
             raise _Permanent(f"unknown normalizer {normalizer_id!r} in organisation {organisation!r}")
-        raw_data = RawData.model_validate(row.data["raw_data"])
         raw = self.clients.bytes.get_raw(raw_data_id)
         if raw is None:
             raise _Permanent(f"raw file {raw_data_id} no longer exists in Bytes")
@@ -241,22 +382,48 @@ class NormalizerJob(Job):
             raise
         except Exception as exc:
             raise _Permanent(f"normalizer {plugin.id} failed: {_error_text(exc)}") from exc
-        if meta.input_ooi:
-            self.clients.octopoes.save_observation(
-                organisation,
-                method=plugin.id,
-                source=meta.input_ooi,
-                source_method=meta.boefje.id,
-                task_id=task_id,
-                valid_time=started,
-                result=results,
-            )
-        self.clients.bytes.save_normalizer_meta(
-            {
-                "id": str(task_id),
-                "raw_data": raw_data.model_dump(mode="json"),
-                "normalizer": {"id": plugin.id, "version": plugin.version},
-                "started_at": started.isoformat(),
-                "ended_at": self.clock().isoformat(),
-            }
+        output = KeptNormalizerOutput(
+            results=results, version=plugin.version, started_at=started, ended_at=self.clock()
         )
+        self._store(task_id, organisation, plugin.id, raw_data, output)
+
+    def _store(
+        self,
+        task_id: uuid.UUID,
+        organisation: str,
+        normalizer_id: str,
+        raw_data: RawData,
+        output: KeptNormalizerOutput,
+    ) -> None:
+        """The observation in Octopoes, then the normalizer meta in Bytes; on a service failure,
+        raise what is left to store."""
+        meta = raw_data.boefje_meta
+        try:
+            if meta.input_ooi and not output.observation_saved:
+                self.clients.octopoes.save_observation(
+                    organisation,
+                    method=normalizer_id,
+                    source=meta.input_ooi,
+                    source_method=meta.boefje.id,
+                    task_id=task_id,
+                    valid_time=output.started_at,
+                    result=output.results,
+                )
+                output = output.model_copy(update={"observation_saved": True})
+            self._save_meta(
+                {
+                    "id": str(task_id),
+                    "raw_data": raw_data.model_dump(mode="json"),
+                    "normalizer": {"id": normalizer_id, "version": output.version},
+                    "started_at": output.started_at.isoformat(),
+                    "ended_at": output.ended_at.isoformat(),
+                }
+            )
+        except ServiceError as exc:
+            raise _StoreFailed(exc, output) from exc
+
+    def _save_meta(self, meta: dict[str, Any]) -> None:
+        try:
+            self.clients.bytes.save_normalizer_meta(meta)
+        except AlreadyExists:
+            logger.info("normalizer meta %s was already stored (a retry): keeping it", meta["id"])

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ from sqlalchemy import Engine
 from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.planning.rules import boefje_payload
-from kat_scheduler.storage import TaskStore
+from kat_scheduler.storage import ScheduleStore, TaskStore
+from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
-from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob, Outcome, worker_id
+from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob, NormalizerJob, Outcome, worker_id
 from kat_scheduler.workers.runners import UnknownPlugin
 from kat_scheduler.workers.simulated import SimulatedRunner
 
@@ -219,3 +221,138 @@ def test_a_task_whose_runner_died_on_every_attempt_is_failed_not_taken_over_agai
     row = store.get(task_id)
     assert row.status == TaskStatus.FAILED and row.attempts == 3 and "died on each of 3 attempts" in row.error
     assert world.boefje_meta(task_id) is None
+
+
+class CountingRunner(SimulatedRunner):
+    """The simulated runner, counting the boefjes and normalizers it ran."""
+
+    def __init__(self) -> None:
+        self.boefje_runs = 0
+        self.normalizer_runs = 0
+
+    def run_boefje(self, boefje_id: str, boefje_meta: dict[str, Any], environment: dict[str, str]):
+        self.boefje_runs += 1
+        return super().run_boefje(boefje_id, boefje_meta, environment)
+
+    def run_normalizer(self, normalizer_id: str, input_ooi: dict[str, Any], raw: bytes):
+        self.normalizer_runs += 1
+        return super().run_normalizer(normalizer_id, input_ooi, raw)
+
+
+def test_a_malformed_bytes_answer_on_store_keeps_the_output_and_the_retry_only_stores_it(
+    store, clients, world, kat
+) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    runner = CountingRunner()
+    job = BoefjeJob(store, clients, runner)
+    kat.inject_fault("bytes", status=200, body=b"{not json", times=1, path_prefix="/bytes/raw", method="POST")
+    first = job.run(task_id, "w1", org, "dns-records", ref)
+    assert first.outcome == Outcome.RETRY and first.service == "bytes"
+    row = store.get(task_id)
+    assert row.status == TaskStatus.QUEUED and "malformed JSON" in row.error
+    assert row.data[KEPT_OUTPUT]["meta_stored"] is True
+    assert "environment" not in row.data[KEPT_OUTPUT]["meta"]  # the plugin's settings are not kept
+    second = job.run(task_id, "w2", org, "dns-records", ref)
+    assert second.outcome == Outcome.COMPLETED, second.detail
+    assert runner.boefje_runs == 1
+    raws = world.raw_files_of(task_id)
+    assert len(raws) == 1 and json.loads(raws[0].content)["input"] == ref
+    row = store.get(task_id)
+    assert row.status == TaskStatus.COMPLETED and KEPT_OUTPUT not in row.data and row.data["boefje"]
+
+
+def test_a_bytes_outage_on_the_meta_stores_meta_and_raw_on_the_retry_without_running_again(
+    store, clients, world, kat
+) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    runner = CountingRunner()
+    job = BoefjeJob(store, clients, runner)
+    kat.inject_fault("bytes", status=503, times=None, path_prefix="/bytes/boefje_meta", method="POST")
+    assert job.run(task_id, "w1", org, "dns-records", ref).outcome == Outcome.RETRY
+    assert store.get(task_id).data[KEPT_OUTPUT]["meta_stored"] is False
+    kat.clear_faults()
+    assert job.run(task_id, "w1", org, "dns-records", ref).outcome == Outcome.COMPLETED
+    assert runner.boefje_runs == 1
+    meta = world.boefje_meta(task_id)
+    assert meta is not None and meta.ended_at is not None
+    assert len(world.raw_files_of(task_id)) == 1
+
+
+def test_a_malformed_katalogus_answer_retries_instead_of_failing_the_task(store, clients, world, kat) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    runner = CountingRunner()
+    kat.inject_fault("katalogus", status=200, body=b"[1, 2", times=1, path_prefix=f"/v1/organisations/{org}/plugins")
+    result = BoefjeJob(store, clients, runner).run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.RETRY and result.service == "katalogus"
+    row = store.get(task_id)
+    assert row.status == TaskStatus.QUEUED and row.error.startswith("ServiceResponseError: katalogus")
+    assert runner.boefje_runs == 0 and KEPT_OUTPUT not in row.data
+
+
+def test_a_task_given_up_on_for_a_service_is_no_run_and_its_pair_is_due_at_the_short_delay(
+    store, clients, world, pg_engine
+) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    schedules = ScheduleStore(pg_engine)
+    retry_at = utcnow() + timedelta(minutes=5)
+    job = BoefjeJob(store, clients, SimulatedRunner())
+    job.fail_for_good(
+        task_id, "gave up after 5 retries: katalogus: down", service="katalogus", schedules=schedules, retry_at=retry_at
+    )
+    row = store.get(task_id)
+    assert row.status == TaskStatus.FAILED and row.reason == "service failed: katalogus"
+    assert row.error == "gave up after 5 retries: katalogus: down" and row.ended_at is not None
+    assert store.last_runs([row.hash]) == {}  # not a run: grace does not count from it
+    schedule = schedules.get_by_hash(row.hash)
+    assert schedule is not None and schedule.enabled and schedule.deadline_at == retry_at
+    assert schedule.plugin_id == "dns-records" and schedule.input_ooi == ref
+
+
+def test_a_boefje_that_fails_by_itself_still_counts_as_a_run(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    assert BoefjeJob(store, clients, CrashingRunner()).run(task_id, "w1", org, "dns-records", ref).outcome == (
+        Outcome.FAILED
+    )
+    row = store.get(task_id)
+    assert row.reason != "service failed: katalogus" and store.last_runs([row.hash]) == {row.hash: row.ended_at}
+
+
+def test_a_normalizer_whose_observation_failed_to_store_is_not_run_again(store, clients, world, kat) -> None:
+    org, ref = hostname_with_dns(world)
+    boefje_task = queued_boefje_task(store, org, "dns-records", ref, clients)
+    BoefjeJob(store, clients, SimulatedRunner()).run(boefje_task, "w1", org, "dns-records", ref)
+    raw = world.raw_files_of(boefje_task)[0]
+    normalizer_id = "kat_dns_normalize"
+    task_id = uuid.uuid4()
+    store.claim(
+        [
+            NewTask(
+                id=task_id,
+                scheduler_id=SchedulerId.NORMALIZER,
+                type="normalizer",
+                organisation=org,
+                plugin_id=normalizer_id,
+                input_ooi=ref,
+                hash=normalizer_task_hash(normalizer_id, str(boefje_task), org),
+                band=4,
+                priority=0,
+                data={"id": str(task_id), "normalizer": {"id": normalizer_id}, "raw_data": world.render_raw_meta(raw)},
+            )
+        ]
+    )
+    runner = CountingRunner()
+    job = NormalizerJob(store, clients, runner)
+    kat.inject_fault("bytes", status=503, times=None, path_prefix="/bytes/normalizer_meta", method="POST")
+    assert job.run(task_id, "w1", org, normalizer_id, str(raw.id)).outcome == Outcome.RETRY
+    assert store.get(task_id).data[KEPT_OUTPUT]["observation_saved"] is True
+    kat.clear_faults()
+    result = job.run(task_id, "w1", org, normalizer_id, str(raw.id))
+    assert result.outcome == Outcome.COMPLETED, result.detail
+    assert runner.normalizer_runs == 1
+    assert len(world.observations) == 1 and len(world.normalizer_runs) == 1
+    assert KEPT_OUTPUT not in store.get(task_id).data
