@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
 
 from kat_scheduler.hashing import report_task_hash
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -36,7 +37,7 @@ class Task(BaseModel):
     modified_at: datetime
 
     @classmethod
-    def of(cls, row: TaskRow) -> Task:
+    def of(cls, row: TaskRow | Row[Any]) -> Task:
         data = dict(row.data)
         boefje = data.get("boefje")
         if isinstance(boefje, dict) and "oci_image" not in boefje:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, status
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import PoppedTasks, Problem, Task
@@ -47,7 +47,7 @@ def pop(
     ctx: Annotated[ApiContext, Depends(context)],
     limit: Annotated[int, Query(ge=1, le=MAX_POP, description="The most tasks to take.")] = 1,
     filters: Annotated[FilterRequest | None, Body(description='{"filters": [...]} or null')] = None,
-) -> PoppedTasks:
+) -> Response:
     scheduler = known_scheduler(scheduler_id)
     try:
         where = conditions(filters, ctx.engine.dialect.name)
@@ -61,6 +61,8 @@ def pop(
                 "it gets none",
                 scheduler.value,
             )
-        return PoppedTasks(results=[])
+        return Response(PoppedTasks(results=[]).model_dump_json(), media_type="application/json")
     rows = ctx.tasks.pop(scheduler, limit=limit, where=where)
-    return PoppedTasks(results=[Task.of(row) for row in rows])
+    # Serialised here, once: FastAPI would validate the model again against response_model.
+    body = PoppedTasks(results=[Task.of(row) for row in rows]).model_dump_json()
+    return Response(body, media_type="application/json")

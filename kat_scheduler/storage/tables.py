@@ -144,6 +144,17 @@ class TaskRow(Base):
         ),
         Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
         Index("ix_tasks_status_modified_at", "status", "modified_at"),
+        # The API's pop (most urgent queued first) and Rocky's task list (an organisation's newest).
+        Index(
+            "ix_tasks_queued_pop",
+            "scheduler_id",
+            "band",
+            "priority",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        Index("ix_tasks_organisation_created_at", "organisation", "created_at"),
     )
 
 

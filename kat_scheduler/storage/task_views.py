@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, func, literal_column, select, union_all, update
+from sqlalchemy import ColumnElement, Engine, Row, Select, func, literal_column, select, union_all, update
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -201,7 +201,7 @@ class TaskViews:
         limit: int,
         where: Sequence[ColumnElement[bool]] = (),
         now: datetime | None = None,
-    ) -> list[TaskRow]:
+    ) -> list[Row[Any]]:
         """Take up to ``limit`` queued tasks of ``scheduler_id`` matching ``where``, most urgent first
         (band, then priority, then age), and mark them ``dispatched``; the rows as they are now.
 
@@ -227,18 +227,17 @@ class TaskViews:
             # A CTE, evaluated once: PostgreSQL may run an IN (subquery … LIMIT) of an UPDATE more
             # than once and take more than ``limit`` rows.
             cte = picked.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-            taken: ColumnElement[bool] = TaskRow.id == cte.c.id
+            taken: ColumnElement[bool] = col.id == cte.c.id
         else:
-            taken = TaskRow.id.in_(picked.scalar_subquery())
+            taken = col.id.in_(picked.scalar_subquery())
         stmt = (
-            update(TaskRow)
-            .where(taken, TaskRow.status == TaskStatus.QUEUED)
+            update(_TASKS)
+            .where(taken, col.status == TaskStatus.QUEUED)
             .values(status=TaskStatus.DISPATCHED, modified_at=now)
-            .returning(TaskRow)
-            .execution_options(synchronize_session=False)
+            .returning(*_TASKS.c)
         )
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            rows = list(session.execute(stmt).scalars())
+        with self.engine.begin() as conn:  # Core rows: a pop is the API's hottest path
+            rows = list(conn.execute(stmt).all())
         return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
 
     def requeue_popped(

@@ -1,0 +1,250 @@
+"""Benchmark: the HTTP API on a large ``tasks`` table, through the real uvicorn server.
+
+    .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--samples 200]
+
+A fresh PostgreSQL database gets ``--rows`` task rows in one ``INSERT … SELECT generate_series``
+(50 organisations, three boefje images, created and modified over the last 30 days, all
+``completed`` but the queued ones). ``kat-scheduler api`` runs as a subprocess (uvicorn) with
+``SCHEDULER_PULL_SCHEDULERS=report,boefje``. Measured:
+
+- **pop**: with 5,000, 50,000 and 500,000 ``boefje`` tasks queued, ``--clients`` concurrent
+  clients pop with the boefje workers' image filter body (two of the three images) and
+  ``limit=--limit`` until ``--pop`` tasks are taken; tasks per second, and whether any task came
+  back twice.
+- **Rocky's task list** (``GET /tasks?organisation=…&limit=50&allow_partial_count=true``), the
+  **count** (``limit=0``) and **``/tasks/stats``** for one organisation: p50 and p95 of
+  ``--samples`` sequential requests, organisations taken in turn.
+- **push**: ``--clients`` concurrent clients push report tasks (a pull scheduler: claimed, not
+  published); tasks per second.
+
+Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
+
+ROOT = Path(__file__).resolve().parent.parent
+ORGS = 50
+IMAGES = (
+    "ghcr.io/minvws/openkat/nmap:latest",
+    "ghcr.io/minvws/openkat/dns:latest",
+    "ghcr.io/minvws/openkat/web:latest",
+)
+#: The boefje workers' pop body (boefjes/boefjes/clients/scheduler_client.py, pop_items).
+POP_BODY = {"filters": [{"column": "data", "field": "boefje__oci_image", "operator": "in", "value": list(IMAGES[:2])}]}
+
+#: Row n: organisation n % 50, image n % 3, created n seconds * (30 days / rows) ago.
+INSERT = """
+INSERT INTO tasks (id, scheduler_id, type, organisation, plugin_id, input_ooi, hash, band, priority,
+                   status, data, reason, created_at, modified_at, published_at, started_at, ended_at, attempts)
+SELECT md5(n::text || 'id')::uuid, 'boefje', 'boefje', 'org' || lpad((n % 50)::text, 2, '0'),
+       'boefje-' || (n % 30), 'Hostname|internet|host-' || n || '.example.nl', md5(n::text), 5, n,
+       'completed',
+       jsonb_build_object(
+           'id', md5(n::text || 'id')::uuid::text,
+           'boefje', jsonb_build_object('id', 'boefje-' || (n % 30), 'oci_image', (ARRAY[:i0, :i1, :i2])[n % 3 + 1]),
+           'input_ooi', 'Hostname|internet|host-' || n || '.example.nl',
+           'organization', 'org' || lpad((n % 50)::text, 2, '0')),
+       'planned', at, at, at, at, at, 1
+FROM (SELECT n, now() - make_interval(secs => n * 2592000.0 / :rows) AS at
+      FROM generate_series(0, :rows - 1) AS n) AS numbered
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def queue(engine: sa.Engine, queued: int) -> None:
+    """Exactly the ``queued`` newest-numbered rows (the lowest n) queued, every other completed."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tasks SET status = 'completed' WHERE status <> 'completed'"))
+        conn.execute(sa.text("UPDATE tasks SET status = 'queued' WHERE priority < :q"), {"q": queued})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE tasks"))
+
+
+def run_clients(clients: int, work: Callable[[requests.Session], int]) -> tuple[float, int, list[str]]:
+    """``clients`` threads each running ``work`` on its own session; seconds, total, errors."""
+    totals = [0] * clients
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        with requests.Session() as http:
+            try:
+                totals[index] = work(http)
+            except Exception as exc:  # reported, not raised: the figures say what happened
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, sum(totals), errors
+
+
+def pop_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    seen: set[str] = set()
+    twice = 0
+    lock = threading.Lock()
+    budget = [args.pop]
+
+    def work(http: requests.Session) -> int:
+        nonlocal twice
+        taken = 0
+        while True:
+            with lock:
+                if budget[0] <= 0:
+                    return taken
+                budget[0] -= args.limit
+            response = http.post(f"{url}/schedulers/boefje/pop", params={"limit": args.limit}, json=POP_BODY)
+            response.raise_for_status()
+            results = response.json()["results"]
+            if not results:
+                return taken
+            with lock:
+                for task in results:
+                    twice += task["id"] in seen
+                    seen.add(task["id"])
+            taken += len(results)
+
+    before = cpu_seconds()
+    seconds, total, errors = run_clients(args.clients, work)
+    return {
+        "tasks": total,
+        "seconds": round(seconds, 2),
+        "tasks_per_s": round(total / seconds),
+        "popped_twice": twice,
+        "errors": errors[:3],
+        "cpu_s": cpu_used(before, cpu_seconds()),
+    }
+
+
+def latencies(url: str, path: str, params: Callable[[int], dict[str, Any]], samples: int) -> dict[str, float]:
+    times: list[float] = []
+    with requests.Session() as http:
+        for i in range(samples):
+            started = time.perf_counter()
+            response = http.get(url + path, params=params(i))
+            response.raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
+        "max_ms": round(times[-1], 1),
+    }
+
+
+def push_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    per_client: int = args.pushes // args.clients
+
+    def work(http: requests.Session) -> int:
+        for _ in range(per_client):
+            org = f"org{uuid.uuid4().int % ORGS:02d}"
+            body = {"organisation": org, "data": {"organisation_id": org, "report_recipe_id": str(uuid.uuid4())}}
+            response = http.post(f"{url}/schedulers/report/push", json=body)
+            if response.status_code != 201:
+                raise RuntimeError(f"{response.status_code} {response.text}")
+        return per_client
+
+    seconds, total, errors = run_clients(args.clients, work)
+    return {"tasks": total, "seconds": round(seconds, 2), "tasks_per_s": round(total / seconds), "errors": errors[:3]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=1, help="tasks per pop request")
+    parser.add_argument("--pop", type=int, default=4000, help="tasks popped per queue size")
+    parser.add_argument("--queued", type=int, nargs="*", default=[50_000, 5_000, 500_000])
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--pushes", type=int, default=2000)
+    args = parser.parse_args()
+
+    db_uri, admin = fresh_database("kat_bench_api")
+    engine = sa.create_engine(db_uri.replace("postgresql://", "postgresql+psycopg2://", 1))
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(sa.text(INSERT), {"rows": args.rows, "i0": IMAGES[0], "i1": IMAGES[1], "i2": IMAGES[2]})
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE tasks"))
+        print(f"{args.rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+
+        port = free_port()
+        env = {
+            **os.environ,
+            "SCHEDULER_DB_URI": db_uri,
+            "SCHEDULER_PULL_SCHEDULERS": "report,boefje",
+            "SCHEDULER_LOG_LEVEL": "WARNING",
+        }
+        command = [str(Path(sys.executable).with_name("kat-scheduler")), "api", "--port", str(port)]
+        server = subprocess.Popen(command, env=env, cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the API did not start")
+            time.sleep(0.1)
+
+        orgs = [f"org{i:02d}" for i in range(ORGS)]
+        for queued in args.queued:
+            queue(engine, queued)
+            result = pop_rate(url, args)
+            print(f"pop, {queued:,} queued, {args.clients} clients, limit={args.limit}: {result}", flush=True)
+
+        queue(engine, 50_000)
+        listing = latencies(
+            url,
+            "/tasks",
+            lambda i: {"organisation": orgs[i % ORGS], "limit": 50, "allow_partial_count": "true"},
+            args.samples,
+        )
+        print(f"task list (organisation, limit=50, allow_partial_count): {listing}", flush=True)
+        count = latencies(url, "/tasks", lambda i: {"organisation": orgs[i % ORGS], "limit": 0}, args.samples)
+        print(f"count (organisation, limit=0): {count}", flush=True)
+        stats = latencies(url, "/tasks/stats", lambda i: {"organisation_id": orgs[i % ORGS]}, args.samples)
+        print(f"/tasks/stats (one organisation): {stats}", flush=True)
+        pushed = push_rate(url, args)
+        print(f"push (report, pull: claimed only), {args.clients} clients: {pushed}", flush=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(15)
+        engine.dispose()
+        drop_database(admin, db_uri)
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
