@@ -5,18 +5,28 @@ up on a service leaves its pair due after the short retry delay, not after its g
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from kat_scheduler.models import TaskStatus
+from sqlalchemy import select
+
+from kat_scheduler.events.handlers import MutationHandler
+from kat_scheduler.models import ScanProfileMutation, TaskStatus
+from kat_scheduler.plugin_cache import PluginCache
+from kat_scheduler.publisher import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
-from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
 from kat_scheduler.storage.tables import utcnow
-from kat_scheduler.workers.lifecycle import KEPT_OUTPUT
+from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob
+from kat_scheduler.workers.simulated import SimulatedRunner
+from tests.integration.conftest import WORLD_NOW
 from tests.integration.test_worker_lifecycle import queued_boefje_task
 from tests.integration.test_workers import publish_boefje, write_plugin
 from tests.workers import celery_worker, wait_for
+
+#: The event handlers' clock: the simulated world's "now" (its history is relative to it).
+EVENTS_NOW = WORLD_NOW + timedelta(minutes=5)
 
 
 def hostnames_with_dns(world, count: int) -> list[tuple[str, str]]:
@@ -134,3 +144,51 @@ def test_a_katalogus_outage_gives_up_naming_it_and_the_pair_is_due_after_the_sho
     assert row.hash not in {c.hash for c in early.planned}
     due = planner.queue_due(now=schedule.deadline_at + timedelta(seconds=1), dry_run=True)
     assert [c.hash for c in due.planned] == [row.hash]
+
+
+def test_events_leave_a_pair_given_up_on_for_a_service_alone_until_the_short_delay_then_queue_it(
+    clients, world, pg_engine, planner_settings
+) -> None:
+    """The event path agrees with the tick and due schedules: the pair waits for its retry deadline,
+    not for a grace period counted from the task that never ran its boefje."""
+    tasks, schedules = TaskStore(pg_engine), ScheduleStore(pg_engine)
+    publisher = make_publisher(planner_settings)
+    plugins = PluginCache(clients.katalogus, ttl=60)
+
+    def handle_at(when: datetime, operation: str) -> set[str]:
+        handler = MutationHandler(plugins, tasks, schedules, publisher, planner_settings, clock=lambda: when)
+        assert handler("scan_profile_mutations", [mutation(org, pk, operation)]) == []
+        with pg_engine.connect() as conn:
+            queued = conn.execute(
+                select(TaskRow.plugin_id).where(TaskRow.input_ooi == pk, TaskRow.status == TaskStatus.QUEUED)
+            )
+            return set(queued.scalars())
+
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|service-failure.example.nl"
+    try:
+        first = handle_at(EVENTS_NOW, "create")
+        assert first, "the new hostname should queue some boefje"
+        boefje_id = sorted(first)[0]
+        with pg_engine.connect() as conn:
+            task_id = conn.execute(
+                select(TaskRow.id).where(TaskRow.input_ooi == pk, TaskRow.plugin_id == boefje_id)
+            ).scalar_one()
+        job = BoefjeJob(tasks, clients, SimulatedRunner(), clock=lambda: EVENTS_NOW + timedelta(seconds=10))
+        retry_at = EVENTS_NOW + timedelta(minutes=5)
+        job.fail_for_good(task_id, "gave up: bytes down", service="bytes", schedules=schedules, retry_at=retry_at)
+        assert boefje_id not in handle_at(EVENTS_NOW + timedelta(minutes=1), "update")
+        assert boefje_id in handle_at(retry_at + timedelta(minutes=1), "update")
+    finally:
+        publisher.close()
+
+
+def mutation(org: str, pk: str, operation: str) -> ScanProfileMutation:
+    value = {
+        "primary_key": pk,
+        "object_type": "Hostname",
+        "scan_profile": {"scan_profile_type": "declared", "reference": pk, "level": 2},
+    }
+    return ScanProfileMutation.model_validate(
+        {"operation": operation, "primary_key": pk, "client_id": org, "value": value}
+    )

@@ -356,3 +356,18 @@ def test_a_normalizer_whose_observation_failed_to_store_is_not_run_again(store, 
     assert runner.normalizer_runs == 1
     assert len(world.observations) == 1 and len(world.normalizer_runs) == 1
     assert KEPT_OUTPUT not in store.get(task_id).data
+
+
+def test_giving_up_on_a_store_drops_the_kept_output_and_names_bytes(store, clients, world, kat, pg_engine) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    job = BoefjeJob(store, clients, SimulatedRunner())
+    kat.inject_fault("bytes", status=503, times=None, path_prefix="/bytes/raw", method="POST")
+    result = job.run(task_id, "w1", org, "dns-records", ref)
+    assert result.outcome == Outcome.RETRY and KEPT_OUTPUT in store.get(task_id).data
+    job.fail_for_good(task_id, f"gave up after 5 retries: {result.detail}", service=result.service)
+    row = store.get(task_id)
+    assert row.status == TaskStatus.FAILED and row.reason == "service failed: bytes"
+    assert "bytes: POST /bytes/raw: HTTP 503" in row.error
+    assert KEPT_OUTPUT not in row.data and row.data["boefje"]["id"] == "dns-records"
+    assert store.last_runs([row.hash]) == {}
