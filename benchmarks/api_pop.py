@@ -1,11 +1,12 @@
 """Benchmark: the HTTP API on a large ``tasks`` table, through the real uvicorn server.
 
-    .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--samples 200]
+    .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--servers 1] [--samples 200]
 
 A fresh PostgreSQL database gets ``--rows`` task rows in one ``INSERT … SELECT generate_series``
 (50 organisations, three boefje images, created and modified over the last 30 days, all
 ``completed`` but the queued ones). ``kat-scheduler api`` runs as a subprocess (uvicorn) with
-``SCHEDULER_PULL_SCHEDULERS=report,boefje``. Measured:
+``SCHEDULER_PULL_SCHEDULERS=report,boefje`` (``--servers`` of them on their own ports, as replicas
+behind a load balancer would run; client i calls server i mod n). Measured:
 
 - **pop**: with 5,000, 50,000 and 500,000 ``boefje`` tasks queued, ``--clients`` concurrent
   clients pop with the boefje workers' image filter body (two of the three images) and
@@ -84,15 +85,15 @@ def queue(engine: sa.Engine, queued: int) -> None:
         conn.execute(sa.text("VACUUM ANALYZE tasks"))
 
 
-def run_clients(clients: int, work: Callable[[requests.Session], int]) -> tuple[float, int, list[str]]:
-    """``clients`` threads each running ``work`` on its own session; seconds, total, errors."""
+def run_clients(clients: int, work: Callable[[requests.Session, int], int]) -> tuple[float, int, list[str]]:
+    """``clients`` threads each running ``work(session, index)`` on its own session; seconds, total, errors."""
     totals = [0] * clients
     errors: list[str] = []
 
     def client(index: int) -> None:
         with requests.Session() as http:
             try:
-                totals[index] = work(http)
+                totals[index] = work(http, index)
             except Exception as exc:  # reported, not raised: the figures say what happened
                 errors.append(repr(exc))
 
@@ -105,14 +106,15 @@ def run_clients(clients: int, work: Callable[[requests.Session], int]) -> tuple[
     return time.perf_counter() - started, sum(totals), errors
 
 
-def pop_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def pop_rate(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     seen: set[str] = set()
     twice = 0
     lock = threading.Lock()
     budget = [args.pop]
 
-    def work(http: requests.Session) -> int:
+    def work(http: requests.Session, index: int) -> int:
         nonlocal twice
+        url = urls[index % len(urls)]
         taken = 0
         while True:
             with lock:
@@ -158,10 +160,11 @@ def latencies(url: str, path: str, params: Callable[[int], dict[str, Any]], samp
     }
 
 
-def push_rate(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def push_rate(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     per_client: int = args.pushes // args.clients
 
-    def work(http: requests.Session) -> int:
+    def work(http: requests.Session, index: int) -> int:
+        url = urls[index % len(urls)]
         for _ in range(per_client):
             org = f"org{uuid.uuid4().int % ORGS:02d}"
             body = {"organisation": org, "data": {"organisation_id": org, "report_recipe_id": str(uuid.uuid4())}}
@@ -183,11 +186,12 @@ def main() -> None:
     parser.add_argument("--queued", type=int, nargs="*", default=[50_000, 5_000, 500_000])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--pushes", type=int, default=2000)
+    parser.add_argument("--servers", type=int, default=1, help="API processes (replicas)")
     args = parser.parse_args()
 
     db_uri, admin = fresh_database("kat_bench_api")
     engine = sa.create_engine(db_uri.replace("postgresql://", "postgresql+psycopg2://", 1))
-    server: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         started = time.perf_counter()
         with engine.begin() as conn:
@@ -196,32 +200,39 @@ def main() -> None:
             conn.execute(sa.text("VACUUM ANALYZE tasks"))
         print(f"{args.rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
 
-        port = free_port()
         env = {
             **os.environ,
             "SCHEDULER_DB_URI": db_uri,
             "SCHEDULER_PULL_SCHEDULERS": "report,boefje",
             "SCHEDULER_LOG_LEVEL": "WARNING",
         }
-        command = [str(Path(sys.executable).with_name("kat-scheduler")), "api", "--port", str(port)]
-        server = subprocess.Popen(command, env=env, cwd=ROOT)
-        url = f"http://127.0.0.1:{port}"
+        urls = []
+        for _ in range(args.servers):
+            port = free_port()
+            command = [str(Path(sys.executable).with_name("kat-scheduler")), "api", "--port", str(port)]
+            servers.append(subprocess.Popen(command, env=env, cwd=ROOT))
+            urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the API did not start")
-            time.sleep(0.1)
+        for url, server in zip(urls, servers, strict=True):
+            while True:
+                try:
+                    if requests.get(url + "/health", timeout=1).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the API did not start")
+                time.sleep(0.1)
+        url = urls[0]
 
         orgs = [f"org{i:02d}" for i in range(ORGS)]
         for queued in args.queued:
             queue(engine, queued)
-            result = pop_rate(url, args)
-            print(f"pop, {queued:,} queued, {args.clients} clients, limit={args.limit}: {result}", flush=True)
+            result = pop_rate(urls, args)
+            print(
+                f"pop, {queued:,} queued, {args.clients} clients, {args.servers} servers, limit={args.limit}: {result}",
+                flush=True,
+            )
 
         queue(engine, 50_000)
         listing = latencies(
@@ -235,11 +246,14 @@ def main() -> None:
         print(f"count (organisation, limit=0): {count}", flush=True)
         stats = latencies(url, "/tasks/stats", lambda i: {"organisation_id": orgs[i % ORGS]}, args.samples)
         print(f"/tasks/stats (one organisation): {stats}", flush=True)
-        pushed = push_rate(url, args)
-        print(f"push (report, pull: claimed only), {args.clients} clients: {pushed}", flush=True)
+        pushed = push_rate(urls, args)
+        print(
+            f"push (report, pull: claimed only), {args.clients} clients, {args.servers} servers: {pushed}", flush=True
+        )
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
+        for server in servers:
             server.wait(15)
         engine.dispose()
         drop_database(admin, db_uri)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi import Request
 from sqlalchemy import Engine
@@ -45,12 +46,12 @@ class ApiContext:
                 self._publisher = make_publisher(self.settings)
             return Dispatcher(TaskStore(self.engine), self._publisher).dispatch([item])
 
-    def claim_for_pull(self, task: NewTask) -> bool:
+    def claim_for_pull(self, task: NewTask, now: datetime | None = None) -> bool:
         """Claim ``task``'s row for a pull scheduler: queued for a pop, never published (whether
         its hash was free). The claim's listing in ``unpublished_tasks`` is dropped at once: there
         is no message to wait for."""
         store = TaskStore(self.engine)
-        if not store.claim([task]):
+        if not store.claim([task], now=now):
             return False
         store.mark_published([task.id])
         return True

@@ -8,6 +8,7 @@ urgent, then its message is published to the scheduler's Celery queue. A pull sc
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
@@ -19,6 +20,7 @@ from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.dispatch import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
+from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 
 router = APIRouter(tags=["schedulers"])
@@ -142,30 +144,22 @@ def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(c
         raise _bad("report tasks are delivered only by pop: the report scheduler is not in SCHEDULER_PULL_SCHEDULERS")
     item = None if scheduler is SchedulerId.REPORT else dispatchable(scheduler, body)
     task = report_task(body) if item is None else item.task
-    existing = ctx.tasks.get(task.id)
-    if existing is not None:
-        # A runner handing back a task it popped but never started (boefjes' worker manager does
-        # so on shutdown): the task is queued again. Any other status: the id is taken.
-        if existing.status is TaskStatus.DISPATCHED and existing.hash == task.hash:
-            return Task.of(ctx.tasks.move(existing.id, TaskStatus.QUEUED))
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"a task with id {task.id} exists already ({existing.status.value})"
-        )
     taken = HTTPException(
         status.HTTP_409_CONFLICT,
         f"a task with hash {task.hash} is already queued or running",
         headers={"Retry-After": str(RETRY_AFTER)},
     )
+    # Claim first: one statement on the common path. A claim that wins nothing had its id or its
+    # hash taken; only then is the task with this id looked at.
+    now = utcnow()
     if pull or item is None:
         # A pull scheduler's runners pop it: claimed at the most urgent band, never published.
-        if not ctx.claim_for_pull(task):
-            raise taken
-        row = ctx.tasks.get(task.id)
-        assert row is not None
-        return Task.of(row)
+        if ctx.claim_for_pull(task, now=now):
+            return _queued(task, now)
+        return _refused(ctx, task, taken)
     result = ctx.dispatch(item)
     if result.claimed == 0:
-        raise taken
+        return _refused(ctx, task, taken)
     if result.errors and not result.published:
         row = ctx.tasks.get(item.task.id)
         if row is None:  # certainly not sent: the claim was released
@@ -173,3 +167,32 @@ def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(c
     row = ctx.tasks.get(item.task.id)
     assert row is not None
     return Task.of(row)
+
+
+def _queued(task: NewTask, now: datetime) -> Task:
+    """The Task a claim at ``now`` made (the row as written, without reading it back)."""
+    return Task(
+        id=task.id,
+        scheduler_id=task.scheduler_id,
+        schedule_id=task.schedule_id,
+        organisation=task.organisation,
+        priority=task.priority,
+        status=TaskStatus.QUEUED,
+        type=task.type,
+        hash=task.hash,
+        data=task.data,
+        created_at=now,
+        modified_at=now,
+    )
+
+
+def _refused(ctx: ApiContext, task: NewTask, taken: HTTPException) -> Task:
+    """A claim that won nothing: a runner handing back a task it popped but never started
+    (boefjes' worker manager does so on shutdown) queues it again; any other task with this id
+    is a 409 naming it, and otherwise the hash is live (409 with Retry-After)."""
+    existing = ctx.tasks.get(task.id)
+    if existing is None:
+        raise taken
+    if existing.status is TaskStatus.DISPATCHED and existing.hash == task.hash:
+        return Task.of(ctx.tasks.move(existing.id, TaskStatus.QUEUED))
+    raise HTTPException(status.HTTP_409_CONFLICT, f"a task with id {task.id} exists already ({existing.status.value})")

@@ -144,7 +144,8 @@ class TaskRow(Base):
         ),
         Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
         Index("ix_tasks_status_modified_at", "status", "modified_at"),
-        # The API's pop (most urgent queued first) and Rocky's task list (an organisation's newest).
+        # The API's pop (most urgent queued first), Rocky's task list (an organisation's newest)
+        # and an organisation's stats (its tasks modified in the last 24 hours).
         Index(
             "ix_tasks_queued_pop",
             "scheduler_id",
@@ -155,6 +156,7 @@ class TaskRow(Base):
             sqlite_where=text("status = 'queued'"),
         ),
         Index("ix_tasks_organisation_created_at", "organisation", "created_at"),
+        Index("ix_tasks_organisation_modified_at", "organisation", "modified_at"),
     )
 
 
