@@ -235,9 +235,14 @@ class Run:
             sim_env=overlay,
             api_port=api_port,
         )
+        self.monitor = self._make_monitor()
         for spec in specs:
             if self.stopping.is_set():
                 raise Interrupted("stopped while starting")
+            if self.first is None and spec.role is not Role.SERVICE:
+                # The baseline, before anything can work: on a loaded machine the first tick may
+                # finish before the view's first sample, and the summary would count nothing.
+                self.first = self.monitor.sample(full=True)
             child = supervisor.start(spec)
             if spec.ready_url:
                 _wait_http(spec.ready_url, child, 120 if spec.name == "kat-sim" else 30, self.stopping)
@@ -255,7 +260,6 @@ class Run:
             status_command(overlay),
             api_url=f"http://{self.settings.api_host}:{api_port}",
         )
-        self.monitor = self._make_monitor()
         self.started_at = time.monotonic()  # --duration counts from here, not from the launch
 
     def _migrate(self) -> None:
@@ -288,7 +292,8 @@ class Run:
         deadline = None if duration is None else self.started_at + duration
         self.sampler = Sampler(self.monitor, refresh)
         self.sampler.start()
-        self.first = self.last = self.sampler.first(timeout=refresh + 2)
+        self.last = self.sampler.first(timeout=refresh + 2)
+        self.first = self.first or self.last
         if live:
             from rich.live import Live
 

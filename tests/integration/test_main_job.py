@@ -336,6 +336,18 @@ def small_run(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[b
                 run.wait()
 
 
+def describe(pids: list[int]) -> list[str]:
+    """``pid: command line`` of each pid still alive (for a failure's message)."""
+    out = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        out.append(f"{pid}: {command[:200]}")
+    return out
+
+
 def wait_until_gone(run_dir: Path, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := processes_of_run(run_dir)) and time.monotonic() < deadline:
@@ -355,7 +367,8 @@ def test_a_supervisor_killed_with_sigkill_leaves_no_process_running(tmp_path: Pa
     assert len(processes_of_run(tmp_path / "state")) > 1
     run.kill()
     run.wait()
-    assert wait_until_gone(tmp_path / "state", timeout=20) == [], "children outlived a killed supervisor"
+    left = wait_until_gone(tmp_path / "state", timeout=20)
+    assert left == [], f"children outlived a killed supervisor: {describe(left)}"
 
 
 class Blackhole:
