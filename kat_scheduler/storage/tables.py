@@ -39,6 +39,10 @@ from kat_scheduler.models.producers import RunOutcome
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 
 FINISHED_STATUS_SQL = "status IN ('completed', 'failed')"
+#: ``tasks.reason`` of a task given up on because a KAT service failed: no run of its plugin.
+SERVICE_FAILED_PREFIX = "service failed: "
+#: Rows that are runs of their plugin, for grace: finished, and not given up on because a service failed.
+RUN_SQL = f"{FINISHED_STATUS_SQL} AND (reason IS NULL OR reason NOT LIKE '{SERVICE_FAILED_PREFIX}%')"
 LIVE_STATUS_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in LIVE_STATUSES))
 
 NAMING_CONVENTION = {
@@ -136,11 +140,11 @@ class TaskRow(Base):
         ),
         Index("ix_tasks_scheduler_id_status", "scheduler_id", "status"),
         Index(
-            "ix_tasks_hash_ended_at_finished",
+            "ix_tasks_hash_ended_at_run",
             "hash",
             "ended_at",
-            postgresql_where=text(FINISHED_STATUS_SQL),
-            sqlite_where=text(FINISHED_STATUS_SQL),
+            postgresql_where=text(RUN_SQL),
+            sqlite_where=text(RUN_SQL),
         ),
         Index("ix_tasks_organisation_input_ooi", "organisation", "input_ooi"),
         Index("ix_tasks_status_modified_at", "status", "modified_at"),

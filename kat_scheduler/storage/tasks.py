@@ -12,13 +12,21 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, delete, func, insert, or_, select, text, update
+from sqlalchemy import Engine, Insert, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 from kat_scheduler.storage.sqlutil import in_values, pg_array, pg_insert_rows
-from kat_scheduler.storage.tables import LIVE_STATUS_SQL, TaskRow, UnpublishedTask, table_of, utcnow
+from kat_scheduler.storage.tables import (
+    LIVE_STATUS_SQL,
+    RUN_SQL,
+    SERVICE_FAILED_PREFIX,
+    TaskRow,
+    UnpublishedTask,
+    table_of,
+    utcnow,
+)
 
 _TASKS = table_of(TaskRow)
 _UNPUBLISHED = table_of(UnpublishedTask)
@@ -76,11 +84,6 @@ class FinishedTask:
     schedule_id: uuid.UUID | None = None
     started_at: datetime | None = None
     error: str | None = None
-
-
-#: ``tasks.reason`` of a task that failed because a KAT service did (:func:`service_failed_reason`):
-#: such a row is no run of its plugin, so :meth:`TaskStore.last_runs` leaves it out.
-SERVICE_FAILED_PREFIX = "service failed: "
 
 
 def service_failed_reason(service: str) -> str:
@@ -511,14 +514,15 @@ class TaskStore:
         plugin and is left out: its pair waits for its schedule's short retry deadline, not a grace period.
         """
         found: dict[str, datetime] = {}
-        ended = [TaskStatus.COMPLETED, TaskStatus.FAILED]
         col = _TASKS.c
-        not_service_failed = or_(col.reason.is_(None), col.reason.not_like(f"{SERVICE_FAILED_PREFIX}%"))
+        # RUN_SQL word for word, as the partial index ix_tasks_hash_ended_at_run says it, so the
+        # planner can read the look-up from that index alone.
+        is_a_run = text(RUN_SQL)
         with self.engine.connect() as conn:
             for condition in in_values(conn, col.hash, list(hashes)):
                 stmt = (
                     select(col.hash, func.max(col.ended_at))
-                    .where(condition, col.status.in_(ended), col.ended_at.is_not(None), not_service_failed)
+                    .where(condition, is_a_run, col.ended_at.is_not(None))
                     .group_by(col.hash)
                 )
                 for hash_, ended_at in conn.execute(stmt):
