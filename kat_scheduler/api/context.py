@@ -67,8 +67,9 @@ class ApiContext:
                 self._publisher = None
 
 
-def context(request: Request) -> ApiContext:
-    """The application's context (a FastAPI dependency)."""
+async def context(request: Request) -> ApiContext:
+    """The application's context (a FastAPI dependency; ``async`` because it does no I/O: FastAPI
+    runs a plain ``def`` dependency on its thread pool, one more thread hop per request)."""
     found = request.app.state.context
     assert isinstance(found, ApiContext)
     return found
