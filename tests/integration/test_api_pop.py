@@ -294,3 +294,26 @@ def test_a_popped_task_never_started_is_queued_again_by_the_reaper_without_a_mes
     assert waiting(settings, "boefjes") == 0 and waiting(settings, "normalizers") == 0
     row = store.get(lost.id)
     assert row is not None and row.status is TaskStatus.QUEUED
+
+
+def test_a_pulled_task_running_past_the_hard_limit_is_queued_again_for_a_pop_without_a_message(pg_engine, settings):
+    from kat_scheduler.workers.reaper import Reaper
+
+    store = TaskStore(pg_engine)
+    stuck = boefje_task()
+    store.claim([stuck])
+    store.mark_published([stuck.id])
+    long_ago = utcnow() - timedelta(seconds=settings.hard_time_limit + settings.running_slack + 60)
+    with pg_engine.begin() as conn:
+        conn.execute(update(TaskRow).values(status=TaskStatus.RUNNING, started_at=long_ago, attempts=1))
+    publisher = make_publisher(settings)
+    try:
+        report = Reaper(store, publisher, settings).reap(utcnow())
+    finally:
+        publisher.close()
+
+    assert report.requeued_stuck == 1
+    assert statuses(pg_engine) == {str(stuck.id): "queued"}
+    assert waiting(settings, "boefjes") == 0, "a pulled task is popped again, never published"
+    with serve_api(settings, engine=pg_engine) as api:
+        assert [t["id"] for t in api.post("/schedulers/boefje/pop").json()["results"]] == [str(stuck.id)]
