@@ -86,6 +86,7 @@ class Monitor:
         self.first_objects: int | None = None
         self._objects_at = 0.0
         self._last_objects: tuple[int | None, int | None] = (None, None)
+        self._object_errors: dict[str, str] = {}
 
     def sample(self, *, full: bool = False) -> Sample:
         """A new sample; the graph is counted every ``objects_every`` seconds, or now when ``full``."""
@@ -108,12 +109,15 @@ class Monitor:
                 sample.errors["broker"] = _short(exc)
         if self.clients is not None and (full or now - self._objects_at >= self.objects_every):
             self._objects_at = now
+            self._object_errors = {}
             try:
                 self._last_objects = self._count_objects()
             except ServiceError as exc:  # Katalogus (the organisations) or Octopoes (the objects)
-                sample.errors[exc.service] = _short(exc)
+                self._object_errors[exc.service] = _short(exc)
             except Exception as exc:
-                sample.errors["graph"] = _short(exc)
+                self._object_errors["graph"] = _short(exc)
+        # The graph is counted less often than the rest: its count and its error hold until the next one.
+        sample.errors.update(self._object_errors)
         sample.objects, sample.organisations = self._last_objects
         if sample.objects is not None and self.first_objects is None:
             self.first_objects = sample.objects

@@ -78,11 +78,14 @@ def test_a_katalogus_that_cannot_be_reached_is_named_with_the_whole_reason(sqlit
         katalogus=KatalogusClient(url, **options),
         bytes=BytesClient(url, "bytes", "bytes", **options),
     )
+    monitor = Monitor(sqlite_engine, Broker({}), clients, objects_every=3600)  # type: ignore[arg-type]
     try:
-        sample = Monitor(sqlite_engine, Broker({}), clients).sample(full=True)  # type: ignore[arg-type]
+        sample = monitor.sample(full=True)
+        later = monitor.sample()  # the graph is not counted again yet: its error still stands
     finally:
         clients.close()
     assert set(sample.errors) == {"katalogus"}, sample.errors
+    assert later.errors == sample.errors
     reason = sample.errors["katalogus"]
     assert reason.startswith("GET /v1/organisations: connection failed: ") and reason.endswith("Connection refused")
     assert "\n" not in reason
