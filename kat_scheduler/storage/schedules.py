@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Insert, Select, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Insert, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kat_scheduler import ids
 from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.storage.paging import Page, newest_first
 from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
@@ -177,13 +178,8 @@ class ScheduleQuery:
         return found
 
 
-@dataclass(frozen=True, slots=True)
-class SchedulePage:
-    rows: list[ScheduleRow]
-    #: How many schedules match; with a cap, at most the cap.
-    count: int
-    #: The count stopped at the cap.
-    partial: bool = False
+#: A page of schedules.
+SchedulePage = Page[ScheduleRow]
 
 
 class ScheduleStore:
@@ -434,25 +430,10 @@ class ScheduleStore:
             return session.get(ScheduleRow, schedule_id)
 
     def page(self, query: ScheduleQuery, *, offset: int, limit: int, count_cap: int | None = None) -> SchedulePage:
-        """Schedules matching ``query``, newest ``created_at`` first, and their count (bounded by
-        ``count_cap`` when given); ``limit`` 0 counts only."""
-        conditions = query.conditions()
-        matching: Select[Any] = select(_SCHEDULES.c.id).where(*conditions)
-        if count_cap is not None:
-            matching = matching.limit(count_cap)
-        with Session(self.engine, expire_on_commit=False) as session:
-            count = session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
-            rows: list[ScheduleRow] = []
-            if limit > 0:
-                stmt = (
-                    select(ScheduleRow)
-                    .where(*conditions)
-                    .order_by(ScheduleRow.created_at.desc(), ScheduleRow.id)
-                    .offset(offset)
-                    .limit(limit)
-                )
-                rows = list(session.execute(stmt).scalars())
-        return SchedulePage(rows, count, count_cap is not None and count >= count_cap)
+        """Schedules matching ``query``, newest first, and their count (see :func:`paging.newest_first`)."""
+        return newest_first(
+            self.engine, ScheduleRow, query.conditions(), offset=offset, limit=limit, count_cap=count_cap
+        )
 
     def change(self, schedule_id: uuid.UUID, values: dict[str, Any], now: datetime | None = None) -> ScheduleRow | None:
         """Set ``values`` on a schedule (``modified_at`` moves); the row afterwards, ``None`` when

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Row, Select, func, literal_column, select, union_all, update
+from sqlalchemy import ColumnElement, Engine, Row, func, literal_column, select, union_all, update
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.storage.paging import Page, newest_first
 from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -90,13 +91,8 @@ class TaskQuery:
         return found
 
 
-@dataclass(frozen=True, slots=True)
-class TaskPage:
-    rows: list[TaskRow]
-    #: How many tasks match; with a cap, at most the cap.
-    count: int
-    #: The count stopped at the cap: there are at least ``count`` tasks.
-    partial: bool = False
+#: A page of tasks.
+TaskPage = Page[TaskRow]
 
 
 class TaskViews:
@@ -110,32 +106,8 @@ class TaskViews:
             return session.get(TaskRow, task_id)
 
     def page(self, query: TaskQuery, *, offset: int, limit: int, count_cap: int | None = None) -> TaskPage:
-        """Tasks matching ``query``, newest ``created_at`` first, and their count.
-
-        ``limit`` 0 counts only. With ``count_cap``, the count reads at most that many rows (a
-        listing of millions needs no exact total to show its first pages) and says when it stopped.
-        """
-        conditions = query.conditions()
-        matching: Select[Any] = select(_TASKS.c.id).where(*conditions)
-        with Session(self.engine, expire_on_commit=False) as session:
-            if count_cap is None:
-                count = session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
-                partial = False
-            else:
-                bounded = matching.limit(count_cap).subquery()
-                count = session.execute(select(func.count()).select_from(bounded)).scalar_one()
-                partial = count >= count_cap
-            rows: list[TaskRow] = []
-            if limit > 0:
-                stmt = (
-                    select(TaskRow)
-                    .where(*conditions)
-                    .order_by(TaskRow.created_at.desc(), TaskRow.id)
-                    .offset(offset)
-                    .limit(limit)
-                )
-                rows = list(session.execute(stmt).scalars())
-        return TaskPage(rows, count, partial)
+        """Tasks matching ``query``, newest first, and their count (see :func:`paging.newest_first`)."""
+        return newest_first(self.engine, TaskRow, query.conditions(), offset=offset, limit=limit, count_cap=count_cap)
 
     def hourly_status_counts(
         self,
