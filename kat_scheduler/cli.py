@@ -220,6 +220,7 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
 @main.command("listen")
 def listen() -> None:
     """Consume KAT's events (scan_profile_mutations, raw_file_received) from QUEUE_URI and queue work."""
+    from kat_scheduler.collector import tune_collector
     from kat_scheduler.events.bookkeeping import Bookkeeper
     from kat_scheduler.events.consumer import run_listener
     from kat_scheduler.events.handlers import make_handlers
@@ -240,6 +241,7 @@ def listen() -> None:
     handlers = make_handlers(
         plugins, runtime.tasks, runtime.schedules, runtime.publisher, settings, bookkeeper=bookkeeper
     )
+    tune_collector()  # start-up is done: what it made is frozen
     try:
         run_listener(settings, handlers)
     finally:

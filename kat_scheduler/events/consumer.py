@@ -38,7 +38,6 @@ from functools import partial
 from queue import SimpleQueue
 from types import FrameType
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
@@ -46,8 +45,6 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from pydantic import BaseModel, ValidationError
 
-from kat_scheduler.events.amqp_readahead import ReadAheadTransport
-from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.queues import transport_of
@@ -383,14 +380,11 @@ class EventConsumer:
     def _connection(self) -> Connection:
         transport = transport_of(self.url)
         options: dict[str, Any] = {}
-        kind: Any = None  # the URL's own
         if transport == "amqp":
             options = dict(AMQP_TRANSPORT_OPTIONS)
-            if urlsplit(self.url).scheme in ("amqp", "pyamqp"):  # amqps keeps kombu's SSL transport
-                kind = ReadAheadTransport
         elif transport == "redis":
             options = {**REDIS_TRANSPORT_OPTIONS, "socket_connect_timeout": self.connect_timeout}
-        return Connection(self.url, connect_timeout=self.connect_timeout, transport_options=options, transport=kind)
+        return Connection(self.url, connect_timeout=self.connect_timeout, transport_options=options)
 
     def _consume(self, connection: Connection, stop: threading.Event, max_batches: int | None) -> None:
         # one attempt: the retries are ours (they heed the stop event), not kombu's
@@ -518,8 +512,7 @@ class EventConsumer:
         return _InFlight(queue, held, len(events), future, time.monotonic())
 
     def _run_handler(self, queue: str, events: list[BaseModel]) -> dict[int, str]:
-        with collector_paused():
-            return {r.index: r.reason for r in self.handlers[queue](queue, events)}
+        return {r.index: r.reason for r in self.handlers[queue](queue, events)}
 
     def _staged(self, handler: StagedHandler, events: list[BaseModel], batch: _InFlight) -> None:
         """Plan ``batch`` on the planning thread, write it on the writing thread, send it on the sending one.
@@ -534,16 +527,14 @@ class EventConsumer:
 
         def send(sender: Send) -> None:
             try:
-                with collector_paused():
-                    future.set_result({r.index: r.reason for r in sender()})
+                future.set_result({r.index: r.reason for r in sender()})
             except BaseException as exc:  # handed to the receiving thread, which decides
                 future.set_exception(exc)
 
         def write(writer: Write) -> None:
             batch.started = time.monotonic()
             try:
-                with collector_paused():
-                    sender = writer()
+                sender = writer()
                 self._sender.submit(partial(send, sender))  # before the next batch's writes can be
             except BaseException as exc:
                 future.set_exception(exc)
@@ -554,8 +545,7 @@ class EventConsumer:
                 # once written, sent (the handler counts on it to know what is still ahead).
                 self._writer.start()
                 self._sender.start()
-                with collector_paused():
-                    writer = handler.plan(queue, events)
+                writer = handler.plan(queue, events)
                 self._writer.submit(partial(write, writer))  # before the next plan can be
             except BaseException as exc:
                 future.set_exception(exc)

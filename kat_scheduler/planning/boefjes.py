@@ -15,8 +15,8 @@ listed once even when none of its pairs needs it.
 ``plan_threads`` organisations are planned at once, so one computes while others wait for a KAT
 service or the database; each organisation's candidates are claimed on a background thread as
 soon as it is planned (:class:`ClaimsAhead`). When all are planned, the claimed tasks are
-published in batches, most urgent band first with organisations taking turns. The cyclic garbage
-collector is paused meanwhile (:mod:`kat_scheduler.gcpause`).
+published in batches, most urgent band first with organisations taking turns. The worker's
+garbage collector is tuned at start (:mod:`kat_scheduler.collector`).
 
 Every pair that is planned gets a schedule; re-runs then come from due schedules
 (:meth:`BoefjePlanner.queue_due`), so a second tick queues nothing new and a restart causes no
@@ -39,7 +39,6 @@ from pydantic import ValidationError
 
 from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatcher, DispatchResult
-from kat_scheduler.gcpause import collector_paused
 from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
@@ -226,8 +225,7 @@ class BoefjePlanner:
 
     def plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Plan ``organisations`` (all of Katalogus' if ``None``) and, unless dry, queue the result."""
-        with collector_paused():
-            return self._plan(organisations, now=now, dry_run=dry_run)
+        return self._plan(organisations, now=now, dry_run=dry_run)
 
     def _plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool) -> PlanReport:
         report = PlanReport(now=now, dry_run=dry_run)
@@ -569,8 +567,7 @@ class BoefjePlanner:
 
     def queue_due(self, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Queue every due schedule (oldest deadline first, no cap), re-checking eligibility."""
-        with collector_paused():
-            return self._queue_due(now=now, dry_run=dry_run)
+        return self._queue_due(now=now, dry_run=dry_run)
 
     def _queue_due(self, *, now: datetime, dry_run: bool) -> PlanReport:
         report = PlanReport(now=now, dry_run=dry_run)

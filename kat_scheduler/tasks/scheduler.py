@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
+from kat_scheduler.collector import tune_collector
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.boefjes import PlanReport
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
@@ -30,9 +31,15 @@ logger = logging.getLogger(__name__)
 PLANNING_BAND = 2
 
 
+@worker_init.connect
+def _started(**_: Any) -> None:
+    tune_collector()  # before the pool forks: its processes share the frozen start-up objects
+
+
 @worker_process_init.connect
 def _fresh_process(**_: Any) -> None:
     reset_runtime()
+    tune_collector()
 
 
 def summary(report: PlanReport) -> dict[str, Any]:
