@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import factory
 import mmh3
 
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import OOI, Boefje, BoefjeMeta, Normalizer, ScanProfile, SchedulerId
+from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask
 
@@ -111,7 +111,7 @@ class NewScheduleFactory(factory.Factory):
 # --- rows of mula's database (OpenKAT's scheduler), for the import from mula -------------------
 #
 # Hashes here follow mula's own code (mmh3.hash_bytes of the same strings), written out again
-# rather than taken from kat_scheduler.hashing, so the tests check that both agree.
+# rather than taken from kat_scheduler.rules.identity, so the tests check that both agree.
 
 MULA_EPOCH = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

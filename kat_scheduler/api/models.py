@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
-from kat_scheduler.hashing import report_task_hash
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow
 
 #: The ``item_type`` each scheduler reports.

@@ -20,6 +20,7 @@ from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.dispatch import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
+from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 
@@ -66,18 +67,14 @@ def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
                 boefje.hash,
             )
             name, queue = TaskName.BOEFJE_RUN, Queue.BOEFJES
-            kwargs: dict[str, Any] = {"organisation": organisation, "boefje_id": plugin_id, "input_ooi": input_ooi}
+            kwargs = boefje_message_kwargs(organisation, plugin_id, input_ooi)
             data["boefje"] = {"oci_image": None, **data["boefje"]}
         else:
             normalizer = NormalizerTask.model_validate(data)
             organisation, plugin_id, hash_ = normalizer.organization, normalizer.normalizer.id, normalizer.hash
             input_ooi = normalizer.raw_data.boefje_meta.input_ooi
             name, queue = TaskName.NORMALIZER_RUN, Queue.NORMALIZERS
-            kwargs = {
-                "organisation": organisation,
-                "normalizer_id": plugin_id,
-                "raw_data_id": str(normalizer.raw_data.id),
-            }
+            kwargs = normalizer_message_kwargs(organisation, plugin_id, str(normalizer.raw_data.id))
     except ValidationError as exc:
         raise _bad(f"data is not a {scheduler_id.value} task: {_errors(exc)}") from None
     if organisation != push.organisation:

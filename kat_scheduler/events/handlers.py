@@ -34,18 +34,10 @@ from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.recording import RecordingHandler
-from kat_scheduler.hashing import normalizer_task_hash
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.planning.reactions import (
-    hashes_of_object,
-    hashes_without_clearance,
-    mutation_pairs,
-    normalizer_payload,
-    normalizers_for_raw,
-)
-from kat_scheduler.planning.rules import (
+from kat_scheduler.planning.candidates import (
     BoefjeIndex,
     Candidate,
     Pair,
@@ -54,10 +46,15 @@ from kat_scheduler.planning.rules import (
     new_boefje_schedule,
     rank_pair,
 )
+from kat_scheduler.planning.reactions import (
+    hashes_of_object,
+    hashes_without_clearance,
+    mutation_pairs,
+    normalizers_for_raw,
+)
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.rankers import Rank, rank_normalizer
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.rules import (
     NOT_DUE_SKIP,
@@ -69,6 +66,9 @@ from kat_scheduler.rules import (
     counted_from,
     is_due,
 )
+from kat_scheduler.rules.identity import normalizer_task_hash
+from kat_scheduler.rules.payloads import normalizer_message_kwargs, normalizer_payload
+from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.producers import ProducerRunStore
@@ -509,7 +509,7 @@ class RawFileHandler(_Base):
                 data=normalizer_payload(task_id, normalizer, raw_json),
                 reason=rank.reason,
             )
-            kwargs = {"organisation": org, "normalizer_id": normalizer.id, "raw_data_id": str(raw.id)}
+            kwargs = normalizer_message_kwargs(org, normalizer.id, str(raw.id))
             dispatchable = Dispatchable(task, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, kwargs)
             out.append(((rank.band, rank.score, task.hash), dispatchable))
         return out

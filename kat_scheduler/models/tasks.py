@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.models.bytes import RawData
+from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
 
 
 class TaskStatus(StrEnum):

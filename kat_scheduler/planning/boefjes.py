@@ -39,10 +39,9 @@ from pydantic import ValidationError
 
 from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatcher, DispatchResult
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
-from kat_scheduler.planning.rules import (
+from kat_scheduler.planning.candidates import (
     BOEFJE_QUEUE,
     BoefjeIndex,
     Candidate,
@@ -54,7 +53,6 @@ from kat_scheduler.planning.rules import (
     pairs_for_page,
     rank_pair,
 )
-from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.rules import (
     NOT_DUE_SKIP,
     BytesRun,
@@ -70,6 +68,8 @@ from kat_scheduler.rules import (
     is_due,
     static_skip,
 )
+from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore

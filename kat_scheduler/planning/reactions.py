@@ -3,18 +3,16 @@ makes wrong, and which normalizers a raw file gets. No I/O, no clock, no Celery.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.bytes import RawData
 from kat_scheduler.models.events import MutationOperation
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Normalizer
-from kat_scheduler.planning.rules import BoefjeIndex, Pair
+from kat_scheduler.planning.candidates import BoefjeIndex, Pair
 from kat_scheduler.rules import SkipReason, clearance_skip, static_skip
+from kat_scheduler.rules.identity import boefje_task_hash
 
 
 def object_type_of(primary_key: str) -> str:
@@ -70,12 +68,3 @@ def normalizers_for_raw(normalizers: Iterable[Normalizer], raw: RawData) -> list
         if normalizer.enabled and mime_types.intersection(normalizer.consumes):
             chosen.setdefault(normalizer.id, normalizer)
     return list(chosen.values())
-
-
-def normalizer_payload(task_id: uuid.UUID, normalizer: Normalizer, raw_data: dict[str, Any]) -> dict[str, Any]:
-    """The NormalizerTask JSON KAT expects (KAT-API.md)."""
-    return {
-        "id": str(task_id),
-        "normalizer": {"id": normalizer.id, "name": normalizer.name, "version": normalizer.version},
-        "raw_data": raw_data,
-    }

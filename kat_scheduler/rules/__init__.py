@@ -5,7 +5,10 @@ This package owns the decisions every producer shares, so no path keeps a copy o
 * :mod:`~kat_scheduler.rules.eligibility`: whether a boefje may run on an object at all
   (enabled, consumes, clearance, ``run_on``), with a :class:`SkipReason` when it may not;
 * :mod:`~kat_scheduler.rules.due`: whether a pair is due to run again (never run, grace,
-  interval, cron, a run still going or stalled in Bytes), from the pair's facts and ``now``.
+  interval, cron, a run still going or stalled in Bytes), from the pair's facts and ``now``;
+* :mod:`~kat_scheduler.rules.ranking`: how urgent a candidate is (band and score);
+* :mod:`~kat_scheduler.rules.identity`: a task's hash, identical to mula's;
+* :mod:`~kat_scheduler.rules.payloads`: the task JSON KAT expects and the Celery message kwargs.
 
 The tick, due schedules, manual push, the event handlers and ``plan --dry-run`` call these.
 """

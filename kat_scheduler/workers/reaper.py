@@ -38,6 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
 from kat_scheduler.storage.task_views import TaskViews
@@ -91,9 +92,9 @@ def message_for(row: Any) -> OutgoingMessage:
     """The message that runs a task row (the same a producer sent)."""
     if row.scheduler_id == SchedulerId.NORMALIZER:
         raw_id = str(row.data.get("raw_data", {}).get("id"))
-        kwargs = {"organisation": row.organisation, "normalizer_id": row.plugin_id, "raw_data_id": raw_id}
+        kwargs = normalizer_message_kwargs(row.organisation, row.plugin_id, raw_id)
         return OutgoingMessage(row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs)
-    kwargs = {"organisation": row.organisation, "boefje_id": row.plugin_id, "input_ooi": row.input_ooi}
+    kwargs = boefje_message_kwargs(row.organisation, row.plugin_id, row.input_ooi)
     return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs)
 
 

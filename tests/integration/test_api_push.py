@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.queues import MANUAL_BAND
+from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.tasks import TaskStore

@@ -12,8 +12,8 @@ import pytest
 from croniter import croniter
 from sqlalchemy import Engine, select
 
-from kat_scheduler.hashing import boefje_task_hash, report_task_hash
 from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.rules.identity import boefje_task_hash, report_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of

@@ -13,10 +13,10 @@ import redis
 from croniter import croniter
 from sqlalchemy import Engine, delete, func, select, text, update
 
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.planning.explain import render_plan
 from kat_scheduler.rules import SkipReason
+from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask

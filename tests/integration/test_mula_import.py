@@ -19,8 +19,6 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
-from kat_scheduler.eligibility import grace_skip
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.mula_import import (
     DISABLED_REASON,
@@ -31,6 +29,8 @@ from kat_scheduler.mula_import import (
     import_from_mula,
     mula_import_cmd,
 )
+from kat_scheduler.rules import grace_skip
+from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.db import make_engine, normalise_url
 from tests.conftest import new_database
@@ -531,7 +531,7 @@ def test_the_command_needs_a_mula_database_uri(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_planner_sees_imported_history_and_schedules(planner, world, mula: Engine, pg_engine: Engine) -> None:
-    from kat_scheduler.eligibility import SkipReason
+    from kat_scheduler.rules import SkipReason
     from kat_scheduler.sim.oracle import allowed_boefje_tasks
     from tests.integration.conftest import WORLD_NOW
 

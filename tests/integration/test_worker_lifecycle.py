@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.models import SchedulerId, TaskStatus
-from kat_scheduler.planning.rules import boefje_payload
+from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
+from kat_scheduler.rules.payloads import boefje_payload
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask

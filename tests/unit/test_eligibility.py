@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kat_scheduler.models.events import MutationOperation
+from kat_scheduler.planning.candidates import BoefjeIndex
 from kat_scheduler.planning.reactions import hashes_without_clearance, mutation_pairs
-from kat_scheduler.planning.rules import BoefjeIndex
 from kat_scheduler.rules import SkipReason, clearance_skip, grace_period, grace_skip, static_skip
 from tests.factories import BoefjeFactory, OOIFactory
 
@@ -71,14 +71,6 @@ def test_a_cron_boefje_is_due_by_its_cron_not_its_grace_period() -> None:
     assert grace_skip(daily_at_4, NOW - timedelta(hours=7), NOW, DAY) == SkipReason.CRON
 
 
-def test_the_old_module_path_still_imports() -> None:
-    from kat_scheduler import eligibility
-
-    assert eligibility.static_skip is static_skip
-    assert eligibility.SkipReason is SkipReason
-
-
-@pytest.mark.parametrize(("need", "level"), [(n, lvl) for n in range(5) for lvl in range(5)])
 def test_every_path_agrees_on_clearance(need: int, level: int) -> None:
     boefje = BoefjeFactory(id="b", scan_level=need, consumes=["Hostname"])
     ooi = OOIFactory(object_type="Hostname", level=level)

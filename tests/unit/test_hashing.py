@@ -1,8 +1,8 @@
 import mmh3
 import pytest
 
-from kat_scheduler.hashing import boefje_task_hash, normalizer_task_hash, report_task_hash
 from kat_scheduler.models import BoefjeTask, NormalizerTask
+from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash, report_task_hash
 from tests.factories import BoefjeMetaFactory
 
 

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kat_scheduler.eligibility import Trigger
-from kat_scheduler.rankers import BoefjeCandidate, rank_boefje, rank_normalizer
+from kat_scheduler.rules import Trigger
+from kat_scheduler.rules.ranking import BoefjeCandidate, rank_boefje, rank_normalizer
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kat_scheduler.hashing import boefje_task_hash
+from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.timing import jitter_fraction, last_cron, next_cron, next_deadline
 from tests.factories import BoefjeFactory
 

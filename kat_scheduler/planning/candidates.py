@@ -1,4 +1,4 @@
-"""The pure part of boefje planning: which (boefje, object) pairs are candidates, and payloads.
+"""The pure part of boefje planning: which (boefje, object) pairs are candidates, and in what order.
 
 No I/O, no clock, no Celery: everything here is a function of its arguments.
 """
@@ -11,17 +11,17 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from kat_scheduler import ids
 from kat_scheduler.dispatch import Dispatchable
-from kat_scheduler.hashing import boefje_task_hash
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.rankers import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.rules import SkipReason, Trigger, grace_period, static_skip
+from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.payloads import boefje_message_kwargs, boefje_payload
+from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask
@@ -165,28 +165,6 @@ def interleave(per_org: Sequence[Sequence[Candidate]]) -> Iterator[Candidate]:
             for lane in lanes:
                 if position < len(lane):
                     yield lane[position]
-
-
-def boefje_payload(task_id: uuid.UUID, boefje: Boefje, organisation: str, input_ooi: str | None) -> dict[str, Any]:
-    """The BoefjeTask JSON KAT expects (KAT-API.md), built directly (this is a hot path)."""
-    return {
-        "id": str(task_id),
-        "boefje": {
-            "id": boefje.id,
-            "name": boefje.name,
-            "version": boefje.version,
-            "oci_image": boefje.oci_image,
-        },
-        "input_ooi": input_ooi,
-        "organization": organisation,
-        "deduplication_key": None,
-        "dispatches": [],
-    }
-
-
-def boefje_message_kwargs(organisation: str, boefje_id: str, input_ooi: str | None) -> dict[str, Any]:
-    """What a boefje task message carries (and Flower shows): never secrets."""
-    return {"organisation": organisation, "boefje_id": boefje_id, "input_ooi": input_ooi}
 
 
 def new_boefje_task(candidate: Candidate) -> NewTask:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from kat_scheduler.eligibility import Trigger
 from kat_scheduler.queues import LEAST_URGENT_BAND, MANUAL_BAND
+from kat_scheduler.rules import Trigger
 
 NEW_OBJECT_BAND = 1
 NEVER_RUN_BAND = 2
