@@ -71,6 +71,7 @@ def test_a_cron_boefje_is_due_by_its_cron_not_its_grace_period() -> None:
     assert grace_skip(daily_at_4, NOW - timedelta(hours=7), NOW, DAY) == SkipReason.CRON
 
 
+@pytest.mark.parametrize(("need", "level"), [(n, lvl) for n in range(5) for lvl in range(5)])
 def test_every_path_agrees_on_clearance(need: int, level: int) -> None:
     boefje = BoefjeFactory(id="b", scan_level=need, consumes=["Hostname"])
     ooi = OOIFactory(object_type="Hostname", level=level)
