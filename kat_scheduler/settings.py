@@ -251,7 +251,29 @@ class Settings(BaseSettings):
         ),
     )
     reap_interval: float = Field(
-        60.0, gt=0, le=86400, description="Seconds between runs of the reaper (stuck, unpublished and lost tasks)."
+        10.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Seconds between runs of the reaper (lost workers, stuck, unpublished and lost tasks, a broker "
+            "that lost its data)."
+        ),
+    )
+    worker_heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two heartbeats a Celery worker node writes in the database while it lives.",
+    )
+    worker_lost_after: float = Field(
+        20.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Seconds without a heartbeat after which a worker node counts as lost (its main process died): the "
+            "reaper queues its running and received tasks again, once a later run confirms the silence. At "
+            "least three heartbeat intervals are used."
+        ),
     )
     running_slack: float = Field(
         60.0,
