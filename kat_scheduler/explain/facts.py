@@ -1,0 +1,248 @@
+"""What is known about one object and every boefje that consumes its type: the only I/O of ``explain``.
+
+One call to Octopoes (the object, at ``now``), one to Katalogus (the organisation's boefjes that
+consume the object's type, enabled or not), four indexed reads of the database (live tasks, our own
+last runs as the producers read them, their outcomes, the schedules), and, for the pairs whose
+history our own table does not hold, Bytes' newest run of the pair (one request each, several at
+once). When Bytes does not answer, its newest runs as the last tick saw them (``bytes_runs``) stand
+in, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, or_
+
+from kat_scheduler.clients import KATClients, ServiceError
+from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.plugins import Boefje, PluginType
+from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
+from kat_scheduler.rules import BytesRun
+from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.storage.bytes_runs import BytesRunStore
+from kat_scheduler.storage.schedules import ScheduleQuery, ScheduleStore
+from kat_scheduler.storage.tables import SERVICE_FAILED_PREFIX, ScheduleRow, TaskRow, table_of
+from kat_scheduler.storage.task_views import TaskQuery, TaskViews
+from kat_scheduler.storage.tasks import TaskStore
+
+logger = logging.getLogger(__name__)
+
+_TASKS = table_of(TaskRow)
+_SCHEDULES = table_of(ScheduleRow)
+#: Requests to Bytes at once (one per pair without history of our own).
+BYTES_CONCURRENCY = 8
+
+
+class ObjectNotFound(LookupError):
+    """Octopoes does not know the object in the organisation (or the organisation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTask:
+    """The pair's live task: queued, dispatched or running."""
+
+    id: uuid.UUID
+    status: TaskStatus
+    #: When it got its status: its start when running, else when it was queued.
+    since: datetime
+    band: int
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """The newest run of the pair we know of: when it ended, and how."""
+
+    ended_at: datetime
+    #: ``completed`` or ``failed`` (our own tasks), or ``seen in Bytes``.
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFacts:
+    id: uuid.UUID
+    enabled: bool
+    deadline_at: datetime | None
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PairFacts:
+    """One boefje on the object.
+
+    ``last_ended``: the end of our own last run, exactly as the producers read it
+    (:meth:`TaskStore.last_runs`: a task given up on because a KAT service failed is no run);
+    ``last_outcome``: that run's status. ``bytes_run``: Bytes' newest run of the pair, asked only
+    when our own table holds no run of it (``None``: none, or not asked); ``bytes_note``: said
+    when that run is not Bytes' own answer (Bytes did not answer).
+    """
+
+    boefje: Boefje
+    hash: str
+    live: LiveTask | None = None
+    last_ended: datetime | None = None
+    last_outcome: str | None = None
+    schedule: ScheduleFacts | None = None
+    bytes_run: BytesRun | None = None
+    bytes_note: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    organisation: str
+    ooi: OOI
+    pairs: list[PairFacts]
+    #: Plugins Katalogus lists for the object's type that do not validate (id → reason).
+    invalid: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the facts come from: the KAT clients and the stores, on one engine."""
+
+    clients: KATClients
+    tasks: TaskStore
+    views: TaskViews
+    schedules: ScheduleStore
+    bytes_runs: BytesRunStore
+
+    @classmethod
+    def on(cls, engine: Engine, clients: KATClients) -> Sources:
+        return cls(clients, TaskStore(engine), TaskViews(engine), ScheduleStore(engine), BytesRunStore(engine))
+
+
+def _aware(moment: datetime) -> datetime:
+    """A moment read from the database, in UTC (SQLite gives it without a zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _aware(moment)
+
+
+def gather_facts(sources: Sources, organisation: str, reference: str, *, now: datetime) -> ObjectFacts:
+    """The facts of ``reference`` in ``organisation`` at ``now``.
+
+    Raises :class:`ObjectNotFound` for an object Octopoes does not know,
+    :class:`~kat_scheduler.clients.OrganisationNotFound` for an organisation Katalogus does not
+    know, and any other :class:`~kat_scheduler.clients.ServiceError` of Octopoes or Katalogus.
+    """
+    clients = sources.clients
+    ooi = clients.octopoes.get_object(organisation, reference, valid_time=now)
+    if ooi is None:
+        raise ObjectNotFound(
+            f"no object {reference!r} in organisation {organisation!r} (Octopoes, at {now:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    found = clients.katalogus.plugins(organisation, plugin_type=PluginType.BOEFJE, consumes=[ooi.object_type])
+    boefjes = sorted((p for p in found if isinstance(p, Boefje) and ooi.object_type in p.consumes), key=lambda b: b.id)
+    invalid = {p.plugin_id: p.reason for p in found.invalid}
+    hashes = {b.id: boefje_task_hash(b.id, organisation, ooi.primary_key) for b in boefjes}
+    if not boefjes:
+        return ObjectFacts(organisation, ooi, [], invalid)
+    live = _live(sources.views, organisation, ooi.primary_key, list(hashes.values()))
+    last_ended = {h: _utc(t) for h, t in sources.tasks.last_runs(list(hashes.values())).items()}
+    outcomes = _outcomes(sources.views, organisation, ooi.primary_key, last_ended)
+    schedules = _schedules(sources.schedules, organisation, list(hashes.values()))
+    ask_bytes = [b for b in boefjes if hashes[b.id] not in last_ended and hashes[b.id] not in live]
+    runs, note = _bytes_runs(sources, organisation, ooi.primary_key, ask_bytes, hashes)
+    pairs = [
+        PairFacts(
+            boefje=b,
+            hash=hashes[b.id],
+            live=live.get(hashes[b.id]),
+            last_ended=last_ended.get(hashes[b.id]),
+            last_outcome=outcomes.get(hashes[b.id]),
+            schedule=schedules.get(hashes[b.id]),
+            bytes_run=runs.get(hashes[b.id]),
+            bytes_note=note if hashes[b.id] in runs else None,
+        )
+        for b in boefjes
+    ]
+    return ObjectFacts(organisation, ooi, pairs, invalid)
+
+
+def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]) -> dict[str, LiveTask]:
+    """The live task of each of ``hashes`` (at most one each: ``uq_tasks_live_hash``)."""
+    col = _TASKS.c
+    query = TaskQuery(
+        organisations=[organisation],
+        input_ooi=reference,
+        where=[col.hash.in_(hashes), col.status.in_([s.value for s in LIVE_STATUSES])],
+    )
+    page = views.page(query, offset=0, limit=len(hashes))
+    found: dict[str, LiveTask] = {}
+    for row in page.rows:
+        since = row.started_at if row.status == TaskStatus.RUNNING and row.started_at else row.created_at
+        found[row.hash] = LiveTask(row.id, TaskStatus(row.status), _aware(since), row.band)
+    return found
+
+
+def _outcomes(
+    views: TaskViews, organisation: str, reference: str, last_ended: dict[str, datetime | None]
+) -> dict[str, str]:
+    """The status (``completed`` or ``failed``) of the run each last end in ``last_ended`` belongs to."""
+    if not last_ended:
+        return {}
+    col = _TASKS.c
+    ends = sorted({t for t in last_ended.values() if t is not None})
+    query = TaskQuery(
+        organisations=[organisation],
+        input_ooi=reference,
+        where=[
+            col.hash.in_(list(last_ended)),
+            col.ended_at.in_(ends),
+            col.status.in_([TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]),
+            # a run (RUN_SQL): not given up on because a KAT service failed
+            or_(col.reason.is_(None), col.reason.not_like(f"{SERVICE_FAILED_PREFIX}%")),
+        ],
+    )
+    found: dict[str, str] = {}
+    for row in views.page(query, offset=0, limit=4 * len(last_ended)).rows:
+        if _utc(row.ended_at) == last_ended.get(row.hash):
+            found.setdefault(row.hash, TaskStatus(row.status).value)
+    return found
+
+
+def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> dict[str, ScheduleFacts]:
+    query = ScheduleQuery(organisation=organisation, where=[_SCHEDULES.c.hash.in_(hashes)])
+    page = store.page(query, offset=0, limit=len(hashes))
+    return {
+        row.hash: ScheduleFacts(row.id, bool(row.enabled), _utc(row.deadline_at), row.disabled_reason)
+        for row in page.rows
+    }
+
+
+def _bytes_runs(
+    sources: Sources, organisation: str, reference: str, boefjes: Sequence[Boefje], hashes: dict[str, str]
+) -> tuple[dict[str, BytesRun], str | None]:
+    """Bytes' newest run of each pair of ``boefjes`` on ``reference``; on a Bytes error, the runs
+    a tick last saw (``bytes_runs``) and a note saying so."""
+    if not boefjes:
+        return {}, None
+    client = sources.clients.bytes
+
+    def newest(boefje: Boefje) -> tuple[str, BytesRun | None]:
+        meta = client.last_run(organisation, boefje.id, reference)
+        if meta is None or (meta.started_at is None and meta.ended_at is None):
+            return hashes[boefje.id], None
+        return hashes[boefje.id], BytesRun(meta.started_at, meta.ended_at)
+
+    try:
+        if len(boefjes) == 1:
+            answers = [newest(boefjes[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(BYTES_CONCURRENCY, len(boefjes))) as pool:
+                answers = list(pool.map(newest, boefjes))
+    except ServiceError as exc:
+        logger.warning(
+            "explain: Bytes did not answer for %s in %s, using the runs a tick saw: %s", reference, organisation, exc
+        )
+        seen = sources.bytes_runs.newest([hashes[b.id] for b in boefjes])
+        runs = {h: BytesRun(_utc(r.started_at), _utc(r.ended_at)) for h, r in seen.items()}
+        return runs, f"Bytes did not answer ({type(exc).__name__}); its newest run as a planning tick last saw it"
+    return {h: run for h, run in answers if run is not None}, None
