@@ -341,6 +341,16 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the HTTP API (`kat-scheduler api`; in `kat-scheduler run` 0 means a free one).",
     )
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes serving the HTTP API (`kat-scheduler api`, uvicorn's workers sharing the port). "
+            "One process uses at most one core: set it to the cores the API may use when runners pop "
+            "or push hundreds of tasks a second. `kat-scheduler run` serves it with one."
+        ),
+    )
 
     pull_schedulers: str = Field(
         "report",
