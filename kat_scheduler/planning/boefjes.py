@@ -53,6 +53,7 @@ from kat_scheduler.planning.candidates import (
     pairs_for_page,
     rank_pair,
 )
+from kat_scheduler.producers.backpressure import read_backpressure
 from kat_scheduler.rules import (
     NOT_DUE_SKIP,
     BytesRun,
@@ -112,7 +113,11 @@ class PlanReport:
     #: Per organisation, the plugins that do not validate (id → reason).
     invalid_plugins: dict[str, dict[str, str]] = field(default_factory=dict)
     queue_depth: int | None = None
+    #: Why the depth of the boefje queue could not be read (the low bands are then held back).
+    queue_depth_error: str | None = None
+    #: Backpressure held back the bands above :attr:`max_band` (a deep or unreadable queue).
     backpressure: bool = False
+    max_band: int | None = None
     dispatch: DispatchResult = field(default_factory=DispatchResult)
     schedules_created: int = 0
     schedules_disabled: int = 0
@@ -474,26 +479,22 @@ class BoefjePlanner:
     # --- backpressure, dispatch, schedules -------------------------------------------------
 
     def _backpressure(self, report: PlanReport) -> int | None:
-        """The highest band this tick may add (``None``: any), from the depth of the boefje queue."""
+        """The highest band this tick may add (``None``: any), from the depth of the boefje queue.
+
+        A depth that cannot be read holds the low bands back, as a deep queue does."""
         if self.publisher is None:
             return None
-        try:
-            depth = self.publisher.queue_depth(BOEFJE_QUEUE)
-        except Exception as exc:  # the broker may be down: say so, and plan as if the queue were empty
-            logger.warning("could not read the depth of queue %s: %s", BOEFJE_QUEUE, exc)
-            return None
-        report.queue_depth = depth
-        if depth <= self.settings.queue_depth_limit_boefjes:
-            return None
-        report.backpressure = True
-        logger.warning(
-            "queue %s holds %d messages (limit %d): only bands <= %d are added this tick",
+        decision = read_backpressure(
+            self.publisher,
             BOEFJE_QUEUE,
-            depth,
-            self.settings.queue_depth_limit_boefjes,
-            self.settings.backpressure_band,
+            limit=self.settings.queue_depth_limit_boefjes,
+            band=self.settings.backpressure_band,
         )
-        return self.settings.backpressure_band
+        report.queue_depth = decision.depth
+        report.queue_depth_error = decision.error if decision.depth is None else None
+        report.backpressure = decision.on
+        report.max_band = decision.max_band
+        return decision.max_band
 
     @staticmethod
     def _keep_bands(candidates: list[Candidate], max_band: int | None, report: PlanReport) -> list[Candidate]:

@@ -47,12 +47,21 @@ def render_plan(report: PlanReport, *, fmt: str = "table", limit: int | None = N
         yield "skipped:"
         for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
             yield f"  {reason}: {n}"
-    depth = "unknown" if report.queue_depth is None else str(report.queue_depth)
-    yield f"queue depth (boefjes): {depth}" + (
-        " — BACKPRESSURE: only urgent bands added" if report.backpressure else ""
-    )
+    yield backpressure_line(report)
     for org, invalid in sorted(report.invalid_plugins.items()):
         for plugin_id, why in sorted(invalid.items()):
             yield f"SKIPPED plugin {plugin_id} of {org}, it does not validate: {why}"
     for org, error in sorted(report.errors.items()):
         yield f"ERROR {org}: {error}"
+
+
+def backpressure_line(report: PlanReport) -> str:
+    """The boefje queue's depth and whether backpressure held bands back (and why)."""
+    if report.queue_depth_error is not None:
+        depth = f"unknown, could not be read ({report.queue_depth_error})"
+    else:
+        depth = "unknown" if report.queue_depth is None else str(report.queue_depth)
+    if not report.backpressure:
+        return f"queue depth (boefjes): {depth}"
+    bands = "urgent bands" if report.max_band is None else f"bands <= {report.max_band}"
+    return f"queue depth (boefjes): {depth} — BACKPRESSURE: only {bands} added"

@@ -5,9 +5,12 @@
 * ``database``: can we connect, and is the schema at the newest revision;
 * ``broker``: messages waiting per queue, and per band where the broker can tell (Redis keeps
   one list per priority step; RabbitMQ only gives a total per queue, from a passive declare);
+  and whether backpressure holds bands back now (a deep ``boefjes`` queue, or one whose depth
+  cannot be read);
 * ``tasks``: rows by status and scheduler, and the queued rows per queue and band;
 * ``schedules``: enabled, disabled, and due now (enabled with ``deadline_at <= now``);
-* ``producers``: the last run of each producer (``producer_runs``) and how long ago it ended;
+* ``producers``: the last run of each producer (``producer_runs``) and how long ago it ended,
+  and why its last run held bands back, when it did;
 * ``stalled``: rows the reaper would repair, by the reaper's own criteria and settings.
 
 Each section that cannot be collected carries an ``error`` and leaves its data ``null``; the
@@ -19,6 +22,7 @@ from kat_scheduler.status.collect import collect_broker, collect_status, error_t
 from kat_scheduler.status.command import status_cmd
 from kat_scheduler.status.render import render_table
 from kat_scheduler.status.report import (
+    BackpressureStatus,
     BrokerSection,
     DatabaseSection,
     ProducersSection,
@@ -34,6 +38,7 @@ from kat_scheduler.status.report import (
 )
 
 __all__ = [
+    "BackpressureStatus",
     "BrokerSection",
     "DatabaseSection",
     "ProducerStatus",

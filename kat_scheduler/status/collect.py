@@ -19,8 +19,10 @@ from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.queues import BAND_COUNT, Queue, band_of_priority, transport_of
 from kat_scheduler.recording import describe
+from kat_scheduler.rules.backpressure import backpressure
 from kat_scheduler.settings import Settings, env_name, redacted
 from kat_scheduler.status.report import (
+    BackpressureStatus,
     BrokerSection,
     DatabaseSection,
     ProducersSection,
@@ -90,7 +92,27 @@ def collect_broker(settings: Settings) -> BrokerSection:
         else:
             raise ValueError(f"queue depths are not available on the {transport!r} transport")
 
-    return _guarded(BrokerSection(transport=transport, url=_shown_url(settings, "broker_url")), fill)
+    section = _guarded(BrokerSection(transport=transport, url=_shown_url(settings, "broker_url")), fill)
+    section.backpressure = _backpressure(settings, section)
+    return section
+
+
+def _backpressure(settings: Settings, broker: BrokerSection) -> BackpressureStatus:
+    """The producers' rule on the ``boefjes`` depth just read; one that could not be read holds bands back."""
+    queue = Queue.BOEFJES.value
+    depth = next((q for q in broker.queues or [] if q.queue == queue), None)
+    messages = depth.messages if depth is not None else None
+    error = broker.error or (depth.error if depth is not None else None) or "not reported"
+    decision = backpressure(
+        queue,
+        messages,
+        limit=settings.queue_depth_limit_boefjes,
+        band=settings.backpressure_band,
+        error=error if messages is None else None,
+    )
+    return BackpressureStatus(
+        queue=queue, limit=decision.limit, depth=decision.depth, max_band=decision.max_band, reason=decision.reason
+    )
 
 
 def _redis_depths(settings: Settings) -> list[QueueDepth]:

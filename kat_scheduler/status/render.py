@@ -101,16 +101,33 @@ def _render_database(db: DatabaseSection) -> list[str]:
     return [f"Database  {db.url}  revision {db.revision or 'none'}, {state}"]
 
 
+def _backpressure_line(broker: BrokerSection) -> list[str]:
+    state = broker.backpressure
+    if state is None:
+        return []
+    return [f"Backpressure ({state.queue}): {'ON' if state.max_band is not None else 'off'}, {state.reason}"]
+
+
 def _render_broker(broker: BrokerSection) -> list[str]:
     if broker.error is None and broker.queues is None:
         return [f"Broker  {broker.url}  not read (--no-broker): no queue depths"]
     title = f"Broker  {broker.url}  (messages waiting; b0 = band 0, most urgent)"
     if broker.error is not None or broker.queues is None:
-        return _failed(title, broker.error or "no data")
+        return [*_failed(title, broker.error or "no data"), *_backpressure_line(broker)]
     lines = [title, *_depths_table(broker.queues)]
     if broker.transport == "amqp":
         lines.append("(RabbitMQ gives no count per priority; see the queued tasks per band below)")
-    return lines
+    return [*lines, *_backpressure_line(broker)]
+
+
+def held_back(summary: dict[str, Any] | None) -> str | None:
+    """Why a producer's last run held bands back (its summary says ``backpressure``), or ``None``."""
+    if not summary or not summary.get("backpressure"):
+        return None
+    if summary.get("queue_depth") is None:
+        error = summary.get("queue_depth_error")
+        return "the queue depth could not be read" + (f" ({error})" if error else "")
+    return f"the queue held {summary['queue_depth']} messages"
 
 
 def _render_tasks(tasks: TasksSection) -> list[str]:
@@ -158,6 +175,9 @@ def _render_producers(section: ProducersSection) -> list[str]:
         )
         if p.error:
             errors.append(f"  {p.name}: {p.error}")
+        why = held_back(p.summary)
+        if why is not None:
+            errors.append(f"  {p.name}: BACKPRESSURE in its last run, only urgent bands added: {why}")
     table = _grid(["producer", "finished", "age", "took", "outcome", "host:pid", "summary"], body, align="llrrlll")
     return [title, *table, *errors]
 

@@ -36,10 +36,24 @@ class QueueDepth(BaseModel):
     error: str | None = None
 
 
+class BackpressureStatus(BaseModel):
+    """Whether producers hold bands back now, by the depth of the queue they feed (the tick's rule)."""
+
+    queue: str
+    limit: int
+    #: Messages waiting, ``null`` when the depth could not be read (which holds bands back too).
+    depth: int | None = None
+    #: Producers add bands up to this one only; ``null``: every band.
+    max_band: int | None = None
+    reason: str
+
+
 class BrokerSection(Section):
     transport: str
     url: str
     queues: list[QueueDepth] | None = None
+    #: Backpressure on the ``boefjes`` queue as the producers would see it now (``null``: broker not read).
+    backpressure: BackpressureStatus | None = None
 
 
 class TasksSection(Section):

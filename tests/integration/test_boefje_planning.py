@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, delete, func, select, text, update
 
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.planning.explain import render_plan
+from kat_scheduler.publisher import BrokerError
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
@@ -224,6 +226,37 @@ def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(planner) -> 
     assert all(c.rank.band <= 2 for c in second.planned)
 
 
+def unreadable_depth(queue: str) -> int:
+    """The broker cannot say how deep ``queue`` is (and quotes its URL, password and all)."""
+    raise BrokerError(f"queue depth of {queue!r}: Error 111 connecting to redis://:s3cret@127.0.0.1:6379/0")
+
+
+def test_backpressure_holds_the_low_bands_back_when_the_queue_depth_cannot_be_read(
+    planner, pg_engine, monkeypatch, caplog
+) -> None:
+    planner.settings = planner.settings.model_copy(update={"backpressure_band": 2})
+    monkeypatch.setattr(planner.publisher, "queue_depth", unreadable_depth)
+    with caplog.at_level(logging.WARNING, logger="kat_scheduler"):
+        report = planner.plan(None, now=NOW)
+    assert report.backpressure and report.max_band == 2 and report.queue_depth is None
+    assert report.skipped[SkipReason.BACKPRESSURE] > 0
+    assert report.queued > 0 and all(c.rank.band <= 2 for c in report.planned)
+    with pg_engine.connect() as conn:
+        assert max(conn.execute(select(TaskRow.band)).scalars()) <= 2
+    # Said, with the queue and the error, never the password.
+    warning = next(r.getMessage() for r in caplog.records if "backpressure" in r.getMessage())
+    assert "queue boefjes could not be read" in warning and "Error 111" in warning
+    assert report.queue_depth_error is not None and "Error 111" in report.queue_depth_error
+    assert "s3cret" not in caplog.text and "s3cret" not in report.queue_depth_error
+    shown = list(render_plan(report))
+    assert any(
+        line.startswith("queue depth (boefjes): unknown, could not be read (BrokerError: ")
+        and line.endswith("BACKPRESSURE: only bands <= 2 added")
+        for line in shown
+    ), shown
+    assert not any("s3cret" in line for line in shown)
+
+
 def one_schedule_due(engine: Engine, due: datetime) -> Any:
     """Finish the run of one planned pair two days ago and make its schedule due at ``due``."""
     with engine.begin() as conn:
@@ -269,6 +302,21 @@ def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_no
     planner.settings = shallow
     queued = planner.queue_due(now=later)
     assert queued.queued == 1 and planner.schedules.get_by_hash(schedule.hash).deadline_at > later
+
+
+def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(planner, pg_engine, monkeypatch) -> None:
+    planner.plan(None, now=NOW)
+    due = NOW - timedelta(hours=1)
+    schedule = one_schedule_due(pg_engine, due)
+    planner.settings = planner.settings.model_copy(update={"backpressure_band": 2})
+    later = NOW + timedelta(minutes=10)
+    with monkeypatch.context() as broker_down:
+        broker_down.setattr(planner.publisher, "queue_depth", unreadable_depth)
+        held = planner.queue_due(now=later)
+    assert held.backpressure and held.queue_depth is None and held.queue_depth_error
+    assert held.queued == 0 and held.skipped[SkipReason.BACKPRESSURE] == 1
+    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
+    assert planner.queue_due(now=later).queued == 1  # the depth reads again: the queue is shallow
 
 
 def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_engine) -> None:

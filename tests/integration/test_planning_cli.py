@@ -132,3 +132,23 @@ def test_plan_with_katalogus_out_of_reach_says_so_in_one_line(postgres_uri, redi
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("kat-scheduler: not planned: katalogus: GET /v1/organisations: connection failed: ")
+
+
+def test_plan_dry_run_with_the_broker_down_holds_the_low_bands_back_and_says_why(
+    kat, world, postgres_uri, redis_url
+) -> None:
+    from kat_scheduler.run.embedded import free_port
+
+    down = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_BROKER_URL=down, SCHEDULER_BACKPRESSURE_BAND="2")
+    result = kat_scheduler(env, "plan", "--dry-run", "--org", world.organisation_ids[0])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    [depth] = [line for line in out if line.startswith("queue depth (boefjes):")]
+    assert depth.startswith("queue depth (boefjes): unknown, could not be read (BrokerError: ")
+    assert depth.endswith("BACKPRESSURE: only bands <= 2 added")
+    assert any(line.startswith("  queue full (backpressure): ") for line in out)
+    bands = [int(line.split()[2]) for line in out[1:] if line and line.split()[0] == world.organisation_ids[0]]
+    assert bands and max(bands) <= 2
+    assert "backpressure: the depth of queue boefjes could not be read" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr

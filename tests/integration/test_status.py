@@ -15,11 +15,13 @@ from kombu.connection import Connection
 from sqlalchemy import Engine, update
 
 from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.publisher import OutgoingMessage, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.status import StatusReport, collect_broker, collect_status, status_cmd
 from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore, UnpublishedTask, migrate
+from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.reaper import Reaper
 from tests.conftest import vhost_name
@@ -31,7 +33,7 @@ from tests.vhosts import own_vhost
 REPORT_KEYS = {"generated_at", "ok", "failed", "database", "broker", "tasks", "schedules", "producers", "stalled"}
 SECTION_KEYS = {
     "database": {"url", "revision", "head", "up_to_date", "error"},
-    "broker": {"transport", "url", "queues", "error"},
+    "broker": {"transport", "url", "queues", "backpressure", "error"},
     "tasks": {"total", "by_status", "by_scheduler", "queued_by_band", "error"},
     "schedules": {"enabled", "disabled", "due", "oldest_due_at", "oldest_due_seconds", "error"},
     "producers": {"producers", "error"},
@@ -315,3 +317,50 @@ def test_no_broker_reads_only_the_database_and_a_broker_that_is_gone_is_no_failu
     data = json.loads(result.output)
     assert data["ok"] is True and data["broker"]["queues"] is None and data["broker"]["error"] is None
     assert data["tasks"]["by_status"]["queued"] == 2
+
+
+# --- backpressure -----------------------------------------------------------------------------
+
+
+def test_backpressure_is_off_while_the_boefjes_queue_is_within_its_limit_and_on_above_it(settings: Settings) -> None:
+    publisher = make_publisher(settings)
+    try:
+        publisher.publish([message(2), message(7)])
+    finally:
+        publisher.close()
+    shallow = collect_broker(settings).backpressure
+    assert shallow is not None and (shallow.depth, shallow.max_band) == (2, None)
+    deep = collect_broker(settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 3}))
+    assert deep.backpressure is not None and (deep.backpressure.depth, deep.backpressure.max_band) == (2, 3)
+    assert deep.backpressure.reason == "queue boefjes holds 2 messages (limit 1): only bands <= 3 are added"
+
+
+def test_a_broker_that_is_down_means_backpressure_and_status_says_so(settings: Settings, pg_engine: Engine) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://:s3cret@127.0.0.1:1/0", "backpressure_band": 2})
+    data = json.loads(run_status(down, "--json").output)
+    state = data["broker"]["backpressure"]
+    assert state["depth"] is None and state["max_band"] == 2
+    assert state["reason"].startswith("the depth of queue boefjes could not be read (BrokerError: ")
+    table = run_status(down).output
+    [line] = [line for line in table.splitlines() if line.startswith("Backpressure")]
+    assert line.startswith("Backpressure (boefjes): ON, the depth of queue boefjes could not be read")
+    assert line.endswith("only bands <= 2 are added, as when the queue is deep")
+    assert "s3cret" not in table + json.dumps(data)
+
+
+def test_a_producer_whose_last_run_held_bands_back_says_why(settings: Settings, pg_engine: Engine) -> None:
+    now = utcnow()
+    runs = ProducerRunStore(pg_engine)
+    summary = {"queued": 0, "queue_depth": None, "queue_depth_error": "BrokerError: refused", "backpressure": True}
+    runs.record(
+        ProducerName.QUEUE_DUE_SCHEDULES, started_at=now, finished_at=now, outcome=RunOutcome.OK, summary=summary
+    )
+    runs.record(
+        ProducerName.REAP, started_at=now, finished_at=now, outcome=RunOutcome.OK, summary={"backpressure": False}
+    )
+    producers = run_status(settings).output.split("Producers (last run)")[1].split("\n\n")[0]
+    assert (
+        "  queue-due-schedules: BACKPRESSURE in its last run, only urgent bands added: "
+        "the queue depth could not be read (BrokerError: refused)"
+    ) in producers.splitlines()
+    assert "reap: BACKPRESSURE" not in producers
