@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from kat_scheduler.explain.facts import LastRun, ObjectFacts, PairFacts
+from kat_scheduler.explain.facts import LastRun, ObjectFacts, PairFacts, when
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules import (
@@ -110,11 +110,6 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
-def when(moment: datetime) -> str:
-    """A moment for people: UTC to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def span(length: timedelta) -> str:
     """A duration for people: ``1 day``, ``12 h``, ``90 min``, ``30 s``."""
     seconds = int(length.total_seconds())
@@ -155,7 +150,8 @@ def last_run_of(pair: PairFacts) -> LastRun | None:
 
 
 def _with_last(detail: str, last: LastRun | None) -> str:
-    return f"{detail}; last run {last.outcome} at {when(last.ended_at)}" if last else f"{detail}; never run"
+    """The detail, ending with how the last run went (its time is ``last_run``'s)."""
+    return f"{detail}; last run: {last.outcome}" if last else detail
 
 
 def _rhythm(boefje: Boefje, policy: Policy) -> str:
@@ -316,8 +312,8 @@ def _planned(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer, *,
             )
         return answer(
             Decision.GRACE,
-            f"in grace until {when(decision.until or until)} ({_rhythm(boefje, policy)} since the last run ended "
-            f"{when(decision.last_ended)}); its schedule falls due at {when(until)}{note}",
+            f"within the {_rhythm(boefje, policy)} since the last run (until {when(decision.until or until)}); "
+            f"its schedule falls due at {when(until)}{note}",
             until,
         )
     rank = _rank(boefje, Trigger.PLAN, decision.last_ended, now, policy)
@@ -329,8 +325,5 @@ def _planned(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer, *,
             f"taken for dead; would queue on the next tick at band {rank.band}{note}",
             band=rank.band,
         )
-    return answer(
-        Decision.QUEUE,
-        f"would queue on the next tick: band {rank.band}, {rank.reason} ({decision.reason}){note}",
-        band=rank.band,
-    )
+    why = rank.reason if decision.reason == DueReason.NEVER_RUN else f"{rank.reason}, {decision.reason}"
+    return answer(Decision.QUEUE, f"would queue on the next tick: band {rank.band}, {why}{note}", band=rank.band)

@@ -133,14 +133,17 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
     know, and any other :class:`~kat_scheduler.clients.ServiceError` of Octopoes or Katalogus.
     """
     clients = sources.clients
-    ooi = clients.octopoes.get_object(organisation, reference, valid_time=now)
+    # An object's primary key starts with its type: Katalogus is asked for that type's boefjes
+    # while Octopoes is asked for the object (asked again should the object say otherwise).
+    guessed = reference.split("|", 1)[0]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        listing = pool.submit(_consumers, clients, organisation, guessed)
+        ooi = clients.octopoes.get_object(organisation, reference, valid_time=now)
+        boefjes, invalid = listing.result()  # raises OrganisationNotFound for an unknown organisation
     if ooi is None:
-        raise ObjectNotFound(
-            f"no object {reference!r} in organisation {organisation!r} (Octopoes, at {now:%Y-%m-%dT%H:%M:%SZ})"
-        )
-    found = clients.katalogus.plugins(organisation, plugin_type=PluginType.BOEFJE, consumes=[ooi.object_type])
-    boefjes = sorted((p for p in found if isinstance(p, Boefje) and ooi.object_type in p.consumes), key=lambda b: b.id)
-    invalid = {p.plugin_id: p.reason for p in found.invalid}
+        raise ObjectNotFound(f"no object {reference!r} in organisation {organisation!r} (Octopoes, at {when(now)})")
+    if ooi.object_type != guessed:
+        boefjes, invalid = _consumers(clients, organisation, ooi.object_type)
     hashes = {b.id: boefje_task_hash(b.id, organisation, ooi.primary_key) for b in boefjes}
     if not boefjes:
         return ObjectFacts(organisation, ooi, [], invalid)
@@ -164,6 +167,19 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
         for b in boefjes
     ]
     return ObjectFacts(organisation, ooi, pairs, invalid)
+
+
+def _consumers(clients: KATClients, organisation: str, object_type: str) -> tuple[list[Boefje], dict[str, str]]:
+    """The organisation's boefjes consuming ``object_type`` (enabled or not), by id; and those
+    Katalogus lists for it that do not validate (id → reason)."""
+    found = clients.katalogus.plugins(organisation, plugin_type=PluginType.BOEFJE, consumes=[object_type])
+    boefjes = sorted((p for p in found if isinstance(p, Boefje) and object_type in p.consumes), key=lambda b: b.id)
+    return boefjes, {p.plugin_id: p.reason for p in found.invalid}
+
+
+def when(moment: datetime) -> str:
+    """A moment for people: UTC to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]) -> dict[str, LiveTask]:

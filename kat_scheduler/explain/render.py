@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
-from kat_scheduler.explain.decide import Explanation, when
-from kat_scheduler.explain.facts import ObjectFacts
+from kat_scheduler.explain.decide import Explanation
+from kat_scheduler.explain.facts import ObjectFacts, when
 
 FORMATS = ("table", "json")
 _HEADERS = ("BOEFJE", "DECISION", "UNTIL", "BAND", "LAST RUN", "DETAIL")

@@ -76,7 +76,10 @@ CASES: dict[str, Case] = {
         Decision.GRACE,
         facts={"last_ended": NOW - timedelta(hours=1), "last_outcome": "completed"},
         until=deadline(NOW - timedelta(hours=1)),
-        detail=("in grace until 2026-06-02T11:00:00Z (default grace period 1 day", "last run completed"),
+        detail=(
+            "within the default grace period 1 day since the last run (until 2026-06-02T11:00:00Z)",
+            "last run: completed",
+        ),
         last_run=NOW - timedelta(hours=1),
     ),
     "within its interval": Case(
@@ -84,7 +87,7 @@ CASES: dict[str, Case] = {
         Decision.GRACE,
         facts={"last_ended": NOW - timedelta(minutes=30), "last_outcome": "failed"},
         until=deadline(NOW - timedelta(minutes=30)),
-        detail=("interval 2 h", "last run failed"),
+        detail=("interval 2 h", "last run: failed"),
         last_run=NOW - timedelta(minutes=30),
     ),
     "grace over, 5 days since a daily run": Case(
@@ -123,7 +126,7 @@ CASES: dict[str, Case] = {
         Decision.GRACE,
         facts={"bytes_run": BytesRun(NOW - timedelta(hours=3), NOW - timedelta(hours=2))},
         until=deadline(NOW - timedelta(hours=2)),
-        detail=("last run seen in Bytes",),
+        detail=("last run: seen in Bytes",),
         last_run=NOW - timedelta(hours=2),
     ),
     "our own history wins over Bytes'": Case(
