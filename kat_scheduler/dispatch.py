@@ -7,15 +7,25 @@
    listed in ``unpublished_tasks``, for the reaper to publish again.
 
 Row before message, always: a worker that receives a message finds its row.
+
+**Pull delivery.** The tasks of a scheduler named in ``SCHEDULER_PULL_SCHEDULERS`` are claimed the
+same way, but never published: their rows stay ``queued`` until one of OpenKAT's own runners pops
+them (``POST /schedulers/{id}/pop``). This is decided here, once, for every producer (the tick,
+due schedules, the listener, manual pushes): step 2 sends only the other schedulers' messages,
+and a held row counts as delivered (it is marked like a published one, so the reaper has nothing
+to publish). Ordering is the same on both paths: a pop takes the lowest band first, so a manual
+push (band 0) is the most urgent there as on the broker.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 if TYPE_CHECKING:
@@ -47,24 +57,75 @@ class Claim:
 class DispatchResult:
     offered: int = 0
     claimed: int = 0
+    #: Delivered: published to Celery, or (pull schedulers) left queued for a pop.
     published: int = 0
+    #: Of ``published``, the rows of pull schedulers: queued for a pop, no message sent.
+    held: int = 0
     unclaimed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: The tasks delivered (published or held), for a caller that marks them itself.
     published_tasks: list[NewTask] = field(default_factory=list)
 
     def add(self, other: DispatchResult) -> None:
         self.offered += other.offered
         self.claimed += other.claimed
         self.published += other.published
+        self.held += other.held
         self.unclaimed += other.unclaimed
         self.errors.extend(other.errors)
         self.published_tasks.extend(other.published_tasks)
 
 
+def configured_pull_schedulers() -> frozenset[SchedulerId]:
+    """``SCHEDULER_PULL_SCHEDULERS`` of this process (the default of :class:`Dispatcher`)."""
+    from kat_scheduler.settings import get_settings
+
+    return get_settings().pull_scheduler_ids
+
+
 class Dispatcher:
-    def __init__(self, store: TaskStore, publisher: Publisher) -> None:
+    """Claims rows and delivers them: Celery's queues, or (pull schedulers) a pop over HTTP.
+
+    ``pull`` is the set of schedulers whose tasks are held for a pop; by default the process's
+    ``SCHEDULER_PULL_SCHEDULERS``. ``publisher`` may be ``None`` for a dispatcher that only holds
+    (the report producer): handing it a task to publish is then an error.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        publisher: Publisher | None,
+        *,
+        pull: Collection[SchedulerId] | None = None,
+    ) -> None:
         self.store = store
         self.publisher = publisher
+        self.pull: frozenset[SchedulerId] = frozenset(configured_pull_schedulers() if pull is None else pull)
+
+    def pulled(self, task: NewTask) -> bool:
+        """Whether ``task`` is held for a pop (its scheduler delivers by pull), not published."""
+        return task.scheduler_id in self.pull
+
+    def _publisher(self) -> Publisher:
+        if self.publisher is None:
+            raise RuntimeError("this dispatcher has no publisher: it can only hold tasks of pull schedulers")
+        return self.publisher
+
+    def hold(self, tasks: Sequence[NewTask], now: datetime | None = None) -> DispatchResult:
+        """Claim the rows of pull-scheduler tasks that have no Celery message at all (report tasks):
+        queued for a pop, never published. ``ValueError`` for a task of a scheduler that is not pulled."""
+        pushed = sorted({t.scheduler_id.value for t in tasks if not self.pulled(t)})
+        if pushed:
+            raise ValueError(f"cannot hold tasks of {', '.join(pushed)}: not in SCHEDULER_PULL_SCHEDULERS")
+        result = DispatchResult(offered=len(tasks))
+        if not tasks:
+            return result
+        claimed = self.store.claim(tasks, now=now)
+        if claimed:
+            self.store.mark_published([t.id for t in claimed])
+        result.claimed = result.published = result.held = len(claimed)
+        result.published_tasks = claimed
+        return result
 
     def dispatch(
         self,
@@ -83,21 +144,29 @@ class Dispatcher:
         return self.publish(self.claim(items, messages=messages), mark=mark)
 
     def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
-        """The messages of ``items``, encoded (in order): what :meth:`claim` would make first."""
+        """The messages of ``items``, in order: what :meth:`claim` would make first. Those to publish
+        are encoded; those of pull schedulers are left as they are (they are never sent)."""
         from kat_scheduler.publisher import OutgoingMessage
 
-        return self.publisher.prepare(
-            [
-                OutgoingMessage(
-                    task_id=item.task.id,
-                    task_name=item.task_name,
-                    queue=item.queue,
-                    band=item.task.band,
-                    kwargs=item.kwargs,
-                )
-                for item in items
-            ]
-        )
+        messages = [
+            OutgoingMessage(
+                task_id=item.task.id,
+                task_name=item.task_name,
+                queue=item.queue,
+                band=item.task.band,
+                kwargs=item.kwargs,
+            )
+            for item in items
+        ]
+        sent = [message for item, message in zip(items, messages, strict=True) if not self.pulled(item.task)]
+        if not sent:
+            return messages
+        if len(sent) == len(messages):
+            return self._publisher().prepare(messages)
+        encoded = iter(self._publisher().prepare(sent))
+        return [
+            message if self.pulled(item.task) else next(encoded) for item, message in zip(items, messages, strict=True)
+        ]
 
     def claim(self, items: Sequence[Dispatchable], *, messages: Sequence[OutgoingMessage] | None = None) -> Claim:
         """Step 1: claim the rows; the result says which won and what to publish for them.
@@ -117,23 +186,34 @@ class Dispatcher:
         return Claim(offered=len(items), tasks=claimed, messages=[by_id[task.id] for task in claimed])
 
     def publish(self, claim: Claim, *, mark: bool = True) -> DispatchResult:
-        """Step 2: publish what was claimed, in order; un-claim what was certainly not sent."""
+        """Step 2: publish what was claimed, in order; un-claim what was certainly not sent.
+
+        Tasks of pull schedulers are not sent: they count as delivered (``held``) as they are.
+        """
         from kat_scheduler.publisher import PublishError
 
         result = DispatchResult(offered=claim.offered, claimed=len(claim.tasks))
         if not claim.tasks:
             return result
-        claimed = claim.tasks
+        held = [task for task in claim.tasks if self.pulled(task)]
+        if held:
+            result.held = len(held)
+            claimed = [task for task in claim.tasks if not self.pulled(task)]
+            kept = {task.id for task in claimed}
+            messages = [message for message in claim.messages if message.task_id in kept]
+        else:
+            claimed, messages = claim.tasks, claim.messages
         try:
-            self.publisher.publish(claim.messages)
+            if messages:
+                self._publisher().publish(messages)
         except PublishError as exc:
             published = set(exc.published)
             unpublished = [t.id for t in claimed if t.id not in published]
             result.unclaimed = self.store.unclaim(unpublished) if exc.certain else 0
-            result.published = len(published)
-            result.published_tasks = [t for t in claimed if t.id in published]
-            if published and mark:
-                self.store.mark_published(published)
+            result.published_tasks = [t for t in claim.tasks if t.id in published or self.pulled(t)]
+            result.published = len(result.published_tasks)
+            if result.published_tasks and mark:
+                self.store.mark_published([t.id for t in result.published_tasks])
             result.errors.append(str(exc))
             logger.error(
                 "publishing failed after %d of %d messages: %s (%d un-claimed, %d left for the reaper)",
@@ -145,7 +225,7 @@ class Dispatcher:
             )
             return result
         if mark:
-            self.store.mark_published([t.id for t in claimed])
-        result.published = len(claimed)
-        result.published_tasks = claimed
+            self.store.mark_published([t.id for t in claim.tasks])
+        result.published = len(claim.tasks)
+        result.published_tasks = claim.tasks
         return result

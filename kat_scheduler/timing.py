@@ -1,6 +1,7 @@
 """When a schedule is next due. Pure: no clock, no randomness beyond the schedule's own hash.
 
-* ``cron`` set → the next cron time after the reference time (cron decides, no jitter);
+* ``cron`` set (the schedule's own, else the plugin's) → the next cron time after the reference
+  time (cron decides, no jitter);
 * else ``interval`` (minutes) → reference + interval + jitter;
 * else the default grace period → reference + grace + jitter.
 
@@ -57,9 +58,15 @@ def next_deadline(
     hash_: str,
     default_seconds: int,
     jitter: float,
+    cron: str | None = None,
 ) -> datetime:
-    """The first time after ``after`` the boefje is due again on the object of ``hash_``."""
-    if boefje.cron:
-        return next_cron(boefje.cron, after)
+    """The first time after ``after`` the boefje is due again on the object of ``hash_``.
+
+    ``cron``, a schedule's own cron expression (set through ``PATCH /schedules/{id}``), wins over
+    the plugin's: a schedule whose cron was changed keeps to it after it fires.
+    """
+    cron = cron or boefje.cron
+    if cron:
+        return next_cron(cron, after)
     base = period(boefje, default_seconds)
     return after + base + base * (jitter * jitter_fraction(hash_))

@@ -8,7 +8,7 @@ backlog of any size is worked through without a per-tick cap.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -371,8 +371,9 @@ class ScheduleStore:
             if len(batch) < batch_size:
                 return
 
-    def set_deadlines(self, deadlines: dict[uuid.UUID, datetime], now: datetime | None = None) -> None:
-        """Move each schedule's deadline (one executemany statement)."""
+    def set_deadlines(self, deadlines: Mapping[uuid.UUID, datetime | None], now: datetime | None = None) -> None:
+        """Move each schedule's deadline (one executemany statement); ``None``: never due again
+        (a one-off report schedule that fired)."""
         if not deadlines:
             return
         now = now or utcnow()

@@ -4,6 +4,10 @@
 organisations (``SCHEDULER_PLAN_ORGS_PER_TASK``), so many scheduler workers share a tick;
 within a group, organisations are interleaved when publishing.
 
+``kat.scheduler.queue_due_schedules`` queues the due schedules of every scheduler: report
+schedules (:mod:`kat_scheduler.planning.reports`, held for a pop) and boefje schedules
+(:meth:`~kat_scheduler.planning.boefjes.BoefjePlanner.queue_due`).
+
 Each beat-ticked task records its run in ``producer_runs`` (``kat-scheduler status`` shows them);
 for ``plan_boefjes`` that is the fan-out, not the planning tasks it sends.
 """
@@ -20,8 +24,9 @@ from celery.signals import worker_init, worker_process_init
 from kat_scheduler.collector import tune_collector
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.boefjes import PlanReport
+from kat_scheduler.planning.reports import ReportProducer, ReportRun
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
-from kat_scheduler.recording import recorded_run
+from kat_scheduler.recording import describe, recorded_run
 from kat_scheduler.runtime import get_runtime, reset_runtime
 from kat_scheduler.storage.producers import ProducerRunStore
 
@@ -50,6 +55,7 @@ def summary(report: PlanReport) -> dict[str, Any]:
         "planned": len(report.planned),
         "claimed": report.dispatch.claimed,
         "queued": report.dispatch.published,
+        "held_for_pop": report.dispatch.held,
         "unclaimed": report.dispatch.unclaimed,
         "skipped": {str(k): v for k, v in sorted(report.skipped.items())},
         "errors": report.errors,
@@ -119,11 +125,33 @@ def reap() -> dict[str, int]:
     return result
 
 
+def queue_report_schedules(now: datetime) -> ReportRun:
+    """Due report schedules become report tasks, held for Rocky's report runner to pop."""
+    runtime = get_runtime()
+    return ReportProducer(runtime.tasks, runtime.schedules, runtime.settings).queue_due(now=now)
+
+
 @shared_task(name=TaskName.QUEUE_DUE_SCHEDULES.value)
 def queue_due_schedules() -> dict[str, Any]:
+    """Queue every due schedule: report schedules (for a pop), then boefje schedules (BoefjePlanner).
+
+    Reports go first: they only touch the database, so a slow or failing KAT service never holds
+    them up. A failure of either part is recorded as the run's error; the other part still runs.
+    The result is the boefje part's summary, with the report part's under ``reports``.
+    """
     with recorded_run(ProducerName.QUEUE_DUE_SCHEDULES, _runs) as run:
-        report = get_runtime().planner().queue_due(now=datetime.now(UTC))
-        result = run.summary = summary(report)
-        run.error = errors_text(report.errors)
+        now = datetime.now(UTC)
+        reports: dict[str, Any]
+        report_error: str | None = None
+        try:
+            reports = queue_report_schedules(now).summary()
+        except Exception as exc:  # the boefje schedules still run; the error is recorded
+            logger.exception("due report schedules failed; left for the next run")
+            report_error = f"report schedules: {describe(exc)}"
+            reports = {"error": report_error}
+        report = get_runtime().planner().queue_due(now=now)
+        result = run.summary = summary(report) | {"reports": reports}
+        errors = [text for text in (report_error, errors_text(report.errors)) if text]
+        run.error = "; ".join(errors) or None
     logger.info("due schedules: %s", result)
     return result
