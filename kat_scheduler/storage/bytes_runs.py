@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from kat_scheduler.rules import BytesRun
@@ -146,3 +146,13 @@ class BytesRunStore:
                 ):
                     found[hash_] = BytesRun(started, ended)
         return found
+
+    def prune(self, seen_before: datetime) -> int:
+        """Forget what no tick has seen since ``seen_before``: runs of pairs whose history was not
+        listed since (their objects are gone, or their runs are too old to change a decision), and
+        the listings themselves (a boefje still planned is listed again by the next tick). How
+        many runs were deleted."""
+        with self.engine.begin() as conn:
+            pruned = int(conn.execute(delete(_BYTES_RUNS).where(_BYTES_RUNS.c.seen_at < seen_before)).rowcount)
+            conn.execute(delete(_HISTORIES).where(_HISTORIES.c.seen_at < seen_before))
+        return pruned

@@ -1,5 +1,5 @@
 """SQLAlchemy models of the tables: ``tasks``, ``unpublished_tasks``, ``schedules``, ``beat_leases``,
-``producer_runs``, ``bytes_runs``, ``bytes_histories``.
+``producer_runs``, ``bytes_runs``, ``bytes_histories``, ``worker_nodes``, ``broker_markers``.
 
 The unique partial index ``uq_tasks_live_hash`` is the heart of the scheduler: at most one task per
 hash may be live (queued, dispatched or running), so a claim is a plain
@@ -127,6 +127,8 @@ class TaskRow(Base):
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(255))
+    #: The worker node (:class:`WorkerNodeRow`) that received or runs the task, while it is live.
+    node_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -288,3 +290,35 @@ class BytesHistoryRow(Base):
     organisation: Mapped[str] = mapped_column(String(128), primary_key=True)
     plugin_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[datetime]
+
+
+class WorkerNodeRow(Base):
+    """One life of a Celery worker node: from its start to its end, its main process beats here.
+
+    A node restarted under the same name is a new row (``id`` is drawn at each start), so a task of
+    the life that died is never covered by the beats of the next. The reaper first suspects a node
+    silent for ``SCHEDULER_WORKER_LOST_AFTER`` (``suspected_at``) and counts it lost only when a
+    later run finds it still silent; a beat clears the suspicion.
+    """
+
+    __tablename__ = "worker_nodes"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    #: Celery's node name (``boefjes@host``).
+    name: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    beat_at: Mapped[datetime]
+    suspected_at: Mapped[datetime | None]
+
+
+class BrokerMarkerRow(Base):
+    """The token the reaper last left in a broker (a Redis key): a broker that no longer holds it
+    lost its data (a restart without persistence, a flush), so its messages are gone."""
+
+    __tablename__ = "broker_markers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime]

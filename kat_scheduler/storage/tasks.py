@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Insert, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Engine, Insert, Row, and_, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,8 @@ CHUNK = 1000
 #: Rows per claim statement on PostgreSQL, where a page is one array per column (16 parameters
 #: however many rows): a batch of 1,000 to 1,500 tasks goes as one statement.
 PG_CLAIM_PAGE = 2000
+#: Rows per statement of a repair (the reaper): a bounded amount of work per run.
+REPAIR_BATCH = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,15 @@ class FinishedTask:
     schedule_id: uuid.UUID | None = None
     started_at: datetime | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a repair of running (or received) rows did: ``failed`` rows had no attempt left;
+    ``requeued`` rows (as they are now) are ``queued`` again and need a message (or a pop)."""
+
+    failed: int
+    requeued: list[Row[Any]]
 
 
 def service_failed_reason(service: str) -> str:
@@ -305,27 +316,37 @@ class TaskStore:
         task_id: uuid.UUID,
         from_statuses: Iterable[TaskStatus],
         to_status: TaskStatus,
+        *,
+        by_worker: str | None = None,
         **values: Any,
     ) -> bool:
-        """Move one task to ``to_status`` if (and only if) it is in one of ``from_statuses``."""
+        """Move one task to ``to_status`` if (and only if) it is in one of ``from_statuses`` (and,
+        with ``by_worker``, its ``worker`` is that one: a run the reaper handed to another worker
+        is no longer this worker's to end)."""
         now = values.pop("now", None) or utcnow()
+        stmt = update(_TASKS).where(_TASKS.c.id == task_id, _TASKS.c.status.in_(list(from_statuses)))
+        if by_worker is not None:
+            stmt = stmt.where(_TASKS.c.worker == by_worker)
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(_TASKS)
-                .where(_TASKS.c.id == task_id, _TASKS.c.status.in_(list(from_statuses)))
-                .values(status=to_status, modified_at=now, **values)
-            )
+            result = conn.execute(stmt.values(status=to_status, modified_at=now, **values))
         return result.rowcount == 1
 
-    def mark_dispatched(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> bool:
-        """A worker received the message (``queued → dispatched``)."""
-        return self.transition(task_id, [TaskStatus.QUEUED], TaskStatus.DISPATCHED, worker=worker, now=now or utcnow())
+    def mark_dispatched(
+        self, task_id: uuid.UUID, worker: str, now: datetime | None = None, *, node_id: uuid.UUID | None = None
+    ) -> bool:
+        """A worker received the message (``queued → dispatched``); ``node_id``: its node (for the reaper)."""
+        return self.transition(
+            task_id, [TaskStatus.QUEUED], TaskStatus.DISPATCHED, worker=worker, node_id=node_id, now=now or utcnow()
+        )
 
-    def start(self, task_id: uuid.UUID, worker: str, now: datetime | None = None) -> TaskRow | None:
+    def start(
+        self, task_id: uuid.UUID, worker: str, now: datetime | None = None, *, node_id: uuid.UUID | None = None
+    ) -> TaskRow | None:
         """Claim a task for running (``queued|dispatched → running``); ``None`` if it may not run.
 
         A redelivered message of a task already running, or of a cancelled or finished one,
-        updates nothing, so a task never runs twice at once.
+        updates nothing, so a task never runs twice at once. ``node_id``: the worker node whose
+        heartbeat vouches for the run (see :class:`~kat_scheduler.storage.tables.WorkerNodeRow`).
         """
         now = now or utcnow()
         stmt = (
@@ -336,6 +357,7 @@ class TaskStore:
                 started_at=now,
                 modified_at=now,
                 worker=worker,
+                node_id=node_id,
                 attempts=TaskRow.attempts + 1,
             )
             .returning(TaskRow)
@@ -351,6 +373,7 @@ class TaskStore:
         now: datetime | None = None,
         *,
         max_attempts: int | None = None,
+        node_id: uuid.UUID | None = None,
     ) -> TaskRow | None:
         """Restart a task whose runner process is known to be dead (``running`` by ``dead_worker``).
 
@@ -363,9 +386,9 @@ class TaskStore:
         stmt = update(TaskRow).where(*mine)
         if max_attempts is not None:
             stmt = stmt.where(TaskRow.attempts < max_attempts)
-        stmt = stmt.values(started_at=now, modified_at=now, worker=worker, attempts=TaskRow.attempts + 1).returning(
-            TaskRow
-        )
+        stmt = stmt.values(
+            started_at=now, modified_at=now, worker=worker, node_id=node_id, attempts=TaskRow.attempts + 1
+        ).returning(TaskRow)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             row = session.execute(stmt).scalar_one_or_none()
             if row is None and max_attempts is not None:
@@ -389,13 +412,17 @@ class TaskStore:
         now: datetime | None = None,
         *,
         data: dict[str, Any] | None = None,
+        by_worker: str | None = None,
     ) -> bool:
-        """End a running task as completed or failed (``data``: replace the row's payload too)."""
+        """End a running task as completed or failed (``data``: replace the row's payload too;
+        ``by_worker``: only while that worker runs it)."""
         if status not in (TaskStatus.COMPLETED, TaskStatus.FAILED):
             raise ValueError(f"a task finishes completed or failed, not {status}")
         now = now or utcnow()
         values: dict[str, Any] = {} if data is None else {"data": data}
-        return self.transition(task_id, [TaskStatus.RUNNING], status, ended_at=now, error=error, now=now, **values)
+        return self.transition(
+            task_id, [TaskStatus.RUNNING], status, by_worker=by_worker, ended_at=now, error=error, now=now, **values
+        )
 
     def requeue(
         self,
@@ -404,12 +431,21 @@ class TaskStore:
         now: datetime | None = None,
         *,
         data: dict[str, Any] | None = None,
+        by_worker: str | None = None,
     ) -> bool:
         """Put a running task back to ``queued`` (it will be retried); ``data`` replaces its payload
-        (the worker keeps a plugin's output there while storing it is retried)."""
+        (the worker keeps a plugin's output there while storing it is retried); ``by_worker``: only
+        while that worker runs it."""
         values: dict[str, Any] = {} if data is None else {"data": data}
         return self.transition(
-            task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED, error=error, now=now or utcnow(), **values
+            task_id,
+            [TaskStatus.RUNNING],
+            TaskStatus.QUEUED,
+            by_worker=by_worker,
+            error=error,
+            node_id=None,
+            now=now or utcnow(),
+            **values,
         )
 
     def fail_for_service(
@@ -561,3 +597,155 @@ class TaskStore:
         with self.engine.connect() as conn:
             counts = {TaskStatus(status): n for status, n in conn.execute(stmt)}
         return {status: counts.get(status, 0) for status in TaskStatus}
+
+    # --- repairs (the reaper) --------------------------------------------------------------
+
+    def recover_stuck(self, started_before: datetime, *, now: datetime, max_retries: int) -> Recovered:
+        """Rows ``running`` since before ``started_before`` (their worker is surely gone): queued
+        again while attempts remain (``attempts <= max_retries``), else failed, freeing their hash."""
+        return self._recover(
+            stuck_running_conditions(started_before),
+            now=now,
+            max_retries=max_retries,
+            failed_error="reaped: running past the hard time limit on every attempt (worker lost or killed)",
+            requeued_error="requeued by the reaper: its worker was lost",
+        )
+
+    def recover_lost_nodes(self, node_ids: Collection[uuid.UUID], *, now: datetime, max_retries: int) -> Recovered:
+        """Tasks received (``dispatched``) or ``running`` on worker nodes that stopped beating: queued
+        again (a running one while attempts remain, else failed). Their worker ids are kept, so a
+        process of a node that was only silent, not dead, can no longer end the row
+        (:meth:`finish` and :meth:`requeue` with ``by_worker``)."""
+        ids = list(node_ids)
+        if not ids:
+            return Recovered(0, [])
+        col = _TASKS.c
+        recovered = self._recover(
+            (col.status == TaskStatus.RUNNING, col.node_id.in_(ids)),
+            now=now,
+            max_retries=max_retries,
+            failed_error="reaped: its worker node stopped beating on every attempt (main process died)",
+            requeued_error="requeued by the reaper: its worker node stopped beating (main process died)",
+        )
+        with self.engine.begin() as conn:
+            received = conn.execute(
+                update(_TASKS)
+                .where(col.status == TaskStatus.DISPATCHED, col.node_id.in_(ids))
+                .values(
+                    status=TaskStatus.QUEUED,
+                    node_id=None,
+                    modified_at=now,
+                    error="requeued by the reaper: the worker node that received it stopped beating",
+                )
+                .returning(*_TASKS.c)
+            ).all()
+        return Recovered(recovered.failed, [*recovered.requeued, *received])
+
+    def _recover(
+        self,
+        conditions: Sequence[ColumnElement[bool]],
+        *,
+        now: datetime,
+        max_retries: int,
+        failed_error: str,
+        requeued_error: str,
+    ) -> Recovered:
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                update(_TASKS)
+                .where(*conditions, _TASKS.c.attempts > max_retries)
+                .values(status=TaskStatus.FAILED, ended_at=now, modified_at=now, error=failed_error)
+            ).rowcount
+            requeued = conn.execute(
+                update(_TASKS)
+                .where(*conditions)
+                .values(status=TaskStatus.QUEUED, node_id=None, modified_at=now, error=requeued_error)
+                .returning(*_TASKS.c)
+            ).all()
+        return Recovered(int(failed), list(requeued))
+
+    def never_published(self, claimed_before: datetime, limit: int = REPAIR_BATCH) -> list[Row[Any]]:
+        """Queued rows claimed before ``claimed_before`` and never marked published, most urgent first."""
+        return self._rows(never_published_conditions(claimed_before), limit)
+
+    def stale_published(self, scheduler_id: SchedulerId, before: datetime, limit: int = REPAIR_BATCH) -> list[Row[Any]]:
+        """Published rows of ``scheduler_id`` still waiting (``queued`` or ``dispatched``), published
+        and last changed before ``before`` (their message may be lost), most urgent first."""
+        col = _TASKS.c
+        conditions = (
+            col.scheduler_id == scheduler_id,
+            col.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
+            col.published_at < before,
+            col.modified_at < before,
+        )
+        return self._rows(conditions, limit)
+
+    def waiting_page(
+        self, scheduler_ids: Collection[SchedulerId], *, after: uuid.UUID | None = None, limit: int = REPAIR_BATCH
+    ) -> list[Row[Any]]:
+        """One page (by id, after ``after``) of the rows of ``scheduler_ids`` waiting for a worker
+        (``queued`` or ``dispatched``): every message they need when a broker lost its data."""
+        col = _TASKS.c
+        if not scheduler_ids:
+            return []
+        stmt = select(_TASKS).where(
+            col.scheduler_id.in_(list(scheduler_ids)), col.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED])
+        )
+        if after is not None:
+            stmt = stmt.where(col.id > after)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt.order_by(col.id).limit(limit)).all())
+
+    def _rows(self, conditions: Sequence[ColumnElement[bool]], limit: int) -> list[Row[Any]]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(_TASKS).where(*conditions).order_by(_TASKS.c.band).limit(limit)).all())
+
+    def mark_republished(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> None:
+        """The messages of ``ids`` were published again at ``now``: their ``published_at`` moves and
+        their claims' listings (if any) go."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            for condition in in_values(conn, _TASKS.c.id, list(ids)):
+                conn.execute(update(_TASKS).where(condition).values(published_at=now))
+            for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(ids)):
+                conn.execute(delete(_UNPUBLISHED).where(condition))
+
+    def drop_moved_on_listings(self, claimed_before: datetime) -> int:
+        """Listings of claims older than ``claimed_before`` whose task is no longer queued (it was
+        published after all and ran or was cancelled, or it is gone): dropped."""
+        queued = exists().where(_TASKS.c.id == _UNPUBLISHED.c.task_id, _TASKS.c.status == TaskStatus.QUEUED)
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.claimed_at < claimed_before, ~queued)).rowcount
+            )
+
+    def prune_finished(self, ended_before: datetime, batch: int = REPAIR_BATCH) -> int:
+        """Delete completed, failed and cancelled rows that ended before ``ended_before``, ``batch``
+        rows per transaction; how many."""
+        finished = [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED]
+        pruned = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = (
+                    select(_TASKS.c.id)
+                    .where(_TASKS.c.status.in_(finished), _TASKS.c.ended_at < ended_before)
+                    .limit(batch)
+                )
+                deleted = int(conn.execute(delete(_TASKS).where(_TASKS.c.id.in_(ids.scalar_subquery()))).rowcount)
+            pruned += deleted
+            if deleted < batch:
+                return pruned
+
+
+def stuck_running_conditions(started_before: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions on ``tasks`` of rows ``running`` since before ``started_before``."""
+    return (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < started_before)
+
+
+def never_published_conditions(claimed_before: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions on ``tasks`` of rows ``queued`` whose claim (before ``claimed_before``) was never
+    marked published: still listed in ``unpublished_tasks``, or claimed by a version before
+    revision 0004 (not listed, no ``published_at``)."""
+    listed = select(_UNPUBLISHED.c.task_id).where(_UNPUBLISHED.c.claimed_at < claimed_before)
+    older = and_(_TASKS.c.published_at.is_(None), _TASKS.c.created_at < claimed_before)
+    return (_TASKS.c.status == TaskStatus.QUEUED, or_(_TASKS.c.id.in_(listed), older))

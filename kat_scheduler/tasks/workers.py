@@ -2,6 +2,10 @@
 
 Kwargs name the organisation, plugin and input (readable in Flower; never secrets); the task id
 is the ``tasks`` row id. The work itself is in :mod:`kat_scheduler.workers.lifecycle`.
+
+Every worker node of our app beats in the database from its main process while it lives
+(:mod:`kat_scheduler.workers.liveness`), and records its id on the tasks it receives and runs, so
+the reaper hands on the tasks of a node whose main process died within a minute.
 """
 
 from __future__ import annotations
@@ -13,17 +17,38 @@ from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task, shared_task
-from celery.signals import task_failure, task_received
+from celery.signals import task_failure, task_received, worker_init, worker_shutdown
+from pydantic import SecretStr
 
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import TaskName
 from kat_scheduler.runtime import get_runtime
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome, worker_id
+from kat_scheduler.workers.liveness import current_node_id, start_node, stop_node
 
 logger = logging.getLogger(__name__)
 
 OUR_TASKS = {TaskName.BOEFJE_RUN.value, TaskName.NORMALIZER_RUN.value}
+
+
+@worker_init.connect
+def _node_starts(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, before its pool forks: register this node's life and beat."""
+    configured = getattr(getattr(sender, "app", None), "conf", {}).get("kat_db_uri")
+    if configured is None:
+        return  # not a worker of our app (a test app with stand-in tasks)
+    db_uri = configured.get_secret_value() if isinstance(configured, SecretStr) else str(configured)
+    try:
+        interval = get_runtime().settings.worker_heartbeat_interval
+        start_node(str(getattr(sender, "hostname", None) or "worker"), db_uri, interval)
+    except Exception:  # without a heartbeat the node's tasks wait for the hard time limit instead
+        logger.exception("this worker node could not start its heartbeat")
+
+
+@worker_shutdown.connect
+def _node_stops(**_: Any) -> None:
+    stop_node()
 
 
 @task_received.connect
@@ -32,7 +57,9 @@ def _received(request: Any = None, **_: Any) -> None:
     if request is None or getattr(request, "name", None) not in OUR_TASKS:
         return
     try:
-        get_runtime().tasks.mark_dispatched(uuid.UUID(request.id), worker=request.hostname or "worker")
+        get_runtime().tasks.mark_dispatched(
+            uuid.UUID(request.id), worker=request.hostname or "worker", node_id=current_node_id()
+        )
     except Exception:  # bookkeeping only: never let it stop the consumer
         logger.exception("could not mark task %s dispatched", getattr(request, "id", "?"))
 
@@ -78,12 +105,16 @@ def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
 @shared_task(name=TaskName.BOEFJE_RUN.value, bind=True, acks_late=True)
 def run_boefje(self: Task, organisation: str, boefje_id: str, input_ooi: str | None = None) -> dict[str, Any]:
     job = get_runtime().boefje_job()
-    result = job.run(uuid.UUID(self.request.id), worker_id(), organisation, boefje_id, input_ooi)
+    result = job.run(
+        uuid.UUID(self.request.id), worker_id(), organisation, boefje_id, input_ooi, node_id=current_node_id()
+    )
     return _settle(self, job, result)
 
 
 @shared_task(name=TaskName.NORMALIZER_RUN.value, bind=True, acks_late=True)
 def run_normalizer(self: Task, organisation: str, normalizer_id: str, raw_data_id: str) -> dict[str, Any]:
     job = get_runtime().normalizer_job()
-    result = job.run(uuid.UUID(self.request.id), worker_id(), organisation, normalizer_id, raw_data_id)
+    result = job.run(
+        uuid.UUID(self.request.id), worker_id(), organisation, normalizer_id, raw_data_id, node_id=current_node_id()
+    )
     return _settle(self, job, result)

@@ -162,8 +162,8 @@ class Job:
         #: Runs a task may start, counting take-overs after its runner died (None: unbounded).
         self.max_attempts = max_attempts
 
-    def _start(self, task_id: uuid.UUID, worker: str) -> TaskRow | None:
-        row = self.tasks.start(task_id, worker, now=self.clock())
+    def _start(self, task_id: uuid.UUID, worker: str, node_id: uuid.UUID | None = None) -> TaskRow | None:
+        row = self.tasks.start(task_id, worker, now=self.clock(), node_id=node_id)
         if row is not None:
             return row
         current = self.tasks.get(task_id)
@@ -171,7 +171,7 @@ class Job:
             # Redelivered after its worker process died on this host: run it now, not after the reaper.
             assert current.worker is not None
             row = self.tasks.take_over(
-                task_id, current.worker, worker, now=self.clock(), max_attempts=self.max_attempts
+                task_id, current.worker, worker, now=self.clock(), max_attempts=self.max_attempts, node_id=node_id
             )
             if row is not None:
                 logger.warning("%s %s: its runner %s died; running it again", self.kind, task_id, current.worker)
@@ -181,7 +181,11 @@ class Job:
         return None
 
     def _guard(self, row: TaskRow, body: Callable[[], None]) -> JobResult:
+        """Run ``body`` and end the row as it went. Every end is conditional on this run still
+        holding the row (``running`` by this worker): a row the reaper handed on meanwhile (this
+        worker's node fell silent) is another run's to end, never this one's."""
         task_id = row.id
+        mine = row.worker
         cleaned = _without_kept(row.data)  # a kept output is dropped once the row ends
         try:
             body()
@@ -190,17 +194,30 @@ class Job:
             data = None
             if isinstance(exc, _StoreFailed):
                 data = {**row.data, KEPT_OUTPUT: exc.kept.model_dump(mode="json")}
-            self.tasks.requeue(task_id, error=_error_text(cause), now=self.clock(), data=data)
+            if not self.tasks.requeue(task_id, error=_error_text(cause), now=self.clock(), data=data, by_worker=mine):
+                return self._handed_on(task_id)
             kept = "; its output is kept, only storing it is retried" if data is not None else ""
             logger.warning("%s %s: %s; will retry%s", self.kind, task_id, cause, kept)
             return JobResult(Outcome.RETRY, str(cause), service=cause.service)
         except (_Permanent, UnknownPlugin) as exc:
             error = str(exc) if isinstance(exc, _Permanent) else _error_text(exc)
-            self.tasks.finish(task_id, TaskStatus.FAILED, error=error, now=self.clock(), data=cleaned)
+            if not self.tasks.finish(
+                task_id, TaskStatus.FAILED, error=error, now=self.clock(), data=cleaned, by_worker=mine
+            ):
+                return self._handed_on(task_id)
             logger.error("%s %s failed: %s", self.kind, task_id, error)
             return JobResult(Outcome.FAILED, error)
-        self.tasks.finish(task_id, TaskStatus.COMPLETED, now=self.clock(), data=cleaned)
+        if not self.tasks.finish(task_id, TaskStatus.COMPLETED, now=self.clock(), data=cleaned, by_worker=mine):
+            return self._handed_on(task_id)
         return JobResult(Outcome.COMPLETED)
+
+    def _handed_on(self, task_id: uuid.UUID) -> JobResult:
+        current = self.tasks.get(task_id)
+        state = "gone" if current is None else f"{current.status} (worker {current.worker})"
+        logger.warning(
+            "%s %s: its row was handed on while this run went on (now %s); not ending it", self.kind, task_id, state
+        )
+        return JobResult(Outcome.SKIPPED, "handed on")
 
     def fail_for_good(
         self,
@@ -258,9 +275,16 @@ class BoefjeJob(Job):
     kind = "boefje task"
 
     def run(
-        self, task_id: uuid.UUID, worker: str, organisation: str, boefje_id: str, input_ooi: str | None
+        self,
+        task_id: uuid.UUID,
+        worker: str,
+        organisation: str,
+        boefje_id: str,
+        input_ooi: str | None,
+        *,
+        node_id: uuid.UUID | None = None,
     ) -> JobResult:
-        row = self._start(task_id, worker)
+        row = self._start(task_id, worker, node_id)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
         return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi))
@@ -347,9 +371,16 @@ class NormalizerJob(Job):
     kind = "normalizer task"
 
     def run(
-        self, task_id: uuid.UUID, worker: str, organisation: str, normalizer_id: str, raw_data_id: str
+        self,
+        task_id: uuid.UUID,
+        worker: str,
+        organisation: str,
+        normalizer_id: str,
+        raw_data_id: str,
+        *,
+        node_id: uuid.UUID | None = None,
     ) -> JobResult:
-        row = self._start(task_id, worker)
+        row = self._start(task_id, worker, node_id)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
         return self._guard(row, lambda: self._run(row, organisation, normalizer_id, raw_data_id))

@@ -1,25 +1,41 @@
 """The reaper (beat, every ``SCHEDULER_REAP_INTERVAL`` seconds): repairs what crashes leave behind.
 
-1. **Stuck running**: a row ``running`` for longer than the hard time limit (plus a minute) had
-   its worker die (SIGKILL, OOM, a lost host): it is queued and published again while it has
-   attempts left (``SCHEDULER_MAX_RETRIES``), else failed, so its hash is free again. (A
-   redelivery on the same host whose runner process is gone takes over at once instead.)
-2. **Claimed, never published**: a row ``queued`` still listed in ``unpublished_tasks``
+1. **Lost worker node**: every Celery worker node beats in ``worker_nodes`` from its main process
+   (every ``SCHEDULER_WORKER_HEARTBEAT_INTERVAL`` seconds). A node silent for
+   ``SCHEDULER_WORKER_LOST_AFTER`` is suspected; when a later run finds it still silent (its
+   suspicion at least one and a half heartbeat intervals old, so a database outage, during which
+   nobody could beat, never counts), its ``running`` and ``dispatched`` tasks are queued and
+   published again (a running one while it has attempts left, else failed). A live node, however
+   long its plugin runs, keeps beating and is never reaped; a process of a node that was only
+   silent can no longer end a row the reaper handed on (the worker's end is conditional on its
+   worker id).
+2. **Stuck running**: a row ``running`` for longer than the hard time limit (plus a minute) had
+   its worker die (a lost host whose node was never registered, an older version): it is queued
+   and published again while it has attempts left (``SCHEDULER_MAX_RETRIES``), else failed, so
+   its hash is free again. (A redelivery on the same host whose runner process is gone takes over
+   at once instead.)
+3. **Claimed, never published**: a row ``queued`` still listed in ``unpublished_tasks``
    ``SCHEDULER_UNPUBLISHED_AFTER`` seconds after its claim (a producer died between claim and
    publish), or claimed that long ago by a version before revision 0004 and never marked:
    published. A listing whose task is no longer queued (it was published after all, and ran or
    was cancelled) is dropped.
-3. **Queued, message lost**: rows ``queued`` for longer than the broker's visibility timeout with
+4. **Broker lost its data** (Redis only): the reaper keeps a marker key in the broker's database
+   and its token in ``broker_markers``. When the key is gone (a restart without persistence, a
+   ``FLUSHDB``), every ``queued`` and ``dispatched`` task is published again at once, then a new
+   marker is set. With RabbitMQ nothing is checked.
+5. **Queued, message lost**: rows ``queued`` for longer than the broker's visibility timeout with
    no worker activity, while their queue on the broker is empty (so their messages are surely
-   gone: a broker that lost its data, a purge): published again. When the queue is not empty
-   they wait; republishing a healthy backlog would only duplicate it.
-4. **Popped, never started** (pull schedulers, ``SCHEDULER_PULL_SCHEDULERS``): a task a runner
+   gone: a purge): published again. When the queue is not empty they wait; republishing a
+   healthy backlog would only duplicate it.
+6. **Popped, never started** (pull schedulers, ``SCHEDULER_PULL_SCHEDULERS``): a task a runner
    popped over HTTP (``dispatched``) and has not started after the broker's visibility timeout
    is a lost message too: its runner is gone. It is queued again for the next pop. A pull
-   scheduler's tasks are never published: repairs 1 and 2 queue them (or drop their claim's
-   listing) without a message, and repair 3 leaves them to this one.
-5. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
-   deleted in batches.
+   scheduler's tasks are never published: the repairs above queue them (or drop their claim's
+   listing) without a message, and repair 5 leaves them to this one.
+7. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
+   deleted in batches; worker nodes silent for an hour are forgotten; at most once an hour per
+   process, Bytes' runs (``bytes_runs``) no tick has seen for the longest horizon that can still
+   matter (the retention, the grace period plus a day, the stall age) are forgotten.
 
 Republishing is always safe: a worker starts a task only through the conditional claim, so a
 duplicate message runs nothing twice.
@@ -28,37 +44,55 @@ duplicate message runs nothing twice.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
+from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.task_views import TaskViews
-from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.tasks import (
+    Recovered,
+    TaskStore,
+    never_published_conditions,
+    stuck_running_conditions,
+)
+from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNodeStore
+from kat_scheduler.workers.broker_marker import BrokerMarker, broker_marker
 
 logger = logging.getLogger(__name__)
 
-_TASKS = table_of(TaskRow)
-_UNPUBLISHED = table_of(UnpublishedTask)
-BATCH = 5000
+#: Worker nodes silent this long are forgotten (their tasks were handed on long before).
+NODE_RETENTION = timedelta(hours=1)
+#: Seconds between two prunings of ``bytes_runs`` by one process (a scan of the table).
+BYTES_RUNS_PRUNE_EVERY = 3600.0
+#: The name of the broker's marker in ``broker_markers``.
+BROKER_MARKER = "broker"
+
+_last_bytes_prune: float | None = None
 
 
 @dataclass
 class ReapReport:
+    lost_nodes: int = 0
+    requeued_lost_node: int = 0
+    failed_lost_node: int = 0
     failed_stuck: int = 0
     requeued_stuck: int = 0
     published_unpublished: int = 0
+    republished_wiped: int = 0
     republished_lost: int = 0
     requeued_popped: int = 0
     pruned: int = 0
+    bytes_runs_pruned: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -74,18 +108,34 @@ def stuck_running_after(settings: Settings) -> float:
 
 
 def stuck_running(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Conditions on ``tasks`` of rows running past :func:`stuck_running_after` (repair 1)."""
-    cutoff = now - timedelta(seconds=stuck_running_after(settings))
-    return (_TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.started_at < cutoff)
+    """Conditions on ``tasks`` of rows running past :func:`stuck_running_after` (repair 2)."""
+    return stuck_running_conditions(now - timedelta(seconds=stuck_running_after(settings)))
 
 
 def never_published(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Conditions on ``tasks`` of rows claimed but not published for ``SCHEDULER_UNPUBLISHED_AFTER`` (repair 2)."""
-    cutoff = now - timedelta(seconds=settings.unpublished_after)
-    listed = select(_UNPUBLISHED.c.task_id).where(_UNPUBLISHED.c.claimed_at < cutoff)
-    # A row claimed by a version before revision 0004 is not listed: it has no published_at.
-    older = and_(_TASKS.c.published_at.is_(None), _TASKS.c.created_at < cutoff)
-    return (_TASKS.c.status == TaskStatus.QUEUED, or_(_TASKS.c.id.in_(listed), older))
+    """Conditions on ``tasks`` of rows claimed but not published for ``SCHEDULER_UNPUBLISHED_AFTER`` (repair 3)."""
+    return never_published_conditions(now - timedelta(seconds=settings.unpublished_after))
+
+
+def node_lost_after(settings: Settings) -> timedelta:
+    """How long a worker node may be silent before it is suspected: ``SCHEDULER_WORKER_LOST_AFTER``,
+    and at least three heartbeat intervals."""
+    return timedelta(seconds=max(settings.worker_lost_after, 3 * settings.worker_heartbeat_interval))
+
+
+def node_confirm_after(settings: Settings) -> timedelta:
+    """How old a suspicion must be before it is confirmed: one and a half heartbeat intervals, in
+    which any node that can reach the database beats at least once."""
+    return timedelta(seconds=1.5 * settings.worker_heartbeat_interval)
+
+
+def bytes_runs_horizon(settings: Settings) -> timedelta:
+    """How long Bytes' runs seen by a tick are kept: the longest horizon that can still matter."""
+    return max(
+        timedelta(days=settings.retention_days),
+        timedelta(seconds=settings.grace_period) + timedelta(days=1),
+        timedelta(seconds=settings.effective_bytes_stall_age),
+    )
 
 
 def message_for(row: Any) -> OutgoingMessage:
@@ -99,56 +149,64 @@ def message_for(row: Any) -> OutgoingMessage:
 
 
 class Reaper:
-    def __init__(self, tasks: TaskStore, publisher: Publisher, settings: Settings) -> None:
+    def __init__(
+        self,
+        tasks: TaskStore,
+        publisher: Publisher,
+        settings: Settings,
+        *,
+        marker: BrokerMarker | None = None,
+    ) -> None:
         self.tasks = tasks
         self.publisher = publisher
         self.settings = settings
+        self.nodes = WorkerNodeStore(tasks.engine)
+        self.markers = BrokerMarkerStore(tasks.engine)
+        #: The marker in the broker (``None``: not a Redis broker, nothing to watch).
+        self.marker = marker if marker is not None else broker_marker(settings.broker_url)
         #: Schedulers whose tasks runners pop over HTTP: never published.
         self.pull = settings.pull_scheduler_ids
 
     def reap(self, now: datetime) -> ReapReport:
         report = ReapReport()
+        self._recover_lost_nodes(now, report)
         self._recover_stuck(now, report)
         report.published_unpublished = self._publish_unpublished(now, report)
+        report.republished_wiped = self._republish_if_wiped(now, report)
         report.republished_lost = self._republish_lost(now, report)
         report.requeued_popped = self._requeue_popped(now)
-        report.pruned = self._prune(now)
+        report.pruned = self.tasks.prune_finished(now - timedelta(days=self.settings.retention_days))
+        report.bytes_runs_pruned = self._prune_bytes_runs(now)
         if any(report.as_dict().values()):
             logger.warning("reaper: %s", report.as_dict())
         return report
 
+    def _requeued(self, recovered: Recovered, report: ReapReport) -> int:
+        """Publish the rows a repair queued again (a pull scheduler's wait for the next pop)."""
+        popped = sum(1 for row in recovered.requeued if row.scheduler_id in self.pull)
+        celery = [row for row in recovered.requeued if row.scheduler_id not in self.pull]
+        return popped + self._publish(celery, report)
+
+    def _recover_lost_nodes(self, now: datetime, report: ReapReport) -> None:
+        """Tasks of worker nodes that stopped beating: run again while attempts remain, else fail."""
+        silent = node_lost_after(self.settings)
+        lost = self.nodes.lost(now=now, silent_for=silent, confirm_after=node_confirm_after(self.settings))
+        if lost:
+            recovered = self.tasks.recover_lost_nodes(lost, now=now, max_retries=self.settings.max_retries)
+            report.lost_nodes = len(lost)
+            report.failed_lost_node = recovered.failed
+            report.requeued_lost_node = self._requeued(recovered, report)
+        suspected = self.nodes.suspect(now=now, silent_for=silent)
+        if suspected:
+            logger.warning("reaper: %d worker node(s) silent for %s; confirming on the next run", suspected, silent)
+        self.nodes.prune(now - NODE_RETENTION)
+
     def _recover_stuck(self, now: datetime, report: ReapReport) -> None:
         """Rows running past the hard limit: run again while attempts remain, else fail."""
-        stuck = stuck_running(self.settings, now)
-        with self.tasks.engine.begin() as conn:
-            report.failed_stuck = conn.execute(
-                update(_TASKS)
-                .where(*stuck, _TASKS.c.attempts > self.settings.max_retries)
-                .values(
-                    status=TaskStatus.FAILED,
-                    ended_at=now,
-                    modified_at=now,
-                    error="reaped: running past the hard time limit on every attempt (worker lost or killed)",
-                )
-            ).rowcount
-            requeued = list(
-                conn.execute(
-                    update(_TASKS)
-                    .where(*stuck)
-                    .values(
-                        status=TaskStatus.QUEUED, modified_at=now, error="requeued by the reaper: its worker was lost"
-                    )
-                    .returning(*_TASKS.c)
-                ).all()
-            )
-        # A pull scheduler's row, queued again, waits for the next pop: no message.
-        popped = sum(1 for row in requeued if row.scheduler_id in self.pull)
-        celery = [row for row in requeued if row.scheduler_id not in self.pull]
-        report.requeued_stuck = popped + self._publish(celery, report)
-
-    def _rows(self, *conditions: Any) -> list[Any]:
-        with self.tasks.engine.connect() as conn:
-            return list(conn.execute(select(_TASKS).where(*conditions).order_by(_TASKS.c.band).limit(BATCH)).all())
+        started_before = now - timedelta(seconds=stuck_running_after(self.settings))
+        recovered = self.tasks.recover_stuck(started_before, now=now, max_retries=self.settings.max_retries)
+        report.failed_stuck = recovered.failed
+        report.requeued_stuck = self._requeued(recovered, report)
 
     def _publish(self, rows: list[Any], report: ReapReport) -> int:
         if not rows:
@@ -162,25 +220,67 @@ class Reaper:
             report.errors += 1
             published = list(exc.published)
         if published:
-            with self.tasks.engine.begin() as conn:
-                conn.execute(update(_TASKS).where(_TASKS.c.id.in_(published)).values(published_at=utcnow()))
-                conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(published)))
+            self.tasks.mark_republished(published)
         return len(published)
 
     def _publish_unpublished(self, now: datetime, report: ReapReport) -> int:
-        rows = self._rows(*never_published(self.settings, now))
+        claimed_before = now - timedelta(seconds=self.settings.unpublished_after)
+        rows = self.tasks.never_published(claimed_before)
         pull = [row.id for row in rows if row.scheduler_id in self.pull]
         if pull:  # nothing to publish: a runner pops them; only the claims' listings go
             self.tasks.mark_published(pull)
         published = self._publish([row for row in rows if row.scheduler_id not in self.pull], report)
-        cutoff = now - timedelta(seconds=self.settings.unpublished_after)
-        queued = exists().where(_TASKS.c.id == _UNPUBLISHED.c.task_id, _TASKS.c.status == TaskStatus.QUEUED)
-        with self.tasks.engine.begin() as conn:  # listings of tasks that moved on (or are gone)
-            conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.claimed_at < cutoff, ~queued))
+        self.tasks.drop_moved_on_listings(claimed_before)  # listings of tasks that moved on (or are gone)
         return published
 
+    def _republish_if_wiped(self, now: datetime, report: ReapReport) -> int:
+        """When the broker no longer holds the reaper's marker, it lost its data: every waiting
+        task is published again at once. The marker is set again once that succeeded."""
+        if self.marker is None:
+            return 0
+        try:
+            present = self.marker.get()
+        except Exception as exc:
+            logger.warning("reaper: cannot read the broker's marker (%s); checking on the next run", exc)
+            return 0
+        remembered = self.markers.token(BROKER_MARKER)
+        if present is not None:
+            if present != remembered:  # set by another reaper, or this database is new: adopt it
+                self.markers.put(BROKER_MARKER, present, now)
+            return 0
+        republished = 0
+        if remembered is not None:
+            logger.error("reaper: the broker lost its data (its marker is gone); publishing every waiting task again")
+            republished, complete = self._republish_waiting(report)
+            if not complete:
+                return republished  # the marker stays missing: the next run tries again
+        token = uuid.uuid4().hex
+        try:
+            self.marker.set(token)
+        except Exception as exc:
+            logger.warning("reaper: cannot set the broker's marker (%s); setting it on the next run", exc)
+            return republished
+        self.markers.put(BROKER_MARKER, token, now)
+        return republished
+
+    def _republish_waiting(self, report: ReapReport) -> tuple[int, bool]:
+        """Publish every ``queued`` and ``dispatched`` task of the published schedulers again, page by
+        page; how many, and whether all were."""
+        schedulers = [s for s in SchedulerId if s not in self.pull]
+        total = 0
+        after: uuid.UUID | None = None
+        while True:
+            rows = self.tasks.waiting_page(schedulers, after=after)
+            if not rows:
+                return total, True
+            errors = report.errors
+            total += self._publish(rows, report)
+            if report.errors > errors:
+                return total, False
+            after = rows[-1].id
+
     def _republish_lost(self, now: datetime, report: ReapReport) -> int:
-        cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)
+        before = now - timedelta(seconds=self.settings.effective_visibility_timeout)
         total = 0
         for queue in (Queue.BOEFJES, Queue.NORMALIZERS):
             scheduler_id = SchedulerId.BOEFJE if queue == Queue.BOEFJES else SchedulerId.NORMALIZER
@@ -189,13 +289,7 @@ class Reaper:
             # dispatched too: a worker received the message and lost it (a Redis that lost its
             # data, a worker killed between receipt and start); the start is conditional, so a
             # message that does turn up again cannot run the task twice.
-            stale = and_(
-                _TASKS.c.scheduler_id == scheduler_id,
-                _TASKS.c.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
-                _TASKS.c.published_at < cutoff,
-                _TASKS.c.modified_at < cutoff,
-            )
-            rows = self._rows(stale)
+            rows = self.tasks.stale_published(scheduler_id, before)
             if not rows:
                 continue
             try:
@@ -214,14 +308,16 @@ class Reaper:
         cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)
         return TaskViews(self.tasks.engine).requeue_popped(self.pull, popped_before=cutoff, now=now)
 
-    def _prune(self, now: datetime) -> int:
-        cutoff = now - timedelta(days=self.settings.retention_days)
-        finished = [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED]
-        pruned = 0
-        while True:
-            with self.tasks.engine.begin() as conn:
-                ids = select(_TASKS.c.id).where(_TASKS.c.status.in_(finished), _TASKS.c.ended_at < cutoff).limit(BATCH)
-                deleted = conn.execute(delete(_TASKS).where(_TASKS.c.id.in_(ids.scalar_subquery()))).rowcount
-            pruned += deleted
-            if deleted < BATCH:
-                return pruned
+    def _prune_bytes_runs(self, now: datetime) -> int:
+        """At most once per :data:`BYTES_RUNS_PRUNE_EVERY` in this process (the table has no index on
+        ``seen_at``): forget Bytes' runs no tick has seen for :func:`bytes_runs_horizon`."""
+        global _last_bytes_prune
+        clock = time.monotonic()
+        if _last_bytes_prune is not None and clock - _last_bytes_prune < BYTES_RUNS_PRUNE_EVERY:
+            return 0
+        _last_bytes_prune = clock
+        return self.prune_bytes_runs(now)
+
+    def prune_bytes_runs(self, now: datetime) -> int:
+        """Forget Bytes' runs (and history listings) no tick has seen for :func:`bytes_runs_horizon`."""
+        return BytesRunStore(self.tasks.engine).prune(now - bytes_runs_horizon(self.settings))

@@ -14,19 +14,28 @@ from kat_scheduler.models import TaskStatus
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
-from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
 from kat_scheduler.workers.reaper import Reaper
 from tests.factories import NewTaskFactory
 
 
+def forget_nodes_and_markers(engine: Engine) -> None:
+    """Empty the tables of worker nodes and broker markers (a broker of an earlier test is gone)."""
+    with engine.begin() as conn:
+        conn.execute(delete(WorkerNodeRow))
+        conn.execute(delete(BrokerMarkerRow))
+
+
 @pytest.fixture
 def reaper(pg_engine: Engine, redis_url: str, postgres_uri: str):
+    forget_nodes_and_markers(pg_engine)
     settings = load_settings(
         broker_url=redis_url, db_uri=postgres_uri, soft_time_limit=60, hard_time_limit=120, retention_days=7
     )
     publisher = make_publisher(settings)
     yield Reaper(TaskStore(pg_engine), publisher, settings)
     publisher.close()
+    forget_nodes_and_markers(pg_engine)
 
 
 def boefje_messages(redis_url: str) -> list[dict[str, Any]]:
