@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any, cast
 
@@ -14,8 +15,11 @@ from kat_scheduler.models import TaskStatus
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
+from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
-from kat_scheduler.workers.reaper import Reaper
+from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, WorkerNodeStore
+from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
+from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, bytes_runs_horizon, message_for
 from tests.factories import NewTaskFactory
 
 
@@ -152,8 +156,6 @@ def test_a_healthy_backlog_is_not_duplicated(reaper, pg_engine, redis_url) -> No
     store = reaper.tasks
     waiting = NewTaskFactory()
     store.claim([waiting])
-    from kat_scheduler.workers.reaper import message_for
-
     reaper.publisher.publish([message_for(store.get(waiting.id))])
     store.mark_published([waiting.id])
     long_ago = utcnow() - timedelta(hours=2)
@@ -173,3 +175,157 @@ def test_old_finished_rows_are_pruned_and_recent_ones_kept(reaper, pg_engine) ->
     assert reaper.reap(utcnow()).pruned == 1
     assert store.get(old.id) is None
     assert store.get(recent.id) is not None and store.get(running.id) is not None
+
+
+# --- worker nodes that stopped beating --------------------------------------------------------
+
+
+def a_node(name: str = "boefjes@host-a") -> WorkerNode:
+    return WorkerNode(id=uuid.uuid4(), name=name, host=name.partition("@")[2], pid=4242)
+
+
+def test_a_silent_node_is_suspected_first_and_its_tasks_handed_on_when_a_later_run_confirms(reaper, redis_url) -> None:
+    store, nodes = reaper.tasks, WorkerNodeStore(reaper.tasks.engine)
+    t0 = utcnow()
+    dead, live = a_node("boefjes@dead"), a_node("boefjes@live")
+    for node in (dead, live):
+        nodes.register(node, t0)
+    running, received, other = NewTaskFactory.create_batch(3)
+    store.claim([running, received, other])
+    store.mark_published([running.id, received.id, other.id])
+    store.start(running.id, "dead:11", now=t0, node_id=dead.id)
+    store.mark_dispatched(received.id, "boefjes@dead", now=t0, node_id=dead.id)
+    store.start(other.id, "live:12", now=t0, node_id=live.id)
+
+    nodes.beat(live, t0 + timedelta(seconds=20))
+    first = reaper.reap(t0 + timedelta(seconds=25))  # dead silent for 25 s: suspected only
+    assert (first.lost_nodes, first.requeued_lost_node) == (0, 0)
+    assert store.get(running.id).status == TaskStatus.RUNNING
+
+    nodes.beat(live, t0 + timedelta(seconds=30))
+    second = reaper.reap(t0 + timedelta(seconds=35))
+    assert (second.lost_nodes, second.requeued_lost_node, second.failed_lost_node) == (1, 2, 0)
+    assert {store.get(i).status for i in (running.id, received.id)} == {TaskStatus.QUEUED}
+    assert sorted(m["headers"]["id"] for m in boefje_messages(redis_url)) == sorted([str(running.id), str(received.id)])
+    assert store.get(other.id).status == TaskStatus.RUNNING and store.get(other.id).worker == "live:12"
+    assert store.start(running.id, "live:13", node_id=live.id) is not None  # the new message runs it
+
+
+def test_a_node_that_beats_again_before_the_confirming_run_is_left_alone(reaper) -> None:
+    """A database outage stops every beat: the run right after it suspects every node, and each
+    beats again before the next run, so nothing is handed on."""
+    store, nodes = reaper.tasks, WorkerNodeStore(reaper.tasks.engine)
+    t0 = utcnow()
+    node = a_node()
+    nodes.register(node, t0)
+    task = NewTaskFactory()
+    store.claim([task])
+    store.start(task.id, "host-a:1", now=t0, node_id=node.id)
+    reaper.reap(t0 + timedelta(seconds=60))  # the database is back after a minute: suspected
+    nodes.beat(node, t0 + timedelta(seconds=62))
+    report = reaper.reap(t0 + timedelta(seconds=70))
+    assert report.lost_nodes == 0 and store.get(task.id).status == TaskStatus.RUNNING
+    assert nodes.get(node.id).suspected_at is None
+
+
+def test_a_task_whose_node_died_on_every_attempt_is_failed(reaper) -> None:
+    store, nodes = reaper.tasks, WorkerNodeStore(reaper.tasks.engine)
+    t0 = utcnow()
+    node = a_node()
+    nodes.register(node, t0)
+    task = NewTaskFactory()
+    store.claim([task])
+    store.start(task.id, "host-a:1", now=t0, node_id=node.id)
+    age(reaper.tasks.engine, task.id, attempts=reaper.settings.max_retries + 1)
+    reaper.reap(t0 + timedelta(seconds=25))
+    report = reaper.reap(t0 + timedelta(seconds=35))
+    assert (report.failed_lost_node, report.requeued_lost_node) == (1, 0)
+    row = store.get(task.id)
+    assert row.status == TaskStatus.FAILED and "stopped beating" in row.error
+
+
+def test_a_worker_whose_run_was_handed_on_cannot_end_the_row(reaper) -> None:
+    store = reaper.tasks
+    task = NewTaskFactory()
+    store.claim([task])
+    store.start(task.id, "silent-host:1")
+    store.transition(task.id, [TaskStatus.RUNNING], TaskStatus.QUEUED)  # as the reaper hands it on
+    assert store.start(task.id, "other-host:2") is not None
+    assert not store.finish(task.id, TaskStatus.COMPLETED, by_worker="silent-host:1")
+    assert not store.requeue(task.id, by_worker="silent-host:1")
+    assert store.get(task.id).status == TaskStatus.RUNNING
+    assert store.finish(task.id, TaskStatus.COMPLETED, by_worker="other-host:2")
+
+
+def test_nodes_silent_for_an_hour_are_forgotten(reaper) -> None:
+    nodes = WorkerNodeStore(reaper.tasks.engine)
+    old, recent = a_node("a@old"), a_node("b@recent")
+    nodes.register(old, utcnow() - timedelta(hours=2))
+    nodes.register(recent, utcnow())
+    reaper.reap(utcnow())
+    assert nodes.get(old.id) is None and nodes.get(recent.id) is not None
+
+
+# --- a broker that lost its data ---------------------------------------------------------------
+
+
+def test_a_flushed_redis_broker_has_every_waiting_task_published_again_on_the_next_run(
+    reaper, pg_engine, redis_url
+) -> None:
+    store = reaper.tasks
+    queued, received, running, done = NewTaskFactory.create_batch(4)
+    store.claim([queued, received, running, done])
+    reaper.publisher.publish([message_for(store.get(t.id)) for t in (queued, received, running, done)])
+    store.mark_published([t.id for t in (queued, received, running, done)])
+    store.mark_dispatched(received.id, "boefjes@host")
+    store.start(running.id, "host:1")
+    store.start(done.id, "host:1")
+    store.finish(done.id, TaskStatus.COMPLETED)
+
+    first = reaper.reap(utcnow())  # the first run leaves its marker; the backlog is healthy
+    assert first.republished_wiped == 0 and len(boefje_messages(redis_url)) == 4
+
+    redis.Redis.from_url(redis_url).flushdb()
+    report = reaper.reap(utcnow())
+    assert report.republished_wiped == 2
+    assert sorted(m["headers"]["id"] for m in boefje_messages(redis_url)) == sorted([str(queued.id), str(received.id)])
+    assert reaper.reap(utcnow()).republished_wiped == 0, "the marker is back: nothing more to republish"
+    assert len(boefje_messages(redis_url)) == 2
+
+
+def test_the_marker_of_a_broker_new_to_this_database_is_adopted_without_republishing(reaper, redis_url) -> None:
+    store = reaper.tasks
+    waiting = NewTaskFactory()
+    store.claim([waiting])
+    store.mark_published([waiting.id])
+    redis.Redis.from_url(redis_url).set(MARKER_KEY, "left-by-another-reaper")
+    assert reaper.reap(utcnow()).republished_wiped == 0
+    assert BrokerMarkerStore(reaper.tasks.engine).token(BROKER_MARKER) == "left-by-another-reaper"
+    assert boefje_messages(redis_url) == []
+
+
+def test_only_a_redis_broker_is_watched_for_lost_data() -> None:
+    assert broker_marker("amqp://guest:guest@localhost:5672//") is None
+    assert broker_marker("sentinel://localhost:26379") is None
+    assert broker_marker("redis://localhost:6379/3") is not None
+
+
+# --- Bytes' runs -----------------------------------------------------------------------------
+
+
+def test_bytes_runs_no_tick_saw_for_the_longest_horizon_that_matters_are_forgotten(reaper, pg_engine) -> None:
+    runs = BytesRunStore(pg_engine)
+    now = utcnow()
+    horizon = bytes_runs_horizon(reaper.settings)
+    assert horizon == timedelta(days=7), "the retention (7 days here) is longer than the grace period plus a day"
+
+    def seen(hash_: str, at) -> None:
+        runs.record([SeenRun(hash_, "org", "dns-records", f"Hostname|internet|{hash_}", at, at)], at)
+
+    seen("a" * 32, now - horizon - timedelta(hours=1))
+    seen("b" * 32, now - horizon + timedelta(hours=1))
+    runs.record_listed([("org", "dns-records")], now - horizon - timedelta(hours=1))
+    assert reaper.prune_bytes_runs(now) == 1
+    assert set(runs.newest(["a" * 32, "b" * 32])) == {"b" * 32}
+    listed, _ = runs.listing_state("org", now=now, stall_age=timedelta(minutes=7))
+    assert listed == set(), "the stale listing goes too: the next tick lists that history again"

@@ -371,3 +371,29 @@ def test_giving_up_on_a_store_drops_the_kept_output_and_names_bytes(store, clien
     assert "bytes: POST /bytes/raw: HTTP 503" in row.error
     assert KEPT_OUTPUT not in row.data and row.data["boefje"]["id"] == "dns-records"
     assert store.last_runs([row.hash]) == {}
+
+
+def test_a_run_handed_on_while_it_went_on_does_not_end_the_row_of_the_run_that_took_it(store, clients, world) -> None:
+    """The reaper hands a task on when its worker node falls silent; should the silent node's run
+    still finish, its end is not recorded: the row belongs to the run that took it over."""
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+
+    class HandedOnMidRun(SimulatedRunner):
+        def run_boefje(self, boefje_id: str, boefje_meta: dict[str, Any], environment: dict[str, str]):
+            store.transition(task_id, [TaskStatus.RUNNING], TaskStatus.QUEUED)  # the reaper
+            assert store.start(task_id, "other-host:2") is not None  # another worker took it
+            return super().run_boefje(boefje_id, boefje_meta, environment)
+
+    result = BoefjeJob(store, clients, HandedOnMidRun()).run(task_id, "silent-host:1", org, "dns-records", ref)
+    assert result.outcome == Outcome.SKIPPED
+    row = store.get(task_id)
+    assert (row.status, row.worker, row.attempts) == (TaskStatus.RUNNING, "other-host:2", 2)
+
+
+def test_a_worker_node_id_is_recorded_on_the_tasks_it_runs(store, clients, world) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    node_id = uuid.uuid4()
+    result = BoefjeJob(store, clients, SimulatedRunner()).run(task_id, "w1", org, "dns-records", ref, node_id=node_id)
+    assert result.outcome == Outcome.COMPLETED and store.get(task_id).node_id == node_id
