@@ -53,7 +53,7 @@ def explain_cmd(ctx: click.Context, org: str, reference: str, fmt: str) -> None:
         migrate.require_schema(settings.db_uri)
     except migrate.DatabaseNotReady as exc:
         _fail(str(exc), 2 if isinstance(exc, migrate.SchemaNotReady) else 1)
-    engine = make_engine(settings.db_uri, pool_size=2)
+    engine = make_engine(settings.db_uri, pool_size=4)
     clients = clients_from_settings(settings)
     try:
         answer = explain_object(Sources.on(engine, clients), Policy.of(settings), org, reference, now=datetime.now(UTC))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 _TASKS = table_of(TaskRow)
 _SCHEDULES = table_of(ScheduleRow)
-#: Requests to Bytes at once (one per pair without history of our own).
-BYTES_CONCURRENCY = 8
+#: Reads at once per explain: the services' and the database's (Bytes: one per pair without history of our own).
+CONCURRENCY = 8
 
 
 class ObjectNotFound(LookupError):
@@ -132,27 +132,28 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
     :class:`~kat_scheduler.clients.OrganisationNotFound` for an organisation Katalogus does not
     know, and any other :class:`~kat_scheduler.clients.ServiceError` of Octopoes or Katalogus.
     """
-    clients = sources.clients
-    # An object's primary key starts with its type: Katalogus is asked for that type's boefjes
-    # while Octopoes is asked for the object (asked again should the object say otherwise).
-    guessed = reference.split("|", 1)[0]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        listing = pool.submit(_consumers, clients, organisation, guessed)
-        ooi = clients.octopoes.get_object(organisation, reference, valid_time=now)
+    # Independent reads run at once (threads: each mostly waits on a service or the database):
+    # Katalogus is asked for the boefjes of the type the primary key starts with while Octopoes is
+    # asked for the object; the pairs' rows are read as soon as the boefjes are known.
+    with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="explain") as pool:
+        guessed = reference.split("|", 1)[0]
+        listing = pool.submit(_consumers, sources.clients, organisation, guessed)
+        found = pool.submit(sources.clients.octopoes.get_object, organisation, reference, valid_time=now)
         boefjes, invalid = listing.result()  # raises OrganisationNotFound for an unknown organisation
-    if ooi is None:
-        raise ObjectNotFound(f"no object {reference!r} in organisation {organisation!r} (Octopoes, at {when(now)})")
-    if ooi.object_type != guessed:
-        boefjes, invalid = _consumers(clients, organisation, ooi.object_type)
-    hashes = {b.id: boefje_task_hash(b.id, organisation, ooi.primary_key) for b in boefjes}
-    if not boefjes:
-        return ObjectFacts(organisation, ooi, [], invalid)
-    live = _live(sources.views, organisation, ooi.primary_key, list(hashes.values()))
-    last_ended = {h: _utc(t) for h, t in sources.tasks.last_runs(list(hashes.values())).items()}
-    outcomes = _outcomes(sources.views, organisation, ooi.primary_key, last_ended)
-    schedules = _schedules(sources.schedules, organisation, list(hashes.values()))
-    ask_bytes = [b for b in boefjes if hashes[b.id] not in last_ended and hashes[b.id] not in live]
-    runs, note = _bytes_runs(sources, organisation, ooi.primary_key, ask_bytes, hashes)
+        rows = _rows(pool, sources, organisation, reference, boefjes)
+        ooi = found.result()
+        if ooi is None:
+            raise ObjectNotFound(f"no object {reference!r} in organisation {organisation!r} (Octopoes, at {when(now)})")
+        if ooi.object_type != guessed or ooi.primary_key != reference:  # read again for what the object says
+            boefjes, invalid = _consumers(sources.clients, organisation, ooi.object_type)
+            rows = _rows(pool, sources, organisation, ooi.primary_key, boefjes)
+        if not boefjes:
+            return ObjectFacts(organisation, ooi, [], invalid)
+        hashes, live, last_ended, schedules = rows.result()
+        outcomes_read = pool.submit(_outcomes, sources.views, organisation, ooi.primary_key, last_ended)
+        ask_bytes = [b for b in boefjes if hashes[b.id] not in last_ended and hashes[b.id] not in live]
+        runs, note = _bytes_runs(pool, sources, organisation, ooi.primary_key, ask_bytes, hashes)
+        outcomes = outcomes_read.result()
     pairs = [
         PairFacts(
             boefje=b,
@@ -167,6 +168,39 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
         for b in boefjes
     ]
     return ObjectFacts(organisation, ooi, pairs, invalid)
+
+
+class _PendingRows:
+    def __init__(
+        self,
+        hashes: dict[str, str],
+        live: Future[dict[str, LiveTask]],
+        last: Future[dict[str, datetime]],
+        schedules: Future[dict[str, ScheduleFacts]],
+    ) -> None:
+        self.hashes, self._live, self._last, self._schedules = hashes, live, last, schedules
+
+    def result(self) -> tuple[dict[str, str], dict[str, LiveTask], dict[str, datetime], dict[str, ScheduleFacts]]:
+        return self.hashes, self._live.result(), self._last.result(), self._schedules.result()
+
+
+def _rows(
+    pool: ThreadPoolExecutor, sources: Sources, organisation: str, reference: str, boefjes: Sequence[Boefje]
+) -> _PendingRows:
+    """Start reading the pairs' rows: three statements at once."""
+    hashes = {b.id: boefje_task_hash(b.id, organisation, reference) for b in boefjes}
+    wanted = list(hashes.values())
+    return _PendingRows(
+        hashes,
+        pool.submit(_live, sources.views, organisation, reference, wanted),
+        pool.submit(_last_ended, sources.tasks, wanted),
+        pool.submit(_schedules, sources.schedules, organisation, wanted),
+    )
+
+
+def _last_ended(tasks: TaskStore, hashes: list[str]) -> dict[str, datetime]:
+    """Our own last run of each hash, exactly as the producers read it."""
+    return {h: _aware(t) for h, t in tasks.last_runs(hashes).items()} if hashes else {}
 
 
 def _consumers(clients: KATClients, organisation: str, object_type: str) -> tuple[list[Boefje], dict[str, str]]:
@@ -184,6 +218,8 @@ def when(moment: datetime) -> str:
 
 def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]) -> dict[str, LiveTask]:
     """The live task of each of ``hashes`` (at most one each: ``uq_tasks_live_hash``)."""
+    if not hashes:
+        return {}
     col = _TASKS.c
     query = TaskQuery(
         organisations=[organisation],
@@ -199,13 +235,13 @@ def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]
 
 
 def _outcomes(
-    views: TaskViews, organisation: str, reference: str, last_ended: dict[str, datetime | None]
+    views: TaskViews, organisation: str, reference: str, last_ended: Mapping[str, datetime]
 ) -> dict[str, str]:
     """The status (``completed`` or ``failed``) of the run each last end in ``last_ended`` belongs to."""
     if not last_ended:
         return {}
     col = _TASKS.c
-    ends = sorted({t for t in last_ended.values() if t is not None})
+    ends = sorted(set(last_ended.values()))
     query = TaskQuery(
         organisations=[organisation],
         input_ooi=reference,
@@ -225,6 +261,8 @@ def _outcomes(
 
 
 def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> dict[str, ScheduleFacts]:
+    if not hashes:
+        return {}
     query = ScheduleQuery(organisation=organisation, where=[_SCHEDULES.c.hash.in_(hashes)])
     page = store.page(query, offset=0, limit=len(hashes))
     return {
@@ -234,10 +272,15 @@ def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> di
 
 
 def _bytes_runs(
-    sources: Sources, organisation: str, reference: str, boefjes: Sequence[Boefje], hashes: dict[str, str]
+    pool: ThreadPoolExecutor,
+    sources: Sources,
+    organisation: str,
+    reference: str,
+    boefjes: Sequence[Boefje],
+    hashes: dict[str, str],
 ) -> tuple[dict[str, BytesRun], str | None]:
-    """Bytes' newest run of each pair of ``boefjes`` on ``reference``; on a Bytes error, the runs
-    a tick last saw (``bytes_runs``) and a note saying so."""
+    """Bytes' newest run of each pair of ``boefjes`` on ``reference`` (the requests at once); on a
+    Bytes error, the runs a tick last saw (``bytes_runs``) and a note saying so."""
     if not boefjes:
         return {}, None
     client = sources.clients.bytes
@@ -248,12 +291,9 @@ def _bytes_runs(
             return hashes[boefje.id], None
         return hashes[boefje.id], BytesRun(meta.started_at, meta.ended_at)
 
+    asked = [pool.submit(newest, boefje) for boefje in boefjes]
     try:
-        if len(boefjes) == 1:
-            answers = [newest(boefjes[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(BYTES_CONCURRENCY, len(boefjes))) as pool:
-                answers = list(pool.map(newest, boefjes))
+        answers = [future.result() for future in asked]
     except ServiceError as exc:
         logger.warning(
             "explain: Bytes did not answer for %s in %s, using the runs a tick saw: %s", reference, organisation, exc
