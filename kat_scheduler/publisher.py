@@ -6,7 +6,7 @@ on our configuration consumes unchanged; only the way they reach the broker diff
 ``apply_async``:
 
 * Redis (:class:`~kat_scheduler.publishing.redis_publisher.RedisPublisher`): kombu's envelope
-  is written straight into a non-transactional redis-py pipeline, one ``LPUSH`` per
+  goes through a non-transactional redis-py pipeline, one ``LPUSH`` per
   queue and priority key and one round trip per chunk.
 * RabbitMQ and anything else
   (:class:`~kat_scheduler.publishing.kombu_publisher.KombuPublisher`): kombu's ``Producer`` on

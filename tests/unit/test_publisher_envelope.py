@@ -15,17 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis.connection
 from celery import Celery
 from celery.worker.request import Request
 from kombu.connection import Connection
-from kombu.transport.redis import Channel as KombuRedisChannel
 
 from kat_scheduler.celery_app import create_app
-from kat_scheduler.config import broker_transport_options
 from kat_scheduler.publisher import OutgoingMessage
 from kat_scheduler.publishing.envelope import RedisEnvelopes, origin, redis_envelope, task_headers
-from kat_scheduler.publishing.redis_publisher import PriorityKeys, _lpush_commands
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 
@@ -57,7 +53,8 @@ def stock_envelope(app: Celery, message: OutgoingMessage) -> dict[str, Any]:
     priority = broker_priority(message.band, "redis")
     app.send_task(message.task_name, kwargs=message.kwargs, task_id=str(message.task_id), priority=priority)
     with app.connection_for_write() as conn:
-        return conn.default_channel._get(message.queue)  # type: ignore[no-any-return]
+        received = conn.default_channel.basic_get(message.queue, no_ack=True)
+        return received.serializable()  # type: ignore[no-any-return]
 
 
 def test_our_envelope_is_the_one_send_task_writes(app: Celery) -> None:
@@ -108,36 +105,6 @@ def test_a_long_kwargs_repr_is_cut_as_celery_cuts_it() -> None:
     shown = task_headers(message, "gen1@host")["kwargsrepr"]
     assert len(shown) == 1024
     assert shown.endswith("...")
-
-
-def test_redis_keys_follow_kombus_mapping_with_our_transport_options() -> None:
-    options = broker_transport_options(load_settings(broker_url="redis://127.0.0.1:6379/0"))
-    keys = PriorityKeys(options)
-    kombu = object.__new__(KombuRedisChannel)  # only _q_for_pri and its attributes are used
-    kombu.sep, kombu.priority_steps = options["sep"], options["priority_steps"]
-
-    for band in range(10):
-        priority = broker_priority(band, "redis")
-        assert keys.key("boefjes", priority) == kombu._q_for_pri("boefjes", priority)
-    assert keys.all_keys("boefjes") == ["boefjes"] + [f"boefjes{options['sep']}{step}" for step in range(1, 10)]
-
-
-def test_redis_keys_take_kombus_defaults_for_what_the_options_leave_out() -> None:
-    keys = PriorityKeys({})
-    kombu = object.__new__(KombuRedisChannel)
-    for priority in range(10):
-        assert keys.key("q", priority) == kombu._q_for_pri("q", priority)
-
-
-def test_the_lpush_commands_we_write_are_the_ones_redis_py_writes() -> None:
-    chunk = {
-        "boefjes": [(uuid.uuid4(), redis_envelope(outgoing(), 3, "gen1@host")) for _ in range(3)],
-        "boefjes\x066": [(uuid.uuid4(), 'ünïcode "quoted" \\ {x}')],
-    }
-    stock = redis.connection.Connection().pack_commands(
-        [("LPUSH", key, *(payload for _, payload in items)) for key, items in chunk.items()]
-    )
-    assert _lpush_commands(chunk) == b"".join(stock)
 
 
 def test_importing_the_publisher_api_loads_no_broker_library() -> None:
