@@ -225,7 +225,8 @@ def test_a_node_that_beats_again_before_the_confirming_run_is_left_alone(reaper)
     nodes.beat(node, t0 + timedelta(seconds=62))
     report = reaper.reap(t0 + timedelta(seconds=70))
     assert report.lost_nodes == 0 and store.get(task.id).status == TaskStatus.RUNNING
-    assert nodes.get(node.id).suspected_at is None
+    row = nodes.get(node.id)
+    assert row is not None and row.suspected_at is None
 
 
 def test_a_task_whose_node_died_on_every_attempt_is_failed(reaper) -> None:

@@ -1,0 +1,232 @@
+"""Repairs without long waits, with real worker processes at the default settings: a worker whose
+main process is SIGKILLed has its task handed to another worker within a minute; a worker
+running a long plugin is never reaped; a flushed Redis broker has its backlog back within one
+reaper interval. The reaper runs every ``SCHEDULER_REAP_INTERVAL`` seconds in a thread, as beat
+would have a scheduler worker run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from kat_scheduler.models import TaskStatus
+from kat_scheduler.publisher import make_publisher
+from kat_scheduler.queues import Queue
+from kat_scheduler.settings import Settings, load_settings
+from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.workers.reaper import Reaper, ReapReport, message_for
+from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
+from tests.workers import celery_worker, wait_for
+
+#: What the slow plugin sleeps, from the worker's environment (each worker is told its own).
+SLEEP = "KAT_TEST_PLUGIN_SECONDS"
+
+
+@pytest.fixture
+def engine(private_postgres_uri: str) -> Iterator[Engine]:
+    engine = make_engine(private_postgres_uri)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(private_postgres_uri: str, redis_url: str) -> Settings:
+    """The defaults for everything the repairs depend on; only where the services are is set."""
+    return load_settings(broker_url=redis_url, db_uri=private_postgres_uri)
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    root = tmp_path / "plugins" / "kat_dns"
+    root.mkdir(parents=True)
+    (root / "boefje.json").write_text(json.dumps({"id": "dns-records", "name": "dns-records"}))
+    (root / "main.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import time
+
+            def run(boefje_meta):
+                time.sleep(float(os.environ.get("{SLEEP}", "0")))
+                return [({{"openkat/dns"}}, "A 192.0.2.1")]
+            """
+        )
+    )
+    return root.parent
+
+
+def worker_env(kat, settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": settings.db_uri,
+        "SCHEDULER_BROKER_URL": settings.broker_url,
+        **extra,
+    }
+
+
+class ReaperLoop:
+    """The reaper every ``reap_interval`` seconds in a thread; its reports are kept."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.publisher = make_publisher(settings)
+        self.reaper = Reaper(TaskStore(engine), self.publisher, settings)
+        self.interval = settings.reap_interval
+        self.reports: list[tuple[float, ReapReport]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.reports.append((time.monotonic(), self.reaper.reap(utcnow())))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> ReaperLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.publisher.close()
+
+
+def row_of(store: TaskStore, task_id: uuid.UUID) -> TaskRow:
+    row = store.get(task_id)
+    assert row is not None
+    return row
+
+
+def report_figure(name: str, seconds: float) -> None:
+    """Measured figures go to the test output (``pytest -s``) and a file named by the environment."""
+    line = f"{name}: {seconds:.1f} s"
+    print(line)
+    target = os.environ.get("KAT_TEST_FIGURES")
+    if target:
+        with open(target, "a") as out:
+            out.write(line + "\n")
+
+
+def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_within_a_minute(
+    kat, world, clients, engine, settings, plugins, tmp_path
+) -> None:
+    store = TaskStore(engine)
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    store.mark_published([task_id])
+    env = worker_env(kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins))
+    publisher = make_publisher(settings)
+    publisher.publish([message_for(row_of(store, task_id))])
+    publisher.close()
+    with (
+        ReaperLoop(engine, settings) as loop,
+        celery_worker(
+            "kat_scheduler",
+            [Queue.BOEFJES.value],
+            {**env, SLEEP: "300"},
+            hostname="doomed@%h",
+            log_file=tmp_path / "doomed.log",
+        ) as doomed,
+    ):
+        running = wait_for(lambda: row_of(store, task_id).status == TaskStatus.RUNNING, timeout=60)
+        assert running, (tmp_path / "doomed.log").read_text()[-3000:]
+        first = row_of(store, task_id)
+        assert first.node_id is not None, "the running task names the node whose heartbeat vouches for it"
+        with celery_worker(
+            "kat_scheduler",
+            [Queue.BOEFJES.value],
+            {**env, SLEEP: "0"},
+            hostname="rescuer@%h",
+            log_file=tmp_path / "rescuer.log",
+        ):
+            time.sleep(3)  # the rescuer is up and idle (its start is no part of the figure)
+            os.kill(doomed.pid, signal.SIGKILL)  # the main process only; its pool process dies with it
+            killed = time.monotonic()
+            handed_on = wait_for(
+                lambda: row_of(store, task_id).status != TaskStatus.RUNNING or row_of(store, task_id).attempts > 1,
+                timeout=90,
+                interval=0.2,
+            )
+            requeued_after = time.monotonic() - killed
+            done = wait_for(lambda: row_of(store, task_id).status == TaskStatus.COMPLETED, timeout=90, interval=0.2)
+            completed_after = time.monotonic() - killed
+        assert handed_on and done, (tmp_path / "rescuer.log").read_text()[-3000:]
+        assert any(report.requeued_lost_node == 1 for _, report in loop.reports)
+    row = row_of(store, task_id)
+    assert row.attempts == 2 and row.worker != first.worker and row.node_id != first.node_id
+    assert len(world.raw_files_of(task_id)) == 1, "the plugin's output was stored once"
+    report_figure("SIGKILLed worker main process: task handed on after", requeued_after)
+    report_figure("SIGKILLed worker main process: task completed by another worker after", completed_after)
+    assert completed_after < 60
+
+
+def test_a_worker_running_a_long_plugin_keeps_beating_and_is_never_reaped(
+    kat, world, clients, engine, settings, plugins, tmp_path
+) -> None:
+    store = TaskStore(engine)
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    store.mark_published([task_id])
+    # Longer than the silence that gets a node suspected and confirmed, at the defaults.
+    runs_for = settings.worker_lost_after + 2 * settings.reap_interval + 5
+    env = worker_env(kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins))
+    publisher = make_publisher(settings)
+    publisher.publish([message_for(row_of(store, task_id))])
+    publisher.close()
+    with (
+        ReaperLoop(engine, settings) as loop,
+        celery_worker(
+            "kat_scheduler", [Queue.BOEFJES.value], {**env, SLEEP: str(runs_for)}, log_file=tmp_path / "w.log"
+        ),
+    ):
+        done = wait_for(lambda: row_of(store, task_id).status == TaskStatus.COMPLETED, timeout=runs_for + 60)
+        assert done, (tmp_path / "w.log").read_text()[-3000:]
+    row = row_of(store, task_id)
+    assert row.attempts == 1 and row.error is None
+    assert row.ended_at is not None and row.started_at is not None
+    assert (row.ended_at - row.started_at).total_seconds() >= runs_for
+    assert not any(r.lost_nodes or r.requeued_lost_node for _, r in loop.reports)
+
+
+def test_a_flushed_redis_broker_has_its_backlog_back_within_one_reaper_interval_and_it_runs(
+    kat, world, clients, engine, settings, tmp_path
+) -> None:
+    store = TaskStore(engine)
+    org, _ = hostname_with_dns(world)
+    refs = [o.primary_key for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 1]
+    ids = [queued_boefje_task(store, org, "dns-records", ref, clients) for ref in refs[:40]]
+    store.mark_published(ids)
+    publisher = make_publisher(settings)
+    publisher.publish([message_for(row_of(store, i)) for i in ids])
+    broker = redis.Redis.from_url(settings.broker_url)
+    with ReaperLoop(engine, settings) as loop:
+        assert wait_for(lambda: len(loop.reports) >= 1, timeout=30)  # the marker is in place
+        assert publisher.queue_depth(Queue.BOEFJES.value) == len(ids)
+        broker.flushdb()
+        flushed = time.monotonic()
+        back = wait_for(lambda: publisher.queue_depth(Queue.BOEFJES.value) == len(ids), timeout=60, interval=0.1)
+        back_after = time.monotonic() - flushed
+        assert back, f"the backlog was not published again: {[r for _, r in loop.reports]}"
+    publisher.close()
+    assert sum(r.republished_wiped for _, r in loop.reports) == len(ids)
+    report_figure("FLUSHDB of the broker's Redis db: backlog published again after", back_after)
+    assert back_after <= settings.reap_interval + 2
+    env = worker_env(kat, settings, SCHEDULER_RUNNER="simulated")
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, concurrency=2, log_file=tmp_path / "w.log"):
+        ran = wait_for(lambda: all(row_of(store, i).status == TaskStatus.COMPLETED for i in ids), timeout=90)
+        assert ran, (tmp_path / "w.log").read_text()[-3000:]
