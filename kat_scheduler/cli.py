@@ -192,7 +192,7 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
     from datetime import UTC, datetime
 
     from kat_scheduler.clients import OrganisationNotFound, ServiceError
-    from kat_scheduler.planning.boefjes import PushRefused
+    from kat_scheduler.producers import PushRefused
     from kat_scheduler.settings import masked_url
 
     runtime = _planner_runtime()

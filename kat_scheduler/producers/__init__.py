@@ -1,1 +1,36 @@
-"""Producers: what decides, on its own, to queue boefje work (the tick, due schedules, manual push)."""
+"""The boefje producers: each decides on its own what to queue, behind one :class:`Producer` protocol.
+
+* :mod:`~kat_scheduler.producers.tick`: the cold planning tick (:class:`TickProducer`);
+* :mod:`~kat_scheduler.producers.due`: due boefje schedules (:class:`DueSchedulesProducer`);
+* :mod:`~kat_scheduler.producers.push`: a boefje queued by hand (:class:`ManualPush`).
+
+What they share has one module each: :mod:`~kat_scheduler.producers.base` (the protocol and the
+:class:`ProducerContext` of clients, stores, settings and publisher),
+:mod:`~kat_scheduler.producers.report` (:class:`PlanReport`),
+:mod:`~kat_scheduler.producers.backpressure` (reading the queue depth; a depth that cannot be
+read holds the low bands back), :mod:`~kat_scheduler.producers.bytes_history` (Bytes' run
+history, listed in bulk and kept) and :mod:`~kat_scheduler.producers.dispatching` (claims ahead,
+publishing in order, bookkeeping after). Whether a pair may run and is due, and its rank, are
+:mod:`kat_scheduler.rules`'; which pairs are candidates, :mod:`kat_scheduler.planning.candidates`'.
+
+:class:`kat_scheduler.planning.boefjes.BoefjePlanner` is the transitional entry point that
+Celery tasks, the CLI and the listener's callers still use; it delegates to these producers.
+"""
+
+from kat_scheduler.producers.base import Producer, ProducerContext
+from kat_scheduler.producers.due import DueSchedulesProducer
+from kat_scheduler.producers.push import ManualPush, PushRefused, PushResult
+from kat_scheduler.producers.report import PlanReport
+from kat_scheduler.producers.tick import OrgPlan, TickProducer
+
+__all__ = [
+    "DueSchedulesProducer",
+    "ManualPush",
+    "OrgPlan",
+    "PlanReport",
+    "Producer",
+    "ProducerContext",
+    "PushRefused",
+    "PushResult",
+    "TickProducer",
+]

@@ -1,4 +1,6 @@
-"""Reading a queue's depth for backpressure; the decision itself is :mod:`kat_scheduler.rules.backpressure`'s.
+"""Backpressure on the boefje queue for the producers: read the depth, hold bands back.
+
+The decision itself is :mod:`kat_scheduler.rules.backpressure`'s.
 
 A depth that cannot be read holds the low bands back (as a deep queue does) and says so: a
 warning naming the queue and the error (URLs in it masked), and the :class:`Backpressure` the
@@ -11,11 +13,15 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
+from kat_scheduler.planning.candidates import BOEFJE_QUEUE, Candidate
 from kat_scheduler.recording import describe
+from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.backpressure import Backpressure, backpressure
 from kat_scheduler.settings import masked_url
 
 if TYPE_CHECKING:
+    from kat_scheduler.producers.base import ProducerContext
+    from kat_scheduler.producers.report import PlanReport
     from kat_scheduler.publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -42,3 +48,31 @@ def read_backpressure(publisher: Publisher, queue: str, *, limit: int, band: int
     if decision.on:
         logger.warning("backpressure: %s this tick", decision.reason)
     return decision
+
+
+def backpressure_for(context: ProducerContext, report: PlanReport) -> int | None:
+    """The highest band a run may add to the boefje queue (``None``: any), noted in ``report``.
+
+    With no publisher (a planner that only decides) nothing is read and every band may go."""
+    if context.publisher is None:
+        return None
+    decision = read_backpressure(
+        context.publisher,
+        BOEFJE_QUEUE,
+        limit=context.settings.queue_depth_limit_boefjes,
+        band=context.settings.backpressure_band,
+    )
+    report.queue_depth = decision.depth
+    report.queue_depth_error = decision.error if decision.depth is None else None
+    report.backpressure = decision.on
+    report.max_band = decision.max_band
+    return decision.max_band
+
+
+def keep_bands(candidates: list[Candidate], max_band: int | None, report: PlanReport) -> list[Candidate]:
+    """The candidates backpressure lets through; the others are counted as skipped in ``report``."""
+    if max_band is None:
+        return candidates
+    kept = [c for c in candidates if c.rank.band <= max_band]
+    report.skipped[SkipReason.BACKPRESSURE] += len(candidates) - len(kept)
+    return kept

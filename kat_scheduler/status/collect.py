@@ -257,7 +257,12 @@ def _stalled_group(
 ) -> StalledGroup:
     with engine.connect() as conn:
         count = conn.execute(select(func.count()).select_from(_TASKS).where(*conditions)).scalar_one()
-        rows = conn.execute(select(_TASKS, since.label("since")).where(*conditions).order_by(since).limit(examples))
+        col = _TASKS.c
+        # The columns a stalled row shows, no more: a schema older than the code still answers.
+        shown = (col.id, col.scheduler_id, col.organisation, col.plugin_id, col.input_ooi, col.status, col.worker)
+        rows = conn.execute(
+            select(*shown, col.attempts, since.label("since")).where(*conditions).order_by(since).limit(examples)
+        )
         listed = [
             StalledRow(
                 id=row.id,

@@ -444,8 +444,8 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
 
     settings = planner_settings.model_copy(update={"unpublished_after": 0.6, "plan_threads": 1})
     publisher = make_publisher(settings)
-    planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings, publisher)
-    real = planner.plan_org
+    tick = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings, publisher).tick()
+    real = tick.plan_org
 
     first_org_then: dict[str, int] = {}
 
@@ -462,9 +462,9 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
                 ).scalar_one()
         return plan
 
-    planner.plan_org = slow_plan_org  # type: ignore[method-assign,assignment]
+    tick.plan_org = slow_plan_org  # type: ignore[method-assign,assignment]
     try:
-        report = planner.plan(None, now=NOW)
+        report = tick.run(NOW)
     finally:
         publisher.close()
     # The first organisation's tasks went out (and were marked) before the last one was planned ...
@@ -479,16 +479,17 @@ def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
     planner, world, pg_engine, redis_url
 ) -> None:
     broken = world.organisation_ids[2]
-    real = planner.plan_org
+    tick = planner.tick()
+    real = tick.plan_org
 
     def failing(org: str, now: datetime):
         if org == broken:
             raise RuntimeError("the database went away")
         return real(org, now)
 
-    planner.plan_org = failing
+    tick.plan_org = failing
     with pytest.raises(RuntimeError, match="went away"):
-        planner.plan(None, now=NOW)
+        tick.run(NOW)
     with pg_engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(TaskRow)).scalar_one()
         unpublished = conn.execute(select(func.count()).select_from(UnpublishedTask)).scalar_one()
