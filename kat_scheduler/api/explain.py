@@ -2,8 +2,9 @@
 the mula-compatible ones).
 
 The same answer as ``kat-scheduler explain --format json`` (:mod:`kat_scheduler.explain`), as a
-list: every boefje consuming the object's type, with the rule that decides now. 404 when the
-object or the organisation does not exist, 502 when a KAT service cannot answer.
+list: every boefje consuming the object's type, with the rule that decides now. 400 for what
+cannot be an organisation or an object key, 404 when the object or the organisation does not
+exist, 502 when a KAT service cannot answer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
-from kat_scheduler.explain import Decision, ObjectNotFound, Policy, Sources, explain_object
+from kat_scheduler.explain import BadRequest, Decision, ObjectNotFound, Policy, Sources, explain_object
 from kat_scheduler.storage.tables import utcnow
 
 router = APIRouter(tags=["explain"])
@@ -38,6 +39,7 @@ class BoefjeExplanation(BaseModel):
     response_model=list[BoefjeExplanation],
     summary="Why an object is or is not scanned: every boefje consuming its type, with the rule that decides now",
     responses={
+        400: {"model": Problem, "description": "No organisation or object can be called so"},
         404: {"model": Problem, "description": "No such object, or no such organisation"},
         502: {"model": Problem, "description": "A KAT service did not answer"},
     },
@@ -50,6 +52,8 @@ def explain(
     sources = Sources.on(ctx.engine, ctx.clients)
     try:
         answer = explain_object(sources, Policy.of(ctx.settings), organisation, input_ooi, now=utcnow())
+    except BadRequest as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     except ObjectNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except OrganisationNotFound:

@@ -18,6 +18,7 @@ The API route is :mod:`kat_scheduler.api.explain`. Nothing here changes anything
 
 from kat_scheduler.explain.decide import DECISIONS, Decision, Explanation, Policy, explain
 from kat_scheduler.explain.facts import (
+    BadRequest,
     LastRun,
     LiveTask,
     ObjectFacts,
@@ -25,6 +26,7 @@ from kat_scheduler.explain.facts import (
     PairFacts,
     ScheduleFacts,
     Sources,
+    check_request,
     gather_facts,
 )
 from kat_scheduler.explain.service import Answer, explain_object
@@ -32,6 +34,7 @@ from kat_scheduler.explain.service import Answer, explain_object
 __all__ = [
     "DECISIONS",
     "Answer",
+    "BadRequest",
     "Decision",
     "Explanation",
     "LastRun",
@@ -42,6 +45,7 @@ __all__ = [
     "Policy",
     "ScheduleFacts",
     "Sources",
+    "check_request",
     "explain",
     "explain_object",
     "gather_facts",

@@ -2,8 +2,8 @@
 
 Registered in :mod:`kat_scheduler.cli`; also runs as ``python -m kat_scheduler.explain``. Exits 0
 with the answer, 1 when the object or the organisation does not exist or a service or the
-database cannot answer (one line on stderr), 2 for bad settings or a database without the newest
-schema.
+database cannot answer (one line on stderr), 2 for what cannot be an organisation or an object
+key, bad settings, or a database without the newest schema.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import click
 
 from kat_scheduler.explain.decide import Policy
-from kat_scheduler.explain.facts import ObjectNotFound, Sources
+from kat_scheduler.explain.facts import BadRequest, ObjectNotFound, Sources, check_request
 from kat_scheduler.explain.render import FORMATS, render
 from kat_scheduler.explain.service import explain_object
 from kat_scheduler.settings import Settings, SettingsError, load_settings, masked_url
@@ -42,6 +42,10 @@ def explain_cmd(ctx: click.Context, org: str, reference: str, fmt: str) -> None:
     from kat_scheduler.storage import migrate
     from kat_scheduler.storage.db import make_engine
 
+    try:
+        check_request(org, reference)
+    except BadRequest as exc:
+        raise click.BadParameter(str(exc)) from None
     settings = ctx.obj if isinstance(ctx.obj, Settings) else None
     if settings is None:
         try:

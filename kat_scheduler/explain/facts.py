@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, or_
 
 from kat_scheduler.clients import KATClients, ServiceError
+from kat_scheduler.models.limits import ID_LENGTH, OBJECT_KEY_LENGTH
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje, PluginType
 from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
@@ -40,7 +41,26 @@ CONCURRENCY = 8
 
 
 class ObjectNotFound(LookupError):
-    """Octopoes does not know the object in the organisation (or the organisation)."""
+    """Octopoes does not know the object in the organisation."""
+
+
+class BadRequest(ValueError):
+    """An organisation id or an object key no object can have (too long, a NUL, not UTF-8)."""
+
+
+def check_request(organisation: str, reference: str) -> None:
+    """Refuse (:class:`BadRequest`) what no organisation or object can be called, before any I/O."""
+    for what, value, limit in (("organisation", organisation, ID_LENGTH), ("object key", reference, OBJECT_KEY_LENGTH)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"the {what} is not valid UTF-8 text") from None
+        if not value:
+            raise BadRequest(f"the {what} is empty")
+        if "\x00" in value:
+            raise BadRequest(f"the {what} contains a NUL character")
+        if len(value) > limit:
+            raise BadRequest(f"the {what} is {len(value)} characters long; at most {limit} can be one")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +148,12 @@ def _utc(moment: datetime | None) -> datetime | None:
 def gather_facts(sources: Sources, organisation: str, reference: str, *, now: datetime) -> ObjectFacts:
     """The facts of ``reference`` in ``organisation`` at ``now``.
 
-    Raises :class:`ObjectNotFound` for an object Octopoes does not know,
+    Raises :class:`BadRequest` for what cannot be an organisation or an object key,
+    :class:`ObjectNotFound` for an object Octopoes does not know,
     :class:`~kat_scheduler.clients.OrganisationNotFound` for an organisation Katalogus does not
     know, and any other :class:`~kat_scheduler.clients.ServiceError` of Octopoes or Katalogus.
     """
+    check_request(organisation, reference)
     # Independent reads run at once (threads: each mostly waits on a service or the database):
     # Katalogus is asked for the boefjes of the type the primary key starts with while Octopoes is
     # asked for the object; the pairs' rows are read as soon as the boefjes are known.

@@ -353,6 +353,13 @@ def test_the_command_refuses_an_object_that_does_not_exist_in_one_line(world, se
     assert line.startswith(f"kat-scheduler: no object 'Hostname|internet|nowhere.example' in organisation '{org}'")
 
 
+def test_the_command_refuses_a_key_no_object_can_have_before_asking_anyone(world, settings) -> None:
+    too_long = "Hostname|internet|" + "a" * 1100
+    result = CliRunner().invoke(explain_cmd, ["--org", world.organisation_ids[0], "--ooi", too_long], obj=settings)
+    assert result.exit_code == 2
+    assert "the object key is 1118 characters long; at most 1024 can be one" in result.output
+
+
 def subprocess_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
@@ -430,6 +437,8 @@ def test_the_route_returns_the_same_objects_as_a_list_and_404_for_what_does_not_
         assert no_org.status_code == 404
         no_params = http.get(f"{url}/explain", timeout=10)
         assert no_params.status_code == 422
+        nul = http.get(f"{url}/explain", params={"organisation": place.org, "input_ooi": "Hostname|a\x00b"}, timeout=10)
+        assert nul.status_code == 400 and nul.json()["detail"] == "the object key contains a NUL character"
 
 
 # --- once registered (kat_scheduler/cli.py and kat_scheduler/api/app.py are not this module's) -------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,18 @@ from typing import Any
 
 import pytest
 
-from kat_scheduler.explain import DECISIONS, Decision, LiveTask, ObjectFacts, PairFacts, Policy, ScheduleFacts, explain
+from kat_scheduler.explain import (
+    DECISIONS,
+    BadRequest,
+    Decision,
+    LiveTask,
+    ObjectFacts,
+    PairFacts,
+    Policy,
+    ScheduleFacts,
+    check_request,
+    explain,
+)
 from kat_scheduler.explain.render import render, render_json, render_table
 from kat_scheduler.models import OOI, Boefje, TaskStatus
 from kat_scheduler.rules import BytesRun
@@ -288,3 +300,22 @@ def test_an_object_no_boefje_consumes_says_so() -> None:
     facts = ObjectFacts(ORG, ooi_at(2), [])
     assert list(render(facts, [], "table"))[-1] == "no boefje of aa consumes Hostname"
     assert list(render(facts, [], "json")) == []
+
+
+@pytest.mark.parametrize(
+    ("organisation", "reference", "refused"),
+    [
+        ("aa", "Hostname|internet|a\x00b.nl", "the object key contains a NUL character"),
+        ("aa", "Hostname|internet|" + "a" * 1100, "the object key is 1118 characters long; at most 1024 can be one"),
+        ("aa", "Hostname|internet|\udcff.nl", "the object key is not valid UTF-8 text"),
+        ("a" * 129, "Hostname|internet|example.nl", "the organisation is 129 characters long; at most 128"),
+        ("", "Hostname|internet|example.nl", "the organisation is empty"),
+    ],
+)
+def test_what_no_object_can_be_called_is_refused_before_any_io(organisation: str, reference: str, refused: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape(refused)):
+        check_request(organisation, reference)
+
+
+def test_a_key_any_object_may_have_passes() -> None:
+    check_request("aa", "Hostname|internet|" + "a" * 1000)
