@@ -39,7 +39,7 @@ from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.timing import last_cron, next_cron
 from tests.factories import BoefjeMetaFactory, NewScheduleFactory, NewTaskFactory
-from tests.integration.conftest import make_clients
+from tests.integration.conftest import WORLD_NOW, make_clients
 from tests.workers import wait_for
 
 #: Seconds after its start a run Bytes shows without an end counts as dead, in these tests.
@@ -305,19 +305,58 @@ def test_explain_says_queue_exactly_for_what_a_dry_run_tick_would_queue_at_the_s
     planner, world, pg_engine, clients
 ) -> None:
     org = world.organisation_ids[1]
-    now = datetime.now(UTC)
+    now = WORLD_NOW + timedelta(minutes=5)  # the generated history's time: runs in grace, going and dead in Bytes
     planned = {(c.boefje.id, c.input_ooi): c.rank.band for c in planner.plan([org], now=now, dry_run=True).planned}
     sources = Sources.on(pg_engine, clients)
     policy = Policy.of(planner.settings)
     would_queue: dict[tuple[str, str], int | None] = {}
+    seen: set[Decision] = set()
     types = {t for b in world.boefjes for t in b.consumes}
     for ooi in world.oois(org).values():
         if ooi.object_type not in types:
             continue
         for e in explain_object(sources, policy, org, ooi.primary_key, now=now).explanations:
+            seen.add(e.decision)
             if e.decision in (Decision.QUEUE, Decision.STALLED):
                 would_queue[(e.boefje_id, ooi.primary_key)] = e.band
     assert planned and would_queue == planned
+    # The world's history at that time makes most decisions, not only the easy ones.
+    assert {Decision.QUEUE, Decision.GRACE, Decision.CRON, Decision.RUNNING, Decision.CLEARANCE} <= seen
+
+
+def test_after_a_tick_what_would_queue_is_live_at_that_band_and_what_waits_keeps_its_until(
+    planner, world, pg_engine, clients
+) -> None:
+    org = world.organisation_ids[2]
+    now = WORLD_NOW + timedelta(minutes=5)  # the generated history's time: runs inside their grace, in Bytes
+    sources = Sources.on(pg_engine, clients)
+    policy = Policy.of(planner.settings)
+    types = {t for b in world.boefjes for t in b.consumes}
+    objects = [pk for pk, ooi in world.oois(org).items() if ooi.object_type in types]
+
+    def answers() -> dict[tuple[str, str], tuple[Decision, int | None, datetime | None]]:
+        return {
+            (e.boefje_id, pk): (e.decision, e.band, e.until)
+            for pk in objects
+            for e in explain_object(sources, policy, org, pk, now=now).explanations
+        }
+
+    before = answers()
+    planner.plan([org], now=now)
+    after = answers()
+
+    queued = {pair for pair, (decision, _, _) in before.items() if decision == Decision.QUEUE}
+    assert queued
+    for pair in queued:
+        assert after[pair][:2] == (Decision.LIVE, before[pair][1]), pair
+    waiting = {pair for pair, (decision, _, _) in before.items() if decision in (Decision.GRACE, Decision.CRON)}
+    assert waiting
+    for pair in waiting:  # now the schedule the tick wrote decides, at the time explain named
+        assert after[pair] == before[pair], pair
+    unchanged = {Decision.NOT_ENABLED, Decision.CLEARANCE}
+    assert {p: a for p, a in before.items() if a[0] in unchanged} == {
+        p: a for p, a in after.items() if a[0] in unchanged
+    }
 
 
 # --- the command --------------------------------------------------------------------------------
