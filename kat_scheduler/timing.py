@@ -32,6 +32,13 @@ def period(boefje: Boefje, default_seconds: int) -> timedelta:
 
 
 @functools.lru_cache(maxsize=4096)
+def is_valid_cron(expression: str) -> bool:
+    """Whether ``expression`` is a cron expression croniter can follow (cached: schedules share a few)."""
+    valid: bool = croniter.is_valid(expression)
+    return valid
+
+
+@functools.lru_cache(maxsize=4096)
 def next_cron(expression: str, after: datetime) -> datetime:
     """The first time of cron ``expression`` after ``after`` (cached: a tick asks the same a lot)."""
     following: datetime = croniter(expression, after).get_next(datetime)

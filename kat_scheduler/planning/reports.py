@@ -44,6 +44,7 @@ class ReportRun:
     """What a run of the report producer did."""
 
     now: datetime
+    dry_run: bool = False
     #: Due schedules read.
     due: int = 0
     #: Report tasks queued for a pop.
@@ -63,6 +64,7 @@ class ReportRun:
         """A JSON-able account of the run (the Celery task's result, ``producer_runs``' summary)."""
         return {
             "now": self.now.isoformat(),
+            "dry_run": self.dry_run,
             "due": self.due,
             "queued": self.queued,
             "live": self.live,
@@ -86,9 +88,20 @@ class ReportProducer:
         self.settings = settings
         self.dispatcher = dispatcher or Dispatcher(tasks, None, pull=settings.pull_scheduler_ids)
 
-    def queue_due(self, *, now: datetime) -> ReportRun:
-        """Queue the report task of every due report schedule and move each deadline on."""
-        run = ReportRun(now=now)
+    #: Its name among the producers (:class:`kat_scheduler.producers.Producer`).
+    name = "queue-report-schedules"
+
+    def run(self, now: datetime, dry_run: bool = False) -> ReportRun:
+        """One run at ``now`` (the :class:`~kat_scheduler.producers.Producer` protocol): see :meth:`queue_due`."""
+        return self.queue_due(now=now, dry_run=dry_run)
+
+    def queue_due(self, *, now: datetime, dry_run: bool = False) -> ReportRun:
+        """Queue the report task of every due report schedule and move each deadline on.
+
+        A dry run decides the same (what would be queued, what is live, what would be disabled)
+        and writes nothing.
+        """
+        run = ReportRun(now=now, dry_run=dry_run)
         if SchedulerId.REPORT not in self.dispatcher.pull:
             due = sum(len(batch) for batch in self.schedules.iter_due(now, scheduler_id=SchedulerId.REPORT))
             run.not_delivered = "report is not in SCHEDULER_PULL_SCHEDULERS: report tasks are delivered only by pop"
@@ -96,12 +109,12 @@ class ReportProducer:
                 logger.error("%d due report schedule(s) not queued: %s", due, run.not_delivered)
             return run
         for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size, scheduler_id=SchedulerId.REPORT):
-            self._queue(batch, run, now)
-        if run.due:
+            self._queue(batch, run, now, dry_run=dry_run)
+        if run.due and not dry_run:
             logger.info("report schedules: %s", run.summary())
         return run
 
-    def _queue(self, batch: Sequence[ScheduleRow], run: ReportRun, now: datetime) -> None:
+    def _queue(self, batch: Sequence[ScheduleRow], run: ReportRun, now: datetime, *, dry_run: bool) -> None:
         run.due += len(batch)
         tasks: list[NewTask] = []
         deadlines: dict[uuid.UUID, datetime | None] = {}
@@ -130,14 +143,21 @@ class ReportProducer:
                 )
             )
             deadlines[row.id] = report.next_deadline
+        run.finished += sum(1 for deadline in deadlines.values() if deadline is None)
+        run.advanced += sum(1 for deadline in deadlines.values() if deadline is not None)
+        if dry_run:
+            live = self.tasks.live_hashes({task.hash for task in tasks})
+            run.live += sum(1 for task in tasks if task.hash in live)
+            run.queued += sum(1 for task in tasks if task.hash not in live)
+            for reason, schedule_ids in invalid.items():
+                run.disabled[reason] = run.disabled.get(reason, 0) + len(schedule_ids)
+            return
         # Claim first, then advance: a run that dies in between queues nothing twice when it is
         # run again (the claim), where the other order could lose a report.
         result = self.dispatcher.hold(tasks)
         run.queued += result.claimed
         run.live += len(tasks) - result.claimed
         self.schedules.set_deadlines(deadlines, now=now)
-        run.finished += sum(1 for deadline in deadlines.values() if deadline is None)
-        run.advanced += sum(1 for deadline in deadlines.values() if deadline is not None)
         for reason, schedule_ids in invalid.items():
             count = self.schedules.disable(schedule_ids, reason, now=now)
             run.disabled[reason] = run.disabled.get(reason, 0) + count

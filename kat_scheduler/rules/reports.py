@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from croniter import croniter
-
 from kat_scheduler.rules.identity import report_task_hash
-from kat_scheduler.timing import next_cron
+from kat_scheduler.timing import is_valid_cron, next_cron
 
 #: The band of a report task a schedule queued. Pops take the lowest band first, so a report
 #: pushed by hand (band 0) goes before the scheduled ones; among those the priority (the epoch
@@ -54,7 +52,7 @@ def next_report_deadline(cron: str | None, now: datetime) -> datetime | None:
     """When a report schedule that fired at ``now`` is due again: its next cron time, or never (one-off)."""
     if cron is None:
         return None
-    if not croniter.is_valid(cron):
+    if not is_valid_cron(cron):
         raise InvalidReportSchedule(f"schedule {cron!r} is not a valid cron expression")
     return next_cron(cron, now)
 

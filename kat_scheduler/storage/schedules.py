@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Insert, bindparam, delete, select, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Insert, bindparam, delete, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from kat_scheduler import ids
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.paging import Page, newest_first
-from kat_scheduler.storage.sqlutil import in_values, pg_insert_rows
+from kat_scheduler.storage.sqlutil import in_values, pg_array, pg_insert_rows
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
 _SCHEDULES = table_of(ScheduleRow)
@@ -372,11 +372,31 @@ class ScheduleStore:
                 return
 
     def set_deadlines(self, deadlines: Mapping[uuid.UUID, datetime | None], now: datetime | None = None) -> None:
-        """Move each schedule's deadline (one executemany statement); ``None``: never due again
-        (a one-off report schedule that fired)."""
+        """Move each schedule's deadline; ``None``: never due again (a one-off report schedule that
+        fired). PostgreSQL: one ``UPDATE … FROM unnest(ids, deadlines)`` per chunk, two bound arrays
+        (an executemany is a round trip per row); SQLite: one executemany."""
         if not deadlines:
             return
         now = now or utcnow()
+        if self.engine.dialect.name == "postgresql":
+            items = list(deadlines.items())
+            stmt_text = text(
+                "UPDATE schedules SET deadline_at = moved.deadline_at, modified_at = :now "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:deadlines AS timestamptz[])) AS moved(id, deadline_at) "
+                "WHERE schedules.id = moved.id"
+            )
+            with self.engine.begin() as conn:
+                for start in range(0, len(items), CHUNK):
+                    chunk = items[start : start + CHUNK]
+                    conn.execute(
+                        stmt_text,
+                        {
+                            "now": now,
+                            "ids": pg_array([sid for sid, _ in chunk], "uuid"),
+                            "deadlines": pg_array([deadline for _, deadline in chunk], "timestamptz"),
+                        },
+                    )
+            return
         stmt = (
             update(_SCHEDULES)
             .where(_SCHEDULES.c.id == bindparam("b_id"))

@@ -19,6 +19,7 @@ from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.planning.reports import ReportProducer, ReportRun
+from kat_scheduler.producers import Producer
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
@@ -239,6 +240,22 @@ def test_a_report_schedule_that_cannot_make_a_task_is_disabled_with_the_reason_a
         )
     assert stored == dict.fromkeys(reasons, False)
     assert sum("report schedule" in r.getMessage() and "disabled" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_dry_run_says_what_a_run_would_do_and_changes_nothing(api, engine, settings):
+    due = utcnow() - timedelta(minutes=1)
+    live = create(api, rockys_schedule(str(uuid.uuid4()), deadline_at=due - timedelta(days=1)))
+    producer(engine, settings).queue_due(now=due - timedelta(hours=1))  # its report is queued, not popped
+    create(api, rockys_schedule(str(uuid.uuid4()), deadline_at=due))
+    create(api, rockys_schedule(str(uuid.uuid4()), schedule=None, deadline_at=due))
+    api.patch(f"/schedules/{live['id']}", json={"deadline_at": due.isoformat()})
+    before = (api.get("/schedules", params={"limit": 10}).json(), report_rows(engine))
+    reports: Producer[ReportRun] = producer(engine, settings)
+
+    run = reports.run(utcnow(), dry_run=True)
+
+    assert (run.dry_run, run.due, run.queued, run.live, run.advanced, run.finished) == (True, 3, 2, 1, 2, 1)
+    assert (api.get("/schedules", params={"limit": 10}).json(), report_rows(engine)) == before
 
 
 def test_a_report_pushed_by_hand_is_popped_before_the_scheduled_ones(api, engine, settings):
