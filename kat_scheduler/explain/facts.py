@@ -1,11 +1,11 @@
 """What is known about one object and every boefje that consumes its type: the only I/O of ``explain``.
 
-One call to Octopoes (the object, at ``now``), one to Katalogus (the organisation's boefjes that
-consume the object's type, enabled or not), four indexed reads of the database (live tasks, our own
-last runs as the producers read them, their outcomes, the schedules), and, for the pairs whose
-history our own table does not hold, Bytes' newest run of the pair (one request each, several at
-once). When Bytes does not answer, its newest runs as the last tick saw them (``bytes_runs``) stand
-in, and the answer says so.
+One request to Octopoes (the object, at ``now``), one to Katalogus (the organisation's boefjes that
+consume the object's type, enabled or not), four indexed reads through the stores (live tasks, our
+own last runs exactly as the producers read them, those runs' outcomes, the schedules), and, for
+the pairs whose history our own table does not hold, Bytes' newest run of the pair (one request
+each). Reads that do not wait for each other run at once, on threads. When Bytes does not answer,
+its newest runs as the last tick saw them (``bytes_runs``) stand in, and the answer says so.
 """
 
 from __future__ import annotations
@@ -193,6 +193,9 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
 
 
 class _PendingRows:
+    """The pairs' rows being read (:func:`_rows`): their hashes by boefje id, then live tasks, our
+    own last run ends and schedules, by hash."""
+
     def __init__(
         self,
         hashes: dict[str, str],
