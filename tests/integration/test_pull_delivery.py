@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, text, update
 
 from kat_scheduler.clients import KATClients
 from kat_scheduler.dispatch import Dispatchable, Dispatcher
-from kat_scheduler.events.handlers import SCAN_PROFILE_MUTATIONS, MutationHandler
+from kat_scheduler.events.handlers import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, MutationHandler, RawFileHandler
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.plugin_cache import PluginCache
@@ -29,7 +29,7 @@ from kat_scheduler.storage.tasks import TaskStore
 from tests.api_server import ApiServer, serve_api
 from tests.factories import NewTaskFactory
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_event_handlers import mutation
+from tests.integration.test_event_handlers import mutation, raw_event
 
 PULLED = "report,boefje"
 
@@ -197,6 +197,45 @@ def test_the_listener_holds_the_boefje_tasks_an_event_causes(
     assert queued, "the event should queue some boefjes"
     assert publisher.queue_depth(Queue.BOEFJES.value) == 0
     assert sorted(t["id"] for t in pop_all(api)) == sorted(queued)
+
+
+@pytest.fixture
+def normalizer_pulled(monkeypatch: pytest.MonkeyPatch, kat: SimulatedKAT, redis_url: str) -> Iterator[Settings]:
+    """``SCHEDULER_PULL_SCHEDULERS=report,normalizer``, and the settings of a process reading it."""
+    monkeypatch.setenv("SCHEDULER_PULL_SCHEDULERS", "report,normalizer")
+    get_settings.cache_clear()
+    yield load_settings(
+        octopoes_api=kat.octopoes_url, katalogus_api=kat.katalogus_url, bytes_api=kat.bytes_url, broker_url=redis_url
+    )
+    get_settings.cache_clear()
+
+
+def test_with_normalizer_pulled_a_raw_file_queues_normalizer_tasks_that_pop_returns_and_nothing_is_published(
+    clients: KATClients, engine: Engine, normalizer_pulled: Settings, world: World
+) -> None:
+    publisher = make_publisher(normalizer_pulled)
+    handler = RawFileHandler(
+        PluginCache(clients.katalogus, ttl=60),
+        TaskStore(engine),
+        ScheduleStore(engine),
+        publisher,
+        normalizer_pulled,
+        clock=lambda: WORLD_NOW,
+    )
+    event = raw_event(world, world.organisation_ids[0], "dns-records", ["boefje/dns-records"])
+    try:
+        assert handler(RAW_FILE_RECEIVED, [event]) == []
+        assert publisher.queue_depth(Queue.NORMALIZERS.value) == 0
+    finally:
+        publisher.close()
+
+    with engine.connect() as conn:
+        normalizers = select(TaskRow.id).where(TaskRow.scheduler_id == SchedulerId.NORMALIZER)
+        queued = {str(i) for i in conn.execute(normalizers).scalars()}
+    assert queued, "the raw file should queue some normalizers"
+    with serve_api(normalizer_pulled, engine=engine) as api:
+        popped = api.post("/schedulers/normalizer/pop", params={"limit": 100}).json()["results"]
+    assert sorted(t["id"] for t in popped) == sorted(queued)
 
 
 def test_one_batch_publishes_the_celery_schedulers_tasks_and_holds_the_pulled_ones(
