@@ -119,6 +119,8 @@ class ObjectFacts:
     pairs: list[PairFacts]
     #: Plugins Katalogus lists for the object's type that do not validate (id → reason).
     invalid: dict[str, str] = field(default_factory=dict)
+    #: The moment the facts are of (``None``: not said).
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
             boefjes, invalid = _consumers(sources.clients, organisation, ooi.object_type)
             rows = _rows(pool, sources, organisation, ooi.primary_key, boefjes)
         if not boefjes:
-            return ObjectFacts(organisation, ooi, [], invalid)
+            return ObjectFacts(organisation, ooi, [], invalid, now)
         hashes, live, last_ended, schedules = rows.result()
         outcomes_read = pool.submit(_outcomes, sources.views, organisation, ooi.primary_key, last_ended)
         ask_bytes = [b for b in boefjes if hashes[b.id] not in last_ended and hashes[b.id] not in live]
@@ -189,7 +191,7 @@ def gather_facts(sources: Sources, organisation: str, reference: str, *, now: da
         )
         for b in boefjes
     ]
-    return ObjectFacts(organisation, ooi, pairs, invalid)
+    return ObjectFacts(organisation, ooi, pairs, invalid, now)
 
 
 class _PendingRows:

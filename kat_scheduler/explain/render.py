@@ -24,7 +24,9 @@ def render_table(facts: ObjectFacts, explanations: Sequence[Explanation]) -> Ite
     """A heading naming the object and its level, then one aligned row per boefje."""
     ooi = facts.ooi
     profile = ooi.scan_profile.scan_profile_type.value if ooi.scan_profile else "no"
-    yield f"{ooi.primary_key} in {facts.organisation}: {ooi.object_type}, L{ooi.scan_level} ({profile} scan profile)"
+    at = f", at {when(facts.now)}" if facts.now else ""
+    level = f"L{ooi.scan_level} ({profile} scan profile)"
+    yield f"{ooi.primary_key} in {facts.organisation}: {ooi.object_type}, {level}{at}"
     if not explanations:
         yield f"no boefje of {facts.organisation} consumes {ooi.object_type}"
         return

@@ -285,9 +285,11 @@ def test_the_table_names_the_object_and_aligns_its_columns() -> None:
         PairFacts(BoefjeFactory(id="dns-records"), boefje_task_hash("dns-records", ORG, ooi.primary_key)),
         PairFacts(BoefjeFactory(id="fierce", scan_level=3), boefje_task_hash("fierce", ORG, ooi.primary_key)),
     ]
-    facts = ObjectFacts(ORG, ooi, pairs)
+    facts = ObjectFacts(ORG, ooi, pairs, now=NOW)
     lines = list(render_table(facts, explain(facts, NOW, POLICY)))
-    assert lines[0] == "Hostname|internet|example.nl in aa: Hostname, L1 (declared scan profile)"
+    assert (
+        lines[0] == "Hostname|internet|example.nl in aa: Hostname, L1 (declared scan profile), at 2026-06-01T12:00:00Z"
+    )
     header, *rows = lines[1:]
     assert header.split() == ["BOEFJE", "DECISION", "UNTIL", "BAND", "LAST", "RUN", "DETAIL"]
     assert rows[0].split()[:5] == ["dns-records", "queue", "-", "2", "-"]
