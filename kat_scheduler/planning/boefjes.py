@@ -26,6 +26,7 @@ from kat_scheduler.producers import (
     PushResult,
     TickProducer,
 )
+from kat_scheduler.producers.middleware import Middleware, run_producer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import ScheduleStore
 from kat_scheduler.storage.tasks import TaskStore
@@ -41,7 +42,8 @@ class BoefjePlanner:
     """The boefje producers behind the calls of old: ``plan`` (the tick), ``queue_due``, ``push``.
 
     Transitional: each call builds its producer from the attributes as they are then (a caller
-    may change ``settings`` between calls), so it behaves exactly as that producer does.
+    may change ``settings`` between calls), so it behaves exactly as that producer does, and runs
+    it with ``middleware`` around it (none by default).
     """
 
     def __init__(
@@ -51,12 +53,16 @@ class BoefjePlanner:
         schedules: ScheduleStore,
         settings: Settings,
         publisher: Publisher | None = None,
+        *,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.clients = clients
         self.tasks = tasks
         self.schedules = schedules
         self.settings = settings
         self.publisher = publisher
+        #: Run around every producer run (:func:`~kat_scheduler.producers.middleware.run_producer`).
+        self.middleware = list(middleware)
 
     @property
     def context(self) -> ProducerContext:
@@ -72,7 +78,7 @@ class BoefjePlanner:
 
     def plan(self, organisations: Sequence[str] | None, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Plan ``organisations`` (all of Katalogus' if ``None``) and, unless dry, queue the result."""
-        return self.tick(organisations).run(now, dry_run)
+        return run_producer(self.tick(organisations), now, dry_run, middleware=self.middleware)
 
     def plan_org(self, organisation: str, now: datetime) -> OrgPlan:
         """The candidates of one organisation (nothing claimed or written)."""
@@ -80,8 +86,9 @@ class BoefjePlanner:
 
     def queue_due(self, *, now: datetime, dry_run: bool = False) -> PlanReport:
         """Queue every due schedule (oldest deadline first, no cap), re-checking eligibility."""
-        return DueSchedulesProducer(self.context).run(now, dry_run)
+        return run_producer(DueSchedulesProducer(self.context), now, dry_run, middleware=self.middleware)
 
     def push(self, organisation: str, boefje_id: str, input_ooi: str | None, *, now: datetime) -> PushResult:
         """Queue one boefje at band 0: bypasses grace, never clearance. Raises :class:`PushRefused`."""
-        return ManualPush(self.context, organisation, boefje_id, input_ooi).run(now)
+        push = ManualPush(self.context, organisation, boefje_id, input_ooi)
+        return run_producer(push, now, middleware=self.middleware)

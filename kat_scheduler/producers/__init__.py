@@ -10,11 +10,14 @@ What they share has one module each: :mod:`~kat_scheduler.producers.base` (the p
 :mod:`~kat_scheduler.producers.backpressure` (reading the queue depth; a depth that cannot be
 read holds the low bands back), :mod:`~kat_scheduler.producers.bytes_history` (Bytes' run
 history, listed in bulk and kept) and :mod:`~kat_scheduler.producers.dispatching` (claims ahead,
-publishing in order, bookkeeping after). Whether a pair may run and is due, and its rank, are
-:mod:`kat_scheduler.rules`'; which pairs are candidates, :mod:`kat_scheduler.planning.candidates`'.
+publishing in order, bookkeeping after). Cross-cutting concerns wrap a run as middleware
+(:mod:`~kat_scheduler.producers.middleware`: timing, recording in ``producer_runs``). Whether a
+pair may run and is due, and its rank, are :mod:`kat_scheduler.rules`'; which pairs are
+candidates, :mod:`kat_scheduler.planning.candidates`'.
 
-:class:`kat_scheduler.planning.boefjes.BoefjePlanner` is the transitional entry point that
-Celery tasks, the CLI and the listener's callers still use; it delegates to these producers.
+:class:`kat_scheduler.planning.boefjes.BoefjePlanner` is the transitional entry point that the
+Celery tasks, the CLI (through ``runtime.planner()``) and the benchmarks still use; it
+delegates to these producers.
 """
 
 from kat_scheduler.producers.base import Producer, ProducerContext
