@@ -6,19 +6,22 @@ nodes that stopped beating in two steps, so that a silence it did not watch whol
 was down, so nobody could beat) never counts: :meth:`WorkerNodeStore.suspect` marks the nodes
 silent for ``SCHEDULER_WORKER_LOST_AFTER``; :meth:`WorkerNodeStore.lost` names those still
 silent and suspected for at least ``confirm_after`` (a beat in between clears the suspicion).
+
+Every time here is the database's clock on PostgreSQL (:meth:`WorkerNodeStore.db_now`), so a
+worker host whose clock is off never looks silent; SQLite runs on one host anyway.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, table_of
+from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, table_of, utcnow
 
 _NODES = table_of(WorkerNodeRow)
 _MARKERS = table_of(BrokerMarkerRow)
@@ -38,8 +41,17 @@ class WorkerNodeStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def register(self, node: WorkerNode, now: datetime) -> None:
-        """Record a node's start (and first beat)."""
+    def db_now(self) -> datetime:
+        """The database's time on PostgreSQL (one clock for every host); this host's on SQLite."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                return utcnow()
+            now: datetime = conn.execute(select(func.now())).scalar_one()
+        return now.astimezone(UTC)
+
+    def register(self, node: WorkerNode, now: datetime | None = None) -> None:
+        """Record a node's start (and first beat) at ``now`` (default: :meth:`db_now`)."""
+        now = now or self.db_now()
         with self.engine.begin() as conn:
             conn.execute(
                 insert(_NODES).values(
@@ -47,9 +59,10 @@ class WorkerNodeStore:
                 )
             )
 
-    def beat(self, node: WorkerNode, now: datetime) -> None:
-        """The node lives at ``now``: its beat moves on and any suspicion is cleared (a row that is
-        gone, pruned after a long silence, is registered again)."""
+    def beat(self, node: WorkerNode, now: datetime | None = None) -> None:
+        """The node lives at ``now`` (default: :meth:`db_now`): its beat moves on and any suspicion
+        is cleared (a row that is gone, pruned after a long silence, is registered again)."""
+        now = now or self.db_now()
         values = {"beat_at": now, "suspected_at": None}
         with self.engine.begin() as conn:
             updated = conn.execute(update(_NODES).where(_NODES.c.id == node.id).values(**values)).rowcount

@@ -21,13 +21,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
-from datetime import datetime
 
 from sqlalchemy import Engine
 
 from kat_scheduler.storage.db import make_engine
-from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.worker_nodes import WorkerNode, WorkerNodeStore
 
 logger = logging.getLogger(__name__)
@@ -48,14 +45,11 @@ def current_node_id() -> uuid.UUID | None:
 class NodeHeartbeat:
     """Registers ``node`` and beats it every ``interval`` seconds from a daemon thread."""
 
-    def __init__(
-        self, node: WorkerNode, engine: Engine, interval: float, clock: Callable[[], datetime] = utcnow
-    ) -> None:
+    def __init__(self, node: WorkerNode, engine: Engine, interval: float) -> None:
         self.node = node
         self.engine = engine
         self.store = WorkerNodeStore(engine)
         self.interval = interval
-        self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -78,7 +72,7 @@ class NodeHeartbeat:
         """One beat; never raises (a failure is logged once per streak of failures)."""
         with _fork_lock:
             try:
-                self.store.beat(self.node, self.clock())
+                self.store.beat(self.node)  # at the database's time
                 if self._failing:
                     logger.warning("worker node %s beats again", self.node.name)
                 self._failing = False

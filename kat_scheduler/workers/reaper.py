@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,6 +162,8 @@ class Reaper:
         self.publisher = publisher
         self.settings = settings
         self.nodes = WorkerNodeStore(tasks.engine)
+        #: The clock heartbeats are judged by: the database's (see WorkerNodeStore.db_now).
+        self.node_clock: Callable[[], datetime] = self.nodes.db_now
         self.markers = BrokerMarkerStore(tasks.engine)
         #: The marker in the broker (``None``: not a Redis broker, nothing to watch).
         self.marker = marker if marker is not None else broker_marker(settings.broker_url)
@@ -169,7 +172,7 @@ class Reaper:
 
     def reap(self, now: datetime) -> ReapReport:
         report = ReapReport()
-        self._recover_lost_nodes(now, report)
+        self._recover_lost_nodes(report)
         self._recover_stuck(now, report)
         report.published_unpublished = self._publish_unpublished(now, report)
         report.republished_wiped = self._republish_if_wiped(now, report)
@@ -187,8 +190,9 @@ class Reaper:
         celery = [row for row in recovered.requeued if row.scheduler_id not in self.pull]
         return popped + self._publish(celery, report)
 
-    def _recover_lost_nodes(self, now: datetime, report: ReapReport) -> None:
+    def _recover_lost_nodes(self, report: ReapReport) -> None:
         """Tasks of worker nodes that stopped beating: run again while attempts remain, else fail."""
+        now = self.node_clock()
         silent = node_lost_after(self.settings)
         lost = self.nodes.lost(now=now, silent_for=silent, confirm_after=node_confirm_after(self.settings))
         if lost:

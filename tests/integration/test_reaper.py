@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -19,7 +19,7 @@ from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
 from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
-from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, bytes_runs_horizon, message_for
+from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon, message_for
 from tests.factories import NewTaskFactory
 
 
@@ -180,6 +180,12 @@ def test_old_finished_rows_are_pruned_and_recent_ones_kept(reaper, pg_engine) ->
 # --- worker nodes that stopped beating --------------------------------------------------------
 
 
+def reap_at(reaper: Reaper, at: datetime) -> ReapReport:
+    """A reaper run at ``at``, heartbeats judged at ``at`` too (not by the database's clock)."""
+    reaper.node_clock = lambda: at
+    return reaper.reap(at)
+
+
 def a_node(name: str = "boefjes@host-a") -> WorkerNode:
     return WorkerNode(id=uuid.uuid4(), name=name, host=name.partition("@")[2], pid=4242)
 
@@ -198,12 +204,12 @@ def test_a_silent_node_is_suspected_first_and_its_tasks_handed_on_when_a_later_r
     store.start(other.id, "live:12", now=t0, node_id=live.id)
 
     nodes.beat(live, t0 + timedelta(seconds=20))
-    first = reaper.reap(t0 + timedelta(seconds=25))  # dead silent for 25 s: suspected only
+    first = reap_at(reaper, t0 + timedelta(seconds=25))  # dead silent for 25 s: suspected only
     assert (first.lost_nodes, first.requeued_lost_node) == (0, 0)
     assert store.get(running.id).status == TaskStatus.RUNNING
 
     nodes.beat(live, t0 + timedelta(seconds=30))
-    second = reaper.reap(t0 + timedelta(seconds=35))
+    second = reap_at(reaper, t0 + timedelta(seconds=35))
     assert (second.lost_nodes, second.requeued_lost_node, second.failed_lost_node) == (1, 2, 0)
     assert {store.get(i).status for i in (running.id, received.id)} == {TaskStatus.QUEUED}
     assert sorted(m["headers"]["id"] for m in boefje_messages(redis_url)) == sorted([str(running.id), str(received.id)])
@@ -221,12 +227,28 @@ def test_a_node_that_beats_again_before_the_confirming_run_is_left_alone(reaper)
     task = NewTaskFactory()
     store.claim([task])
     store.start(task.id, "host-a:1", now=t0, node_id=node.id)
-    reaper.reap(t0 + timedelta(seconds=60))  # the database is back after a minute: suspected
+    reap_at(reaper, t0 + timedelta(seconds=60))  # the database is back after a minute: suspected
     nodes.beat(node, t0 + timedelta(seconds=62))
-    report = reaper.reap(t0 + timedelta(seconds=70))
+    report = reap_at(reaper, t0 + timedelta(seconds=70))
     assert report.lost_nodes == 0 and store.get(task.id).status == TaskStatus.RUNNING
     row = nodes.get(node.id)
     assert row is not None and row.suspected_at is None
+
+
+def test_heartbeats_are_judged_by_the_database_clock_not_the_hosts(reaper) -> None:
+    """A reaper host whose clock runs two minutes ahead (or a worker's behind) finds no live node silent."""
+    store, nodes = reaper.tasks, WorkerNodeStore(reaper.tasks.engine)
+    node = a_node()
+    nodes.beat(node)  # as the worker's heartbeat writes it: at the database's time
+    task = NewTaskFactory()
+    store.claim([task])
+    store.start(task.id, "host-a:1", node_id=node.id)
+    for _ in range(2):
+        report = reaper.reap(utcnow() + timedelta(minutes=2))
+        assert report.lost_nodes == 0
+    row = nodes.get(node.id)
+    assert row is not None and row.suspected_at is None
+    assert store.get(task.id).status == TaskStatus.RUNNING
 
 
 def test_a_task_whose_node_died_on_every_attempt_is_failed(reaper) -> None:
@@ -238,8 +260,8 @@ def test_a_task_whose_node_died_on_every_attempt_is_failed(reaper) -> None:
     store.claim([task])
     store.start(task.id, "host-a:1", now=t0, node_id=node.id)
     age(reaper.tasks.engine, task.id, attempts=reaper.settings.max_retries + 1)
-    reaper.reap(t0 + timedelta(seconds=25))
-    report = reaper.reap(t0 + timedelta(seconds=35))
+    reap_at(reaper, t0 + timedelta(seconds=25))
+    report = reap_at(reaper, t0 + timedelta(seconds=35))
     assert (report.failed_lost_node, report.requeued_lost_node) == (1, 0)
     row = store.get(task.id)
     assert row.status == TaskStatus.FAILED and "stopped beating" in row.error
@@ -263,7 +285,7 @@ def test_nodes_silent_for_an_hour_are_forgotten(reaper) -> None:
     old, recent = a_node("a@old"), a_node("b@recent")
     nodes.register(old, utcnow() - timedelta(hours=2))
     nodes.register(recent, utcnow())
-    reaper.reap(utcnow())
+    reap_at(reaper, utcnow())
     assert nodes.get(old.id) is None and nodes.get(recent.id) is not None
 
 

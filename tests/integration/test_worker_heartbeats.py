@@ -27,6 +27,8 @@ from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.worker_nodes import WorkerNode, WorkerNodeStore
+from kat_scheduler.workers.liveness import NodeHeartbeat
 from kat_scheduler.workers.reaper import Reaper, ReapReport, message_for
 from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
 from tests.workers import celery_worker, wait_for
@@ -230,3 +232,19 @@ def test_a_flushed_redis_broker_has_its_backlog_back_within_one_reaper_interval_
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, concurrency=2, log_file=tmp_path / "w.log"):
         ran = wait_for(lambda: all(row_of(store, i).status == TaskStatus.COMPLETED for i in ids), timeout=90)
         assert ran, (tmp_path / "w.log").read_text()[-3000:]
+
+
+def test_a_node_heartbeat_moves_on_while_it_runs_and_a_database_it_cannot_reach_stops_nothing(engine, caplog) -> None:
+    node = WorkerNode(id=uuid.uuid4(), name="boefjes@here", host="here", pid=os.getpid())
+    nodes = WorkerNodeStore(engine)
+    heart = NodeHeartbeat(node, engine, interval=0.1)
+    heart.start()
+    try:
+        first = nodes.get(node.id)
+        assert first is not None
+        assert wait_for(lambda: (row := nodes.get(node.id)) is not None and row.beat_at > first.beat_at, timeout=10)
+    finally:
+        heart.stop()
+    unreachable = make_engine("postgresql://nobody:secret@127.0.0.1:9/none?connect_timeout=1")
+    NodeHeartbeat(node, unreachable, interval=0.1).beat()  # logged, not raised
+    assert "cannot beat in the database" in caplog.text and "secret" not in caplog.text
