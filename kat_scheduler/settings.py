@@ -210,7 +210,8 @@ class Settings(BaseSettings):
         2,
         ge=0,
         le=9,
-        description="When a queue is over its depth limit, only bands up to this one (0 most urgent) are added.",
+        description="When a queue is over its depth limit, or its depth cannot be read, only bands up to this one "
+        "(0 most urgent) are added.",
     )
 
     # --- Workers ------------------------------------------------------------------------
