@@ -275,3 +275,24 @@ def test_holding_a_task_of_a_celery_scheduler_is_refused_and_claims_nothing(engi
         dispatcher.hold([NewTaskFactory.build()])
 
     assert queued_ids(engine) == set()
+
+
+def test_when_the_broker_is_down_the_celery_tasks_are_unclaimed_and_the_held_ones_stay_queued_for_a_pop(
+    engine: Engine,
+) -> None:
+    down = make_publisher(Settings(broker_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
+    boefje = NewTaskFactory.build()
+    normalizer = NewTaskFactory.build(scheduler_id=SchedulerId.NORMALIZER, type="normalizer", plugin_id="kat_dns")
+    items = [
+        Dispatchable(boefje, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, {}),
+        Dispatchable(normalizer, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, {}),
+    ]
+    try:
+        result = Dispatcher(TaskStore(engine), down, pull={SchedulerId.BOEFJE}).dispatch(items)
+    finally:
+        down.close()
+
+    assert result.errors and (result.claimed, result.published, result.held, result.unclaimed) == (2, 1, 1, 1)
+    assert [t.id for t in result.published_tasks] == [boefje.id]
+    assert queued_ids(engine) == {str(boefje.id)}  # the normalizer's hash is free for the next try
+    assert unpublished(engine) == []
