@@ -21,13 +21,14 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, st
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import PoppedTasks, Problem, Task
 from kat_scheduler.api.schedulers import known_scheduler
-from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
+from kat_scheduler.storage.filters import FilterError, FilterRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["schedulers"])
 
 #: The most tasks one pop may take.
 MAX_POP = 500
+NO_TASKS = PoppedTasks(results=[]).model_dump_json()
 
 
 @router.post(
@@ -50,10 +51,10 @@ def pop(
 ) -> Response:
     scheduler = known_scheduler(scheduler_id)
     try:
-        where = conditions(filters, ctx.engine.dialect.name)
+        statement = ctx.pop_statement(scheduler, limit, filters)
     except FilterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    if scheduler not in ctx.settings.pull_scheduler_ids:
+    if scheduler not in ctx.pull_schedulers:
         if scheduler not in ctx.warned_pops:
             ctx.warned_pops.add(scheduler)
             logger.warning(
@@ -61,8 +62,8 @@ def pop(
                 "it gets none",
                 scheduler.value,
             )
-        return Response(PoppedTasks(results=[]).model_dump_json(), media_type="application/json")
-    rows = ctx.tasks.pop(scheduler, limit=limit, where=where)
+        return Response(NO_TASKS, media_type="application/json")
+    rows = ctx.tasks.pop_with(statement)
     # Serialised here, once: FastAPI would validate the model again against response_model.
     body = PoppedTasks(results=[Task.of(row) for row in rows]).model_dump_json()
     return Response(body, media_type="application/json")

@@ -136,7 +136,7 @@ def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(c
     scheduler = known_scheduler(scheduler_id)
     if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
         raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")
-    pull = scheduler in ctx.settings.pull_scheduler_ids
+    pull = scheduler in ctx.pull_schedulers
     if scheduler is SchedulerId.REPORT and not pull:
         raise _bad("report tasks are delivered only by pop: the report scheduler is not in SCHEDULER_PULL_SCHEDULERS")
     item = None if scheduler is SchedulerId.REPORT else dispatchable(scheduler, body)

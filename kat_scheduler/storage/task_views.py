@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Row, func, literal_column, select, union_all, update
+from sqlalchemy import ColumnElement, Engine, Row, Update, bindparam, func, literal_column, select, union_all, update
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -93,6 +93,13 @@ class TaskQuery:
 
 #: A page of tasks.
 TaskPage = Page[TaskRow]
+
+
+@dataclass(frozen=True, slots=True)
+class PopStatement:
+    """A pop, built once (:meth:`TaskViews.pop_statement`) and run any number of times, from any thread."""
+
+    stmt: Update
 
 
 class TaskViews:
@@ -177,16 +184,27 @@ class TaskViews:
         """Take up to ``limit`` queued tasks of ``scheduler_id`` matching ``where``, most urgent first
         (band, then priority, then age), and mark them ``dispatched``; the rows as they are now.
 
-        One statement. On PostgreSQL ``WITH picked AS MATERIALIZED (SELECT … LIMIT n FOR UPDATE
-        SKIP LOCKED) UPDATE … FROM picked RETURNING``: a concurrent pop skips rows another pop is
-        taking and takes the next ones, so no two pops return the same task and neither waits. On
-        SQLite ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING``: SQLite has no row locks but
-        runs one writing statement at a time (the UPDATE takes the database's write lock before it
-        reads), so the select and the update of one pop are never interleaved with another's.
+        :meth:`pop_statement` then :meth:`pop_with`; a caller popping the same way again and again
+        (the API, for each runner's filter body) keeps the statement and calls :meth:`pop_with`.
         """
         if limit <= 0:
             return []
-        now = now or utcnow()
+        return self.pop_with(self.pop_statement(scheduler_id, limit=limit, where=where), now=now)
+
+    def pop_statement(
+        self, scheduler_id: SchedulerId, *, limit: int, where: Sequence[ColumnElement[bool]] = ()
+    ) -> PopStatement:
+        """The one statement of a pop (see :meth:`pop_with`), built once for every pop alike.
+
+        On PostgreSQL ``WITH picked AS MATERIALIZED (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)
+        UPDATE … FROM picked RETURNING``: a concurrent pop skips rows another pop is taking and
+        takes the next ones, so no two pops return the same task and neither waits. On SQLite
+        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING``: SQLite has no row locks but runs one
+        writing statement at a time (the UPDATE takes the database's write lock before it reads),
+        so the select and the update of one pop are never interleaved with another's.
+        """
+        if limit <= 0:
+            raise ValueError(f"a pop takes at least one task, not {limit}")
         col = _TASKS.c
         picked = (
             select(col.id)
@@ -205,11 +223,19 @@ class TaskViews:
         stmt = (
             update(_TASKS)
             .where(taken, col.status == TaskStatus.QUEUED)
-            .values(status=TaskStatus.DISPATCHED, modified_at=now)
+            .values(status=TaskStatus.DISPATCHED, modified_at=bindparam("now", type_=col.modified_at.type))
             .returning(*_TASKS.c)
         )
-        with self.engine.begin() as conn:  # Core rows: a pop is the API's hottest path
-            rows = list(conn.execute(stmt).all())
+        return PopStatement(stmt)
+
+    def pop_with(self, statement: PopStatement, now: datetime | None = None) -> list[Row[Any]]:
+        """Run a pop built by :meth:`pop_statement`: the tasks taken, most urgent first, now ``dispatched``.
+
+        The statement is a transaction of its own (autocommit: no ``BEGIN`` and ``COMMIT`` round
+        trips around it), and atomic as every statement is.
+        """
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rows = list(conn.execute(statement.stmt, {"now": now or utcnow()}).all())
         return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
 
     def requeue_popped(
