@@ -1,12 +1,18 @@
 """Benchmark: the HTTP API on a large ``tasks`` table, through the real uvicorn server.
 
-    .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--servers 1] [--samples 200]
+    .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--workers 1]
+        [--servers 1] [--samples 200] [--phases pop,pages,push] [--server-python PATH]
 
 A fresh PostgreSQL database gets ``--rows`` task rows in one ``INSERT … SELECT generate_series``
 (50 organisations, three boefje images, created and modified over the last 30 days, all
-``completed`` but the queued ones). ``kat-scheduler api`` runs as a subprocess (uvicorn) with
-``SCHEDULER_PULL_SCHEDULERS=report,boefje`` (``--servers`` of them on their own ports, as replicas
-behind a load balancer would run; client i calls server i mod n). Measured:
+``completed`` but the queued ones). The API runs as a subprocess, uvicorn serving
+``kat_scheduler.api.serve:app_from_environment`` with ``--workers`` processes on one port (what
+``kat-scheduler api`` does with ``SCHEDULER_API_WORKERS``), with
+``SCHEDULER_PULL_SCHEDULERS=report,boefje``; ``--servers`` of them on their own ports, as replicas
+behind a load balancer would run (client i calls server i mod n). ``--server-python`` runs the
+server with another interpreter (a virtualenv with other packages, say). Every client keeps its
+HTTP/1.1 connection open (``http.client``, bodies through ``orjson``: a client as light as can be,
+as the clients share the machine's cores with the API and PostgreSQL). Measured:
 
 - **pop**: with 5,000, 50,000 and 500,000 ``boefje`` tasks queued, ``--clients`` concurrent
   clients pop with the boefje workers' image filter body (two of the three images) and
@@ -18,12 +24,14 @@ behind a load balancer would run; client i calls server i mod n). Measured:
 - **push**: ``--clients`` concurrent clients push report tasks (a pull scheduler: claimed, not
   published); tasks per second.
 
-Prints figures; asserts nothing about time.
+With each rate, the CPU seconds each group of processes used (``api`` is the API's processes)
+and the API's CPU per request. Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import socket
 import statistics
@@ -35,7 +43,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
+import orjson
 import requests
 import sqlalchemy as sa
 
@@ -69,11 +79,67 @@ FROM (SELECT n, now() - make_interval(secs => n * 2592000.0 / :rows) AS at
 """
 
 
+class Client:
+    """One keep-alive HTTP/1.1 connection to the API."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> tuple[int, Any]:
+        """The status and the decoded JSON body of one request."""
+        target = f"{path}?{urlencode(params, doseq=True)}" if params else path
+        payload = None if body is None else orjson.dumps(body)
+        headers = {} if payload is None else {"Content-Type": "application/json"}
+        self.conn.request(method, target, body=payload, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, orjson.loads(data) if data else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class ApiProcesses:
+    """The API's processes (the servers and their uvicorn workers), named ``api`` in CPU figures."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def named(self) -> dict[int, str]:
+        found = {pid: "api" for pid in self.pids}
+        for pid in self.pids:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found.update({int(child): "api" for child in children})
+        return found
+
+    def measure(
+        self, run: Callable[[], tuple[float, int, list[str]]], requests_made: Callable[[int], int]
+    ) -> dict[str, Any]:
+        """Run ``run`` (seconds, tasks, errors); the rate, and the CPU every group used meanwhile."""
+        named = self.named()
+        before = cpu_seconds(named)
+        seconds, total, errors = run()
+        used = cpu_used(before, cpu_seconds(named))
+        made = max(requests_made(total), 1)
+        return {
+            "tasks": total,
+            "seconds": round(seconds, 2),
+            "tasks_per_s": round(total / seconds),
+            "errors": errors[:3],
+            "api_cpu_ms_per_request": round(used.get("api", 0.0) * 1000 / made, 2),
+            "cpu_s": used,
+        }
 
 
 def queue(engine: sa.Engine, queued: int) -> None:
@@ -85,17 +151,20 @@ def queue(engine: sa.Engine, queued: int) -> None:
         conn.execute(sa.text("VACUUM ANALYZE tasks"))
 
 
-def run_clients(clients: int, work: Callable[[requests.Session, int], int]) -> tuple[float, int, list[str]]:
-    """``clients`` threads each running ``work(session, index)`` on its own session; seconds, total, errors."""
+def run_clients(urls: list[str], clients: int, work: Callable[[Client, int], int]) -> tuple[float, int, list[str]]:
+    """``clients`` threads each running ``work(client, index)`` on a connection of its own to
+    ``urls[index % len(urls)]``; seconds, total, errors."""
     totals = [0] * clients
     errors: list[str] = []
 
     def client(index: int) -> None:
-        with requests.Session() as http:
-            try:
-                totals[index] = work(http, index)
-            except Exception as exc:  # reported, not raised: the figures say what happened
-                errors.append(repr(exc))
+        http = Client(urls[index % len(urls)])
+        try:
+            totals[index] = work(http, index)
+        except Exception as exc:  # reported, not raised: the figures say what happened
+            errors.append(repr(exc))
+        finally:
+            http.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
@@ -106,24 +175,24 @@ def run_clients(clients: int, work: Callable[[requests.Session, int], int]) -> t
     return time.perf_counter() - started, sum(totals), errors
 
 
-def pop_rate(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def pop_rate(urls: list[str], args: argparse.Namespace, api: ApiProcesses) -> dict[str, Any]:
     seen: set[str] = set()
     twice = 0
     lock = threading.Lock()
     budget = [args.pop]
 
-    def work(http: requests.Session, index: int) -> int:
+    def work(http: Client, _index: int) -> int:
         nonlocal twice
-        url = urls[index % len(urls)]
         taken = 0
         while True:
             with lock:
                 if budget[0] <= 0:
                     return taken
                 budget[0] -= args.limit
-            response = http.post(f"{url}/schedulers/boefje/pop", params={"limit": args.limit}, json=POP_BODY)
-            response.raise_for_status()
-            results = response.json()["results"]
+            status, answer = http.call("POST", "/schedulers/boefje/pop", {"limit": args.limit}, POP_BODY)
+            if status != 200:
+                raise RuntimeError(f"{status} {answer}")
+            results = answer["results"]
             if not results:
                 return taken
             with lock:
@@ -132,26 +201,22 @@ def pop_rate(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
                     seen.add(task["id"])
             taken += len(results)
 
-    before = cpu_seconds()
-    seconds, total, errors = run_clients(args.clients, work)
-    return {
-        "tasks": total,
-        "seconds": round(seconds, 2),
-        "tasks_per_s": round(total / seconds),
-        "popped_twice": twice,
-        "errors": errors[:3],
-        "cpu_s": cpu_used(before, cpu_seconds()),
-    }
+    result = api.measure(lambda: run_clients(urls, args.clients, work), lambda total: -(-total // args.limit))
+    return {**result, "popped_twice": twice}
 
 
 def latencies(url: str, path: str, params: Callable[[int], dict[str, Any]], samples: int) -> dict[str, float]:
     times: list[float] = []
-    with requests.Session() as http:
+    http = Client(url)
+    try:
         for i in range(samples):
             started = time.perf_counter()
-            response = http.get(url + path, params=params(i))
-            response.raise_for_status()
+            status, answer = http.call("GET", path, params(i))
             times.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise RuntimeError(f"{path}: {status} {answer}")
+    finally:
+        http.close()
     times.sort()
     return {
         "p50_ms": round(statistics.median(times), 1),
@@ -160,21 +225,19 @@ def latencies(url: str, path: str, params: Callable[[int], dict[str, Any]], samp
     }
 
 
-def push_rate(urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def push_rate(urls: list[str], args: argparse.Namespace, api: ApiProcesses) -> dict[str, Any]:
     per_client: int = args.pushes // args.clients
 
-    def work(http: requests.Session, index: int) -> int:
-        url = urls[index % len(urls)]
+    def work(http: Client, _index: int) -> int:
         for _ in range(per_client):
             org = f"org{uuid.uuid4().int % ORGS:02d}"
             body = {"organisation": org, "data": {"organisation_id": org, "report_recipe_id": str(uuid.uuid4())}}
-            response = http.post(f"{url}/schedulers/report/push", json=body)
-            if response.status_code != 201:
-                raise RuntimeError(f"{response.status_code} {response.text}")
+            status, answer = http.call("POST", "/schedulers/report/push", body=body)
+            if status != 201:
+                raise RuntimeError(f"{status} {answer}")
         return per_client
 
-    seconds, total, errors = run_clients(args.clients, work)
-    return {"tasks": total, "seconds": round(seconds, 2), "tasks_per_s": round(total / seconds), "errors": errors[:3]}
+    return api.measure(lambda: run_clients(urls, args.clients, work), lambda total: total)
 
 
 def main() -> None:
@@ -186,7 +249,15 @@ def main() -> None:
     parser.add_argument("--queued", type=int, nargs="*", default=[50_000, 5_000, 500_000])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--pushes", type=int, default=2000)
-    parser.add_argument("--servers", type=int, default=1, help="API processes (replicas)")
+    parser.add_argument("--servers", type=int, default=1, help="API servers on ports of their own (replicas)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes per server")
+    parser.add_argument(
+        "--phases",
+        type=lambda text: set(text.split(",")),
+        default={"pop", "pages", "push"},
+        help="what to measure, comma-separated: pop, pages (list, count, stats), push",
+    )
+    parser.add_argument("--server-python", default=sys.executable, help="the interpreter that runs the API")
     args = parser.parse_args()
 
     db_uri, admin = fresh_database("kat_bench_api")
@@ -209,10 +280,20 @@ def main() -> None:
         urls = []
         for _ in range(args.servers):
             port = free_port()
-            command = [str(Path(sys.executable).with_name("kat-scheduler")), "api", "--port", str(port)]
+            command = [
+                args.server_python,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "kat_scheduler.api.serve:app_from_environment",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--workers={args.workers}",
+                "--log-level=warning",
+            ]
             servers.append(subprocess.Popen(command, env=env, cwd=ROOT))
             urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         for url, server in zip(urls, servers, strict=True):
             while True:
                 try:
@@ -223,33 +304,35 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the API did not start")
                 time.sleep(0.1)
+        if args.workers > 1:  # every worker answers (each imports the application on its own)
+            time.sleep(3)
+        api = ApiProcesses([server.pid for server in servers])
         url = urls[0]
 
         orgs = [f"org{i:02d}" for i in range(ORGS)]
-        for queued in args.queued:
-            queue(engine, queued)
-            result = pop_rate(urls, args)
-            print(
-                f"pop, {queued:,} queued, {args.clients} clients, {args.servers} servers, limit={args.limit}: {result}",
-                flush=True,
-            )
+        shape = f"{args.clients} clients, {args.servers} servers x {args.workers} workers"
+        if "pop" in args.phases:
+            for queued in args.queued:
+                queue(engine, queued)
+                result = pop_rate(urls, args, api)
+                print(f"pop, {queued:,} queued, {shape}, limit={args.limit}: {result}", flush=True)
 
-        queue(engine, 50_000)
-        listing = latencies(
-            url,
-            "/tasks",
-            lambda i: {"organisation": orgs[i % ORGS], "limit": 50, "allow_partial_count": "true"},
-            args.samples,
-        )
-        print(f"task list (organisation, limit=50, allow_partial_count): {listing}", flush=True)
-        count = latencies(url, "/tasks", lambda i: {"organisation": orgs[i % ORGS], "limit": 0}, args.samples)
-        print(f"count (organisation, limit=0): {count}", flush=True)
-        stats = latencies(url, "/tasks/stats", lambda i: {"organisation_id": orgs[i % ORGS]}, args.samples)
-        print(f"/tasks/stats (one organisation): {stats}", flush=True)
-        pushed = push_rate(urls, args)
-        print(
-            f"push (report, pull: claimed only), {args.clients} clients, {args.servers} servers: {pushed}", flush=True
-        )
+        if "pages" in args.phases:
+            queue(engine, 50_000)
+            listing = latencies(
+                url,
+                "/tasks",
+                lambda i: {"organisation": orgs[i % ORGS], "limit": 50, "allow_partial_count": "true"},
+                args.samples,
+            )
+            print(f"task list (organisation, limit=50, allow_partial_count): {listing}", flush=True)
+            count = latencies(url, "/tasks", lambda i: {"organisation": orgs[i % ORGS], "limit": 0}, args.samples)
+            print(f"count (organisation, limit=0): {count}", flush=True)
+            stats = latencies(url, "/tasks/stats", lambda i: {"organisation_id": orgs[i % ORGS]}, args.samples)
+            print(f"/tasks/stats (one organisation): {stats}", flush=True)
+        if "push" in args.phases:
+            pushed = push_rate(urls, args, api)
+            print(f"push (report, pull: claimed only), {shape}: {pushed}", flush=True)
     finally:
         for server in servers:
             server.terminate()
