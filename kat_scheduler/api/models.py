@@ -81,9 +81,10 @@ class PoppedTasks(BaseModel):
 
 
 class TaskPatch(BaseModel):
-    """The body of ``PATCH /tasks/{id}``: any Task field; only ``status`` may differ from the task."""
+    """The body of ``PATCH /tasks/{id}``: any Task field; only ``status`` may differ from the task.
+    A key that is no Task field is refused (422 naming it): it would be dropped silently."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     id: uuid.UUID | None = None
     scheduler_id: str | None = None

@@ -1,0 +1,200 @@
+"""Every kind of bad input of issue 18 (item 6), on every task route, over real HTTP, on SQLite and
+PostgreSQL: unknown fields, wrong types, an unknown scheduler, a malformed uuid, an oversized
+``limit``, a body that is not JSON. Each is answered with the status code mula's clients expect
+(FastAPI's 422 for a request that does not parse, 400 for one that parses but makes no sense, 404
+for what does not exist) and a ``{"detail": ...}`` naming the problem; no row and no message
+changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from kat_scheduler.publisher import make_publisher
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UnpublishedTask
+from kat_scheduler.storage.tasks import NewTask, TaskStore
+from tests.api_server import ApiServer, serve_api
+from tests.factories import NewTaskFactory
+
+NOT_JSON = b'{"organisation": "aa",'
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(broker_url=redis_url, pull_schedulers="report")
+
+
+@pytest.fixture
+def task(engine: Engine) -> NewTask:
+    """One queued boefje task, for the routes that name a task."""
+    built: NewTask = NewTaskFactory.build()
+    TaskStore(engine).claim([built])
+    return built
+
+
+@pytest.fixture
+def api(engine: Engine, settings: Settings, task: NewTask) -> Iterator[ApiServer]:
+    with serve_api(settings, engine=engine) as server:
+        yield server
+
+
+def stored(engine: Engine) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every task, its listing as unpublished, and every schedule, as the database has them."""
+    with engine.connect() as conn:
+        tasks = [tuple(row) for row in conn.execute(select(TaskRow.__table__).order_by(TaskRow.id))]
+        unpublished = [tuple(row) for row in conn.execute(select(UnpublishedTask.__table__))]
+        schedules = [tuple(row) for row in conn.execute(select(ScheduleRow.__table__).order_by(ScheduleRow.id))]
+    return tasks, unpublished, schedules
+
+
+def messages(settings: Settings) -> dict[str, int]:
+    publisher = make_publisher(settings)
+    try:
+        return {queue: publisher.queue_depth(queue) for queue in ("boefjes", "normalizers")}
+    finally:
+        publisher.close()
+
+
+def rocky_push(**changes: object) -> dict[str, object]:
+    """Rocky's push of a boefje task (rocky/rocky/scheduler.py, push_task), with ``changes``."""
+    task_id = str(uuid.uuid4())
+    data = {"id": task_id, "boefje": {"id": "dns-records"}, "input_ooi": "Hostname|internet|a.nl", "organization": "aa"}
+    return {"id": task_id, "scheduler_id": "boefje", "organisation": "aa", "priority": 1, "data": data, **changes}
+
+
+WORKER_FILTER = {"filters": [{"column": "data", "field": "boefje__oci_image", "operator": "in", "value": ["x"]}]}
+
+#: (case, method, path ("{task}": the queued task's id), query, JSON body or raw bytes, status,
+#: what the detail must name).
+CASES: list[tuple[str, str, str, dict[str, Any], Any, int, str]] = [
+    # unknown fields
+    ("patch: an unknown field", "PATCH", "/tasks/{task}", {}, {"status": "running", "colour": "red"}, 422, "colour"),
+    ("filter: an unknown key", "POST", "/tasks", {}, {"filters": [{**WORKER_FILTER["filters"][0], "x": 1}]}, 422, "x"),
+    (
+        "filter: an unknown column",
+        "POST",
+        "/tasks",
+        {},
+        {"filters": [{"column": "colour", "operator": "==", "value": 1}]},
+        400,
+        "colour",
+    ),
+    ("pop: an unknown body key", "POST", "/schedulers/boefje/pop", {}, {"where": []}, 422, "where"),
+    # wrong types
+    (
+        "push: priority is no integer",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(priority="high"),
+        422,
+        "priority",
+    ),
+    ("push: data is no object", "POST", "/schedulers/boefje/push", {}, rocky_push(data="nmap"), 422, "data"),
+    ("push: no organisation", "POST", "/schedulers/boefje/push", {}, {"data": {}}, 422, "organisation"),
+    (
+        "push: data that is no boefje task",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(data={"organization": "aa"}),
+        400,
+        "not a boefje task",
+    ),
+    ("patch: status is no status", "PATCH", "/tasks/{task}", {}, {"status": "exploded"}, 422, "status"),
+    ("patch: status is a number", "PATCH", "/tasks/{task}", {}, {"status": 5}, 422, "status"),
+    ("list: limit is no integer", "GET", "/tasks", {"limit": "ten"}, None, 422, "limit"),
+    ("list: a date that is none", "GET", "/tasks", {"min_created_at": "yesterday"}, None, 422, "min_created_at"),
+    ("pop: filters is no list", "POST", "/schedulers/boefje/pop", {}, {"filters": "boefje"}, 422, "filters"),
+    (
+        "filter: a text value on a number column",
+        "POST",
+        "/tasks",
+        {},
+        {"filters": [{"column": "priority", "operator": "==", "value": "high"}]},
+        400,
+        "priority",
+    ),
+    # unknown scheduler
+    ("push: an unknown scheduler", "POST", "/schedulers/nope/push", {}, rocky_push(scheduler_id="nope"), 404, "nope"),
+    ("pop: an unknown scheduler", "POST", "/schedulers/nope/pop", {}, None, 404, "nope"),
+    ("scheduler: an unknown one", "GET", "/schedulers/nope", {}, None, 404, "nope"),
+    ("list: an unknown scheduler", "GET", "/tasks", {"scheduler_id": "nope"}, None, 422, "scheduler_id"),
+    ("stats: an unknown scheduler", "GET", "/tasks/stats", {"scheduler_id": "nope"}, None, 422, "scheduler_id"),
+    (
+        "push: a scheduler_id against the path",
+        "POST",
+        "/schedulers/normalizer/push",
+        {},
+        rocky_push(),
+        400,
+        "scheduler_id",
+    ),
+    # malformed uuid
+    ("get: a malformed id", "GET", "/tasks/not-a-uuid", {}, None, 422, "task_id"),
+    ("patch: a malformed id", "PATCH", "/tasks/not-a-uuid", {}, {"status": "running"}, 422, "task_id"),
+    ("push: a malformed id", "POST", "/schedulers/boefje/push", {}, rocky_push(id="not-a-uuid"), 422, "id"),
+    (
+        "filter: a malformed id",
+        "POST",
+        "/tasks",
+        {},
+        {"filters": [{"column": "id", "operator": "==", "value": "x"}]},
+        400,
+        "column 'id'",
+    ),
+    # oversized limit
+    ("pop: limit over 500", "POST", "/schedulers/boefje/pop", {"limit": 501}, None, 422, "limit"),
+    ("list: limit over 500", "GET", "/tasks", {"limit": 501}, None, 422, "limit"),
+    ("search: limit over 500", "POST", "/tasks", {"limit": 501}, None, 422, "limit"),
+    (
+        "list: max_pages over 20",
+        "GET",
+        "/tasks",
+        {"max_pages": 21, "allow_partial_count": "true"},
+        None,
+        422,
+        "max_pages",
+    ),
+    # a body that is not JSON
+    ("push: not JSON", "POST", "/schedulers/boefje/push", {}, NOT_JSON, 422, "JSON"),
+    ("pop: not JSON", "POST", "/schedulers/boefje/pop", {}, NOT_JSON, 422, "JSON"),
+    ("patch: not JSON", "PATCH", "/tasks/{task}", {}, NOT_JSON, 422, "JSON"),
+    ("search: not JSON", "POST", "/tasks", {}, NOT_JSON, 422, "JSON"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "body", "status", "names"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_is_answered_with_the_expected_code_and_a_detail_naming_the_problem_and_changes_nothing(
+    api, engine, settings, task, method, path, query, body, status, names
+):
+    before, waiting = stored(engine), messages(settings)
+    sent: dict[str, Any] = {"params": query}
+    if isinstance(body, bytes):
+        sent.update(data=body, headers={"Content-Type": "application/json"})
+    elif body is not None:
+        sent["json"] = body
+
+    response = api.http.request(method, api.url + path.format(task=task.id), timeout=10, **sent)
+
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert list(answer) == ["detail"], answer
+    if status == 422:  # FastAPI's validation errors: each says where (loc) and what (msg)
+        assert all({"loc", "msg", "type"} <= set(error) for error in answer["detail"])
+        named = [e for e in answer["detail"] if names in [str(part) for part in e["loc"]] or names in e["msg"]]
+        assert named, f"{names!r} is not named in {answer['detail']!r}"
+    else:
+        assert isinstance(answer["detail"], str) and names in answer["detail"], answer["detail"]
+    assert stored(engine) == before, "bad input changed what is stored"
+    assert messages(settings) == waiting, "bad input published a message"
