@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from croniter import croniter
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -24,7 +23,7 @@ from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId
 from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
 from kat_scheduler.storage.schedules import HashTaken, ScheduleQuery, ScheduleRecord, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
-from kat_scheduler.timing import next_cron
+from kat_scheduler.timing import is_valid_cron, next_cron
 
 router = APIRouter(tags=["schedules"])
 
@@ -79,7 +78,7 @@ def identity(scheduler_id: SchedulerId, organisation: str, data: dict[str, Any])
 
 
 def valid_cron(expression: str) -> str:
-    if not croniter.is_valid(expression):
+    if not is_valid_cron(expression):
         raise _bad(f"schedule {expression!r} is not a valid cron expression")
     return expression
 
