@@ -21,8 +21,8 @@ import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -34,22 +34,24 @@ from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.recording import RecordingHandler
-from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
+from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.planning.candidates import (
     BoefjeIndex,
     Candidate,
-    Pair,
     boefje_dispatchable,
     interleave,
-    new_boefje_schedule,
     rank_pair,
 )
 from kat_scheduler.planning.reactions import (
-    hashes_of_object,
-    hashes_without_clearance,
-    mutation_pairs,
+    Folded,
+    Known,
+    Queued,
+    Step,
+    fold_pair,
+    in_force,
+    mutation_steps,
     normalizers_for_raw,
 )
 from kat_scheduler.plugin_cache import PluginCache
@@ -57,14 +59,8 @@ from kat_scheduler.publisher import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.rules import (
-    NOT_DUE_SKIP,
-    BytesRun,
-    NotDueReason,
     SkipReason,
     Trigger,
-    boefje_facts,
-    counted_from,
-    is_due,
 )
 from kat_scheduler.rules.identity import normalizer_task_hash
 from kat_scheduler.rules.payloads import normalizer_message_kwargs, normalizer_payload
@@ -72,10 +68,9 @@ from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.producers import ProducerRunStore
-from kat_scheduler.storage.schedules import NewSchedule, ScheduleState, ScheduleStore
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from kat_scheduler.timing import period
 
 logger = logging.getLogger(__name__)
 
@@ -90,29 +85,6 @@ class HandlerStats:
     cancelled: int = 0
     schedules_disabled: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True, eq=False)  # compared by identity: each batch removes its own
-class _Unwritten:
-    """A planned batch whose writes have not finished: the hashes it queues and those it cancels."""
-
-    queues: frozenset[str]
-    cancels: frozenset[str]
-
-
-def _ahead(batches: list[_Unwritten]) -> tuple[set[str], set[str]]:
-    """What the writes of ``batches`` (in order) will leave: hashes live, and hashes cancelled."""
-    live: set[str] = set()
-    cancelled: set[str] = set()
-    for batch in batches:
-        live = (live - batch.cancels) | batch.queues
-        cancelled = (cancelled | batch.cancels) - batch.queues
-    return live, cancelled
-
-
-def _in_force(state: ScheduleState | None, now: datetime) -> bool:
-    """Whether a pair's schedule keeps it from running now (enabled, its deadline still ahead)."""
-    return state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now
 
 
 def _spans(count: int, size: int) -> list[tuple[int, int]]:
@@ -148,12 +120,13 @@ class _Base:
         self.settings = settings
         self.clock = clock
         self.stats = HandlerStats()
-        #: The plan and the writes of different batches run on different threads.
+        #: The plan, the writes and the send of different batches run on different threads.
         self._lock = threading.Lock()
-        self._unwritten: list[_Unwritten] = []
         #: Batches written and not yet sent (the send of one overlaps the writes of the next).
         self._sends = threading.Condition()
         self._unsent = 0
+        #: Hashes whose schedule writes a written batch has not finished yet (the bookkeeper's).
+        self._unrecorded: Counter[str] = Counter()
 
     def _count(self, skipped: Counter[str] | None = None, **counts: int) -> None:
         with self._lock:
@@ -256,15 +229,19 @@ class _Base:
 class MutationHandler(_Base):
     """``scan_profile_mutations`` → boefje tasks for the object, or cancellations.
 
-    The plan reads (plugins; live tasks, then schedules and history) and decides; the writes
-    (cancellations, claims) come after, in batch order, so a delete in one batch is never
-    overtaken by a create of the batch before, and the send (publishes, then the bookkeeping)
-    last. A batch's cancellations may be written before the batch before it is sent: a worker
-    skips a message whose row is cancelled. A plan may run before the writes of the
-    batches before it are done, so it reads the database as those writes will leave it: a hash
-    an earlier batch queues counts as live, one it cancels as not live with its schedule
-    disabled. Live tasks are read before history, as the planner does: a task that finishes
-    after the plan read it as live is skipped, not queued again inside its grace period.
+    A batch means what its events one at a time in order would: per pair (boefje, object,
+    organisation) its events are steps (:func:`~kat_scheduler.planning.reactions.mutation_steps`),
+    folded from what the database holds (:func:`~kat_scheduler.planning.reactions.fold_pair`), so
+    the last word wins and every word before it counts (a level drop cancels what it no longer
+    clears, even when a raise follows in the same batch).
+
+    The plan is pure (the plugin lists aside): the events as steps per pair. The writes read
+    and decide and then write, in batch order and only once the batches before are written, so
+    they read what those left: live tasks, then schedules and history (a task that finishes
+    after its hash was read as live is skipped, not queued again inside its grace period); a
+    pair whose schedule an earlier batch still has to record waits for that. Then cancellations,
+    disabled schedules and claims. The send (publishes, then the bookkeeping: rows marked
+    published, schedules) comes last, and may overlap the next batch's writes.
     """
 
     def plan(self, queue: str, events: list[ScanProfileMutation]) -> Write:
@@ -274,177 +251,176 @@ class MutationHandler(_Base):
         for i, event in enumerate(events):
             by_org[event.client_id].append(i)
         self.plugins.prefetch("boefje", by_org)  # the uncached ones at once, not one after another
-        # 1. Pure: per organisation, the pairs the mutations may run and the hashes they make wrong.
-        pairs_by_org: dict[str, list[Pair]] = {}
-        cancel: list[str] = []
-        skipped: Counter[str] = Counter()
+        steps: dict[str, list[Step]] = {}
+        org_of: dict[str, str] = {}
+        reasons: Counter[SkipReason] = Counter()
         for org, indices in by_org.items():
             boefjes = self._plugins_or_reject(org, self.plugins.boefjes, indices, rejected)
             if boefjes is None:
                 continue
-            # The last event per object wins: a burst of updates plans once, on the final level.
-            latest: dict[str, ScanProfileMutation] = {}
-            for i in indices:
-                latest[events[i].primary_key] = events[i]
-            pairs_by_org[org] = self._pairs(org, BoefjeIndex(boefjes), list(latest.values()), cancel, skipped)
-        # 2. One statement each for the whole batch (hashes include the organisation), live tasks
-        # first; then as the writes of the batches still ahead of this one will leave things.
-        hashes = [p.hash for pairs in pairs_by_org.values() for p in pairs]
+            index = BoefjeIndex(boefjes)
+            for i in indices:  # in batch order within each organisation (hashes include it)
+                for hash_, step in mutation_steps(org, index, events[i], reasons):
+                    pair_steps = steps.get(hash_)
+                    if pair_steps is None:
+                        steps[hash_] = [step]
+                        org_of[hash_] = org
+                    else:
+                        pair_steps.append(step)
+        self._count(Counter({str(k): v for k, v in reasons.items()}), events=len(events))
+        return partial(self._write, steps, org_of, rejected, now)
+
+    def _write(
+        self, steps: dict[str, list[Step]], org_of: dict[str, str], rejected: list[Rejected], now: datetime
+    ) -> Send:
         with self._lock:
-            live_ahead, cancelled_ahead = _ahead(self._unwritten)
-        live = (self.tasks.live_hashes(hashes) - cancelled_ahead) | live_ahead if hashes else set()
-        states = self.schedules.states(hashes) if hashes else {}
-        for hash_ in cancelled_ahead & states.keys():
-            states[hash_] = replace(states[hash_], enabled=False)
-        history = self.tasks.last_runs(hashes) if hashes else {}
-        # Bytes' newest run (as the last tick saw it) of the pairs our own record does not cover.
-        uncovered = [h for h in hashes if h not in live and h not in history and not _in_force(states.get(h), now)]
-        bytes_runs = self.bytes_runs.newest(uncovered) if uncovered else {}
-        schedules: list[NewSchedule] = []
+            unrecorded = not self._unrecorded.keys().isdisjoint(steps)
+        if unrecorded:
+            # An earlier batch's schedule writes for these pairs go first: they are submitted when
+            # it is sent, and once they are all submitted, written.
+            self._wait_for_sends()
+            self.bookkeeper.flush()
+        known = self._known(steps, now)
+        folded = {
+            h: fold_pair(org_of[h], pair_steps, known[h], now=now, settings=self.settings)
+            for h, pair_steps in steps.items()
+        }
+
+        skipped: Counter[str] = Counter()
+        per_org: dict[str, list[Candidate]] = defaultdict(list)
         ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
-        per_org = [
-            self._decide(org, pairs, live, states, history, bytes_runs, schedules, ranks, now, skipped)
-            for org, pairs in pairs_by_org.items()
-        ]
-        candidates = list(interleave(per_org))
+        disable: list[str] = []
+        for hash_, out in folded.items():
+            if out.skipped:
+                skipped.update({str(k): v for k, v in out.skipped.items()})
+            if out.disable and out.schedule is None:
+                disable.append(hash_)
+            if out.queue is not None:
+                per_org[org_of[hash_]].append(self._candidate(org_of[hash_], out.queue, ranks, now))
+        self._count(skipped)
+        if disable:
+            disabled = self.schedules.disable_hashes(disable, "object deleted or scan level too low", now=now)
+            self._count(schedules_disabled=disabled)
+        candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org.values()]))
         items = [boefje_dispatchable(c) for c in candidates]
-        messages = self.dispatcher.prepare(items)
-        self._count(skipped, events=len(events))
-        unwritten = _Unwritten(frozenset(c.hash for c in candidates), frozenset(cancel))
+        claims = self._claim(items, self.dispatcher.prepare(items))
+        recording = [h for h, out in folded.items() if out.schedule is not None]
         with self._lock:
-            self._unwritten.append(unwritten)
+            self._unrecorded.update(recording)
+        sent = self._sending()
+        return partial(self._send_mutations, claims, folded, recording, sent, rejected, now)
 
-        def write() -> Send:
-            try:
-                if cancel:
-                    # An earlier batch's schedule writes go first: they are submitted when it is
-                    # sent, and once they are all submitted, written.
-                    self._wait_for_sends()
-                    self.bookkeeper.flush()
-                    cancelled = len(self.tasks.cancel_hashes(cancel, now=now))
-                    disabled = self.schedules.disable_hashes(cancel, "object deleted or scan level too low", now=now)
-                    self._count(cancelled=cancelled, schedules_disabled=disabled)
-                claims = self._claim(items, messages)
-                sent = self._sending()
-            finally:
-                with self._lock:
-                    self._unwritten.remove(unwritten)
-            return partial(send, claims, sent)
+    def _known(self, steps: dict[str, list[Step]], now: datetime) -> dict[str, Known]:
+        """What the database holds for each pair of ``steps``; cancels the live tasks the steps withdraw.
 
-        def send(claims: list[Claim], sent: Callable[[], None]) -> list[Rejected]:
-            try:
-                queued = {t.hash for t in self._send(claims)}
-                # A pair that has a schedule gets its next deadline now that it is queued. A new
-                # pair gets none: once its task has run, the next planning tick writes its schedule
-                # from that run (as it does for any pair with history and no schedule), and until
-                # then its live task, then its history, keep it from running twice. So a storm of
-                # new objects writes no schedules.
-                schedules.extend(
-                    new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, now, self.settings)
-                    for c in candidates
-                    if c.hash in states and c.hash in queued
-                )
-                if schedules:
-                    self.bookkeeper.submit("schedules", lambda: self.schedules.upsert(schedules, now=now))
-                return rejected
-            finally:
-                sent()  # only now: a later batch's disables wait for this batch's schedule writes
+        Live tasks are read first, then schedules and history. A cancelled task's pair weighed
+        again after its withdrawal is read again: a running task stays live, and one that ended
+        meanwhile is history.
+        """
+        hashes = list(steps)
+        live = self.tasks.live_hashes(hashes)
+        withdrawn = {h for h in hashes if None in steps[h]}
+        states = self.schedules.states(hashes)
+        history = self.tasks.last_runs(hashes)
+        cancel = [h for h in hashes if h in live and h in withdrawn]
+        running: set[str] = set()
+        if cancel:
+            self._count(cancelled=len(self.tasks.cancel_hashes(cancel, now=now)))
+            again = [h for h in cancel if _weighed_after_withdrawal(steps[h])]
+            if again:
+                running = self.tasks.live_hashes(again)
+                history.update(self.tasks.last_runs(again))
 
-        return write
+        def weighed_without_record(h: str) -> bool:
+            # Bytes' newest run is read for a pair our own record does not cover: weighed, no
+            # history of ours, and (unless withdrawn first) not live nor within its schedule.
+            if h in history or all(step is None for step in steps[h]):
+                return False
+            return h in withdrawn or not (h in live or in_force(states.get(h), now))
 
-    def _pairs(
-        self,
-        org: str,
-        index: BoefjeIndex,
-        mutations: list[ScanProfileMutation],
-        cancel: list[str],
-        skipped: Counter[str],
-    ) -> list[Pair]:
-        pairs: list[Pair] = []
-        for mutation in mutations:
-            if mutation.operation == MutationOperation.DELETE or mutation.value is None:
-                cancel.extend(hashes_of_object(org, index, mutation.primary_key))
-                continue
-            cancel.extend(hashes_without_clearance(org, index, mutation.value))
-            reasons: Counter[SkipReason] = Counter()
-            pairs.extend(mutation_pairs(org, index, mutation.value, mutation.operation, reasons))
-            skipped.update({str(k): v for k, v in reasons.items()})
-        return pairs
-
-    def _decide(
-        self,
-        org: str,
-        pairs: list[Pair],
-        live: set[str],
-        states: dict[str, ScheduleState],
-        history: dict[str, datetime],
-        bytes_runs: dict[str, BytesRun],
-        schedules: list[NewSchedule],
-        ranks: dict[tuple[str, Trigger, datetime | None], Rank],
-        now: datetime,
-        skipped: Counter[str],
-    ) -> list[Candidate]:
-        out: list[Candidate] = []
-        default_grace = timedelta(seconds=self.settings.grace_period)
-        stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
-        for pair in pairs:
-            if pair.hash in live:
-                skipped[str(SkipReason.LIVE)] += 1
-                continue
-            state = states.get(pair.hash)
-            if _in_force(state, now):
-                # The schedule's deadline is when the rules make the pair due (written from what
-                # the planner knew, Bytes' history included).
-                skipped[str(SkipReason.CRON if pair.boefje.cron else SkipReason.GRACE)] += 1
-                continue
-            last = history.get(pair.hash)
-            # Our own last run, else Bytes' newest run as the last tick saw it (as the tick does).
-            run = bytes_runs.get(pair.hash) if last is None else None
-            if last is not None or run is not None:
-                decision = is_due(
-                    boefje_facts(
-                        pair.boefje,
-                        now=now,
-                        last_ended=last,
-                        bytes_run=run,
-                        default_grace=default_grace,
-                        stall_age=stall_age,
-                    )
-                )
-                if not decision.due:
-                    skipped[str(NOT_DUE_SKIP[NotDueReason(decision.reason)])] += 1
-                    schedules.append(
-                        new_boefje_schedule(
-                            org,
-                            pair.boefje,
-                            pair.ooi.primary_key,
-                            pair.hash,
-                            counted_from(decision, run),
-                            self.settings,
-                        )
-                    )
-                    continue
-                last = decision.last_ended
-            if last is None and state is not None and state.enabled and state.deadline_at is not None:
-                last = state.deadline_at - period(pair.boefje, self.settings.grace_period)
-            trigger = Trigger.NEW_OBJECT if last is None else Trigger.SCHEDULE
-            # A rank depends on the pair only through its boefje: a storm of new objects ranks
-            # each boefje once per batch (the ranker is pure, so this changes nothing).
-            key = (pair.boefje.id, trigger, last)
-            rank = ranks.get(key)
-            if rank is None:
-                rank = ranks[key] = rank_pair(pair, trigger, last, now, self.settings.grace_period)
-            out.append(
-                Candidate(
-                    organisation=org,
-                    boefje=pair.boefje,
-                    input_ooi=pair.ooi.primary_key,
-                    hash=pair.hash,
-                    rank=rank,
-                    trigger=trigger,
-                )
+        uncovered = [h for h in hashes if weighed_without_record(h)]
+        bytes_runs = self.bytes_runs.newest(uncovered) if uncovered else {}
+        return {
+            h: Known(
+                live=h in live,
+                running=h in running,
+                schedule=states.get(h),
+                last_ended=history.get(h),
+                bytes_run=bytes_runs.get(h),
             )
-        return sorted(out, key=lambda c: c.sort_key)
+            for h in hashes
+        }
+
+    def _candidate(
+        self, org: str, queue: Queued, ranks: dict[tuple[str, Trigger, datetime | None], Rank], now: datetime
+    ) -> Candidate:
+        pair = queue.pair
+        # A rank depends on the pair only through its boefje: a storm of new objects ranks each
+        # boefje once per batch (the ranker is pure, so this changes nothing).
+        key = (pair.boefje.id, queue.trigger, queue.last_ended)
+        rank = ranks.get(key)
+        if rank is None:
+            rank = ranks[key] = rank_pair(pair, queue.trigger, queue.last_ended, now, self.settings.grace_period)
+        return Candidate(
+            organisation=org,
+            boefje=pair.boefje,
+            input_ooi=pair.ooi.primary_key,
+            hash=pair.hash,
+            rank=rank,
+            trigger=queue.trigger,
+        )
+
+    def _send_mutations(
+        self,
+        claims: list[Claim],
+        folded: dict[str, Folded],
+        recording: list[str],
+        sent: Callable[[], None],
+        rejected: list[Rejected],
+        now: datetime,
+    ) -> list[Rejected]:
+        submitted = False
+        try:
+            queued = {t.hash for t in self._send(claims)}
+            # A schedule written by the step that queued a task is written once that task is sent.
+            schedules = [
+                out.schedule
+                for h, out in folded.items()
+                if out.schedule is not None and (not out.schedule_if_queued or h in queued)
+            ]
+            disable = [h for h, out in folded.items() if out.schedule is not None and out.disable]
+            if schedules or disable:
+                self.bookkeeper.submit("schedules", partial(self._record_schedules, schedules, disable, recording, now))
+                submitted = True
+            return rejected
+        finally:
+            if not submitted:
+                self._recorded(recording)
+            sent()  # only now: a later batch's writes on these pairs wait for this batch's schedule writes
+
+    def _record_schedules(
+        self, schedules: list[NewSchedule], disable: list[str], recording: list[str], now: datetime
+    ) -> None:
+        """Write the schedules of a sent batch, then disable those its last word withdrew."""
+        try:
+            self.schedules.upsert(schedules, now=now)
+            if disable:
+                disabled = self.schedules.disable_hashes(disable, "object deleted or scan level too low", now=now)
+                self._count(schedules_disabled=disabled)
+        finally:
+            self._recorded(recording)
+
+    def _recorded(self, hashes: list[str]) -> None:
+        with self._lock:
+            self._unrecorded.subtract(hashes)
+            for hash_ in hashes:
+                if self._unrecorded[hash_] <= 0:
+                    del self._unrecorded[hash_]
+
+
+def _weighed_after_withdrawal(steps: list[Step]) -> bool:
+    """Whether a pair's steps weigh it after the first step that withdraws it."""
+    return any(step is not None for step in steps[steps.index(None) + 1 :])
 
 
 class RawFileHandler(_Base):

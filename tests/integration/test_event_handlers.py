@@ -87,11 +87,13 @@ def planned_hostname(planner, world) -> tuple[str, Any]:
 
 def handler_at(mutations: MutationHandler, when: datetime) -> MutationHandler:
     """A handler like ``mutations`` whose clock stands at ``when``."""
+    publisher = mutations.dispatcher.publisher
+    assert publisher is not None
     return MutationHandler(
         mutations.plugins,
         mutations.tasks,
         mutations.schedules,
-        mutations.dispatcher.publisher,
+        publisher,
         mutations.settings,
         clock=lambda: when,
     )
