@@ -146,3 +146,35 @@ def test_an_object_key_longer_than_the_column_is_refused_not_cut(pg_engine) -> N
     with pytest.raises(psycopg2.errors.StringDataRightTruncation, match="too long"):
         store.claim([too_long])
     assert store.count_by_status()[TaskStatus.QUEUED] == 0
+
+
+def test_the_waiting_tasks_of_published_schedulers_come_page_by_page_and_none_twice(engine: Engine) -> None:
+    from kat_scheduler.models import SchedulerId
+
+    store = TaskStore(engine)
+    tasks = NewTaskFactory.create_batch(5)
+    store.claim(tasks)
+    store.mark_dispatched(tasks[0].id, "boefjes@host")
+    store.start(tasks[1].id, "host:1")  # running: its worker holds it, no message needed
+    pages, after = [], None
+    while page := store.waiting_page([SchedulerId.BOEFJE], after=after, limit=2):
+        pages.append([row.id for row in page])
+        after = page[-1].id
+    assert [len(p) for p in pages] == [2, 2]
+    assert sorted(i for p in pages for i in p) == sorted(t.id for t in tasks if t.id != tasks[1].id)
+    assert store.waiting_page([SchedulerId.NORMALIZER]) == [] and store.waiting_page([]) == []
+
+
+def test_a_run_handed_to_another_worker_is_ended_only_by_that_worker(engine: Engine) -> None:
+    store = TaskStore(engine)
+    task = NewTaskFactory()
+    store.claim([task])
+    node_id = uuid.uuid4()
+    store.start(task.id, "silent:1", node_id=node_id)
+    recovered = store.recover_lost_nodes([node_id], now=datetime.now(UTC), max_retries=5)
+    assert [row.id for row in recovered.requeued] == [task.id] and recovered.failed == 0
+    row = store.get(task.id)
+    assert row is not None and row.status == TaskStatus.QUEUED and row.node_id is None
+    assert store.start(task.id, "rescuer:2") is not None
+    assert not store.finish(task.id, TaskStatus.COMPLETED, by_worker="silent:1")
+    assert store.finish(task.id, TaskStatus.COMPLETED, by_worker="rescuer:2")
