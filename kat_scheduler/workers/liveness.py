@@ -62,7 +62,7 @@ class NodeHeartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.interval + 15)
+            self._thread.join(timeout=2.0)  # a daemon: a beat stuck on the database does not hold the shutdown
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
