@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kat_scheduler.api.context import ApiContext, context
@@ -26,6 +26,7 @@ from kat_scheduler.storage.tasks import NewTask
 
 router = APIRouter(tags=["schedulers"])
 
+JSON = "application/json"
 #: Seconds a client is told to wait before pushing a hash again that is queued or running.
 RETRY_AFTER = 60
 
@@ -132,7 +133,12 @@ def report_task(push: TaskPush) -> NewTask:
         503: {"model": Problem, "description": "The broker did not take the message"},
     },
 )
-def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
+    # Serialised here, once: FastAPI would validate the Task again against response_model.
+    return Response(_pushed(scheduler_id, body, ctx).model_dump_json(), status.HTTP_201_CREATED, media_type=JSON)
+
+
+def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
     scheduler = known_scheduler(scheduler_id)
     if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
         raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")

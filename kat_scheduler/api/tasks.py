@@ -7,8 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
@@ -80,7 +79,7 @@ def listing(
     return Listing(query, offset, limit, max_pages, allow_partial_count)
 
 
-def _respond(request: Request, ctx: ApiContext, params: Listing) -> JSONResponse:
+def _respond(request: Request, ctx: ApiContext, params: Listing) -> Response:
     offset, limit = params.offset, params.limit
     cap = offset + params.max_pages * limit + 1 if params.allow_partial_count else None
     found = ctx.tasks.page(params.query, offset=offset, limit=limit, count_cap=cap)
@@ -91,8 +90,8 @@ def _respond(request: Request, ctx: ApiContext, params: Listing) -> JSONResponse
         results=[Task.of(row) for row in found.rows],
         is_partial_count=found.partial if params.allow_partial_count else None,
     )
-    body = page.model_dump(mode="json", exclude=set() if params.allow_partial_count else {"is_partial_count"})
-    return JSONResponse(body)
+    body = page.model_dump_json(exclude=set() if params.allow_partial_count else {"is_partial_count"})
+    return Response(body, media_type="application/json")
 
 
 LISTING_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -108,7 +107,7 @@ LISTING_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 def list_tasks(
     request: Request, ctx: Annotated[ApiContext, Depends(context)], params: Annotated[Listing, Depends(listing)]
-) -> JSONResponse:
+) -> Response:
     return _respond(request, ctx, params)
 
 
@@ -123,7 +122,7 @@ def search_tasks(
     ctx: Annotated[ApiContext, Depends(context)],
     params: Annotated[Listing, Depends(listing)],
     filters: Annotated[FilterRequest | None, Body(description='{"filters": [...]} or null')] = None,
-) -> JSONResponse:
+) -> Response:
     try:
         where = conditions(filters, ctx.engine.dialect.name)
     except FilterError as exc:
