@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -159,12 +158,6 @@ HANDLER_POLL = 0.002
 STALLED_AFTER = 120.0
 #: Batches of a :class:`StagedHandler` in flight at once: one being sent, one written, one planned.
 PIPELINE_DEPTH = 3
-#: The listener process's GIL switch interval (seconds; Python's default is 0.005). The writing
-#: and sending threads take the GIL back after every wait (the claim, its commit, each Redis round
-#: trip) from threads that are decoding and planning: with the default they wait up to 5 ms each
-#: time. At 1 ms storm a (backlog) ran 5-17 % faster in five alternating
-#: pairs of runs.
-SWITCH_INTERVAL = 0.001
 
 
 @dataclass
@@ -676,8 +669,6 @@ def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threadi
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         EventConsumer(
             settings.queue_uri,
@@ -687,6 +678,5 @@ def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threadi
             heartbeat=Heartbeat(settings.heartbeat_file),
         ).run(stop=stop)
     finally:
-        sys.setswitchinterval(switch_interval)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

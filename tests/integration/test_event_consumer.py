@@ -38,7 +38,6 @@ from kat_scheduler.events.consumer import (
     RAW_FILE_RECEIVED,
     REDIS_TRANSPORT_OPTIONS,
     SCAN_PROFILE_MUTATIONS,
-    SWITCH_INTERVAL,
     EventConsumer,
     Rejected,
     TransientError,
@@ -549,9 +548,7 @@ def test_a_killed_consumer_loses_nothing(amqp_events: str, redis_url: str, tmp_p
     assert_nothing_left(amqp_events, SCAN_PROFILE_MUTATIONS)
 
 
-def test_the_listener_switches_threads_every_millisecond_while_it_runs_and_restores_the_interval(
-    amqp_events: str,
-) -> None:
+def test_the_listener_leaves_the_process_switch_interval_alone(amqp_events: str) -> None:
     seen: list[float] = []
     stop_event = threading.Event()
 
@@ -568,7 +565,7 @@ def test_the_listener_switches_threads_every_millisecond_while_it_runs_and_resto
     thread.start()
     thread.join(30)
 
-    assert not thread.is_alive() and seen == [SWITCH_INTERVAL] and SWITCH_INTERVAL < 0.005
+    assert not thread.is_alive() and seen == [before]
     assert sys.getswitchinterval() == before
 
 
