@@ -535,7 +535,7 @@ class EventConsumer:
         def plan() -> None:
             try:
                 # The later stages' threads first: a batch, once planned, must be written and,
-                # once written, sent (the handler counts on it to know what is still ahead).
+                # once written, sent (a later batch's writes may wait for an earlier one's send).
                 self._writer.start()
                 self._sender.start()
                 writer = handler.plan(queue, events)
