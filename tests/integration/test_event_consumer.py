@@ -326,6 +326,7 @@ class StagedFake:
         if number in self.fail_plan:
             raise TransientError(f"plan {number} failed")
         keys = [event_key(event) for event in events]
+        self.log.append(("planned", number, time.monotonic()))
 
         def write() -> Callable[[], list[Rejected]]:
             self.log.append(("write", number, time.monotonic()))
@@ -357,12 +358,16 @@ def test_a_staged_handler_plans_writes_and_sends_three_batches_at_once_each_stag
     in_order = [key(n) for n in range(600)]
     assert handler.written == in_order and handler.sent == in_order  # each stage in order, each once
     batches = range(1, handler.batches + 1)
-    for stage, end in (("write", "written"), ("send", "sent")):
+    for stage, end in (("plan", "planned"), ("write", "written"), ("send", "sent")):
         spans = [(handler.at(stage, n), handler.at(end, n)) for n in batches]
         assert all(e <= next_start for (_, e), (next_start, _) in itertools.pairwise(spans))  # one at a time
     # while batch n was sent, batch n + 1 was written and batch n + 2 planned
     assert any(handler.at("write", n + 1) < handler.at("sent", n) for n in batches[:-1]), handler.log
     assert any(handler.at("plan", n + 2) < handler.at("sent", n) for n in batches[:-2]), handler.log
+    # ... and never more than that: batch n + PIPELINE_DEPTH is planned only once batch n is sent
+    assert all(handler.at("plan", n + PIPELINE_DEPTH) >= handler.at("sent", n) for n in batches[:-PIPELINE_DEPTH]), (
+        handler.log
+    )
     assert consumer.prefetch == (PIPELINE_DEPTH + 1) * 100
 
 
