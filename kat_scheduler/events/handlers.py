@@ -49,6 +49,7 @@ from kat_scheduler.planning.reactions import (
     Known,
     Queued,
     Step,
+    claim_spans,
     fold_pair,
     in_force,
     mutation_steps,
@@ -85,19 +86,6 @@ class HandlerStats:
     cancelled: int = 0
     schedules_disabled: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-
-
-def _spans(count: int, size: int) -> list[tuple[int, int]]:
-    """``[start, end)`` spans of about ``size`` covering ``count`` items; a short tail joins the last.
-
-    A batch of events makes a little more than one claim's worth of tasks as often as not (500
-    events, 1,025 tasks): a tail of 25 would cost a claim, a commit and a publish of its own.
-    So a tail under half of ``size`` goes with the span before it (spans stay under 1.5 ``size``).
-    """
-    starts = list(range(0, count, size))
-    if len(starts) > 1 and count - starts[-1] < size / 2:
-        starts.pop()
-    return [(start, starts[i + 1] if i + 1 < len(starts) else count) for i, start in enumerate(starts)]
 
 
 class _Base:
@@ -165,7 +153,7 @@ class _Base:
         """
         claims: list[Claim] = []
         try:
-            for start, end in _spans(len(items), self.settings.batch_size):
+            for start, end in claim_spans(len(items), self.settings.batch_size):
                 claim = self.dispatcher.claim(items[start:end], messages=messages[start:end])
                 claims.append(claim)
                 if claim.offered > len(claim.tasks):

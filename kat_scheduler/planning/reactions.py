@@ -237,6 +237,19 @@ def _written(state: ScheduleState | None, schedule: NewSchedule) -> ScheduleStat
 _NO_ID = uuid.UUID(int=0)
 
 
+def claim_spans(count: int, size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` spans of about ``size`` covering ``count`` items; a short tail joins the last.
+
+    A batch of events makes a little more than one claim's worth of tasks as often as not (500
+    events, 1,025 tasks): a tail of 25 would cost a claim, a commit and a publish of its own.
+    So a tail under half of ``size`` goes with the span before it (spans stay under 1.5 ``size``).
+    """
+    starts = list(range(0, count, size))
+    if len(starts) > 1 and count - starts[-1] < size / 2:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else count) for i, start in enumerate(starts)]
+
+
 def normalizers_for_raw(normalizers: Iterable[Normalizer], raw: RawData) -> list[Normalizer]:
     """Enabled normalizers consuming any of the file's mime types, each once; none for ``error/…`` files."""
     if raw.is_error:
