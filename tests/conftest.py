@@ -53,7 +53,17 @@ POSTGRES_URI = os.environ.get("TEST_POSTGRES_URI", "postgresql://127.0.0.1:5432/
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 #: The RabbitMQ server and user; the run's vhosts are created on it.
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-TABLES = ("tasks", "unpublished_tasks", "schedules", "beat_leases", "producer_runs", "bytes_runs", "bytes_histories")
+TABLES = (
+    "tasks",
+    "unpublished_tasks",
+    "schedules",
+    "beat_leases",
+    "producer_runs",
+    "bytes_runs",
+    "bytes_histories",
+    "worker_nodes",
+    "broker_markers",
+)
 
 #: This test run's id: every database, Redis claim and vhost the run creates is named from it.
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
