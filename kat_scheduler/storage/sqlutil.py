@@ -1,37 +1,48 @@
-"""Small SQL helpers shared by the stores."""
+"""Small SQL helpers shared by the stores.
+
+Many values go to PostgreSQL as one bound parameter holding a JSON document (written by orjson,
+read by PostgreSQL's ``jsonb_array_elements``): a thousand rows or hashes cost one string, where
+psycopg2 adapts a list value by value and ``execute_values`` formats row by row. Nothing here
+writes SQL text from values; :func:`pg_array` (the text of an array literal) stays for callers
+that bind one, checked in the tests against what psycopg2 and PostgreSQL make of the same list.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, Connection, String, Uuid, any_, bindparam
+import orjson
+from sqlalchemy import Connection, String, bindparam, func, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 #: Values per ``IN (…)`` list on SQLite (below its bound-parameter limit).
 IN_CHUNK = 1000
 
 
+def json_text(values: Sequence[Any]) -> str:
+    """``values`` as a JSON document (orjson: UUIDs, datetimes as ISO 8601; anything else its ``str``)."""
+    return orjson.dumps(values, default=str).decode()
+
+
 def in_values(conn: Connection, column: ColumnElement[Any], values: Sequence[Any]) -> Iterator[ColumnElement[bool]]:
     """Conditions ``column IN values``, as few as the backend allows.
 
-    PostgreSQL gets one ``column = ANY(CAST(:array AS type[]))`` (one bound parameter, however
-    many values: far cheaper to build and plan than a thousand-item IN list), the array bound as
-    the text of its literal (:func:`pg_array`: a few joins, where psycopg2 adapts a list value by
-    value, about 0.7 ms of CPU per 1,000 hashes); SQLite gets IN lists of 1000.
+    PostgreSQL gets one ``column IN (SELECT CAST(jsonb_array_elements_text(:values) AS type))``:
+    one bound parameter however many values, far cheaper to build and plan than a thousand-item
+    IN list (PostgreSQL plans it as a probe of ``column``'s index per value). SQLite gets IN lists
+    of 1000.
     """
     if not values:
         return
     if conn.dialect.name == "postgresql":
-        element: Uuid[Any] | String = Uuid() if isinstance(column.type, Uuid) else String()
-        if isinstance(column.type, (Uuid, String)):
-            text = pg_array(values, "uuid" if isinstance(element, Uuid) else "text")
-            yield column == any_(sql_cast(bindparam(None, text, type_=String()), ARRAY(element)))
-        else:  # another type: psycopg2 adapts the list
-            yield column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+        document = sql_cast(bindparam(None, json_text(values), type_=String()), JSONB())
+        # Text as unbounded text: a cast to a column's VARCHAR(n) would cut a longer value short.
+        element = String() if isinstance(column.type, String) else column.type
+        yield column.in_(select(sql_cast(func.jsonb_array_elements_text(document), element)))
         return
     for start in range(0, len(values), IN_CHUNK):
         yield column.in_(values[start : start + IN_CHUNK])
@@ -66,11 +77,6 @@ def pg_array(values: Sequence[Any], sql_type: str) -> str:
     return "{" + ",".join("NULL" if t is None else '"' + _escape(t) + '"' for t in texts) + "}"
 
 
-def _output_name(returning: str) -> str:
-    """The name of the first column of a ``RETURNING`` list: ``id::text AS text_id`` → ``text_id``."""
-    return re.split(r"\s+AS\s+", returning.split(",", 1)[0].strip(), flags=re.IGNORECASE)[-1]
-
-
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -86,48 +92,52 @@ def pg_insert_rows(
     then: str | None = None,
     page_size: int = 1000,
 ) -> list[Any]:
-    """Bulk ``INSERT … SELECT * FROM unnest(arrays) ON CONFLICT …`` on PostgreSQL.
+    """Bulk ``INSERT … SELECT … FROM jsonb_array_elements(:rows) ON CONFLICT …`` on PostgreSQL.
 
     The hot path of claims and schedule creation. ``columns`` maps each column to its SQL type;
     ``rows`` are plain tuples in that order (UUIDs, datetimes and JSON may be given as text).
-    Each page of rows goes as one array literal per column, built here and bound as one string:
-    a few string joins per column instead of psycopg2's per-row ``mogrify`` of a ``VALUES`` list
-    (which cost more CPU than everything else in a claim), and PostgreSQL parses a dozen arrays
-    instead of thousands of row expressions. A column holding one value in every row of the page
-    (a status, a timestamp, often the organisation) is sent once, as ``array_fill(value, n)``.
-    Rows are inserted in the order given. Runs in ``conn``'s transaction; returns the first
-    ``returning`` column of every row inserted.
+    Each page of rows goes as one bound JSON document (an array of rows, written by orjson),
+    each value cast to its column's type as PostgreSQL reads it: one string to send and to
+    parse, where ``execute_values`` formats every row with ``mogrify`` and a bound list per
+    column is adapted value by value. A column holding one value in every row of the page (a
+    status, a timestamp, often the organisation) is bound once, as a plain parameter. Rows are
+    inserted in the order given. Runs in ``conn``'s transaction; returns the first ``returning``
+    column of every row inserted.
 
     ``then`` is a second statement in the same one, run on the rows inserted: the insert becomes
     the CTE ``inserted`` (its columns: ``returning``, which then must name each one once), and
     ``then`` may read it (``… FROM inserted``). Only the first column comes back to Python (a
     column it needs only for ``then`` is not sent, nor parsed into a UUID or a datetime).
     """
+    if then is not None and not returning:
+        raise ValueError("pg_insert_rows: `then` reads the rows inserted, so give `returning`")
     names = list(columns)
-    head = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest("
-    tail = f") ON CONFLICT {conflict}" + (f" RETURNING {returning}" if returning else "")
-    if then is not None:
-        if not returning:
-            raise ValueError("pg_insert_rows: `then` reads the rows inserted, so give `returning`")
-        head = "WITH inserted AS (" + head
-        tail += f"), then_ AS ({then}) SELECT {_output_name(returning)} FROM inserted"
     found: list[Any] = []
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = conn.connection.cursor()
     try:
         for start in range(0, len(rows), page_size):
             page = rows[start : start + page_size]
-            arrays: list[str] = []
-            params: list[Any] = []
-            for name, values in zip(names, zip(*page, strict=True), strict=True):
+            values_sql: list[str] = []
+            constants: list[Any] = []
+            varying: list[int] = []
+            for index, (name, values) in enumerate(zip(names, zip(*page, strict=True), strict=True)):
                 sql_type = columns[name]
                 if len(values) > 1 and values.count(values[0]) == len(values):
-                    # The same value in every row (a status, a timestamp): sent once.
-                    arrays.append(f"array_fill(%s::{sql_type}, ARRAY[{len(values)}])")
-                    params.append(values[0])
+                    values_sql.append(f"%s::{sql_type}")  # the same value in every row: bound once
+                    constants.append(values[0])
                 else:
-                    arrays.append(f"%s::{sql_type}[]")
-                    params.append(pg_array(values, sql_type))
-            cursor.execute(head + ", ".join(arrays) + tail, params)
+                    values_sql.append(f"(row_->>{len(varying)})::{sql_type}")
+                    varying.append(index)
+            document = json_text([[row[index] for index in varying] for row in page])
+            insert = (
+                f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(values_sql)} "
+                "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows_(row_, n_) ORDER BY n_ "
+                f"ON CONFLICT {conflict}" + (f" RETURNING {returning}" if returning else "")
+            )
+            if then is not None:
+                # The first column of ``inserted``, whatever its name: a column alias list renames it.
+                insert = f"WITH inserted AS ({insert}), then_ AS ({then}) SELECT first_ FROM inserted AS i_(first_)"
+            cursor.execute(insert, [*constants, document])
             if returning:
                 found.extend(row[0] for row in cursor.fetchall())
     finally:

@@ -35,6 +35,43 @@ def test_text_is_quoted_and_escaped_and_none_is_null() -> None:
     assert pg_array(["a\0b", "c"], "text") == '{"a\0b","c"}'
 
 
+@pytest.mark.parametrize(
+    ("values", "sql_type"),
+    [
+        ([*AWKWARD, None, "", "NULL", "a\\b"], "text"),
+        ([uuid.uuid4(), None, uuid.uuid4()], "uuid"),
+        ([1, None, -3, 2**40], "bigint"),
+        ([True, None, False], "boolean"),
+        ([datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC), None], "timestamptz"),
+        ([], "text"),
+    ],
+)
+def test_an_array_literal_reads_back_as_the_array_psycopg2_sends_for_the_same_list(
+    pg_engine: Engine, values: list[object], sql_type: str
+) -> None:
+    with pg_engine.connect() as conn:
+        cursor = conn.connection.cursor()
+        literal = pg_array(values, sql_type)
+        cursor.execute(
+            f"SELECT CAST(%s AS {sql_type}[]) = %s::{sql_type}[], CAST(%s AS {sql_type}[])::text[]",
+            (literal, [str(v) if isinstance(v, uuid.UUID) else v for v in values], literal),
+        )
+        found = cursor.fetchone()
+    assert found is not None
+    same, read = found
+    assert same is True
+    assert len(read) == len(values) and [v is None for v in read] == [v is None for v in values]
+
+
+def test_a_look_up_by_a_value_longer_than_its_column_finds_nothing(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    task = NewTaskFactory()
+    store.claim([task])
+    assert len(task.hash) == 32  # the column's length: a longer value must not be cut to it
+    assert store.cancel_hashes([task.hash + "0", task.hash + "ffff"]) == []
+    assert store.live_hashes([task.hash]) == {task.hash}
+
+
 def test_a_claim_stores_awkward_object_keys_and_payloads_unchanged(pg_engine: Engine) -> None:
     store = TaskStore(pg_engine)
     tasks = [NewTaskFactory(input_ooi=key, organisation=f"org-{i}\"'\\") for i, key in enumerate(AWKWARD)]
