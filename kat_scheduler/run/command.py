@@ -191,6 +191,8 @@ class Run:
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         overlay: dict[str, str] = {}
         services: dict[str, str] = {}
+        # One API process: the run shares one machine with everything it starts.
+        base_env[env_name("api_workers")] = "1"
         supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
         user, password, generated = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
