@@ -328,6 +328,7 @@ def flower(unauthenticated: bool, flower_args: tuple[str, ...]) -> None:
 
 
 def _attach_commands() -> None:
+    from kat_scheduler.explain.command import explain_cmd
     from kat_scheduler.mula_import import mula_import_cmd
     from kat_scheduler.run.command import run_cmd
     from kat_scheduler.sim.cli import sim
@@ -337,6 +338,7 @@ def _attach_commands() -> None:
     main.add_command(mula_import_cmd, "import-mula")
     main.add_command(run_cmd)
     main.add_command(status_cmd)
+    main.add_command(explain_cmd)
 
 
 _attach_commands()

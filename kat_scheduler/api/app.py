@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from kat_scheduler.api import health, pop, push, schedulers, schedules, tasks
+from kat_scheduler.api import explain, health, pop, push, schedulers, schedules, tasks
 from kat_scheduler.api.context import ApiContext
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
@@ -47,4 +47,5 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(pop.router)
     app.include_router(tasks.router)
     app.include_router(schedules.router)
+    app.include_router(explain.router)
     return app
