@@ -269,23 +269,20 @@ class MutationHandler(_Base):
             self._wait_for_sends()
             self.bookkeeper.flush()
         known = self._known(steps, now)
+        reasons: Counter[SkipReason] = Counter()
         folded = {
-            h: fold_pair(org_of[h], pair_steps, known[h], now=now, settings=self.settings)
+            h: fold_pair(org_of[h], pair_steps, known[h], now=now, settings=self.settings, skipped=reasons)
             for h, pair_steps in steps.items()
         }
-
-        skipped: Counter[str] = Counter()
+        self._count(Counter({str(k): v for k, v in reasons.items()}))
         per_org: dict[str, list[Candidate]] = defaultdict(list)
         ranks: dict[tuple[str, Trigger, datetime | None], Rank] = {}
         disable: list[str] = []
         for hash_, out in folded.items():
-            if out.skipped:
-                skipped.update({str(k): v for k, v in out.skipped.items()})
             if out.disable and out.schedule is None:
                 disable.append(hash_)
             if out.queue is not None:
                 per_org[org_of[hash_]].append(self._candidate(org_of[hash_], out.queue, ranks, now))
-        self._count(skipped)
         if disable:
             disabled = self.schedules.disable_hashes(disable, "object deleted or scan level too low", now=now)
             self._count(schedules_disabled=disabled)
@@ -309,7 +306,8 @@ class MutationHandler(_Base):
         live = self.tasks.live_hashes(hashes)
         withdrawn = {h for h in hashes if None in steps[h]}
         states = self.schedules.states(hashes)
-        history = self.tasks.last_runs(hashes)
+        weighed = [h for h in hashes if any(step is not None for step in steps[h])]
+        history = self.tasks.last_runs(weighed) if weighed else {}
         cancel = [h for h in hashes if h in live and h in withdrawn]
         running: set[str] = set()
         if cancel:
@@ -319,14 +317,13 @@ class MutationHandler(_Base):
                 running = self.tasks.live_hashes(again)
                 history.update(self.tasks.last_runs(again))
 
-        def weighed_without_record(h: str) -> bool:
-            # Bytes' newest run is read for a pair our own record does not cover: weighed, no
-            # history of ours, and (unless withdrawn first) not live nor within its schedule.
-            if h in history or all(step is None for step in steps[h]):
-                return False
-            return h in withdrawn or not (h in live or in_force(states.get(h), now))
-
-        uncovered = [h for h in hashes if weighed_without_record(h)]
+        # Bytes' newest run is read for a weighed pair our own record does not cover: no history
+        # of ours, and (unless withdrawn first) not live nor within its schedule.
+        uncovered = [
+            h
+            for h in weighed
+            if h not in history and (h in withdrawn or not (h in live or in_force(states.get(h), now)))
+        ]
         bytes_runs = self.bytes_runs.newest(uncovered) if uncovered else {}
         return {
             h: Known(

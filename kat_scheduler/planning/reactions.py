@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kat_scheduler.models.bytes import RawData
@@ -155,7 +155,6 @@ class Folded:
     schedule_if_queued: bool = False
     #: Disable the schedule (after writing ``schedule``, if any): the last word was a withdrawal.
     disable: bool = False
-    skipped: Counter[SkipReason] = field(default_factory=Counter)
 
 
 def in_force(state: ScheduleState | None, now: datetime) -> bool:
@@ -163,7 +162,15 @@ def in_force(state: ScheduleState | None, now: datetime) -> bool:
     return state is not None and state.enabled and state.deadline_at is not None and state.deadline_at > now
 
 
-def fold_pair(organisation: str, steps: Sequence[Step], known: Known, *, now: datetime, settings: Settings) -> Folded:
+def fold_pair(
+    organisation: str,
+    steps: Sequence[Step],
+    known: Known,
+    *,
+    now: datetime,
+    settings: Settings,
+    skipped: Counter[SkipReason],
+) -> Folded:
     """The writes that leave a pair as its ``steps``, handled one at a time from ``known``, would.
 
     A step withdrawing the pair cancels its task (a running one stays live: the caller cancels
@@ -172,12 +179,11 @@ def fold_pair(organisation: str, steps: Sequence[Step], known: Known, *, now: da
     our last run (else Bytes' newest) makes it not due, in which case its schedule is written
     with the deadline that run gives. A pair queued with a schedule gets its next deadline from
     ``now``. A task queued and withdrawn within the steps is never written (one-by-one would
-    write it and cancel it, and it would never run); its schedule's writes still count.
+    write it and cancel it, and it would never run); its schedule's writes still count. Each
+    step weighed and not queued is counted in ``skipped``.
     """
     out = Folded()
     live, schedule, last_ended = known.live, known.schedule, known.last_ended
-    default_grace = timedelta(seconds=settings.grace_period)
-    stall_age = timedelta(seconds=settings.effective_bytes_stall_age)
     for step in steps:
         if step is None:
             if out.queue is not None:
@@ -190,23 +196,28 @@ def fold_pair(organisation: str, steps: Sequence[Step], known: Known, *, now: da
                 out.disable = True
             continue
         if live or out.queue is not None:
-            out.skipped[SkipReason.LIVE] += 1
+            skipped[SkipReason.LIVE] += 1
             continue
         boefje = step.boefje
         if in_force(schedule, now):
             # The deadline is when the rules make the pair due (written from what the planner knew).
-            out.skipped[SkipReason.CRON if boefje.cron else SkipReason.GRACE] += 1
+            skipped[SkipReason.CRON if boefje.cron else SkipReason.GRACE] += 1
             continue
         last = last_ended
         # Our own last run, else Bytes' newest run as the last tick saw it (as the tick does).
         run = known.bytes_run if last is None else None
         if last is not None or run is not None:
             facts = boefje_facts(
-                boefje, now=now, last_ended=last, bytes_run=run, default_grace=default_grace, stall_age=stall_age
+                boefje,
+                now=now,
+                last_ended=last,
+                bytes_run=run,
+                default_grace=timedelta(seconds=settings.grace_period),
+                stall_age=timedelta(seconds=settings.effective_bytes_stall_age),
             )
             decision = is_due(facts)
             if not decision.due:
-                out.skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
+                skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
                 new = new_boefje_schedule(
                     organisation, boefje, step.ooi.primary_key, step.hash, counted_from(decision, run), settings
                 )

@@ -69,8 +69,9 @@ def steps_of(boefje: Boefje, *events: ScanProfileMutation) -> list[Step]:
     return [step for e in events for _, step in mutation_steps(ORG, index, e, skipped)]
 
 
-def fold(boefje: Boefje, known: Known, *events: ScanProfileMutation) -> Folded:
-    return fold_pair(ORG, steps_of(boefje, *events), known, now=NOW, settings=SETTINGS)
+def fold(boefje: Boefje, known: Known, *events: ScanProfileMutation) -> tuple[Folded, Counter[SkipReason]]:
+    skipped: Counter[SkipReason] = Counter()
+    return fold_pair(ORG, steps_of(boefje, *events), known, now=NOW, settings=SETTINGS, skipped=skipped), skipped
 
 
 def test_a_mutation_weighs_the_boefjes_its_level_clears_and_withdraws_the_others() -> None:
@@ -84,28 +85,30 @@ def test_a_mutation_weighs_the_boefjes_its_level_clears_and_withdraws_the_others
 
 
 def test_a_task_queued_and_withdrawn_in_one_batch_is_never_written() -> None:
-    out = fold(BoefjeFactory.build(scan_level=2), Known(), event("create", 4), event("update", 1))
+    out, _ = fold(BoefjeFactory.build(scan_level=2), Known(), event("create", 4), event("update", 1))
     assert out.queue is None and out.schedule is None and not out.disable
 
 
 def test_the_last_of_several_raises_queues_once_and_the_rest_find_it_live() -> None:
-    out = fold(BoefjeFactory.build(scan_level=1), Known(), event("create", 1), event("update", 2), event("update", 4))
+    out, skipped = fold(
+        BoefjeFactory.build(scan_level=1), Known(), event("create", 1), event("update", 2), event("update", 4)
+    )
     assert out.queue is not None and out.queue.trigger == Trigger.NEW_OBJECT
     assert out.queue.pair.ooi.scan_level == 1  # the step that queued it: one-by-one's task
-    assert out.skipped[SkipReason.LIVE] == 2
+    assert skipped[SkipReason.LIVE] == 2
 
 
 def test_a_running_task_stays_live_through_a_withdrawal() -> None:
-    out = fold(
+    out, skipped = fold(
         BoefjeFactory.build(scan_level=1), Known(live=True, running=True), event("update", 0), event("update", 2)
     )
-    assert out.queue is None and out.skipped[SkipReason.LIVE] == 1
+    assert out.queue is None and skipped[SkipReason.LIVE] == 1
 
 
 def test_a_queued_task_withdrawn_and_weighed_again_is_queued_again_with_a_deadline_from_now() -> None:
     due = ScheduleState(uuid.uuid4(), enabled=True, deadline_at=NOW - timedelta(hours=1))
     boefje = BoefjeFactory.build(scan_level=1)
-    out = fold(boefje, Known(live=True, schedule=due), event("update", 0), event("update", 2))
+    out, _ = fold(boefje, Known(live=True, schedule=due), event("update", 0), event("update", 2))
     # the withdrawal disabled the schedule: the task is queued as for a new object ...
     assert out.queue is not None and out.queue.trigger == Trigger.NEW_OBJECT
     # ... and once it is sent, its schedule is enabled again with a deadline from now
@@ -115,7 +118,7 @@ def test_a_queued_task_withdrawn_and_weighed_again_is_queued_again_with_a_deadli
 
 def test_a_delete_after_a_create_disables_the_schedule_the_create_moved() -> None:
     due = ScheduleState(uuid.uuid4(), enabled=True, deadline_at=NOW - timedelta(hours=1))
-    out = fold(BoefjeFactory.build(scan_level=0), Known(schedule=due), event("create", 0), event("delete"))
+    out, _ = fold(BoefjeFactory.build(scan_level=0), Known(schedule=due), event("create", 0), event("delete"))
     assert out.queue is None
     assert out.schedule is not None and not out.schedule_if_queued  # the create's task was sent
     assert out.disable  # ... and the delete has the last word
@@ -123,7 +126,9 @@ def test_a_delete_after_a_create_disables_the_schedule_the_create_moved() -> Non
 
 def test_a_pair_inside_its_grace_period_gets_its_schedule_and_is_then_within_it() -> None:
     ran = NOW - timedelta(hours=1)
-    out = fold(BoefjeFactory.build(scan_level=1), Known(last_ended=ran), event("update", 1), event("update", 2))
+    out, skipped = fold(
+        BoefjeFactory.build(scan_level=1), Known(last_ended=ran), event("update", 1), event("update", 2)
+    )
     assert out.queue is None
     assert out.schedule is not None and out.schedule.deadline_at == ran + timedelta(seconds=SETTINGS.grace_period)
-    assert out.skipped == {SkipReason.GRACE: 2}
+    assert skipped == {SkipReason.GRACE: 2}
