@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 
-from kat_scheduler.producers.report import PlanReport
+from kat_scheduler.producers.results import PlanReport
 
 
 def render_plan(report: PlanReport, *, fmt: str = "table", limit: int | None = None) -> Iterator[str]:

@@ -25,8 +25,18 @@ from kat_scheduler.planning.candidates import BoefjeIndex, Candidate, Pair, inte
 from kat_scheduler.producers.backpressure import backpressure_for, keep_bands
 from kat_scheduler.producers.base import ProducerContext
 from kat_scheduler.producers.dispatching import CandidateDispatch
-from kat_scheduler.producers.report import PlanReport
-from kat_scheduler.rules import NOT_DUE_SKIP, NotDueReason, SkipReason, Trigger, boefje_facts, is_due, static_skip
+from kat_scheduler.producers.results import PlanReport
+from kat_scheduler.rules import (
+    NOT_DUE_SKIP,
+    NotDueReason,
+    SkipReason,
+    Trigger,
+    boefje_facts,
+    counted_from,
+    is_due,
+    static_skip,
+)
+from kat_scheduler.rules.ranking import shown_reason
 from kat_scheduler.storage.tables import ScheduleRow
 from kat_scheduler.timing import next_cron, next_deadline, period
 
@@ -82,6 +92,7 @@ class DueSchedulesProducer:
                     hash_=row.hash,
                     default_seconds=self.settings.grace_period,
                     jitter=self.settings.schedule_jitter,
+                    cron=row.schedule,
                 )
                 for row, boefje, after in advance.values()
             }
@@ -117,6 +128,9 @@ class DueSchedulesProducer:
             return []
         live = self.tasks.live_hashes([r.hash for r in rows])
         last_runs = self.tasks.last_runs([r.hash for r in rows])
+        # Bytes' newest run as the tick (or the listener) last saw it, for pairs with no run of ours:
+        # one still going is not queued again, one past the stall age is (the tick's own rule).
+        seen_in_bytes = self.context.bytes_runs.newest([r.hash for r in rows if r.hash not in last_runs])
         default_grace = timedelta(seconds=self.settings.grace_period)
         stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
         out: list[Candidate] = []
@@ -141,32 +155,32 @@ class DueSchedulesProducer:
             if row.hash in live:
                 report.skipped[SkipReason.LIVE] += 1
                 continue
-            # Our own history only (Bytes' was turned into this schedule by the tick): a run since
-            # the schedule was written (an event's, a manual one) moves its deadline instead.
+            # Our own last run first (a run since the schedule was written, an event's or a manual
+            # one, moves its deadline); without one, Bytes' newest run as last seen.
             decision = is_due(
                 boefje_facts(
                     boefje,
                     now=now,
                     last_ended=last_runs.get(row.hash),
-                    bytes_run=None,
+                    bytes_run=seen_in_bytes.get(row.hash),
                     default_grace=default_grace,
                     stall_age=stall_age,
                 )
             )
             if not decision.due:
                 report.skipped[NOT_DUE_SKIP[NotDueReason(decision.reason)]] += 1
-                assert decision.last_ended is not None
-                advance[row.hash] = (row, boefje, decision.last_ended)
+                advance[row.hash] = (row, boefje, counted_from(decision, seen_in_bytes.get(row.hash)))
                 continue
             pair = Pair(boefje, ooi, row.hash)
             last = decision.last_ended or self._estimated_last_run(row, boefje)
+            rank = rank_pair(pair, Trigger.SCHEDULE, last, now, self.settings.grace_period)
             out.append(
                 Candidate(
                     organisation=org,
                     boefje=boefje,
                     input_ooi=ooi.primary_key,
                     hash=row.hash,
-                    rank=rank_pair(pair, Trigger.SCHEDULE, last, now, self.settings.grace_period),
+                    rank=shown_reason(rank, decision),
                     trigger=Trigger.SCHEDULE,
                     schedule_id=row.id,
                 )

@@ -47,11 +47,9 @@ from kat_scheduler.producers.backpressure import backpressure_for, keep_bands
 from kat_scheduler.producers.base import ProducerContext
 from kat_scheduler.producers.bytes_history import BytesHistory, Histories
 from kat_scheduler.producers.dispatching import CandidateDispatch
-from kat_scheduler.producers.report import PlanReport
+from kat_scheduler.producers.results import PlanReport
 from kat_scheduler.rules import (
     NOT_DUE_SKIP,
-    Decision,
-    DueReason,
     NotDueReason,
     SkipReason,
     Trigger,
@@ -59,7 +57,7 @@ from kat_scheduler.rules import (
     counted_from,
     is_due,
 )
-from kat_scheduler.rules.ranking import Rank
+from kat_scheduler.rules.ranking import shown_reason
 from kat_scheduler.storage.schedules import NewSchedule
 
 logger = logging.getLogger(__name__)
@@ -76,13 +74,6 @@ class OrgPlan:
     #: Katalogus plugins that do not validate (id → reason): skipped, the organisation planned.
     invalid_plugins: dict[str, str] = field(default_factory=dict)
     error: str | None = None
-
-
-def shown_reason(rank: Rank, decision: Decision) -> Rank:
-    """The rank, saying "stalled run in Bytes" when that is why the pair is due (``plan --dry-run``)."""
-    if decision.reason == DueReason.STALLED:
-        return Rank(rank.band, rank.score, str(DueReason.STALLED))
-    return rank
 
 
 def _interleaved(plans: Sequence[OrgPlan]) -> list[Candidate]:

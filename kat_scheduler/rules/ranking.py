@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from kat_scheduler.queues import LEAST_URGENT_BAND, MANUAL_BAND
 from kat_scheduler.rules import Trigger
+from kat_scheduler.rules.due import Decision, DueReason
 
 NEW_OBJECT_BAND = 1
 NEVER_RUN_BAND = 2
@@ -84,3 +85,10 @@ def rank_normalizer(raw_created: datetime | None, now: datetime, *, manual: bool
     if manual:
         return Rank(MANUAL_BAND, _wait_score(now, raw_created), "manual")
     return Rank(NORMALIZER_BAND, _wait_score(now, raw_created), "new raw file")
+
+
+def shown_reason(rank: Rank, decision: Decision) -> Rank:
+    """The rank, saying "stalled run in Bytes" when that is why the pair is due (``plan --dry-run``)."""
+    if decision.reason == DueReason.STALLED:
+        return Rank(rank.band, rank.score, str(DueReason.STALLED))
+    return rank

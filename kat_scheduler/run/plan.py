@@ -27,7 +27,7 @@ from kat_scheduler.settings import Settings, env_name
 KAT_SERVICE_FIELDS = ("octopoes_api", "katalogus_api", "bytes_api", "queue_uri")
 
 #: Intervals of the embedded run (unless set): a demo should show a tick within seconds.
-EMBEDDED_INTERVALS = {"plan_interval": "10", "schedules_interval": "10", "reap_interval": "30"}
+EMBEDDED_INTERVALS = {"plan_interval": "10", "schedules_interval": "10"}
 
 
 class RunMode(enum.StrEnum):

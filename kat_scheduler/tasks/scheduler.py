@@ -5,7 +5,7 @@ organisations (``SCHEDULER_PLAN_ORGS_PER_TASK``), so many scheduler workers shar
 within a group, organisations are interleaved when publishing.
 
 ``kat.scheduler.queue_due_schedules`` queues the due schedules of every scheduler: report
-schedules (:mod:`kat_scheduler.planning.reports`, held for a pop) and boefje schedules
+schedules (:mod:`kat_scheduler.producers.reports`, held for a pop) and boefje schedules
 (:meth:`~kat_scheduler.planning.boefjes.BoefjePlanner.queue_due`).
 
 Each beat-ticked task records its run in ``producer_runs`` (``kat-scheduler status`` shows them);
@@ -24,7 +24,7 @@ from celery.signals import worker_init, worker_process_init
 from kat_scheduler.collector import tune_collector
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.boefjes import PlanReport
-from kat_scheduler.planning.reports import ReportProducer, ReportRun
+from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
 from kat_scheduler.recording import describe, recorded_run
 from kat_scheduler.runtime import get_runtime, reset_runtime

@@ -22,6 +22,7 @@ from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
+from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.timing import next_deadline
 from tests.factories import BoefjeMetaFactory
 from tests.integration.conftest import WORLD_NOW
@@ -616,6 +617,42 @@ def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_f
         default_seconds=planner.settings.grace_period,
         jitter=planner.settings.schedule_jitter,
     )
+
+
+def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run_stalled_is(planner, pg_engine) -> None:
+    planner.plan(None, now=NOW)
+    with pg_engine.begin() as conn:
+        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
+        assert schedule is not None
+        conn.execute(delete(TaskRow).where(TaskRow.hash == schedule.hash))  # no run of ours: Bytes' decides
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
+    later = NOW + timedelta(hours=3)
+    started = later - timedelta(minutes=2)
+    seen = BytesRunStore(pg_engine)
+    pair = (schedule.hash, schedule.organisation, schedule.plugin_id, schedule.input_ooi)
+    seen.record([SeenRun(*pair, started_at=started, ended_at=None)], later)
+
+    report = planner.queue_due(now=later)
+    assert schedule.hash not in {c.hash for c in report.planned}
+    assert report.skipped[SkipReason.RUNNING] == 1
+    boefje = planner.clients.katalogus.plugin(schedule.organisation, "dns-records")
+    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
+        boefje,
+        started,
+        hash_=schedule.hash,
+        default_seconds=planner.settings.grace_period,
+        jitter=planner.settings.schedule_jitter,
+    )
+
+    died = later - timedelta(seconds=planner.settings.effective_bytes_stall_age + 60)
+    seen.record([SeenRun(*pair, started_at=died, ended_at=None)], later + timedelta(seconds=1))
+    with pg_engine.begin() as conn:
+        conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=later))
+    report = planner.queue_due(now=later + timedelta(seconds=1))
+    assert {c.hash: c.rank.reason for c in report.planned}[schedule.hash] == "stalled run in Bytes"
+    with pg_engine.connect() as conn:
+        queued = conn.execute(select(TaskRow.status).where(TaskRow.hash == schedule.hash)).scalars().all()
+    assert queued == [TaskStatus.QUEUED]
 
 
 def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_inside_the_grace(

@@ -18,8 +18,8 @@ from kat_scheduler.clients import KATClients
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
-from kat_scheduler.planning.reports import ReportProducer, ReportRun
 from kat_scheduler.producers import Producer
+from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
@@ -182,7 +182,7 @@ def test_report_schedules_wait_with_their_deadlines_while_report_is_not_delivere
     schedule = create(api, rockys_schedule(str(uuid.uuid4()), deadline_at=due))
     celery_only = Settings(broker_url=redis_url, pull_schedulers="")
 
-    with caplog.at_level(logging.ERROR, "kat_scheduler.planning.reports"):
+    with caplog.at_level(logging.ERROR, "kat_scheduler.producers.reports"):
         run = producer(engine, celery_only).queue_due(now=utcnow())
 
     assert run.queued == 0 and run.not_delivered is not None and "SCHEDULER_PULL_SCHEDULERS" in run.not_delivered
@@ -222,7 +222,7 @@ def test_a_report_schedule_that_cannot_make_a_task_is_disabled_with_the_reason_a
     ]
     ScheduleStore(engine).add_records(bad)
 
-    with caplog.at_level(logging.ERROR, "kat_scheduler.planning.reports"):
+    with caplog.at_level(logging.ERROR, "kat_scheduler.producers.reports"):
         run = producer(engine, settings).queue_due(now=utcnow())
 
     assert run.queued == 1 and [t["schedule_id"] for t in pop_report(api)] == [good["id"]]
@@ -303,7 +303,13 @@ def planned_and_due(planner: BoefjePlanner, engine: Engine, count: int) -> list[
     """A tick, then ``count`` of the pairs it queued ran two days ago and their schedules are due."""
     planner.plan(None, now=WORLD_NOW)
     with engine.begin() as conn:
-        schedules = list(conn.execute(select(ScheduleRow).order_by(ScheduleRow.hash).limit(count)).all())
+        # Pairs the tick queued (a schedule made from Bytes' history has no row of ours to age).
+        queued = select(TaskRow.hash)
+        schedules = list(
+            conn.execute(
+                select(ScheduleRow).where(ScheduleRow.hash.in_(queued)).order_by(ScheduleRow.hash).limit(count)
+            ).all()
+        )
         assert len(schedules) == count
         for schedule in schedules:
             conn.execute(
