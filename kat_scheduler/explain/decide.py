@@ -33,6 +33,7 @@ from kat_scheduler.rules import (
     SkipReason,
     Trigger,
     boefje_facts,
+    counted_from,
     grace_period,
     is_due,
     static_skip,
@@ -211,7 +212,7 @@ def _rank(boefje: Boefje, trigger: Trigger, last_ended: datetime | None, now: da
 
 
 def _scheduled(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer) -> Explanation:
-    """A pair with an enabled schedule: the due-schedules run's (our own history only, no Bytes)."""
+    """A pair with an enabled schedule: the due-schedules run's (our own last run, else Bytes')."""
     boefje = pair.boefje
     schedule = pair.schedule
     assert schedule is not None
@@ -221,21 +222,30 @@ def _scheduled(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer) 
         return answer(
             waits, f"schedule {schedule.id} is due at {when(schedule.deadline_at)} ({rhythm})", schedule.deadline_at
         )
+    run = pair.bytes_run if pair.last_ended is None else None
     decision = is_due(
         boefje_facts(
             boefje,
             now=now,
             last_ended=pair.last_ended,
-            bytes_run=None,
+            bytes_run=run,
             default_grace=policy.default_grace,
             stall_age=policy.stall_age,
         )
     )
+    note = f"; {pair.bytes_note}" if run is not None and pair.bytes_note else ""
+    if decision.reason == NotDueReason.RUNNING:
+        assert run is not None and run.started_at is not None and decision.until is not None
+        return answer(
+            Decision.RUNNING,
+            f"schedule {schedule.id} fell due, but Bytes shows a run since {when(run.started_at)}; taken for dead "
+            f"at {when(decision.until)} (stall age {span(policy.stall_age)}){note}",
+            decision.until,
+        )
     if not decision.due:
-        assert decision.last_ended is not None
         until = next_deadline(
             boefje,
-            decision.last_ended,
+            counted_from(decision, run),
             hash_=pair.hash,
             default_seconds=policy.default_grace_seconds,
             jitter=policy.jitter,
@@ -243,12 +253,21 @@ def _scheduled(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer) 
         return answer(
             waits,
             f"schedule {schedule.id} fell due, but the pair ran since ({decision.reason}, {rhythm}): "
-            f"its deadline moves to {when(until)}",
+            f"its deadline moves to {when(until)}{note}",
             until,
         )
     last = decision.last_ended or _estimated_last_run(boefje, schedule.deadline_at, policy)
     rank = _rank(boefje, Trigger.SCHEDULE, last, now, policy)
     due_at = f" at {when(schedule.deadline_at)}" if schedule.deadline_at else ""
+    if decision.reason == DueReason.STALLED:
+        assert run is not None and run.started_at is not None
+        return answer(
+            Decision.STALLED,
+            f"schedule {schedule.id} fell due{due_at}; Bytes' run started {when(run.started_at)} has no end after "
+            f"the stall age ({span(policy.stall_age)}): would queue on the next due-schedules run at band "
+            f"{rank.band}{note}",
+            band=rank.band,
+        )
     return answer(
         Decision.QUEUE,
         f"would queue from schedule {schedule.id} (due{due_at}) on the next due-schedules run: "

@@ -184,6 +184,26 @@ CASES: dict[str, Case] = {
         until=deadline(NOW - timedelta(minutes=30)),
         detail=("the pair ran since",),
     ),
+    "a due schedule whose pair runs in Bytes": Case(
+        {},
+        Decision.RUNNING,
+        facts={
+            "schedule": ScheduleFacts(SCHEDULE_ID, True, NOW - timedelta(hours=1)),
+            "bytes_run": BytesRun(NOW - timedelta(minutes=2), None),
+        },
+        until=NOW + timedelta(minutes=58),
+        detail=("Bytes shows a run since 2026-06-01T11:58:00Z",),
+    ),
+    "a due schedule whose run in Bytes stalled": Case(
+        {},
+        Decision.STALLED,
+        facts={
+            "schedule": ScheduleFacts(SCHEDULE_ID, True, NOW - timedelta(hours=1)),
+            "bytes_run": BytesRun(NOW - timedelta(days=1), None),
+        },
+        band=8,
+        detail=("next due-schedules run",),
+    ),
     "a disabled schedule leaves the pair to the tick": Case(
         {},
         Decision.QUEUE,
