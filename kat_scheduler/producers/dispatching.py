@@ -102,7 +102,7 @@ class CandidateDispatch:
     def dispatcher(self) -> Dispatcher:
         if self.context.publisher is None:
             raise RuntimeError("a planner that queues needs a publisher")
-        return Dispatcher(self.context.tasks, self.context.publisher)
+        return Dispatcher(self.context.tasks, self.context.publisher, pull=self.settings.pull_scheduler_ids)
 
     def claims_ahead(self, *, dry_run: bool) -> ClaimsAhead:
         """Claims in the background as candidates are submitted (none on a dry run)."""
