@@ -571,8 +571,8 @@ class TaskStore:
         On PostgreSQL one probe of ``uq_tasks_live_hash`` per hash (a lateral join): the plain
         ``hash = ANY(…) AND status IN (…)`` was planned, whenever statistics lagged a burst of
         claims, as a scan of every live row through the status index, filtered against every
-        hash: 13-22 ms per 1,000 hashes with 41,000 tasks queued, growing with the queue, against
-        4-5 ms for the probes whatever the queue holds.
+        hash, whose cost grew with the queue; the probes cost the same whatever the queue holds
+        (figures in docs/benchmarks.md).
         """
         live: set[str] = set()
         if not hashes:

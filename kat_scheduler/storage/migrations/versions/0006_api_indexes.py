@@ -2,16 +2,15 @@
 
 ``ix_tasks_queued_pop`` (``scheduler_id, band, priority, created_at`` over queued rows only): a pop
 (``POST /schedulers/{id}/pop``) walks the queued rows of one scheduler most urgent first and stops
-after ``limit`` matches, instead of sorting every queued row of the scheduler on each call (49
-pops/s with 50,000 queued without it). Only queued rows are in it, so it stays as small as the
-queue.
+after ``limit`` matches, instead of sorting every queued row of the scheduler on each call. Only
+queued rows are in it, so it stays as small as the queue.
 
 ``ix_tasks_organisation_created_at``: Rocky's task list (one organisation, newest first, a page
 of 50) reads its page from the index instead of sorting the organisation's rows.
 
 ``ix_tasks_organisation_modified_at``: ``/tasks/stats`` for one organisation (its tasks modified in
-the last 24 hours) reads those rows only, not every row of the organisation (1,000,000 rows: p95
-125 ms before, 15 ms after).
+the last 24 hours) reads those rows only, not every row of the organisation (figures in
+docs/benchmarks.md).
 
 Revision ID: 0006
 Revises: 0005
