@@ -74,7 +74,7 @@ def _shown_url(settings: Settings, field: str) -> str:
     return str(redacted(settings)[env_name(field)])
 
 
-def _age(now: datetime, then: datetime | None) -> float | None:
+def age_seconds(now: datetime, then: datetime | None) -> float | None:
     """Seconds from ``then`` to ``now``; never negative (a row written while we collect, or a
     producer on a host whose clock is a little ahead, is simply 0 s old)."""
     return None if then is None else max(0.0, round((now - then).total_seconds(), 3))
@@ -213,7 +213,7 @@ def _count_schedules(engine: Engine, now: datetime, section: SchedulesSection) -
         ).one()
     section.enabled, section.disabled, section.due = counts.get(True, 0), counts.get(False, 0), due
     section.oldest_due_at = oldest
-    section.oldest_due_seconds = _age(now, section.oldest_due_at)
+    section.oldest_due_seconds = age_seconds(now, section.oldest_due_at)
 
 
 def _intervals(settings: Settings) -> dict[str, float]:
@@ -236,7 +236,7 @@ def _producer_runs(engine: Engine, settings: Settings, now: datetime, section: P
         run = runs.get(name)
         if run is not None:
             status.started_at, status.finished_at, status.last_ok_at = run.started_at, run.finished_at, run.last_ok_at
-            status.age_seconds = _age(now, run.finished_at)
+            status.age_seconds = age_seconds(now, run.finished_at)
             status.duration_seconds = round((run.finished_at - run.started_at).total_seconds(), 3)
             status.outcome, status.host, status.pid = run.outcome, run.host, run.pid
             status.summary, status.error = run.summary, run.error
@@ -272,7 +272,7 @@ def _stalled_group(
                 input_ooi=row.input_ooi,
                 status=row.status,
                 since=row.since,
-                age_seconds=_age(now, row.since),
+                age_seconds=age_seconds(now, row.since),
                 worker=row.worker,
                 attempts=row.attempts,
             )

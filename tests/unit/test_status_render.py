@@ -229,9 +229,9 @@ def test_durations_read_at_a_glance(seconds: float | None, shown: str) -> None:
 def test_an_age_is_never_negative() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from kat_scheduler.status.collect import _age
+    from kat_scheduler.status.collect import age_seconds
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
-    assert _age(now, now + timedelta(seconds=1)) == 0.0
-    assert _age(now, now - timedelta(seconds=90)) == 90.0
-    assert _age(now, None) is None
+    assert age_seconds(now, now + timedelta(seconds=1)) == 0.0
+    assert age_seconds(now, now - timedelta(seconds=90)) == 90.0
+    assert age_seconds(now, None) is None
