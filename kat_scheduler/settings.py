@@ -246,9 +246,30 @@ class Settings(BaseSettings):
         ge=0,
         le=86400,
         description=(
-            "Seconds after a boefje task gave up because Katalogus, Octopoes or Bytes failed (down, or an "
-            "answer that could not be read) before its (boefje, object) pair is due again. Such a task is "
-            "not counted as a run, so the pair does not wait out its grace period."
+            "Seconds after a task gave up because Katalogus, Octopoes or Bytes failed (down, or an "
+            "answer that could not be read) before its (boefje, object) pair is due again, or a normalizer "
+            "task is queued again by the reaper. Such a task is not counted as a run, so the pair does not "
+            "wait out its grace period."
+        ),
+    )
+    service_failure_max_requeues: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description=(
+            "Times the reaper queues a normalizer task again after it gave up because a KAT service failed "
+            "(normalizer tasks come only from events, so nothing else queues them again). After that many, "
+            "the row stays failed and its reason says it gave up after that many service failures."
+        ),
+    )
+    kept_output_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=0,
+        le=2**31,
+        description=(
+            "Largest plugin output (bytes of JSON, raw files base64-encoded) kept in a task's row while "
+            "storing it in Bytes or Octopoes is retried. A larger output is not kept: the retry runs the "
+            "plugin again."
         ),
     )
     reap_interval: float = Field(
