@@ -12,7 +12,9 @@ A KAT service that fails (:class:`~kat_scheduler.clients.ServiceError`: down, an
 cannot be read, a refusal) is not the plugin's failure: the row goes back to ``queued`` and the
 caller retries later. When the plugin already ran and only storing its output failed, the output
 is kept in the row's ``data`` (``kept_output``, without the plugin's settings) and the retry,
-on whichever worker, stores it without running the plugin again. A caller that gives up calls
+on whichever worker, stores it without running the plugin again; an output larger than
+``SCHEDULER_KEPT_OUTPUT_MAX_BYTES`` is not kept (a warning names the task and the size) and the
+retry runs the plugin again. A caller that gives up calls
 :meth:`Job.fail_for_good` with the service: the row fails with ``reason`` ``service failed:
 <service>``, which is no run for grace periods, and the pair's schedule is due again soon.
 Anything that can never succeed (unknown plugin, object gone, the plugin's own failure) fails
@@ -33,12 +35,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from kat_scheduler.clients import AlreadyExists, KATClients, ServiceError
 from kat_scheduler.models.bytes import BoefjeMeta, RawData
 from kat_scheduler.models.plugins import Boefje, Normalizer
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import TaskStore
@@ -154,6 +158,7 @@ class Job:
         clock: Callable[[], datetime] = utcnow,
         *,
         max_attempts: int | None = None,
+        max_kept_output: int | None = None,
     ) -> None:
         self.tasks = tasks
         self.clients = clients
@@ -161,6 +166,32 @@ class Job:
         self.clock = clock
         #: Runs a task may start, counting take-overs after its runner died (None: unbounded).
         self.max_attempts = max_attempts
+        #: Largest output kept while storing it is retried (None: ``SCHEDULER_KEPT_OUTPUT_MAX_BYTES``
+        #: of this process's settings).
+        self.max_kept_output = max_kept_output
+
+    def _kept_limit(self) -> int:
+        if self.max_kept_output is None:
+            self.max_kept_output = get_settings().kept_output_max_bytes
+        return self.max_kept_output
+
+    def _keep(self, task_id: uuid.UUID, row: TaskRow, kept: BaseModel) -> dict[str, Any] | None:
+        """The row's data with ``kept`` in it, or ``None`` when ``kept`` is over the limit (then the
+        data holds no kept output, and the retry runs the plugin again)."""
+        dumped = kept.model_dump(mode="json")
+        size = len(orjson.dumps(dumped))
+        limit = self._kept_limit()
+        if size <= limit:
+            return {**row.data, KEPT_OUTPUT: dumped}
+        logger.warning(
+            "%s %s: its output is %d bytes, over SCHEDULER_KEPT_OUTPUT_MAX_BYTES (%d): not kept; "
+            "the retry runs the plugin again",
+            self.kind,
+            task_id,
+            size,
+            limit,
+        )
+        return _without_kept(row.data)
 
     def _start(self, task_id: uuid.UUID, worker: str, node_id: uuid.UUID | None = None) -> TaskRow | None:
         row = self.tasks.start(task_id, worker, now=self.clock(), node_id=node_id)
@@ -191,12 +222,10 @@ class Job:
             body()
         except (_StoreFailed, ServiceError) as exc:
             cause = exc.cause if isinstance(exc, _StoreFailed) else exc
-            data = None
-            if isinstance(exc, _StoreFailed):
-                data = {**row.data, KEPT_OUTPUT: exc.kept.model_dump(mode="json")}
+            data = self._keep(task_id, row, exc.kept) if isinstance(exc, _StoreFailed) else None
             if not self.tasks.requeue(task_id, error=_error_text(cause), now=self.clock(), data=data, by_worker=mine):
                 return self._handed_on(task_id)
-            kept = "; its output is kept, only storing it is retried" if data is not None else ""
+            kept = "; its output is kept, only storing it is retried" if data and KEPT_OUTPUT in data else ""
             logger.warning("%s %s: %s; will retry%s", self.kind, task_id, cause, kept)
             return JobResult(Outcome.RETRY, str(cause), service=cause.service)
         except (_Permanent, UnknownPlugin) as exc:

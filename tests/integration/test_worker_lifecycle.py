@@ -4,6 +4,7 @@ them is tested with real workers in test_workers.py)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import uuid
@@ -260,6 +261,38 @@ def test_a_malformed_bytes_answer_on_store_keeps_the_output_and_the_retry_only_s
     assert len(raws) == 1 and json.loads(raws[0].content)["input"] == ref
     row = store.get(task_id)
     assert row.status == TaskStatus.COMPLETED and KEPT_OUTPUT not in row.data and row.data["boefje"]
+
+
+def test_an_output_over_the_kept_limit_is_not_kept_and_the_retry_runs_the_plugin_again(
+    store, clients, world, kat, caplog
+) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    runner = CountingRunner()
+    job = BoefjeJob(store, clients, runner, max_kept_output=100)
+    kat.inject_fault("bytes", status=200, body=b"{not json", times=1, path_prefix="/bytes/raw", method="POST")
+    with caplog.at_level(logging.WARNING, logger="kat_scheduler.workers.lifecycle"):
+        assert job.run(task_id, "w1", org, "dns-records", ref).outcome == Outcome.RETRY
+    row = store.get(task_id)
+    assert row.status == TaskStatus.QUEUED and KEPT_OUTPUT not in row.data
+    [warning] = [r.getMessage() for r in caplog.records if "not kept" in r.getMessage()]
+    assert str(task_id) in warning and "over SCHEDULER_KEPT_OUTPUT_MAX_BYTES (100)" in warning
+    assert ref not in warning  # the size, never the content
+    assert job.run(task_id, "w2", org, "dns-records", ref).outcome == Outcome.COMPLETED
+    assert runner.boefje_runs == 2  # the whole run again, as before outputs were kept
+    assert len(world.raw_files_of(task_id)) == 1 and world.boefje_meta(task_id) is not None
+
+
+def test_an_output_under_the_kept_limit_is_kept_and_the_plugin_runs_once(store, clients, world, kat) -> None:
+    org, ref = hostname_with_dns(world)
+    task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
+    runner = CountingRunner()
+    job = BoefjeJob(store, clients, runner, max_kept_output=64 * 1024)
+    kat.inject_fault("bytes", status=200, body=b"{not json", times=1, path_prefix="/bytes/raw", method="POST")
+    assert job.run(task_id, "w1", org, "dns-records", ref).outcome == Outcome.RETRY
+    assert KEPT_OUTPUT in store.get(task_id).data
+    assert job.run(task_id, "w2", org, "dns-records", ref).outcome == Outcome.COMPLETED
+    assert runner.boefje_runs == 1 and len(world.raw_files_of(task_id)) == 1
 
 
 def test_a_bytes_outage_on_the_meta_stores_meta_and_raw_on_the_retry_without_running_again(
