@@ -12,7 +12,22 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Insert, Row, and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -100,6 +115,32 @@ class Recovered:
 def service_failed_reason(service: str) -> str:
     """The ``reason`` of a task given up on because ``service`` (katalogus, octopoes, bytes) failed."""
     return f"{SERVICE_FAILED_PREFIX}{service}"[:64]
+
+
+#: Appended to the reason of a service-failed row once :meth:`TaskStore.requeue_service_failed`
+#: handled it (queued it again, or gave up): such a row is no candidate any more. The reason keeps
+#: its prefix, so the row stays no run of its plugin.
+HANDLED_MARK = "; "
+#: The ``reason`` of a task queued again after its earlier row gave up on a service (never the
+#: service-failed prefix: once it ends, it is a run like any other).
+REQUEUED_REASON = "queued again after a service failure"
+
+
+def _handled_reason(reason: str, note: str) -> str:
+    """``reason`` (a service-failed one) with ``note`` appended, within the column's 64 characters."""
+    suffix = f"{HANDLED_MARK}{note}"
+    return f"{reason[: 64 - len(suffix)]}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class RequeuedAfterFailure:
+    """What :meth:`TaskStore.requeue_service_failed` did: ``requeued`` are the new ``queued`` rows
+    (listed as unpublished: they need a message, or a pop); ``gave_up`` rows had failed on a service
+    too often; ``superseded`` rows had a newer row of their hash already."""
+
+    requeued: list[Row[Any]]
+    gave_up: int = 0
+    superseded: int = 0
 
 
 def _row(task: NewTask, now: datetime) -> dict[str, Any]:
@@ -663,6 +704,113 @@ class TaskStore:
                 .returning(*_TASKS.c)
             ).all()
         return Recovered(int(failed), list(requeued))
+
+    def requeue_service_failed(
+        self,
+        scheduler_id: SchedulerId,
+        failed_before: datetime,
+        *,
+        max_requeues: int,
+        now: datetime,
+        limit: int = REPAIR_BATCH,
+    ) -> RequeuedAfterFailure:
+        """Tasks of ``scheduler_id`` given up on because a KAT service failed (:meth:`fail_for_service`),
+        which ended before ``failed_before`` and are still the newest row of their hash: each is
+        queued again as a new row with the same hash and payload (its ``id`` the new task's), while
+        its hash has failed on a service at most ``max_requeues`` times in a row; else the row stays
+        failed and its reason says after how many service failures it gave up.
+
+        One transaction: the old rows are locked (``SKIP LOCKED``: two reapers never handle one
+        twice) and marked handled (:data:`HANDLED_MARK`) as their new rows are claimed, so a
+        crash leaves either both or neither. The new rows are listed as unpublished, like a claim's.
+        """
+        col = _TASKS.c
+        newer = _TASKS.alias("newer")
+        superseded = exists().where(newer.c.hash == col.hash, newer.c.created_at > col.created_at)
+        candidates = (
+            select(_TASKS, superseded.label("superseded"))
+            .where(
+                col.scheduler_id == scheduler_id,
+                col.status == TaskStatus.FAILED,
+                col.reason.like(f"{SERVICE_FAILED_PREFIX}%"),
+                col.reason.not_like(f"%{HANDLED_MARK}%"),
+                col.ended_at < failed_before,
+            )
+            .order_by(col.band, col.ended_at)
+            .limit(limit)
+            .with_for_update(of=_TASKS, skip_locked=True)
+        )
+        requeued: list[Row[Any]] = []
+        gave_up = dropped = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(candidates).all()
+            failures = self._service_failures_in_a_row(conn, [row.hash for row in rows if not row.superseded])
+            for row in rows:
+                count = failures.get(row.hash, 1)
+                if row.superseded:
+                    note = "superseded"
+                    dropped += 1
+                elif count > max_requeues:
+                    note = f"gave up after {count} service failures"
+                    gave_up += 1
+                else:
+                    new = self._requeue_failed_row(conn, row, now)
+                    note = "queued again" if new is not None else "superseded"
+                    if new is None:
+                        dropped += 1
+                    else:
+                        requeued.append(new)
+                conn.execute(
+                    update(_TASKS)
+                    .where(col.id == row.id)
+                    .values(reason=_handled_reason(row.reason, note), modified_at=now)
+                )
+        return RequeuedAfterFailure(requeued, gave_up, dropped)
+
+    @staticmethod
+    def _service_failures_in_a_row(conn: Connection, hashes: Sequence[str]) -> dict[str, int]:
+        """Per hash: how many of its newest rows in a row failed because a service failed."""
+        found: dict[str, int] = {}
+        if not hashes:
+            return found
+        col = _TASKS.c
+        ended: set[str] = set()
+        for condition in in_values(conn, col.hash, list(hashes)):
+            stmt = select(col.hash, col.reason).where(condition).order_by(col.hash, col.created_at.desc())
+            for hash_, reason in conn.execute(stmt):
+                if hash_ in ended:
+                    continue
+                if reason is not None and reason.startswith(SERVICE_FAILED_PREFIX):
+                    found[hash_] = found.get(hash_, 0) + 1
+                else:
+                    ended.add(hash_)
+        return found
+
+    def _requeue_failed_row(self, conn: Connection, row: Row[Any], now: datetime) -> Row[Any] | None:
+        """Claim a new row with ``row``'s hash and payload; ``None`` when its hash is live already."""
+        task_id = uuid.uuid4()
+        # A kept output (workers/lifecycle.py) is dropped when a row gives up; never carried over.
+        data = {key: value for key, value in row.data.items() if key != "kept_output"}
+        if "id" in data:
+            data["id"] = str(task_id)
+        task = NewTask(
+            id=task_id,
+            scheduler_id=row.scheduler_id,
+            type=row.type,
+            organisation=row.organisation,
+            plugin_id=row.plugin_id,
+            input_ooi=row.input_ooi,
+            hash=row.hash,
+            band=row.band,
+            priority=row.priority,
+            data=data,
+            reason=REQUEUED_REASON,
+            schedule_id=row.schedule_id,
+        )
+        new = conn.execute(self._insert().values(_row(task, now)).returning(*_TASKS.c)).one_or_none()
+        if new is not None:
+            conn.execute(insert(_UNPUBLISHED).values(task_id=task_id, claimed_at=now))
+        return new
 
     def never_published(self, claimed_before: datetime, limit: int = REPAIR_BATCH) -> list[Row[Any]]:
         """Queued rows claimed before ``claimed_before`` and never marked published, most urgent first."""

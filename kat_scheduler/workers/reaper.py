@@ -32,7 +32,16 @@
    is a lost message too: its runner is gone. It is queued again for the next pop. A pull
    scheduler's tasks are never published: the repairs above queue them (or drop their claim's
    listing) without a message, and repair 5 leaves them to this one.
-7. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
+7. **Normalizers given up on a service failure**: a normalizer task that gave up because
+   Katalogus, Octopoes or Bytes kept failing (reason ``service failed: <service>``) comes only from
+   a ``raw_file_received`` event, so nothing else would queue it again. Once
+   ``SCHEDULER_SERVICE_FAILURE_RETRY_DELAY`` has passed since it failed, while it is still the
+   newest row of its hash, it is queued again as a new row with the same hash and payload and
+   published (a pull scheduler's waits for a pop), at most ``SCHEDULER_SERVICE_FAILURE_MAX_REQUEUES``
+   times in a row per hash; after that the row stays failed and its reason says it gave up after
+   that many service failures. Boefjes are not queued here: their pair is due again through its
+   schedule (the tick and due schedules), which would double them.
+8. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
    deleted in batches; worker nodes silent for an hour are forgotten; at most once an hour per
    process, Bytes' runs (``bytes_runs``) no tick has seen for the longest horizon that can still
    matter (the retention, the grace period plus a day, the stall age) are forgotten.
@@ -92,6 +101,8 @@ class ReapReport:
     republished_wiped: int = 0
     republished_lost: int = 0
     requeued_popped: int = 0
+    requeued_service_failed: int = 0
+    gave_up_service_failed: int = 0
     pruned: int = 0
     bytes_runs_pruned: int = 0
     errors: int = 0
@@ -178,6 +189,7 @@ class Reaper:
         report.republished_wiped = self._republish_if_wiped(now, report)
         report.republished_lost = self._republish_lost(now, report)
         report.requeued_popped = self._requeue_popped(now)
+        self._requeue_service_failed(now, report)
         report.pruned = self.tasks.prune_finished(now - timedelta(days=self.settings.retention_days))
         report.bytes_runs_pruned = self._prune_bytes_runs(now)
         if any(report.as_dict().values()):
@@ -311,6 +323,28 @@ class Reaper:
         """Tasks of pull schedulers popped but not started within the visibility timeout: queued again."""
         cutoff = now - timedelta(seconds=self.settings.effective_visibility_timeout)
         return TaskViews(self.tasks.engine).requeue_popped(self.pull, popped_before=cutoff, now=now)
+
+    def _requeue_service_failed(self, now: datetime, report: ReapReport) -> None:
+        """Normalizer tasks given up on a service failure, the retry delay ago: queued again (repair 7)."""
+        failed_before = now - timedelta(seconds=self.settings.service_failure_retry_delay)
+        done = self.tasks.requeue_service_failed(
+            SchedulerId.NORMALIZER, failed_before, max_requeues=self.settings.service_failure_max_requeues, now=now
+        )
+        report.gave_up_service_failed = done.gave_up
+        if not done.requeued:
+            return
+        if SchedulerId.NORMALIZER in self.pull:  # a runner pops them: only the claims' listings go
+            self.tasks.mark_published([row.id for row in done.requeued])
+            report.requeued_service_failed = len(done.requeued)
+            return
+        report.requeued_service_failed = len(done.requeued)
+        published = self._publish(done.requeued, report)
+        if published < len(done.requeued):  # listed as unpublished: repair 3 publishes them later
+            logger.warning(
+                "reaper: %d of %d normalizer tasks queued again after a service failure are not published yet",
+                len(done.requeued) - published,
+                len(done.requeued),
+            )
 
     def _prune_bytes_runs(self, now: datetime) -> int:
         """At most once per :data:`BYTES_RUNS_PRUNE_EVERY` in this process (the table has no index on

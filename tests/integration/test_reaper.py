@@ -9,14 +9,17 @@ from typing import Any, cast
 
 import pytest
 import redis
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.orm import Session
 
-from kat_scheduler.models import TaskStatus
+from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.publisher import make_publisher
+from kat_scheduler.rules.identity import normalizer_task_hash
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
+from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
 from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon, message_for
@@ -352,3 +355,115 @@ def test_bytes_runs_no_tick_saw_for_the_longest_horizon_that_matters_are_forgott
     assert set(runs.newest(["a" * 32, "b" * 32])) == {"b" * 32}
     listed, _ = runs.listing_state("org", now=now, stall_age=timedelta(minutes=7))
     assert listed == set(), "the stale listing goes too: the next tick lists that history again"
+
+
+# --- normalizers given up on a service failure ----------------------------------------------
+
+
+def normalizer_task(raw_id: str | None = None) -> NewTask:
+    """A normalizer task as the raw-file handler claims it (its payload names the raw file)."""
+    task_id = uuid.uuid4()
+    raw_id = raw_id or str(uuid.uuid4())
+    return NewTaskFactory(
+        id=task_id,
+        scheduler_id=SchedulerId.NORMALIZER,
+        type="normalizer",
+        plugin_id="kat_dns_normalize",
+        hash=normalizer_task_hash("kat_dns_normalize", raw_id, "aa"),
+        band=4,
+        data={"id": str(task_id), "normalizer": {"id": "kat_dns_normalize"}, "raw_data": {"id": raw_id}},
+    )
+
+
+def normalizer_messages(redis_url: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    keys = [k for k in cast(list[bytes], client.keys("normalizers*")) if not k.startswith(b"_kombu")]
+    return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
+
+
+def given_up_on_bytes(store: TaskStore, engine: Engine, task_id: uuid.UUID, ago: timedelta) -> None:
+    """The task ran and gave up because Bytes kept failing, ``ago`` before now."""
+    store.start(task_id, "w")
+    assert store.fail_for_service(task_id, "bytes", "gave up after 5 retries: bytes: HTTP 503") is not None
+    age(engine, task_id, ended_at=utcnow() - ago)
+
+
+def live_row_of(engine: Engine, hash_: str) -> TaskRow | None:
+    with Session(engine) as session:
+        return session.scalars(
+            select(TaskRow).where(TaskRow.hash == hash_, TaskRow.status == TaskStatus.QUEUED)
+        ).one_or_none()
+
+
+def test_a_normalizer_given_up_on_a_service_is_queued_again_as_a_new_row_after_the_retry_delay(
+    reaper, pg_engine, redis_url
+) -> None:
+    store = reaper.tasks
+    delay = timedelta(seconds=reaper.settings.service_failure_retry_delay)
+    waiting, due = normalizer_task(), normalizer_task()
+    store.claim([waiting, due])
+    given_up_on_bytes(store, pg_engine, waiting.id, delay - timedelta(seconds=30))
+    given_up_on_bytes(store, pg_engine, due.id, delay + timedelta(seconds=1))
+    report = reaper.reap(utcnow())
+    assert (report.requeued_service_failed, report.gave_up_service_failed) == (1, 0)
+    again = live_row_of(pg_engine, due.hash)
+    assert again is not None and again.id != due.id and again.reason == "queued again after a service failure"
+    assert again.data == {**due.data, "id": str(again.id)}  # the same payload, under the new task's id
+    assert (again.plugin_id, again.organisation, again.band) == (due.plugin_id, due.organisation, due.band)
+    assert [m["headers"]["id"] for m in normalizer_messages(redis_url)] == [str(again.id)]
+    assert store.unpublished_ids([again.id]) == set()
+    old = store.get(due.id)
+    assert old.status == TaskStatus.FAILED and old.reason == "service failed: bytes; queued again"
+    assert store.last_runs([due.hash]) == {}  # the given-up row is still no run
+    assert live_row_of(pg_engine, waiting.hash) is None  # its delay has not passed yet
+    assert reaper.reap(utcnow()).requeued_service_failed == 0  # each given-up row once
+
+
+def test_a_boefje_given_up_on_a_service_is_left_to_its_schedule_not_queued_by_the_reaper(reaper, pg_engine) -> None:
+    store = reaper.tasks
+    boefje = NewTaskFactory()
+    store.claim([boefje])
+    given_up_on_bytes(store, pg_engine, boefje.id, timedelta(hours=1))
+    assert reaper.reap(utcnow()).requeued_service_failed == 0
+    assert live_row_of(pg_engine, boefje.hash) is None
+    assert store.get(boefje.id).reason == "service failed: bytes"
+
+
+def test_a_normalizer_failing_on_a_service_every_time_stops_after_the_maximum_saying_so(
+    reaper, pg_engine, redis_url
+) -> None:
+    store = reaper.tasks
+    maximum = reaper.settings.service_failure_max_requeues
+    first = normalizer_task()
+    store.claim([first])
+    current = first.id
+    past = timedelta(seconds=reaper.settings.service_failure_retry_delay + 1)
+    for _ in range(maximum):
+        given_up_on_bytes(store, pg_engine, current, past)
+        assert reaper.reap(utcnow()).requeued_service_failed == 1
+        again = live_row_of(pg_engine, first.hash)
+        assert again is not None
+        current = again.id
+    given_up_on_bytes(store, pg_engine, current, past)
+    report = reaper.reap(utcnow())
+    assert (report.requeued_service_failed, report.gave_up_service_failed) == (0, 1)
+    assert live_row_of(pg_engine, first.hash) is None
+    last = store.get(current)
+    assert last.status == TaskStatus.FAILED
+    assert last.reason == f"service failed: bytes; gave up after {maximum + 1} service failures"
+    assert len(normalizer_messages(redis_url)) == maximum
+    assert reaper.reap(utcnow()).gave_up_service_failed == 0  # said once
+
+
+def test_a_normalizer_given_up_on_whose_hash_ran_again_since_is_not_queued_again(reaper, pg_engine) -> None:
+    store = reaper.tasks
+    given_up = normalizer_task()
+    store.claim([given_up])
+    given_up_on_bytes(store, pg_engine, given_up.id, timedelta(hours=1))
+    newer = normalizer_task(given_up.data["raw_data"]["id"])  # the raw file's event came again, and it ran
+    store.claim([newer])
+    store.start(newer.id, "w")
+    store.finish(newer.id, TaskStatus.COMPLETED)
+    assert reaper.reap(utcnow()).requeued_service_failed == 0
+    assert live_row_of(pg_engine, given_up.hash) is None
+    assert store.get(given_up.id).reason == "service failed: bytes; superseded"
