@@ -28,13 +28,10 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from functools import partial
-from queue import SimpleQueue
 from types import FrameType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -106,15 +103,13 @@ Write = Callable[[], Send]
 
 @runtime_checkable
 class StagedHandler(Protocol):
-    """A handler in three stages, so that one batch is planned while the one before it is written
-    and the one before that is sent.
+    """A handler written in three stages: ``plan(queue, events)`` decides (and may raise, as a
+    handler does) and returns ``write``, which claims and cancels in the database and returns
+    ``send``, which publishes what was claimed and returns the rejected events.
 
-    ``plan(queue, events)`` reads and decides (and may raise, as a handler does) and returns
-    ``write``, which claims and cancels in the database and returns ``send``, which publishes
-    what was claimed and returns the rejected events. The listener runs each stage of its
-    batches one after the other on a thread of its own, so every stage keeps the order of the
-    batches while batch n is sent, n + 1 written and n + 2 planned. A batch is acked once it is
-    sent. Calling the handler does all three at once.
+    Calling the handler does all three at once, and that is how the listener calls it: one batch
+    at a time. The stages let a caller (a test, or a wrapper such as
+    :class:`~kat_scheduler.events.recording.RecordingHandler`) look between them.
     """
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]: ...
@@ -156,8 +151,6 @@ HANDLER_POLL = 0.002
 #: A batch in the handler for longer than this (seconds) stops the heartbeat: the listener is
 #: connected but stuck (a service or the database hanging past its timeouts).
 STALLED_AFTER = 120.0
-#: Batches of a :class:`StagedHandler` in flight at once: one being sent, one written, one planned.
-PIPELINE_DEPTH = 3
 
 
 @dataclass
@@ -169,9 +162,6 @@ class _InFlight:
     events: int
     future: Future[dict[int, str]]
     started: float
-    #: Set once a staged handler's plan of this batch is done (the next batch may be planned);
-    #: ``None`` for a plain handler, whose batches are handled one at a time.
-    planned: threading.Event | None = None
     warned: bool = False
 
     def stalled(self, now: float) -> bool:
@@ -202,34 +192,6 @@ def _in_daemon_thread(function: Callable[..., T], *args: Any) -> Future[T]:
 
     threading.Thread(target=run, name="events-handler", daemon=True).start()
     return future
-
-
-class _SerialWorker:
-    """Runs submitted calls one after the other on a daemon thread of its own (started on first use)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Make sure the thread runs (raises ``RuntimeError`` when none can be started)."""
-        if self._thread is None or not self._thread.is_alive():
-            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            thread.start()
-            self._thread = thread
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self.start()
-        self._jobs.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except BaseException:  # a job reports its own failure; this thread must outlive any
-                logger.exception("%s: a job failed outside its batch", self.name)
 
 
 #: A batch is handed over at the latest this long after its first message, however busy the queue.
@@ -293,10 +255,9 @@ class _Batches:
 class EventConsumer:
     """Consumes the event queues that have a handler, in batches; see the module docstring.
 
-    ``prefetch`` (default ``(PIPELINE_DEPTH + 1) * batch_size``: the batches in flight and the
-    next one) is how many unacked messages the broker lets us hold. ``min_backoff`` is the first
-    delay after a failed batch or a lost connection; each further failure doubles it, up to
-    ``max_backoff``.
+    ``prefetch`` (default ``2 * batch_size``: the batch in the handler and the next one) is how
+    many unacked messages the broker lets us hold. ``min_backoff`` is the first delay after a
+    failed batch or a lost connection; each further failure doubles it, up to ``max_backoff``.
     """
 
     def __init__(
@@ -321,7 +282,7 @@ class EventConsumer:
         self.handlers = dict(handlers)
         self.batch_size = batch_size
         self.batch_window = batch_window
-        self.prefetch = min(prefetch or (PIPELINE_DEPTH + 1) * batch_size, MAX_PREFETCH)
+        self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat or Heartbeat(None)
         self._handler_backoff = Backoff(min_backoff, max_backoff)
@@ -329,12 +290,6 @@ class EventConsumer:
         self._stats = dict.fromkeys(STATS, 0)
         self._stats_lock = threading.Lock()
         self._multiple_acks = False
-        self._planner = _SerialWorker("events-plan")
-        self._writer = _SerialWorker("events-write")
-        self._sender = _SerialWorker("events-send")
-        #: Batches overlap (one planned, one written, one sent) only when every handler is staged;
-        #: a plain handler is given one batch at a time.
-        self._pipelined = all(isinstance(h, StagedHandler) for h in self.handlers.values())
 
     # --- public --------------------------------------------------------------------------
 
@@ -406,46 +361,42 @@ class EventConsumer:
             self.prefetch,
         )
 
-        # Batches are handled on other threads while this one goes on receiving (and decoding)
-        # the next; acks and dead letters stay on this thread, which owns the channel. A plain
-        # handler takes one batch at a time. Each stage of a staged handler's batches (plan,
-        # write, send) runs on a thread of its own, one batch after the other, so a batch is
-        # planned while the one before it is written and the one before that is sent
-        # (PIPELINE_DEPTH in flight); they are settled in the order they came. Batches in flight
-        # when the connection fails are waited for and left unacked: the broker delivers their
-        # events again, and the claim keeps that harmless.
-        inflight: deque[_InFlight] = deque()
+        # One batch at a time is handled on a thread of its own while this one goes on receiving
+        # (and decoding) the next; acks and dead letters stay on this thread, which owns the
+        # channel. A batch in the handler when the connection fails is waited for and left
+        # unacked: the broker delivers its events again, and the claim keeps that harmless.
+        handling: _InFlight | None = None
         try:
             while not (stop.is_set() or self._finished(max_batches)):
                 now = time.monotonic()
-                if not inflight or not inflight[0].stalled(now):
+                if handling is None or not handling.stalled(now):
                     self.heartbeat.beat()  # connected and going round: at least every IDLE_WAIT
-                if inflight and inflight[0].future.done():
-                    self._settle(producer, inflight.popleft(), stop)
+                if handling is not None and handling.future.done():
+                    done, handling = handling, None
+                    self._settle(producer, done, stop)
                     continue
-                if _may_start(inflight, self._pipelined):
+                if handling is None:
                     due = batches.next_due(now)
                     if due is not None:
-                        started = self._start(producer, *due)
-                        if started is not None:
-                            inflight.append(started)
+                        handling = self._start(producer, *due)
                         continue
                 wait = batches.wait(now)
-                if inflight:
+                if handling is not None:
                     wait = min(wait, HANDLER_POLL)
                 with contextlib.suppress(TimeoutError):  # nothing came: a batch may be due now
                     connection.drain_events(timeout=wait)
-            while inflight:
-                futures_wait([inflight[0].future])
-                self._settle(producer, inflight.popleft(), stop)
+            if handling is not None:
+                futures_wait([handling.future])
+                done, handling = handling, None
+                self._settle(producer, done, stop)
         except (SystemExit, KeyboardInterrupt):
-            # A second signal: leave at once. The handler threads are daemons and end with the
-            # process; their events were not acked, so the broker delivers them again.
-            inflight.clear()
+            # A second signal: leave at once. The handler thread is a daemon and ends with the
+            # process; its events were not acked, so the broker delivers them again.
+            handling = None
             raise
         finally:
-            if inflight:  # the connection failed: let the batches finish before the next
-                futures_wait([batch.future for batch in inflight])
+            if handling is not None:  # the connection failed: let the batch finish before the next
+                futures_wait([handling.future])
 
         for consumer in consumers:
             consumer.cancel()
@@ -495,57 +446,11 @@ class EventConsumer:
                 self._dead_letter(producer, queue, message, str(exc))
         if not events:
             return None
-        handler = self.handlers[queue]
-        if self._pipelined:
-            assert isinstance(handler, StagedHandler)
-            batch = _InFlight(queue, held, len(events), Future(), time.monotonic(), threading.Event())
-            self._staged(handler, events, batch)
-            return batch
         future = _in_daemon_thread(self._run_handler, queue, events)
         return _InFlight(queue, held, len(events), future, time.monotonic())
 
     def _run_handler(self, queue: str, events: list[BaseModel]) -> dict[int, str]:
         return {r.index: r.reason for r in self.handlers[queue](queue, events)}
-
-    def _staged(self, handler: StagedHandler, events: list[BaseModel], batch: _InFlight) -> None:
-        """Plan ``batch`` on the planning thread, write it on the writing thread, send it on the sending one.
-
-        Its ``future`` gets the result, its ``planned`` is set once the plan is done, and its
-        ``started`` is reset when its writes begin: waiting behind the batches before it is not
-        being stuck.
-        """
-        future, planned, queue = batch.future, batch.planned, batch.queue
-        assert planned is not None
-        future.set_running_or_notify_cancel()
-
-        def send(sender: Send) -> None:
-            try:
-                future.set_result({r.index: r.reason for r in sender()})
-            except BaseException as exc:  # handed to the receiving thread, which decides
-                future.set_exception(exc)
-
-        def write(writer: Write) -> None:
-            batch.started = time.monotonic()
-            try:
-                sender = writer()
-                self._sender.submit(partial(send, sender))  # before the next batch's writes can be
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        def plan() -> None:
-            try:
-                # The later stages' threads first: a batch, once planned, must be written and,
-                # once written, sent (a later batch's writes may wait for an earlier one's send).
-                self._writer.start()
-                self._sender.start()
-                writer = handler.plan(queue, events)
-                self._writer.submit(partial(write, writer))  # before the next plan can be
-            except BaseException as exc:
-                future.set_exception(exc)
-            finally:
-                planned.set()
-
-        self._planner.submit(plan)
 
     def _settle(self, producer: Producer, batch: _InFlight, stop: threading.Event) -> None:
         """Ack a handled batch (dead-lettering what the handler rejected), or requeue it on failure."""
@@ -625,15 +530,6 @@ class EventConsumer:
 
     def _finished(self, max_batches: int | None) -> bool:
         return max_batches is not None and self.stats()["batches"] >= max_batches
-
-
-def _may_start(inflight: deque[_InFlight], pipelined: bool) -> bool:
-    """Whether the next batch may be taken up: none in flight, or (when every handler is staged)
-    the last one is planned and there is room."""
-    if not inflight:
-        return True
-    last = inflight[-1]
-    return pipelined and len(inflight) < PIPELINE_DEPTH and last.planned is not None and last.planned.is_set()
 
 
 def _decode(queue: str, message: Message) -> BaseModel:
