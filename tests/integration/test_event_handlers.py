@@ -156,7 +156,7 @@ def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, wo
     assert cancelled, "the world should have boefjes above level 1 for addresses"
 
 
-# --- batches planned while the batch before them is still being written (the listener's stages) --
+# --- batches planned before the batch before them is written: the plan is pure, the writes read ---
 
 
 def test_a_batch_planned_before_the_last_is_written_does_not_queue_its_pairs_again(mutations, world, pg_engine) -> None:
