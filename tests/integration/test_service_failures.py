@@ -5,26 +5,38 @@ up on a service leaves its pair due after the short retry delay, not after its g
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from kat_scheduler.events.handlers import MutationHandler
-from kat_scheduler.models import ScanProfileMutation, TaskStatus
+from kat_scheduler.models import Normalizer, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publisher import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
+from kat_scheduler.rules.identity import normalizer_task_hash
+from kat_scheduler.rules.payloads import normalizer_payload
+from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
 from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob
+from kat_scheduler.workers.reaper import Reaper, message_for
 from kat_scheduler.workers.simulated import SimulatedRunner
 from tests.integration.conftest import WORLD_NOW
+from tests.integration.test_reaper import forget_nodes_and_markers
 from tests.integration.test_worker_lifecycle import queued_boefje_task
 from tests.integration.test_workers import publish_boefje, write_plugin
 from tests.workers import celery_worker, wait_for
 
+#: The normalizer of dns-records' raw files.
+NORMALIZER = "kat_dns_normalize"
 #: The event handlers' clock: the simulated world's "now" (its history is relative to it).
 EVENTS_NOW = WORLD_NOW + timedelta(minutes=5)
 
@@ -192,3 +204,187 @@ def mutation(org: str, pk: str, operation: str) -> ScanProfileMutation:
     return ScanProfileMutation.model_validate(
         {"operation": operation, "primary_key": pk, "client_id": org, "value": value}
     )
+
+
+# --- normalizers given up on a service failure come back (the reaper) --------------------------
+
+
+def queued_normalizer_task(store: TaskStore, world, clients, org: str, ref: str) -> TaskRow:
+    """A normalizer task for the raw file of a boefje run on ``ref``, claimed as the raw-file handler does."""
+    boefje_task = queued_boefje_task(store, org, "dns-records", ref, clients)
+    assert BoefjeJob(store, clients, SimulatedRunner()).run(boefje_task, "w", org, "dns-records", ref).outcome
+    [raw] = world.raw_files_of(boefje_task)
+    task_id = uuid.uuid4()
+    normalizer = clients.katalogus.plugin(org, NORMALIZER)
+    assert isinstance(normalizer, Normalizer)
+    [claimed] = store.claim(
+        [
+            NewTask(
+                id=task_id,
+                scheduler_id=SchedulerId.NORMALIZER,
+                type="normalizer",
+                organisation=org,
+                plugin_id=NORMALIZER,
+                input_ooi=ref,
+                hash=normalizer_task_hash(NORMALIZER, str(raw.id), org),
+                band=4,
+                priority=0,
+                data=normalizer_payload(task_id, normalizer, world.render_raw_meta(raw)),
+            )
+        ]
+    )
+    row = store.get(claimed.id)
+    assert row is not None
+    return row
+
+
+@contextmanager
+def reaper_with(pg_engine: Engine, postgres_uri: str, redis_url: str, **settings: Any) -> Iterator[Reaper]:
+    forget_nodes_and_markers(pg_engine)
+    reaper_settings = load_settings(broker_url=redis_url, db_uri=postgres_uri, **settings)
+    publisher = make_publisher(reaper_settings)
+    try:
+        yield Reaper(TaskStore(pg_engine), publisher, reaper_settings)
+    finally:
+        publisher.close()
+        forget_nodes_and_markers(pg_engine)
+
+
+def rows_of_hash(engine: Engine, hash_: str) -> list[TaskRow]:
+    """Every row of ``hash_``, oldest first."""
+    with Session(engine) as session:
+        return list(session.scalars(select(TaskRow).where(TaskRow.hash == hash_).order_by(TaskRow.created_at)))
+
+
+def test_a_normalizer_given_up_on_bytes_is_queued_again_after_the_retry_delay_and_completes_once_bytes_answers(
+    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
+) -> None:
+    store = TaskStore(pg_engine)
+    [(org, ref)] = hostnames_with_dns(world, 1)
+    task = queued_normalizer_task(store, world, clients, org, ref)
+    raw_id = task.data["raw_data"]["id"]
+    kat.inject_fault("bytes", status=503, times=None, path_prefix=f"/bytes/raw/{raw_id}", method="GET")
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated", SCHEDULER_MAX_RETRIES="1")
+    log = tmp_path / "worker.log"
+    with (
+        reaper_with(pg_engine, postgres_uri, redis_url, service_failure_retry_delay=1) as reaper,
+        celery_worker("kat_scheduler", [Queue.NORMALIZERS.value], env, log_file=log),
+    ):
+        reaper.publisher.publish([message_for(task)])
+        gave_up = wait_for(lambda: rows(store, [task.id])[0].status == TaskStatus.FAILED, timeout=60, interval=0.2)
+        assert gave_up, log.read_text()[-3000:]
+        assert rows(store, [task.id])[0].reason == "service failed: bytes"
+        kat.clear_faults()
+
+        def completed_again() -> bool:
+            reaper.reap(utcnow())
+            return [row.status for row in rows_of_hash(pg_engine, task.hash)] == [
+                TaskStatus.FAILED,
+                TaskStatus.COMPLETED,
+            ]
+
+        assert wait_for(completed_again, timeout=60, interval=0.3), log.read_text()[-3000:]
+    first, again = rows_of_hash(pg_engine, task.hash)
+    assert first.reason == "service failed: bytes; queued again" and first.ended_at is not None
+    assert again.created_at >= first.ended_at + timedelta(seconds=1)  # after the retry delay, not before
+    assert again.data == {**task.data, "id": str(again.id)}
+    assert [run.id for run in world.normalizer_runs] == [again.id]  # stored once, by the new task
+    assert [o.task_id for o in world.observations] == [str(again.id)]
+    assert store.last_runs([task.hash]) == {task.hash: again.ended_at}
+
+
+def test_a_normalizer_whose_bytes_keeps_failing_is_queued_again_at_most_the_maximum_then_stays_failed(
+    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
+) -> None:
+    store = TaskStore(pg_engine)
+    [(org, ref)] = hostnames_with_dns(world, 1)
+    task = queued_normalizer_task(store, world, clients, org, ref)
+    raw_id = task.data["raw_data"]["id"]
+    kat.inject_fault("bytes", status=503, times=None, path_prefix=f"/bytes/raw/{raw_id}", method="GET")
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated", SCHEDULER_MAX_RETRIES="0")
+    log = tmp_path / "worker.log"
+    maximum = 2
+    with (
+        reaper_with(
+            pg_engine, postgres_uri, redis_url, service_failure_retry_delay=0, service_failure_max_requeues=maximum
+        ) as reaper,
+        celery_worker("kat_scheduler", [Queue.NORMALIZERS.value], env, log_file=log),
+    ):
+        reaper.publisher.publish([message_for(task)])
+
+        def gave_up_for_good() -> bool:
+            reaper.reap(utcnow())
+            newest = rows_of_hash(pg_engine, task.hash)[-1]
+            return newest.reason is not None and "gave up after" in newest.reason
+
+        assert wait_for(gave_up_for_good, timeout=90, interval=0.3), log.read_text()[-3000:]
+        for _ in range(3):  # later runs of the reaper queue nothing more
+            assert reaper.reap(utcnow()).requeued_service_failed == 0
+    history = rows_of_hash(pg_engine, task.hash)
+    assert len(history) == maximum + 1 and all(row.status == TaskStatus.FAILED for row in history)
+    assert [row.reason for row in history] == [
+        *["service failed: bytes; queued again"] * maximum,
+        f"service failed: bytes; gave up after {maximum + 1} service failures",
+    ]
+    assert world.normalizer_runs == [] and store.last_runs([task.hash]) == {}
+
+
+# --- a kept output is bounded ------------------------------------------------------------------
+
+
+def test_a_boefje_output_over_the_kept_limit_is_not_kept_and_reruns_while_one_under_it_is_kept(
+    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
+) -> None:
+    store = TaskStore(pg_engine)
+    runs = tmp_path / "runs.log"
+    plugins = tmp_path / "plugins"
+    (small_org, small_ref), (big_org, big_ref) = hostnames_with_dns(world, 2)
+    write_plugin(
+        plugins,
+        "kat_dns",
+        "boefje.json",
+        "main.py",
+        "dns-records",
+        f"""
+        def run(boefje_meta):
+            with open({str(runs)!r}, "a") as runs:  # one line per run of the plugin, in any process
+                runs.write(boefje_meta["id"] + "\\n")
+            big = boefje_meta["input_ooi"] == {big_ref!r}
+            return [({{"openkat/dns"}}, "A 192.0.2.1 secret-ish answer " * (200 if big else 1))]
+        """,
+    )
+    small = queued_boefje_task(store, small_org, "dns-records", small_ref, clients)
+    big = queued_boefje_task(store, big_org, "dns-records", big_ref, clients)
+    kat.inject_fault("bytes", status=200, body=b"{not json", times=None, path_prefix="/bytes/raw", method="POST")
+    for task_id, (org, ref) in ((small, (small_org, small_ref)), (big, (big_org, big_ref))):
+        publish_boefje(task_id, org, ref, postgres_uri, redis_url)
+    env = worker_env(
+        kat,
+        postgres_uri,
+        redis_url,
+        SCHEDULER_RUNNER="local",
+        SCHEDULER_PLUGINS_PATH=str(plugins),
+        SCHEDULER_RETRY_BACKOFF="2",
+        SCHEDULER_KEPT_OUTPUT_MAX_BYTES="2000",
+    )
+    log = tmp_path / "worker.log"
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log):
+        both_failed_once = wait_for(
+            lambda: all(row.error is not None for row in rows(store, [small, big])), timeout=60, interval=0.1
+        )
+        assert both_failed_once, log.read_text()[-3000:]
+        small_row, big_row = rows(store, [small, big])
+        assert KEPT_OUTPUT in small_row.data and KEPT_OUTPUT not in big_row.data
+        kat.clear_faults()
+        done = wait_for(
+            lambda: all(row.status == TaskStatus.COMPLETED for row in rows(store, [small, big])), timeout=60
+        )
+        assert done, log.read_text()[-3000:]
+    plugin_runs = runs.read_text().split()
+    assert plugin_runs.count(str(small)) == 1  # kept: only storing it was retried
+    assert plugin_runs.count(str(big)) == 2  # over the limit: the whole run again
+    [raw] = world.raw_files_of(big)
+    assert raw.content == b"A 192.0.2.1 secret-ish answer " * 200
+    [warning] = [line for line in log.read_text().splitlines() if "not kept" in line]
+    assert str(big) in warning and "over SCHEDULER_KEPT_OUTPUT_MAX_BYTES (2000)" in warning
+    assert "secret-ish" not in warning
