@@ -331,13 +331,12 @@ class Reaper:
             SchedulerId.NORMALIZER, failed_before, max_requeues=self.settings.service_failure_max_requeues, now=now
         )
         report.gave_up_service_failed = done.gave_up
+        report.requeued_service_failed = len(done.requeued)
         if not done.requeued:
             return
         if SchedulerId.NORMALIZER in self.pull:  # a runner pops them: only the claims' listings go
             self.tasks.mark_published([row.id for row in done.requeued])
-            report.requeued_service_failed = len(done.requeued)
             return
-        report.requeued_service_failed = len(done.requeued)
         published = self._publish(done.requeued, report)
         if published < len(done.requeued):  # listed as unpublished: repair 3 publishes them later
             logger.warning(

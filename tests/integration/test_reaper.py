@@ -467,3 +467,23 @@ def test_a_normalizer_given_up_on_whose_hash_ran_again_since_is_not_queued_again
     assert reaper.reap(utcnow()).requeued_service_failed == 0
     assert live_row_of(pg_engine, given_up.hash) is None
     assert store.get(given_up.id).reason == "service failed: bytes; superseded"
+
+
+def test_a_pull_schedulers_normalizer_given_up_on_a_service_is_queued_again_for_a_pop_without_a_message(
+    pg_engine, postgres_uri, redis_url
+) -> None:
+    forget_nodes_and_markers(pg_engine)
+    settings = load_settings(broker_url=redis_url, db_uri=postgres_uri, pull_schedulers="normalizer,report")
+    publisher = make_publisher(settings)
+    try:
+        reaper = Reaper(TaskStore(pg_engine), publisher, settings)
+        task = normalizer_task()
+        reaper.tasks.claim([task])
+        given_up_on_bytes(reaper.tasks, pg_engine, task.id, timedelta(seconds=settings.service_failure_retry_delay + 1))
+        assert reaper.reap(utcnow()).requeued_service_failed == 1
+    finally:
+        publisher.close()
+        forget_nodes_and_markers(pg_engine)
+    again = live_row_of(pg_engine, task.hash)
+    assert again is not None and reaper.tasks.unpublished_ids([again.id]) == set()
+    assert normalizer_messages(redis_url) == []
