@@ -263,7 +263,8 @@ class Job:
         (``reason`` names the service; :meth:`TaskStore.last_runs` leaves it out) and, with
         ``schedules`` and ``retry_at``, a boefje pair's schedule is enabled with ``retry_at`` as its
         deadline, so the tick, due schedules and events all leave it alone until then and queue it
-        after (not a grace period later).
+        after (not a grace period later). A normalizer task, which only an event makes, is queued
+        again by the reaper (:meth:`TaskStore.requeue_service_failed`).
         """
         now = self.clock()
         if service is None:
@@ -278,6 +279,14 @@ class Job:
         current = self.tasks.get(task_id)
         cleaned = None if current is None else _without_kept(current.data)
         row = self.tasks.fail_for_service(task_id, service, error, now=now, data=cleaned)
+        if row is not None and row.scheduler_id == SchedulerId.NORMALIZER:
+            logger.warning(
+                "%s %s: gave up, %s failed; the reaper queues it again after SCHEDULER_SERVICE_FAILURE_RETRY_DELAY",
+                self.kind,
+                task_id,
+                service,
+            )
+            return
         if row is None or schedules is None or retry_at is None or row.scheduler_id != SchedulerId.BOEFJE:
             return
         boefje = row.data.get("boefje") or {"id": row.plugin_id}
