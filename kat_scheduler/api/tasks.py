@@ -13,6 +13,7 @@ from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
+from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskNotFound, TaskQuery, TransitionRefused
 
 router = APIRouter(tags=["tasks"])
@@ -151,12 +152,17 @@ def task_stats(
     return stats
 
 
+def _task_json(row: TaskRow) -> Response:
+    """A task, serialised once (FastAPI would validate the Task again against ``response_model``)."""
+    return Response(Task.of(row).model_dump_json(), media_type="application/json")
+
+
 @router.get("/tasks/{task_id}", response_model=Task, summary="One task", responses=NOT_FOUND)
-def get_task(task_id: uuid.UUID, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+def get_task(task_id: uuid.UUID, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
     row = ctx.tasks.get(task_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
-    return Task.of(row)
+    return _task_json(row)
 
 
 @router.patch(
@@ -168,28 +174,31 @@ def get_task(task_id: uuid.UUID, ctx: Annotated[ApiContext, Depends(context)]) -
         400: {"model": Problem, "description": "Empty body, a field other than status, or a refused transition"},
     },
 )
-def patch_task(task_id: uuid.UUID, item: TaskPatch, ctx: Annotated[ApiContext, Depends(context)]) -> Task:
+def patch_task(task_id: uuid.UUID, item: TaskPatch, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
     patch = item.model_dump(exclude_unset=True)
     if not patch:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "no data to patch")
-    row = ctx.tasks.get(task_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
-    current = Task.of(row).model_dump()
-    changed = sorted(name for name, value in patch.items() if name != "status" and value != current[name])
-    if changed:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, f"only status can be patched; these fields differ from the task: {changed}"
-        )
     wanted = patch.get("status")
-    if wanted is None:
-        if "status" in patch:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "status cannot be null")
-        return Task.of(row)
+    if set(patch) != {"status"} or wanted is None:
+        # Fields besides the status (a whole Task sent back) must match the task as it is.
+        row = ctx.tasks.get(task_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
+        current = Task.of(row).model_dump()
+        changed = sorted(name for name, value in patch.items() if name != "status" and value != current[name])
+        if changed:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST, f"only status can be patched; these fields differ from the task: {changed}"
+            )
+        if wanted is None:
+            if "status" in patch:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, "status cannot be null")
+            return _task_json(row)
+    # The workers' PATCH (the status alone) is one conditional UPDATE: no read before it.
     try:
         moved = ctx.tasks.move(task_id, TaskStatus(wanted))
     except TaskNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}") from None
     except TransitionRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    return Task.of(moved)
+    return _task_json(moved)
