@@ -304,9 +304,15 @@ class MutationHandler(_Base):
         """
         hashes = list(steps)
         live = self.tasks.live_hashes(hashes)
-        withdrawn = {h for h in hashes if None in steps[h]}
+        withdrawn: set[str] = set()
+        weighed: list[str] = []
+        for h, pair_steps in steps.items():
+            nones = sum(step is None for step in pair_steps) if len(pair_steps) > 1 else int(pair_steps[0] is None)
+            if nones < len(pair_steps):
+                weighed.append(h)
+            if nones:
+                withdrawn.add(h)
         states = self.schedules.states(hashes)
-        weighed = [h for h in hashes if any(step is not None for step in steps[h])]
         history = self.tasks.last_runs(weighed) if weighed else {}
         cancel = [h for h in hashes if h in live and h in withdrawn]
         running: set[str] = set()
@@ -405,7 +411,8 @@ class MutationHandler(_Base):
 
 def _weighed_after_withdrawal(steps: list[Step]) -> bool:
     """Whether a pair's steps weigh it after the first step that withdraws it."""
-    return any(step is not None for step in steps[steps.index(None) + 1 :])
+    first = next(i for i, step in enumerate(steps) if step is None)
+    return any(step is not None for step in steps[first + 1 :])
 
 
 class RawFileHandler(_Base):

@@ -119,7 +119,7 @@ def mutation_steps(
     return steps
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a batch makes one per pair, and frozen ones cost more to make
 class Known:
     """What the database holds for one pair when its batch is written."""
 
@@ -134,7 +134,7 @@ class Known:
     bytes_run: BytesRun | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Queued:
     """Queue the pair: the step that did, its trigger and the run its rank counts from."""
 
