@@ -5,6 +5,7 @@ Every method is one short transaction; none is held across an HTTP call or a pub
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -121,13 +122,37 @@ def service_failed_reason(service: str) -> str:
 #: handled it (queued it again, or gave up): such a row is no candidate any more. The reason keeps
 #: its prefix, so the row stays no run of its plugin.
 HANDLED_MARK = "; "
-#: The ``reason`` of a task queued again after its earlier row gave up on a service (never the
-#: service-failed prefix: once it ends, it is a run like any other).
-REQUEUED_REASON = "queued again after a service failure"
+_REQUEUED = re.compile(r"^queued again after (\d+) service failures?$")
+_IN_A_ROW = re.compile(r" \((\d+) in a row\)$")
+
+
+def requeued_reason(failures: int) -> str:
+    """The ``reason`` of a task queued again after its hash failed on a service ``failures`` times in
+    a row (never the service-failed prefix: once it ends, it is a run like any other)."""
+    return f"queued again after {failures} service failure{'' if failures == 1 else 's'}"
+
+
+def service_failures_in_a_row(reason: str | None) -> int:
+    """How many times in a row a service-failed row's hash failed on a service, by its ``reason``."""
+    found = _IN_A_ROW.search(reason or "")
+    return int(found.group(1)) if found else 1
+
+
+def _service_failed_reason_after(service: str, previous: str | None) -> str:
+    """The reason of a row given up on ``service`` whose reason was ``previous``: a row queued again
+    after ``n`` service failures carries ``(n + 1 in a row)``."""
+    requeued = _REQUEUED.match(previous or "")
+    if requeued is None:
+        return service_failed_reason(service)
+    suffix = f" ({int(requeued.group(1)) + 1} in a row)"
+    return f"{service_failed_reason(service)[: 64 - len(suffix)]}{suffix}"
 
 
 def _handled_reason(reason: str, note: str) -> str:
-    """``reason`` (a service-failed one) with ``note`` appended, within the column's 64 characters."""
+    """``reason`` (a service-failed one) with ``note`` appended, within the column's 64 characters;
+    a given-up row names only its service (the note says how many)."""
+    if note.startswith("gave up"):
+        reason = _IN_A_ROW.sub("", reason)
     suffix = f"{HANDLED_MARK}{note}"
     return f"{reason[: 64 - len(suffix)]}{suffix}"
 
@@ -503,20 +528,24 @@ class TaskStore:
         payload too). The row, or ``None`` when the task had ended already."""
         now = now or utcnow()
         values: dict[str, Any] = {} if data is None else {"data": data}
-        stmt = (
-            update(TaskRow)
-            .where(TaskRow.id == task_id, TaskRow.status.in_(list(LIVE_STATUSES)))
-            .values(
-                status=TaskStatus.FAILED,
-                reason=service_failed_reason(service),
-                error=error,
-                ended_at=now,
-                modified_at=now,
-                **values,
-            )
-            .returning(TaskRow)
-        )
+        live = (TaskRow.id == task_id, TaskRow.status.in_(list(LIVE_STATUSES)))
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            previous = session.execute(select(TaskRow.reason).where(*live).with_for_update()).one_or_none()
+            if previous is None:
+                return None
+            stmt = (
+                update(TaskRow)
+                .where(*live)
+                .values(
+                    status=TaskStatus.FAILED,
+                    reason=_service_failed_reason_after(service, previous.reason),
+                    error=error,
+                    ended_at=now,
+                    modified_at=now,
+                    **values,
+                )
+                .returning(TaskRow)
+            )
             return session.execute(stmt).scalar_one_or_none()
 
     def cancel(self, ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
@@ -715,20 +744,20 @@ class TaskStore:
         limit: int = REPAIR_BATCH,
     ) -> RequeuedAfterFailure:
         """Tasks of ``scheduler_id`` given up on because a KAT service failed (:meth:`fail_for_service`),
-        which ended before ``failed_before`` and are still the newest row of their hash: each is
-        queued again as a new row with the same hash and payload (its ``id`` the new task's), while
-        its hash has failed on a service at most ``max_requeues`` times in a row; else the row stays
-        failed and its reason says after how many service failures it gave up.
+        which ended before ``failed_before`` and are still the newest of their hash (no live task, no
+        run that ended later): each is queued again as a new row with the same hash and payload (its
+        ``id`` the new task's), while its hash failed on a service at most ``max_requeues`` times in
+        a row; else the row stays failed and its reason says after how many service failures it gave
+        up. How many in a row travels in the reasons (:func:`requeued_reason`, :meth:`fail_for_service`),
+        so no look-up reads a hash's whole history (``tasks.hash`` has no index over every row).
 
         One transaction: the old rows are locked (``SKIP LOCKED``: two reapers never handle one
-        twice) and marked handled (:data:`HANDLED_MARK`) as their new rows are claimed, so a
-        crash leaves either both or neither. The new rows are listed as unpublished, like a claim's.
+        twice) and marked handled (:data:`HANDLED_MARK`) as their new rows are claimed, so a crash
+        leaves either both or neither. The new rows are listed as unpublished, like a claim's.
         """
         col = _TASKS.c
-        newer = _TASKS.alias("newer")
-        superseded = exists().where(newer.c.hash == col.hash, newer.c.created_at > col.created_at)
         candidates = (
-            select(_TASKS, superseded.label("superseded"))
+            select(_TASKS)
             .where(
                 col.scheduler_id == scheduler_id,
                 col.status == TaskStatus.FAILED,
@@ -738,27 +767,35 @@ class TaskStore:
             )
             .order_by(col.band, col.ended_at)
             .limit(limit)
-            .with_for_update(of=_TASKS, skip_locked=True)
+            .with_for_update(skip_locked=True)
         )
         requeued: list[Row[Any]] = []
         gave_up = dropped = 0
         with self.engine.begin() as conn:
             rows = conn.execute(candidates).all()
-            failures = self._service_failures_in_a_row(conn, [row.hash for row in rows if not row.superseded])
+            newest: dict[str, Row[Any]] = {}
             for row in rows:
-                count = failures.get(row.hash, 1)
-                if row.superseded:
+                if row.hash not in newest or row.created_at > newest[row.hash].created_at:
+                    newest[row.hash] = row
+            hashes = list(newest)
+            live = self.live_hashes(hashes)
+            ran = self.last_runs(hashes)
+            for row in rows:
+                count = service_failures_in_a_row(row.reason)
+                later_run = ran.get(row.hash)
+                if newest[row.hash] is not row or row.hash in live or (later_run and later_run > row.ended_at):
                     note = "superseded"
                     dropped += 1
                 elif count > max_requeues:
                     note = f"gave up after {count} service failures"
                     gave_up += 1
                 else:
-                    new = self._requeue_failed_row(conn, row, now)
-                    note = "queued again" if new is not None else "superseded"
-                    if new is None:
+                    new = self._requeue_failed_row(conn, row, now, count)
+                    if new is None:  # a task of its hash was claimed meanwhile
+                        note = "superseded"
                         dropped += 1
                     else:
+                        note = "queued again"
                         requeued.append(new)
                 conn.execute(
                     update(_TASKS)
@@ -767,26 +804,7 @@ class TaskStore:
                 )
         return RequeuedAfterFailure(requeued, gave_up, dropped)
 
-    @staticmethod
-    def _service_failures_in_a_row(conn: Connection, hashes: Sequence[str]) -> dict[str, int]:
-        """Per hash: how many of its newest rows in a row failed because a service failed."""
-        found: dict[str, int] = {}
-        if not hashes:
-            return found
-        col = _TASKS.c
-        ended: set[str] = set()
-        for condition in in_values(conn, col.hash, list(hashes)):
-            stmt = select(col.hash, col.reason).where(condition).order_by(col.hash, col.created_at.desc())
-            for hash_, reason in conn.execute(stmt):
-                if hash_ in ended:
-                    continue
-                if reason is not None and reason.startswith(SERVICE_FAILED_PREFIX):
-                    found[hash_] = found.get(hash_, 0) + 1
-                else:
-                    ended.add(hash_)
-        return found
-
-    def _requeue_failed_row(self, conn: Connection, row: Row[Any], now: datetime) -> Row[Any] | None:
+    def _requeue_failed_row(self, conn: Connection, row: Row[Any], now: datetime, failures: int) -> Row[Any] | None:
         """Claim a new row with ``row``'s hash and payload; ``None`` when its hash is live already."""
         task_id = uuid.uuid4()
         # A kept output (workers/lifecycle.py) is dropped when a row gives up; never carried over.
@@ -804,7 +822,7 @@ class TaskStore:
             band=row.band,
             priority=row.priority,
             data=data,
-            reason=REQUEUED_REASON,
+            reason=requeued_reason(failures),
             schedule_id=row.schedule_id,
         )
         new = conn.execute(self._insert().values(_row(task, now)).returning(*_TASKS.c)).one_or_none()

@@ -407,7 +407,7 @@ def test_a_normalizer_given_up_on_a_service_is_queued_again_as_a_new_row_after_t
     report = reaper.reap(utcnow())
     assert (report.requeued_service_failed, report.gave_up_service_failed) == (1, 0)
     again = live_row_of(pg_engine, due.hash)
-    assert again is not None and again.id != due.id and again.reason == "queued again after a service failure"
+    assert again is not None and again.id != due.id and again.reason == "queued again after 1 service failure"
     assert again.data == {**due.data, "id": str(again.id)}  # the same payload, under the new task's id
     assert (again.plugin_id, again.organisation, again.band) == (due.plugin_id, due.organisation, due.band)
     assert [m["headers"]["id"] for m in normalizer_messages(redis_url)] == [str(again.id)]
@@ -438,11 +438,11 @@ def test_a_normalizer_failing_on_a_service_every_time_stops_after_the_maximum_sa
     store.claim([first])
     current = first.id
     past = timedelta(seconds=reaper.settings.service_failure_retry_delay + 1)
-    for _ in range(maximum):
+    for failures in range(1, maximum + 1):
         given_up_on_bytes(store, pg_engine, current, past)
         assert reaper.reap(utcnow()).requeued_service_failed == 1
         again = live_row_of(pg_engine, first.hash)
-        assert again is not None
+        assert again is not None and again.reason.startswith(f"queued again after {failures} service failure")
         current = again.id
     given_up_on_bytes(store, pg_engine, current, past)
     report = reaper.reap(utcnow())
