@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
+from sqlalchemy import Row
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
@@ -152,7 +153,7 @@ def task_stats(
     return stats
 
 
-def _task_json(row: TaskRow) -> Response:
+def _task_json(row: TaskRow | Row[Any]) -> Response:
     """A task, serialised once (FastAPI would validate the Task again against ``response_model``)."""
     return Response(Task.of(row).model_dump_json(), media_type="application/json")
 

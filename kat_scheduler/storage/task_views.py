@@ -107,6 +107,8 @@ class TaskViews:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: The statement of a move to each status, built on first use.
+        self._moves: dict[TaskStatus, Update | None] = {}
 
     def get(self, task_id: uuid.UUID) -> TaskRow | None:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -259,36 +261,52 @@ class TaskViews:
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
 
-    def move(self, task_id: uuid.UUID, to_status: TaskStatus, now: datetime | None = None) -> TaskRow:
+    def move(self, task_id: uuid.UUID, to_status: TaskStatus, now: datetime | None = None) -> Row[Any]:
         """Move a task to ``to_status`` as the workers would; the row as it is afterwards.
 
         Asking for the status the task has already changes nothing. Raises :class:`TaskNotFound`,
         or :class:`TransitionRefused` (nothing changed) for a move the lifecycle does not allow.
+        One conditional ``UPDATE … RETURNING`` (autocommit: a transaction of its own); only when
+        it changes nothing is the task read, to say why.
         """
-        now = now or utcnow()
-        values: dict[str, Any] = {"status": to_status, "modified_at": now}
-        if to_status is TaskStatus.RUNNING:
-            values.update(started_at=now, attempts=TaskRow.attempts + 1)
-        elif to_status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
-            values["ended_at"] = now
-        sources = PATCH_TRANSITIONS.get(to_status, ())
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            if sources:
-                stmt = (
-                    update(TaskRow)
-                    .where(TaskRow.id == task_id, TaskRow.status.in_(list(sources)))
-                    .values(**values)
-                    .returning(TaskRow)
-                )
-                moved = session.execute(stmt).scalar_one_or_none()
+        col = _TASKS.c
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            stmt = self._move_statement(to_status)
+            if stmt is not None:
+                moved = conn.execute(stmt, {"task_id": task_id, "now": now or utcnow()}).first()
                 if moved is not None:
                     return moved
-            current = session.get(TaskRow, task_id)
+            current = conn.execute(select(*_TASKS.c).where(col.id == task_id)).first()
         if current is None:
             raise TaskNotFound(str(task_id))
-        if current.status == to_status:
+        status = TaskStatus(current.status)
+        if status is to_status:
             return current
-        raise TransitionRefused(task_id, current.status, to_status)
+        raise TransitionRefused(task_id, status, to_status)
+
+    def _move_statement(self, to_status: TaskStatus) -> Update | None:
+        """The conditional update of a move to ``to_status`` (built once per status); ``None``
+        when nothing may move there."""
+        if to_status in self._moves:
+            return self._moves[to_status]
+        sources = PATCH_TRANSITIONS.get(to_status, ())
+        stmt = None
+        if sources:
+            col = _TASKS.c
+            now = bindparam("now", type_=col.modified_at.type)
+            values: dict[str, Any] = {"status": to_status, "modified_at": now}
+            if to_status is TaskStatus.RUNNING:
+                values.update(started_at=now, attempts=col.attempts + 1)
+            elif to_status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+                values["ended_at"] = now
+            stmt = (
+                update(_TASKS)
+                .where(col.id == bindparam("task_id", type_=col.id.type), col.status.in_(list(sources)))
+                .values(**values)
+                .returning(*_TASKS.c)
+            )
+        self._moves[to_status] = stmt
+        return stmt
 
 
 def _hour_of(engine: Engine, column: Any) -> ColumnElement[Any]:
