@@ -442,7 +442,7 @@ def test_a_normalizer_failing_on_a_service_every_time_stops_after_the_maximum_sa
         given_up_on_bytes(store, pg_engine, current, past)
         assert reaper.reap(utcnow()).requeued_service_failed == 1
         again = live_row_of(pg_engine, first.hash)
-        assert again is not None and again.reason.startswith(f"queued again after {failures} service failure")
+        assert again is not None and (again.reason or "").startswith(f"queued again after {failures} service failure")
         current = again.id
     given_up_on_bytes(store, pg_engine, current, past)
     report = reaper.reap(utcnow())
