@@ -138,7 +138,7 @@ def service_failures_in_a_row(reason: str | None) -> int:
     return int(found.group(1)) if found else 1
 
 
-def _service_failed_reason_after(service: str, previous: str | None) -> str:
+def service_failed_reason_after(service: str, previous: str | None) -> str:
     """The reason of a row given up on ``service`` whose reason was ``previous``: a row queued again
     after ``n`` service failures carries ``(n + 1 in a row)``."""
     requeued = _REQUEUED.match(previous or "")
@@ -148,7 +148,7 @@ def _service_failed_reason_after(service: str, previous: str | None) -> str:
     return f"{service_failed_reason(service)[: 64 - len(suffix)]}{suffix}"
 
 
-def _handled_reason(reason: str, note: str) -> str:
+def handled_reason(reason: str, note: str) -> str:
     """``reason`` (a service-failed one) with ``note`` appended, within the column's 64 characters;
     a given-up row names only its service (the note says how many)."""
     if note.startswith("gave up"):
@@ -538,7 +538,7 @@ class TaskStore:
                 .where(*live)
                 .values(
                     status=TaskStatus.FAILED,
-                    reason=_service_failed_reason_after(service, previous.reason),
+                    reason=service_failed_reason_after(service, previous.reason),
                     error=error,
                     ended_at=now,
                     modified_at=now,
@@ -800,7 +800,7 @@ class TaskStore:
                 conn.execute(
                     update(_TASKS)
                     .where(col.id == row.id)
-                    .values(reason=_handled_reason(row.reason, note), modified_at=now)
+                    .values(reason=handled_reason(row.reason, note), modified_at=now)
                 )
         return RequeuedAfterFailure(requeued, gave_up, dropped)
 
