@@ -252,20 +252,19 @@ def listen() -> None:
 @main.command("api")
 @click.option("--host", default=None, help="Address to listen on. Default: SCHEDULER_API_HOST.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port. Default: SCHEDULER_API_PORT.")
-def api(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes serving the API (uvicorn's workers, one port). Default: SCHEDULER_API_WORKERS.",
+)
+def api(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the HTTP API OpenKAT's components speak (mula-compatible; the OpenAPI page is /docs)."""
-    import uvicorn
-
-    from kat_scheduler.api import create_app
+    from kat_scheduler.api.serve import serve
 
     settings = _settings_or_exit()
     _schema_or_exit(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.api_host,
-        port=settings.api_port if port is None else port,
-        log_level=settings.log_level.lower(),
-    )
+    serve(settings, host=host, port=port, workers=workers)
 
 
 @main.command("heartbeat")

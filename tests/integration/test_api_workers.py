@@ -23,10 +23,6 @@ from kat_scheduler.storage.tables import TaskRow
 from tests.workers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVE = (
-    "import sys; from kat_scheduler.api.serve import serve; from kat_scheduler.settings import get_settings; "
-    "serve(get_settings(), host='127.0.0.1', port=int(sys.argv[1]))"
-)
 
 
 def free_port() -> int:
@@ -88,11 +84,12 @@ def test_two_api_worker_processes_share_the_port_and_never_hand_out_a_task_twice
     env = {
         **os.environ,
         "SCHEDULER_DB_URI": private_postgres_uri,
-        "SCHEDULER_API_WORKERS": "2",
+        "SCHEDULER_API_WORKERS": "1",  # the command's --workers wins
         "SCHEDULER_PULL_SCHEDULERS": "report",
         "SCHEDULER_LOG_LEVEL": "WARNING",
     }
-    server = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], cwd=ROOT, env=env, start_new_session=True)
+    command = ["-m", "kat_scheduler", "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, start_new_session=True)
     engine = make_engine(private_postgres_uri, pool_size=1)
     try:
 
