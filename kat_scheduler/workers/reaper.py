@@ -40,7 +40,7 @@
    published (a pull scheduler's waits for a pop), at most ``SCHEDULER_SERVICE_FAILURE_MAX_REQUEUES``
    times in a row per hash; after that the row stays failed and its reason says it gave up after
    that many service failures. Boefjes are not queued here: their pair is due again through its
-   schedule (the tick and due schedules), which would double them.
+   schedule (the tick and due schedules), and queuing them here too would double them.
 8. **Retention**: completed, failed and cancelled rows older than ``SCHEDULER_RETENTION_DAYS`` are
    deleted in batches; worker nodes silent for an hour are forgotten; at most once an hour per
    process, Bytes' runs (``bytes_runs``) no tick has seen for the longest horizon that can still
