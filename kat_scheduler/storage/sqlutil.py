@@ -1,10 +1,13 @@
 """Small SQL helpers shared by the stores.
 
-Many values go to PostgreSQL as one bound parameter holding a JSON document (written by orjson,
-read by PostgreSQL's ``jsonb_array_elements``): a thousand rows or hashes cost one string, where
-psycopg2 adapts a list value by value and ``execute_values`` formats row by row. Nothing here
-writes SQL text from values; :func:`pg_array` (the text of an array literal) stays for callers
-that bind one, checked in the tests against what psycopg2 and PostgreSQL make of the same list.
+Bulk rows go to PostgreSQL as one bound parameter holding a JSON document (written by orjson,
+read by PostgreSQL's ``jsonb_array_elements``): a thousand rows cost one string, where
+``execute_values`` formats row by row and a bound list per column is adapted value by value.
+
+The one exception to binding values through the libraries: :func:`pg_array` writes the text of
+an array literal, bound as one string, for ``= ANY`` look-ups (:func:`in_values`) and callers that
+bind an array. Its output is checked in the tests against the array psycopg2 sends for the same
+list, as PostgreSQL reads both.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, String, bindparam, func, select
+from sqlalchemy import ARRAY, Connection, String, Uuid, any_, bindparam
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 #: Values per ``IN (…)`` list on SQLite (below its bound-parameter limit).
@@ -31,18 +33,22 @@ def json_text(values: Sequence[Any]) -> str:
 def in_values(conn: Connection, column: ColumnElement[Any], values: Sequence[Any]) -> Iterator[ColumnElement[bool]]:
     """Conditions ``column IN values``, as few as the backend allows.
 
-    PostgreSQL gets one ``column IN (SELECT CAST(jsonb_array_elements_text(:values) AS type))``:
-    one bound parameter however many values, far cheaper to build and plan than a thousand-item
-    IN list (PostgreSQL plans it as a probe of ``column``'s index per value). SQLite gets IN lists
-    of 1000.
+    PostgreSQL gets one ``column = ANY(CAST(:array AS type[]))``: one bound parameter however
+    many values, far cheaper to build and plan than a thousand-item IN list, and planned knowing
+    how many values it holds. The array is bound as the text of its literal (:func:`pg_array`),
+    because psycopg2 adapts a list value by value, which costs several times as much CPU on
+    the look-ups of a planning tick, and a JSON document read by ``jsonb_array_elements_text``
+    hides the number of values from the planner. SQLite gets IN lists of 1000.
     """
     if not values:
         return
     if conn.dialect.name == "postgresql":
-        document = sql_cast(bindparam(None, json_text(values), type_=String()), JSONB())
-        # Text as unbounded text: a cast to a column's VARCHAR(n) would cut a longer value short.
-        element = String() if isinstance(column.type, String) else column.type
-        yield column.in_(select(sql_cast(func.jsonb_array_elements_text(document), element)))
+        element: Uuid[Any] | String = Uuid() if isinstance(column.type, Uuid) else String()
+        if isinstance(column.type, (Uuid, String)):
+            text = pg_array(values, "uuid" if isinstance(element, Uuid) else "text")
+            yield column == any_(sql_cast(bindparam(None, text, type_=String()), ARRAY(element)))
+        else:  # another type: psycopg2 adapts the list
+            yield column == any_(bindparam(None, list(values), type_=ARRAY(element)))
         return
     for start in range(0, len(values), IN_CHUNK):
         yield column.in_(values[start : start + IN_CHUNK])
