@@ -71,12 +71,24 @@ class Runtime:
     def boefje_job(self) -> BoefjeJob:
         from kat_scheduler.workers.lifecycle import BoefjeJob
 
-        return BoefjeJob(self.tasks, self.clients, self.runner, max_attempts=self.settings.max_retries + 1)
+        return BoefjeJob(
+            self.tasks,
+            self.clients,
+            self.runner,
+            max_attempts=self.settings.max_retries + 1,
+            max_kept_output=self.settings.kept_output_max_bytes,
+        )
 
     def normalizer_job(self) -> NormalizerJob:
         from kat_scheduler.workers.lifecycle import NormalizerJob
 
-        return NormalizerJob(self.tasks, self.clients, self.runner, max_attempts=self.settings.max_retries + 1)
+        return NormalizerJob(
+            self.tasks,
+            self.clients,
+            self.runner,
+            max_attempts=self.settings.max_retries + 1,
+            max_kept_output=self.settings.kept_output_max_bytes,
+        )
 
     def planner(self) -> BoefjePlanner:
         from kat_scheduler.planning.boefjes import BoefjePlanner
