@@ -120,9 +120,7 @@ class Dispatcher:
         result = DispatchResult(offered=len(tasks))
         if not tasks:
             return result
-        claimed = self.store.claim(tasks, now=now)
-        if claimed:
-            self.store.mark_published([t.id for t in claimed])
+        claimed = self.store.claim(tasks, now=now, unpublished=False)
         result.claimed = result.published = result.held = len(claimed)
         result.published_tasks = claimed
         return result

@@ -79,13 +79,9 @@ class ApiContext:
 
     def claim_for_pull(self, task: NewTask, now: datetime | None = None) -> bool:
         """Claim ``task``'s row for a pull scheduler: queued for a pop, never published (whether
-        its hash was free). The claim's listing in ``unpublished_tasks`` is dropped at once: there
-        is no message to wait for."""
-        store = TaskStore(self.engine)
-        if not store.claim([task], now=now):
-            return False
-        store.mark_published([task.id])
-        return True
+        its hash was free). The claim is not listed in ``unpublished_tasks``: there is no message
+        to wait for."""
+        return bool(TaskStore(self.engine).claim([task], now=now, unpublished=False))
 
     def close(self) -> None:
         with self._lock:

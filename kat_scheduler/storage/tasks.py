@@ -255,7 +255,9 @@ class TaskStore:
 
     # --- claims ----------------------------------------------------------------------------
 
-    def claim(self, tasks: Sequence[NewTask], now: datetime | None = None) -> list[ClaimedTask]:
+    def claim(
+        self, tasks: Sequence[NewTask], now: datetime | None = None, *, unpublished: bool = True
+    ) -> list[ClaimedTask]:
         """Insert ``tasks`` as ``queued`` rows; return those whose hash was free.
 
         One ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` per chunk: the unique partial index on
@@ -264,7 +266,8 @@ class TaskStore:
         never deadlock; the claimed tasks are returned in the order given.
 
         Each claimed task also gets a row in ``unpublished_tasks`` (in the same statement on
-        PostgreSQL) until :meth:`mark_published`; its ``published_at`` is the claim's time.
+        PostgreSQL) until :meth:`mark_published`; its ``published_at`` is the claim's time. With
+        ``unpublished=False`` (a task held for a pop: no message will ever be sent) it gets none.
         """
         if not tasks:
             return []
@@ -282,7 +285,7 @@ class TaskStore:
                         rows,
                         conflict="DO NOTHING",
                         returning="id::text AS text_id, id, created_at",
-                        then=_PG_UNPUBLISHED,
+                        then=_PG_UNPUBLISHED if unpublished else None,
                         page_size=PG_CLAIM_PAGE,
                     )
                 )
@@ -292,7 +295,7 @@ class TaskStore:
                 stmt = self._insert().returning(_TASKS.c.id)
                 for chunk in _chunks(ordered):
                     won.update(conn.execute(stmt, [_row(t, now) for t in chunk]).scalars())
-                for chunk in _chunks(list(won)):
+                for chunk in _chunks(list(won) if unpublished else []):
                     conn.execute(insert(_UNPUBLISHED), [{"task_id": i, "claimed_at": now} for i in chunk])
         return [t for t in tasks if t.id in won]
 

@@ -271,6 +271,18 @@ def test_without_boefje_in_the_setting_its_tasks_are_published_as_before(engine:
     assert publisher.queue_depth(Queue.BOEFJES.value) == 1
 
 
+def test_a_held_task_is_queued_for_a_pop_with_no_claim_left_waiting_for_a_message(engine: Engine) -> None:
+    dispatcher = Dispatcher(TaskStore(engine), None, pull={SchedulerId.BOEFJE})
+    task = NewTaskFactory.build()
+
+    result = dispatcher.hold([task])
+    again = dispatcher.hold([NewTaskFactory.build(input_ooi=task.input_ooi)])  # the same hash: live already
+
+    assert (result.claimed, result.held) == (1, 1) and again.claimed == 0
+    assert queued_ids(engine) == {str(task.id)}
+    assert unpublished(engine) == []  # the reaper has no message to publish for it
+
+
 def test_holding_a_task_of_a_celery_scheduler_is_refused_and_claims_nothing(engine: Engine) -> None:
     dispatcher = Dispatcher(TaskStore(engine), None, pull={SchedulerId.REPORT})
 
