@@ -45,6 +45,7 @@ from kat_scheduler.planning.candidates import (
     rank_pair,
 )
 from kat_scheduler.planning.reactions import (
+    NOTHING_KNOWN,
     Folded,
     Known,
     Queued,
@@ -331,16 +332,13 @@ class MutationHandler(_Base):
             if h not in history and (h in withdrawn or not (h in live or in_force(states.get(h), now)))
         ]
         bytes_runs = self.bytes_runs.newest(uncovered) if uncovered else {}
-        return {
-            h: Known(
-                live=h in live,
-                running=h in running,
-                schedule=states.get(h),
-                last_ended=history.get(h),
-                bytes_run=bytes_runs.get(h),
-            )
-            for h in hashes
-        }
+        known: dict[str, Known] = {}
+        for h in hashes:
+            if h in live or h in states or h in history or h in bytes_runs:
+                known[h] = Known(h in live, h in running, states.get(h), history.get(h), bytes_runs.get(h))
+            else:
+                known[h] = NOTHING_KNOWN  # a new object's pairs, most of a storm of creates
+        return known
 
     def _candidate(
         self, org: str, queue: Queued, ranks: dict[tuple[str, Trigger, datetime | None], Rank], now: datetime

@@ -119,9 +119,9 @@ def mutation_steps(
     return steps
 
 
-@dataclass(slots=True)  # not frozen: a batch makes one per pair, and frozen ones cost more to make
+@dataclass(frozen=True, slots=True)
 class Known:
-    """What the database holds for one pair when its batch is written."""
+    """What the database holds for one pair when its batch is written (:data:`NOTHING_KNOWN`: nothing)."""
 
     #: A live task (queued, dispatched or running).
     live: bool = False
@@ -132,6 +132,10 @@ class Known:
     last_ended: datetime | None = None
     #: Bytes' newest run as the last tick saw it.
     bytes_run: BytesRun | None = None
+
+
+#: A pair the database holds nothing of (no task, schedule, run of ours or Bytes' run).
+NOTHING_KNOWN = Known()
 
 
 @dataclass(slots=True)
