@@ -36,7 +36,7 @@ def in_values(conn: Connection, column: ColumnElement[Any], values: Sequence[Any
     PostgreSQL gets one ``column = ANY(CAST(:array AS type[]))``: one bound parameter however
     many values, far cheaper to build and plan than a thousand-item IN list, and planned knowing
     how many values it holds. The array is bound as the text of its literal (:func:`pg_array`),
-    because psycopg2 adapts a list value by value, which costs several times as much CPU on
+    because psycopg2 adapts a list value by value, which costs far more CPU on
     the look-ups of a planning tick, and a JSON document read by ``jsonb_array_elements_text``
     hides the number of values from the planner. SQLite gets IN lists of 1000.
     """
