@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kat_scheduler import ids
 from kat_scheduler.dispatch import Dispatchable
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
@@ -168,7 +167,7 @@ def interleave(per_org: Sequence[Sequence[Candidate]]) -> Iterator[Candidate]:
 
 
 def new_boefje_task(candidate: Candidate) -> NewTask:
-    task_id = ids.uuid4()
+    task_id = uuid.uuid4()
     return NewTask(
         id=task_id,
         scheduler_id=SchedulerId.BOEFJE,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kat_scheduler import ids
 from kat_scheduler.dispatch import Dispatcher
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.rules.reports import InvalidReportSchedule, scheduled_report
@@ -128,7 +127,7 @@ class ReportProducer:
                 continue
             tasks.append(
                 NewTask(
-                    id=ids.uuid4(),
+                    id=uuid.uuid4(),
                     scheduler_id=SchedulerId.REPORT,
                     type=SchedulerId.REPORT.value,
                     organisation=report.organisation,

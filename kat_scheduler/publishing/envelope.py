@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import socket
 import uuid
 from json.encoder import encode_basestring_ascii as quote
@@ -18,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from kat_scheduler import ids
 from kat_scheduler.publisher import OutgoingMessage
 
 CONTENT_TYPE = "application/json"
@@ -166,5 +166,5 @@ class RedisEnvelopes:
             quote(message.queue),
             int(priority),
             # Any unique string will do (kombu uses it as a key of its unacked hash).
-            ids.token_hex(),
+            secrets.token_hex(16),
         )

@@ -19,7 +19,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kat_scheduler import ids
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.paging import Page, newest_first
 from kat_scheduler.storage.sqlutil import in_values, pg_array, pg_insert_rows
@@ -45,7 +44,7 @@ class NewSchedule:
 
 def _row(schedule: NewSchedule, now: datetime) -> dict[str, Any]:
     return {
-        "id": schedule.id or ids.uuid4(),
+        "id": schedule.id or uuid.uuid4(),
         "scheduler_id": schedule.scheduler_id,
         "organisation": schedule.organisation,
         "plugin_id": schedule.plugin_id,
@@ -87,7 +86,7 @@ _PG_ENABLE = (
 
 def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
     return (
-        str(schedule.id or ids.uuid4()),
+        str(schedule.id or uuid.uuid4()),
         schedule.scheduler_id.value,
         schedule.organisation,
         schedule.plugin_id,
