@@ -34,7 +34,7 @@ from kat_scheduler.storage.tasks import TaskStore
 if TYPE_CHECKING:
     from kat_scheduler.publisher import Publisher
 
-#: Re-exported for the callers that import them from here (``tasks/scheduler.py``, the CLI).
+#: Re-exported for the callers that import them from here (``celery_tasks/scheduler.py``, the CLI).
 __all__ = ["BoefjePlanner", "PlanReport", "PushRefused", "PushResult"]
 
 

@@ -11,6 +11,7 @@ from celery import current_app
 from sqlalchemy import Engine, create_engine, text
 
 from kat_scheduler.celery_app import create_app
+from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, make_handlers
 from kat_scheduler.models.producers import ProducerName, RunOutcome
@@ -23,7 +24,6 @@ from kat_scheduler.status import collect_status
 from kat_scheduler.storage import ScheduleStore, TaskStore, migrate
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.tables import utcnow
-from kat_scheduler.tasks import scheduler as scheduler_tasks
 from tests.integration.test_event_handlers import mutation
 
 # --- the store ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from croniter import croniter
 from sqlalchemy import Engine, select, update
 
+from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
 from kat_scheduler.clients import KATClients
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -30,7 +31,6 @@ from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import ScheduleRecord, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UnpublishedTask, utcnow
 from kat_scheduler.storage.tasks import TaskStore
-from kat_scheduler.tasks import scheduler as scheduler_tasks
 from tests.api_server import ApiServer, serve_api
 from tests.integration.conftest import WORLD_NOW
 

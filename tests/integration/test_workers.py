@@ -202,7 +202,7 @@ def test_a_worker_records_every_state_of_a_task(
 def test_the_received_signal_marks_a_queued_row_dispatched(monkeypatch, pg_engine, clients, world) -> None:
     from types import SimpleNamespace
 
-    from kat_scheduler.tasks import workers as worker_tasks
+    from kat_scheduler.celery_tasks import workers as worker_tasks
 
     store = TaskStore(pg_engine)
     org, ref = hostname_with_dns(world)
