@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kat_scheduler import ids
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
 from kat_scheduler.events.bookkeeping import Bookkeeper
@@ -461,7 +461,7 @@ class RawFileHandler(_Base):
         rank = rank_normalizer(event.created_at, now)
         out = []
         for normalizer in chosen:
-            task_id = ids.uuid4()
+            task_id = uuid.uuid4()
             task = NewTask(
                 id=task_id,
                 scheduler_id=SchedulerId.NORMALIZER,
