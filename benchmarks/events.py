@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.events [--samples 200] [--storm 10000] [--runs 3]
 
 Per run: a fresh PostgreSQL database, an empty Redis db (7: the Celery broker), our event
-queues emptied on a RabbitMQ vhost of our own (``kat_bench_events``, created with
+queues emptied on a RabbitMQ vhost of our own (``kat_bench_events_<pid>``, created with
 ``rabbitmqctl`` when missing), the simulated KAT in this process (so its request counts are
 exact), one ``python -m kat_scheduler listen`` subprocess on those, and the events published
 from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopoes does.
@@ -61,6 +61,7 @@ there. Logs go to a temporary folder, printed at the end.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import json
@@ -107,7 +108,8 @@ from tests.workers import ROOT, celery_worker, stop, wait_for
 
 REDIS = os.environ.get("BENCH_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/7")
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-VHOST = "kat_bench_events"
+#: Our own vhost, named for this process so that two benchmark runs on one broker never share one.
+VHOST = f"kat_bench_events_{os.getpid()}"
 OUR_QUEUES = (
     SCAN_PROFILE_MUTATIONS,
     RAW_FILE_RECEIVED,
@@ -161,6 +163,9 @@ def events_url() -> str:
     user = urlsplit(AMQP).username or "guest"
     for command in (["add_vhost", VHOST], ["set_permissions", "-p", VHOST, user, ".*", ".*", ".*"]):
         subprocess.run(["rabbitmqctl", *command], capture_output=True, timeout=60, check=False)
+    atexit.register(
+        subprocess.run, ["rabbitmqctl", "delete_vhost", VHOST], capture_output=True, timeout=60, check=False
+    )
     error = connect_error(url)
     if error is not None:
         raise SystemExit(f"cannot reach vhost {VHOST}: {error}")
