@@ -28,6 +28,7 @@ from kat_scheduler.explain.facts import LastRun, ObjectFacts, PairFacts, when
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules import (
+    BytesRun,
     DueReason,
     NotDueReason,
     SkipReason,
@@ -38,6 +39,7 @@ from kat_scheduler.rules import (
     is_due,
     static_skip,
 )
+from kat_scheduler.rules import Decision as DueDecision
 from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.settings import Settings
 from kat_scheduler.timing import next_cron, next_deadline, period
@@ -211,6 +213,20 @@ def _rank(boefje: Boefje, trigger: Trigger, last_ended: datetime | None, now: da
     )
 
 
+def _due(pair: PairFacts, now: datetime, policy: Policy) -> tuple[BytesRun | None, DueDecision]:
+    """The producers' rule for a pair: our own last run, else Bytes' newest run (which is returned)."""
+    run = pair.bytes_run if pair.last_ended is None else None
+    facts = boefje_facts(
+        pair.boefje,
+        now=now,
+        last_ended=pair.last_ended,
+        bytes_run=run,
+        default_grace=policy.default_grace,
+        stall_age=policy.stall_age,
+    )
+    return run, is_due(facts)
+
+
 def _scheduled(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer) -> Explanation:
     """A pair with an enabled schedule: the due-schedules run's (our own last run, else Bytes')."""
     boefje = pair.boefje
@@ -222,17 +238,7 @@ def _scheduled(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer) 
         return answer(
             waits, f"schedule {schedule.id} is due at {when(schedule.deadline_at)} ({rhythm})", schedule.deadline_at
         )
-    run = pair.bytes_run if pair.last_ended is None else None
-    decision = is_due(
-        boefje_facts(
-            boefje,
-            now=now,
-            last_ended=pair.last_ended,
-            bytes_run=run,
-            default_grace=policy.default_grace,
-            stall_age=policy.stall_age,
-        )
-    )
+    run, decision = _due(pair, now, policy)
     note = f"; {pair.bytes_note}" if run is not None and pair.bytes_note else ""
     if decision.reason == NotDueReason.RUNNING:
         assert run is not None and run.started_at is not None and decision.until is not None
@@ -289,17 +295,7 @@ def _estimated_last_run(boefje: Boefje, deadline: datetime | None, policy: Polic
 def _planned(pair: PairFacts, now: datetime, policy: Policy, answer: _Answer, *, disabled: str | None) -> Explanation:
     """A pair without an enabled schedule: the tick's (our own last run, else Bytes')."""
     boefje = pair.boefje
-    run = pair.bytes_run if pair.last_ended is None else None
-    decision = is_due(
-        boefje_facts(
-            boefje,
-            now=now,
-            last_ended=pair.last_ended,
-            bytes_run=run,
-            default_grace=policy.default_grace,
-            stall_age=policy.stall_age,
-        )
-    )
+    run, decision = _due(pair, now, policy)
     notes = []
     if disabled:
         notes.append(f"its schedule was disabled ({disabled})")
