@@ -138,7 +138,7 @@ class Backoff:
         self.failures = 0
 
 
-class _Poison(Exception):
+class Poison(Exception):
     """A message that can never become an event."""
 
 
@@ -199,7 +199,7 @@ MAX_BATCH_AGE = 0.25
 
 
 @dataclass
-class _Batch:
+class Batch:
     started: float
     messages: list[Message] = field(default_factory=list)
     last: float = 0.0
@@ -215,11 +215,11 @@ class _Batches:
     def __init__(self, size: int, window: float) -> None:
         self.size = size
         self.window = window
-        self.open: dict[str, _Batch] = {}
+        self.open: dict[str, Batch] = {}
 
     def add(self, queue: str, message: Message) -> None:
         now = time.monotonic()
-        batch = self.open.setdefault(queue, _Batch(now))
+        batch = self.open.setdefault(queue, Batch(now))
         batch.messages.append(message)
         batch.last = now
 
@@ -236,7 +236,7 @@ class _Batches:
         batch = self.open.pop(queue)
         taken, rest = batch.messages[: self.size], batch.messages[self.size :]
         if rest:
-            self.open[queue] = _Batch(now, rest, now)
+            self.open[queue] = Batch(now, rest, now)
         return queue, taken
 
     def wait(self, now: float) -> float:
@@ -440,9 +440,9 @@ class EventConsumer:
         held: list[Message] = []
         for message in messages:
             try:
-                events.append(_decode(queue, message))
+                events.append(decode_event(queue, message))
                 held.append(message)
-            except _Poison as exc:
+            except Poison as exc:
                 self._dead_letter(producer, queue, message, str(exc))
         if not events:
             return None
@@ -532,20 +532,20 @@ class EventConsumer:
         return max_batches is not None and self.stats()["batches"] >= max_batches
 
 
-def _decode(queue: str, message: Message) -> BaseModel:
-    """The event in ``message``, parsed and validated in one pass; :class:`_Poison` says why not."""
+def decode_event(queue: str, message: Message) -> BaseModel:
+    """The event in ``message``, parsed and validated in one pass; :class:`Poison` says why not."""
     body = message.body
     if not isinstance(body, (bytes, str)):
-        raise _Poison(f"not JSON: a body of type {type(body).__name__}")
+        raise Poison(f"not JSON: a body of type {type(body).__name__}")
     try:
         return EVENT_MODELS[queue].model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
-            raise _Poison(f"not JSON: {errors[0]['msg']}") from None
+            raise Poison(f"not JSON: {errors[0]['msg']}") from None
         shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise _Poison(f"not a valid {queue} event: {shown}{more}") from None
+        raise Poison(f"not a valid {queue} event: {shown}{more}") from None
 
 
 def run_listener(settings: Settings, handlers: dict[str, Handler], stop: threading.Event | None = None) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kat_scheduler.events.consumer import MAX_BATCH_AGE, _Batch
+from kat_scheduler.events.consumer import MAX_BATCH_AGE, Batch
 from kat_scheduler.models import Boefje, ScanProfileMutation
 from kat_scheduler.planning.candidates import BoefjeIndex, Pair
 from kat_scheduler.planning.reactions import Folded, Known, Step, claim_spans, fold_pair, mutation_steps
@@ -19,14 +19,14 @@ from tests.factories import BoefjeFactory, OOIFactory
 
 
 def test_a_lone_event_goes_after_one_quiet_window() -> None:
-    batch = _Batch(started=100.0, last=100.0)
+    batch = Batch(started=100.0, last=100.0)
     assert batch.due_at(window=0.01) == pytest.approx(100.01)
 
 
 def test_a_steady_stream_keeps_the_batch_open_until_its_maximum_age() -> None:
-    batch = _Batch(started=100.0, last=100.2)
+    batch = Batch(started=100.0, last=100.2)
     assert batch.due_at(window=0.01) == pytest.approx(100.21)
-    busy = _Batch(started=100.0, last=100.0 + MAX_BATCH_AGE)
+    busy = Batch(started=100.0, last=100.0 + MAX_BATCH_AGE)
     assert busy.due_at(window=0.01) == pytest.approx(100.0 + MAX_BATCH_AGE)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, _decode, _Poison
+from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Poison, decode_event
 from kat_scheduler.models.events import ScanProfileMutation
 
 REF = "Hostname|internet|example.nl"
@@ -33,7 +33,7 @@ class Body:
 @pytest.mark.parametrize("as_bytes", [True, False])
 def test_a_valid_mutation_is_parsed_with_its_extra_keys(as_bytes: bool) -> None:
     text = json.dumps(CREATE)
-    event = _decode(SCAN_PROFILE_MUTATIONS, Body(text.encode() if as_bytes else text))  # type: ignore[arg-type]
+    event = decode_event(SCAN_PROFILE_MUTATIONS, Body(text.encode() if as_bytes else text))  # type: ignore[arg-type]
     assert isinstance(event, ScanProfileMutation)
     assert event.primary_key == REF and event.value is not None and event.value.scan_level == 2
 
@@ -51,9 +51,9 @@ def test_a_valid_mutation_is_parsed_with_its_extra_keys(as_bytes: bool) -> None:
 )
 def test_a_body_that_is_no_event_says_why(body: Any, reason: str | None) -> None:
     if reason is None:
-        with pytest.raises(_Poison):  # a mutation is no raw file event
-            _decode(RAW_FILE_RECEIVED, Body(body))  # type: ignore[arg-type]
+        with pytest.raises(Poison):  # a mutation is no raw file event
+            decode_event(RAW_FILE_RECEIVED, Body(body))  # type: ignore[arg-type]
         return
-    with pytest.raises(_Poison) as caught:
-        _decode(SCAN_PROFILE_MUTATIONS, Body(body))  # type: ignore[arg-type]
+    with pytest.raises(Poison) as caught:
+        decode_event(SCAN_PROFILE_MUTATIONS, Body(body))  # type: ignore[arg-type]
     assert str(caught.value).startswith(reason), str(caught.value)
