@@ -61,7 +61,7 @@ from benchmarks.common import drop_database, fresh_database
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.plugins import Boefje
-from kat_scheduler.publisher import OutgoingMessage, Publisher, make_publisher
+from kat_scheduler.publishing import OutgoingMessage, Publisher, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_message_kwargs, boefje_payload

@@ -29,7 +29,7 @@ from kombu.entity import Queue as KombuQueue
 
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.config import broker_transport_options
-from kat_scheduler.publisher import OutgoingMessage, Publisher
+from kat_scheduler.publishing import OutgoingMessage, Publisher
 from kat_scheduler.publishing.kombu_publisher import KombuPublisher
 from kat_scheduler.publishing.redis_publisher import RedisPublisher
 from kat_scheduler.queues import AMQP_MAX_PRIORITY, TaskName, broker_priority, transport_of

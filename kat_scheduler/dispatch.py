@@ -29,7 +29,7 @@ from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 if TYPE_CHECKING:
-    from kat_scheduler.publisher import OutgoingMessage, Publisher
+    from kat_scheduler.publishing import OutgoingMessage, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Dispatcher:
     def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
         """The messages of ``items``, in order: what :meth:`claim` would make first. Those to publish
         are encoded; those of pull schedulers are left as they are (they are never sent)."""
-        from kat_scheduler.publisher import OutgoingMessage
+        from kat_scheduler.publishing import OutgoingMessage
 
         messages = [
             OutgoingMessage(
@@ -188,7 +188,7 @@ class Dispatcher:
 
         Tasks of pull schedulers are not sent: they count as delivered (``held``) as they are.
         """
-        from kat_scheduler.publisher import PublishError
+        from kat_scheduler.publishing import PublishError
 
         result = DispatchResult(offered=claim.offered, claimed=len(claim.tasks))
         if not claim.tasks:

@@ -57,7 +57,7 @@ from kat_scheduler.planning.reactions import (
     normalizers_for_raw,
 )
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import OutgoingMessage, Publisher
+from kat_scheduler.publishing import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.rules import (

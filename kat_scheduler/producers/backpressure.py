@@ -22,7 +22,7 @@ from kat_scheduler.settings import masked_url
 if TYPE_CHECKING:
     from kat_scheduler.producers.base import ProducerContext
     from kat_scheduler.producers.results import PlanReport
-    from kat_scheduler.publisher import Publisher
+    from kat_scheduler.publishing import Publisher
 
 logger = logging.getLogger(__name__)
 

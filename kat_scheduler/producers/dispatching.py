@@ -25,7 +25,7 @@ from kat_scheduler.storage.tasks import NewTask
 if TYPE_CHECKING:
     from kat_scheduler.producers.base import ProducerContext
     from kat_scheduler.producers.results import PlanReport
-    from kat_scheduler.publisher import OutgoingMessage
+    from kat_scheduler.publishing import OutgoingMessage
 
 logger = logging.getLogger(__name__)
 

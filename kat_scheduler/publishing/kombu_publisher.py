@@ -30,7 +30,7 @@ from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Producer
 
-from kat_scheduler.publisher import BrokerError, OutgoingMessage, PublishError
+from kat_scheduler.publishing import BrokerError, OutgoingMessage, PublishError
 from kat_scheduler.publishing.envelope import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -86,7 +86,7 @@ class Confirms:
 
 
 class KombuPublisher:
-    """:class:`~kat_scheduler.publisher.Publisher` on a kombu connection."""
+    """:class:`~kat_scheduler.publishing.Publisher` on a kombu connection."""
 
     def __init__(
         self,

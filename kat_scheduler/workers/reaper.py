@@ -63,7 +63,7 @@ from typing import Any
 from sqlalchemy.sql.elements import ColumnElement
 
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError
+from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.settings import Settings

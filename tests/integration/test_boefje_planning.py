@@ -16,7 +16,7 @@ from sqlalchemy import Engine, delete, func, select, text, update
 
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.planning.explain import render_plan
-from kat_scheduler.publisher import BrokerError
+from kat_scheduler.publishing import BrokerError
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
@@ -90,7 +90,7 @@ def test_a_planned_pair_gets_a_schedule_for_its_next_run(planner, pg_engine) -> 
 
 def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, world) -> None:
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
     from tests.integration.conftest import make_clients
 
@@ -440,7 +440,7 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
     planner_settings, clients, pg_engine, redis_url, world
 ) -> None:
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     settings = planner_settings.model_copy(update={"unpublished_after": 0.6, "plan_threads": 1})

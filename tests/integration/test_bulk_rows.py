@@ -131,7 +131,7 @@ def test_a_message_that_can_never_be_published_is_refused_before_its_row_is_clai
     pg_engine: Engine, redis_url: str
 ) -> None:
     from kat_scheduler.dispatch import Dispatchable, Dispatcher
-    from kat_scheduler.publisher import make_publisher
+    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.settings import load_settings
 
     store = TaskStore(pg_engine)

@@ -19,7 +19,7 @@ from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.candidates import new_boefje_schedule
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import OutgoingMessage, Publisher, PublishError, make_publisher
+from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.sim.events import world_mutations

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publisher import OutgoingMessage, make_publisher
+from kat_scheduler.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.queues import LEAST_URGENT_BAND, Queue, TaskName, broker_priority
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks

@@ -16,7 +16,7 @@ from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, make_handlers
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.runtime import Runtime
 from kat_scheduler.settings import Settings, load_settings

@@ -19,7 +19,7 @@ from kat_scheduler.producers import (
     PushRefused,
     TickProducer,
 )
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publishing import make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World

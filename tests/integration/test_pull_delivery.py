@@ -18,7 +18,7 @@ from kat_scheduler.events.handlers import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATI
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import Publisher, make_publisher
+from kat_scheduler.publishing import Publisher, make_publisher
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
 from kat_scheduler.settings import Settings, get_settings, load_settings
 from kat_scheduler.sim import SimulatedKAT

@@ -21,7 +21,7 @@ from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.producers import Producer
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publishing import make_publisher
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
 from kat_scheduler.runtime import Runtime

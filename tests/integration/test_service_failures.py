@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from kat_scheduler.events.handlers import MutationHandler
 from kat_scheduler.models import Normalizer, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import normalizer_task_hash

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import Engine
 
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publisher import make_publisher
+from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.storage import TaskRow, TaskStore

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publisher import OutgoingMessage, make_publisher
+from kat_scheduler.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore

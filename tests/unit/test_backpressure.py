@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kat_scheduler.producers.backpressure import error_text, read_backpressure
-from kat_scheduler.publisher import BrokerError
+from kat_scheduler.publishing import BrokerError
 from kat_scheduler.rules.backpressure import backpressure
 
 

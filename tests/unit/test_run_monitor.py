@@ -6,7 +6,7 @@ from sqlalchemy import Engine
 
 from kat_scheduler.clients import BytesClient, HTTPOptions, KatalogusClient, KATClients, OctopoesClient
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publisher import BrokerError
+from kat_scheduler.publishing import BrokerError
 from kat_scheduler.run.embedded import free_port
 from kat_scheduler.run.monitor import Monitor
 from kat_scheduler.storage import TaskStore
