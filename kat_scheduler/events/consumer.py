@@ -109,7 +109,7 @@ class StagedHandler(Protocol):
 
     Calling the handler does all three at once, and that is how the listener calls it: one batch
     at a time. The stages let a caller (a test, or a wrapper such as
-    :class:`~kat_scheduler.events.recording.RecordingHandler`) look between them.
+    :class:`~kat_scheduler.events.recording_handler.RecordingHandler`) look between them.
     """
 
     def __call__(self, queue: str, events: list[Any]) -> list[Rejected]: ...

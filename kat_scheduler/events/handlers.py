@@ -33,7 +33,7 @@ from kat_scheduler.clients import OrganisationNotFound, ServiceError
 from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
-from kat_scheduler.events.recording import RecordingHandler
+from kat_scheduler.events.recording_handler import RecordingHandler
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
@@ -57,9 +57,9 @@ from kat_scheduler.planning.reactions import (
     normalizers_for_raw,
 )
 from kat_scheduler.plugin_cache import PluginCache
+from kat_scheduler.producers.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.publishing import OutgoingMessage, Publisher
 from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.rules import (
     SkipReason,
     Trigger,

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from kat_scheduler.planning.candidates import BOEFJE_QUEUE, Candidate
-from kat_scheduler.recording import describe
+from kat_scheduler.producers.recording import describe
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.backpressure import Backpressure, backpressure
 from kat_scheduler.settings import masked_url

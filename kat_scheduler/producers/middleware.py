@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.producers.base import Producer
-from kat_scheduler.recording import StoreFactory, describe, record_safely
+from kat_scheduler.producers.recording import StoreFactory, describe, record_safely
 from kat_scheduler.storage.tables import utcnow
 
 logger = logging.getLogger(__name__)

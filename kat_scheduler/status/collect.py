@@ -17,8 +17,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.producers.recording import describe
 from kat_scheduler.queues import BAND_COUNT, Queue, band_of_priority, transport_of
-from kat_scheduler.recording import describe
 from kat_scheduler.rules.backpressure import backpressure
 from kat_scheduler.settings import Settings, env_name, redacted
 from kat_scheduler.status.report import (

@@ -134,7 +134,7 @@ def test_a_producer_on_a_database_without_producer_runs_runs_and_logs(
     runtime = Runtime(load_settings(db_uri=uri, broker_url=redis_url))
     monkeypatch.setattr(scheduler_tasks, "get_runtime", lambda: runtime)
     try:
-        with caplog.at_level(logging.WARNING, "kat_scheduler.recording"):
+        with caplog.at_level(logging.WARNING, "kat_scheduler.producers.recording"):
             assert scheduler_tasks.reap()["errors"] == 0
     finally:
         runtime.close()

@@ -10,9 +10,9 @@ from typing import Any, cast
 import pytest
 
 from kat_scheduler.events.consumer import Rejected
-from kat_scheduler.events.recording import RecordingHandler
+from kat_scheduler.events.recording_handler import RecordingHandler
 from kat_scheduler.models.producers import ProducerName, RunOutcome
-from kat_scheduler.recording import ThrottledRecorder, recorded_run
+from kat_scheduler.producers.recording import ThrottledRecorder, recorded_run
 from kat_scheduler.storage.producers import ProducerRunStore
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -80,7 +80,7 @@ def test_a_failure_to_record_is_logged_and_never_reaches_the_producer(caplog: py
     def broken_store() -> ProducerRunStore:
         raise ValueError("no engine")
 
-    with caplog.at_level(logging.WARNING, "kat_scheduler.recording"):
+    with caplog.at_level(logging.WARNING, "kat_scheduler.producers.recording"):
         with recorded_run(ProducerName.REAP, store_of(FakeRuns(fail=True))):
             pass
         with recorded_run(ProducerName.REAP, broken_store):

@@ -1,7 +1,7 @@
 """The listener's runs in ``producer_runs``: each handled batch is a run, recorded with a throttle.
 
 :class:`RecordingHandler` wraps a handler; the batch's own result (or exception) is passed on
-untouched, and a failure to record is only logged (see :mod:`kat_scheduler.recording`).
+untouched, and a failure to record is only logged (see :mod:`kat_scheduler.producers.recording`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from kat_scheduler.events.consumer import Handler, Rejected, Send, StagedHandler, Write
 from kat_scheduler.models.producers import RunOutcome
-from kat_scheduler.recording import ThrottledRecorder, describe
+from kat_scheduler.producers.recording import ThrottledRecorder, describe
 from kat_scheduler.storage.tables import utcnow
 
 
