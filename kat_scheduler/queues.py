@@ -25,6 +25,11 @@ REDIS_PRIORITY_STEPS = list(range(BAND_COUNT))
 AMQP_MAX_PRIORITY = BAND_COUNT - 1
 
 
+#: KAT's two event queues on its RabbitMQ (the listener's input; KAT-API.md).
+SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
+RAW_FILE_RECEIVED = "raw_file_received"
+
+
 class Queue(StrEnum):
     BOEFJES = "boefjes"
     NORMALIZERS = "normalizers"

@@ -18,13 +18,12 @@ from typing import Any
 import redis
 
 from kat_scheduler.events.consumer import (
-    RAW_FILE_RECEIVED,
-    SCAN_PROFILE_MUTATIONS,
     EventConsumer,
     Handler,
     Rejected,
     run_listener,
 )
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.settings import load_settings
 
 STARTED = "consumer_script:started"

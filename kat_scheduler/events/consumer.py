@@ -43,13 +43,11 @@ from pydantic import BaseModel, ValidationError
 
 from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
-from kat_scheduler.queues import transport_of
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, transport_of
 from kat_scheduler.settings import Settings, masked_url
 
 logger = logging.getLogger(__name__)
 
-SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
-RAW_FILE_RECEIVED = "raw_file_received"
 
 #: The model that validates the events of each queue.
 EVENT_MODELS: dict[str, type[BaseModel]] = {

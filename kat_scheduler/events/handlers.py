@@ -59,7 +59,7 @@ from kat_scheduler.planning.reactions import (
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.producers.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
 from kat_scheduler.publishing import OutgoingMessage, Publisher
-from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue, TaskName
 from kat_scheduler.rules import (
     SkipReason,
     Trigger,
@@ -75,9 +75,6 @@ from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 logger = logging.getLogger(__name__)
-
-SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
-RAW_FILE_RECEIVED = "raw_file_received"
 
 
 @dataclass

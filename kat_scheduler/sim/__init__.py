@@ -13,7 +13,8 @@ Modules: :mod:`~kat_scheduler.sim.world` (the world, what it exposes and how it 
 bodies and :class:`EventRecorder`), :mod:`~kat_scheduler.sim.cli` (``kat-scheduler sim serve``).
 """
 
-from kat_scheduler.sim.events import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, EventRecorder, EventSink
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
+from kat_scheduler.sim.events import EventRecorder, EventSink
 from kat_scheduler.sim.records import (
     BoefjeDef,
     BoefjeRun,

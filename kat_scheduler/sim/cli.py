@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.sim import events
 from kat_scheduler.sim.server import SimulatedKAT
 from kat_scheduler.sim.world import World, WorldConfig, generate_world
@@ -230,7 +231,7 @@ def publish_mutations(
     world = _world(seed, organisations, oois_per_org, boefjes)
     _publish(
         url,
-        events.SCAN_PROFILE_MUTATIONS,
+        SCAN_PROFILE_MUTATIONS,
         lambda: events.world_mutations(world, count, organisation=org, operation=operation, level=level),
     )
 
@@ -268,7 +269,7 @@ def publish_raw(
     world = _world(seed, organisations, oois_per_org, boefjes, history_fraction)
     _publish(
         url,
-        events.RAW_FILE_RECEIVED,
+        RAW_FILE_RECEIVED,
         lambda: events.world_raw_files(world, count, organisation=org, error_fraction=error_fraction),
     )
 

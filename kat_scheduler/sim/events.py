@@ -24,8 +24,6 @@ from kat_scheduler.sim.records import DECLARED, EMPTY, OOIRecord
 if TYPE_CHECKING:
     from kat_scheduler.sim.world import World
 
-SCAN_PROFILE_MUTATIONS = "scan_profile_mutations"
-RAW_FILE_RECEIVED = "raw_file_received"
 
 #: The mime type Bytes adds to the raw file of a failed boefje run (it gets no normalizer).
 ERROR_MIME_TYPE = "error/boefje"

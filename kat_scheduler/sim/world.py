@@ -59,6 +59,7 @@ from itertools import chain
 from typing import Any
 
 from kat_scheduler.models import OOI, BoefjeMeta, NormalizerMeta
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.sim import events, generator
 from kat_scheduler.sim.records import (
     DECLARED,
@@ -399,7 +400,7 @@ class World:
                 raise Conflict(f"{primary_key} already exists in {org_id}")
             org.index_ooi(ooi)
             event = events.scan_profile_mutation("create", org_id, primary_key, ooi)
-        self._emit([(events.SCAN_PROFILE_MUTATIONS, event)])
+        self._emit([(SCAN_PROFILE_MUTATIONS, event)])
         return ooi
 
     def set_scan_level(self, org_id: str, primary_key: str, level: int, scan_profile_type: str = DECLARED) -> OOIRecord:
@@ -414,7 +415,7 @@ class World:
             ooi.level = 0 if scan_profile_type == EMPTY else level
             org.query_cache.clear()
             event = events.scan_profile_mutation("update", org_id, primary_key, ooi)
-        self._emit([(events.SCAN_PROFILE_MUTATIONS, event)])
+        self._emit([(SCAN_PROFILE_MUTATIONS, event)])
         return ooi
 
     def delete_ooi(self, org_id: str, primary_key: str) -> bool:
@@ -423,7 +424,7 @@ class World:
             if self._org(org_id).unindex_ooi(primary_key) is None:
                 return False
             event = events.scan_profile_mutation("delete", org_id, primary_key, None)
-        self._emit([(events.SCAN_PROFILE_MUTATIONS, event)])
+        self._emit([(SCAN_PROFILE_MUTATIONS, event)])
         return True
 
     def observe(
@@ -462,7 +463,7 @@ class World:
                 created.append(ooi)
                 pending.append(
                     (
-                        events.SCAN_PROFILE_MUTATIONS,
+                        SCAN_PROFILE_MUTATIONS,
                         events.scan_profile_mutation("create", org_id, ooi.primary_key, ooi),
                     )
                 )
@@ -598,7 +599,7 @@ class World:
                 existing[frozenset(mime_types)] = raw.id
                 ids[name] = raw.id
                 body = events.raw_file_received(run.organization, str(raw.id), meta_json, mime_types, raw.created_at)
-                pending.append((events.RAW_FILE_RECEIVED, body))
+                pending.append((RAW_FILE_RECEIVED, body))
         self._emit(pending)
         return ids
 

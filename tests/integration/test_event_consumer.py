@@ -33,15 +33,14 @@ from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Producer
 
 from kat_scheduler.events.consumer import (
-    RAW_FILE_RECEIVED,
     REDIS_TRANSPORT_OPTIONS,
-    SCAN_PROFILE_MUTATIONS,
     EventConsumer,
     Rejected,
     TransientError,
     dead_letter_queue,
     run_listener,
 )
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.settings import load_settings
 from tests.conftest import run_vhost, vhost_name
 from tests.consumer_script import DONE, STARTED, event_key

@@ -13,11 +13,11 @@ from sqlalchemy import Engine, create_engine, text
 from kat_scheduler.celery_app import create_app
 from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
 from kat_scheduler.events.consumer import TransientError
-from kat_scheduler.events.handlers import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, make_handlers
+from kat_scheduler.events.handlers import make_handlers
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.publishing import make_publisher
-from kat_scheduler.queues import Queue
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue
 from kat_scheduler.runtime import Runtime
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.status import collect_status

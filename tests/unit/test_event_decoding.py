@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from kat_scheduler.events.consumer import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Poison, decode_event
+from kat_scheduler.events.consumer import Poison, decode_event
 from kat_scheduler.models.events import ScanProfileMutation
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 
 REF = "Hostname|internet|example.nl"
 CREATE = {
