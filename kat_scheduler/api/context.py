@@ -75,13 +75,14 @@ class ApiContext:
         with self._dispatch_lock:
             if self._publisher is None:
                 self._publisher = make_publisher(self.settings)
-            return Dispatcher(TaskStore(self.engine), self._publisher).dispatch([item])
+            dispatcher = Dispatcher(TaskStore(self.engine), self._publisher, pull=self.settings.pull_scheduler_ids)
+            return dispatcher.dispatch([item])
 
     def claim_for_pull(self, task: NewTask, now: datetime | None = None) -> bool:
-        """Claim ``task``'s row for a pull scheduler: queued for a pop, never published (whether
-        its hash was free). The claim is not listed in ``unpublished_tasks``: there is no message
-        to wait for."""
-        return bool(TaskStore(self.engine).claim([task], now=now, unpublished=False))
+        """Claim ``task``'s row for a pull scheduler through the producers' own path
+        (:meth:`Dispatcher.hold`): queued for a pop, never published; whether its hash was free."""
+        dispatcher = Dispatcher(TaskStore(self.engine), None, pull=self.settings.pull_scheduler_ids)
+        return dispatcher.hold([task], now=now).claimed == 1
 
     def close(self) -> None:
         with self._lock:
