@@ -15,6 +15,10 @@ due schedules, the listener, manual pushes): step 2 sends only the other schedul
 and a held row counts as delivered (it is marked like a published one, so the reaper has nothing
 to publish). Ordering is the same on both paths: a pop takes the lowest band first, so a manual
 push (band 0) is the most urgent there as on the broker.
+
+**Messages.** :func:`message_for` is the one message factory for a stored row (the reaper's
+republishing uses it); producers hand a :class:`Dispatchable` whose kwargs come from
+:mod:`kat_scheduler.rules.payloads`, the same as :func:`message_for` builds.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kat_scheduler.models.tasks import SchedulerId
+from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError
+from kat_scheduler.queues import Queue, TaskName
+from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
+from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-
-if TYPE_CHECKING:
-    from kat_scheduler.publishing import OutgoingMessage, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,6 @@ class DispatchResult:
 
 def configured_pull_schedulers() -> frozenset[SchedulerId]:
     """``SCHEDULER_PULL_SCHEDULERS`` of this process (the default of :class:`Dispatcher`)."""
-    from kat_scheduler.settings import get_settings
-
     return get_settings().pull_scheduler_ids
 
 
@@ -144,8 +147,6 @@ class Dispatcher:
     def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
         """The messages of ``items``, in order: what :meth:`claim` would make first. Those to publish
         are encoded; those of pull schedulers are left as they are (they are never sent)."""
-        from kat_scheduler.publishing import OutgoingMessage
-
         messages = [
             OutgoingMessage(
                 task_id=item.task.id,
@@ -188,8 +189,6 @@ class Dispatcher:
 
         Tasks of pull schedulers are not sent: they count as delivered (``held``) as they are.
         """
-        from kat_scheduler.publishing import PublishError
-
         result = DispatchResult(offered=claim.offered, claimed=len(claim.tasks))
         if not claim.tasks:
             return result
@@ -227,3 +226,13 @@ class Dispatcher:
         result.published = len(claim.tasks)
         result.published_tasks = claim.tasks
         return result
+
+
+def message_for(row: Any) -> OutgoingMessage:
+    """The message that runs a task row (the same a producer sent)."""
+    if row.scheduler_id == SchedulerId.NORMALIZER:
+        raw_id = str(row.data.get("raw_data", {}).get("id"))
+        kwargs = normalizer_message_kwargs(row.organisation, row.plugin_id, raw_id)
+        return OutgoingMessage(row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs)
+    kwargs = boefje_message_kwargs(row.organisation, row.plugin_id, row.input_ooi)
+    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs)

@@ -62,10 +62,10 @@ from typing import Any
 
 from sqlalchemy.sql.elements import ColumnElement
 
+from kat_scheduler.dispatch import message_for
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError
-from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
+from kat_scheduler.publishing import Publisher, PublishError
+from kat_scheduler.queues import Queue
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.task_views import TaskViews
@@ -148,16 +148,6 @@ def bytes_runs_horizon(settings: Settings) -> timedelta:
         timedelta(seconds=settings.grace_period) + timedelta(days=1),
         timedelta(seconds=settings.effective_bytes_stall_age),
     )
-
-
-def message_for(row: Any) -> OutgoingMessage:
-    """The message that runs a task row (the same a producer sent)."""
-    if row.scheduler_id == SchedulerId.NORMALIZER:
-        raw_id = str(row.data.get("raw_data", {}).get("id"))
-        kwargs = normalizer_message_kwargs(row.organisation, row.plugin_id, raw_id)
-        return OutgoingMessage(row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs)
-    kwargs = boefje_message_kwargs(row.organisation, row.plugin_id, row.input_ooi)
-    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs)
 
 
 class Reaper:

@@ -12,6 +12,7 @@ import redis
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
+from kat_scheduler.dispatch import message_for
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.publishing import make_publisher
 from kat_scheduler.rules.identity import normalizer_task_hash
@@ -22,7 +23,7 @@ from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
-from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon, message_for
+from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon
 from tests.factories import NewTaskFactory
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from kat_scheduler.dispatch import message_for
 from kat_scheduler.events.handlers import MutationHandler
 from kat_scheduler.models import Normalizer, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.plugin_cache import PluginCache
@@ -27,7 +28,7 @@ from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob
-from kat_scheduler.workers.reaper import Reaper, message_for
+from kat_scheduler.workers.reaper import Reaper
 from kat_scheduler.workers.simulated import SimulatedRunner
 from tests.integration.conftest import WORLD_NOW
 from tests.integration.test_reaper import forget_nodes_and_markers

@@ -20,6 +20,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from kat_scheduler.dispatch import message_for
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
@@ -29,7 +30,7 @@ from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.worker_nodes import WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.liveness import NodeHeartbeat
-from kat_scheduler.workers.reaper import Reaper, ReapReport, message_for
+from kat_scheduler.workers.reaper import Reaper, ReapReport
 from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
 from tests.workers import celery_worker, wait_for
 
