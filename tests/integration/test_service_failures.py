@@ -257,14 +257,20 @@ def rows_of_hash(engine: Engine, hash_: str) -> list[TaskRow]:
         return list(session.scalars(select(TaskRow).where(TaskRow.hash == hash_).order_by(TaskRow.created_at)))
 
 
-def test_a_normalizer_given_up_on_bytes_is_queued_again_after_the_retry_delay_and_completes_once_bytes_answers(
-    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
-) -> None:
-    store = TaskStore(pg_engine)
+def normalizer_task_whose_raw_file_bytes_refuses(kat, world, clients, store: TaskStore) -> TaskRow:
+    """A queued normalizer task whose raw file Bytes answers 503 for, until the faults are cleared."""
     [(org, ref)] = hostnames_with_dns(world, 1)
     task = queued_normalizer_task(store, world, clients, org, ref)
     raw_id = task.data["raw_data"]["id"]
     kat.inject_fault("bytes", status=503, times=None, path_prefix=f"/bytes/raw/{raw_id}", method="GET")
+    return task
+
+
+def test_a_normalizer_given_up_on_bytes_is_queued_again_after_the_retry_delay_and_completes_once_bytes_answers(
+    kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
+) -> None:
+    store = TaskStore(pg_engine)
+    task = normalizer_task_whose_raw_file_bytes_refuses(kat, world, clients, store)
     env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated", SCHEDULER_MAX_RETRIES="1")
     log = tmp_path / "worker.log"
     with (
@@ -298,10 +304,7 @@ def test_a_normalizer_whose_bytes_keeps_failing_is_queued_again_at_most_the_maxi
     kat, world, clients, pg_engine, postgres_uri, redis_url, tmp_path: Path
 ) -> None:
     store = TaskStore(pg_engine)
-    [(org, ref)] = hostnames_with_dns(world, 1)
-    task = queued_normalizer_task(store, world, clients, org, ref)
-    raw_id = task.data["raw_data"]["id"]
-    kat.inject_fault("bytes", status=503, times=None, path_prefix=f"/bytes/raw/{raw_id}", method="GET")
+    task = normalizer_task_whose_raw_file_bytes_refuses(kat, world, clients, store)
     env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated", SCHEDULER_MAX_RETRIES="0")
     log = tmp_path / "worker.log"
     maximum = 2
