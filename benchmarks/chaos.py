@@ -59,9 +59,9 @@ import sqlalchemy as sa
 from benchmarks.chaos_app import POISON_ENV, RECORD_KEY_ENV, RECORD_URL_ENV, RUN_MS_ENV
 from benchmarks.common import drop_database, fresh_database
 from kat_scheduler.clients import clients_from_settings
+from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, make_publisher
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.plugins import Boefje
-from kat_scheduler.publishing import OutgoingMessage, Publisher, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_message_kwargs, boefje_payload

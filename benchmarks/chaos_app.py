@@ -28,8 +28,8 @@ from typing import Any
 import redis
 from celery.signals import task_postrun, task_prerun
 
-from kat_scheduler.celery_app import app
-from kat_scheduler.runtime import get_runtime
+from kat_scheduler.runtime.celery_app import app
+from kat_scheduler.runtime.resources import get_runtime
 from kat_scheduler.workers.runners import RawOutput
 from kat_scheduler.workers.simulated import SimulatedRunner
 

@@ -5,7 +5,7 @@ on losing the broker, a worker terminates its running late-ack tasks instead of 
 pool processes busy until the time limits fire. Selected with ``CELERY_CONFIG_MODULE``.
 """
 
-from kat_scheduler.config import celery_config
+from kat_scheduler.runtime.celery_config import celery_config
 from kat_scheduler.settings import get_settings
 
 globals().update(celery_config(get_settings()))

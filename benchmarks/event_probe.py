@@ -16,7 +16,7 @@ import time
 import redis
 from celery import Task
 
-from kat_scheduler.celery_app import create_app
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 
 #: The Redis list the starts are pushed onto.

@@ -89,10 +89,10 @@ from kombu.connection import Connection
 from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
 from benchmarks.event_probe import KEY as PROBE_KEY
 from kat_scheduler.clients import clients_from_settings
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.consumer import dead_letter_queue
 from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import load_settings, load_settings_with

@@ -31,8 +31,8 @@ import redis
 import sqlalchemy as sa
 
 from benchmarks.common import drop_database, fresh_database
-from kat_scheduler.celery_app import create_app
 from kat_scheduler.queues import Queue, TaskName, broker_priority
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.oracle import allowed_boefje_tasks, unfinished_runs

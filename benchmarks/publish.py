@@ -27,12 +27,12 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
 
-from kat_scheduler.celery_app import create_app
-from kat_scheduler.config import broker_transport_options
-from kat_scheduler.publishing import OutgoingMessage, Publisher
-from kat_scheduler.publishing.kombu_publisher import KombuPublisher
-from kat_scheduler.publishing.redis_publisher import RedisPublisher
+from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher
+from kat_scheduler.dispatch.publishing.kombu_publisher import KombuPublisher
+from kat_scheduler.dispatch.publishing.redis_publisher import RedisPublisher
 from kat_scheduler.queues import AMQP_MAX_PRIORITY, TaskName, broker_priority, transport_of
+from kat_scheduler.runtime.celery_app import create_app
+from kat_scheduler.runtime.celery_config import broker_transport_options
 from kat_scheduler.settings import Settings, load_settings
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")

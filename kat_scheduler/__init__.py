@@ -13,7 +13,7 @@ __all__ = ["__version__", "app"]
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from kat_scheduler.celery_app import app
+        from kat_scheduler.runtime.celery_app import app
 
         return app
     raise AttributeError(f"module 'kat_scheduler' has no attribute {name!r}")

@@ -22,7 +22,7 @@ from kat_scheduler.settings import (
 from kat_scheduler.version import __version__
 
 if TYPE_CHECKING:
-    from kat_scheduler.runtime import Runtime
+    from kat_scheduler.runtime.resources import Runtime
 
 
 def _settings_or_exit() -> Settings:
@@ -120,7 +120,7 @@ def _schema_or_exit(settings: Settings) -> None:
 
 
 def _planner_runtime() -> Runtime:
-    from kat_scheduler.runtime import get_runtime
+    from kat_scheduler.runtime.resources import get_runtime
 
     _schema_or_exit(_settings_or_exit())
     return get_runtime()
@@ -220,12 +220,12 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
 @main.command("listen")
 def listen() -> None:
     """Consume KAT's events (scan_profile_mutations, raw_file_received) from QUEUE_URI and queue work."""
-    from kat_scheduler.collector import tune_collector
+    from kat_scheduler.clients.plugin_cache import PluginCache
     from kat_scheduler.events.bookkeeping import Bookkeeper
     from kat_scheduler.events.consumer import run_listener
     from kat_scheduler.events.handlers import make_handlers
-    from kat_scheduler.plugin_cache import PluginCache
     from kat_scheduler.run.preflight import Unreachable, require_brokers
+    from kat_scheduler.runtime.collector import tune_collector
 
     runtime = _planner_runtime()
     settings = runtime.settings
@@ -276,7 +276,7 @@ def heartbeat(max_age: float, path: str | None) -> None:
     For container health checks: set SCHEDULER_HEARTBEAT_FILE for the process, and run this in
     the same container.
     """
-    from kat_scheduler.heartbeat import age
+    from kat_scheduler.runtime.heartbeat import age
 
     path = path or _settings_or_exit().heartbeat_file
     if not path:

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from kat_scheduler.celery_app import create_app
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 
 app = create_app(load_settings(), main="probe", tasks=False)

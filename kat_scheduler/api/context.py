@@ -11,9 +11,9 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from kat_scheduler.clients import KATClients, clients_from_settings
-from kat_scheduler.dispatch import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher, DispatchResult
+from kat_scheduler.dispatch.publishing import Publisher, make_publisher
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.publishing import Publisher, make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.filters import FilterRequest, conditions
 from kat_scheduler.storage.task_views import PopStatement, TaskViews

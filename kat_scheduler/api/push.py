@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Task
 from kat_scheduler.api.schedulers import known_scheduler
-from kat_scheduler.dispatch import Dispatchable
+from kat_scheduler.dispatch.dispatcher import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs

@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Schedule, ScheduleCreate, SchedulePage, SchedulePatch
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId
+from kat_scheduler.rules.timing import is_valid_cron, next_cron
 from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
 from kat_scheduler.storage.schedules import HashTaken, ScheduleQuery, ScheduleRecord, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
-from kat_scheduler.timing import is_valid_cron, next_cron
 
 router = APIRouter(tags=["schedules"])
 

@@ -21,13 +21,13 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 
-from kat_scheduler.collector import tune_collector
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.boefjes import PlanReport
 from kat_scheduler.producers.recording import describe, recorded_run
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
-from kat_scheduler.runtime import get_runtime, reset_runtime
+from kat_scheduler.runtime.collector import tune_collector
+from kat_scheduler.runtime.resources import get_runtime, reset_runtime
 from kat_scheduler.storage.producers import ProducerRunStore
 
 logger = logging.getLogger(__name__)

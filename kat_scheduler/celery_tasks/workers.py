@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import TaskName
-from kat_scheduler.runtime import get_runtime
+from kat_scheduler.runtime.resources import get_runtime
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome, worker_id
 from kat_scheduler.workers.liveness import current_node_id, start_node, stop_node

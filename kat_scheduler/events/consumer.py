@@ -41,9 +41,9 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from pydantic import BaseModel, ValidationError
 
-from kat_scheduler.heartbeat import Heartbeat
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, transport_of
+from kat_scheduler.runtime.heartbeat import Heartbeat
 from kat_scheduler.settings import Settings, masked_url
 
 logger = logging.getLogger(__name__)

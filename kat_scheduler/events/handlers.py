@@ -30,7 +30,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from kat_scheduler.clients import OrganisationNotFound, ServiceError
-from kat_scheduler.dispatch import Claim, Dispatchable, Dispatcher
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.dispatcher import Claim, Dispatchable, Dispatcher
+from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.recording_handler import RecordingHandler
@@ -56,9 +58,7 @@ from kat_scheduler.planning.reactions import (
     mutation_steps,
     normalizers_for_raw,
 )
-from kat_scheduler.plugin_cache import PluginCache
 from kat_scheduler.producers.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
-from kat_scheduler.publishing import OutgoingMessage, Publisher
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue, TaskName
 from kat_scheduler.rules import (
     SkipReason,

@@ -41,8 +41,8 @@ from kat_scheduler.rules import (
 )
 from kat_scheduler.rules import Decision as DueDecision
 from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.rules.timing import next_cron, next_deadline, period
 from kat_scheduler.settings import Settings
-from kat_scheduler.timing import next_cron, next_deadline, period
 
 
 class Decision(StrEnum):

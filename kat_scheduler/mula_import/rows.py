@@ -16,9 +16,9 @@ from croniter import croniter
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.mula_import.summary import DISABLED_REASON, IMPORT_BAND, IMPORT_REASON, Malformed
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
+from kat_scheduler.rules.timing import next_cron
 from kat_scheduler.storage.schedules import ScheduleRecord
 from kat_scheduler.storage.tasks import FinishedTask
-from kat_scheduler.timing import next_cron
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from kat_scheduler.storage.schedules import ScheduleStore
 from kat_scheduler.storage.tasks import TaskStore
 
 if TYPE_CHECKING:
-    from kat_scheduler.publishing import Publisher
+    from kat_scheduler.dispatch.publishing import Publisher
 
 #: Re-exported for the callers that import them from here (``celery_tasks/scheduler.py``, the CLI).
 __all__ = ["BoefjePlanner", "PlanReport", "PushRefused", "PushResult"]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kat_scheduler.dispatch import Dispatchable
+from kat_scheduler.dispatch.dispatcher import Dispatchable
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
@@ -21,10 +21,10 @@ from kat_scheduler.rules import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_message_kwargs, boefje_payload
 from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
+from kat_scheduler.rules.timing import next_deadline
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule
 from kat_scheduler.storage.tasks import NewTask
-from kat_scheduler.timing import next_deadline
 
 
 class BoefjeIndex:

@@ -28,9 +28,9 @@ from kat_scheduler.rules import (
     static_skip,
 )
 from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.timing import period
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleState
-from kat_scheduler.timing import period
 
 
 def object_type_of(primary_key: str) -> str:

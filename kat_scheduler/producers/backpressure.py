@@ -20,9 +20,9 @@ from kat_scheduler.rules.backpressure import Backpressure, backpressure
 from kat_scheduler.settings import masked_url
 
 if TYPE_CHECKING:
+    from kat_scheduler.dispatch.publishing import Publisher
     from kat_scheduler.producers.base import ProducerContext
     from kat_scheduler.producers.results import PlanReport
-    from kat_scheduler.publishing import Publisher
 
 logger = logging.getLogger(__name__)
 

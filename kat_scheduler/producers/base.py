@@ -12,7 +12,7 @@ from kat_scheduler.storage.bytes_runs import BytesRunStore
 
 if TYPE_CHECKING:
     from kat_scheduler.clients import KATClients
-    from kat_scheduler.publishing import Publisher
+    from kat_scheduler.dispatch.publishing import Publisher
     from kat_scheduler.settings import Settings
     from kat_scheduler.storage.schedules import ScheduleStore
     from kat_scheduler.storage.tasks import TaskStore

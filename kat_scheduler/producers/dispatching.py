@@ -3,7 +3,7 @@
 :class:`ClaimsAhead` claims on a background thread while the caller goes on planning;
 :class:`CandidateDispatch` publishes what the claims won, in the order of the candidates, marks
 the rows published and gives each pair that had none its schedule. The claim and publish
-themselves are :class:`~kat_scheduler.dispatch.Dispatcher`'s, the one path of every producer.
+themselves are :class:`~kat_scheduler.dispatch.dispatcher.Dispatcher`'s, the one path of every producer.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from kat_scheduler.dispatch import Claim, Dispatcher
+from kat_scheduler.dispatch.dispatcher import Claim, Dispatcher
 from kat_scheduler.planning.candidates import Candidate, boefje_dispatchable, new_boefje_schedule
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 
 if TYPE_CHECKING:
+    from kat_scheduler.dispatch.publishing import OutgoingMessage
     from kat_scheduler.producers.base import ProducerContext
     from kat_scheduler.producers.results import PlanReport
-    from kat_scheduler.publishing import OutgoingMessage
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from kat_scheduler.rules import (
     static_skip,
 )
 from kat_scheduler.rules.ranking import shown_reason
+from kat_scheduler.rules.timing import next_cron, next_deadline, period
 from kat_scheduler.storage.tables import ScheduleRow
-from kat_scheduler.timing import next_cron, next_deadline, period
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kat_scheduler.dispatch import Dispatcher
+from kat_scheduler.dispatch.dispatcher import Dispatcher
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.rules.reports import InvalidReportSchedule, scheduled_report
 from kat_scheduler.settings import Settings

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kat_scheduler.dispatch import DispatchResult
+from kat_scheduler.dispatch.dispatcher import DispatchResult
 from kat_scheduler.planning.candidates import Candidate
 from kat_scheduler.rules import SkipReason
 

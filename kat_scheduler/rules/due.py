@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from kat_scheduler.models.plugins import Boefje
-from kat_scheduler.timing import last_cron, next_cron
+from kat_scheduler.rules.timing import last_cron, next_cron
 
 
 class DueReason(StrEnum):

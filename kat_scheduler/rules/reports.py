@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from kat_scheduler.rules.identity import report_task_hash
-from kat_scheduler.timing import is_valid_cron, next_cron
+from kat_scheduler.rules.timing import is_valid_cron, next_cron
 
 #: The band of a report task a schedule queued. Pops take the lowest band first, so a report
 #: pushed by hand (band 0) goes before the scheduled ones; among those the priority (the epoch

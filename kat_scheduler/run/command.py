@@ -274,7 +274,7 @@ class Run:
 
     def _make_monitor(self) -> Monitor:
         from kat_scheduler.clients import clients_from_settings
-        from kat_scheduler.publishing import make_publisher
+        from kat_scheduler.dispatch.publishing import make_publisher
         from kat_scheduler.storage.db import make_engine
 
         engine = make_engine(self.child_settings.db_uri, pool_size=1)

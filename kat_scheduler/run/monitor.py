@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, func, select
 
 from kat_scheduler.clients import KATClients, ServiceError
+from kat_scheduler.dispatch.publishing import Publisher
 from kat_scheduler.models.tasks import TaskStatus
-from kat_scheduler.publishing import Publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.catalogue import OOI_TYPES
 from kat_scheduler.storage.migrate import one_line

@@ -117,8 +117,8 @@ def _backpressure(settings: Settings, broker: BrokerSection) -> BackpressureStat
 
 def _redis_depths(settings: Settings) -> list[QueueDepth]:
     """One ``LLEN`` per queue and priority step (kombu's lists), the steps mapped back to bands."""
-    from kat_scheduler.config import broker_transport_options
-    from kat_scheduler.publishing.redis_publisher import RedisPublisher
+    from kat_scheduler.dispatch.publishing.redis_publisher import RedisPublisher
+    from kat_scheduler.runtime.celery_config import broker_transport_options
 
     depths = []
     with RedisPublisher(

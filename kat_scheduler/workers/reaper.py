@@ -62,9 +62,9 @@ from typing import Any
 
 from sqlalchemy.sql.elements import ColumnElement
 
-from kat_scheduler.dispatch import message_for
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.publishing import Publisher, PublishError
 from kat_scheduler.queues import Queue
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore

@@ -57,8 +57,8 @@ def planner_settings(kat: SimulatedKAT, redis_url: str, postgres_uri: str) -> Se
 
 @pytest.fixture
 def planner(planner_settings: Settings, clients: KATClients, pg_engine: Engine):
+    from kat_scheduler.dispatch.publishing import make_publisher
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     publisher = make_publisher(planner_settings)

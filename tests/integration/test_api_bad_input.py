@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from kat_scheduler.publishing import make_publisher
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.tasks import NewTask, TaskStore

@@ -11,8 +11,8 @@ import pytest
 import requests
 from sqlalchemy import Engine, select, update
 
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, utcnow

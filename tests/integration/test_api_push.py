@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.publishing import make_publisher
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.queues import MANUAL_BAND
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import Settings

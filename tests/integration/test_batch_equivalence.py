@@ -40,12 +40,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from kat_scheduler.clients import OrganisationNotFound
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.publishing import OutgoingMessage
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.handlers import MutationHandler
 from kat_scheduler.models import Boefje, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.models.tasks import LIVE_STATUSES
-from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publishing import OutgoingMessage
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore

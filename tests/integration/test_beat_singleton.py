@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from kat_scheduler.beat import LeasedScheduler
-from kat_scheduler.celery_app import create_app
+from kat_scheduler.runtime.beat import LeasedScheduler
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage.leases import LeaseStore
 

@@ -14,16 +14,16 @@ import redis
 from croniter import croniter
 from sqlalchemy import Engine, delete, func, select, text, update
 
+from kat_scheduler.dispatch.publishing import BrokerError
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.planning.explain import render_plan
-from kat_scheduler.publishing import BrokerError
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.timing import next_deadline
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
-from kat_scheduler.timing import next_deadline
 from tests.factories import BoefjeMetaFactory
 from tests.integration.conftest import WORLD_NOW
 
@@ -89,8 +89,8 @@ def test_a_planned_pair_gets_a_schedule_for_its_next_run(planner, pg_engine) -> 
 
 
 def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, world) -> None:
+    from kat_scheduler.dispatch.publishing import make_publisher
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
     from tests.integration.conftest import make_clients
 
@@ -439,8 +439,8 @@ def test_an_object_listed_twice_by_octopoes_is_queued_once_and_the_tick_complete
 def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims_for_lost(
     planner_settings, clients, pg_engine, redis_url, world
 ) -> None:
+    from kat_scheduler.dispatch.publishing import make_publisher
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publishing import make_publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     settings = planner_settings.model_copy(update={"unpublished_after": 0.6, "plan_threads": 1})

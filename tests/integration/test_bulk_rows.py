@@ -130,8 +130,8 @@ def test_claims_of_any_size_come_back_in_the_order_given(pg_engine: Engine, rows
 def test_a_message_that_can_never_be_published_is_refused_before_its_row_is_claimed(
     pg_engine: Engine, redis_url: str
 ) -> None:
-    from kat_scheduler.dispatch import Dispatchable, Dispatcher
-    from kat_scheduler.publishing import make_publisher
+    from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher
+    from kat_scheduler.dispatch.publishing import make_publisher
     from kat_scheduler.settings import load_settings
 
     store = TaskStore(pg_engine)

@@ -13,8 +13,8 @@ import random
 import pytest
 import redis
 
-from kat_scheduler.celery_app import create_app
 from kat_scheduler.queues import Queue, broker_priority, transport_of
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from tests.workers import celery_worker, wait_for
 

@@ -642,7 +642,7 @@ def test_an_unreachable_broker_is_retried_until_stopped(url: str) -> None:
 
 
 def test_an_idle_connected_listener_keeps_its_heartbeat_fresh(broker: str, tmp_path: Path) -> None:
-    from kat_scheduler.heartbeat import Heartbeat, age
+    from kat_scheduler.runtime.heartbeat import Heartbeat, age
 
     alive = tmp_path / "alive"
     consumer = EventConsumer(broker, {SCAN_PROFILE_MUTATIONS: FakeHandler()}, heartbeat=Heartbeat(alive, every=0.2))
@@ -658,7 +658,7 @@ def test_a_listener_stuck_in_its_handler_stops_beating_and_beats_again_after(
     amqp_events: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kat_scheduler.events import consumer as consumer_module
-    from kat_scheduler.heartbeat import Heartbeat
+    from kat_scheduler.runtime.heartbeat import Heartbeat
 
     monkeypatch.setattr(consumer_module, "STALLED_AFTER", 0.5)
     alive = tmp_path / "alive"
@@ -677,7 +677,7 @@ def test_a_listener_stuck_in_its_handler_stops_beating_and_beats_again_after(
 
 
 def test_a_listener_that_cannot_reach_its_broker_does_not_beat(tmp_path: Path) -> None:
-    from kat_scheduler.heartbeat import Heartbeat
+    from kat_scheduler.runtime.heartbeat import Heartbeat
 
     alive = tmp_path / "alive"
     consumer = EventConsumer(

@@ -14,19 +14,19 @@ import pytest
 from sqlalchemy import Engine, Row, func, select, text, update
 
 from kat_scheduler.clients import KATClients
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.candidates import new_boefje_schedule
-from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
+from kat_scheduler.rules.timing import next_deadline
 from kat_scheduler.settings import Settings
 from kat_scheduler.sim.events import world_mutations
 from kat_scheduler.sim.oracle import allowed_event_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
-from kat_scheduler.timing import next_deadline
 from tests.factories import BoefjeMetaFactory
 
 NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)

@@ -30,6 +30,7 @@ from kat_scheduler.explain import DECISIONS, Decision, ObjectNotFound, Policy, S
 from kat_scheduler.explain.command import explain_cmd
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.timing import last_cron, next_cron
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.sim.world import World
@@ -37,7 +38,6 @@ from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask
-from kat_scheduler.timing import last_cron, next_cron
 from tests.factories import BoefjeMetaFactory, NewScheduleFactory, NewTaskFactory
 from tests.integration.conftest import WORLD_NOW, make_clients
 from tests.workers import wait_for

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import redis
 from sqlalchemy import select
 
-from kat_scheduler.celery_app import create_app
+from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.queues import LEAST_URGENT_BAND, Queue, TaskName, broker_priority
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.storage import TaskRow, UnpublishedTask

@@ -10,15 +10,15 @@ import pytest
 from celery import current_app
 from sqlalchemy import Engine, create_engine, text
 
-from kat_scheduler.celery_app import create_app
 from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import make_handlers
 from kat_scheduler.models.producers import ProducerName, RunOutcome
-from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue
-from kat_scheduler.runtime import Runtime
+from kat_scheduler.runtime.celery_app import create_app
+from kat_scheduler.runtime.resources import Runtime
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.status import collect_status
 from kat_scheduler.storage import ScheduleStore, TaskStore, migrate

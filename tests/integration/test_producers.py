@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from kat_scheduler.clients import KATClients
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.producers import (
     DueSchedulesProducer,
     ManualPush,
@@ -19,7 +20,6 @@ from kat_scheduler.producers import (
     PushRefused,
     TickProducer,
 )
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World

@@ -1,6 +1,6 @@
 """The bulk publishing path, proven against real brokers and a stock ``celery worker`` process.
 
-Messages published by :mod:`kat_scheduler.publishing` (not by Celery) must be consumed by an
+Messages published by :mod:`kat_scheduler.dispatch.publishing` (not by Celery) must be consumed by an
 unmodified worker on our configuration: kwargs and headers intact, most urgent band first,
 redelivered to the same queue when a worker dies mid-task. The publisher must survive a dropped
 connection and fail fast, saying what was published, when the broker is down.
@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import redis
 
-from kat_scheduler.publishing import BrokerError, OutgoingMessage, Publisher, PublishError, make_publisher
-from kat_scheduler.publishing.redis_publisher import CLIENT_NAME
+from kat_scheduler.dispatch.publishing import BrokerError, OutgoingMessage, Publisher, PublishError, make_publisher
+from kat_scheduler.dispatch.publishing.redis_publisher import CLIENT_NAME
 from kat_scheduler.queues import Queue, broker_priority, transport_of
 from kat_scheduler.settings import Settings, load_settings
 from tests.workers import celery_worker, wait_for

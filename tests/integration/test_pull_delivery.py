@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from kat_scheduler.clients import KATClients
-from kat_scheduler.dispatch import Dispatchable, Dispatcher
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher
+from kat_scheduler.dispatch.publishing import Publisher, make_publisher
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
-from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publishing import Publisher, make_publisher
 from kat_scheduler.queues import MANUAL_BAND, RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue, TaskName
 from kat_scheduler.settings import Settings, get_settings, load_settings
 from kat_scheduler.sim import SimulatedKAT

@@ -12,9 +12,9 @@ import redis
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from kat_scheduler.dispatch import message_for
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models import SchedulerId, TaskStatus
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.rules.identity import normalizer_task_hash
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask

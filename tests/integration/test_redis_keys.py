@@ -21,10 +21,10 @@ from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Producer
 from kombu.transport.redis import Channel as KombuRedisChannel
 
-from kat_scheduler.celery_app import create_app
-from kat_scheduler.publishing import OutgoingMessage, make_publisher
-from kat_scheduler.publishing.redis_publisher import RedisPublisher
+from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
+from kat_scheduler.dispatch.publishing.redis_publisher import RedisPublisher
 from kat_scheduler.queues import Queue, TaskName, broker_priority
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 
 

@@ -16,15 +16,15 @@ from sqlalchemy import Engine, select, update
 
 from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
 from kat_scheduler.clients import KATClients
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.producers import Producer
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
-from kat_scheduler.runtime import Runtime
+from kat_scheduler.runtime.resources import Runtime
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.storage.producers import ProducerRunStore

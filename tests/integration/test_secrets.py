@@ -27,8 +27,8 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
-from kat_scheduler.beat import LEASE_NAME
 from kat_scheduler.run.embedded import free_port
+from kat_scheduler.runtime.beat import LEASE_NAME
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.leases import LeaseStore
 from tests.conftest import service_missing

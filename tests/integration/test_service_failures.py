@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from kat_scheduler.dispatch import message_for
+from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.handlers import MutationHandler
 from kat_scheduler.models import Normalizer, ScanProfileMutation, SchedulerId, TaskStatus
-from kat_scheduler.plugin_cache import PluginCache
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import normalizer_task_hash

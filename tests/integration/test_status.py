@@ -14,9 +14,9 @@ from click.testing import CliRunner, Result
 from kombu.connection import Connection
 from sqlalchemy import Engine, update
 
+from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.producers import ProducerName, RunOutcome
-from kat_scheduler.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.status import StatusReport, collect_broker, collect_status, status_cmd

@@ -20,9 +20,9 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from kat_scheduler.dispatch import message_for
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publishing import make_publisher
 from kat_scheduler.queues import Queue
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.storage import TaskRow, TaskStore

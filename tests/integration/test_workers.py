@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kat_scheduler.dispatch.publishing import BrokerError
 from kat_scheduler.producers.backpressure import error_text, read_backpressure
-from kat_scheduler.publishing import BrokerError
 from kat_scheduler.rules.backpressure import backpressure
 
 

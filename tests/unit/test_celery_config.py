@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from kat_scheduler.config import celery_config
 from kat_scheduler.queues import Queue
+from kat_scheduler.runtime.celery_config import celery_config
 from kat_scheduler.settings import load_settings
 
 
@@ -48,7 +48,7 @@ def test_tasks_are_routed_by_family() -> None:
 def test_beat_ticks_the_planner_on_the_configured_interval() -> None:
     conf = celery_config(load_settings(plan_interval=15))
     assert conf["beat_schedule"]["plan-boefjes"]["schedule"].total_seconds() == 15
-    assert conf["beat_scheduler"] == "kat_scheduler.beat:LeasedScheduler"
+    assert conf["beat_scheduler"] == "kat_scheduler.runtime.beat:LeasedScheduler"
 
 
 def test_celerys_own_views_of_the_configuration_show_no_password() -> None:
@@ -56,7 +56,7 @@ def test_celerys_own_views_of_the_configuration_show_no_password() -> None:
     from celery.utils.saferepr import saferepr
     from celery.utils.serialization import jsonify
 
-    from kat_scheduler.celery_app import create_app
+    from kat_scheduler.runtime.celery_app import create_app
 
     settings = load_settings(
         db_uri="postgresql://sched:dbpw@db:5432/scheduler",
@@ -78,7 +78,7 @@ def test_celerys_own_views_of_the_configuration_show_no_password() -> None:
 
 
 def test_beat_gets_the_database_url_in_full() -> None:
-    from kat_scheduler.beat import database_uri
+    from kat_scheduler.runtime.beat import database_uri
 
     uri = "postgresql://sched:dbpw@db:5432/scheduler"
     assert database_uri(celery_config(load_settings(db_uri=uri))["kat_db_uri"]) == uri

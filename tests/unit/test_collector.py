@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from kat_scheduler.collector import OLDER_THRESHOLD, YOUNG_THRESHOLD, tune_collector
+from kat_scheduler.runtime.collector import OLDER_THRESHOLD, YOUNG_THRESHOLD, tune_collector
 
 
 def test_tuning_keeps_the_collector_on_freezes_start_up_and_raises_the_young_threshold() -> None:

@@ -27,7 +27,7 @@ from kat_scheduler.explain.render import render, render_json, render_table
 from kat_scheduler.models import OOI, Boefje, TaskStatus
 from kat_scheduler.rules import BytesRun
 from kat_scheduler.rules.identity import boefje_task_hash
-from kat_scheduler.timing import next_cron, next_deadline
+from kat_scheduler.rules.timing import next_cron, next_deadline
 from tests.factories import BoefjeFactory, OOIFactory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

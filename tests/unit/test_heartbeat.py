@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from kat_scheduler.cli import main
-from kat_scheduler.heartbeat import Heartbeat, age
+from kat_scheduler.runtime.heartbeat import Heartbeat, age
 
 
 def test_a_beat_touches_the_file_at_most_every_interval(tmp_path: Path) -> None:

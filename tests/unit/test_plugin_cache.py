@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kat_scheduler.clients import OrganisationNotFound
-from kat_scheduler.plugin_cache import PluginCache
+from kat_scheduler.clients.plugin_cache import PluginCache
 from tests.factories import BoefjeFactory
 
 

@@ -19,10 +19,10 @@ from celery import Celery
 from celery.worker.request import Request
 from kombu.connection import Connection
 
-from kat_scheduler.celery_app import create_app
-from kat_scheduler.publishing import OutgoingMessage
-from kat_scheduler.publishing.envelope import RedisEnvelopes, origin, redis_envelope, task_headers
+from kat_scheduler.dispatch.publishing import OutgoingMessage
+from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin, redis_envelope, task_headers
 from kat_scheduler.queues import Queue, TaskName, broker_priority
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 
 KWARGS: dict[str, Any] = {
@@ -109,7 +109,7 @@ def test_a_long_kwargs_repr_is_cut_as_celery_cuts_it() -> None:
 
 def test_importing_the_publisher_api_loads_no_broker_library() -> None:
     code = (
-        "import sys, kat_scheduler.publishing\n"
+        "import sys, kat_scheduler.dispatch.publishing\n"
         "loaded = {m.split('.')[0] for m in sys.modules} & {'celery', 'kombu', 'redis', 'amqp'}\n"
         "assert not loaded, loaded"
     )

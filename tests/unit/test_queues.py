@@ -47,8 +47,8 @@ def test_every_band_comes_back_from_its_broker_priority(transport: str) -> None:
 
 
 def test_kombu_redis_keys_hold_one_band_each_with_our_transport_options() -> None:
-    from kat_scheduler.config import broker_transport_options
-    from kat_scheduler.publishing.redis_publisher import PriorityKeys
+    from kat_scheduler.dispatch.publishing.redis_publisher import PriorityKeys
+    from kat_scheduler.runtime.celery_config import broker_transport_options
     from kat_scheduler.settings import load_settings
 
     keys = PriorityKeys(broker_transport_options(load_settings(broker_url="redis://127.0.0.1:6379/0")))

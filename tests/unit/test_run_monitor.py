@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from kat_scheduler.clients import BytesClient, HTTPOptions, KatalogusClient, KATClients, OctopoesClient
+from kat_scheduler.dispatch.publishing import BrokerError
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.publishing import BrokerError
 from kat_scheduler.run.embedded import free_port
 from kat_scheduler.run.monitor import Monitor
 from kat_scheduler.storage import TaskStore

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kat_scheduler.rules.identity import boefje_task_hash
-from kat_scheduler.timing import jitter_fraction, last_cron, next_cron, next_deadline
+from kat_scheduler.rules.timing import jitter_fraction, last_cron, next_cron, next_deadline
 from tests.factories import BoefjeFactory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

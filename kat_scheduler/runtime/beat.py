@@ -15,7 +15,7 @@ from typing import Any
 from celery.beat import Scheduler
 from pydantic import SecretStr
 
-from kat_scheduler.heartbeat import Heartbeat
+from kat_scheduler.runtime.heartbeat import Heartbeat
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.leases import LeaseStore
 

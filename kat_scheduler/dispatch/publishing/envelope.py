@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from kat_scheduler.publishing import OutgoingMessage
+from kat_scheduler.dispatch.publishing import OutgoingMessage
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"

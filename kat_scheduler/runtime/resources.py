@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from kat_scheduler.clients import KATClients
+    from kat_scheduler.dispatch.publishing import Publisher
     from kat_scheduler.planning.boefjes import BoefjePlanner
-    from kat_scheduler.publishing import Publisher
     from kat_scheduler.storage import ScheduleStore, TaskStore
     from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob
     from kat_scheduler.workers.runners import Runner
@@ -42,7 +42,7 @@ class Runtime:
 
     @cached_property
     def publisher(self) -> Publisher:
-        from kat_scheduler.publishing import make_publisher
+        from kat_scheduler.dispatch.publishing import make_publisher
 
         return make_publisher(self.settings)
 

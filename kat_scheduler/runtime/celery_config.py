@@ -119,7 +119,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         # Beat.
         "beat_schedule": beat_schedule(settings),
-        "beat_scheduler": "kat_scheduler.beat:LeasedScheduler",
+        "beat_scheduler": "kat_scheduler.runtime.beat:LeasedScheduler",
         "beat_max_loop_interval": min(5.0, settings.beat_lease / 3),
         # Ours (Celery keeps unknown lowercase keys): what the leased beat scheduler needs. The
         # database URL may hold a password and Celery censors only keys it knows to be secret

@@ -5,11 +5,11 @@ A producer claims rows, turns each into an :class:`OutgoingMessage` and hands th
 on our configuration consumes unchanged; only the way they reach the broker differs from
 ``apply_async``:
 
-* Redis (:class:`~kat_scheduler.publishing.redis_publisher.RedisPublisher`): kombu's envelope
+* Redis (:class:`~kat_scheduler.dispatch.publishing.redis_publisher.RedisPublisher`): kombu's envelope
   goes through a non-transactional redis-py pipeline, one ``LPUSH`` per
   queue and priority key and one round trip per chunk.
 * RabbitMQ and anything else
-  (:class:`~kat_scheduler.publishing.kombu_publisher.KombuPublisher`): kombu's ``Producer`` on
+  (:class:`~kat_scheduler.dispatch.publishing.kombu_publisher.KombuPublisher`): kombu's ``Producer`` on
   the default exchange, inside ``Producer.batch``.
 
 Every message carries an explicit priority from :func:`kat_scheduler.queues.broker_priority`
@@ -104,11 +104,11 @@ class Publisher(Protocol):
 
 def make_publisher(settings: Settings) -> Publisher:
     """The publisher for ``settings.broker_url``: Redis' fast path, or kombu for everything else."""
-    from kat_scheduler.config import broker_transport_options, task_queues
+    from kat_scheduler.runtime.celery_config import broker_transport_options, task_queues
 
     url = settings.broker_url
     if urlsplit(url).scheme in ("redis", "rediss"):
-        from kat_scheduler.publishing.redis_publisher import RedisPublisher
+        from kat_scheduler.dispatch.publishing.redis_publisher import RedisPublisher
 
         return RedisPublisher(
             url,
@@ -116,6 +116,6 @@ def make_publisher(settings: Settings) -> Publisher:
             queues=[queue.name for queue in task_queues(url)],
         )
 
-    from kat_scheduler.publishing.kombu_publisher import KombuPublisher
+    from kat_scheduler.dispatch.publishing.kombu_publisher import KombuPublisher
 
     return KombuPublisher(url, transport_options=broker_transport_options(settings), queues=task_queues(url))

@@ -26,14 +26,14 @@ from kombu.transport.redis import Channel as KombuRedisChannel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kat_scheduler.publishing import BrokerError, OutgoingMessage, PublishError
-from kat_scheduler.publishing.envelope import BODY_ENCODING, RedisEnvelopes, origin
+from kat_scheduler.dispatch.publishing import BrokerError, OutgoingMessage, PublishError
+from kat_scheduler.dispatch.publishing.envelope import BODY_ENCODING, RedisEnvelopes, origin
 from kat_scheduler.queues import broker_priority
 
 logger = logging.getLogger(__name__)
 
 #: Shown by ``CLIENT LIST``, so an operator can tell our connections apart.
-CLIENT_NAME = "kat_scheduler.publishing"
+CLIENT_NAME = "kat_scheduler.dispatch.publishing"
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 #: Encoded messages by Redis key: (task id, envelope), in publishing order.
 Chunk = dict[str, list[tuple[uuid.UUID, str]]]
@@ -68,7 +68,7 @@ class PriorityKeys:
 
 
 class RedisPublisher:
-    """:class:`~kat_scheduler.publishing.Publisher` for a Redis broker."""
+    """:class:`~kat_scheduler.dispatch.publishing.Publisher` for a Redis broker."""
 
     def __init__(
         self,

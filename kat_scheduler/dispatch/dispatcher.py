@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.publishing import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.settings import get_settings

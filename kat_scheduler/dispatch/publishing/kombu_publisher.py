@@ -30,8 +30,8 @@ from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Producer
 
-from kat_scheduler.publishing import BrokerError, OutgoingMessage, PublishError
-from kat_scheduler.publishing.envelope import (
+from kat_scheduler.dispatch.publishing import BrokerError, OutgoingMessage, PublishError
+from kat_scheduler.dispatch.publishing.envelope import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
     PERSISTENT,
@@ -86,7 +86,7 @@ class Confirms:
 
 
 class KombuPublisher:
-    """:class:`~kat_scheduler.publishing.Publisher` on a kombu connection."""
+    """:class:`~kat_scheduler.dispatch.publishing.Publisher` on a kombu connection."""
 
     def __init__(
         self,

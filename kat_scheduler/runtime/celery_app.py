@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import beat_init, worker_init
 
-from kat_scheduler.config import celery_config
+from kat_scheduler.runtime.celery_config import celery_config
 from kat_scheduler.settings import Settings, SettingsError, get_settings
 
 logger = logging.getLogger(__name__)
