@@ -197,6 +197,9 @@ class ScheduleRow(Base):
     interval: Mapped[int | None] = mapped_column(Integer)
     deadline_at: Mapped[datetime | None]
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    #: When a boefje descheduled the pair (a raw file tagged ``openkat/deschedule``): the schedule
+    #: is disabled and no producer enables it again; ``PATCH /schedules/{id}`` ``enabled: true`` clears it.
+    descheduled_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
