@@ -184,6 +184,14 @@ class Dispatcher:
         by_id = {message.task_id: message for message in messages}
         return Claim(offered=len(items), tasks=claimed, messages=[by_id[task.id] for task in claimed])
 
+    def unclaim(self, claims: Sequence[Claim]) -> int:
+        """Free the rows of ``claims``, none of them sent: their hashes may be claimed again.
+
+        Only rows still listed as unpublished and queued are deleted; the count says how many.
+        """
+        ids = [task.id for claim in claims for task in claim.tasks]
+        return self.store.unclaim(ids) if ids else 0
+
     def publish(self, claim: Claim, *, mark: bool = True) -> DispatchResult:
         """Step 2: publish what was claimed, in order; un-claim what was certainly not sent.
 

@@ -184,14 +184,12 @@ class _Base:
 
     def _unclaim(self, claims: list[Claim]) -> None:
         """Free the rows of ``claims`` (never sent); when that fails too, they are left for the reaper."""
-        ids_ = [task.id for claim in claims for task in claim.tasks]
-        if not ids_:
-            return
         try:
-            self.tasks.unclaim(ids_)
+            self.dispatcher.unclaim(claims)
         except Exception:
             logger.exception(
-                "un-claiming %d tasks that were never sent failed; the reaper will publish them", len(ids_)
+                "un-claiming %d tasks that were never sent failed; the reaper will publish them",
+                sum(len(claim.tasks) for claim in claims),
             )
 
     def _sending(self) -> Callable[[], None]:
