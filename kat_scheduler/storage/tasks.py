@@ -905,6 +905,48 @@ class TaskStore:
             if deleted < batch:
                 return pruned
 
+    # --- deduplication (workers/dedup.py) ----------------------------------------------------
+
+    def claim_served(
+        self,
+        task: NewTask,
+        served_by: uuid.UUID,
+        worker: str,
+        now: datetime | None = None,
+        *,
+        node_id: uuid.UUID | None = None,
+    ) -> tuple[uuid.UUID, bool] | None:
+        """Take ``task``'s hash for a run of another task (``served_by``) that serves it.
+
+        A ``queued`` task of the hash is taken over: it goes ``running`` under ``worker`` with
+        ``served_by`` in its data (its message, when a worker receives it, starts nothing). With no
+        live task, ``task`` is inserted ``running`` the same way. A hash whose task a worker received
+        or runs is left alone. Returns the row's id and whether it was taken over, or ``None``.
+        """
+        now = now or utcnow()
+        col = _TASKS.c
+        running = {"status": TaskStatus.RUNNING, "worker": worker, "node_id": node_id, "started_at": now}
+        served = {"served_by": str(served_by)}
+        with self.engine.begin() as conn:
+            queued = conn.execute(
+                select(col.id, col.data)
+                .where(col.hash == task.hash, col.status == TaskStatus.QUEUED)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if queued is not None:
+                taken = conn.execute(
+                    update(_TASKS)
+                    .where(col.id == queued.id, col.status == TaskStatus.QUEUED)
+                    .values(data={**queued.data, **served}, modified_at=now, attempts=col.attempts + 1, **running)
+                ).rowcount
+                if not taken:
+                    return None
+                conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id == queued.id))
+                return queued.id, True
+            row = {**_row(task, now), **running, "data": {**task.data, **served}, "published_at": None, "attempts": 1}
+            inserted = conn.execute(self._insert().returning(col.id), row).scalars().first()
+        return None if inserted is None else (inserted, False)
+
 
 def stuck_running_conditions(started_before: datetime) -> tuple[ColumnElement[bool], ...]:
     """Conditions on ``tasks`` of rows ``running`` since before ``started_before``."""
