@@ -383,6 +383,36 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- Rate limits ---------------------------------------------------------------------
+    rate_limits: str = Field(
+        "",
+        description=(
+            "Rate limits per boefje id, over or beside Katalogus's `rate_limit`/`rate_limit_group`: "
+            "entries separated by spaces, each `BOEFJE_ID=LIMIT` or `BOEFJE_ID=LIMIT@GROUP`, e.g. "
+            "`shodan=1/second@shodan.io nmap=10/minute;100/hour@host:{input_ooi} dns-records=off`. "
+            "`LIMIT`: `N/second`, `N/minute`, `N/hour` or `N/day`, several joined by `;`; `off` removes a plugin's own "
+            "limit. `GROUP` (default: the boefje id) names the counter every worker shares; it may use "
+            "`{boefje_id}`, `{input_ooi}`, `{object_type}`, `{organisation}`."
+        ),
+    )
+    rate_limit_storage: str | None = Field(
+        None,
+        description=(
+            "Redis URL of the rate-limit counters, the same for every worker on every machine. "
+            "Unset: the broker (`SCHEDULER_BROKER_URL`) when it is Redis; with neither, limits are "
+            "not enforced (a worker says so once)."
+        ),
+    )
+    rate_limit_poll: float = Field(
+        0.2,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds between a worker node's looks for rate-limited tasks whose window opened (it "
+            "publishes them again; between looks it sleeps until the earliest such time it knows)."
+        ),
+    )
+
     # --- The all-in-one run (`kat-scheduler run`) ---------------------------------------
     run_dir: str = Field(
         ".kat-scheduler",
@@ -429,6 +459,23 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown scheduler {', '.join(map(repr, unknown))} (schedulers: {', '.join(known)})")
         return ",".join(dict.fromkeys(names))
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        if not value.strip():
+            return value
+        from kat_scheduler.rules.rate_limits import parse_overrides
+
+        parse_overrides(value)
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis:// or rediss:// URL, got {masked_url(value)!r}")
+        return value
 
     @field_validator("db_uri")
     @classmethod
@@ -479,6 +526,11 @@ class Settings(BaseSettings):
     @property
     def broker_is_redis(self) -> bool:
         return self.broker_url.startswith(("redis", "rediss"))
+
+    @property
+    def rate_limit_store(self) -> str | None:
+        """Where the rate-limit counters live: the setting, else a Redis broker, else nowhere."""
+        return self.rate_limit_storage or (self.broker_url if self.broker_is_redis else None)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -49,6 +49,17 @@ class Boefje(_PluginBase):
     oci_image: str | None = None
     oci_arguments: list[str] = Field(default_factory=list)
     deduplicate: bool = False
+    #: Katalogus's rate limit (``1/second``, ``10/hour;100/day``): kept as given, parsed where it is
+    #: enforced (:mod:`kat_scheduler.rules.rate_limits`), so a bad one never hides the plugin.
+    rate_limit: str | None = None
+    #: The group template the limit counts in (``shodan.io``, ``host:{input_ooi}``); default: the id.
+    rate_limit_group: str | None = None
+
+    @field_validator("rate_limit", "rate_limit_group", mode="before")
+    @classmethod
+    def _tolerant_text(cls, value: object) -> str | None:
+        """Anything but a non-empty string (null, a number, a list) is no limit."""
+        return value if isinstance(value, str) and value.strip() else None
 
     @field_validator("cron")
     @classmethod
