@@ -180,6 +180,19 @@ class UnpublishedTask(Base):
 
     task_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     claimed_at: Mapped[datetime]
+    #: A task a worker put back because its rate limit was reached: when its window opens. Such a
+    #: row's ``claimed_at`` is that time too, so the reaper publishes it only if no worker node
+    #: released it by then (:mod:`kat_scheduler.limiting`).
+    not_before: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_unpublished_tasks_not_before",
+            "not_before",
+            postgresql_where=text("not_before IS NOT NULL"),
+            sqlite_where=text("not_before IS NOT NULL"),
+        ),
+    )
 
 
 class ScheduleRow(Base):
