@@ -203,6 +203,9 @@ def fold_pair(
             skipped[SkipReason.LIVE] += 1
             continue
         boefje = step.boefje
+        if schedule is not None and schedule.descheduled:
+            skipped[SkipReason.DESCHEDULED] += 1  # its boefje said so: only an operator enables it again
+            continue
         if in_force(schedule, now):
             # The deadline is when the rules make the pair due (written from what the planner knew).
             skipped[SkipReason.CRON if boefje.cron else SkipReason.GRACE] += 1

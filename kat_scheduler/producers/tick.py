@@ -202,10 +202,14 @@ class TickProducer:
             return []
         hashes = [p.hash for p in pairs]
         # Enabled schedules are the due-schedule producer's; a disabled one is open again, so a
-        # boefje enabled again in Katalogus (no event says so) is found by the next tick.
-        scheduled = self.schedules.existing_hashes(hashes, enabled_only=True)
-        open_pairs = [p for p in pairs if p.hash not in scheduled]
-        plan.skipped[SkipReason.SCHEDULED] += len(pairs) - len(open_pairs)
+        # boefje enabled again in Katalogus (no event says so) is found by the next tick. A
+        # descheduled one (its boefje said so) is nobody's until an operator enables it.
+        held = self.schedules.held_hashes(hashes)
+        open_pairs = [p for p in pairs if p.hash not in held]
+        descheduled = sum(held.values())
+        plan.skipped[SkipReason.SCHEDULED] += len(pairs) - len(open_pairs) - descheduled
+        if descheduled:
+            plan.skipped[SkipReason.DESCHEDULED] += descheduled
         live = self.tasks.live_hashes([p.hash for p in open_pairs])
         plan.skipped[SkipReason.LIVE] += len(live)
         open_pairs = [p for p in open_pairs if p.hash not in live]

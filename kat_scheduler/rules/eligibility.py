@@ -34,6 +34,7 @@ class SkipReason(StrEnum):
     RUNNING = "running in Bytes"
     LIVE = "already live"
     SCHEDULED = "already scheduled"
+    DESCHEDULED = "descheduled by its boefje"
     BACKPRESSURE = "queue full (backpressure)"
     ORG_CAP = "organisation cap reached"
     INVALID_PLUGIN = "plugin does not validate"

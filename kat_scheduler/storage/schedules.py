@@ -3,6 +3,12 @@
 A schedule is due when it is enabled and its ``deadline_at`` has passed. Due schedules are read
 with keyset pagination on the partial index ``ix_schedules_due`` (oldest deadline first), so a
 backlog of any size is worked through without a per-tick cap.
+
+A *descheduled* schedule (``descheduled_at`` set: a boefje said so with a raw file tagged
+``openkat/deschedule``, :meth:`ScheduleStore.deschedule`) is disabled, and no producer's write
+enables it again: :meth:`~ScheduleStore.add_many` and :meth:`~ScheduleStore.upsert` leave it as
+it is, and :meth:`~ScheduleStore.held_hashes` tells the tick to leave its pair alone. Only an
+operator enables it again (``PATCH /schedules/{id}``, which clears ``descheduled_at``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Insert, bindparam, delete, select, text, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Insert, and_, bindparam, delete, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -76,11 +82,12 @@ _PG_COLUMNS = {
     "created_at": "timestamptz",
     "modified_at": "timestamptz",
 }
-#: On a taken hash: enable the schedule with the new deadline (the fast path's SQL of
-#: :meth:`ScheduleStore._insert_or_enable`).
+#: On a taken hash: enable the schedule with the new deadline, unless a boefje descheduled it (the
+#: fast path's SQL of :meth:`ScheduleStore._insert_or_enable`).
 _PG_ENABLE = (
     "(hash) DO UPDATE SET enabled = true, disabled_reason = NULL, "
-    "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at"
+    "deadline_at = EXCLUDED.deadline_at, modified_at = EXCLUDED.modified_at "
+    "WHERE schedules.descheduled_at IS NULL"
 )
 
 
@@ -134,6 +141,8 @@ class ScheduleState:
     id: uuid.UUID
     enabled: bool
     deadline_at: datetime | None
+    #: A boefje descheduled the pair: no producer queues it or enables its schedule.
+    descheduled: bool = False
 
 
 class HashTaken(ValueError):
@@ -187,9 +196,12 @@ class ScheduleStore:
 
     def _insert_or_enable(self, *, only_disabled: bool) -> Insert:
         """Insert, or on a taken hash enable the schedule with the new deadline (only a disabled
-        one, if asked: an enabled schedule keeps its deadline)."""
+        one, if asked: an enabled schedule keeps its deadline); a descheduled one stays as it is."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(_SCHEDULES)
+        where: ColumnElement[bool] = _SCHEDULES.c.descheduled_at.is_(None)
+        if only_disabled:
+            where = and_(where, _SCHEDULES.c.enabled.is_(False))
         stmt: Insert = insert.on_conflict_do_update(
             index_elements=[_SCHEDULES.c.hash],
             set_={
@@ -198,14 +210,14 @@ class ScheduleStore:
                 "deadline_at": insert.excluded.deadline_at,
                 "modified_at": insert.excluded.modified_at,
             },
-            where=_SCHEDULES.c.enabled.is_(False) if only_disabled else None,
+            where=where,
         )
         return stmt
 
     def add_many(self, schedules: Sequence[NewSchedule], now: datetime | None = None) -> int:
         """Create schedules whose hash has none yet, and enable again (with the new deadline)
-        those that were disabled; an enabled schedule is left as it is. Returns how many rows
-        were created or enabled again.
+        those that were disabled; an enabled or descheduled schedule is left as it is. Returns
+        how many rows were created or enabled again.
 
         The planner calls this for pairs it found eligible again: a boefje enabled again in
         Katalogus (no event tells us) or an object cleared again gets its schedule back.
@@ -223,7 +235,7 @@ class ScheduleStore:
                         "schedules",
                         _PG_COLUMNS,
                         [_pg_tuple(s, now) for s in ordered],
-                        conflict=f"{_PG_ENABLE} WHERE schedules.enabled = false",
+                        conflict=f"{_PG_ENABLE} AND schedules.enabled = false",
                         returning="id",
                         page_size=CHUNK,
                     )
@@ -278,18 +290,66 @@ class ScheduleStore:
         return found
 
     def states(self, hashes: Collection[str]) -> dict[str, ScheduleState]:
-        """Whether each of ``hashes`` has a schedule, enabled or not, and when it is due."""
+        """Whether each of ``hashes`` has a schedule, enabled or not, when it is due, and whether
+        a boefje descheduled it."""
         found: dict[str, ScheduleState] = {}
         cols = _SCHEDULES.c
         with self.engine.connect() as conn:
             for condition in in_values(conn, cols.hash, list(hashes)):
-                stmt = select(cols.hash, cols.id, cols.enabled, cols.deadline_at).where(condition)
-                for hash_, id_, enabled, deadline in conn.execute(stmt):
-                    found[hash_] = ScheduleState(id_, bool(enabled), deadline)
+                stmt = select(cols.hash, cols.id, cols.enabled, cols.deadline_at, cols.descheduled_at).where(condition)
+                for hash_, id_, enabled, deadline, descheduled_at in conn.execute(stmt):
+                    found[hash_] = ScheduleState(id_, bool(enabled), deadline, descheduled_at is not None)
         return found
 
+    def held_hashes(self, hashes: Collection[str]) -> dict[str, bool]:
+        """Which of ``hashes`` a schedule holds, so the tick leaves them alone: an enabled
+        schedule (``False``: it re-runs the pair) or a descheduled one (``True``: nothing does)."""
+        found: dict[str, bool] = {}
+        cols = _SCHEDULES.c
+        with self.engine.connect() as conn:
+            for condition in in_values(conn, cols.hash, list(hashes)):
+                stmt = select(cols.hash, cols.descheduled_at).where(
+                    condition, or_(cols.enabled.is_(True), cols.descheduled_at.is_not(None))
+                )
+                for hash_, descheduled_at in conn.execute(stmt):
+                    found[hash_] = descheduled_at is not None
+        return found
+
+    def deschedule(self, pairs: Sequence[tuple[NewSchedule, str]], now: datetime | None = None) -> list[str]:
+        """Disable the schedule of each pair with its reason and mark it descheduled; a pair without
+        a schedule gets a disabled, descheduled one (``NewSchedule``'s deadline is kept for when an
+        operator enables it). Returns the hashes written, in hash order (the lock order of every writer)."""
+        if not pairs:
+            return []
+        now = now or utcnow()
+        reasons = {schedule.hash: reason for schedule, reason in pairs}
+        ordered = _one_per_hash([schedule for schedule, _ in pairs])
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(_SCHEDULES)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[_SCHEDULES.c.hash],
+            set_={
+                "enabled": False,
+                "disabled_reason": insert.excluded.disabled_reason,
+                "descheduled_at": insert.excluded.descheduled_at,
+                "modified_at": insert.excluded.modified_at,
+            },
+        ).returning(_SCHEDULES.c.hash)
+        written: list[str] = []
+        with self.engine.begin() as conn:
+            for schedule in ordered:
+                row = {
+                    **_row(schedule, now),
+                    "enabled": False,
+                    "disabled_reason": reasons[schedule.hash][:255],
+                    "descheduled_at": now,
+                }
+                written.extend(conn.execute(stmt, row).scalars())
+        return written
+
     def upsert(self, schedules: Sequence[NewSchedule], now: datetime | None = None) -> None:
-        """Create schedules, or enable existing ones and set their deadline (one statement a chunk)."""
+        """Create schedules, or enable existing ones and set their deadline (one statement a chunk);
+        a descheduled schedule is left as it is."""
         if not schedules:
             return
         now = now or utcnow()
@@ -439,7 +499,9 @@ class ScheduleStore:
             result = conn.execute(
                 update(_SCHEDULES)
                 .where(_SCHEDULES.c.id.in_(list(ids)))
-                .values(enabled=True, disabled_reason=None, deadline_at=deadline_at, modified_at=now)
+                .values(
+                    enabled=True, disabled_reason=None, descheduled_at=None, deadline_at=deadline_at, modified_at=now
+                )
             )
         return result.rowcount
 
