@@ -92,7 +92,7 @@ from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.consumer import dead_letter_queue
 from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
-from kat_scheduler.planning.boefjes import BoefjePlanner
+from kat_scheduler.producers import ProducerContext, TickProducer
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import load_settings, load_settings_with
@@ -623,8 +623,8 @@ def plan_and_complete(
     publisher = make_publisher(settings)
     t = time.perf_counter()
     try:
-        planner = BoefjePlanner(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
-        report = planner.plan(None, now=datetime.now(UTC))
+        producers = ProducerContext(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
+        report = TickProducer(producers).run(datetime.now(UTC))
     finally:
         publisher.close()
         clients.close()

@@ -37,8 +37,8 @@ from kat_scheduler.api import create_app
 from kat_scheduler.api import explain as explain_route
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.explain import Policy, Sources, explain_object
-from kat_scheduler.planning.boefjes import BoefjePlanner
 from kat_scheduler.planning.candidates import new_boefje_schedule, new_boefje_task
+from kat_scheduler.producers import ProducerContext, TickProducer
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.world import World
@@ -63,7 +63,7 @@ def fill(settings: Settings, engine: sa.Engine, now: datetime, seed: int) -> dic
     """The database as a tick leaves it: the allowed tasks claimed, about half since completed."""
     with clients_from_settings(settings) as clients:
         tasks, schedules = TaskStore(engine), ScheduleStore(engine)
-        report = BoefjePlanner(clients, tasks, schedules, settings).plan(None, now=now, dry_run=True)
+        report = TickProducer(ProducerContext(clients, tasks, schedules, settings)).run(now, dry_run=True)
     candidates = report.planned
     pick = random.Random(seed)
     done = [c for c in candidates if pick.random() < 0.5]

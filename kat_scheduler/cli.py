@@ -137,10 +137,13 @@ def plan_cmd(dry_run: bool, orgs: tuple[str, ...], fmt: str, limit: int | None) 
 
     from kat_scheduler.clients import ServiceError
     from kat_scheduler.planning.explain import render_plan
+    from kat_scheduler.producers import TickProducer
+    from kat_scheduler.producers.middleware import run_producer
 
     runtime = _planner_runtime()
     try:
-        report = runtime.planner().plan(list(orgs) or None, now=datetime.now(UTC), dry_run=dry_run)
+        tick = TickProducer(runtime.producers(), list(orgs) or None)
+        report = run_producer(tick, datetime.now(UTC), dry_run)
     except ServiceError as exc:
         click.echo(f"kat-scheduler: not planned: {exc}", err=True)
         sys.exit(1)
@@ -192,7 +195,8 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
     from datetime import UTC, datetime
 
     from kat_scheduler.clients import OrganisationNotFound, ServiceError
-    from kat_scheduler.producers import PushRefused
+    from kat_scheduler.producers import ManualPush, PushRefused
+    from kat_scheduler.producers.middleware import run_producer
     from kat_scheduler.settings import masked_url
 
     runtime = _planner_runtime()
@@ -201,7 +205,7 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
         # Katalogus answers an unknown organisation's plugin with the same 404 as an unknown
         # plugin; its listing of the organisation's plugins tells the two apart.
         katalogus.plugins(org, ids=[boefje_id])
-        result = runtime.planner().push(org, boefje_id, ooi, now=datetime.now(UTC))
+        result = run_producer(ManualPush(runtime.producers(), org, boefje_id, ooi), datetime.now(UTC))
     except OrganisationNotFound:
         where = masked_url(katalogus.base_url)
         click.echo(f"kat-scheduler: not queued: organisation {org!r} is not known to Katalogus at {where}", err=True)

@@ -6,7 +6,7 @@ within a group, organisations are interleaved when publishing.
 
 ``kat.scheduler.queue_due_schedules`` queues the due schedules of every scheduler: report
 schedules (:mod:`kat_scheduler.producers.reports`, held for a pop) and boefje schedules
-(:meth:`~kat_scheduler.planning.boefjes.BoefjePlanner.queue_due`).
+(:class:`~kat_scheduler.producers.DueSchedulesProducer`).
 
 Each beat-ticked task records its run in ``producer_runs`` (``kat-scheduler status`` shows them);
 for ``plan_boefjes`` that is the fan-out, not the planning tasks it sends.
@@ -22,7 +22,8 @@ from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 
 from kat_scheduler.models.producers import ProducerName
-from kat_scheduler.planning.boefjes import PlanReport
+from kat_scheduler.producers import DueSchedulesProducer, PlanReport, TickProducer
+from kat_scheduler.producers.middleware import run_producer
 from kat_scheduler.producers.recording import describe, recorded_run
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
@@ -86,7 +87,7 @@ def plan_boefjes() -> int:
     """Beat's tick: fan out the organisations to planning tasks; returns how many tasks it sent."""
     runtime = get_runtime()
     with recorded_run(ProducerName.PLAN_BOEFJES, _runs) as run:
-        organisations = runtime.planner().organisations()
+        organisations = runtime.producers().organisations()
         size = runtime.settings.plan_orgs_per_task
         priority = broker_priority(PLANNING_BAND, transport_of(runtime.settings.broker_url))
         groups = [organisations[i : i + size] for i in range(0, len(organisations), size)]
@@ -105,7 +106,7 @@ def plan_boefjes() -> int:
 
 @shared_task(name=TaskName.PLAN_BOEFJES_FOR_ORG.value)
 def plan_boefjes_for_org(organisations: list[str]) -> dict[str, Any]:
-    report = get_runtime().planner().plan(organisations, now=datetime.now(UTC))
+    report = run_producer(TickProducer(get_runtime().producers(), organisations), datetime.now(UTC))
     result = summary(report)
     logger.info("planned %s: %s", ",".join(organisations), result)
     return result
@@ -133,7 +134,7 @@ def queue_report_schedules(now: datetime) -> ReportRun:
 
 @shared_task(name=TaskName.QUEUE_DUE_SCHEDULES.value)
 def queue_due_schedules() -> dict[str, Any]:
-    """Queue every due schedule: report schedules (for a pop), then boefje schedules (BoefjePlanner).
+    """Queue every due schedule: report schedules (for a pop), then boefje schedules (DueSchedulesProducer).
 
     Reports go first: they only touch the database, so a slow or failing KAT service never holds
     them up. A failure of either part is recorded as the run's error; the other part still runs.
@@ -149,7 +150,7 @@ def queue_due_schedules() -> dict[str, Any]:
             logger.exception("due report schedules failed; left for the next run")
             report_error = f"report schedules: {describe(exc)}"
             reports = {"error": report_error}
-        report = get_runtime().planner().queue_due(now=now)
+        report = run_producer(DueSchedulesProducer(get_runtime().producers()), now)
         result = run.summary = summary(report) | {"reports": reports}
         errors = [text for text in (report_error, errors_text(report.errors)) if text]
         run.error = "; ".join(errors) or None

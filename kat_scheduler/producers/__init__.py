@@ -16,9 +16,9 @@ publishing in order, bookkeeping after). Cross-cutting concerns wrap a run as mi
 pair may run and is due, and its rank, are :mod:`kat_scheduler.rules`'; which pairs are
 candidates, :mod:`kat_scheduler.planning.candidates`'.
 
-:class:`kat_scheduler.planning.boefjes.BoefjePlanner` is the transitional entry point that the
-Celery tasks, the CLI (through ``runtime.planner()``) and the benchmarks still use; it
-delegates to these producers.
+The Celery tasks, the CLI and the benchmarks run them directly: a producer built on the process's
+:class:`ProducerContext` (``runtime.producers()``), run by
+:func:`~kat_scheduler.producers.middleware.run_producer`.
 """
 
 from kat_scheduler.producers.base import Producer, ProducerContext

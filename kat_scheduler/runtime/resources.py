@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from kat_scheduler.clients import KATClients
     from kat_scheduler.dispatch.publishing import Publisher
-    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.producers import ProducerContext
     from kat_scheduler.storage import ScheduleStore, TaskStore
     from kat_scheduler.workers.lifecycle import BoefjeJob, NormalizerJob
     from kat_scheduler.workers.runners import Runner
@@ -90,10 +90,11 @@ class Runtime:
             max_kept_output=self.settings.kept_output_max_bytes,
         )
 
-    def planner(self) -> BoefjePlanner:
-        from kat_scheduler.planning.boefjes import BoefjePlanner
+    def producers(self) -> ProducerContext:
+        """What the boefje producers (:mod:`kat_scheduler.producers`) run with in this process."""
+        from kat_scheduler.producers import ProducerContext
 
-        return BoefjePlanner(self.clients, self.tasks, self.schedules, self.settings, self.publisher)
+        return ProducerContext(self.clients, self.tasks, self.schedules, self.settings, self.publisher)
 
     def close(self) -> None:
         if "engine" in self.__dict__:

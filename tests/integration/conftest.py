@@ -1,4 +1,4 @@
-"""Fixtures for planning and dispatch tests: a simulated KAT over HTTP and a planner on it."""
+"""Fixtures for planning and dispatch tests: a simulated KAT over HTTP and the producers' context on it (``producers``)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ def planner_settings(kat: SimulatedKAT, redis_url: str, postgres_uri: str) -> Se
 
 
 @pytest.fixture
-def planner(planner_settings: Settings, clients: KATClients, pg_engine: Engine):
+def producers(planner_settings: Settings, clients: KATClients, pg_engine: Engine):
     from kat_scheduler.dispatch.publishing import make_publisher
-    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.producers import ProducerContext
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     publisher = make_publisher(planner_settings)
-    yield BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
+    yield ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
     publisher.close()

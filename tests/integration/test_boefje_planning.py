@@ -1,4 +1,4 @@
-"""The boefje planner against the simulated KAT over HTTP, PostgreSQL and Redis."""
+"""The boefje producers against the simulated KAT over HTTP, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import Engine, delete, func, select, text, update
 from kat_scheduler.dispatch.publishing import BrokerError
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.planning.explain import render_plan
+from kat_scheduler.producers import DueSchedulesProducer, TickProducer
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.timing import next_deadline
@@ -53,8 +54,8 @@ def broker_messages(redis_url: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
 
 
-def test_a_tick_queues_exactly_the_tasks_the_rules_allow(planner, world, pg_engine, redis_url) -> None:
-    report = planner.plan(None, now=NOW)
+def test_a_tick_queues_exactly_the_tasks_the_rules_allow(producers, world, pg_engine, redis_url) -> None:
+    report = TickProducer(producers).run(NOW)
     expected = allowed_boefje_tasks(world, NOW)
     assert expected, "the world should allow some tasks"
     queued = queued_triples(pg_engine)
@@ -71,17 +72,17 @@ def test_a_tick_queues_exactly_the_tasks_the_rules_allow(planner, world, pg_engi
     assert {m["headers"]["id"] for m in messages} == ids
 
 
-def test_a_second_tick_queues_nothing_new(planner, pg_engine) -> None:
-    first = planner.plan(None, now=NOW)
-    second = planner.plan(None, now=NOW + timedelta(minutes=1))
+def test_a_second_tick_queues_nothing_new(producers, pg_engine) -> None:
+    first = TickProducer(producers).run(NOW)
+    second = TickProducer(producers).run(NOW + timedelta(minutes=1))
     assert first.queued > 0
     assert second.queued == 0
     assert second.skipped[SkipReason.SCHEDULED] >= first.queued
     assert len(queued_triples(pg_engine)) == first.queued
 
 
-def test_a_planned_pair_gets_a_schedule_for_its_next_run(planner, pg_engine) -> None:
-    report = planner.plan(None, now=NOW)
+def test_a_planned_pair_gets_a_schedule_for_its_next_run(producers, pg_engine) -> None:
+    report = TickProducer(producers).run(NOW)
     with pg_engine.connect() as conn:
         deadlines = conn.execute(select(ScheduleRow.deadline_at)).scalars().all()
     assert len(deadlines) >= report.queued
@@ -90,7 +91,7 @@ def test_a_planned_pair_gets_a_schedule_for_its_next_run(planner, pg_engine) -> 
 
 def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, world) -> None:
     from kat_scheduler.dispatch.publishing import make_publisher
-    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.producers import ProducerContext
     from kat_scheduler.storage import ScheduleStore, TaskStore
     from tests.integration.conftest import make_clients
 
@@ -100,9 +101,11 @@ def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, wor
     def tick() -> None:
         clients = make_clients(kat)
         publisher = make_publisher(planner_settings)
-        planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
+        producers = ProducerContext(
+            clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher
+        )
         barrier.wait()
-        reports.append(planner.plan(None, now=NOW))
+        reports.append(TickProducer(producers).run(NOW))
         publisher.close()
         clients.close()
 
@@ -116,8 +119,8 @@ def test_racing_ticks_queue_each_task_once(planner_settings, kat, pg_engine, wor
     assert sum(r.queued for r in reports) == len(queued)
 
 
-def test_a_dry_run_explains_and_changes_nothing(planner, world, pg_engine, redis_url) -> None:
-    report = planner.plan(None, now=NOW, dry_run=True)
+def test_a_dry_run_explains_and_changes_nothing(producers, world, pg_engine, redis_url) -> None:
+    report = TickProducer(producers).run(NOW, dry_run=True)
     planned = {(c.organisation, c.boefje.id, c.input_ooi) for c in report.planned}
     assert planned == allowed_boefje_tasks(world, NOW)
     assert report.skipped[SkipReason.CLEARANCE] > 0
@@ -127,7 +130,7 @@ def test_a_dry_run_explains_and_changes_nothing(planner, world, pg_engine, redis
 
 
 def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planned(
-    planner, kat, world, pg_engine, caplog
+    producers, kat, world, pg_engine, caplog
 ) -> None:
     broken = world.organisation_ids[1]
     kat.inject_fault(
@@ -137,7 +140,7 @@ def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planne
         times=None,
         path_prefix=f"/{broken}/objects",
     )
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     assert set(report.errors) == {broken}
     assert broken in caplog.text
     expected = {t for t in allowed_boefje_tasks(world, NOW) if t[0] != broken}
@@ -145,12 +148,12 @@ def test_malformed_data_for_one_organisation_is_logged_and_the_others_are_planne
 
 
 def test_an_object_whose_key_the_database_cannot_store_is_skipped_and_the_rest_of_its_organisation_planned(
-    planner, kat, world, pg_engine, caplog
+    producers, kat, world, pg_engine, caplog
 ) -> None:
     org = world.organisation_ids[0]
     too_long = "Hostname|internet|" + "x" * 1100 + ".nl"
     world.add_ooi(org, "Hostname", too_long, level=4, scan_profile_type="declared")
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     assert report.errors == {}
     assert f"octopoes: organisation {org}: object 'Hostname|internet|xxx" in caplog.text
     expected = {t for t in allowed_boefje_tasks(world, NOW) if t[2] != too_long}
@@ -160,7 +163,7 @@ def test_an_object_whose_key_the_database_cannot_store_is_skipped_and_the_rest_o
 
 
 def test_a_plugin_with_an_invalid_cron_is_skipped_and_its_siblings_planned(
-    planner, clients, kat, world, pg_engine, caplog
+    producers, clients, kat, world, pg_engine, caplog
 ) -> None:
     org = world.organisation_ids[0]
     planned = {t for t in allowed_boefje_tasks(world, NOW) if t[0] == org}
@@ -173,20 +176,20 @@ def test_a_plugin_with_an_invalid_cron_is_skipped_and_its_siblings_planned(
         "katalogus", status=200, body=json.dumps(listing).encode(), times=None, path_prefix=f"/v1/organisations/{org}/"
     )
 
-    dry = planner.plan([org], now=NOW, dry_run=True)
+    dry = TickProducer(producers, [org]).run(NOW, dry_run=True)
     assert (
         f"SKIPPED plugin {bad} of {org}, it does not validate: boefje.cron: invalid cron expression 'not a cron'"
         in (list(render_plan(dry)))
     )
-    report = planner.plan([org], now=NOW)
+    report = TickProducer(producers, [org]).run(NOW)
 
     assert report.errors == {} and report.skipped[SkipReason.INVALID_PLUGIN] == 1
     assert set(queued_triples(pg_engine)) == {t for t in planned if t[1] != bad}
     assert any(t[1] != bad for t in planned)
 
 
-def test_bands_follow_the_rankers(planner) -> None:
-    report = planner.plan(None, now=NOW, dry_run=True)
+def test_bands_follow_the_rankers(producers) -> None:
+    report = TickProducer(producers).run(NOW, dry_run=True)
     never_run = [c for c in report.planned if c.rank.reason == "never run"]
     reruns = [c for c in report.planned if c.rank.reason.startswith("re-run")]
     assert never_run and reruns
@@ -196,33 +199,33 @@ def test_bands_follow_the_rankers(planner) -> None:
     assert [c.rank.band for c in report.planned] == sorted(c.rank.band for c in report.planned)
 
 
-def test_an_organisation_adds_at_most_its_cap_per_tick(planner, world) -> None:
-    planner.settings = planner.settings.model_copy(update={"org_cap_per_tick": 5})
-    report = planner.plan(None, now=NOW)
+def test_an_organisation_adds_at_most_its_cap_per_tick(producers, world) -> None:
+    producers.settings = producers.settings.model_copy(update={"org_cap_per_tick": 5})
+    report = TickProducer(producers).run(NOW)
     assert report.queued == 5 * len(world.organisation_ids)
     assert report.skipped[SkipReason.ORG_CAP] > 0
     # The rest is found again next tick.
-    assert planner.plan(None, now=NOW).queued == 5 * len(world.organisation_ids)
+    assert TickProducer(producers).run(NOW).queued == 5 * len(world.organisation_ids)
 
 
-def test_organisations_take_turns_within_a_band(planner, world) -> None:
-    report = planner.plan(None, now=NOW, dry_run=True)
+def test_organisations_take_turns_within_a_band(producers, world) -> None:
+    report = TickProducer(producers).run(NOW, dry_run=True)
     band2 = [c.organisation for c in report.planned if c.rank.band == 2]
     first_round = band2[: len(world.organisation_ids)]
     assert sorted(first_round) == sorted(world.organisation_ids)
 
 
-def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(planner) -> None:
-    planner.settings = planner.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
-    first = planner.plan(None, now=NOW)  # the queue is empty: everything goes
+def test_backpressure_adds_only_urgent_bands_when_the_queue_is_deep(producers) -> None:
+    producers.settings = producers.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
+    first = TickProducer(producers).run(NOW)  # the queue is empty: everything goes
     assert first.queued > 1 and not first.backpressure
     # Make every pair due again by forgetting the schedules; now the queue is deep.
-    planner.schedules.engine.dispose()
-    with planner.tasks.engine.begin() as conn:
+    producers.schedules.engine.dispose()
+    with producers.tasks.engine.begin() as conn:
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=30)))
         conn.execute(delete(ScheduleRow))
-    second = planner.plan(None, now=NOW)
-    assert second.backpressure and second.queue_depth >= first.queued
+    second = TickProducer(producers).run(NOW)
+    assert second.backpressure and second.queue_depth is not None and second.queue_depth >= first.queued
     assert second.skipped[SkipReason.BACKPRESSURE] > 0
     assert all(c.rank.band <= 2 for c in second.planned)
 
@@ -233,12 +236,12 @@ def unreadable_depth(queue: str) -> int:
 
 
 def test_backpressure_holds_the_low_bands_back_when_the_queue_depth_cannot_be_read(
-    planner, pg_engine, monkeypatch, caplog
+    producers, pg_engine, monkeypatch, caplog
 ) -> None:
-    planner.settings = planner.settings.model_copy(update={"backpressure_band": 2})
-    monkeypatch.setattr(planner.publisher, "queue_depth", unreadable_depth)
+    producers.settings = producers.settings.model_copy(update={"backpressure_band": 2})
+    monkeypatch.setattr(producers.publisher, "queue_depth", unreadable_depth)
     with caplog.at_level(logging.WARNING, logger="kat_scheduler"):
-        report = planner.plan(None, now=NOW)
+        report = TickProducer(producers).run(NOW)
     assert report.backpressure and report.max_band == 2 and report.queue_depth is None
     assert report.skipped[SkipReason.BACKPRESSURE] > 0
     assert report.queued > 0 and all(c.rank.band <= 2 for c in report.planned)
@@ -272,14 +275,14 @@ def one_schedule_due(engine: Engine, due: datetime) -> Any:
     return schedule
 
 
-def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) -> None:
-    planner.plan(None, now=NOW)
+def test_a_due_schedule_is_queued_and_its_deadline_advanced(producers, pg_engine) -> None:
+    TickProducer(producers).run(NOW)
     schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
     later = NOW + timedelta(minutes=10)
-    report = planner.queue_due(now=later)
+    report = DueSchedulesProducer(producers).run(later)
     assert report.queued == 1
     assert report.planned[0].hash == schedule.hash and report.planned[0].rank.band in range(3, 9)
-    row = planner.schedules.get_by_hash(schedule.hash)
+    row = producers.schedules.get_by_hash(schedule.hash)
     assert row.deadline_at > later
     with pg_engine.connect() as conn:
         live = conn.execute(
@@ -288,56 +291,56 @@ def test_a_due_schedule_is_queued_and_its_deadline_advanced(planner, pg_engine) 
     assert live == schedule.id
 
 
-def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(planner, pg_engine) -> None:
-    planner.plan(None, now=NOW)  # nothing consumes: the queue is deep from here on
+def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(producers, pg_engine) -> None:
+    TickProducer(producers).run(NOW)  # nothing consumes: the queue is deep from here on
     due = NOW - timedelta(hours=1)
     schedule = one_schedule_due(pg_engine, due)
     later = NOW + timedelta(minutes=10)
-    deep = planner.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
-    planner.settings, shallow = deep, planner.settings
+    deep = producers.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
+    producers.settings, shallow = deep, producers.settings
 
-    held = planner.queue_due(now=later)
+    held = DueSchedulesProducer(producers).run(later)
     assert held.backpressure and held.queued == 0 and held.skipped[SkipReason.BACKPRESSURE] == 1
-    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
+    assert producers.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
 
-    planner.settings = shallow
-    queued = planner.queue_due(now=later)
-    assert queued.queued == 1 and planner.schedules.get_by_hash(schedule.hash).deadline_at > later
+    producers.settings = shallow
+    queued = DueSchedulesProducer(producers).run(later)
+    assert queued.queued == 1 and producers.schedules.get_by_hash(schedule.hash).deadline_at > later
 
 
-def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(planner, pg_engine, monkeypatch) -> None:
-    planner.plan(None, now=NOW)
+def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(producers, pg_engine, monkeypatch) -> None:
+    TickProducer(producers).run(NOW)
     due = NOW - timedelta(hours=1)
     schedule = one_schedule_due(pg_engine, due)
-    planner.settings = planner.settings.model_copy(update={"backpressure_band": 2})
+    producers.settings = producers.settings.model_copy(update={"backpressure_band": 2})
     later = NOW + timedelta(minutes=10)
     with monkeypatch.context() as broker_down:
-        broker_down.setattr(planner.publisher, "queue_depth", unreadable_depth)
-        held = planner.queue_due(now=later)
+        broker_down.setattr(producers.publisher, "queue_depth", unreadable_depth)
+        held = DueSchedulesProducer(producers).run(later)
     assert held.backpressure and held.queue_depth is None and held.queue_depth_error
     assert held.queued == 0 and held.skipped[SkipReason.BACKPRESSURE] == 1
-    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
-    assert planner.queue_due(now=later).queued == 1  # the depth reads again: the queue is shallow
+    assert producers.schedules.get_by_hash(schedule.hash).deadline_at == due  # still due
+    assert DueSchedulesProducer(producers).run(later).queued == 1  # the depth reads again: the queue is shallow
 
 
-def test_a_schedule_whose_plugin_was_disabled_is_disabled(planner, world, pg_engine) -> None:
-    planner.plan(None, now=NOW)
+def test_a_schedule_whose_plugin_was_disabled_is_disabled(producers, world, pg_engine) -> None:
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         schedule = conn.execute(select(ScheduleRow).limit(1)).first()
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
-    report = planner.queue_due(now=NOW + timedelta(minutes=1))
-    row = planner.schedules.get_by_hash(schedule.hash)
+    report = DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1))
+    row = producers.schedules.get_by_hash(schedule.hash)
     assert not row.enabled and row.disabled_reason == str(SkipReason.NOT_ENABLED)
     assert report.schedules_disabled >= 1
     assert all(c.boefje.id != schedule.plugin_id or c.organisation != schedule.organisation for c in report.planned)
 
 
 def test_a_schedule_whose_plugin_does_not_validate_is_left_alone_until_it_does(
-    planner, clients, kat, pg_engine
+    producers, clients, kat, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
     org = schedule.organisation
     listing = clients.katalogus.session.get(f"{kat.katalogus_url}/v1/organisations/{org}/plugins").json()
@@ -348,37 +351,37 @@ def test_a_schedule_whose_plugin_does_not_validate_is_left_alone_until_it_does(
         "katalogus", status=200, body=json.dumps(listing).encode(), times=None, path_prefix=f"/v1/organisations/{org}/"
     )
 
-    held = planner.queue_due(now=NOW + timedelta(minutes=1))
-    row = planner.schedules.get_by_hash(schedule.hash)
+    held = DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1))
+    row = producers.schedules.get_by_hash(schedule.hash)
     assert row.enabled and row.deadline_at == NOW - timedelta(hours=1), "an invalid plugin is not a gone plugin"
     assert held.skipped[SkipReason.INVALID_PLUGIN] == 1 and held.queued == 0
 
     kat.clear_faults()
-    assert planner.queue_due(now=NOW + timedelta(minutes=1)).queued == 1
+    assert DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1)).queued == 1
 
 
-def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(planner, world, pg_engine) -> None:
-    planner.plan(None, now=NOW)
+def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(producers, world, pg_engine) -> None:
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         # a pair the first tick queued (not one it found within grace in Bytes' history)
         schedule = conn.execute(select(ScheduleRow).join(TaskRow, TaskRow.hash == ScheduleRow.hash).limit(1)).first()
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
-    planner.queue_due(now=NOW + timedelta(minutes=1))
-    assert not planner.schedules.get_by_hash(schedule.hash).enabled
+    DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1))
+    assert not producers.schedules.get_by_hash(schedule.hash).enabled
 
     # Katalogus sends no event when a plugin is enabled: the periodic tick must find the pair again.
     world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, True)
-    report = planner.plan(None, now=NOW + timedelta(minutes=2))
+    report = TickProducer(producers).run(NOW + timedelta(minutes=2))
     assert schedule.hash in {c.hash for c in report.planned}
-    row = planner.schedules.get_by_hash(schedule.hash)
+    row = producers.schedules.get_by_hash(schedule.hash)
     assert row.enabled and row.disabled_reason is None
     assert row.deadline_at > NOW + timedelta(minutes=2)
 
 
-def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, pg_engine) -> None:
-    planner.plan(None, now=NOW)
+def test_a_schedule_whose_object_lost_its_clearance_is_disabled(producers, world, pg_engine) -> None:
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         schedule = (
             conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "nmap").limit(1)).first()
@@ -387,8 +390,8 @@ def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, 
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_scan_level(schedule.organisation, schedule.input_ooi, 0)
-    planner.queue_due(now=NOW + timedelta(minutes=1))
-    row = planner.schedules.get_by_hash(schedule.hash)
+    DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1))
+    row = producers.schedules.get_by_hash(schedule.hash)
     if world.plugin(schedule.plugin_id).scan_level > 0:
         assert not row.enabled and row.disabled_reason == str(SkipReason.CLEARANCE)
 
@@ -396,13 +399,13 @@ def test_a_schedule_whose_object_lost_its_clearance_is_disabled(planner, world, 
 def test_planning_several_organisations_at_once_plans_what_one_at_a_time_does(
     planner_settings, clients, pg_engine
 ) -> None:
-    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.producers import ProducerContext
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     def planned(threads: int) -> list[tuple[str, str, str | None, int]]:
         settings = planner_settings.model_copy(update={"plan_threads": threads})
-        planner = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings)
-        report = planner.plan(None, now=NOW, dry_run=True)
+        producers = ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings)
+        report = TickProducer(producers).run(NOW, dry_run=True)
         return [(c.organisation, c.boefje.id, c.input_ooi, c.rank.band) for c in report.planned]
 
     one_by_one = planned(1)
@@ -411,9 +414,9 @@ def test_planning_several_organisations_at_once_plans_what_one_at_a_time_does(
 
 
 def test_an_object_listed_twice_by_octopoes_is_queued_once_and_the_tick_completes(
-    planner, world, pg_engine, redis_url, monkeypatch
+    producers, world, pg_engine, redis_url, monkeypatch
 ) -> None:
-    octopoes = planner.clients.octopoes
+    octopoes = producers.clients.octopoes
     listing = octopoes.iter_objects
 
     def repeating(*args, **kwargs):  # offset paging while objects are added repeats some
@@ -425,7 +428,7 @@ def test_an_object_listed_twice_by_octopoes_is_queued_once_and_the_tick_complete
             yield first[:3]
 
     monkeypatch.setattr(octopoes, "iter_objects", repeating)
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     assert not report.errors
     expected = allowed_boefje_tasks(world, NOW)
     queued = queued_triples(pg_engine)
@@ -440,12 +443,12 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
     planner_settings, clients, pg_engine, redis_url, world
 ) -> None:
     from kat_scheduler.dispatch.publishing import make_publisher
-    from kat_scheduler.planning.boefjes import BoefjePlanner
+    from kat_scheduler.producers import ProducerContext
     from kat_scheduler.storage import ScheduleStore, TaskStore
 
     settings = planner_settings.model_copy(update={"unpublished_after": 0.6, "plan_threads": 1})
     publisher = make_publisher(settings)
-    tick = BoefjePlanner(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings, publisher).tick()
+    tick = TickProducer(ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), settings, publisher))
     real = tick.plan_org
 
     first_org_then: dict[str, int] = {}
@@ -477,10 +480,10 @@ def test_a_long_tick_publishes_in_rounds_before_the_reaper_would_take_its_claims
 
 
 def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
-    planner, world, pg_engine, redis_url
+    producers, world, pg_engine, redis_url, monkeypatch
 ) -> None:
     broken = world.organisation_ids[2]
-    tick = planner.tick()
+    tick = TickProducer(producers)
     real = tick.plan_org
 
     def failing(org: str, now: datetime):
@@ -488,7 +491,7 @@ def test_a_tick_that_fails_partway_publishes_what_it_claimed_before_it_fails(
             raise RuntimeError("the database went away")
         return real(org, now)
 
-    tick.plan_org = failing
+    monkeypatch.setattr(tick, "plan_org", failing)
     with pytest.raises(RuntimeError, match="went away"):
         tick.run(NOW)
     with pg_engine.connect() as conn:
@@ -525,54 +528,54 @@ def bytes_run(world: World, pair: tuple[str, str, str], started: datetime, ended
     )
 
 
-def test_a_boefje_running_in_bytes_is_not_queued_again_and_one_whose_run_died_is(planner, world, pg_engine) -> None:
+def test_a_boefje_running_in_bytes_is_not_queued_again_and_one_whose_run_died_is(producers, world, pg_engine) -> None:
     running, stalled = never_run_pairs(world, 2)
     bytes_run(world, running, NOW - timedelta(days=10), NOW - timedelta(days=10, seconds=-30))
     bytes_run(world, running, NOW - timedelta(minutes=2), None)  # the newest: started, no end
     bytes_run(world, stalled, NOW - timedelta(days=10), NOW - timedelta(days=10, seconds=-30))
     bytes_run(world, stalled, NOW - timedelta(hours=2), None)  # older than the stall age: it died
-    expected = allowed_boefje_tasks(world, NOW, stall_age_seconds=planner.settings.effective_bytes_stall_age)
+    expected = allowed_boefje_tasks(world, NOW, stall_age_seconds=producers.settings.effective_bytes_stall_age)
     assert running not in expected and stalled in expected
 
-    dry = planner.plan(None, now=NOW, dry_run=True)
+    dry = TickProducer(producers).run(NOW, dry_run=True)
     reasons = {(c.organisation, c.boefje.id, c.input_ooi): c.rank.reason for c in dry.planned}
     assert running not in reasons and reasons[stalled] == "stalled run in Bytes"
     assert dry.skipped[SkipReason.RUNNING] >= 1
     shown = "\n".join(render_plan(dry))
     assert "stalled run in Bytes" in shown and "running in Bytes:" in shown
 
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     assert set(queued_triples(pg_engine)) == expected
     assert report.queued == len(expected)
     # The running pair's schedule counts from its start; the next tick leaves it to the schedule.
     org, boefje_id, pk = running
-    row = planner.schedules.get_by_hash(boefje_task_hash(boefje_id, org, pk))
-    boefje = planner.clients.katalogus.plugin(org, boefje_id)
+    row = producers.schedules.get_by_hash(boefje_task_hash(boefje_id, org, pk))
+    boefje = producers.clients.katalogus.plugin(org, boefje_id)
     assert row.deadline_at == next_deadline(
         boefje,
         NOW - timedelta(minutes=2),
         hash_=row.hash,
-        default_seconds=planner.settings.grace_period,
-        jitter=planner.settings.schedule_jitter,
+        default_seconds=producers.settings.grace_period,
+        jitter=producers.settings.schedule_jitter,
     )
-    assert planner.plan(None, now=NOW + timedelta(minutes=30)).queued == 0
+    assert TickProducer(producers).run(NOW + timedelta(minutes=30)).queued == 0
 
 
-def test_the_stall_age_is_a_setting(planner, world, pg_engine) -> None:
+def test_the_stall_age_is_a_setting(producers, world, pg_engine) -> None:
     (pair,) = never_run_pairs(world, 1)
     bytes_run(world, pair, NOW - timedelta(hours=2), None)
-    planner.settings = planner.settings.model_copy(update={"bytes_stall_age": 3 * 3600})
-    assert planner.settings.effective_bytes_stall_age == 3 * 3600
+    producers.settings = producers.settings.model_copy(update={"bytes_stall_age": 3 * 3600})
+    assert producers.settings.effective_bytes_stall_age == 3 * 3600
     expected = allowed_boefje_tasks(world, NOW, stall_age_seconds=3 * 3600)
     assert pair not in expected
 
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     assert set(queued_triples(pg_engine)) == expected
     assert report.skipped[SkipReason.RUNNING] >= 1
 
 
 def test_a_cron_boefje_whose_last_run_is_inside_the_grace_but_before_the_last_cron_time_is_queued(
-    planner, world, pg_engine
+    producers, world, pg_engine
 ) -> None:
     due, waiting = never_run_pairs(world, 2, cron=True)
     boefje = world.plugin(due[1])
@@ -584,7 +587,7 @@ def test_a_cron_boefje_whose_last_run_is_inside_the_grace_but_before_the_last_cr
     bytes_run(world, due, before - timedelta(seconds=30), before)
     bytes_run(world, waiting, after - timedelta(seconds=30), after)
 
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
     queued = set(queued_triples(pg_engine))
     assert due in queued and waiting not in queued
     assert queued == allowed_boefje_tasks(world, NOW)
@@ -592,9 +595,9 @@ def test_a_cron_boefje_whose_last_run_is_inside_the_grace_but_before_the_last_cr
 
 
 def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_from_that_run(
-    planner, pg_engine
+    producers, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
         assert schedule is not None
@@ -606,21 +609,23 @@ def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_f
         )
         conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
     later = NOW + timedelta(hours=3)
-    report = planner.queue_due(now=later)
+    report = DueSchedulesProducer(producers).run(later)
     assert schedule.hash not in {c.hash for c in report.planned}
     assert report.skipped[SkipReason.GRACE] == 1
-    boefje = planner.clients.katalogus.plugin(schedule.organisation, "dns-records")
-    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
+    boefje = producers.clients.katalogus.plugin(schedule.organisation, "dns-records")
+    assert producers.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
         boefje,
         ran,
         hash_=schedule.hash,
-        default_seconds=planner.settings.grace_period,
-        jitter=planner.settings.schedule_jitter,
+        default_seconds=producers.settings.grace_period,
+        jitter=producers.settings.schedule_jitter,
     )
 
 
-def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run_stalled_is(planner, pg_engine) -> None:
-    planner.plan(None, now=NOW)
+def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run_stalled_is(
+    producers, pg_engine
+) -> None:
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
         assert schedule is not None
@@ -632,23 +637,23 @@ def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run
     pair = (schedule.hash, schedule.organisation, schedule.plugin_id, schedule.input_ooi)
     seen.record([SeenRun(*pair, started_at=started, ended_at=None)], later)
 
-    report = planner.queue_due(now=later)
+    report = DueSchedulesProducer(producers).run(later)
     assert schedule.hash not in {c.hash for c in report.planned}
     assert report.skipped[SkipReason.RUNNING] == 1
-    boefje = planner.clients.katalogus.plugin(schedule.organisation, "dns-records")
-    assert planner.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
+    boefje = producers.clients.katalogus.plugin(schedule.organisation, "dns-records")
+    assert producers.schedules.get_by_hash(schedule.hash).deadline_at == next_deadline(
         boefje,
         started,
         hash_=schedule.hash,
-        default_seconds=planner.settings.grace_period,
-        jitter=planner.settings.schedule_jitter,
+        default_seconds=producers.settings.grace_period,
+        jitter=producers.settings.schedule_jitter,
     )
 
-    died = later - timedelta(seconds=planner.settings.effective_bytes_stall_age + 60)
+    died = later - timedelta(seconds=producers.settings.effective_bytes_stall_age + 60)
     seen.record([SeenRun(*pair, started_at=died, ended_at=None)], later + timedelta(seconds=1))
     with pg_engine.begin() as conn:
         conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=later))
-    report = planner.queue_due(now=later + timedelta(seconds=1))
+    report = DueSchedulesProducer(producers).run(later + timedelta(seconds=1))
     assert {c.hash: c.rank.reason for c in report.planned}[schedule.hash] == "stalled run in Bytes"
     with pg_engine.connect() as conn:
         queued = conn.execute(select(TaskRow.status).where(TaskRow.hash == schedule.hash)).scalars().all()
@@ -656,9 +661,9 @@ def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run
 
 
 def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_inside_the_grace(
-    planner, world, pg_engine
+    producers, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     with pg_engine.begin() as conn:
         schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-zone").limit(1)).first()
         assert schedule is not None
@@ -670,7 +675,7 @@ def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_insid
         )
         conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
     at_five = datetime(2026, 6, 2, 5, 0, tzinfo=NOW.tzinfo)  # 04:00 passed, a day's grace has not
-    report = planner.queue_due(now=at_five)
+    report = DueSchedulesProducer(producers).run(at_five)
     assert schedule.hash in {c.hash for c in report.planned}
     assert report.skipped[SkipReason.GRACE] == report.skipped[SkipReason.CRON] == 0
 
@@ -682,7 +687,7 @@ def bytes_runs_kept(engine: Engine) -> dict[tuple[str, str, str], tuple[datetime
 
 
 def test_a_tick_keeps_bytes_newest_run_of_every_object_it_lists_the_history_of_eligible_or_not(
-    planner, world, pg_engine
+    producers, world, pg_engine
 ) -> None:
     org = world.organisation_ids[0]
     low = next(
@@ -695,7 +700,7 @@ def test_a_tick_keeps_bytes_newest_run_of_every_object_it_lists_the_history_of_e
     started = NOW - timedelta(minutes=1)
     bytes_run(world, low, started, None)  # below clearance: not a pair of the tick's, running in Bytes
 
-    report = planner.plan(None, now=NOW)
+    report = TickProducer(producers).run(NOW)
 
     kept = bytes_runs_kept(pg_engine)
     assert kept[low] == (started, None)
@@ -706,18 +711,18 @@ def test_a_tick_keeps_bytes_newest_run_of_every_object_it_lists_the_history_of_e
         assert newest is not None and (newest.started_at, newest.ended_at) == (start, end)
 
 
-def test_a_boefje_no_object_clears_still_has_its_history_listed_once(planner, world, pg_engine, kat) -> None:
+def test_a_boefje_no_object_clears_still_has_its_history_listed_once(producers, world, pg_engine, kat) -> None:
     """nuclei-cve needs level 4; with every object of the world below it, no pair asks for its
     history, yet the first tick lists it (a raise later must know it) and the next one does not."""
     for org in world.organisation_ids:
         for ooi in list(world.oois(org).values()):
             if ooi.level >= 4:
                 world.set_scan_level(org, ooi.primary_key, 3)
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     with pg_engine.connect() as conn:
         listed = set(conn.execute(text("SELECT organisation, plugin_id FROM bytes_histories")).all())
     wanted = {(org, "nuclei-cve") for org in world.organisation_ids if world.is_enabled(org, "nuclei-cve")}
     assert wanted and wanted <= listed
     kat.reset_counts()
-    planner.plan(None, now=NOW + timedelta(seconds=30))  # the world's running runs are running still
+    TickProducer(producers).run(NOW + timedelta(seconds=30))  # the world's running runs are running still
     assert kat.request_counts.get("bytes", 0) == 0

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.producers import ManualPush
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import TaskRow
@@ -37,7 +38,7 @@ def count(engine: Engine, *conditions) -> int:
 
 
 def test_a_pushed_boefje_grows_the_simulated_graph_through_the_whole_cycle(
-    kat, world, planner, loop_events_url, postgres_uri, redis_url, pg_engine, tmp_path
+    kat, world, producers, loop_events_url, postgres_uri, redis_url, pg_engine, tmp_path
 ) -> None:
     org = next(o for o in world.organisation_ids if world.is_enabled(o, "dns-records"))
     hostname = next(
@@ -67,7 +68,7 @@ def test_a_pushed_boefje_grows_the_simulated_graph_through_the_whole_cycle(
                 ):
                     from datetime import UTC, datetime
 
-                    pushed = planner.push(org, "dns-records", hostname, now=datetime.now(UTC))
+                    pushed = ManualPush(producers, org, "dns-records", hostname).run(datetime.now(UTC))
                     assert pushed.task_id is not None
 
                     def grew() -> bool:

@@ -20,6 +20,7 @@ from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.candidates import new_boefje_schedule
+from kat_scheduler.producers import TickProducer
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.rules.timing import next_deadline
 from kat_scheduler.settings import Settings
@@ -78,9 +79,9 @@ def mutation(org: str, pk: str, level: int | None, operation: str = "create") ->
     )
 
 
-def planned_hostname(planner, world) -> tuple[str, Any]:
+def planned_hostname(producers, world) -> tuple[str, Any]:
     """The world planned at ``NOW``; the first organisation and one of its hostnames at level 2 or more."""
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     org = world.organisation_ids[0]
     return org, next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
 
@@ -174,9 +175,9 @@ def test_a_batch_planned_before_the_last_is_written_does_not_queue_its_pairs_aga
 
 
 def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had_happened(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)  # pairs with schedules in the future and queued tasks
+    TickProducer(producers).run(NOW)  # pairs with schedules in the future and queued tasks
     org = world.organisation_ids[0]
     known = next(
         o
@@ -196,9 +197,9 @@ def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had
 
 
 def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
-    org, known = planned_hostname(planner, world)
+    org, known = planned_hostname(producers, world)
     queued = tasks_on(pg_engine, known.primary_key)
     assert queued
     later = NOW + timedelta(days=30)  # every schedule due, but the tasks are live when planned
@@ -211,9 +212,9 @@ def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
 
 
 def test_a_delete_written_before_the_batch_before_it_is_sent_still_leaves_its_schedules_disabled(
-    mutations, planner, world, pg_engine, monkeypatch
+    mutations, producers, world, pg_engine, monkeypatch
 ) -> None:
-    org, known = planned_hostname(planner, world)
+    org, known = planned_hostname(producers, world)
     with pg_engine.begin() as conn:  # every task long done, every schedule due
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
     handler = handler_at(mutations, NOW + timedelta(days=30))
@@ -288,9 +289,9 @@ def schedules_on(engine: Engine, pk: str) -> dict[str, Row[Any]]:
 
 
 def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
-    planner.plan(None, now=NOW)  # the world's objects get tasks and schedules
+    TickProducer(producers).run(NOW)  # the world's objects get tasks and schedules
     org = world.organisation_ids[0]
     known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
     assert tasks_on(pg_engine, known.primary_key) and schedules_on(pg_engine, known.primary_key)
@@ -300,7 +301,7 @@ def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(
 
 
 def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
-    mutations, planner, world, pg_engine, planner_settings
+    mutations, producers, world, pg_engine, planner_settings
 ) -> None:
     org = world.organisation_ids[0]
     known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
@@ -317,7 +318,7 @@ def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
         )
 
     tick = ran + timedelta(minutes=1)
-    planner.plan(None, now=tick)
+    TickProducer(producers).run(tick)
 
     schedules = schedules_on(pg_engine, pk)
     periodic = {b for b in queued if not world.plugin(b).run_on}  # run_on boefjes have no schedule
@@ -334,9 +335,9 @@ def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
 
 
 def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
-    org, known = planned_hostname(planner, world)
+    org, known = planned_hostname(producers, world)
     before = schedules_on(pg_engine, known.primary_key)
     later = NOW + timedelta(days=30)  # every schedule is due, every task long done
     with pg_engine.begin() as conn:
@@ -350,9 +351,9 @@ def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
 
 
 def test_an_event_for_a_pair_still_queued_queues_nothing_and_keeps_its_deadline(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
-    org, known = planned_hostname(planner, world)  # every eligible pair: a schedule and a queued task
+    org, known = planned_hostname(producers, world)  # every eligible pair: a schedule and a queued task
     before = schedules_on(pg_engine, known.primary_key)
     queued = tasks_on(pg_engine, known.primary_key)
     assert queued and set(queued) <= set(before)
@@ -378,8 +379,8 @@ def test_a_cancelled_task_is_never_started(mutations, world, pg_engine, stores) 
     assert tasks.start(task_id, worker="w") is None
 
 
-def test_an_object_within_its_schedule_is_not_run_again(mutations, planner, world, pg_engine) -> None:
-    planner.plan(None, now=NOW)  # every eligible pair now has a schedule in the future
+def test_an_object_within_its_schedule_is_not_run_again(mutations, producers, world, pg_engine) -> None:
+    TickProducer(producers).run(NOW)  # every eligible pair now has a schedule in the future
     with pg_engine.begin() as conn:  # ... and its task ran
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
     org = world.organisation_ids[0]
@@ -569,12 +570,12 @@ def raise_to_4(mutations: MutationHandler, pairs: Sequence[tuple[str, str, str]]
 
 
 def test_a_raise_on_an_object_whose_bytes_run_ended_inside_the_grace_period_queues_nothing_and_schedules_it(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
     inside, never = below_clearance(world, 2)
     ended = NOW - timedelta(hours=14)  # the default grace period is a day
     bytes_run(world, inside, ended - timedelta(seconds=30), ended)
-    planner.plan(None, now=NOW)  # lists the boefje's history in Bytes, the object below clearance
+    TickProducer(producers).run(NOW)  # lists the boefje's history in Bytes, the object below clearance
     assert inside[1] not in tasks_on(pg_engine, inside[2])
 
     raise_to_4(mutations, [inside, never])
@@ -596,12 +597,12 @@ def test_a_raise_on_an_object_whose_bytes_run_ended_inside_the_grace_period_queu
 
 
 def test_a_raise_on_an_object_its_boefje_is_running_on_in_bytes_queues_nothing_and_a_stalled_one_queues(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
     running, stalled = below_clearance(world, 2)
     bytes_run(world, running, NOW - timedelta(minutes=2), None)
     bytes_run(world, stalled, NOW - timedelta(hours=2), None)  # older than the stall age: it died
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
 
     raise_to_4(mutations, [running, stalled])
 
@@ -610,7 +611,7 @@ def test_a_raise_on_an_object_its_boefje_is_running_on_in_bytes_queues_nothing_a
     assert stalled[1] in tasks_on(pg_engine, stalled[2])
 
 
-def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, planner, world, pg_engine) -> None:
+def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, producers, world, pg_engine) -> None:
     """dns-zone runs at 04:00 daily; NOW is 12:05. A Bytes run that ended at 03:50 is due (a cron
     time passed since), one that ended at 04:10 waits for tomorrow's 04:00, both inside a day's grace."""
     org = world.organisation_ids[0]
@@ -623,7 +624,7 @@ def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, planner, world, pg
         (after, datetime(2026, 6, 1, 4, 10, tzinfo=UTC)),
     ):
         bytes_run(world, pair, at - timedelta(seconds=30), at)
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
 
     raise_to_4(mutations, [before, after])
 
@@ -635,12 +636,12 @@ def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, planner, world, pg
 
 
 def test_a_raise_after_the_tick_decides_as_the_tick_would_for_every_object_of_the_world(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
     """Every object of the world raised to level 4 after a tick: what is queued is what the
     simulation's oracle allows on the event path (the world's own history of ended, running and
     dead runs included)."""
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     with pg_engine.connect() as conn:
         ticked = {tuple(r) for r in conn.execute(select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi))}
     bodies = world_mutations(world, operation="update", level=4)
@@ -657,7 +658,7 @@ def test_a_raise_after_the_tick_decides_as_the_tick_would_for_every_object_of_th
 
 
 def test_a_run_seen_going_that_ended_after_the_tick_is_seen_ended_by_the_next_tick_past_its_stall_age(
-    mutations, planner, world, pg_engine
+    mutations, producers, world, pg_engine
 ) -> None:
     """Bytes shows a run going at the tick; it ends a minute later. The next tick after its stall
     age lists the boefje's history again (no pair of it needed Bytes), so a raise then waits the
@@ -665,11 +666,11 @@ def test_a_run_seen_going_that_ended_after_the_tick_is_seen_ended_by_the_next_ti
     (pair,) = below_clearance(world, 1)
     started = NOW - timedelta(minutes=2)
     bytes_run(world, pair, started, None)
-    planner.plan(None, now=NOW)
+    TickProducer(producers).run(NOW)
     ended = NOW + timedelta(minutes=1)
     bytes_run(world, pair, started + timedelta(seconds=1), ended)  # Bytes' newest run now: it ended
     later = NOW + timedelta(minutes=10)  # past the stall age (7 minutes) of the run seen going
-    planner.plan(None, now=later)
+    TickProducer(producers).run(later)
 
     handler = handler_at(mutations, later)
     raise_to_4(handler, [pair])

@@ -29,6 +29,7 @@ from kat_scheduler.clients import BytesClient, KATClients, OrganisationNotFound
 from kat_scheduler.explain import DECISIONS, Decision, ObjectNotFound, Policy, Sources, explain_object
 from kat_scheduler.explain.command import explain_cmd
 from kat_scheduler.models import TaskStatus
+from kat_scheduler.producers import TickProducer
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.timing import last_cron, next_cron
 from kat_scheduler.settings import Settings, load_settings
@@ -302,13 +303,15 @@ def test_when_bytes_does_not_answer_its_runs_as_a_tick_saw_them_stand_in(world, 
 
 
 def test_explain_says_queue_exactly_for_what_a_dry_run_tick_would_queue_at_the_same_band(
-    planner, world, pg_engine, clients
+    producers, world, pg_engine, clients
 ) -> None:
     org = world.organisation_ids[1]
     now = WORLD_NOW + timedelta(minutes=5)  # the generated history's time: runs in grace, going and dead in Bytes
-    planned = {(c.boefje.id, c.input_ooi): c.rank.band for c in planner.plan([org], now=now, dry_run=True).planned}
+    planned = {
+        (c.boefje.id, c.input_ooi): c.rank.band for c in TickProducer(producers, [org]).run(now, dry_run=True).planned
+    }
     sources = Sources.on(pg_engine, clients)
-    policy = Policy.of(planner.settings)
+    policy = Policy.of(producers.settings)
     would_queue: dict[tuple[str, str], int | None] = {}
     seen: set[Decision] = set()
     types = {t for b in world.boefjes for t in b.consumes}
@@ -325,12 +328,12 @@ def test_explain_says_queue_exactly_for_what_a_dry_run_tick_would_queue_at_the_s
 
 
 def test_after_a_tick_what_would_queue_is_live_at_that_band_and_what_waits_keeps_its_until(
-    planner, world, pg_engine, clients
+    producers, world, pg_engine, clients
 ) -> None:
     org = world.organisation_ids[2]
     now = WORLD_NOW + timedelta(minutes=5)  # the generated history's time: runs inside their grace, in Bytes
     sources = Sources.on(pg_engine, clients)
-    policy = Policy.of(planner.settings)
+    policy = Policy.of(producers.settings)
     types = {t for b in world.boefjes for t in b.consumes}
     objects = [pk for pk, ooi in world.oois(org).items() if ooi.object_type in types]
 
@@ -342,7 +345,7 @@ def test_after_a_tick_what_would_queue_is_live_at_that_band_and_what_waits_keeps
         }
 
     before = answers()
-    planner.plan([org], now=now)
+    TickProducer(producers, [org]).run(now)
     after = answers()
 
     queued = {pair for pair, (decision, _, _) in before.items() if decision == Decision.QUEUE}

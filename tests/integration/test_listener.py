@@ -21,6 +21,7 @@ from kombu.entity import Queue as KombuQueue
 from sqlalchemy import Engine, func, select, text
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
+from kat_scheduler.producers import TickProducer
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from tests.conftest import vhost_name
@@ -265,7 +266,7 @@ def test_a_listener_stopped_right_after_a_storm_has_recorded_everything_it_queue
 
 
 def test_a_raise_after_the_tick_leaves_a_boefje_bytes_shows_running_or_inside_its_grace_alone(
-    world, bridge, listener, planner, pg_engine
+    world, bridge, listener, producers, pg_engine
 ) -> None:
     """Shodan (level 1, a week's interval) on three new addresses at level 0: Bytes shows it running
     on one, ended 14 hours ago on another, never on the third. After a tick, all three are raised
@@ -294,7 +295,7 @@ def test_a_raise_after_the_tick_leaves_a_boefje_bytes_shows_running_or_inside_it
             }
         )
         world.add_boefje_meta(meta)
-    planner.plan(None, now=now)  # lists shodan's history in Bytes; the addresses are below clearance
+    TickProducer(producers).run(now)  # lists shodan's history in Bytes; the addresses are below clearance
 
     for ref in refs.values():
         world.set_scan_level(org, ref, 2)

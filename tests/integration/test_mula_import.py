@@ -29,6 +29,7 @@ from kat_scheduler.mula_import import (
     import_from_mula,
     mula_import_cmd,
 )
+from kat_scheduler.producers import TickProducer
 from kat_scheduler.rules import grace_skip
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.storage import ScheduleStore, TaskStore
@@ -255,7 +256,7 @@ def test_the_newest_finished_run_per_hash_is_imported_and_drives_grace(mula: Eng
     assert tasks.get(runs[0]["id"]) is None and tasks.get(runs[1]["id"]) is None
     assert tasks.get(live["id"]) is None
 
-    # The planner's and the event handlers' grace look-up sees mula's last run.
+    # The producers's and the event handlers' grace look-up sees mula's last run.
     hash_ = mula_boefje_hash("dns-records", "aa", ooi)
     assert tasks.last_runs([hash_]) == {hash_: runs[2]["modified_at"]}
     assert tasks.live_hashes([hash_]) == set()
@@ -527,10 +528,10 @@ def test_the_command_needs_a_mula_database_uri(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 2 and "--mula-db-uri" in result.output
 
 
-# --- end to end: the planner honours the imported history and schedules ---------------------------
+# --- end to end: the producers honours the imported history and schedules ---------------------------
 
 
-def test_the_planner_sees_imported_history_and_schedules(planner, world, mula: Engine, pg_engine: Engine) -> None:
+def test_the_planner_sees_imported_history_and_schedules(producers, world, mula: Engine, pg_engine: Engine) -> None:
     from kat_scheduler.rules import SkipReason
     from kat_scheduler.sim.oracle import allowed_boefje_tasks
     from tests.integration.conftest import WORLD_NOW
@@ -561,7 +562,7 @@ def test_the_planner_sees_imported_history_and_schedules(planner, world, mula: E
     assert summary.count("boefje tasks", Outcome.IMPORTED) == 6
     assert summary.count("boefje schedules", Outcome.IMPORTED) == 4
 
-    report = planner.plan(None, now=now, dry_run=True)
+    report = TickProducer(producers).run(now, dry_run=True)
     planned = {(c.organisation, c.boefje.id, c.input_ooi) for c in report.planned}
     assert planned == set(allowed) - set(ran) - set(scheduled)
     assert report.skipped[SkipReason.GRACE] >= len(ran)

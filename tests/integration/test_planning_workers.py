@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.models import TaskStatus
+from kat_scheduler.producers import ManualPush
 from kat_scheduler.queues import LEAST_URGENT_BAND, Queue, TaskName, broker_priority
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
@@ -68,7 +69,7 @@ def test_a_beat_tick_on_a_scheduler_worker_queues_the_eligible_tasks_and_workers
 
 
 def test_a_manual_push_overtakes_a_backlog_of_1000_band_9_tasks(
-    kat, world, planner, postgres_uri, redis_url, tmp_path
+    kat, world, producers, postgres_uri, redis_url, tmp_path
 ) -> None:
     settings = load_settings(broker_url=redis_url, db_uri=postgres_uri)
     publisher = make_publisher(settings)
@@ -95,7 +96,7 @@ def test_a_manual_push_overtakes_a_backlog_of_1000_band_9_tasks(
     env = worker_env(kat, postgres_uri, redis_url, PROBE_SLEEP="0.01")
     with celery_worker("tests.probe_boefjes", [Queue.BOEFJES.value], env, log_file=tmp_path / "boefjes.log"):
         assert wait_for(lambda: results.llen("probe:boefjes") >= 20, timeout=60)
-        pushed = planner.push(org, target[1], target[2], now=datetime.now(UTC))
+        pushed = ManualPush(producers, org, target[1], target[2]).run(datetime.now(UTC))
         # Counted once the push is on the broker: what the worker ran while the push asked KAT
         # and claimed its row (longer on a loaded machine) went before it fairly.
         ran_before_push = results.llen("probe:boefjes")

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from kat_scheduler.models.producers import ProducerName, RunOutcome
+from kat_scheduler.producers import DueSchedulesProducer, TickProducer
 from kat_scheduler.producers.middleware import Middleware, ProducerRun, Recorded, Timed, run_producer
 from kat_scheduler.storage.producers import ProducerRunStore
 
@@ -117,9 +118,9 @@ def test_a_dry_run_is_not_recorded(engine: Engine) -> None:
     assert ProducerRunStore(engine).get(ProducerName.QUEUE_DUE_SCHEDULES) is None
 
 
-def test_the_planner_runs_each_of_its_producers_through_its_middleware(planner) -> None:
+def test_the_planner_runs_each_of_its_producers_through_its_middleware(producers) -> None:
     calls: list[str] = []
-    planner.middleware = [Journal("j", calls)]
-    planner.plan(None, now=NOW, dry_run=True)
-    planner.queue_due(now=NOW, dry_run=True)
+    middleware = [Journal("j", calls)]
+    run_producer(TickProducer(producers), NOW, dry_run=True, middleware=middleware)
+    run_producer(DueSchedulesProducer(producers), NOW, dry_run=True, middleware=middleware)
     assert calls == ["j.before", "j.after:0", "j.before", "j.after:0"]  # dry: nothing queued

@@ -1,4 +1,4 @@
-"""The boefje producers used directly, through their one protocol (not the ``BoefjePlanner`` facade)."""
+"""The boefje producers used directly, through their one protocol."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher
 from kat_scheduler.dispatch.publishing import Publisher, make_publisher
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.planning.boefjes import BoefjePlanner
+from kat_scheduler.producers import DueSchedulesProducer, ManualPush, ProducerContext, TickProducer
 from kat_scheduler.queues import MANUAL_BAND, RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue, TaskName
 from kat_scheduler.settings import Settings, get_settings, load_settings
 from kat_scheduler.sim import SimulatedKAT
@@ -69,8 +69,8 @@ def publisher(settings: Settings) -> Iterator[Publisher]:
 
 
 @pytest.fixture
-def planner(clients: KATClients, engine: Engine, settings: Settings, publisher: Publisher) -> BoefjePlanner:
-    return BoefjePlanner(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
+def producers(clients: KATClients, engine: Engine, settings: Settings, publisher: Publisher) -> ProducerContext:
+    return ProducerContext(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
 
 
 @pytest.fixture
@@ -108,14 +108,14 @@ def pop_all(api: ApiServer) -> list[dict[str, Any]]:
         popped.extend(results)
 
 
-def test_the_setting_reaches_the_dispatcher_every_producer_makes(planner: BoefjePlanner) -> None:
-    assert Dispatcher(planner.tasks, planner.publisher).pull == {SchedulerId.REPORT, SchedulerId.BOEFJE}
+def test_the_setting_reaches_the_dispatcher_every_producer_makes(producers: ProducerContext) -> None:
+    assert Dispatcher(producers.tasks, producers.publisher).pull == {SchedulerId.REPORT, SchedulerId.BOEFJE}
 
 
 def test_a_tick_queues_rows_that_pop_returns_and_no_message_reaches_the_boefjes_queue(
-    planner: BoefjePlanner, engine: Engine, api: ApiServer, publisher: Publisher
+    producers: ProducerContext, engine: Engine, api: ApiServer, publisher: Publisher
 ) -> None:
-    report = planner.plan(None, now=WORLD_NOW)
+    report = TickProducer(producers).run(WORLD_NOW)
 
     assert report.queued > 0 and report.dispatch.held == report.queued == report.dispatch.claimed
     assert publisher.queue_depth(Queue.BOEFJES.value) == 0
@@ -133,9 +133,9 @@ def test_a_tick_queues_rows_that_pop_returns_and_no_message_reaches_the_boefjes_
 
 
 def test_due_boefje_schedules_are_held_for_a_pop_too(
-    planner: BoefjePlanner, engine: Engine, api: ApiServer, publisher: Publisher
+    producers: ProducerContext, engine: Engine, api: ApiServer, publisher: Publisher
 ) -> None:
-    planner.plan(None, now=WORLD_NOW)
+    TickProducer(producers).run(WORLD_NOW)
     pop_all(api)
     with engine.begin() as conn:  # one pair the tick queued ran two days ago and its schedule is due
         ours = select(TaskRow.hash)  # (a schedule made from Bytes' history has no row of ours to age)
@@ -153,7 +153,7 @@ def test_due_boefje_schedules_are_held_for_a_pop_too(
             .values(deadline_at=WORLD_NOW + timedelta(minutes=5))
         )
 
-    report = planner.queue_due(now=WORLD_NOW + timedelta(minutes=10))
+    report = DueSchedulesProducer(producers).run(WORLD_NOW + timedelta(minutes=10))
 
     assert report.queued == report.dispatch.held == 1
     assert publisher.queue_depth(Queue.BOEFJES.value) == 0 and unpublished(engine) == []
@@ -162,14 +162,15 @@ def test_due_boefje_schedules_are_held_for_a_pop_too(
 
 
 def test_a_manual_push_is_held_at_the_most_urgent_band_and_popped_before_the_tick(
-    planner: BoefjePlanner, engine: Engine, api: ApiServer, publisher: Publisher
+    producers: ProducerContext, engine: Engine, api: ApiServer, publisher: Publisher
 ) -> None:
-    planner.plan(None, now=WORLD_NOW)
+    TickProducer(producers).run(WORLD_NOW)
     with engine.begin() as conn:  # one planned pair ran already: its hash is free to push again
         row = conn.execute(select(TaskRow).order_by(TaskRow.hash).limit(1)).one()
         conn.execute(update(TaskRow).where(TaskRow.id == row.id).values(status=TaskStatus.COMPLETED))
 
-    pushed = planner.push(row.organisation, row.plugin_id, row.input_ooi, now=WORLD_NOW)  # kat-scheduler push boefje
+    push = ManualPush(producers, row.organisation, row.plugin_id, row.input_ooi)  # kat-scheduler push boefje
+    pushed = push.run(WORLD_NOW)
 
     assert pushed.task_id is not None and not pushed.already_live
     assert publisher.queue_depth(Queue.BOEFJES.value) == 0 and unpublished(engine) == []

@@ -19,8 +19,7 @@ from kat_scheduler.clients import KATClients
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.planning.boefjes import BoefjePlanner
-from kat_scheduler.producers import Producer
+from kat_scheduler.producers import Producer, ProducerContext, TickProducer
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
@@ -281,7 +280,7 @@ def test_a_report_pushed_by_hand_is_popped_before_the_scheduled_ones(api, engine
 
 
 @pytest.fixture
-def boefje_planner(kat: SimulatedKAT, clients: KATClients, engine: Engine, redis_url: str) -> Iterator[BoefjePlanner]:
+def boefje_planner(kat: SimulatedKAT, clients: KATClients, engine: Engine, redis_url: str) -> Iterator[ProducerContext]:
     settings = load_settings(
         octopoes_api=kat.octopoes_url,
         katalogus_api=kat.katalogus_url,
@@ -290,7 +289,7 @@ def boefje_planner(kat: SimulatedKAT, clients: KATClients, engine: Engine, redis
         batch_size=100,
     )
     publisher = make_publisher(settings)
-    yield BoefjePlanner(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
+    yield ProducerContext(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
     publisher.close()
 
 
@@ -299,9 +298,9 @@ def boefje_planner(kat: SimulatedKAT, clients: KATClients, engine: Engine, redis
 DUE_RUN = WORLD_NOW + timedelta(minutes=10)
 
 
-def planned_and_due(planner: BoefjePlanner, engine: Engine, count: int) -> list[Any]:
+def planned_and_due(producers: ProducerContext, engine: Engine, count: int) -> list[Any]:
     """A tick, then ``count`` of the pairs it queued ran two days ago and their schedules are due."""
-    planner.plan(None, now=WORLD_NOW)
+    TickProducer(producers).run(WORLD_NOW)
     with engine.begin() as conn:
         # Pairs the tick queued (a schedule made from Bytes' history has no row of ours to age).
         queued = select(TaskRow.hash)

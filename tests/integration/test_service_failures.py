@@ -19,6 +19,7 @@ from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.handlers import MutationHandler
 from kat_scheduler.models import Normalizer, ScanProfileMutation, SchedulerId, TaskStatus
+from kat_scheduler.producers import DueSchedulesProducer, TickProducer
 from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import normalizer_task_hash
@@ -118,7 +119,7 @@ def test_a_malformed_bytes_answer_on_store_retries_the_store_and_the_plugin_runs
 
 
 def test_a_katalogus_outage_gives_up_naming_it_and_the_pair_is_due_after_the_short_delay_not_grace(
-    kat, world, clients, pg_engine, postgres_uri, redis_url, planner, tmp_path: Path
+    kat, world, clients, pg_engine, postgres_uri, redis_url, producers, tmp_path: Path
 ) -> None:
     store = TaskStore(pg_engine)
     [(org, ref)] = hostnames_with_dns(world, 1)
@@ -147,15 +148,15 @@ def test_a_katalogus_outage_gives_up_naming_it_and_the_pair_is_due_after_the_sho
     assert row.error is not None and row.error.startswith("gave up after 2 retries: katalogus: GET /v1/organisations/")
     assert world.boefje_meta(task_id) is None  # the boefje never ran
     assert store.last_runs([row.hash]) == {}
-    schedule = planner.schedules.get_by_hash(row.hash)
+    schedule = producers.schedules.get_by_hash(row.hash)
     assert schedule is not None and schedule.enabled
     assert before + timedelta(seconds=delay) <= schedule.deadline_at <= after + timedelta(seconds=delay)
     # The tick leaves the pair to its schedule; due schedules queue it only once the short delay passed.
-    tick = planner.plan([org], now=after, dry_run=True)
+    tick = TickProducer(producers, [org]).run(after, dry_run=True)
     assert row.hash not in {c.hash for c in tick.planned} and tick.skipped[SkipReason.SCHEDULED] >= 1
-    early = planner.queue_due(now=schedule.deadline_at - timedelta(seconds=1), dry_run=True)
+    early = DueSchedulesProducer(producers).run(schedule.deadline_at - timedelta(seconds=1), dry_run=True)
     assert row.hash not in {c.hash for c in early.planned}
-    due = planner.queue_due(now=schedule.deadline_at + timedelta(seconds=1), dry_run=True)
+    due = DueSchedulesProducer(producers).run(schedule.deadline_at + timedelta(seconds=1), dry_run=True)
     assert [c.hash for c in due.planned] == [row.hash]
 
 
