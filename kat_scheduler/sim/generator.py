@@ -34,6 +34,8 @@ NETWORK = "internet"
 NETWORK_PK = f"Network|{NETWORK}"
 #: A domain every other organisation holds too, so ``/object-clients`` has something to find.
 SHARED_DOMAIN = "gedeeld-platform.nl"
+#: The chance that an organisation holds each domain of the shared pool (``WorldConfig.shared_domains``).
+SHARED_POOL_SHARE = 0.6
 
 _LEVEL_WEIGHTS = (10, 25, 35, 20, 10)
 _MIN_AGE_S = 5 * 60.0
@@ -218,13 +220,39 @@ class _Graph:
             self.add("URL", f"URL|{NETWORK}|{scheme}://{netloc}/", self.child_profile(profile[1]))
 
 
-def generate_oois(seed: int, org_index: int, count: int) -> list[OOIRecord]:
-    """Exactly ``count`` objects (fewer only if ``count`` is 0) for one organisation."""
+def shared_domains(seed: int, count: int) -> list[str]:
+    """A pool of ``count`` domains that several organisations hold (none when ``count`` is 0)."""
+    if count <= 0:
+        return []
+    pool = _Graph(random.Random(f"{seed}:shared-domains"), 0)
+    pool.domains.add(SHARED_DOMAIN)
+    return [pool.new_domain() for _ in range(count)]
+
+
+def held_shared_domains(seed: int, org_index: int, pool: Sequence[str]) -> list[str]:
+    """Which domains of the shared ``pool`` organisation ``org_index`` holds (each with chance
+    :data:`SHARED_POOL_SHARE`, drawn from a generator of its own)."""
+    rng = random.Random(f"{seed}:shares:{org_index}")
+    return [domain for domain in pool if rng.random() < SHARED_POOL_SHARE]
+
+
+def generate_oois(seed: int, org_index: int, count: int, shared: Sequence[str] = ()) -> list[OOIRecord]:
+    """Exactly ``count`` objects (fewer only if ``count`` is 0) for one organisation.
+
+    ``shared``: domains of the shared pool this organisation holds (:func:`held_shared_domains`),
+    each with its zone and hostname under the same primary keys as in every other organisation
+    that holds it, at this organisation's own (drawn) level. Without it the objects are those of
+    worlds generated before the pool existed.
+    """
     graph = _Graph(random.Random(f"{seed}:oois:{org_index}"), count)
     graph.add("Network", NETWORK_PK, (DECLARED, graph.root_level()))
     if org_index % 2 == 0:
         graph.domains.add(SHARED_DOMAIN)
         graph.add_domain(SHARED_DOMAIN)
+    for domain in shared:
+        if domain not in graph.domains:
+            graph.domains.add(domain)
+            graph.add_domain(domain)
     while not graph.full:
         graph.add_domain(graph.new_domain())
     return list(graph.oois.values())

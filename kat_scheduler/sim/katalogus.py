@@ -86,7 +86,7 @@ def build_router(world: World) -> Router:
                 or (text is not None and not _matches_text(plugin, text))
             ):
                 continue
-            selected.append(plugin.to_json(is_enabled))
+            selected.append(world.plugin_json(org, plugin, is_enabled))
         return json_response(selected[offset : offset + limit])
 
     @router.route("GET", "/v1/organisations/{org}/plugins/{plugin_id}")
@@ -96,7 +96,7 @@ def build_router(world: World) -> Router:
         found = world.plugin(plugin_id)
         if found is None:
             raise HTTPError(404, f"Unknown plugin: {plugin_id}")
-        return json_response(found.to_json(world.is_enabled(org, plugin_id)))
+        return json_response(world.plugin_json(org, found, world.is_enabled(org, plugin_id)))
 
     @router.route("PATCH", "/v1/organisations/{org}/plugins/{plugin_id}")
     def update_plugin(request: Request) -> Response:

@@ -37,7 +37,8 @@ request. Everything needed to compute that set is above, as plain records.
 Changing the world (each emits the event real KAT would, to every listener added with
 ``world.add_listener(sink)``; sinks are called as ``sink(queue_name, body)`` outside the lock):
 
-- ``set_plugin_enabled(org, plugin_id, enabled)``; ``set_boefje_settings(org, boefje_id, settings)``
+- ``set_plugin_enabled(org, plugin_id, enabled)``; ``set_boefje_settings(org, boefje_id, settings)``;
+  ``set_plugin_deduplicate(org, boefje_id, flag)`` (Katalogus' per-organisation ``deduplicate``)
 - ``set_scan_level(org, pk, level, scan_profile_type="declared")`` → ``update`` mutation
 - ``add_ooi(org, object_type, pk, level=..., scan_profile_type=..., attributes=...)`` → ``create``
 - ``delete_ooi(org, pk)`` → ``delete`` (value ``null``)
@@ -110,10 +111,14 @@ class WorldConfig:
     now: datetime | None = None
     boefje_enabled_fraction: float = 0.8
     normalizer_enabled_fraction: float = 0.95
+    #: Domains (a zone, its hostname and what hangs under it) of a pool that several organisations
+    #: hold, each at its own level: the same primary keys in several organisations. 0: none (the
+    #: worlds of before, object for object).
+    shared_domains: int = 0
 
     def __post_init__(self) -> None:
-        if self.organisations < 0 or self.oois_per_org < 0 or self.boefjes < 0:
-            raise ValueError("organisations, oois_per_org and boefjes must not be negative")
+        if self.organisations < 0 or self.oois_per_org < 0 or self.boefjes < 0 or self.shared_domains < 0:
+            raise ValueError("organisations, oois_per_org, boefjes and shared_domains must not be negative")
         for name in ("history_fraction", "boefje_enabled_fraction", "normalizer_enabled_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -136,6 +141,8 @@ class _Org:
     enabled: dict[str, bool]
     settings: dict[str, dict[str, str]]
     query_cache: dict[OOIQueryKey, list[OOIRecord]] = field(default_factory=dict)
+    #: Boefjes whose ``deduplicate`` flag this organisation set otherwise than the catalogue's.
+    deduplicate: dict[str, bool] = field(default_factory=dict)
 
     def index_ooi(self, ooi: OOIRecord) -> None:
         self.oois[ooi.primary_key] = ooi
@@ -306,6 +313,31 @@ class World:
             if plugin_id not in self._plugins:
                 raise NotFound(plugin_id)
             org.enabled[plugin_id] = bool(enabled)
+
+    def deduplicates(self, org_id: str, boefje_id: str) -> bool:
+        """The boefje's ``deduplicate`` flag in the organisation (the catalogue's unless set)."""
+        with self.lock:
+            plugin = self._plugins.get(boefje_id)
+            default = plugin.deduplicate if isinstance(plugin, BoefjeDef) else False
+            return self._org(org_id).deduplicate.get(boefje_id, default)
+
+    def set_plugin_deduplicate(self, org_id: str, boefje_id: str, deduplicate: bool) -> None:
+        """Set the boefje's ``deduplicate`` flag for one organisation (Katalogus lists it so)."""
+        with self.lock:
+            org = self._org(org_id)
+            if not isinstance(self._plugins.get(boefje_id), BoefjeDef):
+                raise NotFound(boefje_id)
+            org.deduplicate[boefje_id] = bool(deduplicate)
+
+    def plugin_json(self, org_id: str, plugin: PluginDef, enabled: bool) -> dict[str, Any]:
+        """A plugin as Katalogus lists it for the organisation."""
+        found = plugin.to_json(enabled)
+        if isinstance(plugin, BoefjeDef):
+            with self.lock:
+                flag = self._org(org_id).deduplicate.get(plugin.id)
+            if flag is not None:
+                found["deduplicate"] = flag
+        return found
 
     def set_boefje_settings(self, org_id: str, boefje_id: str, settings: Mapping[str, str]) -> None:
         with self.lock:
@@ -686,9 +718,11 @@ def generate_world(config: WorldConfig | None = None, *, clock: Callable[[], dat
     boefjes = generator.make_boefjes(config.boefjes, config.seed)
     normalizers = generator.make_normalizers(boefjes)
     orgs: list[generator.GeneratedOrg] = []
+    pool = generator.shared_domains(config.seed, config.shared_domains)
     for index in range(config.organisations):
         record = generator.make_organisation(index)
-        oois = generator.generate_oois(config.seed, index, config.oois_per_org)
+        held = generator.held_shared_domains(config.seed, index, pool)
+        oois = generator.generate_oois(config.seed, index, config.oois_per_org, held)
         enabled, settings = generator.generate_plugin_state(
             config.seed,
             index,
