@@ -122,6 +122,15 @@ class Schedule(BaseModel):
     enabled: bool
     schedule: str | None = Field(description="A cron expression; null for a one-off schedule.")
     deadline_at: datetime | None = Field(description="When it is due next; null once a one-off fired.")
+    disabled_reason: str | None = Field(
+        None,
+        description="Why it is disabled (null while enabled): the object was deleted, its boefje descheduled it, …",
+    )
+    descheduled_at: datetime | None = Field(
+        None,
+        description="When its boefje descheduled it (a raw file tagged openkat/deschedule): no producer enables it "
+        "again; PATCH enabled: true does, and clears this.",
+    )
     created_at: datetime
     modified_at: datetime
 
@@ -136,6 +145,8 @@ class Schedule(BaseModel):
             enabled=row.enabled,
             schedule=row.schedule,
             deadline_at=row.deadline_at,
+            disabled_reason=row.disabled_reason,
+            descheduled_at=row.descheduled_at,
             created_at=row.created_at,
             modified_at=row.modified_at,
         )

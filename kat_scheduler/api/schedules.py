@@ -281,6 +281,7 @@ def patch_schedule(
         values["enabled"] = patch["enabled"]
         if patch["enabled"]:
             values["disabled_reason"] = None
+            values["descheduled_at"] = None  # an operator overrules the boefje that descheduled it
             if row.deadline_at is None and cron is not None and "deadline_at" not in values:
                 values["deadline_at"] = next_cron(cron, now)
     if "deadline_at" in patch:

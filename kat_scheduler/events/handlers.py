@@ -35,6 +35,7 @@ from kat_scheduler.dispatch.dispatcher import Claim, Dispatchable, Dispatcher
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
+from kat_scheduler.events.deschedule import Descheduler
 from kat_scheduler.events.recording_handler import RecordingHandler
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.producers import ProducerName
@@ -409,7 +410,12 @@ def _weighed_after_withdrawal(steps: list[Step]) -> bool:
 
 
 class RawFileHandler(_Base):
-    """``raw_file_received`` → one normalizer task per enabled normalizer consuming the file's types."""
+    """``raw_file_received`` → one normalizer task per enabled normalizer consuming the file's types;
+    a file tagged ``openkat/deschedule`` also deschedules its pair (:mod:`kat_scheduler.events.deschedule`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.descheduler = Descheduler(self.plugins, self.tasks, self.schedules, self.settings)
 
     def plan(self, queue: str, events: list[RawFileReceived]) -> Write:
         now = self.clock()
@@ -426,11 +432,14 @@ class RawFileHandler(_Base):
             for i in indices:
                 items.extend(self._tasks_for(org, events[i], normalizers, now))
         self._count(events=len(events))
+        deschedule = self.descheduler.plan(events, skip={r.index for r in rejected})
         items.sort(key=lambda item: item[0])
         dispatchables = [d for _, d in items]
         messages = self.dispatcher.prepare(dispatchables)
 
         def write() -> Send:
+            done = deschedule(now)
+            self._count(done.skipped, cancelled=done.cancelled, schedules_disabled=done.descheduled)
             claims = self._claim(dispatchables, messages)
 
             def send() -> list[Rejected]:
