@@ -63,6 +63,7 @@ TABLES = (
     "bytes_histories",
     "worker_nodes",
     "broker_markers",
+    "object_events",
 )
 
 #: This test run's id: every database, Redis claim and vhost the run creates is named from it.

@@ -338,3 +338,28 @@ class BrokerMarkerRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     token: Mapped[str] = mapped_column(String(64))
     set_at: Mapped[datetime]
+
+
+class ObjectEventRow(Base):
+    """The last batch of scan-profile mutations that handled one object, per listener process.
+
+    Several listener processes consume KAT's event queue at once, and KAT's events carry no time
+    of their own, so a batch cannot tell from its events whether another listener handled a newer
+    event of the same object. A batch registers each of its objects here first (one upsert) and
+    keeps the rows locked until its claims are written, so the batches of one object are written
+    one after another. ``contested`` says that the row was last written by another listener
+    within the reorder window: the batch then takes the object's state from Octopoes instead of
+    from its own (possibly older) events. ``token`` is the batch's; its schedule writes, done
+    after the ack, are kept only for the objects whose row still carries it.
+    """
+
+    __tablename__ = "object_events"
+
+    organisation: Mapped[str] = mapped_column(String(128), primary_key=True)
+    primary_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    listener: Mapped[str] = mapped_column(String(64))
+    token: Mapped[uuid.UUID] = mapped_column(Uuid)
+    handled_at: Mapped[datetime]
+    contested: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (Index("ix_object_events_handled_at", "handled_at"),)
