@@ -235,6 +235,16 @@ class Settings(BaseSettings):
         ),
     )
     plugins_path: str = Field("plugins", description="Folder of local plugins (one folder per plugin).")
+    deduplicate: bool = Field(
+        False,
+        description=(
+            "Run a boefje once for an object several organisations hold (Octopoes `/object-clients`), "
+            "and store its meta and raw files in Bytes for each organisation that wants that run now: "
+            "the boefje is enabled there with `deduplicate: true` and the same settings, the object's "
+            "level there clears it, and its grace period or cron lets it run; a queued task there is "
+            "taken over. An organisation whose plugin says `deduplicate: false` neither serves nor is served."
+        ),
+    )
     retry_backoff: float = Field(
         2.0, gt=0, le=3600, description="Seconds before the first retry after a service was down; doubles per retry."
     )

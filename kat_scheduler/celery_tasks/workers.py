@@ -24,6 +24,7 @@ from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import TaskName
 from kat_scheduler.runtime.resources import get_runtime
 from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.workers.dedup import deduplicator_of
 from kat_scheduler.workers.lifecycle import Job, JobResult, Outcome, worker_id
 from kat_scheduler.workers.liveness import current_node_id, start_node, stop_node
 
@@ -105,6 +106,7 @@ def _settle(task: Task, job: Job, result: JobResult) -> dict[str, str]:
 @shared_task(name=TaskName.BOEFJE_RUN.value, bind=True, acks_late=True)
 def run_boefje(self: Task, organisation: str, boefje_id: str, input_ooi: str | None = None) -> dict[str, Any]:
     job = get_runtime().boefje_job()
+    job.dedup = deduplicator_of(get_runtime())
     result = job.run(
         uuid.UUID(self.request.id), worker_id(), organisation, boefje_id, input_ooi, node_id=current_node_id()
     )

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel
@@ -47,6 +47,9 @@ from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import TaskStore
 from kat_scheduler.workers.runners import Runner, UnknownPlugin
+
+if TYPE_CHECKING:
+    from kat_scheduler.workers.dedup import Deduplicator
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +314,8 @@ class Job:
 
 class BoefjeJob(Job):
     kind = "boefje task"
+    #: Serves other organisations holding the object with the same run (``SCHEDULER_DEDUPLICATE``).
+    dedup: Deduplicator | None = None
 
     def run(
         self,
@@ -346,6 +351,9 @@ class BoefjeJob(Job):
                 raise _Permanent(f"input object {input_ooi!r} no longer exists in {organisation!r}")
             ooi_json = ooi.model_dump(mode="json")
         environment = self.clients.katalogus.boefje_settings(organisation, boefje_id)
+        serving = (
+            None if self.dedup is None or input_ooi is None else self.dedup.claim(row, plugin, input_ooi, environment)
+        )
         started = self.clock()
         meta = {
             "id": str(task_id),
@@ -362,7 +370,9 @@ class BoefjeJob(Job):
         try:
             output = self.runner.run_boefje(plugin.id, {**meta, "environment": environment}, environment)
             files = [(str(i), content, sorted(tags | mime)) for i, (mime, content) in enumerate(output)]
-        except UnknownPlugin:
+        except UnknownPlugin as exc:
+            if serving is not None:
+                serving.abandon(_error_text(exc))
             raise
         except Exception as exc:  # the plugin's own failure: stored in Bytes, then the row fails
             error = _error_text(exc)
@@ -378,6 +388,8 @@ class BoefjeJob(Job):
             ],
             error=None if error is None else f"boefje {plugin.id} failed: {error}",
         )
+        if serving is not None:
+            serving.store(meta, status, files, result.error)
         self._store(organisation, boefje_id, result, environment=environment)
 
     def _store(
