@@ -349,8 +349,8 @@ class ObjectEventRow(Base):
     keeps the rows locked until its claims are written, so the batches of one object are written
     one after another. ``contested`` says that the row was last written by another listener
     within the reorder window: the batch then takes the object's state from Octopoes instead of
-    from its own (possibly older) events. ``token`` is the batch's; its schedule writes, done
-    after the ack, are kept only for the objects whose row still carries it.
+    from its own (possibly older) events. A batch's schedule writes, done after the ack, are kept
+    only for the objects no other listener has handled since.
     """
 
     __tablename__ = "object_events"
@@ -358,7 +358,6 @@ class ObjectEventRow(Base):
     organisation: Mapped[str] = mapped_column(String(128), primary_key=True)
     primary_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
     listener: Mapped[str] = mapped_column(String(64))
-    token: Mapped[uuid.UUID] = mapped_column(Uuid)
     handled_at: Mapped[datetime]
     contested: Mapped[bool] = mapped_column(Boolean)
 

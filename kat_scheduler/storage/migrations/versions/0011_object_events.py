@@ -26,7 +26,6 @@ def upgrade() -> None:
         sa.Column("organisation", sa.String(128), nullable=False),
         sa.Column("primary_key", sa.String(1024), nullable=False),
         sa.Column("listener", sa.String(64), nullable=False),
-        sa.Column("token", sa.Uuid(), nullable=False),
         sa.Column("handled_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("contested", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("organisation", "primary_key", name="pk_object_events"),
