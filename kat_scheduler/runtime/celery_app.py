@@ -15,7 +15,11 @@ from kat_scheduler.settings import Settings, SettingsError, get_settings
 
 logger = logging.getLogger(__name__)
 
-TASK_MODULES: list[str] = ["kat_scheduler.celery_tasks.scheduler", "kat_scheduler.celery_tasks.workers"]
+TASK_MODULES: list[str] = [
+    "kat_scheduler.celery_tasks.scheduler",
+    "kat_scheduler.celery_tasks.workers",
+    "kat_scheduler.celery_tasks.rate_limits",
+]
 
 
 def create_app(settings: Settings | None = None, *, main: str = "kat_scheduler", tasks: bool = True) -> Celery:

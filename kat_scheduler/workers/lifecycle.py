@@ -39,6 +39,7 @@ import orjson
 from pydantic import BaseModel
 
 from kat_scheduler.clients import AlreadyExists, KATClients, ServiceError
+from kat_scheduler.limiting import FREE, Admission, RateLimiter, WaitingStore, process_limiter
 from kat_scheduler.models.bytes import BoefjeMeta, RawData
 from kat_scheduler.models.plugins import Boefje, Normalizer
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -59,6 +60,8 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     RETRY = "retry"
+    #: Its rate limit had no room: the task waits, unpublished, for its window (no worker slot held).
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,8 @@ class Job:
 
 class BoefjeJob(Job):
     kind = "boefje task"
+    #: Admits starts against rate limits (``None``: this process's, from its settings).
+    limiter: RateLimiter | None = None
     #: Serves other organisations holding the object with the same run (``SCHEDULER_DEDUPLICATE``).
     dedup: Deduplicator | None = None
 
@@ -327,12 +332,40 @@ class BoefjeJob(Job):
         *,
         node_id: uuid.UUID | None = None,
     ) -> JobResult:
+        plugin, admission = self._admit(organisation, boefje_id, input_ooi)
+        if not admission.allowed:
+            return self._wait(task_id, admission)
         row = self._start(task_id, worker, node_id)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
-        return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi))
+        return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi, plugin))
 
-    def _run(self, row: TaskRow, organisation: str, boefje_id: str, input_ooi: str | None) -> None:
+    def _admit(self, organisation: str, boefje_id: str, input_ooi: str | None) -> tuple[Any, Admission]:
+        """Right before the start: the plugin, and whether its rate limit has room for this start
+        (counted now, over every worker). A Katalogus that fails here fails the run below instead."""
+        limiter = self.limiter if self.limiter is not None else process_limiter()
+        try:
+            plugin = self.clients.katalogus.plugin(organisation, boefje_id)
+        except ServiceError:
+            return None, FREE
+        if limiter is None or not isinstance(plugin, Boefje):
+            return plugin, FREE
+        return plugin, limiter.admit(plugin, organisation, input_ooi)
+
+    def _wait(self, task_id: uuid.UUID, admission: Admission) -> JobResult:
+        """Put the task back to wait for its window: no message, no worker slot, its priority kept."""
+        assert admission.limit is not None and admission.group is not None and admission.until is not None
+        waiting = WaitingStore(self.tasks.engine)
+        if not waiting.put_back(task_id, limit=admission.limit.text, group=admission.group, until=admission.until):
+            logger.info("%s %s not started: it no longer waits for a worker", self.kind, task_id)
+            return JobResult(Outcome.SKIPPED, "not runnable")
+        detail = (
+            f"rate limit {admission.limit.text} of {admission.group} reached: waits until {admission.until.isoformat()}"
+        )
+        logger.info("%s %s: %s", self.kind, task_id, detail)
+        return JobResult(Outcome.RATE_LIMITED, detail)
+
+    def _run(self, row: TaskRow, organisation: str, boefje_id: str, input_ooi: str | None, plugin: Any = None) -> None:
         task_id = row.id
         kept = row.data.get(KEPT_OUTPUT)
         if kept is not None:
@@ -341,7 +374,8 @@ class BoefjeJob(Job):
             )
             self._store(organisation, boefje_id, KeptBoefjeOutput.model_validate(kept), environment=None)
             return
-        plugin = self.clients.katalogus.plugin(organisation, boefje_id)
+        if plugin is None:
+            plugin = self.clients.katalogus.plugin(organisation, boefje_id)
         if not isinstance(plugin, Boefje):
             raise _Permanent(f"unknown boefje {boefje_id!r} in organisation {organisation!r}")
         ooi_json: dict[str, Any] | None = None

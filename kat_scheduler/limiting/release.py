@@ -1,0 +1,144 @@
+"""Publishing waiting tasks again when their window opens: a thread in each worker node's main
+process (started at ``worker_init``, like the node's heartbeat).
+
+Each pass takes the waiting tasks whose time came, most urgent first (band, then priority, then
+age), and per group publishes as many as the group has room for now; the others wait on, their
+times moved to when the group's next room opens, spread by the limit's capacity (the k-th waiting
+task of a group at ``capacity`` starts per window may run ``k // capacity`` windows later). So a
+group's backlog is on the broker only as far as it can start, and a more urgent task put back
+later is released first. Between passes the thread sleeps until the earliest waiting time it
+knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds). Two nodes never release one task twice
+(the rows are locked, others skip them); a task released a little early is put back by the worker
+that receives it, with the exact time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import Publisher, PublishError
+from kat_scheduler.limiting.limiter import RateLimiter
+from kat_scheduler.limiting.waiting import Waiting, WaitingStore
+from kat_scheduler.rules.rate_limits import RateLimit, rate_limit
+from kat_scheduler.storage.tables import utcnow
+
+logger = logging.getLogger(__name__)
+
+#: Waiting tasks read per pass.
+BATCH = 1000
+#: The shortest sleep between passes (when waiting tasks are due but another node holds them).
+MIN_SLEEP = 0.01
+
+
+class Releaser:
+    """One node's release of waiting tasks (:meth:`release`: one pass)."""
+
+    def __init__(self, engine: Engine, publisher: Publisher, limiter: RateLimiter) -> None:
+        self.store = WaitingStore(engine)
+        self.engine = engine
+        self.publisher = publisher
+        self.limiter = limiter
+
+    def release(self, now: datetime | None = None) -> int:
+        """Publish the waiting tasks whose time came and whose group has room; how many."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            due = self.store.due(conn, now, BATCH)
+            if not due:
+                return 0
+            publish, wait = self._split(due)
+            self.store.releasing(conn, [w.row.id for w in publish], now)
+            self.store.wait_more(conn, wait)
+        if not publish:
+            return 0
+        messages = [message_for(w.row) for w in publish]
+        try:
+            self.publisher.publish(messages)
+            sent = [m.task_id for m in messages]
+        except PublishError as exc:  # left listed: the reaper publishes the rest
+            logger.error("rate limits: could not publish %d released tasks: %s", len(messages), exc)
+            sent = list(exc.published)
+        self.store.released(sent)
+        return len(sent)
+
+    def _split(self, due: list[Waiting]) -> tuple[list[Waiting], dict[uuid.UUID, datetime]]:
+        groups: dict[tuple[str, str], list[Waiting]] = defaultdict(list)
+        publish: list[Waiting] = []
+        for waiting in due:
+            if waiting.limit is None or waiting.group is None:
+                publish.append(waiting)
+            else:
+                groups[(waiting.limit, waiting.group)].append(waiting)
+        wait: dict[uuid.UUID, datetime] = {}
+        for (text, group), members in groups.items():
+            limit = _parsed(text)
+            if limit is None:
+                publish.extend(members)
+                continue
+            room, opens = self.limiter.room(limit, group)
+            publish.extend(members[:room])
+            window = timedelta(seconds=min(limit.items, key=lambda item: item.amount).get_expiry())
+            for k, waiting in enumerate(members[room:]):
+                wait[waiting.row.id] = opens + (k // limit.capacity) * window
+        return publish, wait
+
+    def next_at(self) -> datetime | None:
+        return self.store.next_at()
+
+
+def _parsed(text: str) -> RateLimit | None:
+    try:
+        return rate_limit(text)
+    except ValueError:
+        return None
+
+
+class ReleaseThread:
+    """Runs :class:`Releaser` passes from a daemon thread until :meth:`stop`."""
+
+    def __init__(self, releaser: Releaser, poll: float) -> None:
+        self.releaser = releaser
+        self.poll = poll
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Held during a pass; a fork of this process waits for it (no child inherits a pass midway).
+        self._lock = threading.Lock()
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release, after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._lock.release()
+        self._stop.set()  # the thread does not exist in the child
+        self.releaser.engine.dispose(close=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kat-scheduler-rate-limit-release", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                with self._lock:
+                    self.releaser.release()
+                    upcoming = self.releaser.next_at()
+            except Exception:
+                logger.exception("rate limits: releasing waiting tasks failed; trying again")
+                delay = self.poll
+                continue
+            if upcoming is None:
+                delay = self.poll
+            else:
+                delay = min(max((upcoming - utcnow()).total_seconds(), MIN_SLEEP), self.poll)

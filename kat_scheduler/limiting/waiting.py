@@ -1,0 +1,131 @@
+"""Tasks waiting for their rate limit's window: ``queued`` rows with no message, listed in
+``unpublished_tasks`` with ``not_before`` (and ``claimed_at``) the time the window opens.
+
+So a waiting task holds no worker slot and no message; it keeps its band and priority in its row;
+and the reaper, which publishes rows listed in ``unpublished_tasks`` for longer than
+``SCHEDULER_UNPUBLISHED_AFTER``, publishes it if no worker node released it in time. The row's
+``data`` says why it waits: ``rate_limit: {"limit", "group", "until"}`` (shown by the API's task
+list; ``until`` is when it may run).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+
+from kat_scheduler.models.tasks import TaskStatus
+from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
+
+_TASKS = table_of(TaskRow)
+_UNPUBLISHED = table_of(UnpublishedTask)
+#: The key of a task's ``data`` that says what it waits for.
+RATE_LIMIT_KEY = "rate_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One waiting task as the release reads it (in band, priority and age order)."""
+
+    row: Any  # a ``tasks`` row
+    limit: str | None
+    group: str | None
+
+
+class WaitingStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def put_back(
+        self, task_id: uuid.UUID, *, limit: str, group: str, until: datetime, now: datetime | None = None
+    ) -> bool:
+        """A worker found the task's limit reached before starting it: ``queued|dispatched →
+        queued`` with no worker, listed as waiting until ``until``. False when the row is not
+        waiting for a worker any more (cancelled, running elsewhere, gone)."""
+        now = now or utcnow()
+        waiting = [TaskStatus.QUEUED, TaskStatus.DISPATCHED]
+        with self.engine.begin() as conn:
+            data = conn.execute(
+                select(_TASKS.c.data).where(_TASKS.c.id == task_id, _TASKS.c.status.in_(waiting)).with_for_update()
+            ).scalar_one_or_none()
+            if data is None:
+                return False
+            note = {"limit": limit, "group": group, "until": until.isoformat()}
+            conn.execute(
+                update(_TASKS)
+                .where(_TASKS.c.id == task_id)
+                .values(
+                    status=TaskStatus.QUEUED,
+                    worker=None,
+                    node_id=None,
+                    modified_at=now,
+                    data={**data, RATE_LIMIT_KEY: note},
+                )
+            )
+            conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id == task_id))
+            conn.execute(insert(_UNPUBLISHED).values(task_id=task_id, claimed_at=until, not_before=until))
+        return True
+
+    def next_at(self) -> datetime | None:
+        """The earliest time a waiting task may run, if any waits."""
+        with self.engine.connect() as conn:
+            found: datetime | None = conn.execute(
+                select(_UNPUBLISHED.c.not_before)
+                .join(_TASKS, _TASKS.c.id == _UNPUBLISHED.c.task_id)
+                .where(_UNPUBLISHED.c.not_before.is_not(None), _TASKS.c.status == TaskStatus.QUEUED)
+                .order_by(_UNPUBLISHED.c.not_before)
+                .limit(1)
+            ).scalar_one_or_none()
+        return found
+
+    def due(self, conn: Connection, now: datetime, limit: int) -> list[Waiting]:
+        """Waiting tasks whose time came, most urgent first, locked for this transaction (on
+        PostgreSQL rows another node is releasing are skipped)."""
+        stmt = (
+            select(_TASKS)
+            .join(_UNPUBLISHED, _UNPUBLISHED.c.task_id == _TASKS.c.id)
+            .where(_UNPUBLISHED.c.not_before <= now, _TASKS.c.status == TaskStatus.QUEUED)
+            .order_by(_TASKS.c.band, _TASKS.c.priority, _TASKS.c.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=_UNPUBLISHED)
+        )
+        found = []
+        for row in conn.execute(stmt).all():
+            note = (row.data or {}).get(RATE_LIMIT_KEY) or {}
+            found.append(Waiting(row, note.get("limit"), note.get("group")))
+        return found
+
+    def releasing(self, conn: Connection, ids: Sequence[uuid.UUID], now: datetime) -> None:
+        """About to publish ``ids``: they become ordinary claims (listed until :meth:`released`)."""
+        if ids:
+            conn.execute(
+                update(_UNPUBLISHED)
+                .where(_UNPUBLISHED.c.task_id.in_(list(ids)))
+                .values(not_before=None, claimed_at=now)
+            )
+            conn.execute(update(_TASKS).where(_TASKS.c.id.in_(list(ids))).values(published_at=now))
+
+    def wait_more(self, conn: Connection, until: dict[uuid.UUID, datetime]) -> None:
+        """Move the times of tasks that still wait (their group had no room for them)."""
+        by_time: dict[datetime, list[uuid.UUID]] = {}
+        for task_id, moment in until.items():
+            by_time.setdefault(moment, []).append(task_id)
+        for moment, ids in by_time.items():
+            conn.execute(
+                update(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(ids)).values(not_before=moment, claimed_at=moment)
+            )
+
+    def released(self, ids: Sequence[uuid.UUID]) -> None:
+        """Their messages are on the broker: their listings go (a listing a worker made again
+        meanwhile, with a ``not_before``, stays)."""
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    delete(_UNPUBLISHED).where(
+                        _UNPUBLISHED.c.task_id.in_(list(ids)), _UNPUBLISHED.c.not_before.is_(None)
+                    )
+                )

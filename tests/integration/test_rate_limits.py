@@ -1,0 +1,155 @@
+"""Rate limits through real Celery worker processes, real Redis and PostgreSQL and the simulated KAT:
+the limit holds over worker processes and organisations, after a worker is SIGKILLed mid-window,
+and a task waiting for its window holds no worker slot and runs when the window opens."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import make_publisher
+from kat_scheduler.models import TaskStatus
+from kat_scheduler.queues import Queue
+from kat_scheduler.settings import load_settings
+from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.sim.world import World
+from kat_scheduler.storage import TaskRow, TaskStore
+from tests.factories import NewTaskFactory
+from tests.workers import celery_worker, wait_for
+
+Triple = tuple[str, str, str]
+
+
+def worker_env(kat, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        "SCHEDULER_RUNNER": "simulated",
+        "SCHEDULER_RATE_LIMIT_POLL": "0.05",
+        **extra,
+    }
+
+
+def by_boefje(world: World) -> dict[str, list[Triple]]:
+    """The tasks a first tick may queue, per boefje, busiest boefje first."""
+    found: dict[str, list[Triple]] = {}
+    for triple in sorted(allowed_boefje_tasks(world, datetime.now(UTC))):
+        found.setdefault(triple[1], []).append(triple)
+    return dict(sorted(found.items(), key=lambda item: -len({t[0] for t in item[1]}) * 1000 - len(item[1])))
+
+
+def queue(engine: Engine, redis_url: str, triples: Sequence[Triple], band: int = 5) -> list[str]:
+    """Claim and publish a boefje task for each triple; their ids, in order."""
+    tasks = [NewTaskFactory(organisation=o, plugin_id=b, input_ooi=i, band=band) for o, b, i in triples]
+    store = TaskStore(engine)
+    assert len(store.claim(tasks)) == len(tasks)
+    publisher = make_publisher(load_settings(broker_url=redis_url))
+    try:
+        publisher.publish([message_for(t) for t in tasks])
+    finally:
+        publisher.close()
+    store.mark_published([t.id for t in tasks])
+    return [str(t.id) for t in tasks]
+
+
+def rows(engine: Engine, ids: Sequence[str]) -> list[Any]:
+    import uuid
+
+    with engine.connect() as conn:
+        return list(conn.execute(select(TaskRow).where(TaskRow.id.in_([uuid.UUID(i) for i in ids]))).all())
+
+
+def all_completed(engine: Engine, ids: Sequence[str]) -> bool:
+    return all(r.status == TaskStatus.COMPLETED for r in rows(engine, ids)) and len(rows(engine, ids)) == len(ids)
+
+
+def most_in_any(starts: Sequence[datetime], window: timedelta) -> int:
+    """The most starts in any window of length ``window`` (half-open)."""
+    ordered = sorted(starts)
+    return max((sum(1 for t in ordered[i:] if t < s + window) for i, s in enumerate(ordered)), default=0)
+
+
+def log_tail(path: Path) -> str:
+    return path.read_text()[-4000:] if path.exists() else ""
+
+
+def test_a_limit_holds_over_two_worker_processes_and_two_organisations(
+    kat, world, pg_engine, postgres_uri, redis_url, tmp_path
+) -> None:
+    boefje, triples = next((b, t) for b, t in by_boefje(world).items() if len({o for o, _, _ in t}) >= 2)
+    orgs = sorted({o for o, _, _ in triples})[:2]
+    chosen = [t for org in orgs for t in [t for t in triples if t[0] == org][:6]]
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RATE_LIMITS=f"{boefje}=3/second")
+    ids = queue(pg_engine, redis_url, chosen)
+
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with (
+        celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log_a, hostname="a@%h", concurrency=2),
+        celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log_b, hostname="b@%h", concurrency=2),
+    ):
+        done = wait_for(lambda: all_completed(pg_engine, ids), timeout=60)
+    assert done, log_tail(log_a) + log_tail(log_b)
+
+    ran = rows(pg_engine, ids)
+    starts = [r.started_at for r in ran if r.started_at is not None]
+    assert most_in_any(starts, timedelta(seconds=1)) <= 3
+    assert len({r.worker for r in ran}) >= 2  # both nodes took part
+    assert any("rate_limit" in r.data for r in ran)  # some waited for their window
+
+
+def test_a_sigkilled_worker_does_not_reset_the_window(kat, world, pg_engine, postgres_uri, redis_url, tmp_path) -> None:
+    boefje, triples = next(iter(by_boefje(world).items()))
+    window = timedelta(seconds=4)
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RATE_LIMITS=f"{boefje}=2/4second")
+    first = queue(pg_engine, redis_url, triples[:2])
+
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "a.log") as worker:
+        assert wait_for(lambda: all_completed(pg_engine, first), timeout=30), log_tail(tmp_path / "a.log")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    window_opened = min(r.started_at for r in rows(pg_engine, first) if r.started_at) + window
+
+    later = queue(pg_engine, redis_url, triples[2:4])
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "b.log"):
+        assert wait_for(lambda: all_completed(pg_engine, later), timeout=30), log_tail(tmp_path / "b.log")
+
+    starts = [r.started_at for r in rows(pg_engine, first + later) if r.started_at]
+    assert most_in_any(starts, window) <= 2
+    assert min(r.started_at for r in rows(pg_engine, later) if r.started_at) >= window_opened
+
+
+def test_a_waiting_task_holds_no_worker_slot_and_runs_when_its_window_opens(
+    kat, world, pg_engine, postgres_uri, redis_url, tmp_path
+) -> None:
+    busiest = list(by_boefje(world).items())
+    (limited, limited_tasks), (_, free_tasks) = busiest[0], busiest[1]
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_RATE_LIMITS=f"{limited}=1/3second")
+    # Two limited tasks first (most urgent band), then unlimited ones: one worker process, one slot.
+    limited_ids = queue(pg_engine, redis_url, limited_tasks[:2], band=1)
+    free_ids = queue(pg_engine, redis_url, free_tasks[:5], band=5)
+
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=tmp_path / "w.log", concurrency=1):
+        assert wait_for(lambda: all_completed(pg_engine, free_ids), timeout=30), log_tail(tmp_path / "w.log")
+        waiting = [r for r in rows(pg_engine, limited_ids) if r.status == TaskStatus.QUEUED]
+        assert len(waiting) == 1  # the second limited task waits, visibly, while the others ran
+        until = datetime.fromisoformat(waiting[0].data["rate_limit"]["until"])
+        assert wait_for(lambda: all_completed(pg_engine, limited_ids), timeout=30), log_tail(tmp_path / "w.log")
+
+    limited_rows = sorted(rows(pg_engine, limited_ids), key=lambda r: r.started_at)
+    free_rows = rows(pg_engine, free_ids)
+    assert limited_rows[1].started_at >= limited_rows[0].started_at + timedelta(seconds=3)
+    assert limited_rows[1].started_at >= until
+    assert limited_rows[1].started_at - until < timedelta(seconds=2)  # as soon as its window opened
+    assert max(r.ended_at for r in free_rows) < limited_rows[1].started_at
+    assert Counter(r.status for r in limited_rows) == {TaskStatus.COMPLETED: 2}

@@ -1,0 +1,116 @@
+"""Rate limits as rules: which limit applies, the group a task counts in, and settings that refuse
+what is no limit, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from kat_scheduler.models.plugins import PLUGIN, Boefje
+from kat_scheduler.rules.rate_limits import (
+    Unresolvable,
+    limit_for,
+    object_type,
+    parse_overrides,
+    rate_limit,
+    resolve_group,
+)
+from kat_scheduler.settings import SettingsError, load_settings
+from tests.factories import BoefjeFactory
+
+HOST = "Hostname|internet|example.com"
+
+
+@pytest.mark.parametrize(
+    ("template", "input_ooi", "group"),
+    [
+        ("{boefje_id}", HOST, "shodan"),
+        ("shodan.io", HOST, "shodan.io"),
+        ("host:{input_ooi}", HOST, "host:Hostname|internet|example.com"),
+        ("{object_type}", HOST, "Hostname"),
+        ("{organisation}/{boefje_id}", HOST, "org-a/shodan"),
+        ("{boefje_id}@{object_type}:{organisation}", "IPAddressV4|internet|10.0.0.1", "shodan@IPAddressV4:org-a"),
+        ("{{literal}}-{boefje_id}", None, "{literal}-shodan"),
+        ("{organisation}", None, "org-a"),
+    ],
+)
+def test_a_group_template_resolves_per_task(template: str, input_ooi: str | None, group: str) -> None:
+    assert resolve_group(template, boefje_id="shodan", organisation="org-a", input_ooi=input_ooi) == group
+
+
+@pytest.mark.parametrize(
+    ("template", "input_ooi"),
+    [("host:{input_ooi}", None), ("{object_type}", None), ("{object_type}", "no-type-in-this-reference")],
+)
+def test_a_template_the_task_cannot_fill_is_unresolvable(template: str, input_ooi: str | None) -> None:
+    with pytest.raises(Unresolvable, match="has no"):
+        resolve_group(template, boefje_id="shodan", organisation="org-a", input_ooi=input_ooi)
+
+
+def test_object_type_is_the_reference_s_first_part() -> None:
+    assert object_type(HOST) == "Hostname"
+    assert object_type(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "capacity", "parts"),
+    [("1/second", 1, 1), ("5 per second", 5, 1), ("10/hour;100/day", 10, 2), ("2/5second", 2, 1)],
+)
+def test_a_limit_string_parses_as_the_limits_library_counts_it(text: str, capacity: int, parts: int) -> None:
+    parsed = rate_limit(text)
+    assert parsed.capacity == capacity
+    assert len(parsed.items) == parts
+    assert parsed.group == "{boefje_id}"
+
+
+def test_the_operator_overrides_adds_and_removes_limits() -> None:
+    overrides = parse_overrides("shodan=1/second@shodan.io nmap=10/minute;100/hour@host:{input_ooi} dns=off")
+    plugin = {"rate_limit": "5/second", "rate_limit_group": "{organisation}"}
+    overridden = limit_for("shodan", plugin["rate_limit"], plugin["rate_limit_group"], overrides)
+    assert overridden is not None and (overridden.text, overridden.group) == ("1/second", "shodan.io")
+    added = limit_for("nmap", None, None, overrides)
+    assert added is not None and (added.text, added.group) == ("10/minute;100/hour", "host:{input_ooi}")
+    assert limit_for("dns", "5/second", None, overrides) is None
+    own = limit_for("other", "5/second", "{organisation}", overrides)
+    assert own is not None and (own.text, own.group) == ("5/second", "{organisation}")
+    assert limit_for("unlimited", None, None, overrides) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "shodan",
+        "shodan=",
+        "shodan=fast",
+        "shodan=1/fortnight",
+        "shodan=0/second",
+        "shodan=1/second@{nope}",
+        "shodan=1/second@{input_ooi.attr}",
+        "shodan=1/second shodan=2/second",
+    ],
+)
+def test_settings_refuse_what_is_no_limit_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SCHEDULER_RATE_LIMITS", value)
+    with pytest.raises(SettingsError, match="SCHEDULER_RATE_LIMITS"):
+        load_settings()
+
+
+def test_settings_refuse_a_counter_store_that_is_not_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_RATE_LIMIT_STORAGE", "memcached://localhost")
+    with pytest.raises(SettingsError, match="SCHEDULER_RATE_LIMIT_STORAGE"):
+        load_settings()
+
+
+def test_katalogus_limits_are_read_tolerantly() -> None:
+    limited = PLUGIN.validate_python(
+        {**BoefjeFactory().model_dump(), "rate_limit": "1/second", "rate_limit_group": "shodan.io"}
+    )
+    assert isinstance(limited, Boefje)
+    assert (limited.rate_limit, limited.rate_limit_group) == ("1/second", "shodan.io")
+    odd = PLUGIN.validate_python({**BoefjeFactory().model_dump(), "rate_limit": 5, "rate_limit_group": ""})
+    assert isinstance(odd, Boefje)
+    assert (odd.rate_limit, odd.rate_limit_group) == (None, None)
+    # a string that is no limit keeps the plugin; it is refused (and logged) where it is enforced
+    bad = PLUGIN.validate_python({**BoefjeFactory().model_dump(), "rate_limit": "fast"})
+    assert isinstance(bad, Boefje) and bad.rate_limit == "fast"
+    with pytest.raises(ValueError, match="no rate limit"):
+        limit_for(bad.id, bad.rate_limit, None, {})
