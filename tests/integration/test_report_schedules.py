@@ -19,7 +19,7 @@ from kat_scheduler.clients import KATClients
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models.producers import ProducerName, RunOutcome
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.producers import Producer, ProducerContext, TickProducer
+from kat_scheduler.producers import DueSchedulesProducer, Producer, ProducerContext, TickProducer
 from kat_scheduler.producers.reports import ReportProducer, ReportRun
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.reports import SCHEDULED_REPORT_BAND
@@ -280,7 +280,9 @@ def test_a_report_pushed_by_hand_is_popped_before_the_scheduled_ones(api, engine
 
 
 @pytest.fixture
-def boefje_planner(kat: SimulatedKAT, clients: KATClients, engine: Engine, redis_url: str) -> Iterator[ProducerContext]:
+def boefje_producers(
+    kat: SimulatedKAT, clients: KATClients, engine: Engine, redis_url: str
+) -> Iterator[ProducerContext]:
     settings = load_settings(
         octopoes_api=kat.octopoes_url,
         katalogus_api=kat.katalogus_url,
@@ -329,12 +331,12 @@ def queued_hashes(engine: Engine) -> set[str]:
         return set(conn.execute(select(TaskRow.hash).where(TaskRow.status == TaskStatus.QUEUED)).scalars())
 
 
-def test_a_boefje_schedule_disabled_through_the_api_is_not_queued_by_due_schedules(api, engine, boefje_planner):
-    disabled, control = planned_and_due(boefje_planner, engine, 2)
+def test_a_boefje_schedule_disabled_through_the_api_is_not_queued_by_due_schedules(api, engine, boefje_producers):
+    disabled, control = planned_and_due(boefje_producers, engine, 2)
     due = deadline(api, str(disabled.id))
 
     patched = api.patch(f"/schedules/{disabled.id}", json={"enabled": False})
-    report = boefje_planner.queue_due(now=DUE_RUN)
+    report = DueSchedulesProducer(boefje_producers).run(DUE_RUN)
 
     assert patched.status_code == 200 and patched.json()["enabled"] is False
     assert report.queued == 1 and [c.hash for c in report.planned] == [control.hash]
@@ -344,13 +346,13 @@ def test_a_boefje_schedule_disabled_through_the_api_is_not_queued_by_due_schedul
 
 
 def test_a_boefje_schedules_new_cron_moves_its_next_deadline_and_due_schedules_waits_for_it(
-    api, engine, boefje_planner
+    api, engine, boefje_producers
 ):
-    recroned, control = planned_and_due(boefje_planner, engine, 2)
+    recroned, control = planned_and_due(boefje_producers, engine, 2)
     before = utcnow()
 
     patched = api.patch(f"/schedules/{recroned.id}", json={"schedule": "30 3 * * *"})
-    report = boefje_planner.queue_due(now=DUE_RUN)
+    report = DueSchedulesProducer(boefje_producers).run(DUE_RUN)
 
     assert patched.status_code == 200, patched.text
     moved = datetime.fromisoformat(patched.json()["deadline_at"])
