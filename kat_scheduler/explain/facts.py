@@ -72,6 +72,8 @@ class LiveTask:
     #: When it got its status: its start when running, else when it was queued.
     since: datetime
     band: int
+    #: The task of another organisation whose one run serves this one (deduplication), if any.
+    served_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class ScheduleFacts:
     enabled: bool
     deadline_at: datetime | None
     disabled_reason: str | None = None
+    #: When its boefje descheduled the pair (a raw file tagged ``openkat/deschedule``); ``None``: it did not.
+    descheduled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +261,7 @@ def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]
     found: dict[str, LiveTask] = {}
     for row in page.rows:
         since = row.started_at if row.status == TaskStatus.RUNNING and row.started_at else row.created_at
-        found[row.hash] = LiveTask(row.id, TaskStatus(row.status), _aware(since), row.band)
+        found[row.hash] = LiveTask(row.id, TaskStatus(row.status), _aware(since), row.band, _served_by(row.data))
     return found
 
 
@@ -283,8 +287,15 @@ def _outcomes(
     found: dict[str, str] = {}
     for row in views.page(query, offset=0, limit=4 * len(last_ended)).rows:
         if _utc(row.ended_at) == last_ended.get(row.hash):
-            found.setdefault(row.hash, TaskStatus(row.status).value)
+            served = _served_by(row.data)
+            found.setdefault(row.hash, TaskStatus(row.status).value + (f" (served by task {served})" if served else ""))
     return found
+
+
+def _served_by(data: Mapping[str, object] | None) -> str | None:
+    """The task whose run served a row (its data's ``served_by``: cross-organisation deduplication)."""
+    served = (data or {}).get("served_by")
+    return served if isinstance(served, str) else None
 
 
 def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> dict[str, ScheduleFacts]:
@@ -293,7 +304,9 @@ def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> di
     query = ScheduleQuery(organisation=organisation, where=[_SCHEDULES.c.hash.in_(hashes)])
     page = store.page(query, offset=0, limit=len(hashes))
     return {
-        row.hash: ScheduleFacts(row.id, bool(row.enabled), _utc(row.deadline_at), row.disabled_reason)
+        row.hash: ScheduleFacts(
+            row.id, bool(row.enabled), _utc(row.deadline_at), row.disabled_reason, _utc(row.descheduled_at)
+        )
         for row in page.rows
     }
 
