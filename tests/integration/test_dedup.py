@@ -16,7 +16,10 @@ from sqlalchemy import Engine, select
 
 from kat_scheduler.clients import KATClients
 from kat_scheduler.clients.plugin_cache import PluginCache
+from kat_scheduler.explain import Decision, Policy, Sources, explain_object
+from kat_scheduler.explain.decide import Explanation
 from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.queues import RAW_FILE_RECEIVED, Queue
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
@@ -178,6 +181,35 @@ def test_one_run_is_stored_for_each_organisation_that_wants_it_and_none_other(
     result = job.run(scene.task, "w1", RUNS, BOEFJE, REF)
     assert result.outcome == Outcome.COMPLETED
     assert_served(world, pg_engine, scene, raw_events)
+
+
+def test_explain_names_the_task_whose_run_serves_a_pair(
+    world: World, clients: KATClients, pg_engine: Engine, scene: Scene
+) -> None:
+    """While org01's run serves org02, explain says org02's pair is deduplicated into org01's task;
+    once it ended, the pair is in its grace period and its last run names the serving task."""
+    policy = Policy(default_grace_seconds=86400, stall_age=timedelta(minutes=10), jitter=0.0)
+    sources = Sources.on(pg_engine, clients)
+    assert scene.store.start(scene.task, "w1") is not None
+    row = scene.store.get(scene.task)
+    assert row is not None
+    boefje = clients.katalogus.plugin(RUNS, BOEFJE)
+    assert isinstance(boefje, Boefje)
+    serving = deduplicator(clients, pg_engine).claim(row, boefje, REF, {"RESOLVER": "192.0.2.53"})
+    assert serving is not None and sorted(serving.organisations) == [TAKEN_OVER, SERVED]
+
+    def dns_records(org: str) -> Explanation:
+        answer = explain_object(sources, policy, org, REF, now=utcnow())
+        return next(e for e in answer.explanations if e.boefje_id == BOEFJE)
+
+    during = dns_records(TAKEN_OVER)
+    assert during.decision == Decision.DEDUPLICATED
+    assert f"deduplicated into task {scene.task}" in during.detail and str(scene.taken_over) in during.detail
+    assert dns_records(RUNS).decision == Decision.LIVE
+    assert dns_records(NO_CLEARANCE).decision == Decision.CLEARANCE
+    serving.store({"id": str(scene.task), "boefje": {"id": BOEFJE}, "input_ooi": REF}, "COMPLETED", [], None)
+    after = dns_records(TAKEN_OVER)
+    assert after.decision == Decision.GRACE and f"served by task {scene.task}" in after.detail
 
 
 def test_an_organisation_whose_own_plugin_says_no_deduplication_serves_no_one(
