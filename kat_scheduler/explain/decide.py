@@ -4,18 +4,21 @@ The producers' rule functions, in the producers' order:
 
 1. the static rules (:func:`~kat_scheduler.rules.static_skip`): not enabled, clearance (the
    boefje needs a level the object does not have);
-2. a live task for the pair (queued, dispatched or running): nothing is queued beside it; one
+2. descheduled: the boefje said, with a raw file tagged ``openkat/deschedule``, that it is not to
+   run on the object again; its schedule is disabled and no producer queues the pair until an
+   operator enables it (``PATCH /schedules/{id}``), as the tick and the events skip it first;
+3. a live task for the pair (queued, dispatched or running): nothing is queued beside it; one
    that another organisation's run serves (``served_by``: deduplication) is deduplicated into it;
-3. ``run_on`` boefjes run on scan-profile events only, never from a tick or a schedule;
-4. an enabled schedule makes the pair the due-schedules run's: it waits for the schedule's
+4. ``run_on`` boefjes run on scan-profile events only, never from a tick or a schedule;
+5. an enabled schedule makes the pair the due-schedules run's: it waits for the schedule's
    deadline, then :func:`~kat_scheduler.rules.is_due` decides on our own history (as that run does);
-5. otherwise the tick's rule: :func:`~kat_scheduler.rules.is_due` on our own last run, or, when
+6. otherwise the tick's rule: :func:`~kat_scheduler.rules.is_due` on our own last run, or, when
    we have none, Bytes' newest run: running in Bytes, grace (the plugin's interval or the
    default grace period), cron, or due (never run, grace over, cron time passed, a stalled run);
-6. due pairs are ranked by :func:`~kat_scheduler.rules.ranking.rank_boefje` (band and reason).
+7. due pairs are ranked by :func:`~kat_scheduler.rules.ranking.rank_boefje` (band and reason).
 
-Rate limits, deduplication and deschedule are part of the vocabulary (:class:`Decision`) for the
-JSON's readers; no rule produces them yet.
+Rate limits and deduplication are part of the vocabulary (:class:`Decision`) for the JSON's
+readers; no rule here produces them yet.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from kat_scheduler.explain.facts import LastRun, ObjectFacts, PairFacts, when
+from kat_scheduler.explain.facts import LastRun, LiveTask, ObjectFacts, PairFacts, ScheduleFacts, when
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules import (
@@ -187,6 +190,9 @@ def explain_pair(pair: PairFacts, ooi: OOI, organisation: str, now: datetime, po
         return answer(Decision.NOT_ENABLED, f"not enabled for organisation {organisation} in Katalogus")
     if skip == SkipReason.CLEARANCE:
         return answer(Decision.CLEARANCE, f"needs L{boefje.scan_level}, object has L{ooi.scan_level}")
+    schedule = pair.schedule
+    if schedule is not None and schedule.descheduled_at is not None:
+        return answer(Decision.DESCHEDULED, _descheduled(schedule, pair.live))
     if pair.live is not None and pair.live.served_by is not None:
         task = pair.live
         return answer(
@@ -204,10 +210,20 @@ def explain_pair(pair: PairFacts, ooi: OOI, organisation: str, now: datetime, po
             Decision.NOT_ENABLED,
             f"enabled for scan-profile events only (run_on: {operations}): no tick or schedule queues it",
         )
-    schedule = pair.schedule
     if schedule is not None and schedule.enabled:
         return _scheduled(pair, now, policy, answer)
     return _planned(pair, now, policy, answer, disabled=schedule.disabled_reason if schedule else None)
+
+
+def _descheduled(schedule: ScheduleFacts, live: LiveTask | None) -> str:
+    """Why a descheduled pair does not run, and how an operator runs it again."""
+    assert schedule.descheduled_at is not None
+    running = f"; task {live.id} is {live.status.value} since {when(live.since)}" if live else ""
+    return (
+        f"schedule {schedule.id} descheduled at {when(schedule.descheduled_at)} "
+        f"({schedule.disabled_reason or 'no reason kept'}): no producer queues it until "
+        f"PATCH /schedules/{schedule.id} with enabled: true{running}"
+    )
 
 
 def _rank(boefje: Boefje, trigger: Trigger, last_ended: datetime | None, now: datetime, policy: Policy) -> Rank:

@@ -91,6 +91,8 @@ class ScheduleFacts:
     enabled: bool
     deadline_at: datetime | None
     disabled_reason: str | None = None
+    #: When its boefje descheduled the pair (a raw file tagged ``openkat/deschedule``); ``None``: it did not.
+    descheduled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +304,9 @@ def _schedules(store: ScheduleStore, organisation: str, hashes: list[str]) -> di
     query = ScheduleQuery(organisation=organisation, where=[_SCHEDULES.c.hash.in_(hashes)])
     page = store.page(query, offset=0, limit=len(hashes))
     return {
-        row.hash: ScheduleFacts(row.id, bool(row.enabled), _utc(row.deadline_at), row.disabled_reason)
+        row.hash: ScheduleFacts(
+            row.id, bool(row.enabled), _utc(row.deadline_at), row.disabled_reason, _utc(row.descheduled_at)
+        )
         for row in page.rows
     }
 
