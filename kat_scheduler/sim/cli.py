@@ -71,6 +71,13 @@ def sim() -> None:
     metavar="URL",
     help="Broker (amqp://… or redis://…) to publish the world's events on, as KAT does. Unset: none.",
 )
+@click.option(
+    "--shared-domains",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Domains of a pool several organisations hold, each at its own level (for deduplication).",
+)
 def serve(
     seed: int,
     organisations: int,
@@ -84,6 +91,7 @@ def serve(
     bytes_username: str,
     bytes_password: str,
     events_url: str | None,
+    shared_domains: int,
 ) -> None:
     """Generate a world and serve it until Ctrl-C or SIGTERM.
 
@@ -96,6 +104,7 @@ def serve(
         oois_per_org=oois_per_org,
         boefjes=boefjes,
         history_fraction=history_fraction,
+        shared_domains=shared_domains,
     )
     started = time.perf_counter()
     world = generate_world(config)

@@ -57,3 +57,12 @@ def test_katalogus_lists_the_organisations_own_deduplicate_flag(world: World, ht
 def test_world_config_refuses_a_negative_pool() -> None:
     with pytest.raises(ValueError, match="shared_domains"):
         WorldConfig(shared_domains=-1)
+
+
+def test_sim_serve_takes_the_size_of_the_shared_pool() -> None:
+    from click.testing import CliRunner
+
+    from kat_scheduler.sim.cli import sim
+
+    result = CliRunner().invoke(sim, ["serve", "--help"])
+    assert result.exit_code == 0 and "--shared-domains" in result.output
