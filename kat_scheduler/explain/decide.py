@@ -9,6 +9,8 @@ The producers' rule functions, in the producers' order:
    operator enables it (``PATCH /schedules/{id}``), as the tick and the events skip it first;
 3. a live task for the pair (queued, dispatched or running): nothing is queued beside it; one
    that another organisation's run serves (``served_by``: deduplication) is deduplicated into it;
+   a queued one waiting for its rate limit's window (:mod:`kat_scheduler.limiting`) is
+   rate-limited until the window opens;
 4. ``run_on`` boefjes run on scan-profile events only, never from a tick or a schedule;
 5. an enabled schedule makes the pair the due-schedules run's: it waits for the schedule's
    deadline, then :func:`~kat_scheduler.rules.is_due` decides on our own history (as that run does);
@@ -16,9 +18,6 @@ The producers' rule functions, in the producers' order:
    we have none, Bytes' newest run: running in Bytes, grace (the plugin's interval or the
    default grace period), cron, or due (never run, grace over, cron time passed, a stalled run);
 7. due pairs are ranked by :func:`~kat_scheduler.rules.ranking.rank_boefje` (band and reason).
-
-Rate limits and deduplication are part of the vocabulary (:class:`Decision`) for the JSON's
-readers; no rule here produces them yet.
 """
 
 from __future__ import annotations
@@ -200,6 +199,15 @@ def explain_pair(pair: PairFacts, ooi: OOI, organisation: str, now: datetime, po
             f"deduplicated into task {task.served_by}: another organisation's run of {boefje.id} on this object "
             f"serves this one (stored for it too); its task {task.id} {task.status.value} since {when(task.since)}",
             band=task.band,
+        )
+    if pair.live is not None and pair.live.rate_limit is not None:
+        task, wait = pair.live, pair.live.rate_limit
+        return answer(
+            Decision.RATE_LIMITED,
+            f"task {task.id} waits for its rate limit ({wait.limit or 'limit not said'}, group "
+            f"{wait.group or 'not said'}) until {when(wait.until)}, holding no worker; it keeps its band",
+            wait.until,
+            task.band,
         )
     if pair.live is not None:
         task = pair.live

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, or_
 
 from kat_scheduler.clients import KATClients, ServiceError
+from kat_scheduler.limiting.waiting import RATE_LIMIT_KEY, WaitingStore
 from kat_scheduler.models.limits import ID_LENGTH, OBJECT_KEY_LENGTH
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje, PluginType
@@ -74,6 +75,17 @@ class LiveTask:
     band: int
     #: The task of another organisation whose one run serves this one (deduplication), if any.
     served_by: str | None = None
+    #: Queued and waiting for its rate limit's window, if it does.
+    rate_limit: RateLimitWait | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitWait:
+    """A queued task waiting for its group's window (:mod:`kat_scheduler.limiting`): when it opens."""
+
+    until: datetime
+    limit: str | None
+    group: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +270,18 @@ def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]
         where=[col.hash.in_(hashes), col.status.in_([s.value for s in LIVE_STATUSES])],
     )
     page = views.page(query, offset=0, limit=len(hashes))
+    noted = [row.id for row in page.rows if row.status == TaskStatus.QUEUED and RATE_LIMIT_KEY in (row.data or {})]
+    waiting = WaitingStore(views.engine).waiting_until(noted) if noted else {}
     found: dict[str, LiveTask] = {}
     for row in page.rows:
         since = row.started_at if row.status == TaskStatus.RUNNING and row.started_at else row.created_at
-        found[row.hash] = LiveTask(row.id, TaskStatus(row.status), _aware(since), row.band, _served_by(row.data))
+        wait = None
+        if row.id in waiting:
+            note = row.data.get(RATE_LIMIT_KEY) or {}
+            wait = RateLimitWait(_aware(waiting[row.id]), note.get("limit"), note.get("group"))
+        found[row.hash] = LiveTask(
+            row.id, TaskStatus(row.status), _aware(since), row.band, _served_by(row.data), rate_limit=wait
+        )
     return found
 
 

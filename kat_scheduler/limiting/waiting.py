@@ -82,6 +82,22 @@ class WaitingStore:
             ).scalar_one_or_none()
         return found
 
+    def waiting_until(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """Of ``ids``, the queued tasks that wait for their window, and when it opens (``explain``)."""
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_UNPUBLISHED.c.task_id, _UNPUBLISHED.c.not_before)
+                .join(_TASKS, _TASKS.c.id == _UNPUBLISHED.c.task_id)
+                .where(
+                    _UNPUBLISHED.c.task_id.in_(list(ids)),
+                    _UNPUBLISHED.c.not_before.is_not(None),
+                    _TASKS.c.status == TaskStatus.QUEUED,
+                )
+            )
+            return {task_id: not_before for task_id, not_before in rows}
+
     def due(self, conn: Connection, now: datetime, limit: int) -> list[Waiting]:
         """Waiting tasks whose time came, most urgent first, locked for this transaction (on
         PostgreSQL rows another node is releasing are skipped)."""

@@ -1,12 +1,12 @@
 """Every decision ``explain`` can give, one row each, with its reason and its ``until`` (real
 PostgreSQL, the simulated KAT over HTTP; a descheduled pair is descheduled through the raw-file
-handler, as the listener does it)."""
+handler, as the listener does it; a rate-limited task is put back as a worker does it)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +18,7 @@ from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.events.deschedule import DESCHEDULE_MIME_TYPE
 from kat_scheduler.events.handlers import RawFileHandler
 from kat_scheduler.explain import DECISIONS, Decision, Policy, Sources, explain_object
+from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import RawFileReceived, TaskStatus
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.timing import last_cron, next_cron
@@ -34,9 +35,8 @@ STALL_AGE = 3600
 GRACE = timedelta(days=1)
 FIERCE_CRON = "30 2 * * 1"
 
-#: Decisions no rule gives yet (rate limits, cross-organisation deduplication): the table grows a
-#: row for each once explain gives it.
-NOT_GIVEN_YET = {Decision.RATE_LIMITED, Decision.DEDUPLICATED}
+#: When the rate-limited row's window opens, after ``now``.
+WINDOW = timedelta(seconds=40)
 
 
 @pytest.fixture
@@ -91,6 +91,22 @@ class Place:
         task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=5)
         assert self.tasks.claim([task], now=self.now - timedelta(minutes=4))
         return task.id
+
+    def rate_limited(self) -> uuid.UUID:
+        """Queued, then put back by a worker that found its group's limit reached (``limiting``)."""
+        task_id = self.queued()
+        assert WaitingStore(self.tasks.engine).put_back(
+            task_id, limit="5/second", group="dns.example", until=self.now + WINDOW, now=self.now
+        )
+        return task_id
+
+    def served(self) -> uuid.UUID:
+        """Live, served by another organisation's run of the boefje on the object; that run's task id."""
+        serving = uuid.uuid4()
+        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=4)
+        task = replace(task, data={**task.data, "served_by": str(serving)})
+        assert self.tasks.claim([task], now=self.now - timedelta(minutes=1))
+        return serving
 
     def bytes_run(self, started: datetime, ended: datetime | None) -> None:
         meta = BoefjeMetaFactory(
@@ -182,6 +198,26 @@ TABLE: dict[str, Row] = {
     "live": Row(
         "dns-records", "Hostname", 1, Decision.LIVE, ("task {setup} queued since",), _no_time, Place.queued, band=5
     ),
+    "rate_limited": Row(
+        "dns-records",
+        "Hostname",
+        1,
+        Decision.RATE_LIMITED,
+        ("task {setup} waits for its rate limit (5/second, group dns.example) until",),
+        lambda p: p.now + WINDOW,
+        setup=Place.rate_limited,
+        band=5,
+    ),
+    "deduplicated": Row(
+        "dns-records",
+        "Hostname",
+        1,
+        Decision.DEDUPLICATED,
+        ("deduplicated into task {setup}",),
+        _no_time,
+        setup=Place.served,
+        band=4,
+    ),
     "running": Row(
         "dns-records",
         "Hostname",
@@ -239,7 +275,7 @@ PRIMARY_KEYS = {
 
 
 def test_the_table_has_a_row_for_every_decision_explain_gives() -> None:
-    assert {row.decision.value for row in TABLE.values()} | NOT_GIVEN_YET == set(DECISIONS)
+    assert {row.decision.value for row in TABLE.values()} == set(DECISIONS)
 
 
 @pytest.mark.parametrize("name", TABLE)
