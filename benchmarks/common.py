@@ -36,7 +36,7 @@ def drop_database(admin: sa.Engine, uri: str) -> None:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _process_name(pid: str, me: int, named: dict[int, str]) -> str:
+def _process_name(pid: str, me: int, named: dict[int, str], database: str | None = None) -> str:
     """A short group name for a process: the named pids first, then by executable."""
     if int(pid) in named:
         return named[int(pid)]
@@ -55,6 +55,9 @@ def _process_name(pid: str, me: int, named: dict[int, str]) -> str:
             return "postgres autovacuum"
         if any(word in title for word in ("checkpointer", "walwriter", "background writer")):
             return "postgres writers"
+        if database is not None:
+            # A backend's title names its database: "postgres: 15/main: user dbname host(port) state".
+            return "postgres" if f" {database} " in title.replace("\0", " ") else "postgres (other databases)"
         return "postgres"
     if comm in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
         return "rabbitmq"
@@ -68,13 +71,15 @@ def _process_name(pid: str, me: int, named: dict[int, str]) -> str:
     return comm
 
 
-def cpu_seconds(named: dict[int, str] | None = None) -> dict[str, float]:
+def cpu_seconds(named: dict[int, str] | None = None, database: str | None = None) -> dict[str, float]:
     """CPU seconds (user + system) used so far by every live process, summed per group.
 
     ``named`` maps pids to group names (a listener subprocess, say); this process is
     "benchmark", PostgreSQL's backends "postgres" (its autovacuum and its
     checkpointer, WAL and background writers apart), RabbitMQ's Erlang VM "rabbitmq". Differences
     of two snapshots show where a phase's CPU went (processes that ended in between are lost).
+    With ``database``, only that database's backends are "postgres"; the others (other people's
+    tests on a shared server) are "postgres (other databases)".
     """
     named = named or {}
     me = os.getpid()
@@ -89,7 +94,7 @@ def cpu_seconds(named: dict[int, str] | None = None) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         used = (int(fields[11]) + int(fields[12])) / _TICKS
         if used:
-            name = _process_name(entry, me, named)
+            name = _process_name(entry, me, named, database)
             totals[name] = totals.get(name, 0.0) + used
     return totals
 

@@ -5,11 +5,13 @@
 Per run: a fresh PostgreSQL database, an empty Redis db (7: the Celery broker), our event
 queues emptied on a RabbitMQ vhost of our own (``kat_bench_events_<pid>``, created with
 ``rabbitmqctl`` when missing), the simulated KAT in this process (so its request counts are
-exact), one ``python -m kat_scheduler listen`` subprocess on those, and the events published
-from this process with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopoes does.
+exact), ``--listeners`` ``kat-scheduler listen`` subprocesses on those (one by default; several
+consume the same queues, as an operator runs them), and the events published from this process
+with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopoes does.
 
-1. **Latency.** A stock ``celery worker -Q boefjes -c 1`` runs :mod:`benchmarks.event_probe`,
-   whose ``kat.boefje.run`` pushes ``time.time()`` at its start into Redis. One at a time, a
+1. **Latency** (mutation -> boefje started; issue 17: p95 <= 50 ms). A stock ``celery worker
+   -Q boefjes -c 1`` runs :mod:`benchmarks.event_probe`, whose ``kat.boefje.run`` pushes
+   ``time.time()`` at its start into Redis. One at a time, a
    ``create`` mutation of a new Hostname (level 4, organisations in turn) is published; the
    next one only once every boefje task of the previous one has started (the worker is idle).
    Latency = first task start - publish, on this machine's clock. The first ``--warmup`` events
@@ -45,13 +47,17 @@ and the clock starts once RabbitMQ counts its consumer: "published at once", the
 Storm a's backlog run uses other new objects; storm b's two runs start from the same state
 (the first one's tasks and new schedules are deleted in between).
 
-A storm is followed by one sentinel ``create``: the listener writes batches in order on one
-thread, so once the sentinel's task is claimed every storm event has been handled. A storm's
-time runs from its clock's start to the sentinel's claim ("handled"); its rate is ``--storm`` /
-that time. "Last claim" is the newest ``created_at`` of the storm's own rows. HTTP requests
-are the simulated services' counts over the same time (a new listener fetches each
-organisation's plugins once). CPU seconds per process group (``/proc``) show where the
-machine's time went.
+A storm is followed by one sentinel ``create``: a listener writes batches in order on one
+thread, so with one listener, once the sentinel's task is claimed every storm event has been
+handled. A storm's time runs from its clock's start to the sentinel's claim ("handled"); its rate
+is ``--storm`` / that time. With several listeners the broker deals the events out among them, so
+a sentinel says nothing about the others: each runs as :mod:`benchmarks.listen` (the stock
+command, logging a line per handled batch), and a storm is handled once the listeners' logs count
+every event of it and the sentinel; "handled" is the newest of those lines. "Last claim" is the
+newest ``created_at`` of the storm's own rows. HTTP requests are the simulated services' counts
+over the same time (a new listener fetches each organisation's plugins once). CPU seconds per
+process group (``/proc``; "postgres" is this run's database's backends) show where the machine's
+time went.
 
 Prints figures per run and the median of ``--runs`` runs, then one line per target; asserts
 nothing. ``--profile DIR`` runs the listener under cProfile and leaves ``listener-N.prof``
@@ -67,6 +73,7 @@ import gc
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -76,7 +83,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,7 +132,8 @@ NETWORK = "internet"
 IDLE_GAP = 0.01
 
 TARGET_P50_MS = 50.0
-TARGET_P95_MS = 200.0
+#: Issue 17's floor for mutation -> boefje started (issue 4 asked for 200 ms).
+TARGET_P95_MS = 50.0
 TARGET_RATE = 5000.0
 TARGET_HTTP = 0.1
 #: The storms in the order they run, and what each is.
@@ -285,7 +293,7 @@ def start_listener(
     }
     env.pop("SCHEDULER_RESULT_BACKEND", None)
     profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
-    command = shlex.split(listener_command) if listener_command else [*profiler, "-m", "kat_scheduler", "listen"]
+    command = shlex.split(listener_command) if listener_command else [*profiler, "-m", "benchmarks.listen"]
     with open(log, "wb") as output:
         return subprocess.Popen(
             command,
@@ -442,33 +450,69 @@ def sentinel_done(engine: sa.Engine, sentinel: NewObject) -> bool:
     return bool(done)
 
 
+#: The consumer's line per handled batch (:mod:`benchmarks.listen`): its time, and how many events.
+HANDLED_LINE = re.compile(
+    rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG kat_scheduler\.events\.consumer: "
+    + re.escape(SCAN_PROFILE_MUTATIONS.encode())
+    + rb": handled (\d+) events",
+    re.MULTILINE,
+)
+
+
+def handled_in_log(log: Path) -> tuple[int, float]:
+    """How many mutation events a listener's log says it handled, and when the last batch was (epoch s)."""
+    try:
+        text = log.read_bytes()
+    except FileNotFoundError:
+        return 0, math.nan
+    count, last = 0, b""
+    for match in HANDLED_LINE.finditer(text):
+        count += int(match.group(2))
+        last = match.group(1)
+    if not count:
+        return 0, math.nan
+    return count, datetime.strptime(last.decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the listener's local time
+
+
 @dataclass
 class Listener:
-    """The ``kat_scheduler listen`` subprocess of a run, which a backlog storm stops and starts again."""
+    """The ``kat-scheduler listen`` subprocesses of a run (``count`` on the same queues), which a
+    backlog storm stops and starts again."""
 
     start: Callable[[Path, str], subprocess.Popen[bytes]]
     logs: Path
     name: str
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
+    count: int = 1
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_files: list[Path] = field(default_factory=list)
     starts: int = 0
 
     def begin(self) -> None:
         self.starts += 1
-        suffix = "" if self.starts == 1 else f".{self.starts}"
-        self.log = self.logs / f"{self.name}{suffix}.log"
-        self.process = self.start(self.log, suffix)
+        self.processes, self.log_files = [], []
+        for n in range(1, self.count + 1):
+            suffix = ("" if self.count == 1 else f"-{n}") + ("" if self.starts == 1 else f".{self.starts}")
+            log = self.logs / f"{self.name}{suffix}.log"
+            self.log_files.append(log)
+            self.processes.append(self.start(log, suffix))
 
     def alive(self) -> None:
-        assert self.process is not None and self.log is not None
-        check_alive(self.process, "listener", self.log)
+        assert self.processes
+        for process, log in zip(self.processes, self.log_files, strict=True):
+            check_alive(process, "listener", log)
 
     def named(self) -> dict[int, str]:
-        return {self.process.pid: "listener"} if self.process is not None else {}
+        return {process.pid: "listener" for process in self.processes}
+
+    def handled(self) -> tuple[int, float]:
+        """Mutation events handled by the running listeners, and the time of the last batch."""
+        counts = [handled_in_log(log) for log in self.log_files]
+        times = [t for _, t in counts if not math.isnan(t)]
+        return sum(n for n, _ in counts), max(times, default=math.nan)
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process, timeout=30)
+        for process in self.processes:
+            stop(process, timeout=30)
 
 
 def consumers(url: str, queue: str) -> int:
@@ -497,15 +541,17 @@ def storm(
     published onto the queue, then a new listener starts, and the clock starts when it is
     attached to the queue (RabbitMQ counts its consumer), so only planning is timed.
     """
+    database = engine.url.database
     depth_before = broker_depth(broker)
     if backlog:
         listener.stop()
+    handled_before = 0 if backlog else listener.handled()[0]
     kat.reset_counts()
-    cpu_start = cpu_seconds(listener.named())
+    cpu_start = cpu_seconds(listener.named(), database)
     t0 = time.time()
     taken = bridge.publish_many(SCAN_PROFILE_MUTATIONS, bodies)
     publish_seconds = time.time() - t0
-    cpu_published = cpu_seconds(listener.named())
+    cpu_published = cpu_seconds(listener.named(), database)
     if taken != len(bodies) or not bridge.publish(SCAN_PROFILE_MUTATIONS, sentinel.body()):
         raise RuntimeError(f"RabbitMQ took {taken} of {len(bodies)} events (or not the sentinel)")
     if backlog:
@@ -519,16 +565,19 @@ def storm(
             raise RuntimeError("the listener did not attach to the queue within 60 s")
         t0 = time.time()
         kat.reset_counts()
-        cpu_start = cpu_published = cpu_seconds(listener.named())
+        cpu_start = cpu_published = cpu_seconds(listener.named(), database)
 
     def done() -> bool:
         listener.alive()
+        if listener.count > 1:
+            # Several listeners: the storm is handled once their logs count it all (and the sentinel).
+            return listener.handled()[0] - handled_before >= len(bodies) + 1
         return sentinel_done(engine, sentinel)
 
     expected = allowed(datetime.fromtimestamp(t0, UTC)) if allowed is not None else None
     if not wait_for(done, timeout=timeout, interval=0.05):
         raise RuntimeError(f"the storm was not handled within {timeout} s")
-    cpu_end = cpu_seconds(listener.named())
+    cpu_end = cpu_seconds(listener.named(), database)
     requests = dict(kat.request_counts)
     since = datetime.fromtimestamp(t0, UTC)
     with engine.connect() as conn:
@@ -569,6 +618,8 @@ def storm(
             )
         ).scalar_one()
     handled_s = handled.timestamp() - t0
+    if listener.count > 1:
+        handled_s = listener.handled()[1] - t0
     total_requests = sum(requests.values())
     return {
         "backlog": backlog,
@@ -671,7 +722,7 @@ def run_once(
         profile = profiles / f"listener-{n}{suffix}.prof" if profiles else None
         return start_listener(kat, queue_uri, db_uri, log, profile, listener_env(args), args.listener_command)
 
-    listener = Listener(start, logs, f"listener-{n}")
+    listener = Listener(start, logs, f"listener-{n}", count=args.listeners)
 
     def oracle(bodies: list[dict[str, Any]]) -> Callable[[datetime], set[tuple[str, str, str]]]:
         def allowed(now: datetime) -> set[tuple[str, str, str]]:
@@ -824,6 +875,12 @@ def main() -> None:
     parser.add_argument("--boefjes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--listeners",
+        type=int,
+        default=1,
+        help="listener processes on the same event queues (a storm is then timed from their logs)",
+    )
+    parser.add_argument(
         "--stall-age", type=int, default=3600, help="SCHEDULER_BYTES_STALL_AGE of the listener and the tick (s)"
     )
     parser.add_argument("--profile", metavar="DIR", help="run the listener under cProfile, writing DIR/listener-N.prof")
@@ -858,7 +915,8 @@ def main() -> None:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     listener_settings = load_settings_with(listener_env(args))
     print(
-        f"events on {with_vhost(AMQP, VHOST)}, Celery broker {REDIS}; listener batches of "
+        f"events on {with_vhost(AMQP, VHOST)}, Celery broker {REDIS}; {args.listeners} listener process(es), "
+        "batches of "
         f"{listener_settings.events_batch_size}, window {listener_settings.events_batch_window * 1000:.0f} ms, "
         f"Katalogus cache {listener_settings.katalogus_cache_ttl:.0f} s"
     )

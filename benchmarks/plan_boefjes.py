@@ -30,7 +30,7 @@ from typing import Any, cast
 import redis
 import sqlalchemy as sa
 
-from benchmarks.common import drop_database, fresh_database
+from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
@@ -94,6 +94,7 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
     settings = load_settings(broker_url=REDIS, result_backend=REDIS, db_uri=db_uri)
     app = create_app(settings, main="bench")
     engine = sa.create_engine(normalise_url(db_uri))
+    database = engine.url.database
     orgs = world.organisation_ids
     try:
         # Warm the worker up (imports, connections) with an empty plan.
@@ -107,6 +108,7 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
         expected: set[tuple[str, str, str]] = set()
         for phase in ("cold", "warm"):
             kat.reset_counts()
+            cpu_start = cpu_seconds({worker.pid: "worker"}, database)
             sent = datetime.now(UTC)
             t0 = time.perf_counter()
             summary = app.send_task(
@@ -116,6 +118,7 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
                 priority=broker_priority(0, "redis"),
             ).get(timeout=1800)
             task_seconds = time.perf_counter() - t0
+            cpu = cpu_used(cpu_start, cpu_seconds({worker.pid: "worker"}, database))
             last = summary["last_published_at"]
             last_publish = datetime.fromisoformat(last) if last else None
             queued = summary["queued"]
@@ -133,6 +136,7 @@ def run_once(world, kat: SimulatedKAT, args) -> dict[str, Any]:
                 "requests": dict(kat.request_counts),
                 "errors": summary["errors"],
                 "timings": summary["timings"],
+                "cpu": cpu,
             }
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT organisation, plugin_id, input_ooi FROM tasks")).all()
@@ -203,6 +207,7 @@ def main() -> None:
                 f"recall {figures['recall']:.4f}); on broker: {figures['broker_depth']}"
             )
             print(f"  phases (s): cold {cold['timings']}, warm {warm['timings']}")
+            print(f"  CPU s, cold tick (sent to summary): {cold['cpu']}")
             if cold["errors"] or warm["errors"]:
                 print(f"  errors: {cold['errors'] or warm['errors']}")
     rates = [r["cold"]["rate"] for r in runs]
