@@ -23,6 +23,7 @@ from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.queues import RAW_FILE_RECEIVED, Queue
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
+from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore
@@ -32,10 +33,14 @@ from kat_scheduler.storage.tasks import FinishedTask
 from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator
 from kat_scheduler.workers.lifecycle import BoefjeJob, Outcome
 from kat_scheduler.workers.simulated import SimulatedRunner
+from tests.conftest import vhost_name
 from tests.integration.conftest import WORLD_NOW
+from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
+from tests.integration.test_listener import start_listener
 from tests.integration.test_worker_lifecycle import queued_boefje_task
 from tests.integration.test_workers import publish_boefje
-from tests.workers import celery_worker, wait_for
+from tests.vhosts import own_vhost
+from tests.workers import celery_worker, stop, wait_for
 
 BOEFJE = "dns-records"  # needs L1
 REF = "Hostname|internet|gedeeld-voorbeeld.nl"
@@ -301,3 +306,76 @@ def test_real_workers_with_deduplication_off_run_each_organisation_on_its_own(
         assert row is not None and SERVED_BY not in row.data
     assert sorted(e["organization"] for e in raw_events) == [RUNS, TAKEN_OVER]  # each its own run
     assert rows_of(pg_engine, SERVED) == []
+
+
+DEDUP_VHOST = vhost_name("dedup")
+
+
+@pytest.fixture
+def dedup_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+    url = own_vhost(events_amqp_base, DEDUP_VHOST)
+    drop_our_queues(url)
+    yield url
+    drop_our_queues(url)
+
+
+def test_each_served_organisation_gets_its_own_normalizer_work_through_the_whole_cycle(
+    kat: SimulatedKAT,
+    world: World,
+    pg_engine: Engine,
+    scene: Scene,
+    dedup_events_url: str,
+    postgres_uri: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """A real listener and a real worker: the one run's raw file reaches each served organisation
+    as its own ``raw_file_received``, is normalized there, and its observation saved in its graph."""
+    normalizer = next(n.id for n in world.normalizers if f"boefje/{BOEFJE}" in n.consumes)
+    for org in world.organisation_ids:
+        world.set_plugin_enabled(org, normalizer, True)
+    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_DEDUPLICATE="true", QUEUE_URI=dedup_events_url)
+    wanted = {RUNS: str(scene.task), TAKEN_OVER: str(scene.taken_over)}
+
+    def normalized() -> dict[str, str]:
+        """Per organisation, the BoefjeMeta id its completed normalizer task of REF's raw file read."""
+        with pg_engine.connect() as conn:
+            rows = conn.execute(
+                select(TaskRow.organisation, TaskRow.data).where(
+                    TaskRow.scheduler_id == SchedulerId.NORMALIZER,
+                    TaskRow.plugin_id == normalizer,
+                    TaskRow.status == TaskStatus.COMPLETED,
+                )
+            ).all()
+        return {
+            org: data["raw_data"]["boefje_meta"]["id"]
+            for org, data in rows
+            if data["raw_data"]["boefje_meta"]["input_ooi"] == REF
+        }
+
+    with EventBridge(dedup_events_url) as bridge:
+        world.add_listener(bridge)
+        with open(tmp_path / "listener.log", "wb") as log:
+            listener = start_listener(kat, dedup_events_url, postgres_uri, redis_url, log)
+            try:
+                with celery_worker(
+                    "kat_scheduler",
+                    [Queue.BOEFJES.value, Queue.NORMALIZERS.value],
+                    env,
+                    concurrency=2,
+                    log_file=tmp_path / "worker.log",
+                ):
+                    publish_boefje(scene.task, RUNS, REF, postgres_uri, redis_url)
+                    done = wait_for(lambda: set(normalized()) >= {RUNS, TAKEN_OVER, SERVED}, timeout=90)
+                    assert done, (tmp_path / "worker.log").read_text()[-4000:] + (
+                        tmp_path / "listener.log"
+                    ).read_text()[-2000:]
+            finally:
+                stop(listener)
+        world.remove_listener(bridge)
+    found = normalized()
+    wanted[SERVED] = str(served_row(pg_engine, SERVED).id)
+    assert {org: found[org] for org in wanted} == wanted  # each read its own BoefjeMeta
+    assert not set(found) & set(NOT_SERVED)
+    observed = {o.organization for o in world.observations if o.source == REF}
+    assert observed >= {RUNS, TAKEN_OVER, SERVED} and not observed & set(NOT_SERVED)
