@@ -14,6 +14,9 @@ clearance is met, and Bytes' newest run of the pair (the latest ``started_at``):
 * ended, and for a boefje with ``cron``, a cron time came after that end and not after ``now``;
   for one without, its ``interval`` minutes (else the default grace) have passed since that end.
 
+A pair its boefje descheduled (:func:`descheduled_pairs`: Bytes holds a raw file of a run of the
+pair tagged ``openkat/deschedule``) is never allowed: it is not due again until an operator says so.
+
 :func:`allowed_event_tasks` models the event path: what a storm of scan-profile mutations may
 queue right after such a first tick (see there).
 """
@@ -26,6 +29,7 @@ from typing import Any
 
 from croniter import croniter
 
+from kat_scheduler.sim.deschedule import DESCHEDULE_MIME_TYPE
 from kat_scheduler.sim.world import World
 
 Triple = tuple[str, str, str]
@@ -62,6 +66,19 @@ def bytes_state(
     return "due" if _due_by_bytes(world, org, boefje, primary_key, now, default_grace, stall_age) else "not due"
 
 
+def descheduled_pairs(world: World) -> set[Triple]:
+    """Every (org, boefje, object) whose boefje descheduled it: a raw file of one of the pair's runs
+    in Bytes is tagged ``openkat/deschedule``."""
+    found: set[Triple] = set()
+    for raw in world.raw_files():
+        if DESCHEDULE_MIME_TYPE not in raw.mime_types:
+            continue
+        run = world.boefje_meta(raw.boefje_meta_id)
+        if run is not None and run.input_ooi is not None:
+            found.add((run.organization, run.boefje_id, run.input_ooi))
+    return found
+
+
 def allowed_boefje_tasks(
     world: World,
     now: datetime,
@@ -70,6 +87,7 @@ def allowed_boefje_tasks(
 ) -> set[Triple]:
     """Every (org, boefje, object) a first planning tick at ``now`` may queue."""
     allowed: set[Triple] = set()
+    descheduled = descheduled_pairs(world)
     stall_age = timedelta(seconds=stall_age_seconds)
     for org in world.organisation_ids:
         boefjes = [b for b in world.boefjes if world.is_enabled(org, b.id) and b.consumes and not b.run_on]
@@ -77,6 +95,8 @@ def allowed_boefje_tasks(
             level = ooi.level if ooi.scan_profile_type != "empty" else 0
             for b in boefjes:
                 if ooi.object_type not in b.consumes or b.scan_level > level:
+                    continue
+                if (org, b.id, ooi.primary_key) in descheduled:
                     continue
                 if _due_by_bytes(
                     world, org, b, ooi.primary_key, now, timedelta(seconds=default_grace_seconds), stall_age
@@ -137,6 +157,7 @@ def _event_pairs(
     """The pairs of :func:`allowed_event_tasks` (``allowed_only``), or every periodic pair the
     mutations newly make eligible, each with its :func:`bytes_state` (``"event"`` for ``run_on``)."""
     pairs: dict[Triple, str] = {}
+    descheduled = descheduled_pairs(world)
     stall_age = timedelta(seconds=stall_age_seconds)
     default_grace = timedelta(seconds=default_grace_seconds)
     for body in mutations:
@@ -151,6 +172,8 @@ def _event_pairs(
         level_at_tick = (ooi.level if ooi.scan_profile_type != "empty" else 0) if ooi is not None else -1
         for b in world.boefjes:
             if not world.is_enabled(org, b.id) or object_type not in b.consumes or b.scan_level > level:
+                continue
+            if (org, b.id, primary_key) in descheduled:
                 continue
             if b.run_on:
                 if operation in b.run_on and allowed_only:

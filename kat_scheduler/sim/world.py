@@ -62,6 +62,7 @@ from typing import Any
 from kat_scheduler.models import OOI, BoefjeMeta, NormalizerMeta
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.sim import events, generator
+from kat_scheduler.sim.deschedule import DESCHEDULE_BOEFJE, DESCHEDULE_NORMALIZER
 from kat_scheduler.sim.records import (
     DECLARED,
     EMPTY,
@@ -115,6 +116,9 @@ class WorldConfig:
     #: hold, each at its own level: the same primary keys in several organisations. 0: none (the
     #: worlds of before, object for object).
     shared_domains: int = 0
+    #: Add the boefje that deschedules a quarter of its objects (:mod:`kat_scheduler.sim.deschedule`),
+    #: after the others; off: the worlds of before.
+    deschedule_boefje: bool = False
 
     def __post_init__(self) -> None:
         if self.organisations < 0 or self.oois_per_org < 0 or self.boefjes < 0 or self.shared_domains < 0:
@@ -734,5 +738,10 @@ def generate_world(config: WorldConfig | None = None, *, clock: Callable[[], dat
         runs = generator.generate_history(
             config.seed, index, record.id, oois, boefjes, config.history_fraction, config.now
         )
+        if config.deschedule_boefje:  # after every draw: the other boefjes' world is the same without it
+            enabled.update({DESCHEDULE_BOEFJE.id: True, DESCHEDULE_NORMALIZER.id: True})
+            settings[DESCHEDULE_BOEFJE.id] = {}
         orgs.append(generator.GeneratedOrg(record, oois, enabled, settings, runs))
+    if config.deschedule_boefje:
+        boefjes, normalizers = [*boefjes, DESCHEDULE_BOEFJE], [*normalizers, DESCHEDULE_NORMALIZER]
     return World(config, boefjes, normalizers, orgs, clock=clock)

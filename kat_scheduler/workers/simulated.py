@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+from kat_scheduler.sim.deschedule import DESCHEDULE_MIME_TYPE, deschedules, reason
 from kat_scheduler.workers.runners import RawOutput, UnknownPlugin
 
 
@@ -105,7 +106,11 @@ class SimulatedRunner:
         ooi = (boefje_meta.get("arguments") or {}).get("input") or {}
         if not boefje_id:
             raise UnknownPlugin("no boefje id")
-        body = {"boefje": boefje_id, "input": ooi.get("primary_key"), "found": _derive(boefje_id, ooi)}
+        primary_key = ooi.get("primary_key")
+        if primary_key and deschedules(boefje_id, primary_key):  # as KAT's boefjes say "not me, not again"
+            said = {"boefje": boefje_id, "input": primary_key, "found": [], "deschedule": reason(primary_key)}
+            return [({DESCHEDULE_MIME_TYPE, "application/json"}, json.dumps(said).encode())]
+        body = {"boefje": boefje_id, "input": primary_key, "found": _derive(boefje_id, ooi)}
         return [({f"boefje/{boefje_id}", "application/json"}, json.dumps(body).encode())]
 
     def run_normalizer(self, normalizer_id: str, input_ooi: dict[str, Any], raw: bytes) -> list[dict[str, Any]]:
