@@ -12,6 +12,8 @@ workers racing between the test and the hit can only be refused, never let throu
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +39,9 @@ class Admission:
     group: str | None = None
     #: When refused: the earliest time a start of the group may be admitted.
     until: datetime | None = None
+    #: When admitted under a limit: the moment it was counted (read right before the count, with
+    #: no I/O between), which the task's row records as its start.
+    at: datetime | None = None
 
 
 FREE = Admission(True)
@@ -49,10 +54,20 @@ def _at(epoch: float) -> datetime:
 class RateLimiter:
     """Admits boefje starts against their limits (Katalogus's, or ``SCHEDULER_RATE_LIMITS``)."""
 
-    def __init__(self, storage_uri: str, overrides: dict[str, RateLimit | None], *, key_prefix: str = KEY_PREFIX):
+    def __init__(
+        self,
+        storage_uri: str,
+        overrides: dict[str, RateLimit | None],
+        *,
+        key_prefix: str = KEY_PREFIX,
+        plugin_ttl: float = 30.0,
+    ):
         self.storage = storage_from_string(storage_uri, key_prefix=key_prefix)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.overrides = overrides
+        #: Seconds a plugin's limit fields, as Katalogus gave them, are reused (per organisation).
+        self.plugin_ttl = plugin_ttl
+        self._plugins: dict[tuple[str, str], tuple[float, Boefje | None]] = {}
         #: Plugin limit strings that are no limit, said once per process.
         self._said: set[tuple[str, str | None, str | None]] = set()
 
@@ -62,17 +77,34 @@ class RateLimiter:
         uri = settings.rate_limit_store
         if uri is None:
             return None
-        return cls(uri, parse_overrides(settings.rate_limits))
+        return cls(uri, parse_overrides(settings.rate_limits), plugin_ttl=settings.katalogus_cache_ttl)
 
-    def limit_of(self, boefje: Boefje) -> RateLimit | None:
+    def plugin(self, organisation: str, boefje_id: str, fetch: Callable[[], object]) -> Boefje | None:
+        """The boefje as Katalogus gave it for its limit fields: an operator's override needs no
+        plugin; otherwise ``fetch`` is called at most once per ``plugin_ttl`` per organisation, so
+        the count right before a start waits for no request."""
+        if boefje_id in self.overrides:
+            return None
+        key = (organisation, boefje_id)
+        now = time.monotonic()
+        cached = self._plugins.get(key)
+        if cached is not None and now - cached[0] < self.plugin_ttl:
+            return cached[1]
+        found = fetch()
+        boefje = found if isinstance(found, Boefje) else None
+        self._plugins[key] = (now, boefje)
+        return boefje
+
+    def limit_of(self, boefje_id: str, boefje: Boefje | None) -> RateLimit | None:
         """The boefje's limit; a plugin string that is no limit is logged (once) and ignored."""
+        text = None if boefje is None else boefje.rate_limit
+        group = None if boefje is None else boefje.rate_limit_group
         try:
-            return limit_for(boefje.id, boefje.rate_limit, boefje.rate_limit_group, self.overrides)
+            return limit_for(boefje_id, text, group, self.overrides)
         except ValueError as exc:
-            said = (boefje.id, boefje.rate_limit, boefje.rate_limit_group)
-            if said not in self._said:
-                self._said.add(said)
-                logger.warning("boefje %s: Katalogus's rate limit is ignored: %s", boefje.id, exc)
+            if (boefje_id, text, group) not in self._said:
+                self._said.add((boefje_id, text, group))
+                logger.warning("boefje %s: Katalogus's rate limit is ignored: %s", boefje_id, exc)
             return None
 
     def group_of(self, limit: RateLimit, boefje_id: str, organisation: str, input_ooi: str | None) -> str | None:
@@ -83,22 +115,26 @@ class RateLimiter:
             logger.warning("boefje %s on %s in %s: not rate limited: %s", boefje_id, input_ooi, organisation, exc)
             return None
 
-    def admit(self, boefje: Boefje, organisation: str, input_ooi: str | None) -> Admission:
-        """Count one start of ``boefje`` if its limit has room; otherwise say until when it has none."""
-        limit = self.limit_of(boefje)
+    def admit(self, boefje_id: str, boefje: Boefje | None, organisation: str, input_ooi: str | None) -> Admission:
+        """Count one start of ``boefje_id`` if its limit has room; otherwise say until when it has
+        none. ``boefje``: its plugin, for Katalogus's limit (``None``: only an override applies)."""
+        limit = self.limit_of(boefje_id, boefje)
         if limit is None:
             return FREE
-        group = self.group_of(limit, boefje.id, organisation, input_ooi)
+        group = self.group_of(limit, boefje_id, organisation, input_ooi)
         if group is None:
             return FREE
-        full = [item for item in limit.items if not self.strategy.test(item, group)]
+        # One part: its hit is the test. Several: each is tested first, so a start one part
+        # refuses takes no room from the others.
+        full = [] if len(limit.items) == 1 else [item for item in limit.items if not self.strategy.test(item, group)]
         if not full:
+            at = datetime.now(UTC)
             for item in limit.items:
-                if not self.strategy.hit(item, group):  # another worker took the last room meanwhile
+                if not self.strategy.hit(item, group):  # no room (or another worker took it meanwhile)
                     full = [item]
                     break
             else:
-                return Admission(True, limit, group)
+                return Admission(True, limit, group, at=at)
         until = max(self.strategy.get_window_stats(item, group).reset_time for item in full)
         return Admission(False, limit, group, _at(until))
 

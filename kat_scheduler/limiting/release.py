@@ -51,22 +51,24 @@ class Releaser:
         """Publish the waiting tasks whose time came and whose group has room; how many."""
         now = now or utcnow()
         with self.engine.begin() as conn:
+            # The listings stay locked until the end: a worker that puts a released task back
+            # before then waits for this transaction (it locks the task first, and nothing here
+            # waits for a task's lock), and no other node releases them.
             due = self.store.due(conn, now, BATCH)
             if not due:
                 return 0
             publish, wait = self._split(due)
-            self.store.releasing(conn, [w.row.id for w in publish], now)
+            sent: list[uuid.UUID] = []
+            if publish:
+                messages = [message_for(w.row) for w in publish]
+                try:
+                    self.publisher.publish(messages)
+                    sent = [m.task_id for m in messages]
+                except PublishError as exc:  # the rest stay listed: the next pass tries again
+                    logger.error("rate limits: could not publish %d released tasks: %s", len(messages), exc)
+                    sent = list(exc.published)
+            self.store.released(conn, sent)
             self.store.wait_more(conn, wait)
-        if not publish:
-            return 0
-        messages = [message_for(w.row) for w in publish]
-        try:
-            self.publisher.publish(messages)
-            sent = [m.task_id for m in messages]
-        except PublishError as exc:  # left listed: the reaper publishes the rest
-            logger.error("rate limits: could not publish %d released tasks: %s", len(messages), exc)
-            sent = list(exc.published)
-        self.store.released(sent)
         return len(sent)
 
     def _split(self, due: list[Waiting]) -> tuple[list[Waiting], dict[uuid.UUID, datetime]]:

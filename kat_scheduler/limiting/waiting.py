@@ -115,16 +115,6 @@ class WaitingStore:
             found.append(Waiting(row, note.get("limit"), note.get("group")))
         return found
 
-    def releasing(self, conn: Connection, ids: Sequence[uuid.UUID], now: datetime) -> None:
-        """About to publish ``ids``: they become ordinary claims (listed until :meth:`released`)."""
-        if ids:
-            conn.execute(
-                update(_UNPUBLISHED)
-                .where(_UNPUBLISHED.c.task_id.in_(list(ids)))
-                .values(not_before=None, claimed_at=now)
-            )
-            conn.execute(update(_TASKS).where(_TASKS.c.id.in_(list(ids))).values(published_at=now))
-
     def wait_more(self, conn: Connection, until: dict[uuid.UUID, datetime]) -> None:
         """Move the times of tasks that still wait (their group had no room for them)."""
         by_time: dict[datetime, list[uuid.UUID]] = {}
@@ -135,13 +125,7 @@ class WaitingStore:
                 update(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(ids)).values(not_before=moment, claimed_at=moment)
             )
 
-    def released(self, ids: Sequence[uuid.UUID]) -> None:
-        """Their messages are on the broker: their listings go (a listing a worker made again
-        meanwhile, with a ``not_before``, stays)."""
+    def released(self, conn: Connection, ids: Sequence[uuid.UUID]) -> None:
+        """Their messages are on the broker: their listings (locked by this release) go."""
         if ids:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    delete(_UNPUBLISHED).where(
-                        _UNPUBLISHED.c.task_id.in_(list(ids)), _UNPUBLISHED.c.not_before.is_(None)
-                    )
-                )
+            conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(list(ids))))

@@ -199,8 +199,10 @@ class Job:
         )
         return _without_kept(row.data)
 
-    def _start(self, task_id: uuid.UUID, worker: str, node_id: uuid.UUID | None = None) -> TaskRow | None:
-        row = self.tasks.start(task_id, worker, now=self.clock(), node_id=node_id)
+    def _start(
+        self, task_id: uuid.UUID, worker: str, node_id: uuid.UUID | None = None, *, now: datetime | None = None
+    ) -> TaskRow | None:
+        row = self.tasks.start(task_id, worker, now=now or self.clock(), node_id=node_id)
         if row is not None:
             return row
         current = self.tasks.get(task_id)
@@ -332,25 +334,28 @@ class BoefjeJob(Job):
         *,
         node_id: uuid.UUID | None = None,
     ) -> JobResult:
-        plugin, admission = self._admit(organisation, boefje_id, input_ooi)
+        admission = self._admit(organisation, boefje_id, input_ooi)
         if not admission.allowed:
             return self._wait(task_id, admission)
-        row = self._start(task_id, worker, node_id)
+        row = self._start(task_id, worker, node_id, now=admission.at)
         if row is None:
             return JobResult(Outcome.SKIPPED, "not runnable")
-        return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi, plugin))
+        return self._guard(row, lambda: self._run(row, organisation, boefje_id, input_ooi))
 
-    def _admit(self, organisation: str, boefje_id: str, input_ooi: str | None) -> tuple[Any, Admission]:
-        """Right before the start: the plugin, and whether its rate limit has room for this start
-        (counted now, over every worker). A Katalogus that fails here fails the run below instead."""
+    def _admit(self, organisation: str, boefje_id: str, input_ooi: str | None) -> Admission:
+        """Right before the start: whether the boefje's rate limit has room for it (counted now,
+        over every worker; the row's ``started_at`` is that moment). A Katalogus that fails here
+        fails the run below instead."""
         limiter = self.limiter if self.limiter is not None else process_limiter()
+        if limiter is None:
+            return FREE
         try:
-            plugin = self.clients.katalogus.plugin(organisation, boefje_id)
+            plugin = limiter.plugin(
+                organisation, boefje_id, lambda: self.clients.katalogus.plugin(organisation, boefje_id)
+            )
         except ServiceError:
-            return None, FREE
-        if limiter is None or not isinstance(plugin, Boefje):
-            return plugin, FREE
-        return plugin, limiter.admit(plugin, organisation, input_ooi)
+            return FREE
+        return limiter.admit(boefje_id, plugin, organisation, input_ooi)
 
     def _wait(self, task_id: uuid.UUID, admission: Admission) -> JobResult:
         """Put the task back to wait for its window: no message, no worker slot, its priority kept."""
@@ -365,7 +370,7 @@ class BoefjeJob(Job):
         logger.info("%s %s: %s", self.kind, task_id, detail)
         return JobResult(Outcome.RATE_LIMITED, detail)
 
-    def _run(self, row: TaskRow, organisation: str, boefje_id: str, input_ooi: str | None, plugin: Any = None) -> None:
+    def _run(self, row: TaskRow, organisation: str, boefje_id: str, input_ooi: str | None) -> None:
         task_id = row.id
         kept = row.data.get(KEPT_OUTPUT)
         if kept is not None:
@@ -374,8 +379,7 @@ class BoefjeJob(Job):
             )
             self._store(organisation, boefje_id, KeptBoefjeOutput.model_validate(kept), environment=None)
             return
-        if plugin is None:
-            plugin = self.clients.katalogus.plugin(organisation, boefje_id)
+        plugin = self.clients.katalogus.plugin(organisation, boefje_id)
         if not isinstance(plugin, Boefje):
             raise _Permanent(f"unknown boefje {boefje_id!r} in organisation {organisation!r}")
         ooi_json: dict[str, Any] | None = None
