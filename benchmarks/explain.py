@@ -3,13 +3,17 @@
     .venv/bin/python -m benchmarks.explain [--organisations 10 --oois 10000 --boefjes 10 --samples 1000]
 
 The simulated KAT serves the world from a process of its own (forked after the world is
-generated, so both hold the same world). A fresh PostgreSQL database is filled as a tick leaves it:
-every task the rules allow now is claimed (a dry-run tick's candidates), then about half of them
+generated, so both hold the same world). The world has the boefje that deschedules (``internetdb``,
+one more boefje) unless ``--no-deschedule``. A fresh PostgreSQL database is filled as a tick leaves
+it: every task the rules allow now is claimed (a dry-run tick's candidates), then about half of them
 end ``completed`` a few minutes ago, and those get their schedule for the next run; the rest stay
-queued (live). Then ``explain`` is timed on random objects of every consumed type, spread over the
-organisations: in process (``explain_object``, what the command runs after start-up) and over HTTP
-(``GET /explain``, the router mounted on the API app, served by uvicorn on loopback). Prints the
-latency percentiles, the decisions seen and the requests to KAT per explain; asserts nothing.
+queued (live). Of the completed pairs, those the deschedule boefje deschedules get a descheduled
+schedule (as the listener leaves them); of the queued ones, one in ten waits for its rate limit's
+window (as a worker leaves it), so every read of ``explain`` is exercised. Then ``explain`` is
+timed on random objects of every consumed type, spread over the organisations: in process
+(``explain_object``, what the command runs after start-up) and over HTTP (``GET /explain``, the
+router mounted on the API app, served by uvicorn on loopback). Prints the latency percentiles,
+the decisions seen and the requests to KAT per explain; asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import random
 import statistics
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,10 +42,12 @@ from kat_scheduler.api import create_app
 from kat_scheduler.api import explain as explain_route
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.explain import Policy, Sources, explain_object
+from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.planning.candidates import new_boefje_schedule, new_boefje_task
 from kat_scheduler.producers import ProducerContext, TickProducer
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
+from kat_scheduler.sim.deschedule import deschedules
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.db import make_engine
@@ -60,7 +67,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def fill(settings: Settings, engine: sa.Engine, now: datetime, seed: int) -> dict[str, int]:
-    """The database as a tick leaves it: the allowed tasks claimed, about half since completed."""
+    """The database as a tick leaves it: the allowed tasks claimed, about half since completed;
+    the deschedule boefje's completed pairs it deschedules descheduled, one in ten queued waiting."""
     with clients_from_settings(settings) as clients:
         tasks, schedules = TaskStore(engine), ScheduleStore(engine)
         report = TickProducer(ProducerContext(clients, tasks, schedules, settings)).run(now, dry_run=True)
@@ -83,9 +91,29 @@ def fill(settings: Settings, engine: sa.Engine, now: datetime, seed: int) -> dic
     schedules.add_many(
         [new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, ended, settings) for c in done], now=now
     )
+    gone = [
+        (new_boefje_schedule(c.organisation, c.boefje, c.input_ooi, c.hash, ended, settings), "descheduled (benchmark)")
+        for c in done
+        if deschedules(c.boefje.id, c.input_ooi)
+    ]
+    schedules.deschedule(gone, now=ended)
+    queued = [c for c in candidates if c.hash not in done_hashes]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT hash, id FROM tasks WHERE status = 'queued'")).all()
+    live: dict[str, uuid.UUID] = {hash_: task_id for hash_, task_id in rows}
+    waiting = WaitingStore(engine)
+    waits = [c for c in queued if pick.random() < 0.1]
+    for c in waits:
+        waiting.put_back(live[c.hash], limit="5/second", group=c.boefje.id, until=now + timedelta(minutes=10), now=now)
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE"))
-    return {"tasks": len(candidates), "completed": len(done), "queued": len(candidates) - len(done)}
+    return {
+        "tasks": len(candidates),
+        "completed": len(done),
+        "queued": len(queued),
+        "descheduled": len(gone),
+        "rate_limited": len(waits),
+    }
 
 
 def sample_objects(world: World, count: int, seed: int) -> list[tuple[str, str]]:
@@ -129,14 +157,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--http-samples", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-deschedule", action="store_true", help="leave out the boefje that deschedules")
     args = parser.parse_args()
 
     started = time.perf_counter()
     world = generate_world(
-        WorldConfig(seed=args.seed, organisations=args.organisations, oois_per_org=args.oois, boefjes=args.boefjes)
+        WorldConfig(
+            seed=args.seed,
+            organisations=args.organisations,
+            oois_per_org=args.oois,
+            boefjes=args.boefjes,
+            deschedule_boefje=not args.no_deschedule,
+        )
     )
     print(
-        f"world: {args.organisations} orgs x {args.oois} OOIs x {args.boefjes} boefjes, "
+        f"world: {args.organisations} orgs x {args.oois} OOIs x {len(world.boefjes)} boefjes, "
         f"generated in {time.perf_counter() - started:.1f} s"
     )
     gc.freeze()
