@@ -243,7 +243,13 @@ def listen() -> None:
     plugins = PluginCache(runtime.clients.katalogus, ttl=settings.katalogus_cache_ttl)
     bookkeeper = Bookkeeper()
     handlers = make_handlers(
-        plugins, runtime.tasks, runtime.schedules, runtime.publisher, settings, bookkeeper=bookkeeper
+        plugins,
+        runtime.tasks,
+        runtime.schedules,
+        runtime.publisher,
+        settings,
+        bookkeeper=bookkeeper,
+        octopoes=runtime.clients.octopoes,
     )
     tune_collector()  # start-up is done: what it made is frozen
     try:

@@ -18,10 +18,14 @@ Bytes' newest run (running, stalled, grace, interval, cron), as on every other p
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -29,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kat_scheduler.clients import OrganisationNotFound, ServiceError
+from kat_scheduler.clients import OctopoesClient, OrganisationNotFound, ServiceError
 from kat_scheduler.clients.plugin_cache import PluginCache
 from kat_scheduler.dispatch.dispatcher import Claim, Dispatchable, Dispatcher
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher
@@ -37,7 +41,8 @@ from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.deschedule import Descheduler
 from kat_scheduler.events.recording_handler import RecordingHandler
-from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
+from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
+from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.planning.candidates import (
@@ -70,6 +75,7 @@ from kat_scheduler.rules.payloads import normalizer_message_kwargs, normalizer_p
 from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
+from kat_scheduler.storage.object_events import Fence, ObjectEventStore, ObjectKey
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
@@ -83,6 +89,8 @@ class HandlerStats:
     events: int = 0
     queued: int = 0
     cancelled: int = 0
+    #: Objects another listener process had handled lately: their state was read from Octopoes.
+    contested: int = 0
     schedules_disabled: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
@@ -211,6 +219,30 @@ class _Base:
             self._sends.wait_for(lambda: self._unsent == 0)
 
 
+#: Octopoes look-ups of contested objects at once.
+CONTESTED_LOOKUPS = 8
+#: Seconds between prunes of ``object_events`` by one listener.
+PRUNE_INTERVAL = 60.0
+
+
+@dataclass
+class _Objects:
+    """The objects of a batch of mutations: each one's pair hashes and last operation; the boefjes per organisation."""
+
+    hashes: dict[ObjectKey, set[str]] = field(default_factory=dict)
+    operations: dict[ObjectKey, MutationOperation] = field(default_factory=dict)
+    indexes: dict[str, BoefjeIndex] = field(default_factory=dict)
+
+    def add(self, organisation: str, event: ScanProfileMutation) -> set[str]:
+        """Count ``event`` as its object's last word; the set of its object's pair hashes."""
+        key = (organisation, event.primary_key)
+        self.operations[key] = event.operation
+        return self.hashes.setdefault(key, set())
+
+    def object_of(self) -> dict[str, ObjectKey]:
+        return {hash_: key for key, hashes in self.hashes.items() for hash_ in hashes}
+
+
 class MutationHandler(_Base):
     """``scan_profile_mutations`` → boefje tasks for the object, or cancellations.
 
@@ -227,7 +259,34 @@ class MutationHandler(_Base):
     pair whose schedule an earlier batch still has to record waits for that. Then cancellations,
     disabled schedules and claims. The send (publishes, then the bookkeeping: rows marked
     published, schedules) comes last, and may overlap the next batch's writes.
+
+    With ``order`` (and ``octopoes``), several listener processes may consume the queue at once
+    (:mod:`kat_scheduler.storage.object_events`): the writes of a batch hold its objects, so the
+    batches of one object are written one after another, and an object another listener handled
+    within the reorder window is taken as Octopoes holds it now, not as this batch's events (which
+    may be older than that listener's) say. Its schedule writes after the ack are kept only for the
+    objects no other listener has handled since.
     """
+
+    def __init__(
+        self,
+        plugins: PluginCache,
+        tasks: TaskStore,
+        schedules: ScheduleStore,
+        publisher: Publisher,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        bookkeeper: Bookkeeper | None = None,
+        *,
+        octopoes: OctopoesClient | None = None,
+        order: ObjectEventStore | None = None,
+    ) -> None:
+        super().__init__(plugins, tasks, schedules, publisher, settings, clock, bookkeeper)
+        if (octopoes is None) != (order is None):
+            raise ValueError("ordering objects across listener processes needs both octopoes and order")
+        self.octopoes = octopoes
+        self.order = order
+        self._pruned_at = time.monotonic()
 
     def plan(self, queue: str, events: list[ScanProfileMutation]) -> Write:
         now = self.clock()
@@ -238,14 +297,17 @@ class MutationHandler(_Base):
         self.plugins.prefetch("boefje", by_org)  # the uncached ones at once, not one after another
         steps: dict[str, list[Step]] = {}
         org_of: dict[str, str] = {}
+        objects = _Objects()
         reasons: Counter[SkipReason] = Counter()
         for org, indices in by_org.items():
             boefjes = self._plugins_or_reject(org, self.plugins.boefjes, indices, rejected)
             if boefjes is None:
                 continue
-            index = BoefjeIndex(boefjes)
+            index = objects.indexes[org] = BoefjeIndex(boefjes)
             for i in indices:  # in batch order within each organisation (hashes include it)
+                hashes = objects.add(org, events[i])
                 for hash_, step in mutation_steps(org, index, events[i], reasons):
+                    hashes.add(hash_)
                     pair_steps = steps.get(hash_)
                     if pair_steps is None:
                         steps[hash_] = [step]
@@ -253,10 +315,15 @@ class MutationHandler(_Base):
                     else:
                         pair_steps.append(step)
         self._count(Counter({str(k): v for k, v in reasons.items()}), events=len(events))
-        return partial(self._write, steps, org_of, rejected, now)
+        return partial(self._write, steps, org_of, objects, rejected, now)
 
     def _write(
-        self, steps: dict[str, list[Step]], org_of: dict[str, str], rejected: list[Rejected], now: datetime
+        self,
+        steps: dict[str, list[Step]],
+        org_of: dict[str, str],
+        objects: _Objects,
+        rejected: list[Rejected],
+        now: datetime,
     ) -> Send:
         with self._lock:
             unrecorded = not self._unrecorded.keys().isdisjoint(steps)
@@ -265,6 +332,82 @@ class MutationHandler(_Base):
             # it is sent, and once they are all submitted, written.
             self._wait_for_sends()
             self.bookkeeper.flush()
+        fence = self.order.enter(objects.hashes) if self.order is not None else Fence()
+        try:
+            if fence.contested:
+                self._settle_contested(fence.contested, steps, org_of, objects, now)
+            send = self._write_held(steps, org_of, objects, rejected, now)
+        except BaseException:
+            fence.release(written=False)
+            raise
+        fence.release()
+        self._prune_now_and_then()
+        return send
+
+    def _settle_contested(
+        self,
+        contested: set[ObjectKey],
+        steps: dict[str, list[Step]],
+        org_of: dict[str, str],
+        objects: _Objects,
+        now: datetime,
+    ) -> None:
+        """The steps of each contested object: one event that says what Octopoes holds now.
+
+        Another listener handled the object within the window, maybe a newer event of it than this
+        batch's, so this batch's events may be stale; Octopoes' state now is what the newest event
+        said (or something newer still, whose event follows). An object Octopoes no longer holds is
+        withdrawn as by a delete; one it holds is weighed as an update at its level now (a create
+        when this batch's last word was a create), so a ``run_on`` boefje keeps its operation.
+        """
+        octopoes = self.octopoes
+        assert octopoes is not None  # set with order (see __init__)
+        keys = sorted(contested)
+
+        def lookup(key: ObjectKey) -> OOI | None:
+            return octopoes.get_object(key[0], key[1], valid_time=now)
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(CONTESTED_LOOKUPS, len(keys))) as pool:
+                found = list(pool.map(lookup, keys))
+        except (ServiceError, ValidationError) as exc:
+            raise TransientError(f"Octopoes: {exc}") from exc
+        counted_already: Counter[SkipReason] = Counter()  # the plan counted this batch's skips
+        for key, ooi in zip(keys, found, strict=True):
+            org, primary_key = key
+            for hash_ in objects.hashes[key]:
+                steps.pop(hash_, None)
+            if ooi is None:
+                now_held = ScanProfileMutation(
+                    operation=MutationOperation.DELETE, primary_key=primary_key, client_id=org
+                )
+            else:
+                last = objects.operations[key]
+                operation = MutationOperation.CREATE if last == MutationOperation.CREATE else MutationOperation.UPDATE
+                now_held = ScanProfileMutation(operation=operation, primary_key=primary_key, client_id=org, value=ooi)
+            hashes = objects.hashes[key] = set()
+            for hash_, step in mutation_steps(org, objects.indexes[org], now_held, counted_already):
+                hashes.add(hash_)
+                steps.setdefault(hash_, []).append(step)
+                org_of[hash_] = org
+        self._count(contested=len(keys))
+
+    def _prune_now_and_then(self) -> None:
+        """Now and then, on the bookkeeping thread: forget ``object_events`` rows too old to contest."""
+        if self.order is None or time.monotonic() - self._pruned_at < PRUNE_INTERVAL:
+            return
+        self._pruned_at = time.monotonic()
+        self.bookkeeper.submit("prune object_events", self.order.prune)
+
+    def _write_held(
+        self,
+        steps: dict[str, list[Step]],
+        org_of: dict[str, str],
+        objects: _Objects,
+        rejected: list[Rejected],
+        now: datetime,
+    ) -> Send:
+        """The batch's writes, its objects held: cancellations, disabled schedules, claims."""
         known = self._known(steps, now)
         reasons: Counter[SkipReason] = Counter()
         folded = {
@@ -290,7 +433,7 @@ class MutationHandler(_Base):
         with self._lock:
             self._unrecorded.update(recording)
         sent = self._sending()
-        return partial(self._send_mutations, claims, folded, recording, sent, rejected, now)
+        return partial(self._send_mutations, claims, folded, recording, objects, sent, rejected, now)
 
     def _known(self, steps: dict[str, list[Step]], now: datetime) -> dict[str, Known]:
         """What the database holds for each pair of ``steps``; cancels the live tasks the steps withdraw.
@@ -360,6 +503,7 @@ class MutationHandler(_Base):
         claims: list[Claim],
         folded: dict[str, Folded],
         recording: list[str],
+        objects: _Objects,
         sent: Callable[[], None],
         rejected: list[Rejected],
         now: datetime,
@@ -375,7 +519,8 @@ class MutationHandler(_Base):
             ]
             disable = [h for h, out in folded.items() if out.schedule is not None and out.disable]
             if schedules or disable:
-                self.bookkeeper.submit("schedules", partial(self._record_schedules, schedules, disable, recording, now))
+                record = partial(self._record_schedules, schedules, disable, recording, objects, now)
+                self.bookkeeper.submit("schedules", record)
                 submitted = True
             return rejected
         finally:
@@ -384,16 +529,33 @@ class MutationHandler(_Base):
             sent()  # only now: a later batch's writes on these pairs wait for this batch's schedule writes
 
     def _record_schedules(
-        self, schedules: list[NewSchedule], disable: list[str], recording: list[str], now: datetime
+        self, schedules: list[NewSchedule], disable: list[str], recording: list[str], objects: _Objects, now: datetime
     ) -> None:
-        """Write the schedules of a sent batch, then disable those its last word withdrew."""
+        """Write the schedules of a sent batch, then disable those its last word withdrew.
+
+        With ``order``, only for the objects no other listener has handled since this batch did
+        (that listener's batch decided them after this one), held until they are written.
+        """
         try:
-            self.schedules.upsert(schedules, now=now)
-            if disable:
-                disabled = self.schedules.disable_hashes(disable, "object deleted or scan level too low", now=now)
-                self._count(schedules_disabled=disabled)
+            if self.order is None:
+                self._write_schedules(schedules, disable, now)
+                return
+            object_of = objects.object_of()
+            keys = {object_of[h] for h in [s.hash for s in schedules] + disable if h in object_of}
+            with self.order.held(keys) as held:
+
+                def kept(hash_: str) -> bool:
+                    return hash_ not in object_of or object_of[hash_] in held
+
+                self._write_schedules([s for s in schedules if kept(s.hash)], [h for h in disable if kept(h)], now)
         finally:
             self._recorded(recording)
+
+    def _write_schedules(self, schedules: list[NewSchedule], disable: list[str], now: datetime) -> None:
+        self.schedules.upsert(schedules, now=now)
+        if disable:
+            disabled = self.schedules.disable_hashes(disable, "object deleted or scan level too low", now=now)
+            self._count(schedules_disabled=disabled)
 
     def _recorded(self, hashes: list[str]) -> None:
         with self._lock:
@@ -493,8 +655,20 @@ def listener_summary(handlers: Mapping[str, _Base], since: datetime) -> dict[str
         "events": {queue: handler.stats.events for queue, handler in handlers.items()},
         "queued": sum(s.queued for s in stats),
         "cancelled": sum(s.cancelled for s in stats),
+        "contested": sum(s.contested for s in stats),
         "schedules_disabled": sum(s.schedules_disabled for s in stats),
     }
+
+
+def listener_name() -> str:
+    """This listener process among others: host, process id and a part drawn once per process."""
+    global _listener_name
+    if _listener_name is None or _listener_name[0] != os.getpid():
+        _listener_name = (os.getpid(), f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    return _listener_name[1]
+
+
+_listener_name: tuple[int, str] | None = None
 
 
 def make_handlers(
@@ -507,15 +681,21 @@ def make_handlers(
     record_runs: bool = True,
     record_interval: float = LISTENER_RECORD_INTERVAL,
     bookkeeper: Bookkeeper | None = None,
+    octopoes: OctopoesClient | None = None,
 ) -> dict[str, Any]:
     """The handler per event queue, for :class:`~kat_scheduler.events.consumer.EventConsumer`.
 
     With ``record_runs``, each handler records the listener's run in ``producer_runs`` after a
     batch, at most once per ``record_interval`` seconds (shared by both queues); recording never
-    fails a batch.
+    fails a batch. With ``octopoes``, the mutation handler keeps per-object order with other
+    listener processes on the same database (``object_events``, under :func:`listener_name`).
     """
+    order = None if octopoes is None else ObjectEventStore(tasks.engine, listener_name())
+    mutations = MutationHandler(
+        plugins, tasks, schedules, publisher, settings, bookkeeper=bookkeeper, octopoes=octopoes, order=order
+    )
     handlers: dict[str, MutationHandler | RawFileHandler] = {
-        SCAN_PROFILE_MUTATIONS: MutationHandler(plugins, tasks, schedules, publisher, settings, bookkeeper=bookkeeper),
+        SCAN_PROFILE_MUTATIONS: mutations,
         RAW_FILE_RECEIVED: RawFileHandler(plugins, tasks, schedules, publisher, settings, bookkeeper=bookkeeper),
     }
     if not record_runs:
