@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from kat_scheduler.clients import ServiceError
+from kat_scheduler.limiting.capacity import GroupBudget
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.producers import ProducerName
@@ -63,6 +64,7 @@ class DueSchedulesProducer:
         report = PlanReport(now=now, dry_run=dry_run)
         indexes: dict[str, BoefjeIndex | None] = {}
         max_band = backpressure_for(self.context, report)
+        budget = GroupBudget.of(self.settings)  # per rate-limited group, what this run may send
         for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size):
             by_org: dict[str, list[ScheduleRow]] = defaultdict(list)
             for row in batch:
@@ -74,7 +76,7 @@ class DueSchedulesProducer:
                 candidates = self._due_candidates(org, rows, indexes, advance, disable, report, now)
                 per_org.append(candidates)
             candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org]))
-            kept = keep_bands(candidates, max_band, report)
+            kept = budget.keep(keep_bands(candidates, max_band, report), report.skipped)
             for held_back in {c.hash for c in candidates} - {c.hash for c in kept}:
                 advance.pop(held_back)  # stays due: queued by a run once the queue is shallow again
             candidates = kept

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from kat_scheduler.clients import ServiceError
+from kat_scheduler.limiting.capacity import GroupBudget
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.candidates import (
     Candidate,
@@ -102,6 +103,7 @@ class TickProducer:
         orgs = self.organisations if self.organisations is not None else self.context.organisations()
         report.organisations = orgs
         max_band = backpressure_for(self.context, report)
+        budget = GroupBudget.of(self.settings)  # per rate-limited group, what this tick may send
         plans: list[OrgPlan] = []
         # Each organisation's candidates are final once it is planned (the cap is per organisation,
         # backpressure per band), so they are claimed in the background, by the database on another
@@ -120,6 +122,7 @@ class TickProducer:
                         report.invalid_plugins[plan.organisation] = plan.invalid_plugins
                     report.skipped.update(plan.skipped)
                     plan.candidates = keep_bands(plan.candidates, max_band, report)
+                    plan.candidates = budget.keep(plan.candidates, report.skipped)
                     plans.append(plan)
                     if dry_run:
                         continue

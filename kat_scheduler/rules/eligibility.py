@@ -37,6 +37,7 @@ class SkipReason(StrEnum):
     DESCHEDULED = "descheduled by its boefje"
     BACKPRESSURE = "queue full (backpressure)"
     ORG_CAP = "organisation cap reached"
+    RATE_LIMITED = "rate limit's window full"
     INVALID_PLUGIN = "plugin does not validate"
     INVALID_OBJECT = "object does not validate"
 

@@ -15,9 +15,13 @@ here is what is enforced.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from limits import RateLimitItem, parse_many
+
+T = TypeVar("T")
 
 #: The placeholders a group template may use.
 TEMPLATE_FIELDS: tuple[str, ...] = ("boefje_id", "input_ooi", "object_type", "organisation")
@@ -142,3 +146,27 @@ def resolve_group(template: str, *, boefje_id: str, organisation: str, input_ooi
             raise Unresolvable(f"rate limit group {template!r}: the task has no {name}")
         out.append(value)
     return "".join(out)
+
+
+def within_capacity(
+    candidates: Iterable[T], group_of: Callable[[T], tuple[str, int] | None], budget: dict[str, int]
+) -> tuple[list[T], int]:
+    """The candidates (in their order, most urgent first) a producer may send now: per group at
+    most what ``budget`` has left (a group seen for the first time gets its capacity, what its
+    tightest window can start); ``group_of`` gives a candidate's group and capacity, ``None`` when
+    it is not limited. The rest, and how many, stay back: unclaimed, found again next time."""
+    kept: list[T] = []
+    held = 0
+    for candidate in candidates:
+        limited = group_of(candidate)
+        if limited is None:
+            kept.append(candidate)
+            continue
+        group, capacity = limited
+        left = budget.setdefault(group, capacity)
+        if left <= 0:
+            held += 1
+            continue
+        budget[group] = left - 1
+        kept.append(candidate)
+    return kept, held

@@ -153,3 +153,31 @@ def test_a_waiting_task_holds_no_worker_slot_and_runs_when_its_window_opens(
     assert limited_rows[1].started_at - until < timedelta(seconds=2)  # as soon as its window opened
     assert max(r.ended_at for r in free_rows) < limited_rows[1].started_at
     assert Counter(r.status for r in limited_rows) == {TaskStatus.COMPLETED: 2}
+
+
+def test_a_tick_sends_a_limited_group_no_more_than_its_window_can_start_and_the_next_tick_the_rest(
+    world, producers, pg_engine
+) -> None:
+    from dataclasses import replace
+
+    from kat_scheduler.producers import TickProducer
+    from kat_scheduler.rules import SkipReason
+    from tests.integration.conftest import WORLD_NOW
+
+    now = WORLD_NOW + timedelta(minutes=5)
+    expected = allowed_boefje_tasks(world, now)
+    per_boefje = Counter(b for _, b, _ in expected)
+    boefje, count = per_boefje.most_common(1)[0]
+    assert count > 3
+    limited = replace(producers, settings=producers.settings.model_copy(update={"rate_limits": f"{boefje}=3/minute"}))
+
+    first = TickProducer(limited).run(now)
+    sent = Counter(c.boefje.id for c in first.planned)
+    assert sent[boefje] == 3  # one window's capacity, across every organisation
+    assert first.skipped[SkipReason.RATE_LIMITED] == count - 3
+    assert {b: n for b, n in sent.items() if b != boefje} == {b: n for b, n in per_boefje.items() if b != boefje}
+
+    second = TickProducer(limited).run(now)  # the rest are found again: 3 more, none twice
+    assert Counter(c.boefje.id for c in second.planned) == {boefje: 3}
+    with pg_engine.connect() as conn:
+        assert len(conn.execute(select(TaskRow.id).where(TaskRow.plugin_id == boefje)).all()) == 6

@@ -1,0 +1,51 @@
+"""Producers do not flood the broker with what a rate-limited group cannot start yet: per run of a
+producer (a tick, a due-schedules run), each group gets at most its capacity (what its tightest
+window can start) of new tasks; the rest stay unclaimed and are found again by the next run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from kat_scheduler.planning.candidates import Candidate
+from kat_scheduler.rules.eligibility import SkipReason
+from kat_scheduler.rules.rate_limits import RateLimit, Unresolvable, limit_for, resolve_group, within_capacity
+from kat_scheduler.settings import Settings
+
+
+class GroupBudget:
+    """What each rate-limited group may still be sent in one producer run."""
+
+    def __init__(self, overrides: dict[str, RateLimit | None]) -> None:
+        self.overrides = overrides
+        self.left: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, settings: Settings) -> GroupBudget:
+        from kat_scheduler.rules.rate_limits import parse_overrides
+
+        return cls(parse_overrides(settings.rate_limits) if settings.rate_limits.strip() else {})
+
+    def _group(self, candidate: Candidate) -> tuple[str, int] | None:
+        boefje = candidate.boefje
+        if boefje.id not in self.overrides and not boefje.rate_limit:
+            return None
+        try:
+            limit = limit_for(boefje.id, boefje.rate_limit, boefje.rate_limit_group, self.overrides)
+            if limit is None:
+                return None
+            group = resolve_group(
+                limit.group, boefje_id=boefje.id, organisation=candidate.organisation, input_ooi=candidate.input_ooi
+            )
+        except (ValueError, Unresolvable):  # no limit: the worker says why when it runs
+            return None
+        return f"{limit.text}@{group}", limit.capacity
+
+    def keep(self, candidates: Sequence[Candidate], skipped: Counter[SkipReason]) -> list[Candidate]:
+        """The candidates that fit their groups' budgets, in order; the others are counted in
+        ``skipped`` (as :attr:`SkipReason.RATE_LIMITED`)."""
+        if not self.overrides and not any(c.boefje.rate_limit for c in candidates):
+            return list(candidates)
+        kept, held = within_capacity(candidates, self._group, self.left)
+        skipped[SkipReason.RATE_LIMITED] += held
+        return kept
