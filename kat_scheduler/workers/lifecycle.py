@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -47,10 +47,8 @@ from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator
 from kat_scheduler.workers.runners import Runner, UnknownPlugin
-
-if TYPE_CHECKING:
-    from kat_scheduler.workers.dedup import Deduplicator
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +144,16 @@ def _error_text(exc: BaseException) -> str:
     return text[:4000]
 
 
+#: What a row's ``data`` holds for a while only: an output kept while storing it is retried, and the
+#: task whose run was to serve the row (deduplication) when that run died and the row runs itself.
+_TRANSIENT = (KEPT_OUTPUT, SERVED_BY)
+
+
 def _without_kept(data: dict[str, Any]) -> dict[str, Any] | None:
-    """``data`` without a kept output, or ``None`` when it holds none (nothing to write)."""
-    if KEPT_OUTPUT not in data:
+    """``data`` without a kept output or a ``served_by``, or ``None`` when it holds neither (nothing to write)."""
+    if not any(key in data for key in _TRANSIENT):
         return None
-    return {key: value for key, value in data.items() if key != KEPT_OUTPUT}
+    return {key: value for key, value in data.items() if key not in _TRANSIENT}
 
 
 class Job:

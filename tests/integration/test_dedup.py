@@ -188,6 +188,28 @@ def test_one_run_is_stored_for_each_organisation_that_wants_it_and_none_other(
     assert_served(world, pg_engine, scene, raw_events)
 
 
+def test_rows_served_by_a_run_whose_worker_node_died_are_queued_again_and_run_themselves(
+    world: World, clients: KATClients, pg_engine: Engine, scene: Scene, raw_events: list[dict[str, Any]]
+) -> None:
+    node = uuid.uuid4()
+    assert scene.store.start(scene.task, "w1", node_id=node) is not None
+    row = scene.store.get(scene.task)
+    boefje = clients.katalogus.plugin(RUNS, BOEFJE)
+    assert row is not None and isinstance(boefje, Boefje)
+    serving = deduplicator(clients, pg_engine).claim(row, boefje, REF, {"RESOLVER": "192.0.2.53"})
+    assert serving is not None  # ... and the worker node dies before the run ends: the reaper's repair
+    recovered = scene.store.recover_lost_nodes([node], now=utcnow(), max_retries=3)
+    assert {r.id for r in recovered.requeued} >= {scene.taken_over, served_row(pg_engine, SERVED).id}
+    made = served_row(pg_engine, SERVED).id
+    for org, task_id in ((TAKEN_OVER, scene.taken_over), (SERVED, made)):
+        assert BoefjeJob(scene.store, clients, SimulatedRunner()).run(task_id, "w2", org, BOEFJE, REF).outcome == (
+            Outcome.COMPLETED
+        )
+        ran = scene.store.get(task_id)
+        assert ran is not None and ran.status == TaskStatus.COMPLETED and SERVED_BY not in ran.data
+        assert [r.organization for r in world.raw_files_of(task_id)] == [org]  # its own run
+
+
 def test_explain_names_the_task_whose_run_serves_a_pair(
     world: World, clients: KATClients, pg_engine: Engine, scene: Scene
 ) -> None:
