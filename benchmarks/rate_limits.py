@@ -12,8 +12,8 @@ kat_scheduler's own app with the simulated runner (4 worker processes by default
 Two phases, each from an empty broker:
 
 1. **free alone**: ``--free`` tasks of boefjes without a limit; their drain rate.
-2. **together**: ``--tasks`` tasks of the limited group (every boefje of the first half of the world
-   has ``SCHEDULER_RATE_LIMITS`` ``<id>=<limit>@bench-limited``, so they share one counter across
+2. **together**: ``--tasks`` tasks of the limited group (every boefje of the world but the last
+   ``--free-boefjes`` has ``SCHEDULER_RATE_LIMITS`` ``<id>=<limit>@bench-limited``, so they share one counter across
    organisations) and ``--free`` more unlimited ones, all published at once in mixed bands: the
    whole backlog on the broker, the worst case (a producer sends at most a window's capacity per
    group).
@@ -249,6 +249,7 @@ def main() -> int:
     parser.add_argument("--limit", default="5/second")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--free-boefjes", type=int, default=3, help="boefjes without a limit (the rest share one)")
     parser.add_argument("--organisations", type=int, default=10)
     parser.add_argument("--oois", type=int, default=400, help="objects per organisation")
     parser.add_argument("--seed", type=int, default=1)
@@ -263,7 +264,7 @@ def main() -> int:
         WorldConfig(seed=args.seed, organisations=args.organisations, oois_per_org=args.oois, boefjes=10)
     )
     ids = sorted(b.id for b in world.boefjes)
-    limited_ids = set(ids[: len(ids) // 2])
+    limited_ids = set(ids[: len(ids) - args.free_boefjes])
     limited = candidates(world, limited_ids)
     free = candidates(world, set(ids) - limited_ids)
     rng.shuffle(limited)
