@@ -177,6 +177,15 @@ BOEFJES: tuple[BoefjeDef, ...] = (
     ),
 )
 
+#: Katalogus's rate limits (``rate_limit``, ``rate_limit_group``) of the catalogue boefjes that call an
+#: outside service, in a world made with ``WorldConfig(rate_limits=True)``: one counter per service
+#: across organisations (shodan, leakix), or per object type (crt-sh).
+RATE_LIMITS: dict[str, tuple[str, str | None]] = {
+    "shodan": ("1/second", "shodan.io"),
+    "crt-sh": ("60/minute", "crt.sh:{object_type}"),
+    "leakix": ("10/minute;1000/day", "leakix.net"),
+}
+
 #: What each catalogue boefje's normalizer produces.
 NORMALIZER_PRODUCES: dict[str, tuple[str, ...]] = {
     "dns-records": ("IPAddressV4", "IPAddressV6", "Hostname", "DNSZone"),

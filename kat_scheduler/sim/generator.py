@@ -13,7 +13,7 @@ import math
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from croniter import croniter
@@ -74,6 +74,17 @@ def make_boefjes(count: int, seed: int) -> list[BoefjeDef]:
     for index in range(len(boefjes) + 1, count + 1):
         boefjes.append(catalogue.synthetic_boefje(index, rng))
     return boefjes
+
+
+def with_rate_limits(boefjes: Sequence[BoefjeDef]) -> list[BoefjeDef]:
+    """The boefjes, those of ``catalogue.RATE_LIMITS`` with their Katalogus rate limits."""
+    limited = []
+    for boefje in boefjes:
+        if boefje.id in catalogue.RATE_LIMITS:
+            text, group = catalogue.RATE_LIMITS[boefje.id]
+            boefje = replace(boefje, rate_limit=text, rate_limit_group=group)
+        limited.append(boefje)
+    return limited
 
 
 def make_normalizers(boefjes: Sequence[BoefjeDef]) -> list[NormalizerDef]:

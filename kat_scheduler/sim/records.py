@@ -142,6 +142,9 @@ class BoefjeDef:
     produces: tuple[str, ...] = ()
     version: str | None = None
     deduplicate: bool = True
+    #: Katalogus's ``rate_limit`` and ``rate_limit_group`` (only in the JSON when set).
+    rate_limit: str | None = None
+    rate_limit_group: str | None = None
 
     type: ClassVar[str] = "boefje"
 
@@ -167,6 +170,8 @@ class BoefjeDef:
             "oci_arguments": list(self.oci_arguments),
             "deduplicate": self.deduplicate,
             "description": self.description,
+            **({} if self.rate_limit is None else {"rate_limit": self.rate_limit}),
+            **({} if self.rate_limit_group is None else {"rate_limit_group": self.rate_limit_group}),
         }
 
 
