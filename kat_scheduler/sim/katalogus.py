@@ -46,14 +46,14 @@ def build_router(world: World) -> Router:
 
     @router.route("GET", "/v1/organisations")
     def organisations(request: Request) -> Response:
-        return json_response({org.id: org.to_json() for org in world.organisations})
+        return json_response({org.id: world.organisation_json(org.id) for org in world.organisations})
 
     @router.route("GET", "/v1/organisations/{org}")
     def organisation(request: Request) -> Response:
         record = world.organisation(request.params["org"])
         if record is None:
             raise HTTPError(404, f"Unknown organisation: {request.params['org']}")
-        return json_response(record.to_json())
+        return json_response(world.organisation_json(record.id))
 
     @router.route("GET", "/v1/organisations/{org}/plugins")
     def plugins(request: Request) -> Response:

@@ -6,8 +6,9 @@ Off unless ``SCHEDULER_DEDUPLICATE`` is set; it happens on the worker, at run ti
 When a boefje task of organisation A starts on object O (and A's plugin says ``deduplicate:
 true``), the worker, before running the boefje:
 
-1. asks Katalogus for the organisations (kept for ``SCHEDULER_KATALOGUS_CACHE_TTL``) and Octopoes
-   once which of them hold O (``GET /object-clients``), each with its own view of O (its level);
+1. asks Katalogus for the organisations (kept for ``SCHEDULER_KATALOGUS_CACHE_TTL``; one whose own
+   ``deduplicate`` is false takes no part, either way) and Octopoes once which of them hold O
+   (``GET /object-clients``), each with its own view of O (its level);
 2. decides per sibling organisation B with the producers' rules (:func:`why_not_served`, pure): B's
    boefje of the same id (from the cached plugin lists) is enabled with ``deduplicate: true``, at
    the same version, B's level of O clears it, it is not a ``run_on`` boefje; B's schedule of the
@@ -273,13 +274,17 @@ class Deduplicator:
         )
 
     def organisations(self) -> list[str]:
-        """Katalogus' organisations, asked again after ``organisations_ttl`` seconds."""
+        """Katalogus' organisations that take part in deduplication (all but those whose own
+        ``deduplicate`` is false), asked again after ``organisations_ttl`` seconds."""
         now = self.monotonic()
         with self._lock:
             cached = self._organisations
         if cached is not None and now - cached[0] < self.organisations_ttl:
             return cached[1]
-        found = sorted(self.clients.katalogus.organisations())
+        listed = self.clients.katalogus.organisations()
+        found = sorted(
+            org for org, record in listed.items() if (record.model_extra or {}).get("deduplicate") is not False
+        )
         with self._lock:
             self._organisations = (now, found)
         return found
@@ -292,7 +297,10 @@ class Deduplicator:
             return None
         now = self.clock()
         try:
-            others = [org for org in self.organisations() if org != row.organisation]
+            taking_part = self.organisations()
+            if row.organisation not in taking_part:
+                return None
+            others = [org for org in taking_part if org != row.organisation]
             holders = self.clients.octopoes.object_clients(input_ooi, others, valid_time=now) if others else {}
         except ServiceError as exc:
             logger.warning("boefje task %s: not deduplicated, %s failed: %s", row.id, exc.service, exc)

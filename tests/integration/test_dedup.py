@@ -252,6 +252,25 @@ def test_an_organisation_whose_own_plugin_says_no_deduplication_serves_no_one(
     assert rows_of(pg_engine, SERVED) == []
 
 
+@pytest.mark.parametrize("opted_out", [SERVED, RUNS])
+def test_an_organisation_whose_own_deduplicate_is_false_takes_no_part(
+    opted_out: str,
+    world: World,
+    clients: KATClients,
+    pg_engine: Engine,
+    scene: Scene,
+    raw_events: list[dict[str, Any]],
+) -> None:
+    """Katalogus' organisation flag: neither served (org03) nor serving (org01)."""
+    world.set_organisation_deduplicate(opted_out, False)
+    job = BoefjeJob(scene.store, clients, SimulatedRunner())
+    job.dedup = deduplicator(clients, pg_engine)
+    assert job.run(scene.task, "w1", RUNS, BOEFJE, REF).outcome == Outcome.COMPLETED
+    served = sorted(e["organization"] for e in raw_events)
+    assert served == ([RUNS, TAKEN_OVER] if opted_out == SERVED else [RUNS])
+    assert rows_of(pg_engine, SERVED) == []
+
+
 def test_a_failed_run_fails_the_rows_it_served_with_its_error(
     world: World, clients: KATClients, pg_engine: Engine, scene: Scene, raw_events: list[dict[str, Any]]
 ) -> None:

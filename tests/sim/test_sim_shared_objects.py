@@ -66,3 +66,12 @@ def test_sim_serve_takes_the_size_of_the_shared_pool() -> None:
 
     result = CliRunner().invoke(sim, ["serve", "--help"])
     assert result.exit_code == 0 and "--shared-domains" in result.output
+
+
+def test_katalogus_lists_an_organisations_own_deduplicate_flag_when_set(world: World, http: requests.Session) -> None:
+    world.set_organisation_deduplicate("org03", False)
+    with SimulatedKAT(world).start() as kat:
+        listed = http.get(f"{kat.katalogus_url}/v1/organisations").json()
+        one = http.get(f"{kat.katalogus_url}/v1/organisations/org03").json()
+    assert listed["org03"]["deduplicate"] is False and one == listed["org03"]
+    assert "deduplicate" not in listed["org01"]  # as before: not set, not listed
