@@ -174,6 +174,8 @@ SCHEDULE_COLUMNS = (
     "modified_at",
     "plugin_id",
     "input_ooi",
+    "disabled_reason",
+    "descheduled_at",
 )
 #: The columns filters may name, per table.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {"tasks": COLUMNS, "schedules": SCHEDULE_COLUMNS}

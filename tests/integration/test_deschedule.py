@@ -166,6 +166,9 @@ def test_an_operator_enables_a_descheduled_schedule_again_and_its_reason_goes(
         assert shown["enabled"] is False
         assert shown["disabled_reason"].startswith(f"descheduled by boefje {boefje_id}")
         assert shown["descheduled_at"] is not None
+        search = {"filters": [{"column": "descheduled_at", "operator": "is_not_null"}]}
+        found = api.post("/schedules/search", json=search).json()
+        assert [s["id"] for s in found["results"]] == [str(schedule.id)]
         enabled = api.patch(f"/schedules/{schedule.id}", json={"enabled": True})
         assert enabled.status_code == 200
         body = enabled.json()
