@@ -78,6 +78,12 @@ def sim() -> None:
     show_default=True,
     help="Domains of a pool several organisations hold, each at its own level (for deduplication).",
 )
+@click.option(
+    "--deschedule-boefje/--no-deschedule-boefje",
+    default=False,
+    show_default=True,
+    help="Add the boefje that deschedules a quarter of its addresses (internetdb; for deschedule).",
+)
 def serve(
     seed: int,
     organisations: int,
@@ -92,6 +98,7 @@ def serve(
     bytes_password: str,
     events_url: str | None,
     shared_domains: int,
+    deschedule_boefje: bool,
 ) -> None:
     """Generate a world and serve it until Ctrl-C or SIGTERM.
 
@@ -105,6 +112,7 @@ def serve(
         boefjes=boefjes,
         history_fraction=history_fraction,
         shared_domains=shared_domains,
+        deschedule_boefje=deschedule_boefje,
     )
     started = time.perf_counter()
     world = generate_world(config)

@@ -7,8 +7,11 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 
+from click.testing import CliRunner
+
 from kat_scheduler.models.bytes import BoefjeMeta, BoefjeRef
 from kat_scheduler.sim import WorldConfig, generate_world
+from kat_scheduler.sim.cli import sim
 from kat_scheduler.sim.deschedule import DESCHEDULE_BOEFJE, DESCHEDULE_MIME_TYPE, DESCHEDULE_NORMALIZER, deschedules
 from kat_scheduler.sim.oracle import allowed_boefje_tasks, descheduled_pairs
 from kat_scheduler.workers.simulated import SimulatedRunner
@@ -82,3 +85,8 @@ def test_the_oracle_never_allows_a_pair_whose_boefje_descheduled_it() -> None:
 
 def test_worlds_without_it_are_those_of_before() -> None:
     assert WorldConfig().deschedule_boefje is False
+
+
+def test_sim_serve_offers_it() -> None:
+    result = CliRunner().invoke(sim, ["serve", "--help"])
+    assert result.exit_code == 0 and "--deschedule-boefje" in result.output
