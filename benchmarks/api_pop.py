@@ -24,8 +24,10 @@ as the clients share the machine's cores with the API and PostgreSQL). Measured:
 - **push**: ``--clients`` concurrent clients push report tasks (a pull scheduler: claimed, not
   published); tasks per second.
 
-With each rate, the CPU seconds each group of processes used (``api`` is the API's processes)
-and the API's CPU per request. Prints figures; asserts nothing about time.
+With each rate, the CPU seconds each group of processes used (``api`` is the API's processes,
+``postgres`` the backends of the benchmark's own database, not other people's), the API's CPU
+per request, PostgreSQL's per task, and the load average when the phase started.
+Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -110,8 +112,10 @@ def free_port() -> int:
 class ApiProcesses:
     """The API's processes (the servers and their uvicorn workers), named ``api`` in CPU figures."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], database: str | None = None) -> None:
         self.pids = pids
+        #: The benchmark's database: only its backends count as ``postgres``.
+        self.database = database
 
     def named(self) -> dict[int, str]:
         found = {pid: "api" for pid in self.pids}
@@ -128,9 +132,10 @@ class ApiProcesses:
     ) -> dict[str, Any]:
         """Run ``run`` (seconds, tasks, errors); the rate, and the CPU every group used meanwhile."""
         named = self.named()
-        before = cpu_seconds(named)
+        before = cpu_seconds(named, self.database)
+        load = os.getloadavg()[0]
         seconds, total, errors = run()
-        used = cpu_used(before, cpu_seconds(named))
+        used = cpu_used(before, cpu_seconds(named, self.database))
         made = max(requests_made(total), 1)
         return {
             "tasks": total,
@@ -138,6 +143,8 @@ class ApiProcesses:
             "tasks_per_s": round(total / seconds),
             "errors": errors[:3],
             "api_cpu_ms_per_request": round(used.get("api", 0.0) * 1000 / made, 2),
+            "pg_cpu_ms_per_task": round(used.get("postgres", 0.0) * 1000 / max(total, 1), 2),
+            "load_at_start": round(load, 1),
             "cpu_s": used,
         }
 
@@ -306,7 +313,7 @@ def main() -> None:
                 time.sleep(0.1)
         if args.workers > 1:  # every worker answers (each imports the application on its own)
             time.sleep(3)
-        api = ApiProcesses([server.pid for server in servers])
+        api = ApiProcesses([server.pid for server in servers], sa.engine.make_url(db_uri).database)
         url = urls[0]
 
         orgs = [f"org{i:02d}" for i in range(ORGS)]

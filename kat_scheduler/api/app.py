@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from kat_scheduler.api import explain, health, pop, push, schedulers, schedules, tasks
 from kat_scheduler.api.context import ApiContext
+from kat_scheduler.api.known_pops import KnownPops
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.task_views import TaskViews
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.context = ctx
+    app.add_middleware(KnownPops, forms=ctx.pop_forms)
     app.include_router(health.router)
     app.include_router(schedulers.router)
     app.include_router(push.router)

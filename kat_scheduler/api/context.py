@@ -6,10 +6,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 
+from kat_scheduler.api.batching import Batcher
+from kat_scheduler.api.known_pops import PopForms
 from kat_scheduler.clients import KATClients, clients_from_settings
 from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher, DispatchResult
 from kat_scheduler.dispatch.publishing import Publisher, make_publisher
@@ -19,8 +22,10 @@ from kat_scheduler.storage.filters import FilterRequest, conditions
 from kat_scheduler.storage.task_views import PopStatement, TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
-#: Pop statements kept per application: one per scheduler, ``limit`` and filter body in use.
+#: Pop statements kept per application: one per scheduler and filter body in use.
 POP_STATEMENTS = 256
+#: The most tasks one pop may take, and one batch of pops.
+MAX_POP = 500
 
 
 @dataclass
@@ -32,10 +37,12 @@ class ApiContext:
     pull_schedulers: frozenset[SchedulerId] = field(init=False)
     #: Schedulers delivered through Celery that a runner tried to pop from (logged once each).
     warned_pops: set[SchedulerId] = field(default_factory=set, repr=False)
+    #: Pop requests the pop route accepted, run again without it (:mod:`kat_scheduler.api.known_pops`).
+    pop_forms: PopForms = field(default_factory=PopForms, repr=False)
     _clients: KATClients | None = field(default=None, repr=False)
     _publisher: Publisher | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _pops: OrderedDict[tuple[SchedulerId, int, str | None], PopStatement] = field(
+    _poppers: OrderedDict[tuple[SchedulerId, str | None], Batcher[int, list[Row[Any]]]] = field(
         default_factory=OrderedDict, repr=False
     )
     #: One dispatch at a time over the one broker connection.
@@ -52,23 +59,43 @@ class ApiContext:
                 self._clients = clients_from_settings(self.settings)
             return self._clients
 
-    def pop_statement(self, scheduler_id: SchedulerId, limit: int, filters: FilterRequest | None) -> PopStatement:
-        """The statement of a pop with these filters: built (and the filters checked, raising
-        :class:`~kat_scheduler.storage.filters.FilterError`) the first time, then kept. A runner
+    def popper(self, scheduler_id: SchedulerId, filters: FilterRequest | None) -> Batcher[int, list[Row[Any]]]:
+        """The pops of ``scheduler_id`` with these filters, run together when they arrive together
+        (:class:`~kat_scheduler.api.batching.Batcher`): a request is its ``limit``, its result the
+        tasks it took. Built (and the filters checked, raising
+        :class:`~kat_scheduler.storage.filters.FilterError`) the first time, then kept: a runner
         pops with the same body all its life, so the pops after its first build nothing."""
-        key = (scheduler_id, limit, None if filters is None else filters.model_dump_json())
+        key = (scheduler_id, None if filters is None else filters.model_dump_json())
         with self._lock:
-            found = self._pops.get(key)
+            found = self._poppers.get(key)
             if found is not None:
-                self._pops.move_to_end(key)
+                self._poppers.move_to_end(key)
                 return found
         where = conditions(filters, self.engine.dialect.name)
-        built = self.tasks.pop_statement(scheduler_id, limit=limit, where=where)
+        built = self._popper(self.tasks.pop_statement(scheduler_id, where=where))
         with self._lock:
-            self._pops[key] = built
-            if len(self._pops) > POP_STATEMENTS:
-                self._pops.popitem(last=False)
+            self._poppers[key] = built
+            if len(self._poppers) > POP_STATEMENTS:
+                self._poppers.popitem(last=False)
         return built
+
+    def _popper(self, statement: PopStatement) -> Batcher[int, list[Row[Any]]]:
+        tasks = self.tasks
+
+        def pop(limits: list[int]) -> list[list[Row[Any]]]:
+            # One statement for the batch; its rows, most urgent first, go to the requests in the
+            # order they came, each its own limit's worth.
+            rows = tasks.pop_with(statement, sum(limits))
+            taken: list[list[Row[Any]]] = []
+            for limit in limits:
+                taken.append(rows[:limit])
+                rows = rows[limit:]
+            return taken
+
+        def hand_back(lost: list[list[Row[Any]]]) -> None:
+            tasks.hand_back([row.id for rows in lost for row in rows])
+
+        return Batcher(pop, most=MAX_POP, weight=lambda limit: limit, lost=hand_back)
 
     def dispatch(self, item: Dispatchable) -> DispatchResult:
         """Claim ``item``'s row, then publish its message: the producers' own path (``dispatch.py``)."""

@@ -12,7 +12,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Row, Update, bindparam, func, literal_column, select, union_all, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Integer,
+    Row,
+    Update,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -191,12 +203,11 @@ class TaskViews:
         """
         if limit <= 0:
             return []
-        return self.pop_with(self.pop_statement(scheduler_id, limit=limit, where=where), now=now)
+        return self.pop_with(self.pop_statement(scheduler_id, where=where), limit, now=now)
 
-    def pop_statement(
-        self, scheduler_id: SchedulerId, *, limit: int, where: Sequence[ColumnElement[bool]] = ()
-    ) -> PopStatement:
-        """The one statement of a pop (see :meth:`pop_with`), built once for every pop alike.
+    def pop_statement(self, scheduler_id: SchedulerId, *, where: Sequence[ColumnElement[bool]] = ()) -> PopStatement:
+        """The one statement of a pop (see :meth:`pop_with`), built once for every pop alike
+        (the number of tasks it takes is a parameter).
 
         On PostgreSQL ``WITH picked AS MATERIALIZED (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)
         UPDATE … FROM picked RETURNING``: a concurrent pop skips rows another pop is taking and
@@ -205,14 +216,12 @@ class TaskViews:
         writing statement at a time (the UPDATE takes the database's write lock before it reads),
         so the select and the update of one pop are never interleaved with another's.
         """
-        if limit <= 0:
-            raise ValueError(f"a pop takes at least one task, not {limit}")
         col = _TASKS.c
         picked = (
             select(col.id)
             .where(col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where)
             .order_by(col.band, col.priority, col.created_at)
-            .limit(limit)
+            .limit(bindparam("limit", type_=Integer))
             .correlate(None)
         )
         if self.engine.dialect.name == "postgresql":
@@ -230,15 +239,32 @@ class TaskViews:
         )
         return PopStatement(stmt)
 
-    def pop_with(self, statement: PopStatement, now: datetime | None = None) -> list[Row[Any]]:
-        """Run a pop built by :meth:`pop_statement`: the tasks taken, most urgent first, now ``dispatched``.
+    def pop_with(self, statement: PopStatement, limit: int, now: datetime | None = None) -> list[Row[Any]]:
+        """Run a pop built by :meth:`pop_statement`: up to ``limit`` tasks taken, most urgent first,
+        now ``dispatched``.
 
         The statement is a transaction of its own (autocommit: no ``BEGIN`` and ``COMMIT`` round
         trips around it), and atomic as every statement is.
         """
+        if limit <= 0:
+            raise ValueError(f"a pop takes at least one task, not {limit}")
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            rows = list(conn.execute(statement.stmt, {"now": now or utcnow()}).all())
+            rows = list(conn.execute(statement.stmt, {"now": now or utcnow(), "limit": limit}).all())
         return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
+
+    def hand_back(self, task_ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
+        """Popped tasks no runner received (its request was gone when they were taken): queued
+        again at once, as they were. Only tasks still ``dispatched`` move; how many did."""
+        if not task_ids:
+            return 0
+        col = _TASKS.c
+        stmt = (
+            update(_TASKS)
+            .where(col.id.in_(list(task_ids)), col.status == TaskStatus.DISPATCHED)
+            .values(status=TaskStatus.QUEUED, modified_at=now or utcnow())
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
 
     def requeue_popped(
         self, scheduler_ids: Collection[SchedulerId], *, popped_before: datetime, now: datetime | None = None

@@ -256,6 +256,58 @@ def test_two_poppers_racing_over_1000_tasks_each_get_every_task_exactly_once(eng
     assert set(statuses(engine).values()) == {"dispatched"}
 
 
+def test_a_runner_repeating_its_pop_gets_the_next_tasks_and_a_changed_request_is_checked_anew(api, engine):
+    first, second, third = (boefje_task(priority=n) for n in (1, 2, 3))
+    TaskStore(engine).claim([third, first, second])
+
+    def pop(**kwargs: object) -> requests.Response:
+        response: requests.Response = api.post("/schedulers/boefje/pop", **kwargs)
+        return response
+
+    taken = [pop(json=IMAGE_FILTER), pop(json=IMAGE_FILTER)]  # the second is a request seen before
+    refused = [pop(params={"limit": 0}, json=IMAGE_FILTER), pop(json={"filters": [{"column": "colour"}]})]
+    after = pop(json=IMAGE_FILTER)
+    empty = pop(json=IMAGE_FILTER)
+
+    for response in [*taken, after, empty]:
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert [r.json()["results"][0]["id"] for r in [*taken, after]] == [str(first.id), str(second.id), str(third.id)]
+    assert [r.status_code for r in refused] == [422, 422]
+    assert empty.json() == {"results": []}
+    assert set(statuses(engine).values()) == {"dispatched"}
+
+
+def test_eight_runners_popping_one_task_at_a_time_each_get_distinct_tasks_most_urgent_first(engine, settings):
+    # Pops arriving together run as one statement; each runner still gets its own tasks, in order.
+    TaskStore(engine).claim([boefje_task(priority=n) for n in range(300)])
+    popped: list[list[int]] = [[] for _ in range(8)]
+    errors: list[str] = []
+
+    with serve_api(settings, engine=engine) as api:
+
+        def popper(mine: list[int]) -> None:
+            with requests.Session() as http:
+                while True:
+                    response = http.post(f"{api.url}/schedulers/boefje/pop", json=IMAGE_FILTER, timeout=30)
+                    if response.status_code != 200:
+                        errors.append(response.text)
+                        return
+                    results = response.json()["results"]
+                    if not results:
+                        return
+                    mine.extend(t["priority"] for t in results)
+
+        threads = [threading.Thread(target=popper, args=(mine,)) for mine in popped]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+
+    assert errors == []
+    assert sorted(p for mine in popped for p in mine) == list(range(300)), "every task popped exactly once"
+    assert all(mine == sorted(mine) for mine in popped), "each runner gets its tasks most urgent first"
+
+
 def test_a_popped_task_never_started_is_queued_again_by_the_reaper_without_a_message(pg_engine, settings):
     from kat_scheduler.workers.reaper import Reaper
 
