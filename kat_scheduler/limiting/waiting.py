@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
@@ -97,6 +97,16 @@ class WaitingStore:
                 )
             )
             return {task_id: not_before for task_id, not_before in rows}
+
+    def summary(self) -> tuple[int, datetime | None]:
+        """How many tasks wait for their window, and the earliest time one may run (``status``)."""
+        with self.engine.connect() as conn:
+            count, earliest = conn.execute(
+                select(func.count(), func.min(_UNPUBLISHED.c.not_before))
+                .join(_TASKS, _TASKS.c.id == _UNPUBLISHED.c.task_id)
+                .where(_UNPUBLISHED.c.not_before.is_not(None), _TASKS.c.status == TaskStatus.QUEUED)
+            ).one()
+        return int(count), earliest
 
     def due(self, conn: Connection, now: datetime, limit: int) -> list[Waiting]:
         """Waiting tasks whose time came, most urgent first, locked for this transaction (on

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
+from kat_scheduler.limiting.waiting import WaitingStore
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.producers.recording import describe
@@ -200,6 +201,8 @@ def _count_tasks(engine: Engine, section: TasksSection) -> None:
             queued.setdefault(queue, dict.fromkeys(range(BAND_COUNT), 0))[band] = count
     section.by_status, section.by_scheduler, section.queued_by_band = by_status, by_scheduler, queued
     section.total = sum(by_status.values())
+    with contextlib.suppress(DBAPIError):  # a schema before 0010 has no waiting tasks to count
+        section.rate_limited, section.rate_limited_next = WaitingStore(engine).summary()
 
 
 def _count_schedules(engine: Engine, now: datetime, section: SchedulesSection) -> None:

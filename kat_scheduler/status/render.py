@@ -142,6 +142,11 @@ def _render_tasks(tasks: TasksSection) -> list[str]:
     totals = [str(sum(tasks.by_scheduler[s].values())) for s in schedulers]
     body.append(["total", *totals, str(tasks.total)])
     lines = [title, *_grid(["status", *schedulers, "total"], body)]
+    if tasks.rate_limited:
+        lines.append(
+            f"{tasks.rate_limited} queued waiting for their rate limit's window (the first may run "
+            f"{_when(tasks.rate_limited_next)})"
+        )
     if tasks.queued_by_band is not None:
         lines += ["", "Queued tasks per band (database)", *_bands_table(tasks.queued_by_band)]
     return lines

@@ -63,6 +63,9 @@ class TasksSection(Section):
     by_scheduler: dict[str, dict[TaskStatus, int]] | None = None
     #: queue → band → rows in status ``queued`` (compare with the broker's bands).
     queued_by_band: dict[str, dict[int, int]] | None = None
+    #: Queued rows waiting, without a message, for their rate limit's window; the earliest opening.
+    rate_limited: int | None = None
+    rate_limited_next: datetime | None = None
 
 
 class SchedulesSection(Section):

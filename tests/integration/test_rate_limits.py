@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
+from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.queues import Queue
 from kat_scheduler.settings import load_settings
@@ -144,6 +145,8 @@ def test_a_waiting_task_holds_no_worker_slot_and_runs_when_its_window_opens(
         waiting = [r for r in rows(pg_engine, limited_ids) if r.status == TaskStatus.QUEUED]
         assert len(waiting) == 1  # the second limited task waits, visibly, while the others ran
         until = datetime.fromisoformat(waiting[0].data["rate_limit"]["until"])
+        count, first = WaitingStore(pg_engine).summary()  # what `kat-scheduler status` shows
+        assert count == 1 and first is not None and abs((first - until).total_seconds()) < 1
         assert wait_for(lambda: all_completed(pg_engine, limited_ids), timeout=30), log_tail(tmp_path / "w.log")
 
     limited_rows = sorted(rows(pg_engine, limited_ids), key=lambda r: r.started_at)

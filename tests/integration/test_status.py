@@ -34,7 +34,7 @@ REPORT_KEYS = {"generated_at", "ok", "failed", "database", "broker", "tasks", "s
 SECTION_KEYS = {
     "database": {"url", "revision", "head", "up_to_date", "error"},
     "broker": {"transport", "url", "queues", "backpressure", "error"},
-    "tasks": {"total", "by_status", "by_scheduler", "queued_by_band", "error"},
+    "tasks": {"total", "by_status", "by_scheduler", "queued_by_band", "rate_limited", "rate_limited_next", "error"},
     "schedules": {"enabled", "disabled", "due", "oldest_due_at", "oldest_due_seconds", "error"},
     "producers": {"producers", "error"},
     "stalled": {"running", "unpublished", "error"},
