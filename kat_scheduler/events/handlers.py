@@ -289,6 +289,18 @@ class MutationHandler(_Base):
         self._pruned_at = time.monotonic()
 
     def plan(self, queue: str, events: list[ScanProfileMutation]) -> Write:
+        try:
+            return self._plan(events)
+        except BaseException:
+            self._failed()
+            raise
+
+    def _failed(self) -> None:
+        """A batch failed (it goes back on the queue): its objects may be handled out of order."""
+        if self.order is not None:
+            self.order.after_failure()
+
+    def _plan(self, events: list[ScanProfileMutation]) -> Write:
         now = self.clock()
         rejected: list[Rejected] = []
         by_org: dict[str, list[int]] = defaultdict(list)
@@ -338,6 +350,7 @@ class MutationHandler(_Base):
                 self._settle_contested(fence.contested, steps, org_of, objects, now)
             send = self._write_held(steps, org_of, objects, rejected, now)
         except BaseException:
+            self._failed()
             fence.release(written=False)
             raise
         fence.release()
@@ -523,6 +536,9 @@ class MutationHandler(_Base):
                 self.bookkeeper.submit("schedules", record)
                 submitted = True
             return rejected
+        except BaseException:
+            self._failed()
+            raise
         finally:
             if not submitted:
                 self._recorded(recording)

@@ -17,7 +17,8 @@ contests nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -31,9 +32,10 @@ _EVENTS = table_of(ObjectEventRow)
 #: An object: (organisation, primary key).
 ObjectKey = tuple[str, str]
 
-#: How long after a listener handled an object another listener's batch of it is contested. Longer
-#: than an event can wait between the broker and its handling (a batch retried after backoff).
-REORDER_WINDOW = timedelta(minutes=10)
+#: How long after a listener handled an object another listener's batch of it is contested: longer
+#: than an event can wait between the broker and its handling (a batch retried after the
+#: listener's longest backoff, 30 seconds, and a few batches' handling besides).
+REORDER_WINDOW = timedelta(minutes=2)
 
 
 @dataclass
@@ -59,13 +61,33 @@ class Fence:
 
 
 class ObjectEventStore:
-    """``object_events`` for the listener process named ``listener``."""
+    """``object_events`` for the listener process named ``listener``.
 
-    def __init__(self, engine: Engine, listener: str, window: timedelta = REORDER_WINDOW) -> None:
+    A failed batch goes back on the queue and may come back after later events of its objects were
+    handled, by this process too: for a window after a failure (:meth:`after_failure`), an object
+    this process handled within the window is contested as well.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        listener: str,
+        window: timedelta = REORDER_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.listener = listener
         self.window = window
+        self.clock = clock
         self.ordered = engine.dialect.name == "postgresql"
+        self._failed_at: float | None = None
+
+    def after_failure(self) -> None:
+        """A batch failed and goes back on the queue: distrust this process's own order for a window."""
+        self._failed_at = self.clock()
+
+    def _distrusting_own(self) -> bool:
+        return self._failed_at is not None and self.clock() - self._failed_at < self.window.total_seconds()
 
     def enter(self, objects: Collection[ObjectKey]) -> Fence:
         """Register ``objects`` as handled by this listener now; the fence holds their rows.
@@ -82,7 +104,7 @@ class ObjectEventStore:
             set_={
                 "listener": insert.excluded.listener,
                 "handled_at": func.now(),
-                "contested": (_EVENTS.c.listener != insert.excluded.listener)
+                "contested": ((_EVENTS.c.listener != insert.excluded.listener) | literal(self._distrusting_own()))
                 & (_EVENTS.c.handled_at > func.now() - literal(self.window)),
             },
         ).returning(_EVENTS.c.organisation, _EVENTS.c.primary_key, _EVENTS.c.contested)
@@ -98,7 +120,7 @@ class ObjectEventStore:
 
     @contextlib.contextmanager
     def held(self, objects: Collection[ObjectKey]) -> Iterator[set[ObjectKey]]:
-        """Which of ``objects`` no other listener has handled since this one did; they stay so inside.
+        """Which of ``objects`` no other listener process has handled since this one; they stay so inside.
 
         A write after the batch (its schedules) is done inside, for those objects only: another
         listener's batch of them waits until it is written.

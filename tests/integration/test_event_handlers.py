@@ -28,6 +28,7 @@ from kat_scheduler.sim.events import world_mutations
 from kat_scheduler.sim.oracle import allowed_event_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
+from kat_scheduler.storage.object_events import ObjectEventStore
 from tests.factories import BoefjeMetaFactory
 
 NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
@@ -677,3 +678,39 @@ def test_a_run_seen_going_that_ended_after_the_tick_is_seen_ended_by_the_next_ti
 
     assert pair[1] not in tasks_on(pg_engine, pair[2])
     assert handler.stats.skipped["within grace period"] >= 1
+
+
+def test_a_create_that_failed_and_comes_back_after_its_objects_delete_queues_nothing(
+    mutations, stores, publisher, clients, world, pg_engine, planner_settings
+) -> None:
+    """One listener: a create fails (the broker is down) and goes back on the queue; the object's
+    delete, after it on the queue, is handled meanwhile. When the create comes back, the object
+    is gone from Octopoes, and nothing is queued for it. A listener without failures trusts its
+    own order and asks Octopoes nothing."""
+    tasks, schedules = stores
+    order = ObjectEventStore(pg_engine, "the-listener")
+    refusing = RefusingPublisher(publisher)
+
+    def handler(broker: Any, order: ObjectEventStore = order) -> MutationHandler:
+        plugins, settings = mutations.plugins, planner_settings
+        return MutationHandler(
+            plugins, tasks, schedules, broker, settings, clock=lambda: NOW, octopoes=clients.octopoes, order=order
+        )
+
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|created-then-deleted.example.nl"  # not in Octopoes: deleted by now
+    with pytest.raises(TransientError, match="publishing failed"):
+        handler(refusing)("scan_profile_mutations", [mutation(org, pk, 2)])
+    listener = handler(publisher)
+    listener("scan_profile_mutations", [mutation(org, pk, None, "delete")])
+    listener("scan_profile_mutations", [mutation(org, pk, 2)])  # the failed batch, back
+
+    assert tasks_on(pg_engine, pk) == {}
+    assert listener.stats.contested == 2  # after the failure, the delete and the create came back
+
+    steady = handler(publisher, ObjectEventStore(pg_engine, "a-listener-without-failures"))
+    kept = "Hostname|internet|created-twice.example.nl"  # not in Octopoes either: asked, it would withdraw
+    steady("scan_profile_mutations", [mutation(org, kept, 2)])
+    steady("scan_profile_mutations", [mutation(org, kept, 2)])
+    assert set(tasks_on(pg_engine, kept)) == expected_boefjes(world, org, "Hostname", 2, "create")
+    assert steady.stats.contested == 0
