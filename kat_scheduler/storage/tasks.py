@@ -915,13 +915,15 @@ class TaskStore:
         now: datetime | None = None,
         *,
         node_id: uuid.UUID | None = None,
+        insert: bool = True,
     ) -> tuple[uuid.UUID, bool] | None:
         """Take ``task``'s hash for a run of another task (``served_by``) that serves it.
 
         A ``queued`` task of the hash is taken over: it goes ``running`` under ``worker`` with
         ``served_by`` in its data (its message, when a worker receives it, starts nothing). With no
-        live task, ``task`` is inserted ``running`` the same way. A hash whose task a worker received
-        or runs is left alone. Returns the row's id and whether it was taken over, or ``None``.
+        live task, ``task`` is inserted ``running`` the same way (unless ``insert`` is false). A hash
+        whose task a worker received or runs is left alone. Returns the row's id and whether it was
+        taken over, or ``None``.
         """
         now = now or utcnow()
         col = _TASKS.c
@@ -943,6 +945,8 @@ class TaskStore:
                     return None
                 conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id == queued.id))
                 return queued.id, True
+            if not insert:
+                return None
             row = {**_row(task, now), **running, "data": {**task.data, **served}, "published_at": None, "attempts": 1}
             inserted = conn.execute(self._insert().returning(col.id), row).scalars().first()
         return None if inserted is None else (inserted, False)

@@ -12,10 +12,11 @@ true``), the worker, before running the boefje:
 2. decides per sibling organisation B with the producers' rules (:func:`why_not_served`, pure): B's
    boefje of the same id (from the cached plugin lists) is enabled with ``deduplicate: true``, at
    the same version, B's level of O clears it, it is not a ``run_on`` boefje; B's schedule of the
-   pair is not disabled; the due rule (:func:`~kat_scheduler.rules.is_due`) on B's own history
-   (our last run of B's pair, else Bytes' newest run as a tick kept it in ``bytes_runs``) says due,
-   so a pair within its grace period, before its cron time or running in Bytes is not served; and
-   B's boefje settings are A's (a run with other settings would be another run);
+   pair is not disabled, nor due later (then only B's queued task is taken over); the due rule
+   (:func:`~kat_scheduler.rules.is_due`) on B's own history (our last run of B's pair, else Bytes'
+   newest run as a tick kept it in ``bytes_runs``) says due, so a pair within its grace period,
+   before its cron time or running in Bytes is not served; and B's boefje settings are A's (a run
+   with other settings would be another run);
 3. takes B's hash (:meth:`~kat_scheduler.storage.TaskStore.claim_served`): B's queued task is taken
    over, or a row is inserted for B; both ``running`` under this worker with ``served_by`` (A's
    task id) in their data. B's task that a worker received or runs already is left alone: it runs
@@ -83,6 +84,7 @@ class NotServed(StrEnum):
     OTHER_VERSION = "another version of the boefje"
     OTHER_SETTINGS = "other boefje settings"
     SCHEDULE_DISABLED = "its schedule is disabled"
+    SCHEDULED = "its schedule is due later"
     GRACE = "within grace period"
     CRON = "before its next cron time"
     RUNNING = "running in Bytes"
@@ -104,14 +106,15 @@ _NOT_DUE: dict[NotDueReason, NotServed] = {
 @dataclass(frozen=True, slots=True)
 class SiblingFacts:
     """What is known of one sibling organisation's pair at ``now``: its boefje of the same id
-    (``None``: unknown there), its view of the object, its schedule's state (``None``: none), its
-    history (our own last run's end; Bytes' newest run as last seen)."""
+    (``None``: unknown there), its view of the object, its schedule (enabled: ``None`` when it has
+    none; its deadline), its history (our own last run's end; Bytes' newest run as last seen)."""
 
     boefje: Boefje | None
     ooi: OOI
     schedule_enabled: bool | None
     last_ended: datetime | None
     bytes_run: BytesRun | None
+    schedule_deadline: datetime | None = None
 
 
 def why_not_served(
@@ -130,6 +133,8 @@ def why_not_served(
         return NotServed.OTHER_VERSION
     if sibling.schedule_enabled is False:
         return NotServed.SCHEDULE_DISABLED
+    if sibling.schedule_enabled and sibling.schedule_deadline is not None and sibling.schedule_deadline > now:
+        return NotServed.SCHEDULED  # the schedule's: its queued task, if any, may still be taken over
     facts = boefje_facts(
         theirs,
         now=now,
@@ -325,16 +330,18 @@ class Deduplicator:
                     None if schedule is None else schedule.enabled,
                     last.get(hash_),
                     seen.get(hash_),
+                    None if schedule is None else schedule.deadline_at,
                 )
                 reason = why_not_served(
                     boefje, facts, now=now, default_grace=self.default_grace, stall_age=self.stall_age
                 )
-                if reason is None and self.clients.katalogus.boefje_settings(org, boefje.id) != environment:
+                wanted = reason is None or reason == NotServed.SCHEDULED
+                if wanted and self.clients.katalogus.boefje_settings(org, boefje.id) != environment:
                     reason = NotServed.OTHER_SETTINGS
             except ServiceError as exc:
                 logger.warning("boefje task %s: %s not served, %s failed: %s", row.id, org, exc.service, exc)
                 continue
-            if reason is not None:
+            if reason is not None and reason != NotServed.SCHEDULED:
                 refused.append(f"{org} ({reason})")
                 continue
             assert theirs is not None
@@ -352,9 +359,11 @@ class Deduplicator:
                 data=boefje_payload(task_id, theirs, org, input_ooi),
                 reason=SERVED_REASON,
             )
-            claimed = self.tasks.claim_served(task, row.id, row.worker or "worker", now, node_id=row.node_id)
+            claimed = self.tasks.claim_served(
+                task, row.id, row.worker or "worker", now, node_id=row.node_id, insert=reason is None
+            )
             if claimed is None:
-                refused.append(f"{org} ({NotServed.LIVE})")
+                refused.append(f"{org} ({reason or NotServed.LIVE})")
                 continue
             served.append(Served(org, claimed[0], claimed[1], holders[org].model_dump(mode="json")))
         if refused:

@@ -27,7 +27,7 @@ from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore
-from kat_scheduler.storage.schedules import ScheduleStore
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import FinishedTask
 from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator
@@ -54,6 +54,7 @@ DISABLED = "org05"  # level 2, the boefje not enabled
 IN_GRACE = "org06"  # level 2, ran an hour ago
 NO_DEDUP = "org07"  # level 2, its plugin says deduplicate: false
 RECEIVED = "org08"  # level 2, its own task received by a worker (dispatched)
+SCHEDULED_LATER = "org09"  # level 2, no task, its schedule due in an hour
 LEVELS = {
     RUNS: 2,
     TAKEN_OVER: 3,
@@ -63,13 +64,14 @@ LEVELS = {
     IN_GRACE: 2,
     NO_DEDUP: 2,
     RECEIVED: 2,
+    SCHEDULED_LATER: 2,
 }
-NOT_SERVED = (NO_CLEARANCE, DISABLED, IN_GRACE, NO_DEDUP, RECEIVED)
+NOT_SERVED = (NO_CLEARANCE, DISABLED, IN_GRACE, NO_DEDUP, RECEIVED, SCHEDULED_LATER)
 
 
 @pytest.fixture
 def world() -> World:
-    world = generate_world(WorldConfig(seed=11, organisations=9, oois_per_org=30, boefjes=12, now=WORLD_NOW))
+    world = generate_world(WorldConfig(seed=11, organisations=10, oois_per_org=30, boefjes=12, now=WORLD_NOW))
     for org, level in LEVELS.items():
         world.add_ooi(org, "Hostname", REF, level=level)
     for org in world.organisation_ids:
@@ -118,6 +120,22 @@ def scene(world: World, clients: KATClients, pg_engine: Engine) -> Scene:
                 created_at=ended - timedelta(minutes=1),
                 ended_at=ended,
             )
+        ]
+    )
+    # Both have a schedule due later: org02's as a producer leaves it once it queued its task (the
+    # queued task is still taken over), org09's as after a run of its own (not served before it).
+    ScheduleStore(pg_engine).upsert(
+        [
+            NewSchedule(
+                scheduler_id=SchedulerId.BOEFJE,
+                organisation=org,
+                plugin_id=BOEFJE,
+                input_ooi=REF,
+                hash=boefje_task_hash(BOEFJE, org, REF),
+                data={"boefje": {"id": BOEFJE}, "input_ooi": REF, "organization": org},
+                deadline_at=utcnow() + timedelta(hours=1),
+            )
+            for org in (TAKEN_OVER, SCHEDULED_LATER)
         ]
     )
     return Scene(store, task, taken_over, received)
@@ -407,7 +425,7 @@ def test_each_served_organisation_gets_its_own_normalizer_work_through_the_whole
                     log_file=tmp_path / "worker.log",
                 ):
                     publish_boefje(scene.task, RUNS, REF, postgres_uri, redis_url)
-                    done = wait_for(lambda: set(normalized()) >= {RUNS, TAKEN_OVER, SERVED}, timeout=90)
+                    done = wait_for(lambda: set(normalized()) >= {RUNS, TAKEN_OVER, SERVED}, timeout=120)
                     assert done, (tmp_path / "worker.log").read_text()[-4000:] + (
                         tmp_path / "listener.log"
                     ).read_text()[-2000:]

@@ -38,6 +38,8 @@ OURS = BoefjeFactory(id="dns-records", deduplicate=True, scan_level=1)
         (sibling({"run_on": ["create"]}), NotServed.RUN_ON_ONLY),
         (sibling({"version": "2"}), NotServed.OTHER_VERSION),
         (sibling({}, schedule_enabled=False), NotServed.SCHEDULE_DISABLED),
+        (sibling({}, schedule_enabled=True, schedule_deadline=NOW + HOUR), NotServed.SCHEDULED),
+        (sibling({}, schedule_enabled=True, schedule_deadline=NOW - HOUR), None),
         (sibling({}, last_ended=NOW - HOUR), NotServed.GRACE),
         (sibling({"interval": 30}, last_ended=NOW - HOUR), None),
         (sibling({"cron": "0 0 * * *"}, last_ended=NOW - HOUR), NotServed.CRON),
