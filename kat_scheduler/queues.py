@@ -44,6 +44,7 @@ class TaskName(StrEnum):
     PLAN_BOEFJES = "kat.scheduler.plan_boefjes"
     PLAN_BOEFJES_FOR_ORG = "kat.scheduler.plan_boefjes_for_org"
     QUEUE_DUE_SCHEDULES = "kat.scheduler.queue_due_schedules"
+    QUEUE_REPORT_SCHEDULES = "kat.scheduler.queue_report_schedules"
     REAP = "kat.scheduler.reap"
 
 

@@ -24,8 +24,8 @@ from celery.signals import worker_init, worker_process_init
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.producers import DueSchedulesProducer, PlanReport, TickProducer
 from kat_scheduler.producers.middleware import run_producer
-from kat_scheduler.producers.recording import describe, recorded_run
-from kat_scheduler.producers.reports import ReportProducer, ReportRun
+from kat_scheduler.producers.recording import recorded_run
+from kat_scheduler.producers.reports import ReportProducer
 from kat_scheduler.queues import Queue, TaskName, broker_priority, transport_of
 from kat_scheduler.runtime.collector import tune_collector
 from kat_scheduler.runtime.resources import get_runtime, reset_runtime
@@ -126,33 +126,24 @@ def reap() -> dict[str, int]:
     return result
 
 
-def queue_report_schedules(now: datetime) -> ReportRun:
-    """Due report schedules become report tasks, held for Rocky's report runner to pop."""
+@shared_task(name=TaskName.QUEUE_REPORT_SCHEDULES.value)
+def queue_report_schedules() -> dict[str, Any]:
+    """Due report schedules become report tasks, held for Rocky's report runner to pop
+    (:class:`~kat_scheduler.producers.reports.ReportProducer`); the run's summary is the result."""
     runtime = get_runtime()
-    return ReportProducer(runtime.tasks, runtime.schedules, runtime.settings).queue_due(now=now)
+    with recorded_run(ProducerName.QUEUE_REPORT_SCHEDULES, _runs) as run:
+        producer = ReportProducer(runtime.tasks, runtime.schedules, runtime.settings)
+        result = run.summary = run_producer(producer, datetime.now(UTC)).summary()
+        run.error = result["not_delivered"] if result["due"] and result["not_delivered"] else None
+    return result
 
 
 @shared_task(name=TaskName.QUEUE_DUE_SCHEDULES.value)
 def queue_due_schedules() -> dict[str, Any]:
-    """Queue every due schedule: report schedules (for a pop), then boefje schedules (DueSchedulesProducer).
-
-    Reports go first: they only touch the database, so a slow or failing KAT service never holds
-    them up. A failure of either part is recorded as the run's error; the other part still runs.
-    The result is the boefje part's summary, with the report part's under ``reports``.
-    """
+    """Queue every due boefje schedule (DueSchedulesProducer); report schedules have their own task."""
     with recorded_run(ProducerName.QUEUE_DUE_SCHEDULES, _runs) as run:
-        now = datetime.now(UTC)
-        reports: dict[str, Any]
-        report_error: str | None = None
-        try:
-            reports = queue_report_schedules(now).summary()
-        except Exception as exc:  # the boefje schedules still run; the error is recorded
-            logger.exception("due report schedules failed; left for the next run")
-            report_error = f"report schedules: {describe(exc)}"
-            reports = {"error": report_error}
-        report = run_producer(DueSchedulesProducer(get_runtime().producers()), now)
-        result = run.summary = summary(report) | {"reports": reports}
-        errors = [text for text in (report_error, errors_text(report.errors)) if text]
-        run.error = "; ".join(errors) or None
+        report = run_producer(DueSchedulesProducer(get_runtime().producers()), datetime.now(UTC))
+        result = run.summary = summary(report)
+        run.error = errors_text(report.errors)
     logger.info("due schedules: %s", result)
     return result

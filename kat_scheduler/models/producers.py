@@ -10,6 +10,7 @@ class ProducerName(StrEnum):
 
     PLAN_BOEFJES = "plan-boefjes"
     QUEUE_DUE_SCHEDULES = "queue-due-schedules"
+    QUEUE_REPORT_SCHEDULES = "queue-report-schedules"
     REAP = "reap"
     LISTENER = "listener"
 

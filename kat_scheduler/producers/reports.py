@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from kat_scheduler.dispatch.dispatcher import Dispatcher
+from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.rules.reports import InvalidReportSchedule, scheduled_report
 from kat_scheduler.settings import Settings
@@ -88,7 +89,7 @@ class ReportProducer:
         self.dispatcher = dispatcher or Dispatcher(tasks, None, pull=settings.pull_scheduler_ids)
 
     #: Its name among the producers (:class:`kat_scheduler.producers.Producer`).
-    name = "queue-report-schedules"
+    name = ProducerName.QUEUE_REPORT_SCHEDULES.value
 
     def run(self, now: datetime, dry_run: bool = False) -> ReportRun:
         """One run at ``now`` (the :class:`~kat_scheduler.producers.Producer` protocol): see :meth:`queue_due`."""

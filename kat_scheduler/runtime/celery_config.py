@@ -79,6 +79,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(seconds=settings.schedules_interval),
             "options": {"queue": Queue.SCHEDULER.value, "expires": settings.schedules_interval, "priority": priority},
         },
+        # Report schedules apart from boefje schedules: they need only the database, so a slow or
+        # failing KAT service never holds them up, and status shows their runs on their own.
+        "queue-report-schedules": {
+            "task": TaskName.QUEUE_REPORT_SCHEDULES.value,
+            "schedule": timedelta(seconds=settings.schedules_interval),
+            "options": {"queue": Queue.SCHEDULER.value, "expires": settings.schedules_interval, "priority": priority},
+        },
     }
 
 

@@ -223,6 +223,7 @@ def _intervals(settings: Settings) -> dict[str, float]:
     return {
         ProducerName.PLAN_BOEFJES.value: settings.plan_interval,
         ProducerName.QUEUE_DUE_SCHEDULES.value: settings.schedules_interval,
+        ProducerName.QUEUE_REPORT_SCHEDULES.value: settings.schedules_interval,
         ProducerName.REAP.value: settings.reap_interval,
     }
 

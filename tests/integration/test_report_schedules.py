@@ -373,29 +373,39 @@ def runtime(planner_settings: Settings, pg_engine: Engine, monkeypatch: pytest.M
     runtime.close()
 
 
-def test_the_due_schedules_task_queues_report_schedules_and_records_them_in_its_run(runtime, pg_engine):
+def test_the_report_schedules_task_queues_report_schedules_and_records_its_own_run(runtime, pg_engine):
     with serve_api(runtime.settings, engine=pg_engine) as api:
         schedule = create(api, rockys_schedule(str(uuid.uuid4()), deadline_at=utcnow() - timedelta(minutes=1)))
 
-        result = scheduler_tasks.queue_due_schedules()
+        result = scheduler_tasks.queue_report_schedules()
 
-        assert result["reports"]["queued"] == 1 and result["reports"]["advanced"] == 1
+        assert result["queued"] == 1 and result["advanced"] == 1
         assert [t["schedule_id"] for t in pop_report(api)] == [schedule["id"]]
-    run = ProducerRunStore(pg_engine).get(ProducerName.QUEUE_DUE_SCHEDULES)
-    assert run is not None and run.outcome == RunOutcome.OK
-    assert run.summary["reports"] == result["reports"]
+    run = ProducerRunStore(pg_engine).get(ProducerName.QUEUE_REPORT_SCHEDULES)
+    assert run is not None and run.outcome == RunOutcome.OK and run.summary == result
+    assert ProducerRunStore(pg_engine).get(ProducerName.QUEUE_DUE_SCHEDULES) is None
 
 
-def test_a_failing_report_part_is_recorded_and_the_boefje_schedules_still_run(runtime, pg_engine, monkeypatch):
-    def broken(self: ReportProducer, *, now: datetime) -> ReportRun:
+def test_the_due_schedules_task_leaves_report_schedules_to_their_own_task(runtime, pg_engine):
+    with serve_api(runtime.settings, engine=pg_engine) as api:
+        schedule = create(api, rockys_schedule(str(uuid.uuid4()), deadline_at=utcnow() - timedelta(minutes=1)))
+
+        scheduler_tasks.queue_due_schedules()
+
+        assert pop_report(api) == []
+        assert api.get(f"/schedules/{schedule['id']}").json()["deadline_at"] == schedule["deadline_at"]
+    assert ProducerRunStore(pg_engine).get(ProducerName.QUEUE_REPORT_SCHEDULES) is None
+
+
+def test_a_failing_report_run_is_recorded_under_its_own_name_and_raised(runtime, pg_engine, monkeypatch):
+    def broken(self: ReportProducer, *, now: datetime, dry_run: bool = False) -> ReportRun:
         raise RuntimeError("report store gone")
 
     monkeypatch.setattr(ReportProducer, "queue_due", broken)
 
-    result = scheduler_tasks.queue_due_schedules()
+    with pytest.raises(RuntimeError, match="report store gone"):
+        scheduler_tasks.queue_report_schedules()
 
-    assert result["reports"] == {"error": "report schedules: RuntimeError: report store gone"}
-    assert "queued" in result  # the boefje part ran
-    run = ProducerRunStore(pg_engine).get(ProducerName.QUEUE_DUE_SCHEDULES)
+    run = ProducerRunStore(pg_engine).get(ProducerName.QUEUE_REPORT_SCHEDULES)
     assert run is not None and run.outcome == RunOutcome.ERROR
-    assert run.error == "report schedules: RuntimeError: report store gone"
+    assert run.error is not None and "report store gone" in run.error

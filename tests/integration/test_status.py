@@ -246,6 +246,7 @@ def test_the_json_output_parses_has_the_documented_keys_and_exits_0(settings: Se
     assert [p["name"] for p in data["producers"]["producers"]] == [
         "plan-boefjes",
         "queue-due-schedules",
+        "queue-report-schedules",
         "reap",
         "listener",
     ]

@@ -51,6 +51,15 @@ def test_beat_ticks_the_planner_on_the_configured_interval() -> None:
     assert conf["beat_scheduler"] == "kat_scheduler.runtime.beat:LeasedScheduler"
 
 
+def test_beat_ticks_report_schedules_and_boefje_schedules_as_two_producers() -> None:
+    schedule = celery_config(load_settings(schedules_interval=20))["beat_schedule"]
+    assert schedule["queue-report-schedules"]["task"] == "kat.scheduler.queue_report_schedules"
+    assert schedule["queue-due-schedules"]["task"] == "kat.scheduler.queue_due_schedules"
+    for name in ("queue-report-schedules", "queue-due-schedules"):
+        assert schedule[name]["schedule"].total_seconds() == 20
+        assert schedule[name]["options"]["queue"] == "scheduler"
+
+
 def test_celerys_own_views_of_the_configuration_show_no_password() -> None:
     # What `celery report` (humanize), `inspect conf` and Flower's Config tab (table, as JSON) print.
     from celery.utils.saferepr import saferepr
