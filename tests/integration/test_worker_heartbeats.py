@@ -1,8 +1,13 @@
-"""Repairs without long waits, with real worker processes at the default settings: a worker whose
-main process is SIGKILLed has its task handed to another worker within a minute; a worker
+"""Repairs without long waits, with real worker processes: a worker whose main process is
+SIGKILLed has its task handed to another worker within a minute at the default settings; a worker
 running a long plugin is never reaped; a flushed Redis broker has its backlog back within one
 reaper interval. The reaper runs every ``SCHEDULER_REAP_INTERVAL`` seconds in a thread, as beat
-would have a scheduler worker run it."""
+would have a scheduler worker run it.
+
+Only the first is about the defaults. The other two prove a mechanism that holds at any setting,
+so they run with a short heartbeat, loss age and reaper interval (:func:`short_settings`) rather
+than wait out the defaults: a plugin outliving a short loss age by the same margin is the stricter
+test of the heartbeat, and "within one reaper interval" is measured against the interval in force."""
 
 from __future__ import annotations
 
@@ -49,6 +54,21 @@ def engine(private_postgres_uri: str) -> Iterator[Engine]:
 def settings(private_postgres_uri: str, redis_url: str) -> Settings:
     """The defaults for everything the repairs depend on; only where the services are is set."""
     return load_settings(broker_url=redis_url, db_uri=private_postgres_uri)
+
+
+#: Node loss sped up for a test not about the defaults: a beat a second, a node silent for 6 s
+#: (six beats missed) is suspected, and the reaper runs every second.
+SHORT_HEARTBEAT = {"worker_heartbeat_interval": 1.0, "worker_lost_after": 6.0, "reap_interval": 1.0}
+
+
+def short_settings(settings: Settings, **changes: float) -> Settings:
+    """``settings`` with shorter repair waits (the defaults' own test keeps the defaults)."""
+    return settings.model_copy(update=changes)
+
+
+def repair_env(settings: Settings) -> dict[str, str]:
+    """The worker's side of :func:`short_settings`: its heartbeat interval."""
+    return {"SCHEDULER_WORKER_HEARTBEAT_INTERVAL": str(settings.worker_heartbeat_interval)}
 
 
 @pytest.fixture
@@ -133,6 +153,7 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
     store.mark_published([task_id])
     env = worker_env(kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins))
+    rescuer_log = tmp_path / "rescuer.log"
     publisher = make_publisher(settings)
     publisher.publish([message_for(row_of(store, task_id))])
     publisher.close()
@@ -155,9 +176,10 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
             [Queue.BOEFJES.value],
             {**env, SLEEP: "0"},
             hostname="rescuer@%h",
-            log_file=tmp_path / "rescuer.log",
+            log_file=rescuer_log,
         ):
-            time.sleep(3)  # the rescuer is up and idle (its start is no part of the figure)
+            # The rescuer is up and idle (its start is no part of the figure).
+            assert wait_for(lambda: "ready." in rescuer_log.read_text(), timeout=60), rescuer_log.read_text()[-3000:]
             os.kill(doomed.pid, signal.SIGKILL)  # the main process only; its pool process dies with it
             killed = time.monotonic()
             handed_on = wait_for(
@@ -168,7 +190,7 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
             requeued_after = time.monotonic() - killed
             done = wait_for(lambda: row_of(store, task_id).status == TaskStatus.COMPLETED, timeout=90, interval=0.2)
             completed_after = time.monotonic() - killed
-        assert handed_on and done, (tmp_path / "rescuer.log").read_text()[-3000:]
+        assert handed_on and done, rescuer_log.read_text()[-3000:]
         assert any(report.requeued_lost_node == 1 for _, report in loop.reports)
     row = row_of(store, task_id)
     assert row.attempts == 2 and row.worker != first.worker and row.node_id != first.node_id
@@ -185,9 +207,12 @@ def test_a_worker_running_a_long_plugin_keeps_beating_and_is_never_reaped(
     org, ref = hostname_with_dns(world)
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
     store.mark_published([task_id])
-    # Longer than the silence that gets a node suspected and confirmed, at the defaults.
+    settings = short_settings(settings, **SHORT_HEARTBEAT)
+    # Longer than the silence that gets a node suspected and confirmed.
     runs_for = settings.worker_lost_after + 2 * settings.reap_interval + 5
-    env = worker_env(kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins))
+    env = worker_env(
+        kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins), **repair_env(settings)
+    )
     publisher = make_publisher(settings)
     publisher.publish([message_for(row_of(store, task_id))])
     publisher.close()
@@ -214,6 +239,7 @@ def test_a_flushed_redis_broker_has_its_backlog_back_within_one_reaper_interval_
     refs = [o.primary_key for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 1]
     ids = [queued_boefje_task(store, org, "dns-records", ref, clients) for ref in refs[:40]]
     store.mark_published(ids)
+    settings = short_settings(settings, reap_interval=2.0)  # the worker's heartbeat is no part of it
     publisher = make_publisher(settings)
     publisher.publish([message_for(row_of(store, i)) for i in ids])
     broker = redis.Redis.from_url(settings.broker_url)
@@ -227,7 +253,10 @@ def test_a_flushed_redis_broker_has_its_backlog_back_within_one_reaper_interval_
         assert back, f"the backlog was not published again: {[r for _, r in loop.reports]}"
     publisher.close()
     assert sum(r.republished_wiped for _, r in loop.reports) == len(ids)
-    report_figure("FLUSHDB of the broker's Redis db: backlog published again after", back_after)
+    report_figure(
+        f"FLUSHDB of the broker's Redis db: backlog published again (reaper every {settings.reap_interval:g} s) after",
+        back_after,
+    )
     assert back_after <= settings.reap_interval + 2
     env = worker_env(kat, settings, SCHEDULER_RUNNER="simulated")
     with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, concurrency=2, log_file=tmp_path / "w.log"):
