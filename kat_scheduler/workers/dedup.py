@@ -26,7 +26,8 @@ After the one run, the BoefjeMeta (its own id: B's task id, B's view of O as inp
 files are stored in Bytes for each served organisation, so each gets its own
 ``raw_file_received`` events and normalizer tasks; then B's row ends as A's run did (completed,
 or failed with the plugin's error). A sibling whose storing fails on a KAT service is failed as
-no run (``reason`` ``service failed: …``), so its pair is planned again. A worker that dies
+no run (``reason`` ``service failed: …``) and its pair is due again after
+``SCHEDULER_SERVICE_FAILURE_RETRY_DELAY``, as a task given up on for a failing service. A worker that dies
 mid-run leaves the served rows to the reaper, as its own.
 """
 
@@ -57,7 +58,7 @@ from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_payload
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
-from kat_scheduler.storage.schedules import ScheduleStore
+from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
@@ -170,6 +171,9 @@ class Serving:
     environment: dict[str, str]
     served: list[Served]
     clock: Callable[[], datetime] = utcnow
+    #: Where a served pair whose storing failed gets its retry deadline, and how far off it is.
+    schedules: ScheduleStore | None = None
+    retry_delay: timedelta = timedelta(minutes=5)
     _ended: set[uuid.UUID] = field(default_factory=set)
 
     @property
@@ -200,22 +204,46 @@ class Serving:
                     self.clients.bytes.save_boefje_meta(BoefjeMeta.model_validate(own))
                 self.clients.bytes.save_raw(sibling.task_id, list(files), status=status)
             except ServiceError as exc:
-                self._ended.add(sibling.task_id)
-                self.tasks.fail_for_service(
-                    sibling.task_id,
-                    exc.service,
-                    f"served by task {self.served_by}: storing its output for this organisation failed: {exc}",
-                    now=self.clock(),
-                )
-                logger.warning(
-                    "boefje task %s: storing its run for %s (task %s) failed: %s; that pair is planned again",
-                    self.served_by,
-                    sibling.organisation,
-                    sibling.task_id,
-                    exc,
-                )
+                self._fail_for_service(sibling, exc)
                 continue
             self._end(sibling, None if error is None else f"served by task {self.served_by}: {error}")
+
+    def _fail_for_service(self, sibling: Served, exc: ServiceError) -> None:
+        """Storing the run for ``sibling`` failed: its row fails as no run, and its pair is due again
+        after the retry delay (as a task given up on for a failing service), not a grace period later."""
+        self._ended.add(sibling.task_id)
+        now = self.clock()
+        row = self.tasks.fail_for_service(
+            sibling.task_id,
+            exc.service,
+            f"served by task {self.served_by}: storing its output for this organisation failed: {exc}",
+            now=now,
+        )
+        retry_at = now + self.retry_delay
+        if row is not None and self.schedules is not None:
+            boefje = row.data.get("boefje") or {"id": row.plugin_id}
+            self.schedules.upsert(
+                [
+                    NewSchedule(
+                        scheduler_id=SchedulerId.BOEFJE,
+                        organisation=row.organisation,
+                        plugin_id=row.plugin_id,
+                        input_ooi=row.input_ooi,
+                        hash=row.hash,
+                        data={"boefje": boefje, "input_ooi": row.input_ooi, "organization": row.organisation},
+                        deadline_at=retry_at,
+                    )
+                ],
+                now=now,
+            )
+        logger.warning(
+            "boefje task %s: storing its run for %s (task %s) failed: %s; that pair is due again at %s",
+            self.served_by,
+            sibling.organisation,
+            sibling.task_id,
+            exc,
+            retry_at.isoformat(),
+        )
 
     def abandon(self, error: str) -> None:
         """The serving run could not run its boefje: each served row not ended yet fails with ``error``."""
@@ -249,6 +277,7 @@ class Deduplicator:
         default_grace: timedelta,
         stall_age: timedelta,
         organisations_ttl: float,
+        retry_delay: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -260,6 +289,7 @@ class Deduplicator:
         self.default_grace = default_grace
         self.stall_age = stall_age
         self.organisations_ttl = organisations_ttl
+        self.retry_delay = retry_delay
         self.clock = clock
         self.monotonic = monotonic
         self._lock = threading.Lock()
@@ -276,6 +306,7 @@ class Deduplicator:
             default_grace=timedelta(seconds=settings.grace_period),
             stall_age=timedelta(seconds=settings.effective_bytes_stall_age),
             organisations_ttl=settings.katalogus_cache_ttl,
+            retry_delay=timedelta(seconds=settings.service_failure_retry_delay),
         )
 
     def organisations(self) -> list[str]:
@@ -377,7 +408,17 @@ class Deduplicator:
             input_ooi,
             ", ".join(f"{s.organisation} (task {s.task_id}{', taken over' if s.taken_over else ''})" for s in served),
         )
-        return Serving(self.tasks, self.clients, row.id, row.worker, dict(environment), served, self.clock)
+        return Serving(
+            self.tasks,
+            self.clients,
+            row.id,
+            row.worker,
+            dict(environment),
+            served,
+            self.clock,
+            schedules=self.schedules,
+            retry_delay=self.retry_delay,
+        )
 
 
 _per_runtime: weakref.WeakKeyDictionary[Runtime, Deduplicator] = weakref.WeakKeyDictionary()

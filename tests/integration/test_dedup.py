@@ -289,6 +289,26 @@ def test_an_organisation_whose_own_deduplicate_is_false_takes_no_part(
     assert rows_of(pg_engine, SERVED) == []
 
 
+def test_a_served_organisation_whose_storing_fails_is_due_again_after_the_retry_delay(
+    world: World, kat: SimulatedKAT, clients: KATClients, pg_engine: Engine, scene: Scene
+) -> None:
+    """Bytes refuses the raw files of the two served organisations (stored first); the run's own
+    organisation is stored as usual. The served rows fail as no run and their pairs are due soon."""
+    kat.inject_fault("bytes", status=503, times=4, path_prefix="/bytes/raw")  # a retry each
+    job = BoefjeJob(scene.store, clients, SimulatedRunner())
+    job.dedup = deduplicator(clients, pg_engine)
+    before = utcnow()
+    assert job.run(scene.task, "w1", RUNS, BOEFJE, REF).outcome == Outcome.COMPLETED
+    schedules = ScheduleStore(pg_engine)
+    for org in (TAKEN_OVER, SERVED):
+        [row] = [r for r in rows_of(pg_engine, org) if r.status == TaskStatus.FAILED]
+        assert row.reason == "service failed: bytes" and str(scene.task) in (row.error or "")
+        schedule = schedules.get_by_hash(boefje_task_hash(BOEFJE, org, REF))
+        assert schedule is not None and schedule.enabled and schedule.deadline_at is not None
+        assert before + timedelta(minutes=4) < schedule.deadline_at < utcnow() + timedelta(minutes=6)
+    assert [r.organization for r in world.raw_files_of(scene.task)] == [RUNS]
+
+
 def test_a_failed_run_fails_the_rows_it_served_with_its_error(
     world: World, clients: KATClients, pg_engine: Engine, scene: Scene, raw_events: list[dict[str, Any]]
 ) -> None:
