@@ -119,13 +119,19 @@ def test_katalogus_limits_are_read_tolerantly() -> None:
 def test_a_producer_sends_each_group_at_most_its_capacity_most_urgent_first() -> None:
     from kat_scheduler.rules.rate_limits import within_capacity
 
-    # (name, group, capacity); None: not limited
-    candidates = [("a1", "a", 2), ("free1", None, 0), ("a2", "a", 2), ("b1", "b", 1), ("a3", "a", 2), ("b2", "b", 1)]
+    Item = tuple[str, str | None, int]  # (name, group, capacity); group None: not limited
+
+    def group_of(item: Item) -> tuple[str, int] | None:
+        return None if item[1] is None else (item[1], item[2])
+
+    candidates: list[Item] = [("a1", "a", 2), ("free1", None, 0), ("a2", "a", 2), ("b1", "b", 1), ("a3", "a", 2)]
+    candidates.append(("b2", "b", 1))
     budget: dict[str, int] = {}
-    kept, held = within_capacity(candidates, lambda c: None if c[1] is None else (c[1], c[2]), budget)
+    kept, held = within_capacity(candidates, group_of, budget)
     assert [c[0] for c in kept] == ["a1", "free1", "a2", "b1"]
     assert held == 2
     assert budget == {"a": 0, "b": 0}
     # the same budget over a second batch of the same run: nothing more for a or b
-    kept, held = within_capacity([("a4", "a", 2), ("c1", "c", 3)], lambda c: (c[1], c[2]), budget)
+    more: list[Item] = [("a4", "a", 2), ("c1", "c", 3)]
+    kept, held = within_capacity(more, group_of, budget)
     assert [c[0] for c in kept] == ["c1"] and held == 1
