@@ -22,6 +22,8 @@ from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.queues import RAW_FILE_RECEIVED, Queue
 from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.runtime.resources import Runtime
+from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
@@ -30,7 +32,7 @@ from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import FinishedTask
-from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator
+from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator, deduplicator_of
 from kat_scheduler.workers.lifecycle import BoefjeJob, Outcome
 from kat_scheduler.workers.simulated import SimulatedRunner
 from tests.conftest import vhost_name
@@ -458,3 +460,15 @@ def test_each_served_organisation_gets_its_own_normalizer_work_through_the_whole
     assert not set(found) & set(NOT_SERVED)
     observed = {o.organization for o in world.observations if o.source == REF}
     assert observed >= {RUNS, TAKEN_OVER, SERVED} and not observed & set(NOT_SERVED)
+
+
+def test_a_process_has_one_deduplicator_and_none_while_it_is_off(postgres_uri: str) -> None:
+    off = Runtime(load_settings(db_uri=postgres_uri))
+    on = Runtime(load_settings(db_uri=postgres_uri, deduplicate=True))
+    try:
+        assert off.settings.deduplicate is False and deduplicator_of(off) is None
+        first = deduplicator_of(on)
+        assert first is not None and deduplicator_of(on) is first
+    finally:
+        off.close()
+        on.close()
