@@ -130,6 +130,17 @@ def _failed_for_a_service(place: Place) -> None:
     assert place.tasks.fail_for_service(task.id, "bytes", "Bytes is down", now=place.now - timedelta(minutes=30))
 
 
+#: The task of another organisation whose run serves the pair in "deduplicated".
+SERVING = uuid.UUID("5e2b1d4c-0000-4000-8000-000000000001")
+
+
+def _served(place: Place) -> uuid.UUID | None:
+    """Another organisation's run (``SERVING``) serves the pair: its row runs under that run."""
+    task = NewTaskFactory(organisation=place.org, plugin_id=place.boefje, input_ooi=place.pk, band=4)
+    claimed = place.tasks.claim_served(task, SERVING, "worker@test", place.now - timedelta(seconds=30))
+    return None if claimed is None else claimed[0]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "never run: would queue": Scenario(
         "dns-records", "Hostname", 1, Decision.QUEUE, band=2, detail=("band 2, never run",)
@@ -170,6 +181,15 @@ SCENARIOS: dict[str, Scenario] = {
         until=lambda p: next_cron("30 2 * * 1", last_cron("30 2 * * 1", p.now) + timedelta(minutes=5)),
     ),
     "a live task": Scenario("dns-records", "Hostname", 1, Decision.LIVE, setup=Place.queued, band=5),
+    "deduplicated into another organisation's run": Scenario(
+        "dns-records",
+        "Hostname",
+        1,
+        Decision.DEDUPLICATED,
+        setup=_served,
+        band=4,
+        detail=(f"deduplicated into task {SERVING}", "running since"),
+    ),
     "running in Bytes": Scenario(
         "dns-records",
         "Hostname",
