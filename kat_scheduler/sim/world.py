@@ -38,7 +38,8 @@ Changing the world (each emits the event real KAT would, to every listener added
 ``world.add_listener(sink)``; sinks are called as ``sink(queue_name, body)`` outside the lock):
 
 - ``set_plugin_enabled(org, plugin_id, enabled)``; ``set_boefje_settings(org, boefje_id, settings)``;
-  ``set_plugin_deduplicate(org, boefje_id, flag)`` (Katalogus' per-organisation ``deduplicate``)
+  ``set_plugin_deduplicate(org, boefje_id, flag)`` (Katalogus' per-organisation ``deduplicate``),
+  ``set_organisation_deduplicate(org, flag)`` (the organisation's own)
 - ``set_scan_level(org, pk, level, scan_profile_type="declared")`` → ``update`` mutation
 - ``add_ooi(org, object_type, pk, level=..., scan_profile_type=..., attributes=...)`` → ``create``
 - ``delete_ooi(org, pk)`` → ``delete`` (value ``null``)
@@ -150,6 +151,8 @@ class _Org:
     query_cache: dict[OOIQueryKey, list[OOIRecord]] = field(default_factory=dict)
     #: Boefjes whose ``deduplicate`` flag this organisation set otherwise than the catalogue's.
     deduplicate: dict[str, bool] = field(default_factory=dict)
+    #: The organisation's own ``deduplicate`` flag in Katalogus (``None``: not listed).
+    organisation_deduplicate: bool | None = None
 
     def index_ooi(self, ooi: OOIRecord) -> None:
         self.oois[ooi.primary_key] = ooi
@@ -327,6 +330,20 @@ class World:
             plugin = self._plugins.get(boefje_id)
             default = plugin.deduplicate if isinstance(plugin, BoefjeDef) else False
             return self._org(org_id).deduplicate.get(boefje_id, default)
+
+    def set_organisation_deduplicate(self, org_id: str, deduplicate: bool | None) -> None:
+        """Set the organisation's own ``deduplicate`` flag (``None``: Katalogus lists none)."""
+        with self.lock:
+            self._org(org_id).organisation_deduplicate = deduplicate
+
+    def organisation_json(self, org_id: str) -> dict[str, Any]:
+        """An organisation as Katalogus lists it."""
+        with self.lock:
+            org = self._org(org_id)
+            found = org.record.to_json()
+            if org.organisation_deduplicate is not None:
+                found["deduplicate"] = org.organisation_deduplicate
+            return found
 
     def set_plugin_deduplicate(self, org_id: str, boefje_id: str, deduplicate: bool) -> None:
         """Set the boefje's ``deduplicate`` flag for one organisation (Katalogus lists it so)."""
