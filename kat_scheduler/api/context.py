@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,7 @@ from kat_scheduler.dispatch.publishing import Publisher, make_publisher
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.filters import FilterRequest, conditions
+from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.task_views import PopStatement, TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
@@ -26,6 +28,8 @@ from kat_scheduler.storage.tasks import NewTask, TaskStore
 POP_STATEMENTS = 256
 #: The most tasks one pop may take, and one batch of pops.
 MAX_POP = 500
+#: The most pushes claimed in one statement.
+MAX_PUSH_BATCH = 100
 
 
 @dataclass
@@ -45,6 +49,7 @@ class ApiContext:
     _poppers: OrderedDict[tuple[SchedulerId, str | None], Batcher[int, list[Row[Any]]]] = field(
         default_factory=OrderedDict, repr=False
     )
+    _holder: Batcher[NewTask, tuple[bool, datetime]] | None = field(default=None, repr=False)
     #: One dispatch at a time over the one broker connection.
     _dispatch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -105,11 +110,36 @@ class ApiContext:
             dispatcher = Dispatcher(TaskStore(self.engine), self._publisher, pull=self.settings.pull_scheduler_ids)
             return dispatcher.dispatch([item])
 
-    def claim_for_pull(self, task: NewTask, now: datetime | None = None) -> bool:
-        """Claim ``task``'s row for a pull scheduler through the producers' own path
-        (:meth:`Dispatcher.hold`): queued for a pop, never published; whether its hash was free."""
+    def claim_for_pull(self, tasks: list[NewTask], now: datetime | None = None) -> list[bool]:
+        """Claim the rows of ``tasks`` (of pull schedulers) through the producers' own path
+        (:meth:`Dispatcher.hold`): queued for a pop, never published; for each, whether it was
+        claimed (its id and its hash were free). A task whose id comes again in ``tasks`` is
+        claimed after the others, so the first of them is the one that can win."""
         dispatcher = Dispatcher(TaskStore(self.engine), None, pull=self.settings.pull_scheduler_ids)
-        return dispatcher.hold([task], now=now).claimed == 1
+        first: dict[uuid.UUID, int] = {}
+        for index, task in enumerate(tasks):
+            first.setdefault(task.id, index)
+        result = dispatcher.hold([tasks[index] for index in first.values()], now=now)
+        won = {task.id for task in result.published_tasks}
+        claimed = [first[task.id] == index and task.id in won for index, task in enumerate(tasks)]
+        for index, task in enumerate(tasks):
+            if first[task.id] != index:  # its id again: taken by the first, unless that one lost
+                claimed[index] = dispatcher.hold([task], now=now).claimed == 1
+        return claimed
+
+    @property
+    def holder(self) -> Batcher[NewTask, tuple[bool, datetime]]:
+        """Pushes to pull schedulers, claimed together when they arrive together: a request is
+        its task, its result whether it was claimed and when."""
+        with self._lock:
+            if self._holder is None:
+
+                def hold(tasks: list[NewTask]) -> list[tuple[bool, datetime]]:
+                    now = utcnow()
+                    return [(claimed, now) for claimed in self.claim_for_pull(tasks, now=now)]
+
+                self._holder = Batcher(hold, most=MAX_PUSH_BATCH)
+            return self._holder
 
     def close(self) -> None:
         with self._lock:

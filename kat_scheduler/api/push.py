@@ -2,7 +2,10 @@
 
 It takes the producers' path: the row is claimed (one live task per hash) at band 0, the most
 urgent, then its message is published to the scheduler's Celery queue. A pull scheduler's task
-(``SCHEDULER_PULL_SCHEDULERS``) is only claimed: its runners pop it (``pop.py``).
+(``SCHEDULER_PULL_SCHEDULERS``) is only claimed: its runners pop it (``pop.py``). Pushes to pull
+schedulers that arrive together are claimed in one statement
+(:class:`~kat_scheduler.api.batching.Batcher`); each gets the answer it would have got alone,
+in the order they arrived (of two pushes of one hash, the first is queued, the second is a 409).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -21,7 +25,6 @@ from kat_scheduler.dispatch.dispatcher import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
-from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 
 router = APIRouter(tags=["schedulers"])
@@ -133,12 +136,13 @@ def report_task(push: TaskPush) -> NewTask:
         503: {"model": Problem, "description": "The broker did not take the message"},
     },
 )
-def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
+async def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
     # Serialised here, once: FastAPI would validate the Task again against response_model.
-    return Response(_pushed(scheduler_id, body, ctx).model_dump_json(), status.HTTP_201_CREATED, media_type=JSON)
+    task = await _pushed(scheduler_id, body, ctx)
+    return Response(task.model_dump_json(), status.HTTP_201_CREATED, media_type=JSON)
 
 
-def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
+async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
     scheduler = known_scheduler(scheduler_id)
     if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
         raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")
@@ -154,15 +158,21 @@ def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
     )
     # Claim first: one statement on the common path. A claim that wins nothing had its id or its
     # hash taken; only then is the task with this id looked at.
-    now = utcnow()
     if pull or item is None:
         # A pull scheduler's runners pop it: claimed at the most urgent band, never published.
-        if ctx.claim_for_pull(task, now=now):
+        # Pushes arriving together are claimed in one statement (ApiContext.holder).
+        claimed, now = await ctx.holder.submit(task)
+        if claimed:
             return _queued(task, now)
-        return _refused(ctx, task, taken)
+        return await to_thread.run_sync(_refused, ctx, task, taken)
+    return await to_thread.run_sync(_dispatched, ctx, item, taken)
+
+
+def _dispatched(ctx: ApiContext, item: Dispatchable, taken: HTTPException) -> Task:
+    """Claim the row of a task delivered through Celery, then publish its message."""
     result = ctx.dispatch(item)
     if result.claimed == 0:
-        return _refused(ctx, task, taken)
+        return _refused(ctx, item.task, taken)
     if result.errors and not result.published:
         row = ctx.tasks.get(item.task.id)
         if row is None:  # certainly not sent: the claim was released

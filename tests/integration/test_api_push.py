@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 from sqlalchemy import Engine, func, select
 
+from kat_scheduler.api.context import ApiContext
+from kat_scheduler.api.push import TaskPush, report_task
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.queues import MANUAL_BAND
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow
+from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import TaskStore
 from tests.api_server import ApiServer, serve_api
 from tests.factories import BoefjeMetaFactory
@@ -170,3 +175,47 @@ def test_a_push_that_is_not_json_is_422_and_queues_nothing(api, engine):
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
     assert row_count(engine) == 0
+
+
+def report_push(recipe: str, org: str = "aa", task_id: str | None = None) -> dict[str, object]:
+    """Rocky's report runner hands a report back, or a client pushes one by hand: a pull scheduler's push."""
+    body: dict[str, object] = {"organisation": org, "data": {"organisation_id": org, "report_recipe_id": recipe}}
+    if task_id is not None:
+        body["id"] = task_id
+    return body
+
+
+def test_pushes_arriving_together_each_get_their_own_answer(engine, settings):
+    # Pushes to a pull scheduler arriving together are claimed in one statement.
+    recipes = [str(uuid.uuid4()) for _ in range(40)]
+    bodies = [report_push(recipe) for recipe in recipes] + [report_push(recipes[0]) for _ in range(7)]
+    answers: list[int] = []
+
+    with serve_api(settings, engine=engine) as api:
+
+        def pusher(mine: list[dict[str, object]]) -> None:
+            with requests.Session() as http:
+                for body in mine:
+                    answers.append(http.post(f"{api.url}/schedulers/report/push", json=body, timeout=30).status_code)
+
+        threads = [threading.Thread(target=pusher, args=(bodies[i::8],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+
+    assert sorted(answers) == [201] * 40 + [409] * 7, "one live task per hash, every other push of it 409"
+    assert row_count(engine) == 40
+
+
+def test_a_batch_of_claims_with_an_id_twice_claims_the_first_and_refuses_the_second(engine, settings):
+    ctx = ApiContext(settings=settings, engine=engine, tasks=TaskViews(engine))
+    same_id = str(uuid.uuid4())
+    first, again = (
+        report_task(TaskPush(**report_push("a", task_id=same_id))),
+        report_task(TaskPush(**report_push("b", task_id=same_id))),
+    )
+    other, same_hash = report_task(TaskPush(**report_push("c"))), report_task(TaskPush(**report_push("c")))
+
+    assert ctx.claim_for_pull([first, again, other, same_hash]) == [True, False, True, False]
+    assert row_count(engine) == 2
