@@ -232,11 +232,15 @@ class _Objects:
     hashes: dict[ObjectKey, set[str]] = field(default_factory=dict)
     operations: dict[ObjectKey, MutationOperation] = field(default_factory=dict)
     indexes: dict[str, BoefjeIndex] = field(default_factory=dict)
+    #: Objects with an event the broker delivered before (it may come after later ones).
+    redelivered: set[ObjectKey] = field(default_factory=set)
 
     def add(self, organisation: str, event: ScanProfileMutation) -> set[str]:
         """Count ``event`` as its object's last word; the set of its object's pair hashes."""
         key = (organisation, event.primary_key)
         self.operations[key] = event.operation
+        if event.redelivered:
+            self.redelivered.add(key)
         return self.hashes.setdefault(key, set())
 
     def object_of(self) -> dict[str, ObjectKey]:
@@ -264,8 +268,10 @@ class MutationHandler(_Base):
     (:mod:`kat_scheduler.storage.object_events`): the writes of a batch hold its objects, so the
     batches of one object are written one after another, and an object another listener handled
     within the reorder window is taken as Octopoes holds it now, not as this batch's events (which
-    may be older than that listener's) say. Its schedule writes after the ack are kept only for the
-    objects no other listener has handled since.
+    may be older than that listener's) say; so is one this listener handled within the window when
+    the broker delivered its event before (``redelivered``: a killed listener's or a failed batch's
+    events, which may come after later ones), or after a failed batch of this listener's. Its
+    schedule writes after the ack are kept only for the objects no other listener has handled since.
     """
 
     def __init__(
@@ -344,7 +350,7 @@ class MutationHandler(_Base):
             # it is sent, and once they are all submitted, written.
             self._wait_for_sends()
             self.bookkeeper.flush()
-        fence = self.order.enter(objects.hashes) if self.order is not None else Fence()
+        fence = self.order.enter(objects.hashes, objects.redelivered) if self.order is not None else Fence()
         try:
             if fence.contested:
                 self._settle_contested(fence.contested, steps, org_of, objects, now)

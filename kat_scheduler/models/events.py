@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kat_scheduler.models.bytes import RawData
 from kat_scheduler.models.limits import Identifier, ObjectKey
@@ -27,6 +27,9 @@ class ScanProfileMutation(BaseModel):
     primary_key: ObjectKey
     client_id: Identifier
     value: OOI | None = None
+    #: Not KAT's: the listener sets it when the broker delivered the event before (it went back on
+    #: the queue), so it may be handled after later events of its object. Never written out.
+    redelivered: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="after")
     def _value_unless_delete(self) -> ScanProfileMutation:

@@ -8,6 +8,9 @@ cancellations are written (:meth:`Fence.release`), so the batches of one object 
 after another, never interleaved. An object whose row another listener wrote within the reorder
 window is *contested*: this batch's events may be older than what that listener handled, so the
 handler takes the object's state from Octopoes instead (see :mod:`kat_scheduler.events.handlers`).
+So is an object whose event the broker delivered again (it went back on the queue: a failed batch,
+a killed listener) that anyone handled within the window, and, for a window after this process
+failed a batch, any object this process handled within it.
 
 The time in the rows and the window are the database's clock, so listeners on different hosts
 agree. On SQLite (one process) there is nothing to order: :meth:`enter` locks nothing and
@@ -22,7 +25,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, literal, select, true, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kat_scheduler.storage.tables import ObjectEventRow, table_of
@@ -89,23 +92,31 @@ class ObjectEventStore:
     def _distrusting_own(self) -> bool:
         return self._failed_at is not None and self.clock() - self._failed_at < self.window.total_seconds()
 
-    def enter(self, objects: Collection[ObjectKey]) -> Fence:
+    def enter(self, objects: Collection[ObjectKey], suspect: Collection[ObjectKey] = ()) -> Fence:
         """Register ``objects`` as handled by this listener now; the fence holds their rows.
 
         Waits while another listener's batch holds any of them. Rows are written in key order, so
-        two batches never wait for each other crosswise.
+        two batches never wait for each other crosswise. An object handled within the window is
+        contested when another listener handled it, or whoever did when it is ``suspect`` (its
+        event was delivered before: it may come after later ones) or this process failed a batch
+        within the window.
         """
         if not self.ordered or not objects:
             return Fence()
         rows = [{"organisation": org, "primary_key": pk, "listener": self.listener} for org, pk in sorted(objects)]
         insert = pg_insert(_EVENTS).values([{**row, "handled_at": func.now(), "contested": False} for row in rows])
+        distrusted: ColumnElement[bool] = _EVENTS.c.listener != insert.excluded.listener
+        if self._distrusting_own():
+            distrusted = true()
+        elif suspect:
+            keys = tuple_(insert.excluded.organisation, insert.excluded.primary_key)
+            distrusted = distrusted | keys.in_(sorted(suspect))
         statement = insert.on_conflict_do_update(
             index_elements=[_EVENTS.c.organisation, _EVENTS.c.primary_key],
             set_={
                 "listener": insert.excluded.listener,
                 "handled_at": func.now(),
-                "contested": ((_EVENTS.c.listener != insert.excluded.listener) | literal(self._distrusting_own()))
-                & (_EVENTS.c.handled_at > func.now() - literal(self.window)),
+                "contested": distrusted & (_EVENTS.c.handled_at > func.now() - literal(self.window)),
             },
         ).returning(_EVENTS.c.organisation, _EVENTS.c.primary_key, _EVENTS.c.contested)
         connection = self.engine.connect()

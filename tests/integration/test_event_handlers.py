@@ -714,3 +714,31 @@ def test_a_create_that_failed_and_comes_back_after_its_objects_delete_queues_not
     steady("scan_profile_mutations", [mutation(org, kept, 2)])
     assert set(tasks_on(pg_engine, kept)) == expected_boefjes(world, org, "Hostname", 2, "create")
     assert steady.stats.contested == 0
+
+
+def test_a_create_delivered_again_after_its_objects_delete_was_handled_queues_nothing(
+    mutations, stores, publisher, clients, world, pg_engine, planner_settings
+) -> None:
+    """A listener killed mid-batch: the broker delivers its events again, to a listener that has
+    handled later events of their objects meanwhile (here, the same one). A create delivered
+    again after its object's delete finds the object gone from Octopoes and queues nothing."""
+    tasks, schedules = stores
+    listener = MutationHandler(
+        mutations.plugins,
+        tasks,
+        schedules,
+        publisher,
+        planner_settings,
+        clock=lambda: NOW,
+        octopoes=clients.octopoes,
+        order=ObjectEventStore(pg_engine, "the-listener"),
+    )
+    org = world.organisation_ids[0]
+    pk = "Hostname|internet|delivered-again.example.nl"  # not in Octopoes: deleted by now
+    listener("scan_profile_mutations", [mutation(org, pk, None, "delete")])
+    again = mutation(org, pk, 2)
+    again.redelivered = True  # as the listener marks it (the broker's redelivered flag)
+    listener("scan_profile_mutations", [again])
+
+    assert tasks_on(pg_engine, pk) == {}
+    assert listener.stats.contested == 1

@@ -21,12 +21,20 @@ import pytest
 from kombu.connection import Connection
 from sqlalchemy import Engine, select, text
 
+from kat_scheduler.events.consumer import EventConsumer, Rejected, TransientError
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import ScheduleRow
 from kat_scheduler.storage.tables import ObjectEventRow
 from tests.conftest import vhost_name
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
+from tests.integration.test_event_consumer import (  # noqa: F401
+    amqp_events,
+    consuming,
+    counted,
+    drop_our_queues,
+    events_amqp_base,
+    publish,
+)
 from tests.integration.test_listener import boefje_tasks, expected_boefjes, hostname_creates
 from tests.vhosts import own_vhost
 from tests.workers import ROOT, stop, wait_for
@@ -184,3 +192,21 @@ def test_a_newer_event_handled_first_by_another_listener_wins_over_the_older_one
             select(ScheduleRow.input_ooi).where(ScheduleRow.input_ooi.in_(objects), ScheduleRow.enabled)
         ).all()
     assert schedules == []  # new pairs get their schedules from their first run, not from events
+
+
+def test_an_event_the_broker_delivers_again_after_a_failed_batch_reaches_the_handler_marked_so(
+    amqp_events: str,  # noqa: F811
+) -> None:
+    publish(amqp_events, QUEUE, [mutation("create", "aa", "Hostname|internet|again.example.nl", 2)])
+    seen: list[list[bool]] = []
+
+    def handler(queue: str, events: list[Any]) -> list[Rejected]:
+        seen.append([event.redelivered for event in events])
+        if len(seen) == 1:
+            raise TransientError("the database is down")
+        return []
+
+    consumer = EventConsumer(amqp_events, {QUEUE: handler}, min_backoff=0.05)
+    with consuming(consumer):
+        assert wait_for(counted(consumer, acked=1), timeout=30), consumer.stats()
+    assert seen == [[False], [True]]
