@@ -360,5 +360,7 @@ class ObjectEventRow(Base):
     listener: Mapped[str] = mapped_column(String(64))
     handled_at: Mapped[datetime]
     contested: Mapped[bool] = mapped_column(Boolean)
+    #: What that batch applied to the object last: ``delete``, or operation and level (``update:2``).
+    last_event: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_object_events_handled_at", "handled_at"),)
