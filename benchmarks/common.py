@@ -103,3 +103,45 @@ def cpu_used(before: dict[str, float], after: dict[str, float], floor: float = 0
     """Per group, the CPU seconds used between two :func:`cpu_seconds` snapshots (``floor`` and up)."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
     return dict(sorted(((n, round(s, 2)) for n, s in used.items() if s >= floor), key=lambda i: -i[1]))
+
+
+# --- a Redis database of the run's own ---------------------------------------------------------
+
+#: The test runs' claims on the shared Redis server's databases (see tests/conftest.py), in database 0.
+REDIS_CLAIM_PREFIX = "kat_scheduler_test:redis-db:"
+REDIS_CLAIM_TTL = 3 * 3600
+_RELEASE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def redis_database(variable: str, server: str = "redis://127.0.0.1:6379") -> str:
+    """The Redis URL of a benchmark: ``$variable`` when set, else a free database claimed as a test run
+    claims one (``SET kat_scheduler_test:redis-db:<n> <owner> NX EX`` in database 0), flushed, and
+    flushed and given back when this process exits. A benchmark flushes its database; a fixed
+    number would flush a test run's (or another benchmark's) in the middle of it.
+    """
+    given = os.environ.get(variable)
+    if given:
+        return given
+    import atexit
+
+    import redis
+
+    owner = f"benchmark-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(f"{server}/0", socket_connect_timeout=2)
+    try:
+        count = int(admin.config_get("databases").get("databases") or 16)
+    except (redis.RedisError, ValueError):  # CONFIG may be disabled: Redis's default
+        count = 16
+
+    def release(url: str, key: str) -> None:
+        redis.Redis.from_url(url).flushdb()
+        admin.register_script(_RELEASE_IF_OURS)(keys=[key], args=[owner])
+
+    for number in range(1, count):
+        key = f"{REDIS_CLAIM_PREFIX}{number}"
+        if admin.set(key, owner, nx=True, ex=REDIS_CLAIM_TTL):
+            url = f"{server}/{number}"
+            redis.Redis.from_url(url).flushdb()
+            atexit.register(release, url, key)
+            return url
+    raise SystemExit(f"no free Redis database at {server} (all claimed: keys {REDIS_CLAIM_PREFIX}<n> in database 0)")

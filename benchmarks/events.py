@@ -93,7 +93,7 @@ import redis
 import sqlalchemy as sa
 from kombu.connection import Connection
 
-from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
+from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database, redis_database
 from benchmarks.event_probe import KEY as PROBE_KEY
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.dispatch.publishing import make_publisher
@@ -114,7 +114,8 @@ from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import LIVE_STATUS_SQL
 from tests.workers import ROOT, celery_worker, stop, wait_for
 
-REDIS = os.environ.get("BENCH_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/7")
+#: The Celery broker: ``$BENCH_EVENTS_REDIS_URL``, else a Redis database claimed for the run (set by ``main``).
+REDIS = ""
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 #: Our own vhost, named for this process so that two benchmark runs on one broker never share one.
 VHOST = f"kat_bench_events_{os.getpid()}"
@@ -897,6 +898,8 @@ def main() -> None:
         help="run this instead of `python -m kat_scheduler listen` (to compare a changed listener)",
     )
     args = parser.parse_args()
+    global REDIS
+    REDIS = redis_database("BENCH_EVENTS_REDIS_URL")
 
     t = time.perf_counter()
     world = generate_world(

@@ -30,7 +30,7 @@ from typing import Any, cast
 import redis
 import sqlalchemy as sa
 
-from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database
+from benchmarks.common import cpu_seconds, cpu_used, drop_database, fresh_database, redis_database
 from kat_scheduler.queues import Queue, TaskName, broker_priority
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
@@ -39,7 +39,8 @@ from kat_scheduler.sim.oracle import allowed_boefje_tasks, unfinished_runs
 from kat_scheduler.storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+#: The Celery broker: ``$BENCH_REDIS_URL``, else a Redis database claimed for the run (set by ``main``).
+REDIS = ""
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    global REDIS
+    REDIS = redis_database("BENCH_REDIS_URL")
 
     t = time.perf_counter()
     world = generate_world(
