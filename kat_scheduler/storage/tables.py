@@ -44,6 +44,8 @@ SERVICE_FAILED_PREFIX = "service failed: "
 #: Rows that are runs of their plugin, for grace: finished, and not given up on because a service failed.
 RUN_SQL = f"{FINISHED_STATUS_SQL} AND (reason IS NULL OR reason NOT LIKE '{SERVICE_FAILED_PREFIX}%')"
 LIVE_STATUS_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in LIVE_STATUSES))
+#: The boefje image of a task, as the pop by image indexes and reads it (PostgreSQL).
+POP_IMAGE_SQL = "data #>> '{boefje,oci_image}'"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -161,6 +163,16 @@ class TaskRow(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
+        # A pop by boefje image (PostgreSQL only: migration 0013).
+        Index(
+            "ix_tasks_queued_pop_image",
+            "scheduler_id",
+            text(f"({POP_IMAGE_SQL})"),
+            "band",
+            "priority",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+        ).ddl_if(dialect="postgresql"),
         Index("ix_tasks_organisation_created_at", "organisation", "created_at"),
         Index("ix_tasks_organisation_modified_at", "organisation", "modified_at"),
     )
