@@ -75,7 +75,7 @@ from kat_scheduler.rules.payloads import normalizer_message_kwargs, normalizer_p
 from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
-from kat_scheduler.storage.object_events import Fence, ObjectEventStore, ObjectKey
+from kat_scheduler.storage.object_events import Fence, ObjectEventStore, ObjectKey, event_key
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
@@ -231,6 +231,8 @@ class _Objects:
 
     hashes: dict[ObjectKey, set[str]] = field(default_factory=dict)
     operations: dict[ObjectKey, MutationOperation] = field(default_factory=dict)
+    #: Each object's last event, as ``object_events`` keeps it (:func:`event_key`).
+    last_events: dict[ObjectKey, str] = field(default_factory=dict)
     indexes: dict[str, BoefjeIndex] = field(default_factory=dict)
     #: Objects with an event the broker delivered before (it may come after later ones).
     redelivered: set[ObjectKey] = field(default_factory=set)
@@ -239,6 +241,8 @@ class _Objects:
         """Count ``event`` as its object's last word; the set of its object's pair hashes."""
         key = (organisation, event.primary_key)
         self.operations[key] = event.operation
+        level = None if event.value is None else event.value.scan_level
+        self.last_events[key] = event_key(event.operation.value, level)
         if event.redelivered:
             self.redelivered.add(key)
         return self.hashes.setdefault(key, set())
@@ -350,10 +354,10 @@ class MutationHandler(_Base):
             # it is sent, and once they are all submitted, written.
             self._wait_for_sends()
             self.bookkeeper.flush()
-        fence = self.order.enter(objects.hashes, objects.redelivered) if self.order is not None else Fence()
+        fence = self.order.enter(objects.last_events, objects.redelivered) if self.order is not None else Fence()
         try:
             if fence.contested:
-                self._settle_contested(fence.contested, steps, org_of, objects, now)
+                fence.applied(self._settle_contested(fence.contested, steps, org_of, objects, now))
             send = self._write_held(steps, org_of, objects, rejected, now)
         except BaseException:
             self._failed()
@@ -370,7 +374,7 @@ class MutationHandler(_Base):
         org_of: dict[str, str],
         objects: _Objects,
         now: datetime,
-    ) -> None:
+    ) -> dict[ObjectKey, str]:
         """The steps of each contested object: one event that says what Octopoes holds now.
 
         Another listener handled the object within the window, maybe a newer event of it than this
@@ -378,6 +382,7 @@ class MutationHandler(_Base):
         said (or something newer still, whose event follows). An object Octopoes no longer holds is
         withdrawn as by a delete; one it holds is weighed as an update at its level now (a create
         when this batch's last word was a create), so a ``run_on`` boefje keeps its operation.
+        Returns that event of each (:func:`event_key`).
         """
         octopoes = self.octopoes
         assert octopoes is not None  # set with order (see __init__)
@@ -392,6 +397,7 @@ class MutationHandler(_Base):
         except (ServiceError, ValidationError) as exc:
             raise TransientError(f"Octopoes: {exc}") from exc
         counted_already: Counter[SkipReason] = Counter()  # the plan counted this batch's skips
+        applied: dict[ObjectKey, str] = {}
         for key, ooi in zip(keys, found, strict=True):
             org, primary_key = key
             for hash_ in objects.hashes[key]:
@@ -404,12 +410,14 @@ class MutationHandler(_Base):
                 last = objects.operations[key]
                 operation = MutationOperation.CREATE if last == MutationOperation.CREATE else MutationOperation.UPDATE
                 now_held = ScanProfileMutation(operation=operation, primary_key=primary_key, client_id=org, value=ooi)
+            applied[key] = event_key(now_held.operation.value, None if ooi is None else ooi.scan_level)
             hashes = objects.hashes[key] = set()
             for hash_, step in mutation_steps(org, objects.indexes[org], now_held, counted_already):
                 hashes.add(hash_)
                 steps.setdefault(hash_, []).append(step)
                 org_of[hash_] = org
         self._count(contested=len(keys))
+        return applied
 
     def _prune_now_and_then(self) -> None:
         """Now and then, on the bookkeeping thread: forget ``object_events`` rows too old to contest."""

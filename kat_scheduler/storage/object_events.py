@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, literal, select, true, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, delete, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kat_scheduler.storage.tables import ObjectEventRow, table_of
@@ -36,9 +36,13 @@ _EVENTS = table_of(ObjectEventRow)
 ObjectKey = tuple[str, str]
 
 #: How long after a listener handled an object another listener's batch of it is contested: longer
-#: than an event can wait between the broker and its handling (a batch retried after the
-#: listener's longest backoff, 30 seconds, and a few batches' handling besides).
-REORDER_WINDOW = timedelta(minutes=2)
+#: than an event waits in a listener between the broker's delivery and its handling (the two
+#: batches of its prefetch, however slow).
+REORDER_WINDOW = timedelta(minutes=1)
+#: How long after anyone handled an object an event of it the broker delivers again is contested:
+#: longer than an event can be away before it comes back (a failed batch's backoff, at most 30
+#: seconds; a dead listener's connection, noticed by RabbitMQ's heartbeat within a minute or two).
+REDELIVERY_WINDOW = timedelta(minutes=5)
 
 
 @dataclass
@@ -48,6 +52,19 @@ class Fence:
     #: The objects another listener handled within the window.
     contested: set[ObjectKey] = field(default_factory=set)
     connection: Connection | None = None
+
+    def applied(self, events: Mapping[ObjectKey, str]) -> None:
+        """Record what the batch applied to some objects instead of its own last events (see :func:`event_key`)."""
+        if self.connection is None or not events:
+            return
+        statement = (
+            update(_EVENTS)
+            .where(_EVENTS.c.organisation == bindparam("org"), _EVENTS.c.primary_key == bindparam("pk"))
+            .values(last_event=bindparam("event"))
+        )
+        self.connection.execute(
+            statement, [{"org": org, "pk": pk, "event": event} for (org, pk), event in sorted(events.items())]
+        )
 
     def release(self, *, written: bool = True) -> None:
         """Let the next batch of these objects in; ``written=False`` forgets this batch's registration."""
@@ -66,9 +83,10 @@ class Fence:
 class ObjectEventStore:
     """``object_events`` for the listener process named ``listener``.
 
-    A failed batch goes back on the queue and may come back after later events of its objects were
-    handled, by this process too: for a window after a failure (:meth:`after_failure`), an object
-    this process handled within the window is contested as well.
+    An event the broker delivers again went back on the queue (a failed batch, a dead listener) and
+    may come after later events of its object, handled by anyone, this process too: its object is
+    contested when anyone handled it within ``redelivery_window``. On a transport that does not say
+    so, a failed batch (:meth:`after_failure`) makes this process distrust its own rows for as long.
     """
 
     def __init__(
@@ -76,11 +94,13 @@ class ObjectEventStore:
         engine: Engine,
         listener: str,
         window: timedelta = REORDER_WINDOW,
+        redelivery_window: timedelta = REDELIVERY_WINDOW,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.listener = listener
         self.window = window
+        self.redelivery_window = redelivery_window
         self.clock = clock
         self.ordered = engine.dialect.name == "postgresql"
         self._failed_at: float | None = None
@@ -90,39 +110,50 @@ class ObjectEventStore:
         self._failed_at = self.clock()
 
     def _distrusting_own(self) -> bool:
-        return self._failed_at is not None and self.clock() - self._failed_at < self.window.total_seconds()
+        return self._failed_at is not None and self.clock() - self._failed_at < self.redelivery_window.total_seconds()
 
-    def enter(self, objects: Collection[ObjectKey], suspect: Collection[ObjectKey] = ()) -> Fence:
-        """Register ``objects`` as handled by this listener now; the fence holds their rows.
+    def enter(self, objects: Mapping[ObjectKey, str], suspect: Collection[ObjectKey] = ()) -> Fence:
+        """Register ``objects`` (each with its batch's last event, :func:`event_key`) as handled by
+        this listener now; the fence holds their rows.
 
         Waits while another listener's batch holds any of them. Rows are written in key order, so
-        two batches never wait for each other crosswise. An object handled within the window is
-        contested when another listener handled it, or whoever did when it is ``suspect`` (its
-        event was delivered before: it may come after later ones) or this process failed a batch
-        within the window.
+        two batches never wait for each other crosswise. An object is contested when another
+        listener handled it within the window, or anyone within the redelivery window and it is
+        ``suspect`` (its event was delivered before) or this process failed a batch within that
+        window; unless the row's last event is this batch's: handling that event again changes
+        nothing that handling it did.
         """
         if not self.ordered or not objects:
             return Fence()
-        rows = [{"organisation": org, "primary_key": pk, "listener": self.listener} for org, pk in sorted(objects)]
+        rows = [
+            {"organisation": org, "primary_key": pk, "listener": self.listener, "last_event": objects[(org, pk)]}
+            for org, pk in sorted(objects)
+        ]
         insert = pg_insert(_EVENTS).values([{**row, "handled_at": func.now(), "contested": False} for row in rows])
-        distrusted: ColumnElement[bool] = _EVENTS.c.listener != insert.excluded.listener
+        since = _EVENTS.c.handled_at
+        flag: ColumnElement[bool] = (_EVENTS.c.listener != insert.excluded.listener) & (
+            since > func.now() - literal(self.window)
+        )
+        recently = since > func.now() - literal(self.redelivery_window)
         if self._distrusting_own():
-            distrusted = true()
+            flag = flag | recently
         elif suspect:
             keys = tuple_(insert.excluded.organisation, insert.excluded.primary_key)
-            distrusted = distrusted | keys.in_(sorted(suspect))
+            flag = flag | (keys.in_(sorted(suspect)) & recently)
+        flag = flag & _EVENTS.c.last_event.is_distinct_from(insert.excluded.last_event)
         statement = insert.on_conflict_do_update(
             index_elements=[_EVENTS.c.organisation, _EVENTS.c.primary_key],
             set_={
                 "listener": insert.excluded.listener,
                 "handled_at": func.now(),
-                "contested": distrusted & (_EVENTS.c.handled_at > func.now() - literal(self.window)),
+                "contested": flag,
+                "last_event": insert.excluded.last_event,
             },
         ).returning(_EVENTS.c.organisation, _EVENTS.c.primary_key, _EVENTS.c.contested)
         connection = self.engine.connect()
         try:
             result = connection.execute(statement)
-            contested = {(org, pk) for org, pk, flag in result if flag}
+            contested = {(org, pk) for org, pk, was in result if was}
         except BaseException:
             connection.rollback()
             connection.close()
@@ -151,11 +182,17 @@ class ObjectEventStore:
             yield {(org, pk) for org, pk in connection.execute(statement)}
 
     def prune(self) -> int:
-        """Forget rows older than twice the window: nothing handled since can be contested by them."""
+        """Forget rows older than twice the longest window: nothing handled since can be contested by them."""
         if not self.ordered:
             return 0
+        horizon = 2 * max(self.window, self.redelivery_window)
         with self.engine.begin() as connection:
-            result = connection.execute(
-                delete(_EVENTS).where(_EVENTS.c.handled_at < func.now() - literal(self.window * 2))
-            )
+            result = connection.execute(delete(_EVENTS).where(_EVENTS.c.handled_at < func.now() - literal(horizon)))
         return result.rowcount
+
+
+def event_key(operation: str, level: int | None) -> str:
+    """What a mutation does to an object, for :attr:`ObjectEventRow.last_event`: ``delete``, or
+    the operation and the object's scan level (``update:2``): all that decides which boefjes it
+    weighs or withdraws."""
+    return "delete" if level is None else f"{operation}:{level}"
