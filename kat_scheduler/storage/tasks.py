@@ -839,13 +839,16 @@ class TaskStore:
 
     def stale_published(self, scheduler_id: SchedulerId, before: datetime, limit: int = REPAIR_BATCH) -> list[Row[Any]]:
         """Published rows of ``scheduler_id`` still waiting (``queued`` or ``dispatched``), published
-        and last changed before ``before`` (their message may be lost), most urgent first."""
+        and last changed before ``before`` (their message may be lost), most urgent first. A task
+        waiting for its rate limit's window (listed with a ``not_before``) has no message to lose."""
         col = _TASKS.c
+        rate_limited = exists().where(_UNPUBLISHED.c.task_id == col.id, _UNPUBLISHED.c.not_before.is_not(None))
         conditions = (
             col.scheduler_id == scheduler_id,
             col.status.in_([TaskStatus.QUEUED, TaskStatus.DISPATCHED]),
             col.published_at < before,
             col.modified_at < before,
+            ~rate_limited,
         )
         return self._rows(conditions, limit)
 

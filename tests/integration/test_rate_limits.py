@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
@@ -184,3 +184,35 @@ def test_a_tick_sends_a_limited_group_no_more_than_its_window_can_start_and_the_
     assert Counter(c.boefje.id for c in second.planned) == {boefje: 3}
     with pg_engine.connect() as conn:
         assert len(conn.execute(select(TaskRow.id).where(TaskRow.plugin_id == boefje)).all()) == 6
+
+
+def test_the_reaper_leaves_a_waiting_task_alone_until_its_time_and_then_publishes_it_if_no_node_did(
+    pg_engine, redis_url, postgres_uri
+) -> None:
+    import redis
+
+    from kat_scheduler.storage.tables import utcnow
+    from kat_scheduler.workers.reaper import Reaper
+
+    settings = load_settings(broker_url=redis_url, db_uri=postgres_uri, unpublished_after=30)
+    publisher = make_publisher(settings)
+    store = TaskStore(pg_engine)
+    task = NewTaskFactory()
+    store.claim([task])
+    store.mark_published([task.id])
+    now = utcnow()
+    long_ago = now - timedelta(hours=2)
+    with pg_engine.begin() as conn:  # published long ago: past the visibility timeout, the queue empty
+        conn.execute(update(TaskRow).where(TaskRow.id == task.id).values(published_at=long_ago))
+    waits = WaitingStore(pg_engine)
+    until = now + timedelta(minutes=10)
+    assert waits.put_back(task.id, limit="1/hour", group="g", until=until, now=long_ago)
+    reaper = Reaper(store, publisher, settings)
+    try:
+        report = reaper.reap(now)
+        assert (report.republished_lost, report.published_unpublished) == (0, 0)  # it waits: no message
+        assert redis.Redis.from_url(redis_url).llen(Queue.BOEFJES.value) == 0
+        later = reaper.reap(until + timedelta(seconds=31))  # its time came and no worker node released it
+        assert later.published_unpublished == 1
+    finally:
+        publisher.close()
