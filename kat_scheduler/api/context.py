@@ -19,7 +19,7 @@ from kat_scheduler.dispatch.dispatcher import Dispatchable, Dispatcher, Dispatch
 from kat_scheduler.dispatch.publishing import Publisher, make_publisher
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage.filters import FilterRequest, conditions
+from kat_scheduler.storage.filters import FilterRequest, conditions, split_images
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.task_views import PopStatement, TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
@@ -76,8 +76,11 @@ class ApiContext:
             if found is not None:
                 self._poppers.move_to_end(key)
                 return found
-        where = conditions(filters, self.engine.dialect.name)
-        built = self._popper(self.tasks.pop_statement(scheduler_id, where=where))
+        dialect = self.engine.dialect.name
+        # The workers' image filter, taken out: a pop by image reads only the images asked for.
+        images, rest = split_images(filters) if dialect == "postgresql" else ((), filters)
+        where = conditions(rest, dialect)
+        built = self._popper(self.tasks.pop_statement(scheduler_id, where=where, images=images))
         with self._lock:
             self._poppers[key] = built
             if len(self._poppers) > POP_STATEMENTS:

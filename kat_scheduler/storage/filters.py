@@ -197,6 +197,38 @@ def conditions(request: FilterRequest | None, dialect: str, table: Table = _TASK
     return found
 
 
+#: The field of ``data`` a boefje worker pops by (its images), and the most images
+#: :func:`split_images` takes out of a request.
+IMAGE_FIELD = "boefje__oci_image"
+MAX_SPLIT_IMAGES = 32
+
+
+def split_images(request: FilterRequest | None) -> tuple[tuple[str, ...], FilterRequest | None]:
+    """The boefje images a request asks for (``data.boefje__oci_image`` ``in`` a list of images, or
+    ``==`` one) and the rest of the request; ``()`` and the request as it was when it does not
+    ask for images that way (an image filter inside ``and``/``or``/``not``, two of them, more
+    than :data:`MAX_SPLIT_IMAGES` images, values that are not text). A task matches the request
+    exactly when its image is one of those and it matches the rest."""
+    if request is None or not isinstance(request.filters, list):
+        return (), request
+    found = [
+        f
+        for f in request.filters
+        if f.column == "data" and f.field == IMAGE_FIELD and f.operator in (Operator.IN, Operator.EQ, Operator.EQ_SIGN)
+    ]
+    if len(found) != 1:
+        return (), request
+    [item] = found
+    values = item.value if item.operator is Operator.IN else [item.value]
+    if not isinstance(values, list) or not values or len(values) > MAX_SPLIT_IMAGES:
+        return (), request
+    if not all(isinstance(v, str) for v in values):
+        return (), request
+    rest = [f for f in request.filters if f is not item]
+    images = tuple(dict.fromkeys(str(v) for v in values))
+    return images, FilterRequest(filters=rest) if rest else None
+
+
 def condition(item: Filter, dialect: str, table: Table = _TASKS) -> ColumnElement[bool]:
     """One filter on ``table`` as a condition; :class:`FilterError` when it cannot be applied."""
     columns = TABLE_COLUMNS[table.name]
@@ -393,6 +425,7 @@ def _json_any(path: tuple[str | int, ...], item: Filter, dialect: str, table: Ta
 
 __all__ = [
     "COLUMNS",
+    "IMAGE_FIELD",
     "POSTGRESQL_ONLY",
     "SCHEDULE_COLUMNS",
     "Filter",
@@ -400,4 +433,5 @@ __all__ = [
     "FilterRequest",
     "Operator",
     "conditions",
+    "split_images",
 ]

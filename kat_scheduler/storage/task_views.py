@@ -17,6 +17,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     Row,
+    String,
     Update,
     bindparam,
     func,
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.storage.paging import Page, newest_first
-from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
+from kat_scheduler.storage.tables import POP_IMAGE_SQL, TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
 
@@ -205,7 +206,13 @@ class TaskViews:
             return []
         return self.pop_with(self.pop_statement(scheduler_id, where=where), limit, now=now)
 
-    def pop_statement(self, scheduler_id: SchedulerId, *, where: Sequence[ColumnElement[bool]] = ()) -> PopStatement:
+    def pop_statement(
+        self,
+        scheduler_id: SchedulerId,
+        *,
+        where: Sequence[ColumnElement[bool]] = (),
+        images: Sequence[str] = (),
+    ) -> PopStatement:
         """The one statement of a pop (see :meth:`pop_with`), built once for every pop alike
         (the number of tasks it takes is a parameter).
 
@@ -215,20 +222,40 @@ class TaskViews:
         ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING``: SQLite has no row locks but runs one
         writing statement at a time (the UPDATE takes the database's write lock before it reads),
         so the select and the update of one pop are never interleaved with another's.
+
+        ``images``: only tasks of these boefje images (``data.boefje.oci_image``). On PostgreSQL
+        each image's most urgent ``n`` are taken from ``ix_tasks_queued_pop_image`` and the most
+        urgent ``n`` of them kept, so the queued tasks of other images are never read. The rows
+        not kept are locked for the statement only: a pop running at the same moment skips them
+        and may take a less urgent task first (never one task twice).
         """
         col = _TASKS.c
-        picked = (
-            select(col.id)
-            .where(col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where)
-            .order_by(col.band, col.priority, col.created_at)
-            .limit(bindparam("limit", type_=Integer))
-            .correlate(None)
-        )
-        if self.engine.dialect.name == "postgresql":
+        postgresql = self.engine.dialect.name == "postgresql"
+        limit = bindparam("limit", type_=Integer)
+        urgency = (col.band, col.priority, col.created_at)
+        queued = [col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where]
+        if images and not postgresql:
+            queued.append(col.data["boefje"]["oci_image"].as_string().in_(list(images)))
+        picked = select(col.id).where(*queued).order_by(*urgency).limit(limit).correlate(None)
+        if images and postgresql:
+            image = literal_column(f"({POP_IMAGE_SQL})", String)
+            per_image = [
+                select(col.id, *urgency)
+                .where(*queued, image == bindparam(f"image_{n}", value, type_=String))
+                .order_by(*urgency)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .subquery(f"image_{n}")
+                for n, value in enumerate(images)
+            ]
+            merged = union_all(*(select(*branch.c) for branch in per_image)).subquery("candidates")
+            by_image = select(merged.c.id).order_by(merged.c.band, merged.c.priority, merged.c.created_at).limit(limit)
+            taken: ColumnElement[bool] = col.id == by_image.cte("picked").prefix_with("MATERIALIZED").c.id
+        elif postgresql:
             # A CTE, evaluated once: PostgreSQL may run an IN (subquery … LIMIT) of an UPDATE more
             # than once and take more than ``limit`` rows.
             cte = picked.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-            taken: ColumnElement[bool] = col.id == cte.c.id
+            taken = col.id == cte.c.id
         else:
             taken = col.id.in_(picked.scalar_subquery())
         stmt = (

@@ -89,6 +89,33 @@ def test_a_worker_pop_with_the_image_filter_takes_its_most_urgent_tasks_and_mark
     assert api.post("/schedulers/boefje/pop", json=IMAGE_FILTER).json() == {"results": []}
 
 
+WEB = "ghcr.io/minvws/openkat/web:latest"
+
+
+def test_a_pop_by_two_images_takes_the_most_urgent_of_either_and_never_another_images(api, engine):
+    # On PostgreSQL each image's most urgent are read from ix_tasks_queued_pop_image and merged.
+    web_first = [boefje_task(WEB, priority=n) for n in range(5)]  # more urgent, but not asked for
+    nmap = [boefje_task(NMAP, priority=n, boefje="nmap") for n in (5, 8, 9)]
+    dns = [boefje_task(DNS, priority=n, boefje="dns") for n in (6, 7)]
+    other_boefje = boefje_task(NMAP, priority=1, boefje="nmap-udp")
+    TaskStore(engine).claim([*web_first, *nmap, *dns, other_boefje])
+    body = {
+        "filters": [
+            {"column": "data", "field": "boefje__oci_image", "operator": "in", "value": [NMAP, DNS]},
+            {"column": "data", "field": "boefje__id", "operator": "in", "value": ["nmap", "dns"]},
+        ]
+    }
+
+    first = api.post("/schedulers/boefje/pop", params={"limit": 3}, json=body).json()["results"]
+    rest = api.post("/schedulers/boefje/pop", params={"limit": 10}, json=body).json()["results"]
+
+    assert [t["priority"] for t in first] == [5, 6, 7]
+    assert [t["priority"] for t in rest] == [8, 9]
+    assert {t.id for t in [*web_first, other_boefje]} == {
+        uuid.UUID(i) for i, status in statuses(engine).items() if status == "queued"
+    }
+
+
 def test_a_json_null_body_pops_without_filters_one_task_by_default(api, engine):
     store = TaskStore(engine)
     first, second = boefje_task(DNS, band=1), boefje_task(None, band=3)

@@ -7,7 +7,15 @@ import re
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
-from kat_scheduler.storage.filters import POSTGRESQL_ONLY, Filter, FilterError, FilterRequest, Operator, conditions
+from kat_scheduler.storage.filters import (
+    POSTGRESQL_ONLY,
+    Filter,
+    FilterError,
+    FilterRequest,
+    Operator,
+    conditions,
+    split_images,
+)
 
 DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
@@ -64,3 +72,37 @@ def test_no_filters_mean_no_conditions():
     assert conditions(None, "sqlite") == []
     assert conditions(FilterRequest(filters=[]), "sqlite") == []
     assert Filter(column="organisation", operator=Operator.IS_NULL).value is None
+
+
+NMAP, DNS = "ghcr.io/minvws/openkat/nmap:latest", "ghcr.io/minvws/openkat/dns:latest"
+IMAGES_IN = {"column": "data", "field": "boefje__oci_image", "operator": "in", "value": [NMAP, DNS]}
+BOEFJES_IN = {"column": "data", "field": "boefje__id", "operator": "in", "value": ["nmap"]}
+
+
+def test_the_workers_image_filter_is_taken_out_of_a_request_and_the_rest_kept():
+    # boefjes/boefjes/clients/scheduler_client.py, pop_items: images, then plugins.
+    images, rest = split_images(FilterRequest.model_validate({"filters": [IMAGES_IN, BOEFJES_IN]}))
+
+    assert images == (NMAP, DNS)
+    assert rest == FilterRequest.model_validate({"filters": [BOEFJES_IN]})
+    assert split_images(FilterRequest.model_validate({"filters": [IMAGES_IN]})) == ((NMAP, DNS), None)
+    assert split_images(FilterRequest.model_validate(one("data", "==", NMAP, "boefje__oci_image"))) == ((NMAP,), None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        {"filters": [BOEFJES_IN]},
+        {"filters": {"and": [IMAGES_IN]}},
+        {"filters": [IMAGES_IN, IMAGES_IN]},
+        one("data", "not_in", [NMAP], "boefje__oci_image"),
+        one("data", "in", [], "boefje__oci_image"),
+        one("data", "in", [1, 2], "boefje__oci_image"),
+        one("data", "in", [f"image-{n}" for n in range(33)], "boefje__oci_image"),
+    ],
+)
+def test_a_request_that_does_not_ask_for_images_the_workers_way_is_left_as_it_is(body):
+    request = None if body is None else FilterRequest.model_validate(body)
+
+    assert split_images(request) == ((), request)
