@@ -30,7 +30,10 @@ with :class:`~kat_scheduler.sim.bridge.EventBridge`, as Octopoes does.
 4. **Storm c.** From the same state, ``--storm`` updates that raise world objects to level 4:
    pairs below clearance at the tick become eligible, and Bytes' history decides (runs that
    ended inside the grace period, runs still going or dead, cron), which the listener knows
-   from ``bytes_runs`` (what the tick kept of Bytes' history), not from Bytes.
+   from ``bytes_runs`` (what the tick kept of Bytes' history), not from Bytes. The simulated
+   Octopoes holds the raised levels from just before the storm is published (as Octopoes holds an
+   object before it publishes its mutation; a listener asks it about an object another listener
+   handled lately), and the oracle judges by a copy of the world as the tick found it.
 
 Every storm's queued set (organisation, boefje, object) is compared with what the simulation's
 oracle allows (``kat_scheduler.sim.oracle.allowed_event_tasks``, at the storm's start, with the
@@ -85,6 +88,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -269,6 +273,30 @@ def new_objects(world: World, tag: str, count: int, object_types: Sequence[str],
         org, object_type, boefjes = combos[n % len(combos)]
         out.append(NewObject(org, object_type, primary_key(object_type, tag, first + n), boefjes))
     return out
+
+
+def hold_in_octopoes(world: World, bodies: Sequence[dict[str, Any]], before: list[tuple[str, str, str, int]]) -> None:
+    """Give the simulated Octopoes each ``update``'s scan profile, as Octopoes holds an object before
+    it publishes its mutation (a listener may ask it: an object another listener handled lately is
+    taken as Octopoes holds it); each object's profile before goes to ``before``, for
+    :func:`restore_levels`."""
+    for body in bodies:
+        value = body.get("value")
+        if body["operation"] != "update" or not value or not value.get("scan_profile"):
+            continue
+        org, key = body["client_id"], body["primary_key"]
+        ooi = world.get_ooi(org, key)
+        if ooi is None:
+            continue
+        before.append((org, key, ooi.scan_profile_type, ooi.level))
+        profile = value["scan_profile"]
+        world.set_scan_level(org, key, profile["level"], profile["scan_profile_type"])
+
+
+def restore_levels(world: World, before: Sequence[tuple[str, str, str, int]]) -> None:
+    """Put back the scan profiles :func:`hold_in_octopoes` changed, so the next run starts alike."""
+    for org, key, profile_type, level in reversed(before):
+        world.set_scan_level(org, key, level, profile_type)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -534,19 +562,23 @@ def storm(
     backlog: bool = False,
     timeout: float = 900,
     allowed: Callable[[datetime], set[tuple[str, str, str]]] | None = None,
+    hold: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Publish ``bodies`` and a sentinel; figures once the sentinel's tasks are published.
 
     Live (default): the listener is consuming while the events are published, and the clock
     starts before the first publish. ``backlog``: the listener is stopped first, every event is
     published onto the queue, then a new listener starts, and the clock starts when it is
-    attached to the queue (RabbitMQ counts its consumer), so only planning is timed.
+    attached to the queue (RabbitMQ counts its consumer), so only planning is timed. ``hold``
+    makes the simulated Octopoes hold what the events say, before they are published.
     """
     database = engine.url.database
     depth_before = broker_depth(broker)
     if backlog:
         listener.stop()
     handled_before = 0 if backlog else listener.handled()[0]
+    if hold is not None:
+        hold()
     kat.reset_counts()
     cpu_start = cpu_seconds(listener.named(), database)
     t0 = time.time()
@@ -709,8 +741,10 @@ def plan_and_complete(
 
 
 def run_once(
-    world: World, kat: SimulatedKAT, queue_uri: str, args: argparse.Namespace, n: int, logs: Path
+    world: World, tick_world: World, kat: SimulatedKAT, queue_uri: str, args: argparse.Namespace, n: int, logs: Path
 ) -> dict[str, Any]:
+    """One run on ``world`` (what the simulated KAT serves); the oracle judges by ``tick_world``, the
+    same world as the tick found it (storm c's raises change what the simulated Octopoes holds)."""
     db_uri, admin = fresh_database()
     engine = make_engine(db_uri, pool_size=2)
     broker = redis.Redis.from_url(REDIS)
@@ -727,8 +761,8 @@ def run_once(
 
     def oracle(bodies: list[dict[str, Any]]) -> Callable[[datetime], set[tuple[str, str, str]]]:
         def allowed(now: datetime) -> set[tuple[str, str, str]]:
-            cases[id(bodies)] = raised_pairs(world, bodies, now=now, stall_age_seconds=args.stall_age)
-            return allowed_event_tasks(world, bodies, now=now, stall_age_seconds=args.stall_age)
+            cases[id(bodies)] = raised_pairs(tick_world, bodies, now=now, stall_age_seconds=args.stall_age)
+            return allowed_event_tasks(tick_world, bodies, now=now, stall_age_seconds=args.stall_age)
 
         return allowed
 
@@ -779,9 +813,22 @@ def run_once(
             ):
                 sentinel = new_objects(world, f"sentinel-{key}-{tag}", 1, ["Hostname"])[0]
                 since = datetime.now(UTC)
-                figures[key] = storm(
-                    bridge, kat, engine, broker, bodies, sentinel, listener, backlog=backlog, allowed=oracle(bodies)
-                )
+                held: list[tuple[str, str, str, int]] = []
+                try:
+                    figures[key] = storm(
+                        bridge,
+                        kat,
+                        engine,
+                        broker,
+                        bodies,
+                        sentinel,
+                        listener,
+                        backlog=backlog,
+                        allowed=oracle(bodies),
+                        hold=partial(hold_in_octopoes, world, bodies, held),
+                    )
+                finally:
+                    restore_levels(world, held)
                 figures[key]["raised"] = cases.get(id(bodies), {})
                 forget(engine, broker, since)
         listener.alive()
@@ -905,6 +952,7 @@ def main() -> None:
     world = generate_world(
         WorldConfig(seed=args.seed, organisations=args.organisations, oois_per_org=args.oois, boefjes=args.boefjes)
     )
+    tick_world = generate_world(world.config)  # the same world (its config holds its `now`), for the oracle
     objects = sum(len(world.oois(org)) for org in world.organisation_ids)
     print(
         f"world: {args.organisations} orgs x {args.oois} OOIs x {args.boefjes} boefjes ({objects} objects), "
@@ -927,7 +975,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     with SimulatedKAT(world).start() as kat:
         for n in range(1, args.runs + 1):
-            figures = run_once(world, kat, queue_uri, args, n, logs)
+            figures = run_once(world, tick_world, kat, queue_uri, args, n, logs)
             runs.append(figures)
             print_run(n, figures)
             sys.stdout.flush()
