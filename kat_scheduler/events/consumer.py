@@ -237,6 +237,11 @@ class _Batches:
             self.open[queue] = Batch(now, rest, now)
         return queue, taken
 
+    def full(self, queue: str) -> bool:
+        """Whether ``queue``'s open batch holds a whole batch."""
+        batch = self.open.get(queue)
+        return batch is not None and len(batch.messages) >= self.size
+
     def wait(self, now: float) -> float:
         """How long to wait for more messages before a batch falls due."""
         if not self.open:
@@ -378,6 +383,12 @@ class EventConsumer:
                     if due is not None:
                         handling = self._start(producer, *due)
                         continue
+                elif batches.full(handling.queue):
+                    # The next batch of the queue in the handler is full already: more of that
+                    # queue would wait behind it anyway. Wait for the handler itself rather than
+                    # look at the socket every HANDLER_POLL, which takes the GIL from it each time.
+                    futures_wait([handling.future], timeout=IDLE_WAIT)
+                    continue
                 wait = batches.wait(now)
                 if handling is not None:
                     wait = min(wait, HANDLER_POLL)
