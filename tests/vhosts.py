@@ -91,12 +91,25 @@ class RunVhosts:
             )
 
     def delete_all(self) -> None:
-        """Delete every vhost this run created (RabbitMQ closes the connections on them)."""
+        """Delete every vhost this run created (RabbitMQ closes the connections on them).
+
+        One ``rabbitmqctl`` each, all at once: each starts a VM of its own, which is most of its time.
+        """
+        names, self.created = self.created, []
+        deleting = {
+            name: subprocess.Popen(
+                ["rabbitmqctl", "delete_vhost", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for name in names
+        }
         left = []
-        while self.created:
-            name = self.created.pop()
-            done = subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60, check=False)
-            if done.returncode != 0 and name not in self.failed:
+        for name, process in deleting.items():
+            try:
+                code = process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            if code != 0 and name not in self.failed:
                 left.append(name)
         if left:
             raise VhostError(f"could not delete this run's vhosts {left}; delete them with rabbitmqctl delete_vhost")
