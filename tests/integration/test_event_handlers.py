@@ -742,3 +742,39 @@ def test_a_create_delivered_again_after_its_objects_delete_was_handled_queues_no
 
     assert tasks_on(pg_engine, pk) == {}
     assert listener.stats.contested == 1
+
+
+def test_deadlines_left_for_after_the_send_are_not_written_for_an_object_another_listener_handled_since(
+    mutations, producers, clients, world, pg_engine
+) -> None:
+    org, known = planned_hostname(producers, world)
+    before = schedules_on(pg_engine, known.primary_key)
+    later = NOW + timedelta(days=30)  # every schedule is due, every task long done
+    with pg_engine.begin() as conn:
+        conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
+    publisher = mutations.dispatcher.publisher
+    assert publisher is not None
+
+    def listener(name: str) -> MutationHandler:
+        order = ObjectEventStore(pg_engine, name)
+        return MutationHandler(
+            mutations.plugins,
+            mutations.tasks,
+            mutations.schedules,
+            publisher,
+            mutations.settings,
+            clock=lambda: later,
+            octopoes=clients.octopoes,
+            order=order,
+        )
+
+    a, b = listener("a"), listener("b")
+    send = a.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])()
+    assert b.order is not None
+    b.order.enter({(org, known.primary_key): "delete"}).release()  # b handles the object meanwhile
+    send()  # a's tasks go out; their schedules' new deadlines are b's to write now, not a's
+
+    requeued = {boefje for boefje in tasks_on(pg_engine, known.primary_key) if boefje in before}
+    assert requeued
+    after = schedules_on(pg_engine, known.primary_key)
+    assert {x: after[x].deadline_at for x in requeued} == {x: before[x].deadline_at for x in requeued}
