@@ -14,9 +14,11 @@ Two phases, each from an empty broker:
 1. **free alone**: ``--free`` tasks of boefjes without a limit; their drain rate.
 2. **together**: ``--tasks`` tasks of the limited group (every boefje of the world but the last
    ``--free-boefjes`` has ``SCHEDULER_RATE_LIMITS`` ``<id>=<limit>@bench-limited``, so they share one counter across
-   organisations) and ``--free`` more unlimited ones, all published at once in mixed bands: the
-   whole backlog on the broker, the worst case (a producer sends at most a window's capacity per
-   group).
+   organisations) and ``--free`` more unlimited ones, in mixed bands, all claimed at once. As a
+   producer holds back what a group cannot start yet, only one window's worth of the limited
+   group is published; the rest wait in the database (listed as waiting, as a worker puts back a
+   task over its limit) for the worker nodes to release them. ``--flood`` publishes the whole
+   limited backlog instead, the worst case: every limited message costs a worker one refusal.
 
 Start times are the rows' ``started_at``, written right after the limiter admitted the start.
 Printed: the most starts of the limited group in any 1-second window (must be ≤ the limit's
@@ -50,6 +52,7 @@ import sqlalchemy as sa
 from benchmarks.common import drop_database, fresh_database
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
+from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.rate_limits import rate_limit
@@ -57,7 +60,7 @@ from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, World, WorldConfig, generate_world
 from kat_scheduler.storage import TaskStore
 from kat_scheduler.storage.db import normalise_url
-from kat_scheduler.storage.tables import TaskRow, table_of
+from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 from kat_scheduler.storage.tasks import NewTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,6 +257,7 @@ def main() -> int:
     parser.add_argument("--oois", type=int, default=400, help="objects per organisation")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=7200.0)
+    parser.add_argument("--flood", action="store_true", help="publish the whole limited backlog at once")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     limit = rate_limit(args.limit)
@@ -319,8 +323,17 @@ def main() -> int:
                 rng.shuffle(both)
                 limited_set = {t.id for t in both if t.plugin_id in limited_ids}
                 free_set = {t.id for t in both if t.plugin_id not in limited_ids}
+                sent = both
+                if not args.flood:  # held back, waiting in the database (as a producer leaves them)
+                    held = [t for t in both if t.plugin_id in limited_ids][limit.capacity :]
+                    held_ids = {t.id for t in held}
+                    sent = [t for t in both if t.id not in held_ids]
+                    assert len(store.claim(held)) == len(held), "hashes not distinct"
+                    waiting = WaitingStore(engine)
+                    for t in held:
+                        waiting.put_back(t.id, limit=limit.text, group=GROUP, until=utcnow())
                 began = time.monotonic()
-                publish(both)
+                publish(sent)
                 free_seconds = drain(engine, free_set, args.timeout)
                 limited_seconds = free_seconds + drain(engine, limited_set, args.timeout - free_seconds)
                 total = time.monotonic() - began

@@ -1,6 +1,7 @@
 """Producers do not flood the broker with what a rate-limited group cannot start yet: per run of a
-producer (a tick, a due-schedules run), each group gets at most its capacity (what its tightest
-window can start) of new tasks; the rest stay unclaimed and are found again by the next run."""
+producer (a tick, a due-schedules run), each group gets at most what its limit lets start before
+the producer's next run (at least one window's worth); the rest stay unclaimed and are found again
+by the next run."""
 
 from __future__ import annotations
 
@@ -9,22 +10,30 @@ from collections.abc import Sequence
 
 from kat_scheduler.planning.candidates import Candidate
 from kat_scheduler.rules.eligibility import SkipReason
-from kat_scheduler.rules.rate_limits import RateLimit, Unresolvable, limit_for, resolve_group, within_capacity
+from kat_scheduler.rules.rate_limits import (
+    RateLimit,
+    Unresolvable,
+    limit_for,
+    parse_overrides,
+    resolve_group,
+    within_capacity,
+)
 from kat_scheduler.settings import Settings
 
 
 class GroupBudget:
     """What each rate-limited group may still be sent in one producer run."""
 
-    def __init__(self, overrides: dict[str, RateLimit | None]) -> None:
+    def __init__(self, overrides: dict[str, RateLimit | None], every: float) -> None:
         self.overrides = overrides
+        #: Seconds until the producer runs again.
+        self.every = every
         self.left: dict[str, int] = {}
 
     @classmethod
-    def of(cls, settings: Settings) -> GroupBudget:
-        from kat_scheduler.rules.rate_limits import parse_overrides
-
-        return cls(parse_overrides(settings.rate_limits) if settings.rate_limits.strip() else {})
+    def of(cls, settings: Settings, every: float) -> GroupBudget:
+        """The budget of a producer that runs every ``every`` seconds."""
+        return cls(parse_overrides(settings.rate_limits) if settings.rate_limits.strip() else {}, every)
 
     def _group(self, candidate: Candidate) -> tuple[str, int] | None:
         boefje = candidate.boefje
@@ -39,7 +48,7 @@ class GroupBudget:
             )
         except (ValueError, Unresolvable):  # no limit: the worker says why when it runs
             return None
-        return f"{limit.text}@{group}", limit.capacity
+        return f"{limit.text}@{group}", limit.starts_within(self.every)
 
     def keep(self, candidates: Sequence[Candidate], skipped: Counter[SkipReason]) -> list[Candidate]:
         """The candidates that fit their groups' budgets, in order; the others are counted in

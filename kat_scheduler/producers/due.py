@@ -64,7 +64,7 @@ class DueSchedulesProducer:
         report = PlanReport(now=now, dry_run=dry_run)
         indexes: dict[str, BoefjeIndex | None] = {}
         max_band = backpressure_for(self.context, report)
-        budget = GroupBudget.of(self.settings)  # per rate-limited group, what this run may send
+        budget = GroupBudget.of(self.settings, self.settings.schedules_interval)  # per rate-limited group
         for batch in self.schedules.iter_due(now, batch_size=self.settings.batch_size):
             by_org: dict[str, list[ScheduleRow]] = defaultdict(list)
             for row in batch:

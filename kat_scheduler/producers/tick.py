@@ -103,7 +103,7 @@ class TickProducer:
         orgs = self.organisations if self.organisations is not None else self.context.organisations()
         report.organisations = orgs
         max_band = backpressure_for(self.context, report)
-        budget = GroupBudget.of(self.settings)  # per rate-limited group, what this tick may send
+        budget = GroupBudget.of(self.settings, self.settings.plan_interval)  # per rate-limited group
         plans: list[OrgPlan] = []
         # Each organisation's candidates are final once it is planned (the cap is per organisation,
         # backpressure per band), so they are claimed in the background, by the database on another

@@ -45,8 +45,13 @@ class RateLimit:
 
     @property
     def capacity(self) -> int:
-        """The most starts its tightest window allows: what a producer may send per group at once."""
+        """The most starts its tightest window allows at once."""
         return min(item.amount for item in self.items)
+
+    def starts_within(self, seconds: float) -> int:
+        """The most starts the limit allows in ``seconds`` from now (at least one window's worth):
+        what a producer that runs every ``seconds`` may send per group."""
+        return min(max(item.amount, int(item.amount * seconds // item.get_expiry())) for item in self.items)
 
 
 def parse_limit(text: str) -> tuple[RateLimitItem, ...]:

@@ -62,6 +62,22 @@ def test_a_limit_string_parses_as_the_limits_library_counts_it(text: str, capaci
     assert parsed.group == "{boefje_id}"
 
 
+@pytest.mark.parametrize(
+    ("text", "seconds", "starts"),
+    [
+        ("5/second", 60, 300),
+        ("5/second", 0.5, 5),
+        ("3/minute", 60, 3),
+        ("10/hour;100/day", 60, 10),
+        ("2/5second", 12, 4),
+    ],
+)
+def test_a_producer_running_every_so_many_seconds_may_send_what_the_limit_starts_meanwhile(
+    text: str, seconds: float, starts: int
+) -> None:
+    assert rate_limit(text).starts_within(seconds) == starts
+
+
 def test_the_operator_overrides_adds_and_removes_limits() -> None:
     overrides = parse_overrides("shodan=1/second@shodan.io nmap=10/minute;100/hour@host:{input_ooi} dns=off")
     plugin = {"rate_limit": "5/second", "rate_limit_group": "{organisation}"}
