@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -101,11 +101,11 @@ class Place:
         return task_id
 
     def served(self) -> uuid.UUID:
-        """Live, served by another organisation's run of the boefje on the object; that run's task id."""
+        """Live, served by another organisation's run of the boefje on the object (as a worker that
+        deduplicates claims it); that run's task id."""
         serving = uuid.uuid4()
         task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=4)
-        task = replace(task, data={**task.data, "served_by": str(serving)})
-        assert self.tasks.claim([task], now=self.now - timedelta(minutes=1))
+        assert self.tasks.claim_served(task, serving, "worker@test", self.now - timedelta(seconds=30))
         return serving
 
     def bytes_run(self, started: datetime, ended: datetime | None) -> None:
@@ -213,7 +213,7 @@ TABLE: dict[str, Row] = {
         "Hostname",
         1,
         Decision.DEDUPLICATED,
-        ("deduplicated into task {setup}",),
+        ("deduplicated into task {setup}", "running since"),
         _no_time,
         setup=Place.served,
         band=4,
