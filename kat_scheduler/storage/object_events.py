@@ -198,10 +198,10 @@ class ObjectEventStore:
             yield {(org, pk) for org, pk in connection.execute(statement)}
 
     def prune(self) -> int:
-        """Forget rows older than twice the longest window: nothing handled since can be contested by them."""
+        """Forget rows older than the longest window: they can contest nothing any more."""
         if not self.ordered:
             return 0
-        horizon = 2 * max(self.window, self.redelivery_window)
+        horizon = max(self.window, self.redelivery_window)
         with self.engine.begin() as connection:
             result = connection.execute(delete(_EVENTS).where(_EVENTS.c.handled_at < func.now() - literal(horizon)))
         return result.rowcount
