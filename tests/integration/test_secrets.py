@@ -70,9 +70,26 @@ def vhost_of(amqp_url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def rabbitmqctl(*args: str) -> None:
-    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"rabbitmqctl {args[0]} failed: {result.stderr}"
+def rabbitmqctl(*commands: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """Run the ``rabbitmqctl`` commands all at once (each starts a VM of its own, which is most of
+    its time); what each failed one said, by command."""
+    running = [
+        (
+            command,
+            subprocess.Popen(["rabbitmqctl", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        )
+        for command in commands
+    ]
+    failed = {}
+    for command, process in running:
+        try:
+            _, said = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, said = process.communicate()
+        if process.returncode != 0:
+            failed[command] = said
+    return failed
 
 
 @pytest.fixture
@@ -81,26 +98,36 @@ def secrets() -> Secrets:
 
 
 @contextlib.contextmanager
-def rabbitmq_user(amqp_url: str, password: str) -> Iterator[str]:
-    """``amqp_url``'s vhost, reached as a new RabbitMQ user with ``password``; deleted afterwards."""
+def rabbitmq_users(amqp_url: str, *passwords: str) -> Iterator[list[str]]:
+    """``amqp_url``'s vhost, reached as a new RabbitMQ user per password (in that order); the
+    users are deleted afterwards."""
     if shutil.which("rabbitmqctl") is None:
         service_missing("rabbitmqctl (to create a RabbitMQ user)", FileNotFoundError("rabbitmqctl"))
-    user = f"kat_secrets_{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_user", user, password)
+    users = {f"kat_secrets_{uuid.uuid4().hex[:8]}": password for password in passwords}
+    added = rabbitmqctl(*(("add_user", user, password) for user, password in users.items()))
     try:
-        rabbitmqctl("set_permissions", "-p", vhost_of(amqp_url), user, ".*", ".*", ".*")
+        assert not added, f"rabbitmqctl add_user failed: {added}"
+        allowed = rabbitmqctl(
+            *(("set_permissions", "-p", vhost_of(amqp_url), user, ".*", ".*", ".*") for user in users)
+        )
+        assert not allowed, f"rabbitmqctl set_permissions failed: {allowed}"
         parts = urlsplit(amqp_url)
         host = parts.netloc.rpartition("@")[2]
-        yield urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, "", ""))
+        yield [
+            urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, "", ""))
+            for user, password in users.items()
+        ]
     finally:
-        rabbitmqctl("delete_user", user)
+        created = [user for user in users if ("add_user", user, users[user]) not in added]
+        deleted = rabbitmqctl(*(("delete_user", user) for user in created))
+        assert not deleted, f"rabbitmqctl delete_user failed: {deleted}"
 
 
 @pytest.fixture
 def broker_and_events(amqp_url: str, secrets: Secrets) -> Iterator[tuple[str, str]]:
     """The task broker's and the event bus's URLs, each a RabbitMQ user of this test's own whose
     password is ``secrets.broker`` and ``secrets.events``."""
-    with rabbitmq_user(amqp_url, secrets.broker) as broker, rabbitmq_user(amqp_url, secrets.events) as events:
+    with rabbitmq_users(amqp_url, secrets.broker, secrets.events) as (broker, events):
         yield broker, events
 
 
