@@ -113,7 +113,7 @@ def test_a_lock_that_leaves_out_a_transitive_dependency_is_caught(tmp_path: Path
 
     problems = lock_problems(trimmed, ROOT / "setup.cfg")
 
-    assert any(p.startswith("packaging is not pinned (required by kombu[redis]") for p in problems), problems
+    assert any(p.startswith("packaging is not pinned (required by ") for p in problems), problems
     assert any(p.startswith("vine is not pinned") for p in problems), problems
     assert any(p.startswith("click is not pinned (required by celery") for p in problems), problems
 
