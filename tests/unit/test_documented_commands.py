@@ -20,7 +20,14 @@ def quoted_commands(document: Path) -> list[tuple[int, list[str]]]:
     found: list[tuple[int, list[str]]] = []
     for block in re.finditer(r"```(?:sh|bash|console)\n(.*?)```", text, flags=re.S):
         first_line = text.count("\n", 0, block.start()) + 2
-        for offset, line in enumerate(block.group(1).splitlines()):
+        lines = block.group(1).splitlines()
+        for offset, line in enumerate(lines):
+            if offset > 0 and lines[offset - 1].endswith("\\"):
+                continue  # part of the command above, joined there
+            following = offset
+            while lines[following].endswith("\\") and following + 1 < len(lines):
+                following += 1
+                line = line[:-1] + " " + lines[following]
             line = line.removeprefix("$ ")
             for command in split_shell(line.replace("…", "x")):
                 if Path(command[0]).name in OURS:  # `.venv/bin/kat-scheduler` too
