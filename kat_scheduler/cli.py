@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,7 +34,42 @@ def _settings_or_exit() -> Settings:
         sys.exit(2)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose larger subcommands are imported only when they are called.
+
+    ``kat-scheduler heartbeat`` (a container health check, every few seconds) and the short
+    commands need none of the run supervisor, explain, the simulation or the mula import; importing
+    them all made every start pay for them. Click's documented way: ``list_commands`` and
+    ``get_command`` name and load the lazy ones (``module:attribute``).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = self.lazy[cmd_name].split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
+LAZY_COMMANDS = {
+    "explain": "kat_scheduler.explain.command:explain_cmd",
+    "import-mula": "kat_scheduler.mula_import:mula_import_cmd",
+    "run": "kat_scheduler.run.command:run_cmd",
+    "sim": "kat_scheduler.sim.cli:sim",
+    "status": "kat_scheduler.status:status_cmd",
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.version_option(__version__, prog_name="kat-scheduler")
 def main() -> None:
     """OpenKAT's scan scheduler on Celery."""
@@ -334,23 +370,6 @@ def flower(unauthenticated: bool, flower_args: tuple[str, ...]) -> None:
         *flower_args,
     ]
     os.execve(sys.executable, argv, env)
-
-
-def _attach_commands() -> None:
-    from kat_scheduler.explain.command import explain_cmd
-    from kat_scheduler.mula_import import mula_import_cmd
-    from kat_scheduler.run.command import run_cmd
-    from kat_scheduler.sim.cli import sim
-    from kat_scheduler.status import status_cmd
-
-    main.add_command(sim)
-    main.add_command(mula_import_cmd, "import-mula")
-    main.add_command(run_cmd)
-    main.add_command(status_cmd)
-    main.add_command(explain_cmd)
-
-
-_attach_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
