@@ -1,4 +1,7 @@
-"""Fixtures for planning and dispatch tests: a simulated KAT over HTTP and the producers' context on it (``producers``)."""
+"""Fixtures for planning and dispatch tests.
+
+A simulated KAT over HTTP and the producers' context on it (``producers``).
+"""
 
 from __future__ import annotations
 
