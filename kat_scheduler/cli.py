@@ -23,6 +23,8 @@ from kat_scheduler.settings import (
 from kat_scheduler.version import __version__
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from kat_scheduler.runtime.resources import Runtime
 
 
@@ -290,9 +292,27 @@ def listen() -> None:
     tune_collector()  # start-up is done: what it made is frozen
     try:
         run_listener(settings, handlers)
+        bookkeeper.close()  # the last batches' schedules are written
+        _retire_listener(runtime.tasks.engine)
     finally:
         bookkeeper.close()
         runtime.close()
+
+
+def _retire_listener(engine: Engine) -> None:
+    """A clean stop: this listener's ``object_events`` rows no longer contest the next listener's batches."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kat_scheduler.events.handlers import listener_name
+    from kat_scheduler.storage.object_events import REORDER_WINDOW, ObjectEventStore
+
+    logger = logging.getLogger("kat_scheduler.events")
+    try:
+        retired = ObjectEventStore(engine, listener_name()).retire()
+    except SQLAlchemyError as exc:
+        logger.warning("could not retire this listener (%s): its objects are looked up for %s", exc, REORDER_WINDOW)
+        return
+    logger.info("retired this listener's %d objects", retired)
 
 
 @main.command("api")

@@ -12,6 +12,13 @@ So is an object whose event the broker delivered again (it went back on the queu
 a killed listener) that anyone handled within the window, and, for a window after this process
 failed a batch, any object this process handled within it.
 
+A listener that stops cleanly :meth:`ObjectEventStore.retire`\\ s its name once its last batch is
+written and acked: it has no batch in flight, so its rows contest nothing any more as "another
+listener's" (a listener started after it, a deploy or a restart, handles its objects without a
+look-up). They keep their time and last event for the redelivery rule: what it had received but
+not acked comes back marked redelivered. A killed listener cannot retire: its rows contest for the
+reorder window.
+
 The time in the rows and the window are the database's clock, so listeners on different hosts
 agree. On SQLite (one process) there is nothing to order: :meth:`enter` locks nothing and
 contests nothing.
@@ -43,6 +50,9 @@ REORDER_WINDOW = timedelta(minutes=1)
 #: longer than an event can be away before it comes back (a failed batch's backoff, at most 30
 #: seconds; a dead listener's connection, noticed by RabbitMQ's heartbeat within a minute or two).
 REDELIVERY_WINDOW = timedelta(minutes=5)
+#: The listener of the rows of a listener that stopped cleanly (:meth:`ObjectEventStore.retire`);
+#: no listener's name (those are ``host:pid:part``).
+RETIRED = "(retired)"
 
 
 #: Registers a batch's objects (see :meth:`ObjectEventStore.enter`).
@@ -56,7 +66,7 @@ _ENTER = text(
         listener = excluded.listener,
         handled_at = now(),
         contested = (
-            (o.listener <> excluded.listener AND o.handled_at > now() - :window)
+            (o.listener <> excluded.listener AND o.listener <> :retired AND o.handled_at > now() - :window)
             OR (
                 o.handled_at > now() - :redelivery_window
                 AND (
@@ -156,6 +166,7 @@ class ObjectEventStore:
         parameters = {
             "rows": json_text([[org, pk, objects[(org, pk)]] for org, pk in sorted(objects)]),
             "listener": self.listener,
+            "retired": RETIRED,
             "window": self.window,
             "redelivery_window": self.redelivery_window,
             "distrust": self._distrusting_own(),
@@ -196,6 +207,23 @@ class ObjectEventStore:
         )
         with self.engine.begin() as connection:
             yield {(org, pk) for org, pk in connection.execute(statement)}
+
+    def retire(self) -> int:
+        """On a clean stop, once the last batch is written and acked (and its schedules): this
+        listener's rows contest no other listener's batches any more; how many.
+
+        It has no batch in flight, and what it received but did not ack comes back marked
+        redelivered, so the rows keep their time and last event for the redelivery rule. A row
+        another listener's batch holds is skipped, not waited for: that batch makes it its own (or,
+        failing, leaves it ours, which only costs a look-up).
+        """
+        if not self.ordered:
+            return 0
+        keys = (_EVENTS.c.organisation, _EVENTS.c.primary_key)
+        mine = select(*keys).where(_EVENTS.c.listener == self.listener).with_for_update(skip_locked=True)
+        with self.engine.begin() as connection:
+            result = connection.execute(update(_EVENTS).where(tuple_(*keys).in_(mine)).values(listener=RETIRED))
+        return result.rowcount
 
     def prune(self) -> int:
         """Forget rows older than the longest window: they can contest nothing any more."""

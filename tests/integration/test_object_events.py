@@ -1,4 +1,4 @@
-"""``object_events``: which objects a batch finds contested, and pruning (the store alone)."""
+"""``object_events``: which objects a batch finds contested, retiring and pruning (the store alone)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, update
 
-from kat_scheduler.storage.object_events import ObjectEventStore
+from kat_scheduler.storage.object_events import RETIRED, ObjectEventStore
 from kat_scheduler.storage.tables import ObjectEventRow
 
 FRESH = ("org", "Hostname|internet|fresh.example.nl")
@@ -53,6 +53,31 @@ def test_an_event_delivered_again_contests_its_object_whoever_handled_it_lately(
 
     a.after_failure()  # a batch of a's own failed: for a while a trusts its own rows no more
     assert contested(a, {SAME: "delete"}) == {SAME}
+
+
+def test_a_listener_that_retired_contests_nothing_but_its_redelivered_events(pg_engine: Engine) -> None:
+    a, b, c = ObjectEventStore(pg_engine, "a"), ObjectEventStore(pg_engine, "b"), ObjectEventStore(pg_engine, "c")
+    contested(a, {SAME: "create:2", OTHER: "create:2", OLD: "create:2"})
+    contested(c, {FRESH: "create:2"})
+
+    assert a.retire() == 3  # a stopped cleanly: its rows only, c's stays c's
+    with pg_engine.connect() as conn:
+        listeners = dict(conn.execute(select(ObjectEventRow.primary_key, ObjectEventRow.listener)).all())
+    assert listeners == {SAME[1]: RETIRED, OTHER[1]: RETIRED, OLD[1]: RETIRED, FRESH[1]: "c"}
+
+    assert contested(b, {SAME: "delete", FRESH: "delete"}) == {FRESH}  # c is still running
+    # An event a had received and not acked comes back marked redelivered: contested all the same.
+    assert contested(b, {OTHER: "delete"}, suspect=frozenset({OTHER})) == {OTHER}
+
+
+def test_a_row_another_listener_holds_is_skipped_by_a_retiring_one_not_waited_for(pg_engine: Engine) -> None:
+    a, b = ObjectEventStore(pg_engine, "a"), ObjectEventStore(pg_engine, "b")
+    contested(a, {SAME: "create:2", OTHER: "create:2"})
+    fence = b.enter({SAME: "delete"})  # b's batch of SAME is being written
+
+    assert a.retire() == 1
+    fence.release(written=False)  # it failed: SAME is a's again, and contests as before
+    assert contested(b, {SAME: "delete", OTHER: "delete"}) == {SAME}
 
 
 def test_rows_older_than_the_longest_window_are_pruned(pg_engine: Engine) -> None:
