@@ -25,6 +25,7 @@ from kat_scheduler.events.consumer import EventConsumer, Rejected, TransientErro
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import ScheduleRow
+from kat_scheduler.storage.object_events import RETIRED
 from kat_scheduler.storage.tables import ObjectEventRow
 from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import (  # noqa: F401
@@ -196,6 +197,60 @@ def test_a_newer_event_handled_first_by_another_listener_wins_over_the_older_one
             select(ScheduleRow.input_ooi).where(ScheduleRow.input_ooi.in_(objects), ScheduleRow.enabled)
         ).all()
     assert schedules == []  # new pairs get their schedules from their first run, not from events
+
+
+def object_lookups(kat: Any) -> int:
+    """Octopoes look-ups of single objects (what a contested object costs) since the counts were reset."""
+    return sum(
+        n for (service, _, path), n in kat.path_counts.items() if service == "octopoes" and path.endswith("/object")
+    )
+
+
+def test_a_listener_started_after_one_that_stopped_cleanly_trusts_its_events_and_looks_nothing_up(
+    kat, world, events_url, postgres_uri, redis_url, pg_engine, tmp_path
+) -> None:
+    org = world.organisation_ids[0]
+    deleted = "Hostname|internet|restart-deleted.example.nl"  # create, then (after the restart) delete
+    raised = "IPAddressV4|internet|192.0.2.78"  # update to 1, then (after the restart) to 2
+    objects = [deleted, raised]
+    raised_boefjes = expected_boefjes(world, org, "IPAddressV4", 2, "update")
+    assert raised_boefjes > expected_boefjes(world, org, "IPAddressV4", 1, "update")
+    assert expected_boefjes(world, org, "Hostname", 2, "create")
+    world.add_ooi(org, "IPAddressV4", raised, level=2, scan_profile_type="declared")
+
+    logs = [open(tmp_path / name, "wb") for name in ("a.log", "b.log")]  # noqa: SIM115
+    listeners: list[subprocess.Popen[bytes]] = []
+    try:
+        with EventBridge(events_url) as bridge:
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[0]))
+            assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30), (tmp_path / "a.log").read_text()
+            older = [mutation("create", org, deleted, 2), mutation("update", org, raised, 1)]
+            assert bridge.publish_many(QUEUE, older) == len(older)
+            assert wait_for(lambda: len(rows(pg_engine, org, objects)) == len(objects), timeout=30)
+            by_a = rows(pg_engine, org, objects)
+
+            stop(listeners[0])  # SIGTERM: a clean stop, within the reorder window of A's batch
+            assert listeners[0].returncode == 0, (tmp_path / "a.log").read_text()
+            assert rows(pg_engine, org, objects) == {ref: (RETIRED, contested) for ref, (_, contested) in by_a.items()}
+
+            kat.reset_counts()
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[1]))
+            assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30), (tmp_path / "b.log").read_text()
+            newer = [mutation("delete", org, deleted), mutation("update", org, raised, 2)]
+            assert bridge.publish_many(QUEUE, newer) == len(newer)
+            b_done = lambda: all(listener != RETIRED for listener, _ in rows(pg_engine, org, objects).values())  # noqa: E731
+            assert wait_for(b_done, timeout=30), (tmp_path / "b.log").read_text()
+    finally:
+        for process in listeners:
+            stop(process)
+        for log in logs:
+            log.close()
+
+    # B took its events as they came: A had nothing in flight, so nothing was in doubt.
+    assert not any(contested for _, contested in rows(pg_engine, org, objects).values())
+    assert object_lookups(kat) == 0
+    assert boefje_tasks(pg_engine, deleted) == set()
+    assert boefje_tasks(pg_engine, raised) == raised_boefjes
 
 
 def test_an_event_the_broker_delivers_again_after_a_failed_batch_reaches_the_handler_marked_so(
