@@ -16,6 +16,7 @@ from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, utcnow
+from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import ApiServer, serve_api
 from tests.factories import NewTaskFactory
@@ -302,6 +303,25 @@ def test_a_runner_repeating_its_pop_gets_the_next_tasks_and_a_changed_request_is
     assert [r.status_code for r in refused] == [422, 422]
     assert empty.json() == {"results": []}
     assert set(statuses(engine).values()) == {"dispatched"}
+
+
+def test_a_pop_seen_before_fails_as_the_route_does_when_the_database_does(api, monkeypatch):
+    # A remembered pop skips FastAPI's routing and validation, nothing else: a statement that
+    # fails is the same 500 whether the route or KnownPops ran it.
+    def gone(*_: object, **__: object) -> None:
+        raise OSError("the database is gone")
+
+    monkeypatch.setattr(TaskViews, "pop_with", gone)
+    # A connection each: the server closes one after a 500.
+    first, again = (
+        requests.post(
+            f"{api.url}/schedulers/boefje/pop", json=IMAGE_FILTER, headers={"Connection": "close"}, timeout=10
+        )
+        for _ in range(2)
+    )
+
+    assert first.status_code == again.status_code == 500
+    assert (again.headers["content-type"], again.text) == (first.headers["content-type"], first.text)
 
 
 def test_eight_runners_popping_one_task_at_a_time_each_get_distinct_tasks_most_urgent_first(engine, settings):
