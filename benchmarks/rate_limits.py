@@ -345,7 +345,7 @@ def main() -> int:
             with engine.connect() as conn:
                 live = conn.execute(sa.select(sa.func.count()).where(_TASKS.c.status.in_(LIVE))).scalar_one()
             free_times = starts(engine, free_set)
-            beside = [t for t in times if free_times and t <= free_times[-1]]
+            beside = [t for t in times if free_times and free_times[0] <= t <= free_times[-1]]
             print(
                 f"phase 2, unlimited beside:  {args.free} tasks in {free_seconds:.1f} s: {free_rate:.1f} starts/s "
                 f"(with the {len(beside)} limited starts meanwhile: "
