@@ -20,11 +20,12 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)$")
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;]+)(?:\s*;\s*(?P<marker>.+))?$")
 
 
 def read_lock(path: Path) -> dict[NormalizedName, Version]:
-    """``name==version`` lines of a requirements file; anything else but comments is an error."""
+    """``name==version`` lines of a requirements file (an environment marker may follow: a pin that
+    does not apply on this interpreter is left out); anything else but comments is an error."""
     pins: dict[NormalizedName, Version] = {}
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -33,6 +34,9 @@ def read_lock(path: Path) -> dict[NormalizedName, Version]:
         match = PIN.match(line)
         if match is None:
             raise AssertionError(f"{path.name}:{number}: not an exact pin (name==version): {raw.strip()!r}")
+        marker = Requirement(f"{match['name']}; {match['marker']}").marker if match["marker"] else None
+        if marker is not None and not marker.evaluate():
+            continue
         pins[canonicalize_name(match["name"])] = Version(match["version"])
     return pins
 
