@@ -144,15 +144,15 @@ def _pg_engine(postgres_uri: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def pg_engine(_pg_engine: Engine) -> Iterator[Engine]:
-    """The test database, emptied after each test.
+    """The test database, emptied after each test (``TRUNCATE``).
 
-    ``DELETE``, not ``TRUNCATE``: a test leaves a few rows, and truncating every table gives each
-    a new file, which costs far more than deleting them (TABLES lists children before parents).
+    Emptying with ``DELETE`` was faster, but made four due-schedule tests of
+    test_boefje_planning.py fail by ``PYTHONHASHSEED`` (rows left dead in the table change which
+    row a look-up meets first): kept as ``TRUNCATE`` until that order dependence is found.
     """
     yield _pg_engine
     with _pg_engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(sa.text(f"DELETE FROM {table}"))
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
 
 
 @pytest.fixture(scope="session")
