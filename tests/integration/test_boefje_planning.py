@@ -261,11 +261,29 @@ def test_backpressure_holds_the_low_bands_back_when_the_queue_depth_cannot_be_re
     assert not any("s3cret" in line for line in shown)
 
 
-def one_schedule_due(engine: Engine, due: datetime) -> Any:
-    """Finish the run of one planned pair two days ago and make its schedule due at ``due``."""
+def never_run_schedule(engine: Engine, world: World, plugin_id: str = "dns-records") -> Any:
+    """The schedule of a pair of ``plugin_id`` the tick queued because it never ran: no run of it
+    in Bytes, so nothing but our own task decides when it is due again. The first by organisation
+    and object, whichever order the rows lie in."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ScheduleRow)
+            .join(TaskRow, TaskRow.hash == ScheduleRow.hash)
+            .where(ScheduleRow.plugin_id == plugin_id, TaskRow.status == TaskStatus.QUEUED)
+            .order_by(ScheduleRow.organisation, ScheduleRow.input_ooi)
+        ).all()
+    never_run = [r for r in rows if world.last_run(r.organisation, r.plugin_id, r.input_ooi) is None]
+    assert never_run, f"the tick should have queued a {plugin_id} pair that never ran"
+    return never_run[0]
+
+
+def one_schedule_due(engine: Engine, world: World, due: datetime) -> Any:
+    """Finish the run of one planned pair two days ago and make its schedule due at ``due``: a
+    dns-records pair that never ran in Bytes (no cron, a day's grace), so two days later it is due."""
+    boefje = world.plugin("dns-records")
+    assert boefje is not None and not getattr(boefje, "cron", None) and not getattr(boefje, "interval", None)
+    schedule = never_run_schedule(engine, world)
     with engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
-        assert schedule is not None
         conn.execute(
             update(TaskRow)
             .where(TaskRow.hash == schedule.hash)
@@ -275,9 +293,9 @@ def one_schedule_due(engine: Engine, due: datetime) -> Any:
     return schedule
 
 
-def test_a_due_schedule_is_queued_and_its_deadline_advanced(producers, pg_engine) -> None:
+def test_a_due_schedule_is_queued_and_its_deadline_advanced(producers, world, pg_engine) -> None:
     TickProducer(producers).run(NOW)
-    schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
+    schedule = one_schedule_due(pg_engine, world, NOW - timedelta(hours=1))
     later = NOW + timedelta(minutes=10)
     report = DueSchedulesProducer(producers).run(later)
     assert report.queued == 1
@@ -291,10 +309,10 @@ def test_a_due_schedule_is_queued_and_its_deadline_advanced(producers, pg_engine
     assert live == schedule.id
 
 
-def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(producers, pg_engine) -> None:
+def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_not(producers, world, pg_engine) -> None:
     TickProducer(producers).run(NOW)  # nothing consumes: the queue is deep from here on
     due = NOW - timedelta(hours=1)
-    schedule = one_schedule_due(pg_engine, due)
+    schedule = one_schedule_due(pg_engine, world, due)
     later = NOW + timedelta(minutes=10)
     deep = producers.settings.model_copy(update={"queue_depth_limit_boefjes": 1, "backpressure_band": 2})
     producers.settings, shallow = deep, producers.settings
@@ -308,10 +326,10 @@ def test_due_schedules_wait_while_the_queue_is_deep_and_are_queued_once_it_is_no
     assert queued.queued == 1 and producers.schedules.get_by_hash(schedule.hash).deadline_at > later
 
 
-def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(producers, pg_engine, monkeypatch) -> None:
+def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(producers, world, pg_engine, monkeypatch) -> None:
     TickProducer(producers).run(NOW)
     due = NOW - timedelta(hours=1)
-    schedule = one_schedule_due(pg_engine, due)
+    schedule = one_schedule_due(pg_engine, world, due)
     producers.settings = producers.settings.model_copy(update={"backpressure_band": 2})
     later = NOW + timedelta(minutes=10)
     with monkeypatch.context() as broker_down:
@@ -325,8 +343,8 @@ def test_due_schedules_wait_while_the_queue_depth_cannot_be_read(producers, pg_e
 
 def test_a_schedule_whose_plugin_was_disabled_is_disabled(producers, world, pg_engine) -> None:
     TickProducer(producers).run(NOW)
+    schedule = never_run_schedule(pg_engine, world)
     with pg_engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).limit(1)).first()
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
@@ -338,10 +356,10 @@ def test_a_schedule_whose_plugin_was_disabled_is_disabled(producers, world, pg_e
 
 
 def test_a_schedule_whose_plugin_does_not_validate_is_left_alone_until_it_does(
-    producers, clients, kat, pg_engine
+    producers, clients, kat, world, pg_engine
 ) -> None:
     TickProducer(producers).run(NOW)
-    schedule = one_schedule_due(pg_engine, NOW - timedelta(hours=1))
+    schedule = one_schedule_due(pg_engine, world, NOW - timedelta(hours=1))
     org = schedule.organisation
     listing = clients.katalogus.session.get(f"{kat.katalogus_url}/v1/organisations/{org}/plugins").json()
     for plugin in listing:
@@ -362,9 +380,10 @@ def test_a_schedule_whose_plugin_does_not_validate_is_left_alone_until_it_does(
 
 def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(producers, world, pg_engine) -> None:
     TickProducer(producers).run(NOW)
+    # a pair the first tick queued (not one it found within grace in Bytes' history) with a day's
+    # grace: its run ended two days ago, so once enabled again it is due
+    schedule = never_run_schedule(pg_engine, world)
     with pg_engine.begin() as conn:
-        # a pair the first tick queued (not one it found within grace in Bytes' history)
-        schedule = conn.execute(select(ScheduleRow).join(TaskRow, TaskRow.hash == ScheduleRow.hash).limit(1)).first()
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_plugin_enabled(schedule.organisation, schedule.plugin_id, False)
@@ -382,18 +401,15 @@ def test_a_boefje_enabled_again_is_planned_again_and_its_schedule_reenabled(prod
 
 def test_a_schedule_whose_object_lost_its_clearance_is_disabled(producers, world, pg_engine) -> None:
     TickProducer(producers).run(NOW)
+    schedule = never_run_schedule(pg_engine, world, "nmap")
+    assert world.plugin("nmap").scan_level > 0, "the test needs a boefje an object at level 0 does not clear"
     with pg_engine.begin() as conn:
-        schedule = (
-            conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "nmap").limit(1)).first()
-            or conn.execute(select(ScheduleRow).limit(1)).first()
-        )
         conn.execute(update(ScheduleRow).values(deadline_at=NOW - timedelta(hours=1)))
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW - timedelta(days=2)))
     world.set_scan_level(schedule.organisation, schedule.input_ooi, 0)
     DueSchedulesProducer(producers).run(NOW + timedelta(minutes=1))
     row = producers.schedules.get_by_hash(schedule.hash)
-    if world.plugin(schedule.plugin_id).scan_level > 0:
-        assert not row.enabled and row.disabled_reason == str(SkipReason.CLEARANCE)
+    assert not row.enabled and row.disabled_reason == str(SkipReason.CLEARANCE)
 
 
 def test_planning_several_organisations_at_once_plans_what_one_at_a_time_does(
@@ -595,12 +611,11 @@ def test_a_cron_boefje_whose_last_run_is_inside_the_grace_but_before_the_last_cr
 
 
 def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_from_that_run(
-    producers, pg_engine
+    producers, world, pg_engine
 ) -> None:
     TickProducer(producers).run(NOW)
+    schedule = never_run_schedule(pg_engine, world)
     with pg_engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
-        assert schedule is not None
         ran = NOW + timedelta(hours=1)  # a run since (an event's, a manual one): inside a day's grace
         conn.execute(
             update(TaskRow)
@@ -623,12 +638,11 @@ def test_a_due_schedule_whose_pair_ran_since_is_not_queued_and_waits_its_grace_f
 
 
 def test_a_due_schedule_whose_pair_runs_in_bytes_is_not_queued_and_one_whose_run_stalled_is(
-    producers, pg_engine
+    producers, world, pg_engine
 ) -> None:
     TickProducer(producers).run(NOW)
+    schedule = never_run_schedule(pg_engine, world)
     with pg_engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-records").limit(1)).first()
-        assert schedule is not None
         conn.execute(delete(TaskRow).where(TaskRow.hash == schedule.hash))  # no run of ours: Bytes' decides
         conn.execute(update(ScheduleRow).where(ScheduleRow.id == schedule.id).values(deadline_at=NOW))
     later = NOW + timedelta(hours=3)
@@ -664,9 +678,8 @@ def test_a_due_schedule_of_a_cron_boefje_is_queued_once_a_cron_time_passed_insid
     producers, world, pg_engine
 ) -> None:
     TickProducer(producers).run(NOW)
+    schedule = never_run_schedule(pg_engine, world, "dns-zone")
     with pg_engine.begin() as conn:
-        schedule = conn.execute(select(ScheduleRow).where(ScheduleRow.plugin_id == "dns-zone").limit(1)).first()
-        assert schedule is not None
         ran = datetime(2026, 6, 1, 13, 0, tzinfo=NOW.tzinfo)
         conn.execute(
             update(TaskRow)
