@@ -6,6 +6,7 @@ Route handlers hold no SQL: every statement the API runs is here (or in :mod:`.t
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -18,14 +19,18 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    TextualSelect,
     Update,
     bindparam,
     func,
     literal_column,
     select,
+    text,
     union_all,
     update,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -108,11 +113,39 @@ class TaskQuery:
 TaskPage = Page[TaskRow]
 
 
+#: What a pop returns of each task: what its answer shows (:meth:`Task.of
+#: <kat_scheduler.api.models.Task.of>`) and the band it is ordered by.
+POPPED_COLUMNS = (
+    "id",
+    "scheduler_id",
+    "schedule_id",
+    "organisation",
+    "band",
+    "priority",
+    "status",
+    "type",
+    "hash",
+    "data",
+    "created_at",
+    "modified_at",
+)
+
+#: Pops a connection keeps prepared; one more and it forgets them all (``DEALLOCATE ALL``) first.
+PREPARED_POPS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class PopStatement:
-    """A pop, built once (:meth:`TaskViews.pop_statement`) and run any number of times, from any thread."""
+    """A pop, built once (:meth:`TaskViews.pop_statement`) and run any number of times, from any thread.
+
+    On PostgreSQL it is also a prepared statement (``PREPARE`` once per connection, then
+    ``EXECUTE``): PostgreSQL parses and plans it once per connection, not once per pop.
+    """
 
     stmt: Update
+    #: PostgreSQL: the ``PREPARE`` of ``stmt`` under a name of its own, and the ``EXECUTE`` of it.
+    prepare: str | None = None
+    execute: TextualSelect | None = None
 
 
 class TaskViews:
@@ -231,7 +264,11 @@ class TaskViews:
         """
         col = _TASKS.c
         postgresql = self.engine.dialect.name == "postgresql"
-        limit = bindparam("limit", type_=Integer)
+        # On PostgreSQL ``now`` and ``limit`` are given at each EXECUTE: the values here only let
+        # an ``IN`` list of the filters be written out for the PREPARE, one parameter per item.
+        placeholder: dict[str, Any] = {"value": None, "required": False} if postgresql else {}
+        limit = bindparam("limit", type_=Integer, **placeholder)
+        now = bindparam("now", type_=col.modified_at.type, **placeholder)
         urgency = (col.band, col.priority, col.created_at)
         queued = [col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where]
         if images and not postgresql:
@@ -261,22 +298,37 @@ class TaskViews:
         stmt = (
             update(_TASKS)
             .where(taken, col.status == TaskStatus.QUEUED)
-            .values(status=TaskStatus.DISPATCHED, modified_at=bindparam("now", type_=col.modified_at.type))
-            .returning(*_TASKS.c)
+            .values(status=TaskStatus.DISPATCHED, modified_at=now)
+            .returning(*(col[name] for name in POPPED_COLUMNS))
         )
-        return PopStatement(stmt)
+        if not postgresql:
+            return PopStatement(stmt)
+        return PopStatement(stmt, *_prepared(stmt, self.engine.dialect))
 
     def pop_with(self, statement: PopStatement, limit: int, now: datetime | None = None) -> list[Row[Any]]:
         """Run a pop built by :meth:`pop_statement`: up to ``limit`` tasks taken, most urgent first,
         now ``dispatched``.
 
         The statement is a transaction of its own (autocommit: no ``BEGIN`` and ``COMMIT`` round
-        trips around it), and atomic as every statement is.
+        trips around it), and atomic as every statement is. On PostgreSQL a connection prepares
+        it the first time it runs it (the connection's ``info`` remembers which it prepared: a
+        new connection, one replacing a connection lost, starts with none).
         """
         if limit <= 0:
             raise ValueError(f"a pop takes at least one task, not {limit}")
+        params = {"now": now or utcnow(), "limit": limit}
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            rows = list(conn.execute(statement.stmt, {"now": now or utcnow(), "limit": limit}).all())
+            if statement.prepare is None or statement.execute is None:
+                rows = list(conn.execute(statement.stmt, params).all())
+            else:
+                prepared: set[str] = conn.info.setdefault("kat_prepared_pops", set())
+                if statement.prepare not in prepared:
+                    if len(prepared) >= PREPARED_POPS:
+                        conn.exec_driver_sql("DEALLOCATE ALL")
+                        prepared.clear()
+                    conn.exec_driver_sql(statement.prepare, execution_options={"no_parameters": True})
+                    prepared.add(statement.prepare)
+                rows = list(conn.execute(statement.execute, params).all())
         return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
 
     def hand_back(self, task_ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
@@ -360,6 +412,29 @@ class TaskViews:
             )
         self._moves[to_status] = stmt
         return stmt
+
+
+def _prepared(stmt: Update, dialect: Dialect) -> tuple[str, TextualSelect]:
+    """``PREPARE <name> AS stmt`` (its parameters numbered ``$1``, ``$2``, …, an ``IN`` list's
+    items one each) and the ``EXECUTE`` giving them: ``now`` and ``limit`` when run, the others
+    with the values ``stmt`` holds; the rows typed as ``stmt``'s would be. The name is the SQL's
+    digest: the same pop built again (in another request, another thread) is the same statement."""
+    assert isinstance(dialect, DefaultDialect)
+    compiled = stmt.compile(
+        dialect=type(dialect)(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True}
+    )
+    name = "kat_pop_" + hashlib.sha256(compiled.string.encode()).hexdigest()[:24]
+    names = list(compiled.positiontup or ())
+    arguments = ", ".join(f":{n}" for n in names)
+    # An item of an IN list (written out) has no bind of its own: its type follows its value.
+    types = {n: compiled.binds[n].type if n in compiled.binds else None for n in names}
+    execute = text(f"EXECUTE {name}({arguments})").bindparams(
+        *(
+            bindparam(n, type_=types[n]) if n in ("now", "limit") else bindparam(n, compiled.params[n], type_=types[n])
+            for n in names
+        )
+    )
+    return f"PREPARE {name} AS {compiled.string}", execute.columns(*(_TASKS.c[n] for n in POPPED_COLUMNS))
 
 
 def _hour_of(engine: Engine, column: Any) -> ColumnElement[Any]:
