@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.api_pop [--rows 1000000] [--clients 4] [--limit 1] [--workers 1]
         [--servers 1] [--samples 200] [--phases pop,pages,push] [--server-python PATH]
+        [--keep | --database URI]
 
 A fresh PostgreSQL database gets ``--rows`` task rows in one ``INSERT … SELECT generate_series``
 (50 organisations, three boefje images, created and modified over the last 30 days, all
@@ -265,18 +266,31 @@ def main() -> None:
         help="what to measure, comma-separated: pop, pages (list, count, stats), push",
     )
     parser.add_argument("--server-python", default=sys.executable, help="the interpreter that runs the API")
+    parser.add_argument(
+        "--database",
+        help="the URI of a database a run with --keep left (its rows are used as they are, and it is kept): "
+        "before/after comparisons without generating the table each time",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated database and print its URI")
     args = parser.parse_args()
 
-    db_uri, admin = fresh_database("kat_bench_api")
+    admin: sa.Engine | None = None
+    if args.database:
+        db_uri = args.database
+    else:
+        db_uri, admin = fresh_database("kat_bench_api")
     engine = sa.create_engine(db_uri.replace("postgresql://", "postgresql+psycopg2://", 1))
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        started = time.perf_counter()
-        with engine.begin() as conn:
-            conn.execute(sa.text(INSERT), {"rows": args.rows, "i0": IMAGES[0], "i1": IMAGES[1], "i2": IMAGES[2]})
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text("VACUUM ANALYZE tasks"))
-        print(f"{args.rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+        if not args.database:
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(sa.text(INSERT), {"rows": args.rows, "i0": IMAGES[0], "i1": IMAGES[1], "i2": IMAGES[2]})
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM ANALYZE tasks"))
+            print(f"{args.rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+            if args.keep:
+                print(f"kept: --database {db_uri}", flush=True)
 
         env = {
             **os.environ,
@@ -346,8 +360,10 @@ def main() -> None:
         for server in servers:
             server.wait(15)
         engine.dispose()
-        drop_database(admin, db_uri)
-        admin.dispose()
+        if admin is not None:
+            if not args.keep:
+                drop_database(admin, db_uri)
+            admin.dispose()
 
 
 if __name__ == "__main__":
