@@ -1,13 +1,15 @@
 """Repairs without long waits, with real worker processes: a worker whose main process is
-SIGKILLed has its task handed to another worker within a minute at the default settings; a worker
-running a long plugin is never reaped; a flushed Redis broker has its backlog back within one
-reaper interval. The reaper runs every ``SCHEDULER_REAP_INTERVAL`` seconds in a thread, as beat
+SIGKILLed has its task handed to another worker within the loss age and two reaper passes; a
+worker running a long plugin is never reaped; a flushed Redis broker has its backlog back within
+one reaper interval. The reaper runs every ``SCHEDULER_REAP_INTERVAL`` seconds in a thread, as beat
 would have a scheduler worker run it.
 
-Only the first is about the defaults. The other two prove a mechanism that holds at any setting,
-so they run with a short heartbeat, loss age and reaper interval (:func:`short_settings`) rather
-than wait out the defaults: a plugin outliving a short loss age by the same margin is the stricter
-test of the heartbeat, and "within one reaper interval" is measured against the interval in force."""
+Each proves a mechanism that holds at any setting, so they run with a short heartbeat, loss age
+and reaper interval (:func:`short_settings`) rather than wait out the defaults: a plugin outliving
+a short loss age by the same margin is the stricter test of the heartbeat, and "within one reaper
+interval" is measured against the interval in force. The SIGKILL repair at the default settings
+(within a minute, #19's Done-when) is measured by ``benchmarks/worker_repair.py``, which runs
+:func:`sigkilled_worker_repair` with every default."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,7 +76,12 @@ def repair_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def plugins(tmp_path: Path) -> Path:
-    root = tmp_path / "plugins" / "kat_dns"
+    return write_plugins(tmp_path)
+
+
+def write_plugins(folder: Path) -> Path:
+    """A plugins folder under ``folder`` with dns-records, which sleeps for :data:`SLEEP` seconds."""
+    root = folder / "plugins" / "kat_dns"
     root.mkdir(parents=True)
     (root / "boefje.json").write_text(json.dumps({"id": "dns-records", "name": "dns-records"}))
     (root / "main.py").write_text(
@@ -145,15 +153,28 @@ def report_figure(name: str, seconds: float) -> None:
             out.write(line + "\n")
 
 
-def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_within_a_minute(
-    kat, world, clients, engine, settings, plugins, tmp_path
-) -> None:
+@dataclass(frozen=True)
+class Repair:
+    """Seconds from the SIGKILL until the task was handed on, and until another worker completed it."""
+
+    handed_on_after: float
+    completed_after: float
+
+
+def sigkilled_worker_repair(
+    kat, world, clients, engine: Engine, settings: Settings, plugins: Path, work: Path
+) -> Repair:
+    """A worker running a long plugin has its main process SIGKILLed while an idle worker is up;
+    the reaper (every ``settings.reap_interval``) hands the task on and the idle worker completes
+    it, once, as attempt 2 on another node. The workers beat every ``settings.worker_heartbeat_interval``."""
     store = TaskStore(engine)
     org, ref = hostname_with_dns(world)
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
     store.mark_published([task_id])
-    env = worker_env(kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins))
-    rescuer_log = tmp_path / "rescuer.log"
+    env = worker_env(
+        kat, settings, SCHEDULER_RUNNER="local", SCHEDULER_PLUGINS_PATH=str(plugins), **repair_env(settings)
+    )
+    rescuer_log = work / "rescuer.log"
     publisher = make_publisher(settings)
     publisher.publish([message_for(row_of(store, task_id))])
     publisher.close()
@@ -164,11 +185,11 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
             [Queue.BOEFJES.value],
             {**env, SLEEP: "300"},
             hostname="doomed@%h",
-            log_file=tmp_path / "doomed.log",
+            log_file=work / "doomed.log",
         ) as doomed,
     ):
         running = wait_for(lambda: row_of(store, task_id).status == TaskStatus.RUNNING, timeout=60)
-        assert running, (tmp_path / "doomed.log").read_text()[-3000:]
+        assert running, (work / "doomed.log").read_text()[-3000:]
         first = row_of(store, task_id)
         assert first.node_id is not None, "the running task names the node whose heartbeat vouches for it"
         with celery_worker(
@@ -187,7 +208,7 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
                 timeout=90,
                 interval=0.2,
             )
-            requeued_after = time.monotonic() - killed
+            handed_on_after = time.monotonic() - killed
             done = wait_for(lambda: row_of(store, task_id).status == TaskStatus.COMPLETED, timeout=90, interval=0.2)
             completed_after = time.monotonic() - killed
         assert handed_on and done, rescuer_log.read_text()[-3000:]
@@ -195,9 +216,20 @@ def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_with
     row = row_of(store, task_id)
     assert row.attempts == 2 and row.worker != first.worker and row.node_id != first.node_id
     assert len(world.raw_files_of(task_id)) == 1, "the plugin's output was stored once"
-    report_figure("SIGKILLed worker main process: task handed on after", requeued_after)
-    report_figure("SIGKILLed worker main process: task completed by another worker after", completed_after)
-    assert completed_after < 60
+    return Repair(handed_on_after, completed_after)
+
+
+def test_a_sigkilled_worker_main_process_has_its_task_run_by_another_worker_within_the_loss_age_and_two_reaper_passes(
+    kat, world, clients, engine, settings, plugins, tmp_path
+) -> None:
+    settings = short_settings(settings, **SHORT_HEARTBEAT)
+    repair = sigkilled_worker_repair(kat, world, clients, engine, settings, plugins, tmp_path)
+    report_figure("SIGKILLed worker main process: task handed on after", repair.handed_on_after)
+    report_figure("SIGKILLed worker main process: task completed by another worker after", repair.completed_after)
+    # Silent for the loss age, confirmed by a later reaper pass, then the idle rescuer's run (the
+    # minute of #19 at the default settings is benchmarks/worker_repair.py's check).
+    repaired_within = settings.worker_lost_after + 2 * settings.reap_interval + 10
+    assert repair.completed_after < repaired_within
 
 
 def test_a_worker_running_a_long_plugin_keeps_beating_and_is_never_reaped(
