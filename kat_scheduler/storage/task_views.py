@@ -138,8 +138,10 @@ PREPARED_POPS = 64
 class PopStatement:
     """A pop, built once (:meth:`TaskViews.pop_statement`) and run any number of times, from any thread.
 
-    On PostgreSQL it is also a prepared statement (``PREPARE`` once per connection, then
-    ``EXECUTE``): PostgreSQL parses and plans it once per connection, not once per pop.
+    On PostgreSQL a pop by image (the boefje workers' filter) or without filters is also a
+    prepared statement with a generic plan (``PREPARE`` once per connection, then ``EXECUTE``):
+    parsed and planned once per connection, not once per pop; planning it cost PostgreSQL about
+    as much as running it. A pop with other filters is planned each time, for the values it has.
     """
 
     stmt: Update
@@ -264,13 +266,16 @@ class TaskViews:
         """
         col = _TASKS.c
         postgresql = self.engine.dialect.name == "postgresql"
-        # On PostgreSQL ``now`` and ``limit`` are given at each EXECUTE: the values here only let
-        # an ``IN`` list of the filters be written out for the PREPARE, one parameter per item.
+        # On PostgreSQL ``now`` and ``limit`` are given at each EXECUTE: a PREPARE is compiled
+        # with every value written out (``is_queued``), which needs a value (unused) for these too.
         placeholder: dict[str, Any] = {"value": None, "required": False} if postgresql else {}
         limit = bindparam("limit", type_=Integer, **placeholder)
         now = bindparam("now", type_=col.modified_at.type, **placeholder)
         urgency = (col.band, col.priority, col.created_at)
-        queued = [col.scheduler_id == scheduler_id, col.status == TaskStatus.QUEUED, *where]
+        # The status written into the SQL, not a parameter: a prepared pop's generic plan can then
+        # use the indexes on queued tasks only (their predicate is status = 'queued').
+        is_queued = col.status == bindparam("queued", TaskStatus.QUEUED, type_=col.status.type, literal_execute=True)
+        queued = [col.scheduler_id == scheduler_id, is_queued, *where]
         if images and not postgresql:
             queued.append(col.data["boefje"]["oci_image"].as_string().in_(list(images)))
         picked = select(col.id).where(*queued).order_by(*urgency).limit(limit).correlate(None)
@@ -297,11 +302,11 @@ class TaskViews:
             taken = col.id.in_(picked.scalar_subquery())
         stmt = (
             update(_TASKS)
-            .where(taken, col.status == TaskStatus.QUEUED)
+            .where(taken, is_queued)
             .values(status=TaskStatus.DISPATCHED, modified_at=now)
             .returning(*(col[name] for name in POPPED_COLUMNS))
         )
-        if not postgresql:
+        if not postgresql or where:
             return PopStatement(stmt)
         return PopStatement(stmt, *_prepared(stmt, self.engine.dialect))
 
@@ -310,9 +315,13 @@ class TaskViews:
         now ``dispatched``.
 
         The statement is a transaction of its own (autocommit: no ``BEGIN`` and ``COMMIT`` round
-        trips around it), and atomic as every statement is. On PostgreSQL a connection prepares
-        it the first time it runs it (the connection's ``info`` remembers which it prepared: a
-        new connection, one replacing a connection lost, starts with none).
+        trips around it), and atomic as every statement is. A prepared pop (see
+        :class:`PopStatement`) is prepared by a connection the first time it runs it there (the
+        connection's ``info`` remembers which it prepared: a new connection, one replacing a
+        connection lost, starts with none), and the connection's ``plan_cache_mode`` set to
+        ``force_generic_plan``: PostgreSQL would otherwise plan every ``EXECUTE`` again, as the
+        generic plan's estimate (for any ``limit``) never looks as cheap as one for ``limit=1``.
+        Only these pops are prepared statements here (psycopg2 prepares nothing).
         """
         if limit <= 0:
             raise ValueError(f"a pop takes at least one task, not {limit}")
@@ -326,7 +335,8 @@ class TaskViews:
                     if len(prepared) >= PREPARED_POPS:
                         conn.exec_driver_sql("DEALLOCATE ALL")
                         prepared.clear()
-                    conn.exec_driver_sql(statement.prepare, execution_options={"no_parameters": True})
+                    setup = f"SET plan_cache_mode = force_generic_plan; {statement.prepare}"
+                    conn.exec_driver_sql(setup, execution_options={"no_parameters": True})
                     prepared.add(statement.prepare)
                 rows = list(conn.execute(statement.execute, params).all())
         return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
@@ -415,10 +425,10 @@ class TaskViews:
 
 
 def _prepared(stmt: Update, dialect: Dialect) -> tuple[str, TextualSelect]:
-    """``PREPARE <name> AS stmt`` (its parameters numbered ``$1``, ``$2``, …, an ``IN`` list's
-    items one each) and the ``EXECUTE`` giving them: ``now`` and ``limit`` when run, the others
-    with the values ``stmt`` holds; the rows typed as ``stmt``'s would be. The name is the SQL's
-    digest: the same pop built again (in another request, another thread) is the same statement."""
+    """``PREPARE <name> AS stmt`` (its parameters numbered ``$1``, ``$2``, …) and the ``EXECUTE``
+    giving them: ``now`` and ``limit`` when run, the others with the values ``stmt`` holds; the
+    rows typed as ``stmt``'s would be. The name is the SQL's digest: the same pop built again (in
+    another request, another thread, for other images as many) is the same statement."""
     assert isinstance(dialect, DefaultDialect)
     compiled = stmt.compile(
         dialect=type(dialect)(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True}
@@ -426,11 +436,11 @@ def _prepared(stmt: Update, dialect: Dialect) -> tuple[str, TextualSelect]:
     name = "kat_pop_" + hashlib.sha256(compiled.string.encode()).hexdigest()[:24]
     names = list(compiled.positiontup or ())
     arguments = ", ".join(f":{n}" for n in names)
-    # An item of an IN list (written out) has no bind of its own: its type follows its value.
-    types = {n: compiled.binds[n].type if n in compiled.binds else None for n in names}
     execute = text(f"EXECUTE {name}({arguments})").bindparams(
         *(
-            bindparam(n, type_=types[n]) if n in ("now", "limit") else bindparam(n, compiled.params[n], type_=types[n])
+            bindparam(n, type_=compiled.binds[n].type)
+            if n in ("now", "limit")
+            else bindparam(n, compiled.params[n], type_=compiled.binds[n].type)
             for n in names
         )
     )

@@ -1,9 +1,12 @@
-"""A pop is a prepared statement on PostgreSQL (``TaskViews.pop_statement``): whatever its filters,
-it takes what the same pop unprepared would, on connections new, replaced or full of others."""
+"""The boefje workers' pop (by image) and a pop without filters are prepared statements on
+PostgreSQL, planned once per connection (``TaskViews.pop_statement``); they take what the pop
+planned each time would, on connections new, replaced or with other pops prepared. A pop with
+other filters is planned each time, for its values."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,10 +17,9 @@ from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage import task_views
 from kat_scheduler.storage.db import make_engine
-from kat_scheduler.storage.filters import FilterRequest, conditions
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskViews
-from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import ApiServer, serve_api
 from tests.factories import NewTaskFactory
 
@@ -94,41 +96,63 @@ def test_pops_go_on_after_the_databases_connections_were_cut(postgres_uri, pg_en
     assert [r.json()["results"][0]["id"] for r in after] == [str(tasks[1].id), str(tasks[2].id)]
 
 
+def image_task(image: str, priority: int) -> NewTask:
+    task: NewTask = NewTaskFactory.build(priority=priority)
+    return replace(task, data={**task.data, "boefje": {"id": task.plugin_id, "oci_image": image}})
+
+
+def by_images(views: TaskViews, images: list[str]) -> task_views.PopStatement:
+    """The boefje workers' pop: ``{"filters": [{"column": "data", "field": "boefje__oci_image",
+    "operator": "in", "value": images}]}``, as the API splits it."""
+    return views.pop_statement(SchedulerId.BOEFJE, images=images)
+
+
+@pytest.fixture
+def one_connection(postgres_uri: str) -> Iterator[Engine]:
+    """The test database through a single connection: every pop runs on the same one."""
+    engine = make_engine(postgres_uri, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def prepared_statements(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        found = conn.execute(sa.text("SELECT generic_plans, custom_plans FROM pg_prepared_statements"))
+        return [tuple(row) for row in found]
+
+
+def test_the_workers_pop_is_planned_once_per_connection_and_takes_the_most_urgent_of_its_images(
+    pg_engine, one_connection
+):
+    tasks = [image_task(image, priority) for priority, image in enumerate(["a", "b", "c"] * 4)]
+    TaskStore(pg_engine).claim(tasks)
+    views = TaskViews(one_connection)
+    pop = by_images(views, ["a", "c"])
+
+    taken = [row.id for _ in range(5) for row in views.pop_with(pop, 1)]
+    rest = [row.id for row in views.pop_with(pop, 10)]
+
+    assert taken + rest == [t.id for t in tasks if t.data["boefje"]["oci_image"] in ("a", "c")][: len(taken + rest)]
+    assert len(rest) == 3
+    assert prepared_statements(one_connection) == [(6, 0)], "one prepared pop, its generic plan every time"
+
+
 def test_a_connection_popping_more_ways_than_it_keeps_prepared_forgets_them_and_pops_right(
-    postgres_uri, pg_engine, monkeypatch
+    pg_engine, one_connection, monkeypatch
 ):
     monkeypatch.setattr(task_views, "PREPARED_POPS", 2)
-    plugins = ["nmap", "dns-records", "ssl", "nikto"]
-    TaskStore(pg_engine).claim([NewTaskFactory.build(plugin_id=p, priority=n) for p in plugins for n in range(2)])
-    one_connection = make_engine(postgres_uri, pool_size=1)
-    try:
-        views = TaskViews(one_connection)
-        pops = {
-            plugin: views.pop_statement(
-                SchedulerId.BOEFJE,
-                where=conditions(
-                    FilterRequest.model_validate(
-                        {"filters": [{"column": "plugin_id", "operator": "==", "value": plugin}]}
-                    ),
-                    "postgresql",
-                ),
-            )
-            for plugin in plugins
-        }
-        taken = [(plugin, pops_one(views, pops[plugin]).data["boefje"]["id"]) for _ in range(2) for plugin in plugins]
-        with one_connection.connect() as conn:
-            kept = conn.execute(sa.text("SELECT count(*) FROM pg_prepared_statements")).scalar_one()
-    finally:
-        one_connection.dispose()
+    images = ["a", "b", "c", "d"]
+    TaskStore(pg_engine).claim([image_task(image, n) for image in images for n in range(2)])
+    views = TaskViews(one_connection)
+    # One image, two, three, four: four statements (the images themselves are parameters).
+    pops = [by_images(views, images[i : i + 1] + images[:i][::-1][:i]) for i in range(4)]
 
-    assert taken == [(plugin, plugin) for _ in range(2) for plugin in plugins]
-    assert 1 <= kept <= 2
+    taken = [row.data["boefje"]["oci_image"] for _ in range(2) for pop in pops for row in views.pop_with(pop, 1)]
+
+    assert len({pop.prepare for pop in pops}) == 4
+    assert sorted(taken) == sorted(image for image in images for _ in range(2))
+    assert 1 <= len(prepared_statements(one_connection)) <= 2
     assert dispatched(pg_engine) == {str(i) for i in task_ids(pg_engine)}
-
-
-def pops_one(views: TaskViews, statement: task_views.PopStatement) -> sa.Row[Any]:
-    (row,) = views.pop_with(statement, 1)
-    return row
 
 
 def task_ids(engine: Engine) -> list[str]:
