@@ -243,11 +243,21 @@ def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
     output = tmp_path / "external.out"
     with EventBridge(external_events_url) as bridge, open(output, "wb") as sink:
         world.add_listener(bridge)
-        result = subprocess.run(
-            run_command("--duration", "20", "--no-flower"), cwd=tmp_path, env=env, stdout=sink, stderr=sink, timeout=120
+        # Stopped (SIGTERM, as a deploy does) once its own status line shows boefjes and normalizers
+        # completed: the summary counts at least those; --duration only bounds a run that never does.
+        run = subprocess.Popen(
+            run_command("--duration", "90", "--no-flower"), cwd=tmp_path, env=env, stdout=sink, stderr=sink
         )
+        try:
+            wait_for_line(output, r"boefjes\[[^]]*completed=[1-9][^]]*\]\s+normalizers\[[^]]*completed=[1-9]", run, 100)
+            run.send_signal(signal.SIGTERM)
+            returncode = run.wait(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     text = output.read_text()
-    assert result.returncode == 0, text
+    assert returncode == 0, text
     assert "kat-scheduler run (external)" in text
     assert "s3cret-in-url" not in text and "http://kat:***@127.0.0.1" in text, "the banner shows a password"
     assert "embedded" not in text and "kat-sim" not in text, "an external run must not embed anything"
