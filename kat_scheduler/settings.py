@@ -422,6 +422,17 @@ class Settings(BaseSettings):
             "publishes them again; between looks it sleeps until the earliest such time it knows)."
         ),
     )
+    rate_limit_lead: float = Field(
+        0.25,
+        ge=0,
+        le=5,
+        description=(
+            "Seconds before a rate-limited group's window opens that its next waiting tasks are published, "
+            "and the longest a worker holds such a task for the window instead of putting it back to wait. "
+            "It hides the time from release to start (the database, the broker, a busy machine), so a "
+            "group reaches its limit; the limit itself is never exceeded. 0: publish only into an open window."
+        ),
+    )
 
     # --- The all-in-one run (`kat-scheduler run`) ---------------------------------------
     run_dir: str = Field(

@@ -46,6 +46,12 @@ class Admission:
 
 FREE = Admission(True)
 
+#: Looks a start makes for a window about to open before it goes back to wait (another worker may
+#: take the room first).
+LEAD_TRIES = 3
+#: Seconds past the window's opening a waiting start looks again (the counters' clock may lag).
+LEAD_SLACK = 0.002
+
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
@@ -61,12 +67,15 @@ class RateLimiter:
         *,
         key_prefix: str = KEY_PREFIX,
         plugin_ttl: float = 30.0,
+        lead: float = 0.0,
     ):
         self.storage = storage_from_string(storage_uri, key_prefix=key_prefix)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.overrides = overrides
         #: Seconds a plugin's limit fields, as Katalogus gave them, are reused (per organisation).
         self.plugin_ttl = plugin_ttl
+        #: Seconds :meth:`admit` waits for a window about to open (``SCHEDULER_RATE_LIMIT_LEAD``).
+        self.lead = lead
         self._plugins: dict[tuple[str, str], tuple[float, Boefje | None]] = {}
         #: Plugin limit strings that are no limit, said once per process.
         self._said: set[tuple[str, str | None, str | None]] = set()
@@ -77,7 +86,12 @@ class RateLimiter:
         uri = settings.rate_limit_store
         if uri is None:
             return None
-        return cls(uri, parse_overrides(settings.rate_limits), plugin_ttl=settings.katalogus_cache_ttl)
+        return cls(
+            uri,
+            parse_overrides(settings.rate_limits),
+            plugin_ttl=settings.katalogus_cache_ttl,
+            lead=settings.rate_limit_lead,
+        )
 
     def plugin(self, organisation: str, boefje_id: str, fetch: Callable[[], object]) -> Boefje | None:
         """The boefje as Katalogus gave it for its limit fields: an operator's override needs no
@@ -117,13 +131,30 @@ class RateLimiter:
 
     def admit(self, boefje_id: str, boefje: Boefje | None, organisation: str, input_ooi: str | None) -> Admission:
         """Count one start of ``boefje_id`` if its limit has room; otherwise say until when it has
-        none. ``boefje``: its plugin, for Katalogus's limit (``None``: only an override applies)."""
+        none. ``boefje``: its plugin, for Katalogus's limit (``None``: only an override applies).
+
+        A window that opens within :attr:`lead` seconds is waited for here: the release publishes
+        a group's next tasks that early, so they are at a worker when their window opens (a slot
+        held that long, at most), not still on their way from the database."""
         limit = self.limit_of(boefje_id, boefje)
         if limit is None:
             return FREE
         group = self.group_of(limit, boefje_id, organisation, input_ooi)
         if group is None:
             return FREE
+        admission = self._admit(limit, group)
+        latest = time.monotonic() + self.lead  # the whole wait, however many looks
+        for _ in range(LEAD_TRIES):
+            if admission.allowed or admission.until is None:
+                break
+            pause = max((admission.until - datetime.now(UTC)).total_seconds(), 0.0) + LEAD_SLACK
+            if time.monotonic() + pause > latest + LEAD_SLACK:
+                break
+            time.sleep(pause)
+            admission = self._admit(limit, group)
+        return admission
+
+    def _admit(self, limit: RateLimit, group: str) -> Admission:
         # One part: its hit is the test. Several: each is tested first, so a start one part
         # refuses takes no room from the others.
         full = [] if len(limit.items) == 1 else [item for item in limit.items if not self.strategy.test(item, group)]

@@ -1,0 +1,87 @@
+"""The rate limit's lead (``SCHEDULER_RATE_LIMIT_LEAD``), against real Redis and PostgreSQL: a
+group's next tasks are released just before its window opens and a worker waits that little for
+it, so the time from release to start is not lost from every window; the limit itself holds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from kat_scheduler.dispatch.publishing import make_publisher
+from kat_scheduler.limiting import WaitingStore
+from kat_scheduler.limiting.limiter import RateLimiter
+from kat_scheduler.limiting.release import Releaser
+from kat_scheduler.rules.rate_limits import parse_overrides
+from kat_scheduler.settings import load_settings
+from kat_scheduler.storage import TaskStore
+from tests.factories import NewTaskFactory
+
+
+def limiter(redis_url: str, limits: str, lead: float) -> RateLimiter:
+    return RateLimiter(redis_url, parse_overrides(limits), key_prefix=f"test-{uuid.uuid4().hex}", lead=lead)
+
+
+def test_a_start_whose_window_opens_within_the_lead_waits_for_it_and_is_counted_then(redis_url: str) -> None:
+    gate = limiter(redis_url, "nmap=2/second@scan", lead=0.5)
+    first = [gate.admit("nmap", None, "org", f"Hostname|internet|{n}") for n in range(2)]
+    assert all(a.allowed for a in first)
+
+    refused = gate.admit("nmap", None, "org", "Hostname|internet|3")  # the window opens in ~1 s: too far
+    assert not refused.allowed and refused.until is not None
+
+    # Closer than the lead to the window's opening: the start waits here, then counts.
+    time.sleep(max((refused.until - datetime.now(UTC)).total_seconds() - 0.3, 0))
+    asked = time.monotonic()
+    admitted = gate.admit("nmap", None, "org", "Hostname|internet|3")
+    waited = time.monotonic() - asked
+    assert admitted.allowed and admitted.at is not None
+    assert admitted.at >= refused.until
+    assert admitted.at - min(a.at for a in first if a.at) >= timedelta(seconds=1)  # never inside the window
+    assert waited <= 0.5 + 0.1
+
+
+def test_a_start_whose_window_opens_after_the_lead_is_refused_at_once(redis_url: str) -> None:
+    gate = limiter(redis_url, "nmap=1/2second@scan", lead=0.25)
+    assert gate.admit("nmap", None, "org", "Hostname|internet|a").allowed
+
+    asked = time.monotonic()
+    refused = gate.admit("nmap", None, "org", "Hostname|internet|b")
+    assert not refused.allowed and refused.until is not None
+    assert time.monotonic() - asked < 0.2  # no worker slot is held for a window 2 s away
+    assert refused.until - datetime.now(UTC) > timedelta(seconds=1.5)
+
+
+def test_without_a_lead_a_start_is_never_held(redis_url: str) -> None:
+    gate = limiter(redis_url, "nmap=1/second@scan", lead=0.0)
+    assert gate.admit("nmap", None, "org", "Hostname|internet|a").allowed
+    asked = time.monotonic()
+    assert not gate.admit("nmap", None, "org", "Hostname|internet|b").allowed
+    assert time.monotonic() - asked < 0.2
+
+
+def test_the_release_publishes_a_full_groups_next_window_when_it_opens_within_the_lead(
+    pg_engine: Engine, redis_url: str
+) -> None:
+    gate = limiter(redis_url, "nmap=2/second@scan", lead=0.5)
+    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(5)]
+    assert len(TaskStore(pg_engine).claim(tasks)) == 5
+    assert all(gate.admit("nmap", None, "org", "Hostname|internet|x").allowed for _ in range(2))  # full now
+    _, opens = gate.room(gate.limit_of("nmap", None), "scan")  # type: ignore[arg-type]
+    waiting = WaitingStore(pg_engine)
+    for task in tasks:
+        assert waiting.put_back(task.id, limit="2/second", group="scan", until=opens)
+    publisher = make_publisher(load_settings(broker_url=redis_url))
+    try:
+        releaser = Releaser(pg_engine, publisher, gate)
+        too_early = opens - timedelta(seconds=0.8)  # the window opens after the lead: nothing goes
+        assert releaser.release(now=too_early) == 0
+        within_lead = opens - timedelta(seconds=0.3)
+        assert releaser.release(now=within_lead) == 2  # one window's worth, not the whole backlog
+    finally:
+        publisher.close()
+    still = waiting.waiting_until([t.id for t in tasks])
+    assert len(still) == 3
+    assert min(still.values()) >= opens  # the rest wait for the windows after
