@@ -18,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -236,16 +237,21 @@ def test_no_password_is_shown_by_celery_flower_our_commands_or_any_log(
             assert "task_acks_late" in shown["celery inspect conf"], "the worker's configuration was not shown"
         finally:
             leases.engine.dispose()
-            for process in processes:
-                stop(process)
+            with ThreadPoolExecutor(len(processes)) as stopping:  # each stops on its own: at once
+                list(stopping.map(stop, processes))
 
-    shown["celery report"] = run(celery("report"), environment, tmp_path)
+    # Three commands run to their end, side by side: what each prints is its own.
+    with ThreadPoolExecutor(3) as commands:
+        report = commands.submit(run, celery("report"), environment, tmp_path)
+        settings = commands.submit(run, [sys.executable, "-m", "kat_scheduler", "settings"], environment, tmp_path)
+        status = commands.submit(
+            run, [sys.executable, "-m", "kat_scheduler", "status"], environment, tmp_path, check=False
+        )
+        shown["celery report"] = report.result()
+        shown["kat-scheduler settings"] = settings.result()
+        shown["kat-scheduler status"] = status.result()
     assert "broker_url" in shown["celery report"]
-    shown["kat-scheduler settings"] = run([sys.executable, "-m", "kat_scheduler", "settings"], environment, tmp_path)
     assert "SCHEDULER_DB_URI" in shown["kat-scheduler settings"]
-    shown["kat-scheduler status"] = run(
-        [sys.executable, "-m", "kat_scheduler", "status"], environment, tmp_path, check=False
-    )
     assert "@127.0.0.1:5432/" in shown["kat-scheduler status"], "status names the database"
     shown.update({f"{name} log": log(name) for name in logs})
     assert "transport:" in shown["worker log"], "the worker's banner is part of what is checked"
