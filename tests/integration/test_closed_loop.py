@@ -6,20 +6,19 @@ boefjes for the new objects, which the worker runs. The graph grows by itself.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.producers import ManualPush
-from kat_scheduler.queues import Queue
-from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import TaskRow
+from tests.closed_loop import closed_loop
 from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
-from tests.integration.test_listener import start_listener
 from tests.vhosts import own_vhost
-from tests.workers import celery_worker, stop, wait_for
+from tests.workers import wait_for
 
 VHOST = vhost_name("loop")
 
@@ -45,55 +44,20 @@ def test_a_pushed_boefje_grows_the_simulated_graph_through_the_whole_cycle(
         o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2
     ).primary_key
     objects_before = len(world.oois(org))
-    env = {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "QUEUE_URI": loop_events_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "simulated",
-    }
-    with EventBridge(loop_events_url) as bridge:
-        world.add_listener(bridge)
-        with open(tmp_path / "listener.log", "wb") as log:
-            listener = start_listener(kat, loop_events_url, postgres_uri, redis_url, log)
-            try:
-                with celery_worker(
-                    "kat_scheduler",
-                    [Queue.BOEFJES.value, Queue.NORMALIZERS.value],
-                    env,
-                    concurrency=2,
-                    log_file=tmp_path / "worker.log",
-                ):
-                    from datetime import UTC, datetime
 
-                    pushed = ManualPush(producers, org, "dns-records", hostname).run(datetime.now(UTC))
-                    assert pushed.task_id is not None
+    def grew() -> bool:
+        return (
+            count(pg_engine, TaskRow.scheduler_id == SchedulerId.NORMALIZER, TaskRow.status == TaskStatus.COMPLETED)
+            >= 1
+            and len(world.oois(org)) > objects_before
+            and count(pg_engine, TaskRow.scheduler_id == SchedulerId.BOEFJE, TaskRow.status == TaskStatus.COMPLETED)
+            >= 2
+        )
 
-                    def grew() -> bool:
-                        return (
-                            count(
-                                pg_engine,
-                                TaskRow.scheduler_id == SchedulerId.NORMALIZER,
-                                TaskRow.status == TaskStatus.COMPLETED,
-                            )
-                            >= 1
-                            and len(world.oois(org)) > objects_before
-                            and count(
-                                pg_engine,
-                                TaskRow.scheduler_id == SchedulerId.BOEFJE,
-                                TaskRow.status == TaskStatus.COMPLETED,
-                            )
-                            >= 2
-                        )
-
-                    assert wait_for(grew, timeout=60), (tmp_path / "worker.log").read_text()[-4000:] + (
-                        tmp_path / "listener.log"
-                    ).read_text()[-2000:]
-            finally:
-                stop(listener)
-        world.remove_listener(bridge)
+    with closed_loop(kat, world, loop_events_url, postgres_uri, redis_url, tmp_path) as loop:
+        pushed = ManualPush(producers, org, "dns-records", hostname).run(datetime.now(UTC))
+        assert pushed.task_id is not None
+        assert wait_for(grew, timeout=60), loop.logs()
 
     # The pushed task ran; new objects came from the observation; boefjes ran on them.
     with pg_engine.connect() as conn:

@@ -25,7 +25,6 @@ from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.runtime.resources import Runtime
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
-from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore
@@ -35,14 +34,14 @@ from kat_scheduler.storage.tasks import FinishedTask
 from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator, deduplicator_of
 from kat_scheduler.workers.lifecycle import BoefjeJob, Outcome
 from kat_scheduler.workers.simulated import SimulatedRunner
+from tests.closed_loop import closed_loop, worker_env
 from tests.conftest import vhost_name
 from tests.integration.conftest import WORLD_NOW
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
-from tests.integration.test_listener import start_listener
 from tests.integration.test_worker_lifecycle import queued_boefje_task
 from tests.integration.test_workers import publish_boefje
 from tests.vhosts import own_vhost
-from tests.workers import celery_worker, stop, wait_for
+from tests.workers import celery_worker, wait_for
 
 BOEFJE = "dns-records"  # needs L1
 REF = "Hostname|internet|gedeeld-voorbeeld.nl"
@@ -327,18 +326,6 @@ def test_a_failed_run_fails_the_rows_it_served_with_its_error(
     assert "error/boefje" in world.raw_files_of(scene.taken_over)[0].mime_types
 
 
-def worker_env(kat: SimulatedKAT, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "simulated",
-        **extra,
-    }
-
-
 @pytest.fixture
 def log_file(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "worker.log"
@@ -415,7 +402,6 @@ def test_each_served_organisation_gets_its_own_normalizer_work_through_the_whole
     normalizer = next(n.id for n in world.normalizers if f"boefje/{BOEFJE}" in n.consumes)
     for org in world.organisation_ids:
         world.set_plugin_enabled(org, normalizer, True)
-    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_DEDUPLICATE="true", QUEUE_URI=dedup_events_url)
     wanted = {RUNS: str(scene.task), TAKEN_OVER: str(scene.taken_over)}
 
     def normalized() -> dict[str, str]:
@@ -434,26 +420,11 @@ def test_each_served_organisation_gets_its_own_normalizer_work_through_the_whole
             if data["raw_data"]["boefje_meta"]["input_ooi"] == REF
         }
 
-    with EventBridge(dedup_events_url) as bridge:
-        world.add_listener(bridge)
-        with open(tmp_path / "listener.log", "wb") as log:
-            listener = start_listener(kat, dedup_events_url, postgres_uri, redis_url, log)
-            try:
-                with celery_worker(
-                    "kat_scheduler",
-                    [Queue.BOEFJES.value, Queue.NORMALIZERS.value],
-                    env,
-                    concurrency=2,
-                    log_file=tmp_path / "worker.log",
-                ):
-                    publish_boefje(scene.task, RUNS, REF, postgres_uri, redis_url)
-                    done = wait_for(lambda: set(normalized()) >= {RUNS, TAKEN_OVER, SERVED}, timeout=120)
-                    assert done, (tmp_path / "worker.log").read_text()[-4000:] + (
-                        tmp_path / "listener.log"
-                    ).read_text()[-2000:]
-            finally:
-                stop(listener)
-        world.remove_listener(bridge)
+    with closed_loop(
+        kat, world, dedup_events_url, postgres_uri, redis_url, tmp_path, SCHEDULER_DEDUPLICATE="true"
+    ) as loop:
+        publish_boefje(scene.task, RUNS, REF, postgres_uri, redis_url)
+        assert wait_for(lambda: set(normalized()) >= {RUNS, TAKEN_OVER, SERVED}, timeout=120), loop.logs()
     found = normalized()
     wanted[SERVED] = str(served_row(pg_engine, SERVED).id)
     assert {org: found[org] for org in wanted} == wanted  # each read its own BoefjeMeta

@@ -13,21 +13,19 @@ from sqlalchemy import Engine, func, select
 
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.producers import ManualPush, TickProducer
-from kat_scheduler.queues import Queue
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim import WorldConfig, generate_world
-from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.deschedule import DESCHEDULE_BOEFJE, DESCHEDULE_NORMALIZER, deschedules
 from kat_scheduler.sim.oracle import allowed_boefje_tasks, descheduled_pairs
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskRow
+from tests.closed_loop import closed_loop
 from tests.conftest import vhost_name
 from tests.integration.conftest import WORLD_NOW
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
-from tests.integration.test_listener import start_listener
 from tests.vhosts import own_vhost
-from tests.workers import celery_worker, stop, wait_for
+from tests.workers import wait_for
 
 VHOST = vhost_name("deschedule")
 
@@ -74,45 +72,20 @@ def test_a_boefje_that_deschedules_its_object_is_never_queued_on_it_again(
     gone = next(pk for pk in addresses if deschedules(DESCHEDULE_BOEFJE.id, pk))
     kept = next(pk for pk in addresses if not deschedules(DESCHEDULE_BOEFJE.id, pk))
     schedules = ScheduleStore(pg_engine)
-    env = {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "QUEUE_URI": loop_events_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "simulated",
-    }
-    with EventBridge(loop_events_url) as bridge:
-        world.add_listener(bridge)
-        with open(tmp_path / "listener.log", "wb") as log:
-            listener = start_listener(kat, loop_events_url, postgres_uri, redis_url, log)
-            try:
-                with celery_worker(
-                    "kat_scheduler",
-                    [Queue.BOEFJES.value, Queue.NORMALIZERS.value],
-                    env,
-                    concurrency=2,
-                    log_file=tmp_path / "worker.log",
-                ):
-                    for pk in (gone, kept):
-                        assert ManualPush(producers, org, DESCHEDULE_BOEFJE.id, pk).run(datetime.now(UTC)).task_id
 
-                    def settled() -> bool:
-                        row = schedules.get_by_hash(boefje_task_hash(DESCHEDULE_BOEFJE.id, org, gone))
-                        return (
-                            row is not None
-                            and row.descheduled_at is not None
-                            and completed_normalizers(pg_engine, gone) == 1
-                            and completed_normalizers(pg_engine, kept) == 1
-                        )
+    def settled() -> bool:
+        row = schedules.get_by_hash(boefje_task_hash(DESCHEDULE_BOEFJE.id, org, gone))
+        return (
+            row is not None
+            and row.descheduled_at is not None
+            and completed_normalizers(pg_engine, gone) == 1
+            and completed_normalizers(pg_engine, kept) == 1
+        )
 
-                    assert wait_for(settled, timeout=60), (tmp_path / "worker.log").read_text()[-4000:] + (
-                        tmp_path / "listener.log"
-                    ).read_text()[-2000:]
-            finally:
-                stop(listener)
-        world.remove_listener(bridge)
+    with closed_loop(kat, world, loop_events_url, postgres_uri, redis_url, tmp_path) as loop:
+        for pk in (gone, kept):
+            assert ManualPush(producers, org, DESCHEDULE_BOEFJE.id, pk).run(datetime.now(UTC)).task_id
+        assert wait_for(settled, timeout=60), loop.logs()
 
     row = schedules.get_by_hash(boefje_task_hash(DESCHEDULE_BOEFJE.id, org, gone))
     assert row is not None and not row.enabled
