@@ -30,7 +30,6 @@ from kat_scheduler.explain import DECISIONS, Decision, ObjectNotFound, Policy, S
 from kat_scheduler.explain.command import explain_cmd
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.producers import TickProducer
-from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.timing import last_cron, next_cron
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT
@@ -38,8 +37,8 @@ from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.task_views import TaskViews
-from kat_scheduler.storage.tasks import NewTask
-from tests.factories import BoefjeMetaFactory, NewScheduleFactory, NewTaskFactory
+from tests.explain_place import Place
+from tests.factories import NewScheduleFactory, NewTaskFactory
 from tests.integration.conftest import WORLD_NOW, make_clients
 from tests.workers import wait_for
 
@@ -61,49 +60,6 @@ def settings(kat: SimulatedKAT, engine: Engine) -> Settings:
 @pytest.fixture
 def sources(engine: Engine, clients: KATClients) -> Sources:
     return Sources.on(engine, clients)
-
-
-@dataclass
-class Place:
-    """A fresh object of the first organisation, and the stores, for one scenario."""
-
-    world: World
-    org: str
-    pk: str
-    boefje: str
-    tasks: TaskStore
-    schedules: ScheduleStore
-    now: datetime
-
-    @property
-    def hash(self) -> str:
-        return boefje_task_hash(self.boefje, self.org, self.pk)
-
-    def run(self, ended: datetime, status: TaskStatus = TaskStatus.COMPLETED) -> uuid.UUID:
-        """Our own run of the pair, ended at ``ended`` as ``status``."""
-        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk)
-        assert self.tasks.claim([task], now=ended - timedelta(minutes=5))
-        self.tasks.mark_published([task.id])
-        assert self.tasks.start(task.id, "worker@test", now=ended - timedelta(minutes=1))
-        if status == TaskStatus.COMPLETED or status == TaskStatus.FAILED:
-            assert self.tasks.finish(task.id, status, now=ended)
-        return task.id
-
-    def queued(self) -> uuid.UUID:
-        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=5)
-        assert self.tasks.claim([task], now=self.now - timedelta(minutes=4))
-        return task.id
-
-    def bytes_run(self, started: datetime, ended: datetime | None) -> None:
-        self.world.add_boefje_meta(
-            BoefjeMetaFactory(
-                organization=self.org,
-                boefje={"id": self.boefje, "version": None},
-                input_ooi=self.pk,
-                started_at=started,
-                ended_at=ended,
-            )
-        )
 
 
 @dataclass(frozen=True)

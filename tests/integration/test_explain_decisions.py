@@ -4,7 +4,6 @@ handler, as the listener does it; a rate-limited task is put back as a worker do
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,28 +14,21 @@ from sqlalchemy import Engine
 from kat_scheduler.clients import KATClients
 from kat_scheduler.clients.plugin_cache import PluginCache
 from kat_scheduler.dispatch.publishing import make_publisher
-from kat_scheduler.events.deschedule import DESCHEDULE_MIME_TYPE
 from kat_scheduler.events.handlers import RawFileHandler
 from kat_scheduler.explain import DECISIONS, Decision, Policy, Sources, explain_object
-from kat_scheduler.limiting import WaitingStore
-from kat_scheduler.models import RawFileReceived, TaskStatus
-from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.timing import last_cron, next_cron
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskStore
-from kat_scheduler.storage.tasks import NewTask
-from tests.factories import BoefjeMetaFactory, NewScheduleFactory, NewTaskFactory
+from tests.explain_place import WINDOW, Place
+from tests.factories import NewScheduleFactory
 
 #: Seconds after its start a run Bytes shows without an end counts as dead, in these tests.
 STALL_AGE = 3600
 #: The default grace period, in these tests (a schedule's jitter is off, so deadlines are exact).
 GRACE = timedelta(days=1)
 FIERCE_CRON = "30 2 * * 1"
-
-#: When the rate-limited row's window opens, after ``now``.
-WINDOW = timedelta(seconds=40)
 
 
 @pytest.fixture
@@ -59,87 +51,6 @@ def raw_files(clients: KATClients, pg_engine: Engine, settings: Settings):
     plugins = PluginCache(clients.katalogus, ttl=60)
     yield RawFileHandler(plugins, TaskStore(pg_engine), ScheduleStore(pg_engine), publisher, settings)
     publisher.close()
-
-
-@dataclass
-class Place:
-    """A fresh object of the first organisation, a boefje on it, and what sets the scene."""
-
-    world: World
-    org: str
-    pk: str
-    boefje: str
-    tasks: TaskStore
-    schedules: ScheduleStore
-    raw_files: RawFileHandler
-    now: datetime
-
-    @property
-    def hash(self) -> str:
-        return boefje_task_hash(self.boefje, self.org, self.pk)
-
-    def run(self, ended: datetime, status: TaskStatus = TaskStatus.COMPLETED) -> uuid.UUID:
-        """Our own run of the pair, ended at ``ended`` as ``status``."""
-        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk)
-        assert self.tasks.claim([task], now=ended - timedelta(minutes=5))
-        self.tasks.mark_published([task.id])
-        assert self.tasks.start(task.id, "worker@test", now=ended - timedelta(minutes=1))
-        assert self.tasks.finish(task.id, status, now=ended)
-        return task.id
-
-    def queued(self) -> uuid.UUID:
-        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=5)
-        assert self.tasks.claim([task], now=self.now - timedelta(minutes=4))
-        return task.id
-
-    def rate_limited(self) -> uuid.UUID:
-        """Queued, then put back by a worker that found its group's limit reached (``limiting``)."""
-        task_id = self.queued()
-        assert WaitingStore(self.tasks.engine).put_back(
-            task_id, limit="5/second", group="dns.example", until=self.now + WINDOW, now=self.now
-        )
-        return task_id
-
-    def served(self) -> uuid.UUID:
-        """Live, served by another organisation's run of the boefje on the object (as a worker that
-        deduplicates claims it); that run's task id."""
-        serving = uuid.uuid4()
-        task: NewTask = NewTaskFactory(organisation=self.org, plugin_id=self.boefje, input_ooi=self.pk, band=4)
-        assert self.tasks.claim_served(task, serving, "worker@test", self.now - timedelta(seconds=30))
-        return serving
-
-    def bytes_run(self, started: datetime, ended: datetime | None) -> None:
-        meta = BoefjeMetaFactory(
-            organization=self.org,
-            boefje={"id": self.boefje, "version": None},
-            input_ooi=self.pk,
-            started_at=started,
-            ended_at=ended,
-        )
-        self.world.add_boefje_meta(meta)
-
-    def deschedule(self) -> uuid.UUID:
-        """The boefje ran an hour ago and its raw file said "deschedule"; the raw file's id."""
-        self.run(self.now - timedelta(hours=1))
-        raw_id = uuid.uuid4()
-        event = RawFileReceived.model_validate(
-            {
-                "created_at": self.now.isoformat(),
-                "organization": self.org,
-                "raw_data": {
-                    "id": str(raw_id),
-                    "boefje_meta": {
-                        "id": str(uuid.uuid4()),
-                        "boefje": {"id": self.boefje},
-                        "input_ooi": self.pk,
-                        "organization": self.org,
-                    },
-                    "mime_types": [{"value": f"boefje/{self.boefje}"}, {"value": DESCHEDULE_MIME_TYPE}],
-                },
-            }
-        )
-        assert self.raw_files("raw_file_received", [event]) == []
-        return raw_id
 
 
 @dataclass(frozen=True)
@@ -289,7 +200,7 @@ def test_each_decision_with_its_reason_and_until(
     world.set_plugin_enabled(org, row.boefje, True)
     # Whole seconds: the sim serves times as given, the database keeps microseconds.
     now = datetime.now(UTC).replace(microsecond=0)
-    place = Place(world, org, pk, row.boefje, TaskStore(pg_engine), ScheduleStore(pg_engine), raw_files, now)
+    place = Place(world, org, pk, row.boefje, TaskStore(pg_engine), ScheduleStore(pg_engine), now, raw_files)
     made = row.setup(place)
 
     answer = explain_object(Sources.on(pg_engine, clients), Policy.of(settings), org, pk, now=now)
