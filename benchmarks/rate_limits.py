@@ -54,7 +54,9 @@ from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import SchedulerId, TaskStatus
+from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules.identity import boefje_task_hash
+from kat_scheduler.rules.payloads import boefje_payload
 from kat_scheduler.rules.rate_limits import rate_limit
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, World, WorldConfig, generate_world
@@ -169,9 +171,18 @@ def candidates(world: World, boefjes: set[str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def new_tasks(chosen: list[tuple[str, str, str]], rng: random.Random) -> list[NewTask]:
+def new_tasks(world: World, chosen: list[tuple[str, str, str]], rng: random.Random) -> list[NewTask]:
+    """A task for each (org, boefje, object) of ``chosen``, its payload built as the producers build it
+    from the boefje as Katalogus lists it for the organisation."""
+    plugins: dict[tuple[str, str], Boefje] = {}
     tasks = []
     for org, boefje_id, ref in chosen:
+        plugin = plugins.get((org, boefje_id))
+        if plugin is None:
+            found = world.plugin(boefje_id)
+            assert found is not None, f"{boefje_id} is not in the world"
+            listed = world.plugin_json(org, found, world.is_enabled(org, boefje_id))
+            plugin = plugins[(org, boefje_id)] = Boefje.model_validate(listed)
         task_id = uuid.uuid4()
         tasks.append(
             NewTask(
@@ -184,7 +195,7 @@ def new_tasks(chosen: list[tuple[str, str, str]], rng: random.Random) -> list[Ne
                 hash=boefje_task_hash(boefje_id, org, ref),
                 band=rng.randrange(10),
                 priority=0,
-                data={"id": str(task_id), "boefje": {"id": boefje_id}, "input_ooi": ref, "organization": org},
+                data=boefje_payload(task_id, plugin, org, ref),
             )
         )
     return tasks
@@ -314,12 +325,14 @@ def main() -> int:
                 f"{args.nodes} worker nodes x {args.concurrency} processes = {processes} worker processes"
             )
             with workers(env, work, args.nodes, args.concurrency):
-                alone = publish(new_tasks(free[: args.free], rng))
+                alone = publish(new_tasks(world, free[: args.free], rng))
                 seconds = drain(engine, alone, args.timeout)
                 alone_rate = rate(starts(engine, alone))
                 print(f"phase 1, unlimited alone:   {args.free} tasks in {seconds:.1f} s: {alone_rate:.1f} starts/s")
 
-                both = new_tasks(limited[: args.tasks], rng) + new_tasks(free[args.free : 2 * args.free], rng)
+                both = new_tasks(world, limited[: args.tasks], rng) + new_tasks(
+                    world, free[args.free : 2 * args.free], rng
+                )
                 rng.shuffle(both)
                 limited_set = {t.id for t in both if t.plugin_id in limited_ids}
                 free_set = {t.id for t in both if t.plugin_id not in limited_ids}
