@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -214,9 +215,17 @@ class FakeHandler:
         return [k for call in self.calls if not call.failed for k in call.keys]
 
 
+#: The consumer's idle wait while a test consumes: how soon an idle consumer notices its stop. No
+#: test here is about that wait, and every test stops its consumer, which would otherwise wait it
+#: out at the default each time.
+TEST_IDLE_WAIT = 0.05
+
+
 @contextlib.contextmanager
 def consuming(consumer: EventConsumer) -> Iterator[EventConsumer]:
     """``consumer.run()`` in a thread, stopped (and checked to have stopped cleanly) at the end."""
+    from kat_scheduler.events import consumer as consumer_module
+
     stop_event = threading.Event()
     errors: list[BaseException] = []
 
@@ -227,12 +236,13 @@ def consuming(consumer: EventConsumer) -> Iterator[EventConsumer]:
             errors.append(exc)
 
     thread = threading.Thread(target=run, name="event-consumer", daemon=True)
-    thread.start()
-    try:
-        yield consumer
-    finally:
-        stop_event.set()
-        thread.join(15)
+    with mock.patch.object(consumer_module, "IDLE_WAIT", TEST_IDLE_WAIT):
+        thread.start()
+        try:
+            yield consumer
+        finally:
+            stop_event.set()
+            thread.join(15)
     assert not thread.is_alive(), "the consumer did not stop"
     assert not errors, errors
 
