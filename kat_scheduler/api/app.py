@@ -24,7 +24,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """The API on ``settings``' database (or on ``engine``, which the caller then owns and disposes)."""
     own_engine = engine is None
     db = engine if engine is not None else make_engine(settings.db_uri, pool_size=POOL_SIZE)
-    ctx = ApiContext(settings=settings, engine=db, tasks=TaskViews(db))
+    ctx = ApiContext(settings=settings, engine=db, tasks=TaskViews(db, prepared_pops=settings.api_prepared_pops))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -153,8 +153,11 @@ class PopStatement:
 class TaskViews:
     """The API's reads of ``tasks`` and its status changes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, prepared_pops: bool = True) -> None:
         self.engine = engine
+        #: Whether pops without other filters are prepared statements on PostgreSQL (see
+        #: :meth:`pop_with`; off behind a pooler that drops a session's prepared statements).
+        self.prepared_pops = prepared_pops
         #: The statement of a move to each status, built on first use.
         self._moves: dict[TaskStatus, Update | None] = {}
 
@@ -306,7 +309,7 @@ class TaskViews:
             .values(status=TaskStatus.DISPATCHED, modified_at=now)
             .returning(*(col[name] for name in POPPED_COLUMNS))
         )
-        if not postgresql or where:
+        if not postgresql or where or not self.prepared_pops:
             return PopStatement(stmt)
         return PopStatement(stmt, *_prepared(stmt, self.engine.dialect))
 

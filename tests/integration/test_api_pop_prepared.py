@@ -158,3 +158,17 @@ def test_a_connection_popping_more_ways_than_it_keeps_prepared_forgets_them_and_
 def task_ids(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return [str(i) for i in conn.scalars(select(TaskRow.id))]
+
+
+def test_with_prepared_pops_off_nothing_is_prepared_and_the_pop_is_the_same(pg_engine, one_connection):
+    # Behind a pooler in transaction mode (SCHEDULER_API_PREPARED_POPS=false) a connection
+    # keeps no statement between transactions: every pop is planned as it comes.
+    tasks = [image_task(image, priority) for priority, image in enumerate(["a", "b", "c"] * 4)]
+    TaskStore(pg_engine).claim(tasks)
+    views = TaskViews(one_connection, prepared_pops=False)
+    pop = by_images(views, ["a", "c"])
+
+    taken = [row.id for _ in range(3) for row in views.pop_with(pop, 2)]
+
+    assert taken == [t.id for t in tasks if t.data["boefje"]["oci_image"] in ("a", "c")][:6]
+    assert prepared_statements(one_connection) == []
