@@ -49,8 +49,10 @@ FREE = Admission(True)
 #: Looks a start makes for a window about to open before it goes back to wait (another worker may
 #: take the room first).
 LEAD_TRIES = 3
-#: Seconds past the window's opening a waiting start looks again (the counters' clock may lag).
-LEAD_SLACK = 0.002
+#: Seconds past the window's opening a waiting start looks again: a start is recorded from this
+#: process's clock a moment before the counters take it, so a start right on the window's edge
+#: could be recorded inside the window it must not share.
+LEAD_SLACK = 0.01
 
 
 def _at(epoch: float) -> datetime:

@@ -92,12 +92,14 @@ class Releaser:
                 publish.extend(members)
                 continue
             room, opens = self.limiter.room(limit, group)
-            if room == 0 and opens <= horizon:
-                # The window reopens within the lead: a window's worth goes out now. A start whose
-                # room is not back by the end of the lead is put back by its worker, with the time.
-                room = limit.capacity
-            publish.extend(members[:room])
             window = timedelta(seconds=min(limit.items, key=lambda item: item.amount).get_expiry())
+            if room == 0 and opens <= horizon:
+                # The window reopens within the lead: a window's worth goes out now, and takes the
+                # room that opens then; the rest wait for the windows after it. A start whose room
+                # is not back by the end of the lead is put back by its worker, with the time.
+                room = limit.capacity
+                opens += window
+            publish.extend(members[:room])
             for k, waiting in enumerate(members[room:]):
                 wait[waiting.row.id] = opens + (k // limit.capacity) * window
         return publish, wait
