@@ -82,6 +82,8 @@ _PG_COLUMNS = {
     "created_at": "timestamptz",
     "modified_at": "timestamptz",
 }
+#: A new schedule without an id of its own gets one from PostgreSQL (a random UUID, as ``uuid4``).
+_PG_NEW_ID = {"id": "gen_random_uuid()"}
 #: On a taken hash: enable the schedule with the new deadline, unless a boefje descheduled it (the
 #: fast path's SQL of :meth:`ScheduleStore._insert_or_enable`).
 _PG_ENABLE = (
@@ -93,7 +95,7 @@ _PG_ENABLE = (
 
 def _pg_tuple(schedule: NewSchedule, now: datetime) -> tuple[Any, ...]:
     return (
-        str(schedule.id or uuid.uuid4()),
+        None if schedule.id is None else str(schedule.id),  # None: PostgreSQL makes it (_PG_NEW_ID)
         schedule.scheduler_id.value,
         schedule.organisation,
         schedule.plugin_id,
@@ -238,6 +240,7 @@ class ScheduleStore:
                         conflict=f"{_PG_ENABLE} AND schedules.enabled = false",
                         returning="id",
                         page_size=CHUNK,
+                        when_null=_PG_NEW_ID,
                     )
                 )
             stmt = self._insert_or_enable(only_disabled=True).returning(_SCHEDULES.c.id)
@@ -363,6 +366,7 @@ class ScheduleStore:
                     [_pg_tuple(s, now) for s in ordered],
                     conflict=_PG_ENABLE,
                     page_size=CHUNK,
+                    when_null=_PG_NEW_ID,
                 )
                 return
             stmt = self._insert_or_enable(only_disabled=False)

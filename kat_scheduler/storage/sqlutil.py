@@ -97,6 +97,7 @@ def pg_insert_rows(
     returning: str | None = None,
     then: str | None = None,
     page_size: int = 1000,
+    when_null: Mapping[str, str] | None = None,
 ) -> list[Any]:
     """Bulk ``INSERT … SELECT … FROM jsonb_array_elements(:rows) ON CONFLICT …`` on PostgreSQL.
 
@@ -114,6 +115,9 @@ def pg_insert_rows(
     the CTE ``inserted`` (its columns: ``returning``, which then must name each one once), and
     ``then`` may read it (``… FROM inserted``). Only the first column comes back to Python (a
     column it needs only for ``then`` is not sent, nor parsed into a UUID or a datetime).
+
+    ``when_null`` maps a column to the SQL of its value in a row that gives ``None`` for it
+    (``{"id": "gen_random_uuid()"}``: PostgreSQL makes the new ids, evaluated row by row).
     """
     if then is not None and not returning:
         raise ValueError("pg_insert_rows: `then` reads the rows inserted, so give `returning`")
@@ -129,11 +133,14 @@ def pg_insert_rows(
             for index, (name, values) in enumerate(zip(names, zip(*page, strict=True), strict=True)):
                 sql_type = columns[name]
                 if len(values) > 1 and values.count(values[0]) == len(values):
-                    values_sql.append(f"%s::{sql_type}")  # the same value in every row: bound once
+                    value_sql = f"%s::{sql_type}"  # the same value in every row: bound once
                     constants.append(values[0])
                 else:
-                    values_sql.append(f"(row_->>{len(varying)})::{sql_type}")
+                    value_sql = f"(row_->>{len(varying)})::{sql_type}"
                     varying.append(index)
+                if when_null and name in when_null:
+                    value_sql = f"COALESCE({value_sql}, {when_null[name]})"
+                values_sql.append(value_sql)
             document = json_text([[row[index] for index in varying] for row in page])
             insert = (
                 f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(values_sql)} "

@@ -158,3 +158,34 @@ def test_columns_with_one_value_in_every_row_arrive_in_every_row(pg_engine: Engi
         ('one "org"', None, None, 5)
     }
     assert len({r.created_at for r in rows if r is not None}) == 1
+
+
+def test_json_payloads_arrive_unchanged_whether_they_vary_or_are_the_same_in_every_row(pg_engine: Engine) -> None:
+    store = TaskStore(pg_engine)
+    awkward = {"text": 'a "quoted" \\ key', "nested": {"list": [1, None, "ünïcødé"], "empty": {}}, "null": None}
+    varying = [NewTaskFactory(data={"input_ooi": key, **awkward}) for key in AWKWARD]
+    same = NewTaskFactory.create_batch(3, data=awkward)
+    for tasks in (varying, same):
+        assert store.claim(tasks) == tasks
+        assert [row.data for row in map(store.get, (t.id for t in tasks)) if row is not None] == [t.data for t in tasks]
+    schedules = ScheduleStore(pg_engine)
+    new = [NewScheduleFactory(data={"input_ooi": key, **awkward}) for key in AWKWARD]
+    assert schedules.add_many(new) == len(new)
+    assert [row.data for row in map(schedules.get_by_hash, (s.hash for s in new)) if row is not None] == [
+        s.data for s in new
+    ]
+
+
+@pytest.mark.parametrize("write", ["add_many", "upsert"])
+def test_a_new_schedule_keeps_the_id_it_is_given_and_one_without_gets_a_new_id_of_its_own(
+    pg_engine: Engine, write: str
+) -> None:
+    store = ScheduleStore(pg_engine)
+    given = NewScheduleFactory(id=uuid.uuid4())
+    without = NewScheduleFactory.create_batch(3)
+    getattr(store, write)([given, *without])
+    rows = [store.get_by_hash(s.hash) for s in (given, *without)]
+    assert all(row is not None for row in rows)
+    ids = [row.id for row in rows if row is not None]
+    assert ids[0] == given.id
+    assert len(set(ids)) == 4 and all(i.version == 4 for i in ids)
