@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -145,3 +149,16 @@ def redis_database(variable: str, server: str = "redis://127.0.0.1:6379") -> str
             atexit.register(release, url, key)
             return url
     raise SystemExit(f"no free Redis database at {server} (all claimed: keys {REDIS_CLAIM_PREFIX}<n> in database 0)")
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder for a run's logs; removed afterwards unless ``keep`` (then its path is printed)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"logs: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)

@@ -34,12 +34,10 @@ import argparse
 import contextlib
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,7 +47,7 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from benchmarks.common import drop_database, fresh_database
+from benchmarks.common import drop_database, fresh_database, workdir
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.limiting import WaitingStore
@@ -244,18 +242,6 @@ def rate(times: list[datetime]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]).total_seconds()
 
 
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kat-rate-limits-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"logs: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=300, help="tasks of the limited group")
@@ -289,7 +275,11 @@ def main() -> int:
     overrides = " ".join(f"{b}={limit.text}@{GROUP}" for b in sorted(limited_ids))
 
     failed = False
-    with SimulatedKAT(world).start() as kat, workdir(args.keep_logs) as work, private_redis(work) as broker:
+    with (
+        SimulatedKAT(world).start() as kat,
+        workdir("kat-rate-limits-", args.keep_logs) as work,
+        private_redis(work) as broker,
+    ):
         db_uri, admin = fresh_database("kat_rate_limits")
         engine = sa.create_engine(normalise_url(db_uri))
         try:

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import drop_database, fresh_database
+from benchmarks.common import drop_database, fresh_database, workdir
 from kat_scheduler.run.embedded import free_port, redis_server_binary, wait_for_redis
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
@@ -52,18 +50,6 @@ def private_redis(work: Path) -> Iterator[str]:
         yield url
     finally:
         stop(process)
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kat-worker-repair-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"logs: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def one_run(work: Path) -> tuple[float, float]:
@@ -95,7 +81,7 @@ def main() -> int:
     )
     slowest = 0.0
     for n in range(1, args.runs + 1):
-        with workdir(args.keep_logs) as work:
+        with workdir("kat-worker-repair-", args.keep_logs) as work:
             handed_on, completed = one_run(work)
         slowest = max(slowest, completed)
         print(f"run {n}: handed on after {handed_on:.1f} s, completed by another worker after {completed:.1f} s")

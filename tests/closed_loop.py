@@ -15,20 +15,12 @@ from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
 from tests.integration.test_listener import start_listener
-from tests.workers import celery_worker, stop
+from tests.workers import celery_worker, kat_env, stop
 
 
 def worker_env(kat: SimulatedKAT, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
     """A worker's settings against the simulated KAT (with the simulated runner), and ``extra``."""
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "simulated",
-        **extra,
-    }
+    return {**kat_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated"), **extra}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,3 +84,16 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+def kat_env(kat: Any, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """A scheduler process's settings against the simulated KAT ``kat`` (its three services),
+    the test's database and broker, and ``extra``."""
+    return {
+        "OCTOPOES_API": kat.octopoes_url,
+        "KATALOGUS_API": kat.katalogus_url,
+        "BYTES_API": kat.bytes_url,
+        "SCHEDULER_DB_URI": postgres_uri,
+        "SCHEDULER_BROKER_URL": redis_url,
+        **extra,
+    }

@@ -17,19 +17,11 @@ from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.storage import TaskRow, UnpublishedTask
-from tests.workers import celery_worker, wait_for
+from tests.workers import celery_worker, kat_env, wait_for
 
 
 def worker_env(kat, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "PROBE_REDIS_URL": redis_url,
-        **extra,
-    }
+    return {**kat_env(kat, postgres_uri, redis_url, PROBE_REDIS_URL=redis_url), **extra}
 
 
 def queued_rows(engine) -> list[tuple[str, str, str, int, str]]:

@@ -24,22 +24,14 @@ from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore
 from tests.factories import NewTaskFactory
-from tests.workers import celery_worker, wait_for
+from tests.workers import celery_worker, kat_env, wait_for
 
 Triple = tuple[str, str, str]
 
 
 def worker_env(kat, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "simulated",
-        "SCHEDULER_RATE_LIMIT_POLL": "0.05",
-        **extra,
-    }
+    fast = kat_env(kat, postgres_uri, redis_url, SCHEDULER_RUNNER="simulated", SCHEDULER_RATE_LIMIT_POLL="0.05")
+    return {**fast, **extra}
 
 
 def by_boefje(world: World) -> dict[str, list[Triple]]:

@@ -35,7 +35,7 @@ from tests.integration.conftest import WORLD_NOW
 from tests.integration.test_reaper import forget_nodes_and_markers
 from tests.integration.test_worker_lifecycle import queued_boefje_task
 from tests.integration.test_workers import publish_boefje, write_plugin
-from tests.workers import celery_worker, wait_for
+from tests.workers import celery_worker, kat_env, wait_for
 
 #: The normalizer of dns-records' raw files.
 NORMALIZER = "kat_dns_normalize"
@@ -57,16 +57,7 @@ def hostnames_with_dns(world, count: int) -> list[tuple[str, str]]:
 
 
 def worker_env(kat, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RETRY_BACKOFF": "0.1",
-        "SCHEDULER_HTTP_RETRIES": "0",
-        **extra,
-    }
+    return {**kat_env(kat, postgres_uri, redis_url, SCHEDULER_RETRY_BACKOFF="0.1", SCHEDULER_HTTP_RETRIES="0"), **extra}
 
 
 def rows(store: TaskStore, ids: list[uuid.UUID]) -> list[TaskRow]:

@@ -18,7 +18,7 @@ from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.workers.local import LocalPluginRunner
 from kat_scheduler.workers.runners import UnknownPlugin
 from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
-from tests.workers import celery_worker, wait_for
+from tests.workers import celery_worker, kat_env, wait_for
 
 
 def row_of(store: TaskStore, task_id: uuid.UUID) -> TaskRow:
@@ -82,17 +82,15 @@ def plugins(tmp_path: Path) -> Path:
 
 
 def local_worker_env(kat, plugins: Path, postgres_uri: str, redis_url: str, soft: int, hard: int) -> dict[str, str]:
-    return {
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_RUNNER": "local",
-        "SCHEDULER_PLUGINS_PATH": str(plugins),
-        "SCHEDULER_SOFT_TIME_LIMIT": str(soft),
-        "SCHEDULER_HARD_TIME_LIMIT": str(hard),
-    }
+    return kat_env(
+        kat,
+        postgres_uri,
+        redis_url,
+        SCHEDULER_RUNNER="local",
+        SCHEDULER_PLUGINS_PATH=str(plugins),
+        SCHEDULER_SOFT_TIME_LIMIT=str(soft),
+        SCHEDULER_HARD_TIME_LIMIT=str(hard),
+    )
 
 
 def publish_boefje(task_id, org: str, ref: str, postgres_uri: str, redis_url: str) -> None:
