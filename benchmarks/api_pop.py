@@ -12,7 +12,7 @@ A fresh PostgreSQL database gets ``--rows`` task rows in one ``INSERT … SELECT
 ``SCHEDULER_PULL_SCHEDULERS=report,boefje``; ``--servers`` of them on their own ports, as replicas
 behind a load balancer would run (client i calls server i mod n). ``--server-python`` runs the
 server with another interpreter (a virtualenv with other packages, say). Every client keeps its
-HTTP/1.1 connection open (a bare socket, bodies through ``orjson``: a client as light as can be,
+HTTP/1.1 connection open (``http.client``, bodies through ``orjson``: a client as light as can be,
 as the clients share the machine's cores with the API and PostgreSQL). Measured:
 
 - **pop**: with 5,000, 50,000 and 500,000 ``boefje`` tasks queued, ``--clients`` concurrent
@@ -34,6 +34,7 @@ Prints figures; asserts nothing about time.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import socket
 import statistics
@@ -82,55 +83,24 @@ FROM (SELECT n, now() - make_interval(secs => n * 2592000.0 / :rows) AS at
 
 
 class Client:
-    """One keep-alive HTTP/1.1 connection to the API, on a bare socket.
-
-    ``http.client`` parses every response's headers with the ``email`` package: on the machine's
-    2 cores, shared with the API and PostgreSQL, that was CPU taken from what is measured. This
-    client writes the request line and headers itself and reads a response by its
-    ``Content-Length`` (uvicorn sends one with every answer here; a chunked one is an error).
-    """
+    """One keep-alive HTTP/1.1 connection to the API."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self.host = f"{parts.hostname or '127.0.0.1'}:{parts.port}"
-        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=120)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.pending = b""
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> tuple[int, Any]:
         """The status and the decoded JSON body of one request."""
         target = f"{path}?{urlencode(params, doseq=True)}" if params else path
-        payload = b"" if body is None else orjson.dumps(body)
-        kind = "" if body is None else "Content-Type: application/json\r\n"
-        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\n{kind}Content-Length: {len(payload)}\r\n\r\n"
-        self.sock.sendall(head.encode() + payload)
-        status, data = self._response()
-        return status, orjson.loads(data) if data else None
-
-    def _response(self) -> tuple[int, bytes]:
-        while b"\r\n\r\n" not in self.pending:
-            self._receive()
-        head, _, self.pending = self.pending.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        headers = dict(line.split(b":", 1) for line in lines[1:])
-        named = {name.strip().lower(): value.strip() for name, value in headers.items()}
-        if b"content-length" not in named:
-            raise RuntimeError(f"a response without Content-Length: {head!r}")
-        length = int(named[b"content-length"])
-        while len(self.pending) < length:
-            self._receive()
-        data, self.pending = self.pending[:length], self.pending[length:]
-        return status, data
-
-    def _receive(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the API closed the connection")
-        self.pending += chunk
+        payload = None if body is None else orjson.dumps(body)
+        headers = {} if payload is None else {"Content-Type": "application/json"}
+        self.conn.request(method, target, body=payload, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, orjson.loads(data) if data else None
 
     def close(self) -> None:
-        self.sock.close()
+        self.conn.close()
 
 
 def free_port() -> int:
