@@ -14,7 +14,7 @@ from requests import Response
 from kat_scheduler.clients.base import HEALTH, HTTPService, isoformat, segment, validation_reason
 from kat_scheduler.clients.errors import NotFound, OrganisationNotFound
 from kat_scheduler.models.health import ServiceHealth
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import OOI, ListedObject
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,14 @@ class ObjectsPage(BaseModel):
     """One page of ``GET /{org}/objects``: ``count`` is the total over all pages.
 
     ``invalid`` names the objects of the page that did not validate (a key longer than the
-    database can store, say): they are left out of ``items`` and logged, the rest count.
+    database can store, say): they are left out of ``items`` and logged, the rest count. Items are
+    read as :class:`~kat_scheduler.models.ooi.ListedObject`: type, key and clearance, what the rules
+    decide on (a listing is the tick's largest parse); :meth:`OctopoesClient.get_object` reads a
+    whole object.
     """
 
     count: int = Field(ge=0)
-    items: list[OOI]
+    items: list[ListedObject]
     invalid: list[str] = Field(default_factory=list)
 
 
@@ -39,6 +42,7 @@ class _RawObjectsPage(BaseModel):
 OBJECTS_PAGE: TypeAdapter[ObjectsPage] = TypeAdapter(ObjectsPage)
 RAW_OBJECTS_PAGE: TypeAdapter[_RawObjectsPage] = TypeAdapter(_RawObjectsPage)
 OBJECT: TypeAdapter[OOI] = TypeAdapter(OOI)
+LISTED_OBJECT: TypeAdapter[ListedObject] = TypeAdapter(ListedObject)
 OBJECT_CLIENTS: TypeAdapter[dict[str, OOI]] = TypeAdapter(dict[str, OOI])
 
 
@@ -91,7 +95,7 @@ class OctopoesClient(HTTPService):
         page = ObjectsPage(count=raw.count, items=[])
         for item in raw.items:
             try:
-                page.items.append(OBJECT.validate_python(item))
+                page.items.append(LISTED_OBJECT.validate_python(item))
             except ValidationError as exc:
                 key = str(item.get("primary_key", "?"))
                 shown = key if len(key) <= 80 else f"{key[:80]}… ({len(key)} characters)"
@@ -113,7 +117,7 @@ class OctopoesClient(HTTPService):
         page_size: int = 1000,
         valid_time: datetime | None = None,
         on_invalid: Callable[[list[str]], None] | None = None,
-    ) -> Iterator[list[OOI]]:
+    ) -> Iterator[list[ListedObject]]:
         """All matching objects, a page at a time, all read at one ``valid_time`` for consistency.
 
         Objects that do not validate are skipped (and logged); ``on_invalid`` gets their keys.

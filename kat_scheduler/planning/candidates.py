@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kat_scheduler.dispatch.dispatcher import Dispatchable
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import ListedObject
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue, TaskName
@@ -62,12 +62,12 @@ class Pair:
     """A boefje that may run on an object, by the rules that need no history."""
 
     boefje: Boefje
-    ooi: OOI
+    ooi: ListedObject
     hash: str
 
 
 def pairs_for_page(
-    organisation: str, index: BoefjeIndex, oois: Sequence[OOI], skipped: Counter[SkipReason], *, periodic: bool
+    organisation: str, index: BoefjeIndex, oois: Sequence[ListedObject], skipped: Counter[SkipReason], *, periodic: bool
 ) -> list[Pair]:
     """The (boefje, object) pairs of one page that pass the static rules; skips are counted."""
     pairs: list[Pair] = []

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from kat_scheduler.clients import ServiceError
 from kat_scheduler.limiting.capacity import GroupBudget
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import ListedObject
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.planning.candidates import BoefjeIndex, Candidate, Pair, interleave, rank_pair
@@ -198,14 +198,14 @@ class DueSchedulesProducer:
             return row.deadline_at - (next_cron(boefje.cron, row.deadline_at) - row.deadline_at)
         return row.deadline_at - period(boefje, self.settings.grace_period)
 
-    def _objects(self, org: str, references: list[str]) -> dict[str, OOI]:
+    def _objects(self, org: str, references: list[str]) -> dict[str, ListedObject]:
         """The objects behind due schedules: one by one when few, else one listing."""
         if len(references) <= PER_OBJECT_LOOKUP_LIMIT:
-            found: dict[str, OOI] = {}
+            found: dict[str, ListedObject] = {}
             for ref in references:
-                ooi = self.clients.octopoes.get_object(org, ref)
-                if ooi is not None:
-                    found[ref] = ooi
+                whole = self.clients.octopoes.get_object(org, ref)
+                if whole is not None:
+                    found[ref] = whole
             return found
         wanted = set(references)
         types = sorted({ref.split("|", 1)[0] for ref in references})

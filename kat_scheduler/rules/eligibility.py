@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import ListedObject
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules.due import NotDueReason, boefje_facts, is_due
 
@@ -58,14 +58,14 @@ def grace_period(boefje: Boefje, default_seconds: int) -> timedelta:
     return timedelta(seconds=default_seconds)
 
 
-def clearance_skip(boefje: Boefje, ooi: OOI) -> SkipReason | None:
+def clearance_skip(boefje: Boefje, ooi: ListedObject) -> SkipReason | None:
     """Why ``boefje`` may not run on ``ooi`` whatever the trigger (manual included), or ``None``."""
     if boefje.scan_level > ooi.scan_level:
         return SkipReason.CLEARANCE
     return None
 
 
-def static_skip(boefje: Boefje, ooi: OOI, *, periodic: bool) -> SkipReason | None:
+def static_skip(boefje: Boefje, ooi: ListedObject, *, periodic: bool) -> SkipReason | None:
     """The rules that need no history: enabled, consumes, clearance, run_on.
 
     ``periodic`` is true for the planner and due schedules, false for scan-profile events.

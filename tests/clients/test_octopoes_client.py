@@ -10,6 +10,7 @@ import pytest
 
 from kat_scheduler.clients import ObjectsPage, OrganisationNotFound, ServiceRequestError
 from kat_scheduler.models import OOI
+from kat_scheduler.models.ooi import ListedObject
 
 SHARED_HOSTNAME = "Hostname|internet|gedeeld-platform.nl"  # the sim gives it to org01 and org03
 
@@ -26,7 +27,20 @@ def test_list_objects_returns_a_page_and_the_total(octopoes, world):
     assert isinstance(page, ObjectsPage)
     assert page.count == len(expected) > 5
     assert keys(page.items) == keys(expected[:5])
-    assert page.items[0] == OOI.model_validate(expected[0].to_json())
+    assert page.items[0] == ListedObject.model_validate(expected[0].to_json())
+
+
+def test_a_listing_reads_type_key_and_clearance_and_get_object_the_whole_object(octopoes, world):
+    expected = world.list_oois("org01", types=["Hostname"])[0].to_json()
+
+    listed = octopoes.list_objects("org01", types=["Hostname"], limit=1).items[0]
+    whole = octopoes.get_object("org01", expected["primary_key"])
+
+    assert (listed.object_type, listed.primary_key) == (expected["object_type"], expected["primary_key"])
+    assert listed.scan_level == expected["scan_profile"]["level"]
+    assert listed.model_extra in (None, {})  # the type's own attributes are left unread
+    assert whole == OOI.model_validate(expected)
+    assert whole is not None and whole.model_extra and "name" in whole.model_extra
 
 
 def test_list_objects_filters_by_scan_level(octopoes, world):
