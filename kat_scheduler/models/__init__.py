@@ -2,7 +2,7 @@
 
 from kat_scheduler.models.bytes import BoefjeMeta, BoefjeRef, MimeType, NormalizerMeta, RawData
 from kat_scheduler.models.events import RawFileReceived, ScanProfileMutation
-from kat_scheduler.models.ooi import OOI, ScanProfile, ScanProfileType
+from kat_scheduler.models.ooi import OOI, ListedObject, ListedProfile, ScanProfile, ScanProfileType
 from kat_scheduler.models.plugins import Boefje, Normalizer, Organisation, Plugin, PluginType
 from kat_scheduler.models.tasks import (
     LIVE_STATUSES,
@@ -20,6 +20,8 @@ __all__ = [
     "BoefjeMeta",
     "BoefjeRef",
     "BoefjeTask",
+    "ListedObject",
+    "ListedProfile",
     "MimeType",
     "Normalizer",
     "NormalizerMeta",
