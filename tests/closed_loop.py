@@ -14,8 +14,7 @@ from kat_scheduler.queues import Queue
 from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.sim.world import World
-from tests.integration.test_listener import start_listener
-from tests.workers import celery_worker, kat_env, stop
+from tests.workers import celery_worker, kat_env, start_listener, stop
 
 
 def worker_env(kat: SimulatedKAT, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:

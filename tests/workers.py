@@ -1,4 +1,4 @@
-"""Start real ``celery worker`` processes for integration tests, and stop them cleanly."""
+"""Start real ``celery worker`` and ``kat-scheduler listen`` processes for integration tests, and stop them cleanly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,3 +97,23 @@ def kat_env(kat: Any, postgres_uri: str, redis_url: str, **extra: str) -> dict[s
         "SCHEDULER_BROKER_URL": redis_url,
         **extra,
     }
+
+
+def start_listener(
+    kat: Any, events_url: str, postgres_uri: str, redis_url: str, log: IO[bytes], **extra: str
+) -> subprocess.Popen[bytes]:
+    """A ``kat-scheduler listen`` process on ``events_url`` against the simulated KAT ``kat``, the
+    test's database and broker, with the settings ``extra``; its output goes to ``log``. Stop it
+    with :func:`stop`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kat_scheduler", "listen"],
+        env={
+            **os.environ,
+            **kat_env(kat, postgres_uri, redis_url, QUEUE_URI=events_url, **extra),
+            "PYTHONPATH": str(ROOT),
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )

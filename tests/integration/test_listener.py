@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from tests.conftest import vhost_name
 from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
 from tests.vhosts import own_vhost
-from tests.workers import ROOT, stop, wait_for
+from tests.workers import start_listener, stop, wait_for
 
 VHOST = vhost_name("listener")
 
@@ -46,27 +45,6 @@ def bridge(events_url: str, world) -> Iterator[EventBridge]:
         world.add_listener(b)
         yield b
         world.remove_listener(b)
-
-
-def start_listener(kat, events_url: str, postgres_uri: str, redis_url: str, log) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "QUEUE_URI": events_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "kat_scheduler", "listen"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        start_new_session=True,
-    )
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ task for the deleted object, the level the newest update gave, the re-created ob
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,11 +36,13 @@ from tests.integration.test_event_consumer import (  # noqa: F401
 )
 from tests.integration.test_listener import boefje_tasks, expected_boefjes, hostname_creates
 from tests.vhosts import own_vhost
-from tests.workers import ROOT, stop, wait_for
+from tests.workers import start_listener, stop, wait_for
 
 VHOST = vhost_name("listener_order")
 QUEUE = "scan_profile_mutations"
 BATCH = 4
+#: Batches of 4, so a listener (prefetch: two batches) holds 8 events.
+LISTENER_SETTINGS = {"SCHEDULER_EVENTS_BATCH_SIZE": str(BATCH), "SCHEDULER_EVENTS_BATCH_WINDOW": "0.2"}
 
 
 @pytest.fixture
@@ -51,29 +51,6 @@ def events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
     drop_our_queues(url)
     yield url
     drop_our_queues(url)
-
-
-def start_listener(kat: Any, events_url: str, postgres_uri: str, redis_url: str, log: Any) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "OCTOPOES_API": kat.octopoes_url,
-        "KATALOGUS_API": kat.katalogus_url,
-        "BYTES_API": kat.bytes_url,
-        "QUEUE_URI": events_url,
-        "SCHEDULER_DB_URI": postgres_uri,
-        "SCHEDULER_BROKER_URL": redis_url,
-        "SCHEDULER_EVENTS_BATCH_SIZE": str(BATCH),  # so each holds two batches: 8 events
-        "SCHEDULER_EVENTS_BATCH_WINDOW": "0.2",
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "kat_scheduler", "listen"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        start_new_session=True,
-    )
 
 
 def queue_counts(url: str) -> tuple[int, int]:
@@ -155,13 +132,13 @@ def test_a_newer_event_handled_first_by_another_listener_wins_over_the_older_one
     listeners: list[subprocess.Popen[bytes]] = []
     try:
         with EventBridge(events_url) as bridge:
-            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[0]))
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[0], **LISTENER_SETTINGS))
             assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30), (tmp_path / "a.log").read_text()
             assert bridge.publish_many(QUEUE, older + fillers) == 2 * BATCH
             # A takes all eight (its two batches: its prefetch) and cannot write the first.
             assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30)
 
-            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[1]))
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[1], **LISTENER_SETTINGS))
             assert wait_for(lambda: queue_counts(events_url) == (0, 2), timeout=30), (tmp_path / "b.log").read_text()
             assert bridge.publish_many(QUEUE, newer) == len(newer)
             # B handles the newer events (A has no room for them) while A waits.
@@ -222,7 +199,7 @@ def test_a_listener_started_after_one_that_stopped_cleanly_trusts_its_events_and
     listeners: list[subprocess.Popen[bytes]] = []
     try:
         with EventBridge(events_url) as bridge:
-            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[0]))
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[0], **LISTENER_SETTINGS))
             assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30), (tmp_path / "a.log").read_text()
             older = [mutation("create", org, deleted, 2), mutation("update", org, raised, 1)]
             assert bridge.publish_many(QUEUE, older) == len(older)
@@ -234,7 +211,7 @@ def test_a_listener_started_after_one_that_stopped_cleanly_trusts_its_events_and
             assert rows(pg_engine, org, objects) == {ref: (RETIRED, contested) for ref, (_, contested) in by_a.items()}
 
             kat.reset_counts()
-            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[1]))
+            listeners.append(start_listener(kat, events_url, postgres_uri, redis_url, logs[1], **LISTENER_SETTINGS))
             assert wait_for(lambda: queue_counts(events_url) == (0, 1), timeout=30), (tmp_path / "b.log").read_text()
             newer = [mutation("delete", org, deleted), mutation("update", org, raised, 2)]
             assert bridge.publish_many(QUEUE, newer) == len(newer)
