@@ -1,6 +1,7 @@
-"""Fixtures for planning and dispatch tests.
+"""Fixtures for planning, dispatch and API tests.
 
-A simulated KAT over HTTP and the producers' context on it (``producers``).
+A simulated KAT over HTTP and the producers' context on it (``producers``); the API served on the
+test's database (``api``, with ``settings``, which a test module redefines when it needs others).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kat_scheduler.clients import BytesClient, KatalogusClient, KATClients, Octo
 from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.world import World
+from tests.api_server import ApiServer, serve_api
 
 #: The simulated world's "now"; history ages are relative to it.
 WORLD_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -67,3 +69,17 @@ def producers(planner_settings: Settings, clients: KATClients, pg_engine: Engine
     publisher = make_publisher(planner_settings)
     yield ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
     publisher.close()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """The API's settings: the test's Redis as the broker, the rest their defaults (only the
+    report scheduler is pulled). A module that needs others defines a ``settings`` of its own."""
+    return Settings(broker_url=redis_url)
+
+
+@pytest.fixture
+def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
+    """The API with ``settings`` on ``engine``: each test using it runs on SQLite and on PostgreSQL."""
+    with serve_api(settings, engine=engine) as server:
+        yield server

@@ -9,7 +9,6 @@ changes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,9 @@ from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from tests.api_server import ApiServer, serve_api
 from tests.factories import NewTaskFactory
 
 NOT_JSON = b'{"organisation": "aa",'
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(broker_url=redis_url, pull_schedulers="report")
 
 
 @pytest.fixture
@@ -36,12 +29,6 @@ def task(engine: Engine) -> NewTask:
     built: NewTask = NewTaskFactory.build()
     TaskStore(engine).claim([built])
     return built
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings, task: NewTask) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
 
 
 def stored(engine: Engine) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:

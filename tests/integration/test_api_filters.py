@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.tasks import TaskStore
-from tests.api_server import ApiServer, serve_api
+from tests.api_server import ApiServer
 from tests.factories import NewTaskFactory
 
 
 @pytest.fixture
 def store(engine: Engine) -> TaskStore:
     return TaskStore(engine)
-
-
-@pytest.fixture
-def api(engine: Engine) -> Iterator[ApiServer]:
-    with serve_api(Settings(), engine=engine) as server:
-        yield server
 
 
 def boefje_task(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,7 +17,7 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, utcnow
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from tests.api_server import ApiServer, serve_api
+from tests.api_server import serve_api
 from tests.factories import NewTaskFactory
 
 NMAP = "ghcr.io/minvws/openkat/nmap:latest"
@@ -27,13 +26,8 @@ DNS = "ghcr.io/minvws/openkat/dns:latest"
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
+    """For the shared ``api`` (tests/integration/conftest.py): the boefje scheduler is pulled too."""
     return Settings(broker_url=redis_url, pull_schedulers="report,boefje")
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
 
 
 def boefje_task(image: str | None = NMAP, *, band: int = 5, priority: int = 0, boefje: str = "nmap") -> NewTask:

@@ -20,19 +20,14 @@ from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
-from tests.api_server import ApiServer, serve_api
+from tests.api_server import serve_api
 from tests.factories import NewTaskFactory
 
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
+    """For the shared ``api`` (tests/integration/conftest.py): the boefje scheduler is pulled too."""
     return Settings(broker_url=redis_url, pull_schedulers="report,boefje")
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
 
 
 def dispatched(engine: Engine) -> set[str]:

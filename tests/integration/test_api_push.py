@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -19,21 +18,10 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import TaskStore
-from tests.api_server import ApiServer, serve_api
+from tests.api_server import serve_api
 from tests.factories import BoefjeMetaFactory
 
 OOI = "Hostname|internet|mispo.es"
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(broker_url=redis_url)
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
 
 
 def waiting(settings: Settings, queue: str) -> int:

@@ -4,7 +4,6 @@ planner's boefje schedules."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,17 +13,9 @@ from sqlalchemy import Engine, select
 
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.rules.identity import boefje_task_hash, report_task_hash
-from kat_scheduler.settings import Settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of
-from tests.api_server import ApiServer, serve_api
 from tests.factories import NewScheduleFactory
-
-
-@pytest.fixture
-def api(engine: Engine) -> Iterator[ApiServer]:
-    with serve_api(Settings(), engine=engine) as server:
-        yield server
 
 
 def report_schedule(recipe: str | None = None, org: str = "aa", **extra: object) -> dict[str, Any]:

@@ -6,28 +6,19 @@ Request bodies are the ones OpenKAT's clients send; each test quotes where it co
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 
 from kat_scheduler.models.tasks import TaskStatus
-from kat_scheduler.settings import Settings
 from kat_scheduler.storage.tasks import TaskStore
-from tests.api_server import ApiServer, serve_api
 from tests.factories import NewTaskFactory
 
 
 @pytest.fixture
 def store(engine: Engine) -> TaskStore:
     return TaskStore(engine)
-
-
-@pytest.fixture
-def api(engine: Engine) -> Iterator[ApiServer]:
-    with serve_api(Settings(), engine=engine) as server:
-        yield server
 
 
 def queued(store: TaskStore, count: int = 1, **fields: object) -> list[uuid.UUID]:

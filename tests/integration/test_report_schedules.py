@@ -36,17 +36,6 @@ from tests.integration.conftest import WORLD_NOW
 SIX_AM = "0 6 * * *"
 
 
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(broker_url=redis_url)  # SCHEDULER_PULL_SCHEDULERS: its default, report
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
-
-
 def producer(engine: Engine, settings: Settings) -> ReportProducer:
     return ReportProducer(TaskStore(engine), ScheduleStore(engine), settings)
 
