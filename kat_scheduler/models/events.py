@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kat_scheduler.models.bytes import RawData
 from kat_scheduler.models.limits import Identifier, ObjectKey
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import ListedObject
 
 
 class MutationOperation(StrEnum):
@@ -26,7 +26,8 @@ class ScanProfileMutation(BaseModel):
     operation: MutationOperation
     primary_key: ObjectKey
     client_id: Identifier
-    value: OOI | None = None
+    #: The object as the rules read it (type, key, clearance); its other attributes are not read.
+    value: ListedObject | None = None
     #: Not KAT's: the listener sets it when the broker delivered the event before (it went back on
     #: the queue), so it may be handled after later events of its object. Never written out.
     redelivered: bool = Field(default=False, exclude=True)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from kat_scheduler.models.bytes import RawData
 from kat_scheduler.models.events import MutationOperation, ScanProfileMutation
-from kat_scheduler.models.ooi import OOI
+from kat_scheduler.models.ooi import ListedObject
 from kat_scheduler.models.plugins import Normalizer
 from kat_scheduler.planning.candidates import BoefjeIndex, Pair, new_boefje_schedule
 from kat_scheduler.rules import (
@@ -41,7 +41,7 @@ def object_type_of(primary_key: str) -> str:
 def mutation_pairs(
     organisation: str,
     index: BoefjeIndex,
-    ooi: OOI,
+    ooi: ListedObject,
     operation: MutationOperation,
     skipped: Counter[SkipReason],
 ) -> list[Pair]:
@@ -62,7 +62,7 @@ def mutation_pairs(
     return pairs
 
 
-def hashes_without_clearance(organisation: str, index: BoefjeIndex, ooi: OOI) -> list[str]:
+def hashes_without_clearance(organisation: str, index: BoefjeIndex, ooi: ListedObject) -> list[str]:
     """Task hashes of boefjes on ``ooi`` that its (new) level no longer clears."""
     return [
         boefje_task_hash(b.id, organisation, ooi.primary_key)
