@@ -658,6 +658,13 @@ _USERINFO = re.compile(
     r"(?P<tail>@(?:\[[^\]]*\]|[^@/?#:\[\]]*)(?::\d*)?(?:[/?#].*)?)$",
     re.DOTALL,
 )
+#: The same loosely, for a URL ``_USERINFO`` cannot take apart (``…@host:5672'`` quoted in a
+#: message): everything between ``user:`` and the last ``@`` is taken for the password.
+_LOOSE_USERINFO = re.compile(
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\[\]]*:)(?P<password>.*)(?P<tail>@.*)$", re.DOTALL
+)
+#: A URL inside a message (an error may quote the one it could not reach, password and all).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
 #: Query parameters that carry a secret (``?password=…``, ``&sslpassword=…``, ``?token=…``).
 _SECRET_PARAMETER = re.compile(r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key)[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 MASK = "***"
@@ -673,10 +680,15 @@ def masked_url(url: str) -> str:
     """
     if ";" in url and "://" in url.partition(";")[2]:
         return ";".join(masked_url(part) for part in url.split(";"))
-    match = _USERINFO.match(url)
+    match = _USERINFO.match(url) or _LOOSE_USERINFO.match(url)
     if match and match["password"]:
         url = match["head"] + MASK + match["tail"]
     return _SECRET_PARAMETER.sub(lambda m: m[1] + MASK, url)
+
+
+def masked_text(text: str) -> str:
+    """``text`` (an error's message, say) with every URL in it masked as :func:`masked_url` does."""
+    return _URL_IN_TEXT.sub(lambda m: masked_url(m[0]), text)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

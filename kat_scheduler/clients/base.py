@@ -30,7 +30,7 @@ from kat_scheduler.clients.errors import (
     ServiceUnavailable,
 )
 from kat_scheduler.models.health import ServiceHealth
-from kat_scheduler.settings import masked_url
+from kat_scheduler.settings import masked_text, masked_url
 from kat_scheduler.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class HTTPService:
         pool_size: int = 10,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"{self.name}: base URL must be http(s)://…, got {base_url!r}")
+            raise ValueError(f"{self.name}: base URL must be http(s)://…, got {masked_url(base_url)!r}")
         if retries < 0 or pool_size < 1 or timeout <= 0:
             raise ValueError(f"{self.name}: need retries >= 0, pool_size >= 1 and timeout > 0")
         self.base_url = base_url.rstrip("/")
@@ -192,7 +192,8 @@ class HTTPService:
             reason = _root_cause(exc)
             raise ServiceUnavailable(self.name, f"{method} {path}", f"connection failed: {reason}") from exc
         except requests.RequestException as exc:
-            raise ServiceError(self.name, f"{method} {path}", f"request failed: {exc}") from exc
+            # Not chained: the error requests raised quotes the URL (its password) or the header (a token).
+            raise ServiceError(self.name, f"{method} {path}", f"request failed: {_request_error(exc)}") from None
 
     def _request(
         self,
@@ -246,6 +247,14 @@ def _retries_done(response: requests.Response) -> int:
     return len(retries.history) if isinstance(retries, Retry) else 0
 
 
+def _request_error(exc: requests.RequestException) -> str:
+    """What a request that could not be sent says, without a secret: requests quotes the URL it
+    sent, password and all (masked here), and a header value it refuses (a bearer token: left out)."""
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return f"{type(exc).__name__}: a header value cannot be sent (not shown: it may be a credential)"
+    return masked_text(str(exc))
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost reason of a requests/urllib3 error, without the URL and its query."""
     reason: BaseException = exc
@@ -260,6 +269,7 @@ def _root_cause(exc: BaseException) -> str:
     # urllib3 prefixes "<HTTPConnection object at 0x…>: "; the rest is the useful part.
     if text.startswith("<") and ">: " in text:
         text = text.split(">: ", 1)[1]
+    text = masked_text(text)  # it names the host; were it to quote the URL, never its password
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 

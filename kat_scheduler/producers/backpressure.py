@@ -10,14 +10,13 @@ producer keeps in its report (``plan --dry-run`` and ``status`` show it).
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from kat_scheduler.planning.candidates import BOEFJE_QUEUE, Candidate
 from kat_scheduler.producers.recording import describe
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.backpressure import Backpressure, backpressure
-from kat_scheduler.settings import masked_url
+from kat_scheduler.settings import masked_text
 
 if TYPE_CHECKING:
     from kat_scheduler.dispatch.publishing import Publisher
@@ -26,13 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: A URL inside an error's text (a client may quote the one it could not reach, password and all).
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
-
 
 def error_text(exc: BaseException) -> str:
     """One line saying what went wrong, any URL in it with its password masked."""
-    return _URL.sub(lambda m: masked_url(m[0]), " ".join(describe(exc).split()))
+    return masked_text(" ".join(describe(exc).split()))
 
 
 def read_backpressure(publisher: Publisher, queue: str, *, limit: int, band: int) -> Backpressure:
