@@ -8,8 +8,10 @@ them, its broker URL (password and all) on a closed port like the KAT services'.
 worker API and pages (the worker's Config tab among them), ``celery report``, ``celery inspect
 conf``, ``kat-scheduler settings``, ``kat-scheduler status``, the API's answers (health with the
 failing externals, metrics, schedulers, OpenAPI, lists, the errors of bad requests, of a KAT
-service, of the broker and of the database) and every process's log (the startup banners
-included) are read, and none of the secrets may be in them.
+service, of the broker and of the database), ``kat-scheduler api`` refusing a database that is
+down, and every process's log (the startup banners included) are read, and none of the secrets
+may be in them. Then the texts requests itself puts in its errors (the URL it could not parse,
+the header it would not send) are checked as the clients and the API pass them on.
 """
 
 from __future__ import annotations
@@ -331,19 +333,29 @@ def test_no_password_is_shown_by_celery_flower_our_commands_the_api_or_any_log(
             with ThreadPoolExecutor(len(processes)) as stopping:  # each stops on its own: at once
                 list(stopping.map(stop, processes))
 
-    # Three commands run to their end, side by side: what each prints is its own.
-    with ThreadPoolExecutor(3) as commands:
+    # Four commands run to their end, side by side: what each prints is its own. The API's is
+    # started on a database nothing listens on (the password in its URL): it refuses to start.
+    no_database = {
+        **environment,
+        "SCHEDULER_DB_URI": with_password(f"postgresql://kat@127.0.0.1:{free_port()}/kat", secrets.database),
+    }
+    with ThreadPoolExecutor(4) as commands:
         report = commands.submit(run, celery("report"), environment, tmp_path)
         settings = commands.submit(run, [sys.executable, "-m", "kat_scheduler", "settings"], environment, tmp_path)
         status = commands.submit(
             run, [sys.executable, "-m", "kat_scheduler", "status"], environment, tmp_path, check=False
         )
+        api = commands.submit(
+            run, [sys.executable, "-m", "kat_scheduler", "api", "--port", "0"], no_database, tmp_path, check=False
+        )
         shown["celery report"] = report.result()
         shown["kat-scheduler settings"] = settings.result()
         shown["kat-scheduler status"] = status.result()
+        shown["kat-scheduler api without its database"] = api.result()
     assert "broker_url" in shown["celery report"]
     assert "SCHEDULER_DB_URI" in shown["kat-scheduler settings"]
     assert "@127.0.0.1:5432/" in shown["kat-scheduler status"], "status names the database"
+    assert "cannot read the database" in shown["kat-scheduler api without its database"]
     shown.update({f"{name} log": log(name) for name in logs})
     assert "transport:" in shown["worker log"], "the worker's banner is part of what is checked"
     assert '"POST /tasks HTTP/1.1" 422' in shown["api log"], "the API's log of requests is part of what is checked"
