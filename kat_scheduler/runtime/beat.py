@@ -3,6 +3,18 @@
 Run as many beats as you like (for failover): one holds the lease and sends; the others wait
 and take over within ``SCHEDULER_BEAT_LEASE`` seconds after it dies. The claim invariant already
 makes a second active beat harmless (nothing is queued twice); the lease makes it quiet too.
+
+Stopping. Celery's beat handles SIGTERM and SIGINT *inside the signal handler*: it closes the
+scheduler there (:meth:`LeasedScheduler.close`), then raises ``SystemExit``, and closes it once
+more on the way out. Python runs that handler between two bytecodes of the main thread, so it
+can land in the middle of a tick: after the lease's upsert, before its commit. Releasing the
+lease right there, on a second connection, waited for the write lock of the tick's own open
+transaction: 30 s (SQLite's busy timeout), then "database is locked"; on PostgreSQL the row lock,
+forever. A supervisor then had to kill beat. So :meth:`LeasedScheduler.close` does nothing while
+a tick is under way (the ``SystemExit`` rolls the tick back; the close on the way out releases),
+the lease is released once, and no wait for a lock (SQLite's write lock, a row lock) blocks the
+main thread longer than :data:`LOCK_POLL` at a time, so a signal is handled at once and the
+release is bounded (:data:`RELEASE_WAIT`).
 """
 
 from __future__ import annotations
@@ -10,10 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery.beat import Scheduler
 from pydantic import SecretStr
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
 from kat_scheduler.runtime.heartbeat import Heartbeat
 from kat_scheduler.storage.db import make_engine
@@ -22,6 +38,17 @@ from kat_scheduler.storage.leases import LeaseStore
 logger = logging.getLogger(__name__)
 
 LEASE_NAME = "beat"
+#: Seconds one wait for a lock may block the main thread (a longer wait is made of such waits:
+#: a signal is handled between them).
+LOCK_POLL = 0.25
+#: Seconds a tick waits for a lock in all (SQLite's usual busy timeout).
+ACQUIRE_WAIT = 30.0
+#: Seconds the release at a stop may wait for a lock; then the lease lapses by itself.
+RELEASE_WAIT = 1.0
+#: PostgreSQL's SQLSTATE for a statement that gave up waiting for a lock (``lock_timeout``).
+LOCK_NOT_AVAILABLE = "55P03"
+
+T = TypeVar("T")
 
 
 def database_uri(configured: SecretStr | str) -> str:
@@ -30,21 +57,67 @@ def database_uri(configured: SecretStr | str) -> str:
     return configured.get_secret_value() if isinstance(configured, SecretStr) else configured
 
 
+def lease_engine(db_uri: str) -> Engine:
+    """The lease's engine: one wait for a lock (SQLite's write lock, PostgreSQL's row lock) blocks
+    the main thread at most :data:`LOCK_POLL` seconds; the drivers wait in C, where no signal
+    handler runs."""
+    engine = make_engine(db_uri, pool_size=1)
+    wait_ms = int(LOCK_POLL * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _short_lock_waits(dbapi_connection: Any, _record: Any) -> None:  # after make_engine's own
+        cursor = dbapi_connection.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute(f"PRAGMA busy_timeout={wait_ms}")
+        else:
+            cursor.execute(f"SET lock_timeout = {wait_ms}")
+            dbapi_connection.commit()  # a session setting, kept past the pool's reset
+        cursor.close()
+
+    return engine
+
+
+def is_locked(exc: OperationalError) -> bool:
+    """A lock stayed busy for a whole :data:`LOCK_POLL`: SQLite's "database is locked", or
+    PostgreSQL's ``lock_not_available``."""
+    return getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig)
+
+
+def within(wait: float, call: Callable[[], T]) -> T:
+    """``call()``, tried again while a lock it needs is busy, for ``wait`` seconds at most."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return call()
+        except OperationalError as exc:
+            if not is_locked(exc) or time.monotonic() >= deadline:
+                raise
+
+
 class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
     """Celery's in-memory scheduler behind a database lease."""
 
     def __init__(self, app: Any, *args: Any, holder_id: str | None = None, **kwargs: Any) -> None:
         self.lease_ttl = float(app.conf.kat_beat_lease)
         self.holder_id = holder_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.leases = LeaseStore(make_engine(database_uri(app.conf.kat_db_uri), pool_size=1))
+        self.leases = LeaseStore(lease_engine(database_uri(app.conf.kat_db_uri)))
         self.heartbeat = Heartbeat(app.conf.get("kat_heartbeat_file"))
         self.is_leader = False
+        #: A tick is under way (a close from a signal handler then waits for the way out).
+        self.ticking = False
         super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        self.ticking = True
+        try:
+            return self._tick(*args, **kwargs)
+        finally:
+            self.ticking = False
+
+    def _tick(self, *args: Any, **kwargs: Any) -> float:
         self.heartbeat.beat()  # leader or standby: the loop is going round
         try:
-            leader = self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl)
+            leader = within(ACQUIRE_WAIT, lambda: self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl))
         except Exception:
             logger.exception("beat lease check failed; not ticking until the database answers")
             leader = False
@@ -72,9 +145,26 @@ class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
         self._heap = None  # rebuilt from the entries on the next tick
 
     def close(self) -> None:
+        """Release the lease (once, waiting at most :data:`RELEASE_WAIT`) and the broker connection.
+
+        Called from the signal handler too: in the middle of a tick it does nothing, as the tick's
+        lease transaction (or publish) is still open; the ``SystemExit`` the handler raises next
+        unwinds the tick, and Celery closes the scheduler again on the way out.
+        """
+        if self.ticking:
+            return
         if self.is_leader:
+            self.is_leader = False
             try:
-                self.leases.release(LEASE_NAME, self.holder_id)
-            except Exception:
-                logger.exception("could not release the beat lease; it lapses by itself")
+                within(RELEASE_WAIT, lambda: self.leases.release(LEASE_NAME, self.holder_id))
+            except Exception as exc:
+                if isinstance(exc, OperationalError) and is_locked(exc):
+                    logger.warning(
+                        "the beat lease was not released: the database stayed locked for %.0fs; it lapses "
+                        "by itself within SCHEDULER_BEAT_LEASE (%.0fs)",
+                        RELEASE_WAIT,
+                        self.lease_ttl,
+                    )
+                else:
+                    logger.exception("could not release the beat lease; it lapses by itself")
         super().close()
