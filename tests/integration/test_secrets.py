@@ -240,6 +240,8 @@ def api_answers(url: str) -> dict[str, str]:
         "a malformed task id": ("GET", "/tasks/not-a-uuid", {}, 422),
         "an unknown task": ("GET", f"/tasks/{uuid.uuid4()}", {}, 404),
         "task stats": ("GET", "/tasks/stats", {}, 200),
+        "a pop": ("POST", "/schedulers/boefje/pop", {"params": {"limit": 2}}, 200),
+        "a patch of an unknown task": ("PATCH", f"/tasks/{uuid.uuid4()}", {"json": {"status": "running"}}, 404),
         "schedules": ("GET", "/schedules", {}, 200),
         "an unknown operator": ("POST", "/tasks", {"json": {"filters": [{"column": "id", "operator": "~~"}]}}, 422),
         # PostgreSQL refuses the path (any error status will do: its text is what is read).
