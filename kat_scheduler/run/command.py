@@ -38,8 +38,8 @@ from kat_scheduler.run.plan import (
     status_command,
 )
 from kat_scheduler.run.preflight import Unreachable, require_brokers
-from kat_scheduler.run.supervisor import Child, ChildFailed, ExitReport, Supervisor
-from kat_scheduler.run.view import Banner, banner_lines, dashboard, status_line, summary_lines
+from kat_scheduler.run.supervisor import STOP_SHARE, Child, ChildFailed, ExitReport, Supervisor
+from kat_scheduler.run.view import Banner, banner_lines, dashboard, killed_lines, status_line, summary_lines
 from kat_scheduler.settings import (
     Settings,
     SettingsError,
@@ -52,12 +52,17 @@ from kat_scheduler.sim.cli import world_options_with
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the whole shutdown may take (the issue's promise is 10 s; keep a margin).
+#: Seconds the children may take to stop (the promise is 10 s; the final sample takes at most
+#: FINAL_SAMPLE_BUDGET of the margin). Producers, workers and Flower share STOP_BUDGET * WORK_SHARE;
+#: the services get what is left, and at least the rest of the budget's share.
 STOP_BUDGET = 8.0
 #: Seconds between status lines when the output is not a terminal.
 LINE_EVERY = 5.0
 #: Seconds the final sample (for the summary) may take; else the summary uses the last one.
 FINAL_SAMPLE_BUDGET = 1.5
+#: The roles stopped before the final sample, and their share of STOP_BUDGET (the rest is the services').
+WORK_ROLES = (Role.PRODUCER, Role.WORKER, Role.MONITOR)
+WORK_SHARE = sum(STOP_SHARE[role] for role in WORK_ROLES)
 
 
 class StartupError(RuntimeError):
@@ -338,8 +343,8 @@ class Run:
     def _stop_children(self) -> None:
         if self.supervisor is None:
             return
-        work = [r for r in (Role.PRODUCER, Role.WORKER, Role.MONITOR)]
-        self.exits += self.supervisor.stop(STOP_BUDGET * 0.8, roles=work)
+        deadline = time.monotonic() + STOP_BUDGET
+        self.exits += self.supervisor.stop(STOP_BUDGET * WORK_SHARE, roles=WORK_ROLES)
         if self.sampler is not None:
             self.last = self.sampler.final(timeout=FINAL_SAMPLE_BUDGET) or self.last
             if not self.sampler.stop():
@@ -350,7 +355,9 @@ class Run:
                 close()
             except Exception:
                 logger.debug("closing a monitor connection failed", exc_info=True)
-        self.exits += self.supervisor.stop(STOP_BUDGET * 0.2, roles=[Role.SERVICE])
+        # What the others left over, and never less than the services' own share.
+        services = max(deadline - time.monotonic(), STOP_BUDGET * (1 - WORK_SHARE))
+        self.exits += self.supervisor.stop(services, roles=[Role.SERVICE])
         self.supervisor.kill_all()
 
 
@@ -388,6 +395,15 @@ def run_cmd(
     With nothing configured, everything is embedded: a private Redis, SQLite and a simulated KAT
     world (--organisations, --oois-per-org, --boefjes, --seed), under SCHEDULER_RUN_DIR. Ctrl-C or
     SIGTERM stops every process within 10 s; a summary follows.
+
+    \b
+    Exit codes:
+      0  the run stopped as asked (--duration, Ctrl-C, SIGTERM, SIGHUP), also while starting.
+         A child that did not stop within the stop budget was killed: the summary and stderr
+         name it, after how long, and what it cut off (a worker's running tasks are handed on
+         by the reaper); a kill at the stop is not a failure of the run.
+      1  the run could not start, or a child kept exiting (restarted three times).
+      2  the settings are invalid.
     """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -428,9 +444,10 @@ def run_cmd(
         run.stop()
         stopped_in = time.monotonic() - stop_started
     if run.last is not None and run.monitor is not None:
-        exits = [(r.name, r.returncode, r.killed) for r in run.exits]
-        for line in summary_lines(run.first, run.last, run.monitor, run.elapsed(), exits):
+        for line in summary_lines(run.first, run.last, run.monitor, run.elapsed(), run.exits):
             click.echo(line)
+    for line in killed_lines(run.exits):  # said on stderr too, where a log collector looks
+        click.echo(f"kat-scheduler run: warning: {line}", err=True)
     click.echo(f"  stopped in {stopped_in:.1f}s; logs in {run.log_dir}")
     if run.mode is RunMode.EMBEDDED and run.banner is not None:
         if env_name("broker_url") in run.overlay:  # the embedded Redis stopped with the run

@@ -2,10 +2,15 @@
 
 Each child runs in a session (and process group) of its own, so a signal reaches the child and
 everything it forked (Celery's pool processes) and Ctrl-C in the terminal reaches only the
-supervisor, which then stops the children in order: producers first (no new work), then
-workers (a warm shutdown finishes the task at hand; acks are late, so an interrupted task is
-redelivered, never lost), then Flower, then the services everything uses. Whatever is still
-alive when its share of the budget is spent is killed with its whole group.
+supervisor, which then asks the children to stop (SIGTERM) in order: producers first (no new
+work), then workers (a warm shutdown finishes the task at hand; acks are late, so an interrupted
+task is redelivered, never lost), then Flower, then the services everything uses.
+
+A role is asked to stop as soon as every role before it has exited, and at the latest once the
+roles before it had their share of the budget (:data:`STOP_SHARE`, :func:`stop_schedule`); so time
+a role does not need passes to the roles after it. Only what is still alive when the *whole*
+budget is spent is killed, with its whole group: a child slower than its share (a Python process
+needs about half a second of CPU to exit, seconds on a loaded machine) is not killed for it.
 """
 
 from __future__ import annotations
@@ -28,8 +33,24 @@ logger = logging.getLogger(__name__)
 
 #: Restarts allowed per child before the run gives up.
 MAX_RESTARTS = 3
-#: Share of the stop budget (seconds) each role gets before it is killed.
-STOP_SHARE = {Role.PRODUCER: 0.2, Role.WORKER: 0.5, Role.MONITOR: 0.1, Role.SERVICE: 0.2}
+#: Share of the stop budget each role may take before the roles after it are asked to stop too
+#: (it is killed only at the end of the budget). ``kat-scheduler run`` stops the services apart,
+#: after its final sample: producers, workers and Flower share 80 %, the services have 20 %.
+STOP_SHARE = {Role.PRODUCER: 0.2, Role.WORKER: 0.4, Role.MONITOR: 0.2, Role.SERVICE: 0.2}
+#: Seconds between two looks at the children while they stop.
+STOP_POLL = 0.05
+
+
+def stop_schedule(budget: float, roles: Sequence[Role] = STOP_ORDER) -> list[tuple[Role, float]]:
+    """Each of ``roles`` in stop order, with the latest moment (seconds after the stop began) it
+    is asked to stop: when the roles before it had their shares of ``budget``."""
+    chosen = [role for role in STOP_ORDER if role in roles]
+    total = sum(STOP_SHARE[role] for role in chosen) or 1.0
+    schedule, before = [], 0.0
+    for role in chosen:
+        schedule.append((role, budget * before / total))
+        before += STOP_SHARE[role]
+    return schedule
 
 
 class ChildFailed(RuntimeError):
@@ -41,6 +62,9 @@ class ExitReport:
     name: str
     returncode: int | None
     killed: bool
+    role: Role = Role.WORKER
+    #: Seconds from the child's SIGTERM to its exit, or to its kill (0: it had exited before).
+    took: float = 0.0
 
 
 class Child:
@@ -145,18 +169,34 @@ class Supervisor:
         return events
 
     def stop(self, budget: float, roles: Sequence[Role] = STOP_ORDER) -> list[ExitReport]:
-        """Stop the children of ``roles``, role by role, in stop order; kill what is left when
-        its share of ``budget`` is spent. Time a role did not need is left to the roles after it,
-        so the whole stop never takes longer than ``budget``."""
-        reports: list[ExitReport] = []
-        chosen = [role for role in STOP_ORDER if role in roles]
-        total = sum(STOP_SHARE[role] for role in chosen) or 1.0
+        """Stop the children of ``roles`` within ``budget`` seconds, role by role in stop order
+        (see :func:`stop_schedule`); kill what is still alive when ``budget`` is spent."""
         started = time.monotonic()
-        allotted = 0.0
-        for role in chosen:
-            allotted += budget * STOP_SHARE[role] / total
+        end = started + budget
+        asked: dict[Child, float] = {}
+        exited: dict[Child, float] = {}
+        earlier: list[Child] = []
+        for role, latest in stop_schedule(budget, roles):
+            self._wait(earlier, started + latest, exited)
             group = [child for child in self.children if child.spec.role is role]
-            reports += self._stop_group(group, max(0.0, started + allotted - time.monotonic()))
+            for child in group:
+                if child.alive:
+                    child.signal(signal.SIGTERM)
+                    asked[child] = time.monotonic()
+            earlier += group
+        self._wait(earlier, end, exited)
+        reports = []
+        for child in earlier:
+            if child.alive:
+                took = time.monotonic() - asked.get(child, started)
+                logger.warning("%s did not stop within %.1fs of SIGTERM; killing it", child.name, took)
+                child.signal_group(signal.SIGKILL)
+                child.killed = True
+                if child.process is not None:
+                    child.process.wait(5)
+            else:
+                took = exited.get(child, started) - asked[child] if child in asked else 0.0
+            reports.append(ExitReport(child.name, child.poll(), child.killed, child.spec.role, max(0.0, took)))
         return reports
 
     def kill_all(self) -> None:
@@ -166,20 +206,13 @@ class Supervisor:
             child.close()
 
     @staticmethod
-    def _stop_group(children: Sequence[Child], timeout: float) -> list[ExitReport]:
-        for child in children:
-            if child.alive:
-                child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(child.alive for child in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        reports = []
-        for child in children:
-            if child.alive:
-                logger.warning("%s did not stop within %.1fs; killing it", child.name, timeout)
-                child.signal_group(signal.SIGKILL)
-                child.killed = True
-                if child.process is not None:
-                    child.process.wait(5)
-            reports.append(ExitReport(child.name, child.poll(), child.killed))
-        return reports
+    def _wait(children: Sequence[Child], until: float, exited: dict[Child, float]) -> None:
+        """Until every one of ``children`` has exited (noting when in ``exited``), or ``until``."""
+        while True:
+            now = time.monotonic()
+            for child in children:
+                if child not in exited and not child.alive:
+                    exited[child] = now
+            if len(exited.keys() & set(children)) == len(children) or now >= until:
+                return
+            time.sleep(min(STOP_POLL, max(0.0, until - now)))

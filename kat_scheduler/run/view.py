@@ -11,7 +11,7 @@ from rich.text import Text
 
 from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.run.monitor import Monitor, Sample
-from kat_scheduler.run.supervisor import Child
+from kat_scheduler.run.supervisor import Child, ExitReport
 
 TASK_TYPES = ("boefje", "normalizer")
 SHOWN_STATUSES = (
@@ -22,6 +22,33 @@ SHOWN_STATUSES = (
     TaskStatus.FAILED,
     TaskStatus.CANCELLED,
 )
+
+
+#: What a child killed at the stop means for the work (by child name; see run/plan.py).
+KILLED_MEANS = {
+    "beat": "its lease lapses by itself; the next beat ticks after SCHEDULER_BEAT_LEASE",
+    "listener": "what it had received but not acked comes back to the next listener, which cannot skip "
+    "Octopoes look-ups for the objects it handled (it did not retire)",
+    "api": "requests it was answering were cut off; their clients get an error and may retry",
+    "scheduler": "the planning task it was running was cut off; the next tick plans again",
+    "boefjes": "the tasks it was running are handed on by the reaper once the worker has been silent "
+    "for SCHEDULER_WORKER_LOST_AFTER",
+    "normalizers": "the tasks it was running are handed on by the reaper once the worker has been silent "
+    "for SCHEDULER_WORKER_LOST_AFTER",
+    "flower": "nothing is lost: Flower only watches",
+    "redis": "the embedded Redis may miss its last second of writes (append-only file, fsync every second)",
+    "kat-sim": "nothing is lost: the simulated KAT starts a new world every run",
+}
+
+
+def killed_lines(exits: Sequence[ExitReport]) -> list[str]:
+    """One line per child killed at the stop: which, after how long, and what that means."""
+    return [
+        f"{report.name} killed {report.took:.1f}s after it was asked to stop: "
+        f"{KILLED_MEANS.get(report.name, 'whatever it was doing was cut off')}"
+        for report in exits
+        if report.killed
+    ]
 
 
 @dataclass(frozen=True)
@@ -114,7 +141,7 @@ def status_line(sample: Sample, monitor: Monitor, elapsed: float) -> str:
 
 
 def summary_lines(
-    first: Sample | None, last: Sample, monitor: Monitor, elapsed: float, exits: Sequence[tuple[str, int | None, bool]]
+    first: Sample | None, last: Sample, monitor: Monitor, elapsed: float, exits: Sequence[ExitReport]
 ) -> list[str]:
     lines = [f"summary after {elapsed:.1f}s"]
     for task_type in TASK_TYPES:
@@ -132,8 +159,16 @@ def summary_lines(
         f"  unfinished: {waiting:,} queued (their messages stay on the broker), "
         f"{left:,} interrupted (redelivered, or requeued by the reaper)"
     )
-    killed = [name for name, _code, was_killed in exits if was_killed]
-    lines.append(
-        "  processes: all stopped cleanly" if not killed else f"  processes: killed after the stop budget: {killed}"
-    )
+    killed = killed_lines(exits)
+    if killed:
+        lines.append(
+            f"  processes: {len(killed)} of {len(exits)} did not stop within the stop budget and were KILLED "
+            "(the run still exits 0; what each kill cut off):"
+        )
+        lines += [f"    {line}" for line in killed]
+    elif exits:
+        slowest = max(exits, key=lambda report: report.took)
+        lines.append(f"  processes: all stopped cleanly (the slowest, {slowest.name}, in {slowest.took:.1f}s)")
+    else:
+        lines.append("  processes: all stopped cleanly")
     return lines

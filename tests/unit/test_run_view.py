@@ -8,7 +8,9 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from kat_scheduler.run.monitor import Monitor, Sample
-from kat_scheduler.run.view import Banner, banner_lines, dashboard, status_line, summary_lines
+from kat_scheduler.run.plan import Role
+from kat_scheduler.run.supervisor import ExitReport
+from kat_scheduler.run.view import Banner, banner_lines, dashboard, killed_lines, status_line, summary_lines
 
 BANNER = Banner(
     mode="embedded",
@@ -73,11 +75,39 @@ def test_a_status_line_and_the_summary_carry_the_figures(sqlite_engine: Engine) 
     line = status_line(sample(completed=10, queued=3), monitor, elapsed=5.0)
     assert "boefjes[queued=3 running=0 completed=10 failed=0]" in line and "objects=100" in line
     summary = "\n".join(
-        summary_lines(sample(completed=0), sample(completed=40, objects=130), monitor, 20.0, [("boefjes", 0, False)])
+        summary_lines(
+            sample(completed=0),
+            sample(completed=40, objects=130),
+            monitor,
+            20.0,
+            [ExitReport("boefjes", 0, False, Role.WORKER, 1.25), ExitReport("beat", 0, False, Role.PRODUCER, 0.5)],
+        )
     )
     assert "boefjes: queued 0, dispatched 0, running 0, completed 40" in summary
     assert "finished this run: 60 tasks (3.0/s)" in summary
     assert "objects: 80 -> 130 (+50)" in summary
-    assert "all stopped cleanly" in summary
-    killed = "\n".join(summary_lines(None, sample(completed=1), monitor, 1.0, [("flower", -9, True)]))
-    assert "killed after the stop budget: ['flower']" in killed
+    assert "processes: all stopped cleanly (the slowest, boefjes, in 1.2s)" in summary
+    assert "KILLED" not in summary
+
+
+def test_the_summary_says_loudly_which_child_was_killed_after_how_long_and_what_that_cut_off(
+    sqlite_engine: Engine,
+) -> None:
+    monitor = Monitor(sqlite_engine, NoBroker(), None)  # type: ignore[arg-type]
+    exits = [
+        ExitReport("beat", 0, False, Role.PRODUCER, 0.4),
+        ExitReport("boefjes", -9, True, Role.WORKER, 4.8),
+        ExitReport("flower", -9, True, Role.MONITOR, 1.6),
+    ]
+    summary = summary_lines(None, sample(completed=1), monitor, 1.0, exits)
+    assert "  processes: 2 of 3 did not stop within the stop budget and were KILLED" in "\n".join(summary)
+    assert (
+        "    boefjes killed 4.8s after it was asked to stop: the tasks it was running are handed on by the "
+        "reaper once the worker has been silent for SCHEDULER_WORKER_LOST_AFTER"
+    ) in summary
+    assert "    flower killed 1.6s after it was asked to stop: nothing is lost: Flower only watches" in summary
+    assert "all stopped cleanly" not in "\n".join(summary)
+    assert killed_lines(exits) == [line.strip() for line in summary if " killed " in line]
+    assert killed_lines([ExitReport("someone", -9, True, Role.WORKER, 2.0)]) == [
+        "someone killed 2.0s after it was asked to stop: whatever it was doing was cut off"
+    ]
