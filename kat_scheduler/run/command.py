@@ -60,6 +60,8 @@ STOP_BUDGET = 8.0
 LINE_EVERY = 5.0
 #: Seconds the final sample (for the summary) may take; else the summary uses the last one.
 FINAL_SAMPLE_BUDGET = 1.5
+#: Seconds the stop waits for its request to the workers to stop consuming to be sent (through the broker).
+DRAIN_BUDGET = 1.0
 #: The roles stopped before the final sample, and their share of STOP_BUDGET (the rest is the services').
 WORK_ROLES = (Role.PRODUCER, Role.WORKER, Role.MONITOR)
 WORK_SHARE = sum(STOP_SHARE[role] for role in WORK_ROLES)
@@ -156,6 +158,9 @@ class Run:
         self.exits: list[ExitReport] = []
         self._closers: list[Any] = []
         self._lockfile: Any = None
+        #: The run's Celery workers, (queue, node name), and an app to reach them through the broker.
+        self.workers: list[tuple[str, str]] = []
+        self.control: Any = None
 
     # -- start ----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -243,6 +248,11 @@ class Run:
             api_port=api_port,
         )
         self.monitor = self._make_monitor()
+        self.workers = [(spec.queue, spec.node) for spec in specs if spec.queue and spec.node]
+        if self.workers:
+            from kat_scheduler.runtime.celery_app import create_app
+
+            self.control = create_app(self.child_settings, main="kat-scheduler-run", tasks=False)
         for spec in specs:
             if self.stopping.is_set():
                 raise Interrupted("stopped while starting")
@@ -340,11 +350,42 @@ class Run:
             if self._lockfile is not None:
                 self._lockfile.close()
 
+    def _drain_workers(self) -> None:
+        """Ask each worker to stop consuming (Celery's ``cancel_consumer``, through the broker) while
+        the producers stop, so it has finished its tasks when it gets SIGTERM.
+
+        A warm shutdown that comes while a task was just handed to a pool process (the worker has
+        not yet read that it started) drops that task from the worker's books; the pool process
+        runs it anyway and then waits 30 s for the worker to read its result (billiard's
+        ``_ensure_messages_consumed``), which it never does: the stop had to kill the worker.
+        Bounded by :data:`DRAIN_BUDGET` (a broker that does not answer delays nothing more).
+        """
+        if self.control is None or not self.workers:
+            return
+        from celery.utils.nodenames import host_format
+
+        control, workers = self.control, self.workers
+
+        def send() -> None:
+            try:
+                for queue, node in workers:
+                    control.control.cancel_consumer(queue, destination=[host_format(node)])
+                control.close()
+            except Exception:
+                logger.warning("could not ask the workers to stop consuming; they stop on SIGTERM", exc_info=True)
+
+        sender = threading.Thread(target=send, name="kat-run-drain", daemon=True)
+        sender.start()
+        sender.join(DRAIN_BUDGET)
+
     def _stop_children(self) -> None:
         if self.supervisor is None:
             return
         deadline = time.monotonic() + STOP_BUDGET
-        self.exits += self.supervisor.stop(STOP_BUDGET * WORK_SHARE, roles=WORK_ROLES)
+        self._drain_workers()
+        services_share = STOP_BUDGET * (1 - WORK_SHARE)
+        work = min(STOP_BUDGET * WORK_SHARE, deadline - services_share - time.monotonic())
+        self.exits += self.supervisor.stop(max(0.0, work), roles=WORK_ROLES)
         if self.sampler is not None:
             self.last = self.sampler.final(timeout=FINAL_SAMPLE_BUDGET) or self.last
             if not self.sampler.stop():
@@ -356,7 +397,7 @@ class Run:
             except Exception:
                 logger.debug("closing a monitor connection failed", exc_info=True)
         # What the others left over, and never less than the services' own share.
-        services = max(deadline - time.monotonic(), STOP_BUDGET * (1 - WORK_SHARE))
+        services = max(deadline - time.monotonic(), services_share)
         self.exits += self.supervisor.stop(services, roles=[Role.SERVICE])
         self.supervisor.kill_all()
 

@@ -63,6 +63,10 @@ class ChildSpec:
     #: URL answering HTTP when the child is ready (None: ready once started).
     ready_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: A Celery worker's node name (``%h``: this host) and the queue it consumes: at a stop it is
+    #: asked to stop consuming first, so it is idle by the time it gets SIGTERM.
+    node: str | None = None
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,17 @@ def celery_argv() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "kat_scheduler"]
 
 
+def worker_node(queue: Queue) -> str:
+    """The node name of the run's worker for ``queue`` (Celery expands ``%h`` to the host name)."""
+    return f"{queue.value}@%h"
+
+
+def worker_spec(name: str, queue: Queue, concurrency: int, log_level: str) -> ChildSpec:
+    return ChildSpec(
+        name, worker_argv(queue, concurrency, log_level), Role.WORKER, node=worker_node(queue), queue=queue.value
+    )
+
+
 def worker_argv(queue: Queue, concurrency: int, log_level: str) -> list[str]:
     return [
         *celery_argv(),
@@ -120,7 +135,7 @@ def worker_argv(queue: Queue, concurrency: int, log_level: str) -> list[str]:
         "-Q",
         queue.value,
         "--hostname",
-        f"{queue.value}@%h",
+        worker_node(queue),
         "--concurrency",
         str(concurrency),
         "--loglevel",
@@ -171,11 +186,9 @@ def child_specs(
             )
         )
     specs += [
-        ChildSpec("scheduler", worker_argv(Queue.SCHEDULER, 1, level), Role.WORKER),
-        ChildSpec("boefjes", worker_argv(Queue.BOEFJES, settings.run_boefje_concurrency, level), Role.WORKER),
-        ChildSpec(
-            "normalizers", worker_argv(Queue.NORMALIZERS, settings.run_normalizer_concurrency, level), Role.WORKER
-        ),
+        worker_spec("scheduler", Queue.SCHEDULER, 1, level),
+        worker_spec("boefjes", Queue.BOEFJES, settings.run_boefje_concurrency, level),
+        worker_spec("normalizers", Queue.NORMALIZERS, settings.run_normalizer_concurrency, level),
         ChildSpec("listener", [*cli, "listen"], Role.PRODUCER),
         ChildSpec("beat", [*celery_argv(), "beat", "--loglevel", level], Role.PRODUCER),
     ]

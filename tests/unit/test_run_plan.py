@@ -82,6 +82,20 @@ def test_workers_use_the_configured_concurrency() -> None:
     assert boefjes.argv[boefjes.argv.index("-Q") + 1] == "boefjes"
 
 
+def test_each_worker_names_its_node_and_queue_so_the_stop_can_ask_it_to_stop_consuming() -> None:
+    specs = child_specs(load_settings(), RunMode.EXTERNAL, flower_port=5555, flower_auth="u:p", api_port=8004)
+    workers = {spec.name: (spec.queue, spec.node) for spec in specs if spec.role is Role.WORKER}
+    assert workers == {
+        "scheduler": ("scheduler", "scheduler@%h"),
+        "boefjes": ("boefjes", "boefjes@%h"),
+        "normalizers": ("normalizers", "normalizers@%h"),
+    }
+    for spec in specs:
+        if spec.node is not None:  # the node name it is asked by is the one it runs as
+            assert spec.argv[spec.argv.index("--hostname") + 1] == spec.node
+    assert all(spec.node is None and spec.queue is None for spec in specs if spec.role is not Role.WORKER)
+
+
 def test_the_flower_password_is_not_on_the_command_line() -> None:
     specs = child_specs(load_settings(), RunMode.EXTERNAL, flower_port=5555, flower_auth="kat:s3cret")
     flower = next(spec for spec in specs if spec.name == "flower")
