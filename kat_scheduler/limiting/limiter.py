@@ -7,6 +7,11 @@ worker does not reset a window, since the window is in Redis, not in the process
 several parts (``10/hour;100/day``) admits a start only when every part has room: each is tested
 first, then each is hit, so a start refused by one part takes nothing from the others (two
 workers racing between the test and the hit can only be refused, never let through over a limit).
+
+The release (:mod:`kat_scheduler.limiting.release`) counts what it publishes the same way, in a
+window of its own per group and limit (:meth:`RateLimiter.take_releases`): a published task is
+not counted as a start until a worker starts it, so the starts' window alone would let every
+release pass in between publish the same room again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from limits import RateLimitItem
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -28,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: The Redis keys of the counters start with this (``limits`` adds the limit and the group).
 KEY_PREFIX = "kat_scheduler:rate_limits"
+#: The first identifier of the release's counters (:meth:`RateLimiter.take_releases`).
+RELEASED = "released"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,24 +164,52 @@ class RateLimiter:
             admission = self._admit(limit, group)
         return admission
 
+    def take_releases(self, limit: RateLimit, group: str, wanted: int) -> int:
+        """How many of ``wanted`` tasks of ``group`` the release may publish now (each one counted).
+
+        Releases are counted like starts, in a window of their own (``released`` and the group):
+        every node's release passes count there, so a group's tasks are published no faster than
+        its limit lets them start, however often the release passes before those tasks start."""
+        taken = 0
+        while taken < wanted and not self._full(limit, RELEASED, group) and self._hit(limit, RELEASED, group) is None:
+            taken += 1
+        return taken
+
+    def _full(self, limit: RateLimit, *identifiers: str) -> list[RateLimitItem]:
+        """The parts of a limit of several parts that have no room now (tested, nothing counted), so
+        a start one part refuses takes no room from the others. One part: none (its hit tests)."""
+        if len(limit.items) == 1:
+            return []
+        return [item for item in limit.items if not self.strategy.test(item, *identifiers)]
+
+    def _hit(self, limit: RateLimit, *identifiers: str) -> RateLimitItem | None:
+        """Count one in every part; the part that had no room (another worker took it meanwhile)."""
+        for item in limit.items:
+            if not self.strategy.hit(item, *identifiers):
+                return item
+        return None
+
     def _admit(self, limit: RateLimit, group: str) -> Admission:
-        # One part: its hit is the test. Several: each is tested first, so a start one part
-        # refuses takes no room from the others.
-        full = [] if len(limit.items) == 1 else [item for item in limit.items if not self.strategy.test(item, group)]
+        full = self._full(limit, group)
         if not full:
             at = datetime.now(UTC)
-            for item in limit.items:
-                if not self.strategy.hit(item, group):  # no room (or another worker took it meanwhile)
-                    full = [item]
-                    break
-            else:
+            refused = self._hit(limit, group)
+            if refused is None:
                 return Admission(True, limit, group, at=at)
+            full = [refused]
         until = max(self.strategy.get_window_stats(item, group).reset_time for item in full)
         return Admission(False, limit, group, _at(until))
 
     def room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
         """How many starts the group has room for now, and when its next room opens."""
-        stats = [self.strategy.get_window_stats(item, group) for item in limit.items]
+        return self._room(limit, group)
+
+    def release_room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
+        """How many releases of the group may go now (:meth:`take_releases`), and when the next may."""
+        return self._room(limit, RELEASED, group)
+
+    def _room(self, limit: RateLimit, *identifiers: str) -> tuple[int, datetime]:
+        stats = [self.strategy.get_window_stats(item, *identifiers) for item in limit.items]
         free = min(s.remaining for s in stats)
         opens = max(s.reset_time for s in stats if s.remaining == free)
         return max(free, 0), _at(opens)

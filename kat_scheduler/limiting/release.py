@@ -2,9 +2,12 @@
 process (started at ``worker_init``, like the node's heartbeat).
 
 Each pass takes the waiting tasks whose time came, most urgent first (band, then priority, then
-age), and per group publishes as many as the group has room for now; the others wait on, their
-times moved to when the group's next room opens, spread by the limit's capacity (the k-th waiting
-task of a group at ``capacity`` starts per window may run ``k // capacity`` windows later). So a
+age), and per group publishes as many as the group has room for now and were not sent for
+already: every node's releases count in a window of their own
+(:meth:`RateLimiter.take_releases`), since a task published a moment ago has not started yet and
+the starts' window still shows its room free. The others wait on, their times moved to when the
+group's next room opens, spread by the limit's capacity (the k-th waiting task of a group at
+``capacity`` starts per window may run ``k // capacity`` windows later). So a
 group's backlog is on the broker only as far as it can start, and a more urgent task put back
 later is released first. Between passes the thread sleeps until the earliest waiting time it
 knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds). A group's next tasks go out
@@ -99,8 +102,16 @@ class Releaser:
                 # is not back by the end of the lead is put back by its worker, with the time.
                 room = limit.capacity
                 opens += window
-            publish.extend(members[:room])
-            for k, waiting in enumerate(members[room:]):
+            # What the passes before this one published may not have started yet (a start counts
+            # only then): the release's own window says how much of the room is still to send.
+            # Room not sent for now is sent as soon as that window lets it, the rest wait as above.
+            wanted = min(room, len(members))
+            taken = self.limiter.take_releases(limit, group, wanted)
+            publish.extend(members[:taken])
+            if taken < wanted:
+                _, retry = self.limiter.release_room(limit, group)
+                wait.update((waiting.row.id, min(retry, opens)) for waiting in members[taken:wanted])
+            for k, waiting in enumerate(members[wanted:]):
                 wait[waiting.row.id] = opens + (k // limit.capacity) * window
         return publish, wait
 

@@ -18,6 +18,7 @@ from kat_scheduler.rules.rate_limits import parse_overrides
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskStore
 from tests.factories import NewTaskFactory
+from tests.workers import wait_for
 
 
 def limiter(redis_url: str, limits: str, lead: float) -> RateLimiter:
@@ -87,3 +88,38 @@ def test_the_release_publishes_a_full_groups_next_window_when_it_opens_within_th
     still = waiting.waiting_until([t.id for t in tasks])
     assert len(still) == 3
     assert min(still.values()) >= opens + timedelta(seconds=1)  # the rest wait for the windows after
+
+
+def test_two_nodes_releasing_before_any_start_is_counted_send_one_windows_worth_between_them(
+    pg_engine: Engine, redis_url: str
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}"
+    node_a, node_b = (RateLimiter(redis_url, parse_overrides("nmap=2/second@scan"), key_prefix=prefix) for _ in "ab")
+    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(4)]
+    assert len(TaskStore(pg_engine).claim(tasks)) == 4
+    waiting = WaitingStore(pg_engine)
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    publisher = make_publisher(load_settings(broker_url=redis_url))
+    try:
+        for task in tasks[:2]:
+            assert waiting.put_back(task.id, limit="2/second", group="scan", until=due)
+        assert Releaser(pg_engine, publisher, node_a).release() == 2
+        sent_at = time.monotonic()
+        # Two more are put back, due at once: no start was counted yet, so the starts' window
+        # still shows the room of the two just sent; the other node must not send into it again.
+        for task in tasks[2:]:
+            assert waiting.put_back(task.id, limit="2/second", group="scan", until=due)
+        releaser_b = Releaser(pg_engine, publisher, node_b)
+        assert releaser_b.release() == 0
+        assert set(waiting.waiting_until([t.id for t in tasks[2:]])) == {t.id for t in tasks[2:]}
+        sent = 0
+
+        def the_next_window_goes() -> bool:
+            nonlocal sent
+            sent += releaser_b.release()
+            return sent == 2
+
+        assert wait_for(the_next_window_goes, timeout=5, interval=0.05)
+        assert time.monotonic() - sent_at >= 0.95  # a window after the first two went
+    finally:
+        publisher.close()
