@@ -27,12 +27,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import Row
+from starlette.concurrency import run_in_threadpool
 
 from kat_scheduler.api.context import MAX_POP, ApiContext, context
 from kat_scheduler.api.known_pops import KnownPop, content_type
 from kat_scheduler.api.models import PoppedTasks, Problem, Task
 from kat_scheduler.api.schedulers import known_scheduler
-from kat_scheduler.storage.filters import FilterError, FilterRequest
+from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, json_paths
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["schedulers"])
@@ -61,6 +62,8 @@ async def pop(
 ) -> Response:
     scheduler = known_scheduler(scheduler_id)
     try:
+        if json_paths(filters):  # PostgreSQL reads them first (a round trip: not on the event loop)
+            await run_in_threadpool(check_json_paths, filters, ctx.engine)
         popper = ctx.popper(scheduler, filters)
     except FilterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None

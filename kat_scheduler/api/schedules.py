@@ -21,7 +21,7 @@ from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Schedule, ScheduleCreate, SchedulePage, SchedulePatch
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId
 from kat_scheduler.rules.timing import is_valid_cron, next_cron
-from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
+from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, conditions
 from kat_scheduler.storage.schedules import HashTaken, ScheduleQuery, ScheduleRecord, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
@@ -232,6 +232,7 @@ def search_schedules(
         raise _bad("missing search filters")
     try:
         where = conditions(filters, ctx.engine.dialect.name, _SCHEDULES)
+        check_json_paths(filters, ctx.engine)
     except FilterError as exc:
         raise _bad(str(exc)) from None
     return _respond(request, ctx, ScheduleQuery(where=tuple(where)), offset=offset, limit=limit)

@@ -13,7 +13,7 @@ from sqlalchemy import Row
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.storage.filters import FilterError, FilterRequest, conditions
+from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, conditions
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskNotFound, TaskQuery, TransitionRefused
 
@@ -127,6 +127,7 @@ def search_tasks(
 ) -> Response:
     try:
         where = conditions(filters, ctx.engine.dialect.name)
+        check_json_paths(filters, ctx.engine)
     except FilterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     return _respond(request, ctx, replace(params, query=replace(params.query, where=tuple(where))))

@@ -11,10 +11,15 @@ PostgreSQL's own (``match`` full-text search, the JSON operators ``@>``, ``<@``,
 are refused on SQLite with :class:`FilterError` (a 400 over HTTP), never answered with a wrong
 result. Every problem with a filter (an unknown column, a value of the wrong type for the
 column or operator) is a :class:`FilterError` naming it.
+
+A JSON path (the value of ``@?`` and ``@@``) is PostgreSQL's own language; :func:`check_json_paths`
+has PostgreSQL parse each path of a request before the request runs, and a path it refuses is a
+:class:`FilterError` with PostgreSQL's reason, never a failed search, pop or listing.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Connection,
     DateTime,
+    Engine,
     Integer,
     String,
     Table,
@@ -39,12 +46,16 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
+from sqlalchemy.exc import DBAPIError
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of
+
+logger = logging.getLogger(__name__)
 
 _TASKS = table_of(TaskRow)
 _SCHEDULES = table_of(ScheduleRow)
@@ -97,6 +108,8 @@ POSTGRESQL_ONLY = frozenset(
         Operator.JSON_PATH_MATCH,
     }
 )
+#: The operators whose value is a JSON path.
+JSON_PATH_OPERATORS = frozenset({Operator.JSON_PATH_EXISTS, Operator.JSON_PATH_MATCH})
 _COMPARE = {
     Operator.EQ_SIGN: "eq",
     Operator.EQ: "eq",
@@ -423,15 +436,111 @@ def _json_any(path: tuple[str | int, ...], item: Filter, dialect: str, table: Ta
     return exists(select(literal_column("1")).select_from(each).where(each.c.value.in_(values)))
 
 
+#: The SQLSTATEs of PostgreSQL refusing the text of a JSON path: a syntax error (42601), a data
+#: exception (class 22: an empty path, a broken regular expression or escape, a datetime template
+#: it cannot read) and a path nested too deep for its parser (54001).
+_PATH_REFUSED = frozenset({"42601", "54001"})
+_PATH_REFUSED_CLASS = "22"
+#: The most characters of a refused path its error shows.
+_SHOWN_PATH = 200
+
+
+def json_paths(request: FilterRequest | None) -> list[tuple[Operator, str]]:
+    """The JSON paths of ``request`` (the text values of ``@?`` and ``@@``), each once."""
+    if request is None:
+        return []
+    if isinstance(request.filters, list):
+        items = request.filters
+    else:
+        items = [*request.filters.and_, *request.filters.or_, *request.filters.not_]
+    found = (
+        (item.operator, item.value)
+        for item in items
+        if item.operator in JSON_PATH_OPERATORS and isinstance(item.value, str)
+    )
+    return list(dict.fromkeys(found))
+
+
+def check_json_paths(request: FilterRequest | None, engine: Engine) -> None:
+    """Have PostgreSQL read every JSON path of ``request`` (one small statement each, before the
+    request runs); :class:`FilterError` for the first it refuses, with PostgreSQL's reason. A path
+    that names a variable (``$name``: a filter has none) or a ``datetime()`` template PostgreSQL
+    cannot read is refused too: PostgreSQL would refuse it only when a row reaches it. Nothing on
+    another database (it refuses these operators), nothing for a request without JSON paths."""
+    paths = json_paths(request)
+    if not paths or engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        for operator, path in paths:
+            shown = path if len(path) <= _SHOWN_PATH else path[: _SHOWN_PATH - 3] + "..."
+            where = f"JSON path {shown!r} of operator {operator.value!r}"
+            written, refused = _read(conn, "SELECT CAST(CAST(:path AS jsonpath) AS text)", path)
+            if refused is not None:
+                raise _refused(f"{where}: {refused}")
+            variables, templates = _variables_and_templates(str(written))
+            if variables:
+                raise _refused(f"{where}: it uses variable ${variables[0]}, and a filter has no variables")
+            for template in templates:
+                _, refused = _read(conn, """SELECT '""'::jsonb @? CAST(:path AS jsonpath)""", f"$.datetime({template})")
+                if refused is not None:
+                    raise _refused(f"{where}: PostgreSQL refuses datetime template {template}: {refused}")
+
+
+def _read(conn: Connection, statement: str, path: str) -> tuple[Any, str | None]:
+    """What ``statement`` (one row, one column) answers with ``path`` bound, and ``None``; or
+    ``None`` and why PostgreSQL refuses the path. Only a refusal of the path is answered so: any
+    other error (the database gone, a timeout) is raised as it is."""
+    try:
+        return conn.execute(text(statement), {"path": path}).scalar_one(), None
+    except DBAPIError as exc:
+        code = str(getattr(exc.orig, "pgcode", None) or "")
+        if code not in _PATH_REFUSED and not code.startswith(_PATH_REFUSED_CLASS):
+            raise
+        conn.rollback()
+        diag = getattr(exc.orig, "diag", None)
+        reason = getattr(diag, "message_primary", None) or str(exc.orig).strip().splitlines()[0]
+        return None, str(reason)
+
+
+def _refused(message: str) -> FilterError:
+    logger.info("a filter is refused: %s", message)
+    return FilterError(message)
+
+
+def _variables_and_templates(normal: str) -> tuple[list[str], list[str]]:
+    """The variables (their names) and ``datetime()`` templates (as quoted in the path) of a JSON
+    path as PostgreSQL writes it back (where every string, key and variable name is quoted)."""
+    variables: list[str] = []
+    templates: list[str] = []
+    at = 0
+    while (start := normal.find('"', at)) != -1:
+        end = start + 1
+        while end < len(normal) and normal[end] != '"':
+            end += 2 if normal[end] == "\\" else 1
+        literal = normal[start : end + 1]
+        if normal.endswith("$", 0, start):
+            try:
+                variables.append(str(orjson.loads(literal)))
+            except orjson.JSONDecodeError:
+                variables.append(literal)
+        elif normal.endswith(".datetime(", 0, start):
+            templates.append(literal)
+        at = end + 1
+    return variables, templates
+
+
 __all__ = [
     "COLUMNS",
     "IMAGE_FIELD",
+    "JSON_PATH_OPERATORS",
     "POSTGRESQL_ONLY",
     "SCHEDULE_COLUMNS",
     "Filter",
     "FilterError",
     "FilterRequest",
     "Operator",
+    "check_json_paths",
     "conditions",
+    "json_paths",
     "split_images",
 ]

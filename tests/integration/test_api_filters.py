@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, func, select
 
+from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.tasks import TaskStore
 from tests.api_server import ApiServer
@@ -216,3 +217,71 @@ def test_a_body_that_is_not_json_is_422(api):
 def tasks_state(engine: Engine) -> tuple[object, ...]:
     with engine.connect() as conn:
         return tuple(conn.execute(select(func.count(), func.max(TaskRow.modified_at))).one())
+
+
+def report_task(store: TaskStore, recipe: str, **extra: object) -> str:
+    task = NewTaskFactory.build(
+        scheduler_id=SchedulerId.REPORT, type="report", data={"report_recipe_id": recipe, **extra}
+    )
+    store.claim([task])
+    return str(task.id)
+
+
+#: JSON paths PostgreSQL refuses, each with what the answer must say about it.
+BAD_JSON_PATHS = [
+    pytest.param("@?", "$..a", 'syntax error at or near "."', id="a syntax error"),
+    pytest.param("@@", "$.boefje ?", "syntax error at end of jsonpath input", id="an unfinished filter"),
+    pytest.param("@?", "", "invalid input syntax for type jsonpath", id="an empty path"),
+    pytest.param("@?", '$.boefje.id ? (@ like_regex "[")', "invalid regular expression", id="a broken regex"),
+    pytest.param("@?", "$ ? (@.boefje.id == $wanted)", "variable $wanted", id="a variable"),
+    pytest.param("@@", '$.created.datetime("x") < "2020"', 'datetime template "x"', id="a datetime template"),
+]
+SEARCHES = [
+    pytest.param("/tasks", id="tasks"),
+    pytest.param("/schedulers/boefje/pop", id="pop"),
+    pytest.param("/schedulers/report/pop", id="pull pop"),
+    pytest.param("/schedules/search", id="schedules"),
+]
+
+
+@pytest.mark.parametrize("path", SEARCHES)
+@pytest.mark.parametrize(("operator", "json_path", "detail"), BAD_JSON_PATHS)
+def test_a_json_path_postgresql_refuses_is_a_400_naming_it_and_changes_nothing(
+    api, store, engine, path, operator, json_path, detail, caplog
+):
+    boefje_task(store, created="2020-01-01T00:00:00+00:00")
+    report_task(store, "recipe-1", created="2020-01-01T00:00:00+00:00")
+    before = tasks_state(engine)
+
+    response = api.post(path, json={"filters": [{"column": "data", "operator": operator, "value": json_path}]})
+
+    assert response.status_code == 400, response.text
+    if engine.dialect.name == "postgresql":
+        assert response.json()["detail"].startswith(f"JSON path {json_path!r} of operator {operator!r}: ")
+        assert detail in response.json()["detail"]
+    else:
+        assert response.json() == {
+            "detail": f"operator {operator!r} needs PostgreSQL; this scheduler's database is sqlite"
+        }
+    assert tasks_state(engine) == before
+    assert "Traceback" not in caplog.text
+
+
+def test_json_path_operators_find_and_pop_tasks_on_postgresql(api, store, engine):
+    nmap = boefje_task(store, boefje="nmap")
+    boefje_task(store, boefje="dns-records")
+    wanted = report_task(store, "recipe-1")
+    report_task(store, "recipe-2")
+    exists = {"column": "data", "operator": "@?", "value": '$.boefje ? (@.id == "nmap" && @.id starts with "nm")'}
+    matches = {"column": "data", "operator": "@@", "value": '$.boefje.id like_regex "^NM" flag "i"'}
+    recipe = {"column": "data", "operator": "@?", "value": '$.report_recipe_id ? (@ == "recipe-1")'}
+
+    searched = api.post("/tasks", json={"filters": [exists, matches]})
+    popped = api.post("/schedulers/report/pop", json={"filters": [recipe]}, params={"limit": 5})
+
+    if engine.dialect.name == "postgresql":
+        assert searched.status_code == 200, searched.text
+        assert {t["id"] for t in searched.json()["results"]} == {nmap}
+        assert [t["id"] for t in popped.json()["results"]] == [wanted]
+    else:
+        assert (searched.status_code, popped.status_code) == (400, 400)
