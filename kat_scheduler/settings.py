@@ -471,6 +471,29 @@ class Settings(BaseSettings):
                 raise ValueError("must be user:password")
         return value
 
+    @field_validator("octopoes_api", "katalogus_api", "bytes_api")
+    @classmethod
+    def _kat_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        """A URL the KAT clients can call: pydantic takes hosts requests refuses before sending
+        (``*.a``, ``.a``) and hosts urllib3 refuses only as it connects (``a..b``: an empty label
+        or one over 63 characters, as the ``idna`` codec it uses says)."""
+        import requests
+
+        host = value.host or ""
+        problem = None
+        try:
+            requests.Request("GET", str(value)).prepare()
+        except requests.RequestException as exc:
+            problem = masked_text(str(exc))
+        if problem is None and not host.startswith("["):
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                problem = "a label is empty or longer than 63 characters"
+        if problem is not None:
+            raise ValueError(f"host {host!r} is not a valid host name ({problem}), got {masked_url(str(value))!r}")
+        return value
+
     @field_validator("broker_url", "queue_uri")
     @classmethod
     def _broker(cls, value: str) -> str:

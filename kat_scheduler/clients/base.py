@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypedDict, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from pydantic import TypeAdapter, ValidationError
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import LocationValueError
 from urllib3.util.retry import Retry
 
 from kat_scheduler.clients.errors import (
@@ -188,6 +189,11 @@ class HTTPService:
             )
         except requests.Timeout as exc:
             raise ServiceUnavailable(self.name, f"{method} {path}", f"timed out after {self.timeout:g} s") from exc
+        except (requests.exceptions.InvalidURL, LocationValueError) as exc:
+            # requests refuses some hosts before sending (``.a``), urllib3 others only as it connects
+            # (``a..b``: an empty label or one over 63 characters), outside requests' errors.
+            detail = f"request failed: {_host_problem(self.base_url, exc)}"
+            raise ServiceError(self.name, f"{method} {path}", detail) from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             reason = _root_cause(exc)
             raise ServiceUnavailable(self.name, f"{method} {path}", f"connection failed: {reason}") from exc
@@ -253,6 +259,16 @@ def _request_error(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.exceptions.InvalidHeader):
         return f"{type(exc).__name__}: a header value cannot be sent (not shown: it may be a credential)"
     return masked_text(str(exc))
+
+
+def _host_problem(base_url: str, exc: Exception) -> str:
+    """Why the base URL cannot be used, naming its host (never its password)."""
+    try:
+        host = urlsplit(base_url).hostname
+    except ValueError:
+        host = None
+    where = "the base URL" if host is None else f"the base URL's host {host!r}"
+    return f"{where} cannot be used: {masked_text(str(exc))}"
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -183,6 +183,22 @@ def test_close_releases_the_pooled_connections(kat, client_options):
     assert len(pools) == 0
 
 
+@pytest.mark.parametrize("host", ["a..b", "." + "x" * 64 + ".nl", ".octopoes"])
+def test_a_base_url_whose_host_cannot_be_used_is_a_service_error_without_its_password(host, client_options):
+    # Settings refuse these; a client made without them fails each call with a ServiceError, not
+    # urllib3's LocationParseError or requests' InvalidURL.
+    with (
+        OctopoesClient(f"http://user:s3cretpw@{host}:1", **client_options) as octopoes,
+        pytest.raises(ServiceError) as caught,
+    ):
+        octopoes.health()
+
+    assert type(caught.value) is ServiceError
+    assert str(caught.value).startswith("octopoes: GET /health: request failed: ")
+    assert f"host {host!r} cannot be used" in str(caught.value)
+    assert "s3cretpw" not in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["", "octopoes:80", "ftp://octopoes"])
 def test_refuses_a_base_url_that_is_not_http(url):
     with pytest.raises(ValueError, match="base URL"):

@@ -61,6 +61,37 @@ def test_an_invalid_variable_fails_with_its_name(monkeypatch: pytest.MonkeyPatch
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "url", "host"),
+    [
+        ("OCTOPOES_API", "http://user:s3cretpw@a..b:1", "a..b"),
+        ("KATALOGUS_API", "http://.katalogus:8003", ".katalogus"),
+        ("BYTES_API", "https://bytes:s3cretpw@" + "x" * 64 + ".example.nl/", "x" * 64 + ".example.nl"),
+    ],
+)
+def test_a_kat_url_whose_host_cannot_be_connected_to_is_refused_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str, host: str
+) -> None:
+    # pydantic takes these hosts; urllib3 refuses them only when it connects (LocationParseError).
+    monkeypatch.setenv(variable, url)
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert f"{variable}: host {host!r} is not a valid host name" in message
+    assert "s3cretpw" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://octopoes_api:8001", "http://127.0.0.1:8001", "http://[::1]:8001", "https://kat.example.nl./"]
+)
+def test_kat_urls_with_usable_hosts_are_taken(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("OCTOPOES_API", url)
+
+    assert str(load_settings().octopoes_api).startswith(url.rstrip("/"))
+
+
 def test_a_hard_limit_below_the_soft_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_SOFT_TIME_LIMIT", "600")
     monkeypatch.setenv("SCHEDULER_HARD_TIME_LIMIT", "300")
