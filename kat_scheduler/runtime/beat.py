@@ -10,20 +10,23 @@ more on the way out. Python runs that handler between two bytecodes of the main 
 can land in the middle of a tick: after the lease's upsert, before its commit. Releasing the
 lease right there, on a second connection, waited for the write lock of the tick's own open
 transaction: 30 s (SQLite's busy timeout), then "database is locked"; on PostgreSQL the row lock,
-forever. A supervisor then had to kill beat. So :meth:`LeasedScheduler.close` does nothing while
-a tick is under way (the ``SystemExit`` rolls the tick back; the close on the way out releases),
-the lease is released once, and no wait for a lock (SQLite's write lock, a row lock) blocks the
-main thread longer than :data:`LOCK_POLL` at a time, so a signal is handled at once and the
-release is bounded (:data:`RELEASE_WAIT`).
+forever. A supervisor then had to kill beat. So a stop signal that comes during the lease's
+transaction waits for its end (:meth:`LeasedScheduler._lease`), the lease is released once, and no
+wait for a lock (SQLite's write lock, a row lock) blocks the main thread longer than
+:data:`LOCK_POLL` at a time: a stop ends a wait for a lock at once, and the release is bounded
+(:data:`RELEASE_WAIT`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 from celery.beat import Scheduler
@@ -83,14 +86,15 @@ def is_locked(exc: OperationalError) -> bool:
     return getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig)
 
 
-def within(wait: float, call: Callable[[], T]) -> T:
-    """``call()``, tried again while a lock it needs is busy, for ``wait`` seconds at most."""
+def within(wait: float, call: Callable[[], T], give_up: Callable[[], bool] = lambda: False) -> T:
+    """``call()``, tried again while a lock it needs is busy, for ``wait`` seconds at most (or
+    until ``give_up()``)."""
     deadline = time.monotonic() + wait
     while True:
         try:
             return call()
         except OperationalError as exc:
-            if not is_locked(exc) or time.monotonic() >= deadline:
+            if not is_locked(exc) or time.monotonic() >= deadline or give_up():
                 raise
 
 
@@ -103,21 +107,55 @@ class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
         self.leases = LeaseStore(lease_engine(database_uri(app.conf.kat_db_uri)))
         self.heartbeat = Heartbeat(app.conf.get("kat_heartbeat_file"))
         self.is_leader = False
-        #: A tick is under way (a close from a signal handler then waits for the way out).
-        self.ticking = False
+        #: The lease's transaction is under way: a stop signal waits for its end.
+        self.in_lease = False
+        #: A stop signal that came during the lease's transaction: (Celery's handler, the signal).
+        self.stop_requested: tuple[Callable[[int, FrameType | None], Any], int] | None = None
+        self._handlers: dict[int, Any] = {}
+        self._defer_stop_signals()
         super().__init__(app, *args, **kwargs)
 
-    def tick(self, *args: Any, **kwargs: Any) -> float:
-        self.ticking = True
-        try:
-            return self._tick(*args, **kwargs)
-        finally:
-            self.ticking = False
+    def _defer_stop_signals(self) -> None:
+        """Wrap the SIGTERM and SIGINT handlers Celery's beat installed before it built this
+        scheduler: during the lease's transaction a signal is noted, and handled right after it."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # an embedded beat (``worker -B``): its thread gets no signals
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self._handlers[signum] = handler
+                signal.signal(signum, self._deferring(handler))
 
-    def _tick(self, *args: Any, **kwargs: Any) -> float:
+    def _deferring(self, handler: Callable[[int, FrameType | None], Any]) -> Callable[[int, FrameType | None], Any]:
+        def deferred(signum: int, frame: FrameType | None) -> Any:
+            if self.in_lease:
+                self.stop_requested = (handler, signum)
+                return None
+            return handler(signum, frame)
+
+        return deferred
+
+    def _lease(self) -> bool:
+        """Take or renew the lease. A stop signal meanwhile ends the wait for a lock and is handled
+        once the transaction is over (Celery's handler closes the scheduler and raises SystemExit)."""
+        self.in_lease = True
+        try:
+            return within(
+                ACQUIRE_WAIT,
+                lambda: self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl),
+                give_up=lambda: self.stop_requested is not None,
+            )
+        finally:
+            self.in_lease = False
+            if self.stop_requested is not None:
+                handler, signum = self.stop_requested
+                self.stop_requested = None
+                handler(signum, None)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
         self.heartbeat.beat()  # leader or standby: the loop is going round
         try:
-            leader = within(ACQUIRE_WAIT, lambda: self.leases.acquire(LEASE_NAME, self.holder_id, self.lease_ttl))
+            leader = self._lease()
         except Exception:
             logger.exception("beat lease check failed; not ticking until the database answers")
             leader = False
@@ -147,12 +185,16 @@ class LeasedScheduler(Scheduler):  # type: ignore[misc]  # celery ships no types
     def close(self) -> None:
         """Release the lease (once, waiting at most :data:`RELEASE_WAIT`) and the broker connection.
 
-        Called from the signal handler too: in the middle of a tick it does nothing, as the tick's
-        lease transaction (or publish) is still open; the ``SystemExit`` the handler raises next
-        unwinds the tick, and Celery closes the scheduler again on the way out.
+        Called from Celery's signal handler too, which waits for the end of the lease's transaction
+        (:meth:`_lease`); should it come in the middle anyway, nothing is done here (the release
+        would wait for the transaction's own lock) and Celery closes the scheduler again on the
+        way out.
         """
-        if self.ticking:
+        if self.in_lease:
             return
+        for signum, handler in self._handlers.items():  # the next scheduler wraps Celery's own
+            signal.signal(signum, handler)
+        self._handlers = {}
         if self.is_leader:
             self.is_leader = False
             try:
