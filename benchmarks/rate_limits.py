@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -354,6 +355,18 @@ def main() -> int:
                 f"(with the {len(beside)} limited starts meanwhile: "
                 f"{rate(sorted(free_times + beside)):.1f} starts/s of all)"
             )
+            if free_times:
+                since = [(t - free_times[0]).total_seconds() for t in free_times]
+                marks = {q: since[min(len(since) - 1, int(q * len(since)))] for q in (0.5, 0.9, 0.99)}
+                with engine.connect() as conn:
+                    attempts = Counter(
+                        conn.execute(sa.select(_TASKS.c.attempts).where(_TASKS.c.id.in_(list(free_set)))).scalars()
+                    )
+                print(
+                    f"  unlimited starts after the first: half by {marks[0.5]:.1f} s, 90 % by {marks[0.9]:.1f} s, "
+                    f"99 % by {marks[0.99]:.1f} s, the last at {since[-1]:.1f} s; "
+                    f"attempts {dict(sorted(attempts.items()))}"
+                )
             print(
                 f"phase 2, limited group:     {len(times)} of {args.tasks} started in {limited_seconds:.1f} s "
                 f"(whole phase {total:.1f} s)"
