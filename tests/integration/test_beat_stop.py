@@ -66,6 +66,27 @@ def exited(beat: subprocess.Popen[bytes], log: Path, signalled: float) -> float:
     return took
 
 
+@contextmanager
+def another_writer(sqlite_uri: str) -> Iterator[None]:
+    """Another writer (a planning tick, a batch) holds SQLite's write lock until the block ends."""
+    writer = sqlite3.connect(sqlite_uri.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+
+
+def signal_once_waiting(beat: subprocess.Popen[bytes], leases: LeaseStore, log: Path) -> float:
+    """SIGTERM to ``beat`` once its lease lapsed (it renews every 0.5 s, so its tick now waits for
+    the lock); the moment it was sent."""
+    assert wait_for(lambda: leases.holder(LEASE_NAME) is None, timeout=10), log.read_text()
+    signalled = time.monotonic()
+    beat.send_signal(signal.SIGTERM)
+    return signalled
+
+
 def test_sigterm_while_a_tick_waits_for_sqlites_write_lock_stops_beat_at_once_and_releases_its_lease(
     sqlite_uri: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -74,16 +95,9 @@ def test_sigterm_while_a_tick_waits_for_sqlites_write_lock_stops_beat_at_once_an
     leases = LeaseStore(engine)
     with running_beat(sqlite_uri, redis_url, log) as beat:
         assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
-        writer = sqlite3.connect(sqlite_uri.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
-        writer.execute("BEGIN IMMEDIATE")  # another writer (a planning tick, a batch) holds the lock
-        try:
-            # Beat renews every 0.5 s: once its lease lapsed, its tick is waiting for the lock.
-            assert wait_for(lambda: leases.holder(LEASE_NAME) is None, timeout=10), log.read_text()
-            signalled = time.monotonic()
-            beat.send_signal(signal.SIGTERM)
-        finally:
-            writer.execute("COMMIT")  # the tick gets the lock: the signal lands mid-transaction
-            writer.close()
+        with another_writer(sqlite_uri):
+            signalled = signal_once_waiting(beat, leases, log)
+        # the other writer committed: the tick gets the lock, the signal lands mid-transaction
         assert exited(beat, log, signalled) <= STOPS_WITHIN, log.read_text()
     assert lease_rows(engine) == [], "a beat that stops cleanly releases its lease"
     engine.dispose()
@@ -97,16 +111,9 @@ def test_a_beat_stopped_while_another_writer_keeps_the_lock_exits_without_waitin
     leases = LeaseStore(engine)
     with running_beat(sqlite_uri, redis_url, log) as beat:
         assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
-        writer = sqlite3.connect(sqlite_uri.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
-        writer.execute("BEGIN IMMEDIATE")
-        try:
-            assert wait_for(lambda: leases.holder(LEASE_NAME) is None, timeout=10), log.read_text()
-            signalled = time.monotonic()
-            beat.send_signal(signal.SIGTERM)
+        with another_writer(sqlite_uri):
+            signalled = signal_once_waiting(beat, leases, log)
             assert exited(beat, log, signalled) <= STOPS_WITHIN, log.read_text()
-        finally:
-            writer.execute("COMMIT")
-            writer.close()
     assert "the beat lease was not released: the database stayed locked" in log.read_text()
     assert lease_rows(engine) != [], "the lease was left to lapse, as the log says"
     assert leases.holder(LEASE_NAME) is None
