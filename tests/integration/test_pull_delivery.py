@@ -73,12 +73,6 @@ def producers(clients: KATClients, engine: Engine, settings: Settings, publisher
     return ProducerContext(clients, TaskStore(engine), ScheduleStore(engine), settings, publisher)
 
 
-@pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
-    with serve_api(settings, engine=engine) as server:
-        yield server
-
-
 def queued_ids(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return {
