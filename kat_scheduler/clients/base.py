@@ -267,7 +267,7 @@ def _host_problem(base_url: str, exc: Exception) -> str:
         host = urlsplit(base_url).hostname
     except ValueError:
         host = None
-    where = "the base URL" if host is None else f"the base URL's host {host!r}"
+    where = "the base URL" if host is None else f"the base URL (host {host!r})"
     return f"{where} cannot be used: {masked_text(str(exc))}"
 
 

@@ -195,7 +195,7 @@ def test_a_base_url_whose_host_cannot_be_used_is_a_service_error_without_its_pas
 
     assert type(caught.value) is ServiceError
     assert str(caught.value).startswith("octopoes: GET /health: request failed: ")
-    assert f"host {host!r} cannot be used" in str(caught.value)
+    assert f"(host {host!r}) cannot be used" in str(caught.value)
     assert "s3cretpw" not in str(caught.value)
 
 

@@ -425,7 +425,9 @@ def test_a_client_error_quotes_neither_the_urls_password_nor_a_token(secrets: Se
     bearer token): the client's errors, and their causes, show neither."""
     raised: list[BaseException] = []
     with KatalogusClient(f"http://kat:{secrets.katalogus}@127.0.0.1:99999", retries=0) as katalogus:
-        with pytest.raises(ServiceError, match="request failed: Failed to parse") as bad_port:
+        with pytest.raises(
+            ServiceError, match=r"request failed: the base URL \(host '127\.0\.0\.1'\) cannot be used: Failed to parse"
+        ) as bad_port:
             katalogus.health()
         raised.append(bad_port.value)
     with BytesClient(bad_bytes, "scheduler", secrets.bytes_password, retries=0) as bytes_client:
