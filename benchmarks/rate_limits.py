@@ -381,7 +381,7 @@ def main() -> int:
             if cycles:
                 print(
                     f"  a slot's cycle (start i to start i+{n}): mean {sum(cycles) / len(cycles):.3f} s, "
-                    f"min {min(cycles):.3f} s, max {max(cycles):.3f} s"
+                    f"min {min(cycles):.6f} s, max {max(cycles):.3f} s"
                 )
             print(f"  tasks that waited for their window at least once: {waits}")
             print(f"  rows left live: {live}")
