@@ -50,6 +50,22 @@ def running_beat(db_uri: str, redis_url: str, log: Path) -> Iterator[subprocess.
         stop(beat)
 
 
+@contextmanager
+def leading_beat(
+    db_uri: str, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], LeaseStore, Path]]:
+    """A real beat on ``db_uri`` once it holds the lease; the lease store and beat's log beside it."""
+    log = tmp_path / "beat.log"
+    engine = make_engine(db_uri, pool_size=2)
+    leases = LeaseStore(engine)
+    try:
+        with running_beat(db_uri, redis_url, log) as beat:
+            assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
+            yield beat, leases, log
+    finally:
+        engine.dispose()
+
+
 def lease_rows(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return [row.holder for row in conn.execute(sa.text("SELECT holder FROM beat_leases WHERE name = 'beat'"))]
@@ -90,50 +106,35 @@ def signal_once_waiting(beat: subprocess.Popen[bytes], leases: LeaseStore, log: 
 def test_sigterm_while_a_tick_waits_for_sqlites_write_lock_stops_beat_at_once_and_releases_its_lease(
     sqlite_uri: str, redis_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "beat.log"
-    engine = make_engine(sqlite_uri)
-    leases = LeaseStore(engine)
-    with running_beat(sqlite_uri, redis_url, log) as beat:
-        assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
+    with leading_beat(sqlite_uri, redis_url, tmp_path) as (beat, leases, log):
         with another_writer(sqlite_uri):
             signalled = signal_once_waiting(beat, leases, log)
         # the other writer committed: the tick gets the lock, the signal lands mid-transaction
         assert exited(beat, log, signalled) <= STOPS_WITHIN, log.read_text()
-    assert lease_rows(engine) == [], "a beat that stops cleanly releases its lease"
-    engine.dispose()
+        assert lease_rows(leases.engine) == [], "a beat that stops cleanly releases its lease"
 
 
 def test_a_beat_stopped_while_another_writer_keeps_the_lock_exits_without_waiting_for_it(
     sqlite_uri: str, redis_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "beat.log"
-    engine = make_engine(sqlite_uri)
-    leases = LeaseStore(engine)
-    with running_beat(sqlite_uri, redis_url, log) as beat:
-        assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
+    with leading_beat(sqlite_uri, redis_url, tmp_path) as (beat, leases, log):
         with another_writer(sqlite_uri):
             signalled = signal_once_waiting(beat, leases, log)
             assert exited(beat, log, signalled) <= STOPS_WITHIN, log.read_text()
-    assert "the beat lease was not released: the database stayed locked" in log.read_text()
-    assert lease_rows(engine) != [], "the lease was left to lapse, as the log says"
-    assert leases.holder(LEASE_NAME) is None
-    engine.dispose()
+        assert "the beat lease was not released: the database stayed locked" in log.read_text()
+        assert lease_rows(leases.engine) != [], "the lease was left to lapse, as the log says"
+        assert leases.holder(LEASE_NAME) is None
 
 
 def test_sigterm_while_a_tick_waits_for_the_lease_row_on_postgresql_stops_beat_and_releases_it(
     private_postgres_uri: str, redis_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "beat.log"
-    engine = make_engine(private_postgres_uri, pool_size=2)
-    leases = LeaseStore(engine)
-    with running_beat(private_postgres_uri, redis_url, log) as beat:
-        assert wait_for(lambda: leases.holder(LEASE_NAME) is not None, timeout=60), log.read_text()
-        with engine.connect() as other:
+    with leading_beat(private_postgres_uri, redis_url, tmp_path) as (beat, leases, log):
+        with leases.engine.connect() as other:
             other.execute(sa.text("SELECT 1 FROM beat_leases WHERE name = 'beat' FOR UPDATE"))  # the row's lock
             assert wait_for(lambda: leases.holder(LEASE_NAME) is None, timeout=10), log.read_text()
             signalled = time.monotonic()
             beat.send_signal(signal.SIGTERM)
             other.rollback()  # the tick gets the row: the signal lands mid-transaction
         assert exited(beat, log, signalled) <= STOPS_WITHIN, log.read_text()
-    assert lease_rows(engine) == [], "a beat that stops cleanly releases its lease"
-    engine.dispose()
+        assert lease_rows(leases.engine) == [], "a beat that stops cleanly releases its lease"
