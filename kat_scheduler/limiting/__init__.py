@@ -1,8 +1,10 @@
 """Rate limits per group, across organisations, worker processes and machines (issue #20).
 
 * the rules (pure): :mod:`kat_scheduler.rules.rate_limits`: parse a limit, resolve a group template;
-* the counters (Redis, through the ``limits`` library): :mod:`~kat_scheduler.limiting.limiter`;
-  a worker asks :meth:`RateLimiter.admit` right before it starts a boefje;
+* the counters: :mod:`~kat_scheduler.limiting.limiter`, over moving windows in Redis counted on
+  the Redis server's clock (:mod:`~kat_scheduler.limiting.window`); a worker asks
+  :meth:`RateLimiter.admit` right before it starts a boefje and records the moment it was counted
+  as the start;
 * a task over its limit waits without a message and without a worker slot
   (:mod:`~kat_scheduler.limiting.waiting`), and is published again when its window opens by a
   thread in each worker node's main process (:mod:`~kat_scheduler.limiting.release`).

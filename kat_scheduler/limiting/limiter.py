@@ -1,17 +1,24 @@
 """The counters: one moving window per group and limit, in Redis, shared by every worker process on
-every machine (the ``limits`` library's :class:`~limits.strategies.MovingWindowRateLimiter` over
-its Redis storage).
+every machine (:mod:`kat_scheduler.limiting.window`: our own, counted on the Redis server's clock).
 
-A start is counted when a worker is about to start a boefje (:meth:`RateLimiter.admit`); a killed
-worker does not reset a window, since the window is in Redis, not in the process. A limit of
-several parts (``10/hour;100/day``) admits a start only when every part has room: each is tested
-first, then each is hit, so a start refused by one part takes nothing from the others (two
-workers racing between the test and the hit can only be refused, never let through over a limit).
+A start is counted when a worker is about to start a boefje (:meth:`RateLimiter.admit`), and the
+task's row records as its start the very moment its window counted it (:attr:`Admission.at`), so
+the recorded starts hold the limit in every window, not only the counters. A killed worker does
+not reset a window, since the window is in Redis, not in the process; and every worker on every
+machine counts by one clock, the Redis server's, so a machine whose clock is off counts no
+differently. A limit of several parts (``10/hour;100/day``) admits a start only when every part
+has room, in one atomic call: a start refused by one part takes nothing from the others.
+
+Why not the ``limits`` library's moving window (it still parses the limit strings,
+:mod:`kat_scheduler.rules.rate_limits`): it counts by each client's clock and does not say at
+which moment it counted, so a start recorded by the worker's clock a moment before the count, right
+at a window's edge, lands inside the window it must not share; and a limit of several parts there
+is tested, then hit part by part.
 
 The release (:mod:`kat_scheduler.limiting.release`) counts what it publishes the same way, in a
-window of its own per group and limit (:meth:`RateLimiter.take_releases`): a published task is
-not counted as a start until a worker starts it, so the starts' window alone would let every
-release pass in between publish the same room again.
+window of its own per group and limit (:meth:`RateLimiter.take_releases`, as many as it wants in
+one call): a published task is not counted as a start until a worker starts it, so the starts'
+window alone would let every release pass in between publish the same room again.
 """
 
 from __future__ import annotations
@@ -20,21 +27,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from limits import RateLimitItem
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
-
+from kat_scheduler.limiting.window import PREFIX, MovingWindows, Part
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules.rate_limits import RateLimit, Unresolvable, limit_for, parse_overrides, resolve_group
 from kat_scheduler.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: The Redis keys of the counters start with this (``limits`` adds the limit and the group).
-KEY_PREFIX = "kat_scheduler:rate_limits"
-#: The first identifier of the release's counters (:meth:`RateLimiter.take_releases`).
+#: The Redis keys of the counters start with this (:mod:`~kat_scheduler.limiting.window` adds the
+#: part of the limit and the window's name).
+KEY_PREFIX = PREFIX
+#: The name of a group's starts' window is this, ``:`` and the group.
+STARTS = "starts"
+#: The name of a group's releases' window (:meth:`RateLimiter.take_releases`) is this, ``:`` and
+#: the group.
 RELEASED = "released"
 
 
@@ -45,10 +53,11 @@ class Admission:
     allowed: bool
     limit: RateLimit | None = None
     group: str | None = None
-    #: When refused: the earliest time a start of the group may be admitted.
+    #: When refused: the earliest time a start of the group may be admitted (the Redis server's
+    #: clock).
     until: datetime | None = None
-    #: When admitted under a limit: the moment it was counted (read right before the count, with
-    #: no I/O between), which the task's row records as its start.
+    #: When admitted under a limit: the moment its window counted it (the Redis server's clock),
+    #: which the task's row records as its start.
     at: datetime | None = None
 
 
@@ -57,14 +66,15 @@ FREE = Admission(True)
 #: Looks a start makes for a window about to open before it goes back to wait (another worker may
 #: take the room first).
 LEAD_TRIES = 3
-#: Seconds past the window's opening a waiting start looks again: a start is recorded from this
-#: process's clock a moment before the counters take it, so a start right on the window's edge
-#: could be recorded inside the window it must not share.
-LEAD_SLACK = 0.01
+#: Seconds past the moment its room opens a waiting start looks again. The pause is measured from
+#: the Redis server's answer, so the machine's own clock does not enter; the margin only keeps a
+#: sleep that ends a hair early from costing another look.
+LEAD_SLACK = 0.001
 
 
-def _at(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
+def parts(limit: RateLimit) -> list[Part]:
+    """The parts of a limit, as its windows count them."""
+    return [Part(item.amount, item.get_expiry()) for item in limit.items]
 
 
 class RateLimiter:
@@ -79,8 +89,7 @@ class RateLimiter:
         plugin_ttl: float = 30.0,
         lead: float = 0.0,
     ):
-        self.storage = storage_from_string(storage_uri, key_prefix=key_prefix)
-        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.windows = MovingWindows(storage_uri, key_prefix)
         self.overrides = overrides
         #: Seconds a plugin's limit fields, as Katalogus gave them, are reused (per organisation).
         self.plugin_ttl = plugin_ttl
@@ -152,16 +161,17 @@ class RateLimiter:
         group = self.group_of(limit, boefje_id, organisation, input_ooi)
         if group is None:
             return FREE
-        admission = self._admit(limit, group)
+        admission, now = self._admit(limit, group)
         latest = time.monotonic() + self.lead  # the whole wait, however many looks
         for _ in range(LEAD_TRIES):
             if admission.allowed or admission.until is None:
                 break
-            pause = max((admission.until - datetime.now(UTC)).total_seconds(), 0.0) + LEAD_SLACK
+            # Both on the Redis server's clock: the pause does not depend on this machine's.
+            pause = max((admission.until - now).total_seconds(), 0.0) + LEAD_SLACK
             if time.monotonic() + pause > latest + LEAD_SLACK:
                 break
             time.sleep(pause)
-            admission = self._admit(limit, group)
+            admission, now = self._admit(limit, group)
         return admission
 
     def take_releases(self, limit: RateLimit, group: str, wanted: int) -> int:
@@ -170,46 +180,26 @@ class RateLimiter:
         Releases are counted like starts, in a window of their own (``released`` and the group):
         every node's release passes count there, so a group's tasks are published no faster than
         its limit lets them start, however often the release passes before those tasks start."""
-        taken = 0
-        while taken < wanted and not self._full(limit, RELEASED, group) and self._hit(limit, RELEASED, group) is None:
-            taken += 1
-        return taken
-
-    def _full(self, limit: RateLimit, *identifiers: str) -> list[RateLimitItem]:
-        """The parts of a limit of several parts that have no room now (tested, nothing counted), so
-        a start one part refuses takes no room from the others. One part: none (its hit tests)."""
-        if len(limit.items) == 1:
-            return []
-        return [item for item in limit.items if not self.strategy.test(item, *identifiers)]
-
-    def _hit(self, limit: RateLimit, *identifiers: str) -> RateLimitItem | None:
-        """Count one in every part; the part that had no room (another worker took it meanwhile)."""
-        for item in limit.items:
-            if not self.strategy.hit(item, *identifiers):
-                return item
-        return None
-
-    def _admit(self, limit: RateLimit, group: str) -> Admission:
-        full = self._full(limit, group)
-        if not full:
-            at = datetime.now(UTC)
-            refused = self._hit(limit, group)
-            if refused is None:
-                return Admission(True, limit, group, at=at)
-            full = [refused]
-        until = max(self.strategy.get_window_stats(item, group).reset_time for item in full)
-        return Admission(False, limit, group, _at(until))
+        if wanted < 1:
+            return 0
+        return self.windows.take(parts(limit), f"{RELEASED}:{group}", wanted).count
 
     def room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
         """How many starts the group has room for now, and when its next room opens."""
-        return self._room(limit, group)
+        return self._room(limit, f"{STARTS}:{group}")
 
     def release_room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
         """How many releases of the group may go now (:meth:`take_releases`), and when the next may."""
-        return self._room(limit, RELEASED, group)
+        return self._room(limit, f"{RELEASED}:{group}")
 
-    def _room(self, limit: RateLimit, *identifiers: str) -> tuple[int, datetime]:
-        stats = [self.strategy.get_window_stats(item, *identifiers) for item in limit.items]
-        free = min(s.remaining for s in stats)
-        opens = max(s.reset_time for s in stats if s.remaining == free)
-        return max(free, 0), _at(opens)
+    def _admit(self, limit: RateLimit, group: str) -> tuple[Admission, datetime]:
+        """One look: the admission, and the Redis server's clock when it answered."""
+        taken = self.windows.take(parts(limit), f"{STARTS}:{group}")
+        if taken.count:
+            return Admission(True, limit, group, at=taken.at), taken.now
+        return Admission(False, limit, group, until=taken.at), taken.now
+
+    def _room(self, limit: RateLimit, name: str) -> tuple[int, datetime]:
+        rooms, _ = self.windows.room(parts(limit), name)
+        free = min(r.remaining for r in rooms)
+        return free, max(r.opens for r in rooms if r.remaining == free)
