@@ -3,6 +3,7 @@ an unlimited group runs beside it.
 
     .venv/bin/python -m benchmarks.rate_limits [--tasks 300] [--free 300] [--limit 5/second]
         [--nodes 2] [--concurrency 2] [--seed 1] [--keep-logs]
+    .venv/bin/python -m benchmarks.rate_limits --race 8 [--race-seconds 60] [--limit 5/second]
 
 Per run: a fresh, migrated PostgreSQL database (``BENCH_POSTGRES_URI``), the simulated KAT in this
 process, a private ``redis-server`` on a free port (the broker and the rate-limit counters; never
@@ -20,18 +21,26 @@ Two phases, each from an empty broker:
    task over its limit) for the worker nodes to release them. ``--flood`` publishes the whole
    limited backlog instead, the worst case: every limited message costs a worker one refusal.
 
-Start times are the rows' ``started_at``, written right after the limiter admitted the start.
-Printed: the most starts of the limited group in any 1-second window (must be ≤ the limit's
-amount per second), its achieved rate after the first window ((starts − amount) / (last − first
-start)) against the limit, how often its tasks waited (put back and released again), and the
-unlimited group's drain rate alone and beside the limited backlog. Exits 1 when the window check
-fails or rows were left live.
+Start times are the rows' ``started_at``: the moment the limiter's window counted the start (the
+Redis server's clock, :mod:`kat_scheduler.limiting.window`). Printed: the most starts of the
+limited group in any 1-second window (must be ≤ the limit's amount per second), its achieved
+rate after the first window ((starts − amount) / (last − first start)) against the limit, how
+often its tasks waited (put back and released again), and the unlimited group's drain rate alone
+and beside the limited backlog. Exits 1 when the window check fails or rows were left live.
+
+``--race N``: the limiter alone, at a window's edge (no database, no workers). ``N`` processes, each
+with its own limiter and connection to a private Redis, admit starts of one group in a tight loop
+for ``--race-seconds``, so every window's opening is raced for by all of them; the moments they
+were admitted at (what a row records) are counted per 1-second window as above. Printed: the most
+in any window, how many starts ended a window over the limit, the achieved rate and the shortest
+cycle. Exits 1 when a window holds more than the limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import random
 import signal
@@ -51,12 +60,12 @@ import sqlalchemy as sa
 from benchmarks.common import drop_database, fresh_database, workdir
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
-from kat_scheduler.limiting import WaitingStore
+from kat_scheduler.limiting import RateLimiter, WaitingStore
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_payload
-from kat_scheduler.rules.rate_limits import rate_limit
+from kat_scheduler.rules.rate_limits import RateLimit, parse_overrides, rate_limit
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, World, WorldConfig, generate_world
 from kat_scheduler.storage import TaskStore
@@ -243,6 +252,45 @@ def rate(times: list[datetime]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]).total_seconds()
 
 
+def admit_until(url: str, text: str, seconds: float, found: multiprocessing.SimpleQueue[list[datetime]]) -> None:
+    """One racing process (``--race``): admit starts of the group until ``seconds`` are over."""
+    gate = RateLimiter(url, parse_overrides(f"race={text}@{GROUP}"))
+    admitted: list[datetime] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        admission = gate.admit("race", None, "org", None)
+        if admission.allowed and admission.at is not None:
+            admitted.append(admission.at)
+    found.put(admitted)
+
+
+def race(limit: RateLimit, processes: int, seconds: float, work: Path) -> int:
+    """``--race``: ``processes`` limiters admitting at once; 1 when a window holds more than the limit."""
+    per_second = min(item.amount / item.get_expiry() for item in limit.items)
+    context = multiprocessing.get_context("fork")
+    found: multiprocessing.SimpleQueue[list[datetime]] = context.SimpleQueue()
+    with private_redis(work) as url:
+        racers = [context.Process(target=admit_until, args=(url, limit.text, seconds, found)) for _ in range(processes)]
+        for racer in racers:
+            racer.start()
+        times = sorted(t for _ in racers for t in found.get())
+        for racer in racers:
+            racer.join()
+    most = most_in_window(times, timedelta(seconds=1))
+    over, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - timedelta(seconds=1):
+            j += 1
+        over += i - j + 1 > per_second
+    n = limit.capacity
+    cycles = [(times[i + n] - times[i]).total_seconds() for i in range(len(times) - n)]
+    print(f"{len(times)} starts of one group at {limit.text} admitted by {processes} racing processes in {seconds:g} s")
+    print(f"  most starts in any 1 s window: {most} (limit {per_second:g}/s); starts ending a window over it: {over}")
+    shortest = min(cycles, default=0.0)
+    print(f"  achieved rate: {rate(times):.3f} starts/s; shortest cycle (start i to i+{n}): {shortest:.6f} s")
+    return 1 if most > per_second else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=300, help="tasks of the limited group")
@@ -257,8 +305,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=7200.0)
     parser.add_argument("--flood", action="store_true", help="publish the whole limited backlog at once")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--race", type=int, default=0, help="racing processes: the limiter alone at a window's edge")
+    parser.add_argument("--race-seconds", type=float, default=60.0)
     args = parser.parse_args()
     limit = rate_limit(args.limit)
+    if args.race:
+        with workdir("kat-rate-race-", args.keep_logs) as work:
+            return race(limit, args.race, args.race_seconds, work)
     per_second = min(item.amount / item.get_expiry() for item in limit.items)
     rng = random.Random(args.seed)
 
