@@ -5,12 +5,20 @@ A request is ``{"filters": [F, ...]}`` (all must hold) or ``{"filters": {"and": 
 them hold), with ``F = {"column", "field"?, "operator", "value"}``. ``field`` walks the JSON of
 ``data`` with ``__`` between keys (``boefje__oci_image``); a key of digits is an array index.
 
-The JSON value at a path is compared as the type of the filter's value (text, integer, float or
-boolean), on PostgreSQL (``#>>``) and SQLite (``json_extract``) alike. The operators that are
-PostgreSQL's own (``match`` full-text search, the JSON operators ``@>``, ``<@``, ``@?``, ``@@``)
-are refused on SQLite with :class:`FilterError` (a 400 over HTTP), never answered with a wrong
-result. Every problem with a filter (an unknown column, a value of the wrong type for the
-column or operator) is a :class:`FilterError` naming it.
+The JSON value at a path is compared as the type of the filter's value (text, a number or a
+boolean; a datetime as the ISO text JSON holds), on PostgreSQL (``#>``, ``jsonb_typeof``) and SQLite
+(``json_extract``, ``json_type``) alike: a value of another JSON type, like a missing one, never
+matches (``is_null`` matches a missing value and JSON null). The operators that are PostgreSQL's own
+(``match`` full-text search, the JSON operators ``@>``, ``<@``, ``@?``, ``@@``) are refused on
+SQLite with :class:`FilterError` (a 400 over HTTP), never answered with a wrong result, and so are
+the few filters SQLite would answer differently: ``ilike`` with a pattern holding non-ASCII
+letters (SQLite folds the case of ASCII letters only) and a field key with a double quote.
+
+Every problem with a filter is a :class:`FilterError` naming it, found before any statement
+runs: an unknown column, a value of the wrong type for the column or operator, a value no
+database can take (text with a NUL character or a lone surrogate, an integer outside 64 bits, NaN
+or Infinity), an ordering operator with true or false, a LIKE pattern ending in its escape
+character.
 
 A JSON path (the value of ``@?`` and ``@@``) is PostgreSQL's own language; :func:`check_json_paths`
 has PostgreSQL parse each path of a request before the request runs, and a path it refuses is a
@@ -20,6 +28,7 @@ has PostgreSQL parse each path of a request before the request runs, and a path 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,10 +43,15 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
+    Numeric,
     String,
     Table,
+    Text,
     Uuid,
+    and_,
+    any_,
     bindparam,
+    case,
     cast,
     exists,
     false,
@@ -47,13 +61,15 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
+    type_coerce,
 )
 from sqlalchemy import Enum as SqlEnum
-from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH
 from sqlalchemy.exc import DBAPIError
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of
+from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UTCDateTime, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +210,23 @@ SCHEDULE_COLUMNS = (
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {"tasks": COLUMNS, "schedules": SCHEDULE_COLUMNS}
 
 
+#: The most filters one request may hold, and the most values their lists may hold together:
+#: SQLite parses a condition as a tree at most 1000 deep and binds at most 32766 values.
+MAX_FILTERS = 100
+MAX_VALUES = 10_000
+
+
 def conditions(request: FilterRequest | None, dialect: str, table: Table = _TASKS) -> list[ColumnElement[bool]]:
     """The conditions of ``request`` on ``table`` (``tasks`` unless given: ``schedules`` is the
     other) for a database of ``dialect`` (``postgresql``, ``sqlite``)."""
     if request is None:
         return []
+    items = _items(request)
+    if len(items) > MAX_FILTERS:
+        raise FilterError(f"{len(items)} filters in one request; at most {MAX_FILTERS}")
+    values = sum(len(item.value) for item in items if isinstance(item.value, list))
+    if values > MAX_VALUES:
+        raise FilterError(f"the filters' lists hold {values} values together; at most {MAX_VALUES}")
     if isinstance(request.filters, list):
         return [condition(f, dialect, table) for f in request.filters]
     groups = request.filters
@@ -208,6 +236,13 @@ def conditions(request: FilterRequest | None, dialect: str, table: Table = _TASK
     if groups.not_:
         found.append(not_(or_(*(condition(f, dialect, table) for f in groups.not_))))
     return found
+
+
+def _items(request: FilterRequest) -> list[Filter]:
+    """Every filter of ``request``, in a list or in its groups."""
+    if isinstance(request.filters, list):
+        return request.filters
+    return [*request.filters.and_, *request.filters.or_, *request.filters.not_]
 
 
 #: The field of ``data`` a boefje worker pops by (its images), and the most images
@@ -235,7 +270,7 @@ def split_images(request: FilterRequest | None) -> tuple[tuple[str, ...], Filter
     values = item.value if item.operator is Operator.IN else [item.value]
     if not isinstance(values, list) or not values or len(values) > MAX_SPLIT_IMAGES:
         return (), request
-    if not all(isinstance(v, str) for v in values):
+    if not all(isinstance(v, str) and _unfit(v) is None for v in values):
         return (), request
     rest = [f for f in request.filters if f is not item]
     images = tuple(dict.fromkeys(str(v) for v in values))
@@ -249,6 +284,7 @@ def condition(item: Filter, dialect: str, table: Table = _TASKS) -> ColumnElemen
         raise FilterError(f"unknown filter column {item.column!r} (columns: {', '.join(columns)})")
     if item.operator in POSTGRESQL_ONLY and dialect != "postgresql":
         raise FilterError(f"operator {item.operator.value!r} needs PostgreSQL; this scheduler's database is {dialect}")
+    _check_values(item)
     column = table.c[item.column]
     if item.column == "data":
         return _json_condition(item, dialect, table)
@@ -257,6 +293,66 @@ def condition(item: Filter, dialect: str, table: Table = _TASKS) -> ColumnElemen
     value = _column_value(item, column.type)
     is_text = isinstance(column.type, String) and not isinstance(column.type, SqlEnum)
     return _compare(item, column, value, is_text=is_text, dialect=dialect)
+
+
+#: The integers a filter may hold: SQLite's (64 bits); PostgreSQL's columns hold no larger.
+_INTEGERS = range(-(2**63), 2**63)
+#: The most characters of a value an error shows.
+_SHOWN_VALUE = 100
+
+
+def _unfit(value: Any) -> str | None:
+    """Why no database can take ``value`` (``None``: it can)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "text with a NUL character (PostgreSQL cannot store or compare it)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not Unicode (a lone surrogate such as \\ud800)"
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int) and value not in _INTEGERS:
+        return "an integer outside the 64-bit range"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return "a number that is not finite (NaN or Infinity)"
+    return None
+
+
+def unstorable(value: Any, where: str) -> str | None:
+    """What in ``value`` (JSON read from a request: dicts, lists, scalars) no database can store,
+    named by its place (``where`` its root: ``data.boefje.id``); ``None`` when it all can. Walked
+    without recursion: a body nests as deep as its parser lets it."""
+    pending: list[tuple[str, Any]] = [(where, value)]
+    while pending:
+        place, item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                problem = _unfit(key)
+                if problem is not None:
+                    return f"{place} has a key {_shown(key)} that is {problem}"
+                pending.append((f"{place}.{key}", child))
+        elif isinstance(item, list):
+            pending.extend((f"{place}.{index}", child) for index, child in enumerate(item))
+        else:
+            problem = _unfit(item)
+            if problem is not None:
+                return f"{place} is {problem}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN_VALUE else shown[: _SHOWN_VALUE - 3] + "..."
+
+
+def _check_values(item: Filter) -> None:
+    """:class:`FilterError` for a value (or a list item) no database can take."""
+    where = f"{item.column}{'.' + item.field if item.field else ''}"
+    for value in item.value if isinstance(item.value, list) else [item.value]:
+        problem = _unfit(value)
+        if problem is not None:
+            raise FilterError(f"value {_shown(value)} of the filter on {_shown(where)} is {problem}")
 
 
 def _column_value(item: Filter, sql_type: Any) -> Any:
@@ -278,9 +374,11 @@ def _scalar_for(item: Filter, sql_type: Any, value: Any) -> Any:
             return enum(value)
         if isinstance(sql_type, Uuid):
             return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-        if isinstance(sql_type, DateTime):
-            moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        if isinstance(sql_type, DateTime | UTCDateTime):
+            if not isinstance(value, str | datetime):
+                raise ValueError("not an ISO datetime or date")
+            moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
         if isinstance(sql_type, Boolean):
             if not isinstance(value, bool):
                 raise ValueError("not a boolean")
@@ -293,8 +391,8 @@ def _scalar_for(item: Filter, sql_type: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError("not a string")
             return value
-    except ValueError as exc:
-        raise FilterError(f"value {value!r} does not fit column {name!r}: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        raise FilterError(f"value {_shown(value)} does not fit column {name!r}: {exc}") from None
     return value
 
 
@@ -307,18 +405,20 @@ def _compare(item: Filter, left: Any, value: Any, *, is_text: bool, dialect: str
         return left.is_not(None)  # type: ignore[no-any-return]
     if op in (Operator.IN, Operator.NOT_IN):
         if not isinstance(value, list):
-            raise FilterError(f"operator {op.value!r} on {where} needs a list value, not {item.value!r}")
+            raise FilterError(f"operator {op.value!r} on {where} needs a list value, not {_shown(item.value)}")
         return left.in_(value) if op is Operator.IN else left.not_in(value)  # type: ignore[no-any-return]
     if isinstance(value, list):
         raise FilterError(f"operator {op.value!r} on {where} needs a single value, not a list")
     if op in (Operator.IS, Operator.IS_NOT):
         if value is not None and not isinstance(value, bool):
-            raise FilterError(f"operator {op.value!r} on {where} takes null, true or false, not {item.value!r}")
+            raise FilterError(f"operator {op.value!r} on {where} takes null, true or false, not {_shown(item.value)}")
         return left.is_(value) if op is Operator.IS else left.is_not(value)  # type: ignore[no-any-return]
     if op in _COMPARE:
         if value is None:
             raise FilterError(f"operator {op.value!r} on {where} needs a value; use is_null or is_not_null for null")
         kind = _COMPARE[op]
+        if isinstance(value, bool) and kind not in ("eq", "ne"):
+            raise FilterError(f"operator {op.value!r} on {where} orders values; true and false take ==, !=, is, is_not")
         return {  # type: ignore[no-any-return]
             "eq": lambda: left == value,
             "ne": lambda: left != value,
@@ -329,9 +429,14 @@ def _compare(item: Filter, left: Any, value: Any, *, is_text: bool, dialect: str
         }[kind]()
     if op in _TEXT_OPERATORS:
         if not is_text or not isinstance(value, str):
-            raise FilterError(f"operator {op.value!r} compares text: {where} with {item.value!r} is not text")
-        if dialect == "sqlite" and op in (Operator.LIKE, Operator.NOT_LIKE, Operator.CONTAINS, Operator.STARTS_WITH):
-            return _sqlite_case_sensitive(op, left, value)
+            raise FilterError(f"operator {op.value!r} compares text: {where} with {_shown(item.value)} is not text")
+        if op in _LIKE_OPERATORS and _ends_in_escape(value):
+            raise FilterError(
+                f"operator {op.value!r} on {where}: pattern {_shown(value)} ends with the escape character \\"
+                " (write \\\\ for a backslash)"
+            )
+        if dialect == "sqlite":
+            return _sqlite_text(op, left, value, where)
         if op is Operator.LIKE:
             return left.like(value)  # type: ignore[no-any-return]
         if op is Operator.NOT_LIKE:
@@ -345,66 +450,163 @@ def _compare(item: Filter, left: Any, value: Any, *, is_text: bool, dialect: str
         return left.startswith(value, autoescape=True)  # type: ignore[no-any-return]
     if op is Operator.MATCH:
         if not is_text or not isinstance(value, str):
-            raise FilterError(f"operator 'match' searches text: {where} with {item.value!r} is not text")
+            raise FilterError(f"operator 'match' searches text: {where} with {_shown(item.value)} is not text")
         return func.to_tsvector("simple", left).op("@@")(func.plainto_tsquery("simple", value))
     raise FilterError(f"operator {op.value!r} does not apply to {where}")
 
 
-def _sqlite_case_sensitive(op: Operator, left: Any, value: str) -> ColumnElement[bool]:
-    """``like`` and its kin as PostgreSQL answers them (case-sensitive); SQLite's LIKE ignores case."""
+_LIKE_OPERATORS = frozenset({Operator.LIKE, Operator.NOT_LIKE, Operator.ILIKE, Operator.NOT_ILIKE})
+
+
+def _ends_in_escape(pattern: str) -> bool:
+    """Whether a LIKE pattern ends with an escape character (``\\``) that escapes nothing:
+    PostgreSQL refuses such a pattern when it runs."""
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    return trailing % 2 == 1
+
+
+def _sqlite_text(op: Operator, left: Any, value: str, where: str) -> ColumnElement[bool]:
+    """The text operators as PostgreSQL answers them: ``like`` and its kin case-sensitive (SQLite's
+    LIKE ignores case), ``\\`` escaping the next character of a pattern, ``ilike`` ignoring the
+    case of any letter (SQLite folds ASCII letters only: a pattern with other letters of two cases
+    is refused, never answered wrongly)."""
     if op is Operator.CONTAINS:
         return func.instr(left, value) > 0
     if op is Operator.STARTS_WITH:
         return func.substr(left, 1, len(value)) == value
+    if op in (Operator.ILIKE, Operator.NOT_ILIKE):
+        if any(not char.isascii() and char.lower() != char.upper() for char in value):
+            raise FilterError(
+                f"operator {op.value!r} on {where}: SQLite ignores the case of ASCII letters only, and pattern "
+                f"{_shown(value)} has other letters; PostgreSQL can, or use like with both cases"
+            )
+        matched = left.ilike(value, escape="\\")
+        return matched if op is Operator.ILIKE else not_(matched)  # type: ignore[no-any-return]
     glob = left.op("GLOB", is_comparison=True)(_glob_of_like(value))
     return glob if op is Operator.LIKE else not_(glob)  # type: ignore[no-any-return]
 
 
 def _glob_of_like(pattern: str) -> str:
-    """A LIKE pattern (``%`` any run, ``_`` one character) as the same GLOB pattern."""
-    special = {"*": "[*]", "?": "[?]", "[": "[[]", "%": "*", "_": "?"}
-    return "".join(special.get(char, char) for char in pattern)
+    """A LIKE pattern (``%`` any run, ``_`` one character, ``\\`` escaping the next character) as
+    the same GLOB pattern."""
+    special = {"*": "[*]", "?": "[?]", "[": "[[]"}
+    wildcards = {"%": "*", "_": "?"}
+    glob: list[str] = []
+    escaped = False
+    for char in pattern:
+        if escaped:
+            glob.append(special.get(char, char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            glob.append(wildcards.get(char) or special.get(char, char))
+    return "".join(glob)
 
 
-def _path(field: str) -> tuple[str | int, ...]:
+def _path(field: str, dialect: str) -> tuple[str | int, ...]:
+    """The keys of ``field`` (a key of ASCII digits is an array index)."""
     keys = field.split("__")
     if any(not key for key in keys):
-        raise FilterError(f"field {field!r} has an empty key")
-    return tuple(int(key) if key.isdigit() else key for key in keys)
+        raise FilterError(f"field {_shown(field)} has an empty key")
+    for key in keys:
+        problem = _unfit(key)
+        if problem is not None:
+            raise FilterError(f"field {_shown(field)} has a key that is {problem}")
+        if dialect == "sqlite" and '"' in key:
+            raise FilterError(
+                f"field {_shown(field)}: SQLite's JSON paths cannot name a key with a double quote; PostgreSQL can"
+            )
+    return tuple(int(key) if key.isascii() and key.isdigit() else key for key in keys)
+
+
+def _sqlite_path(path: tuple[str | int, ...]) -> str:
+    """``path`` as SQLite's JSON path (``$."boefje"."id"``, ``$."tags"[0]``)."""
+    return "$" + "".join(f"[{k}]" if isinstance(k, int) else f'."{k}"' for k in path)
+
+
+def _pg_at(data: Any, path: tuple[str | int, ...], *, as_text: bool) -> ColumnElement[Any]:
+    """The JSON (or, ``as_text``, its text) at ``path`` on PostgreSQL (``#>``, ``#>>``), the path
+    bound as an array of text: any key works, whatever characters it holds."""
+    keys = bindparam(None, [str(k) for k in path], type_=ARRAY(Text()))
+    if as_text:
+        return data.op("#>>", return_type=Text())(keys)  # type: ignore[no-any-return]
+    return data.op("#>", return_type=JSONB())(keys)  # type: ignore[no-any-return]
+
+
+#: The JSON types a filter's value is compared with: (PostgreSQL's ``jsonb_typeof``, SQLite's
+#: ``json_type``) per kind of value.
+_JSON_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "string": (("string",), ("text",)),
+    "number": (("number",), ("integer", "real")),
+    "boolean": (("boolean",), ("true", "false")),
+}
+
+
+def _json_typed(data: Any, path: tuple[str | int, ...], kind: str, dialect: str) -> ColumnElement[Any]:
+    """The JSON value at ``path`` when it is of ``kind`` (a string as text, a number, a boolean),
+    else NULL: a value of another type never matches, on either database, and PostgreSQL never
+    casts a value that is not of the type (an error when the statement runs)."""
+    pg_types, sqlite_types = _JSON_TYPES[kind]
+    sql_type: Any = {"string": Text(), "number": Numeric(), "boolean": Boolean()}[kind]
+    if dialect == "postgresql":
+        typeof = func.jsonb_typeof(_pg_at(data, path, as_text=False))
+        raw = _pg_at(data, path, as_text=True)
+        value: Any = raw if kind == "string" else cast(raw, sql_type)
+        return case((typeof.in_(pg_types), value), else_=None)
+    where = _sqlite_path(path)
+    json_type = func.json_type(data, where)
+    if kind == "boolean":
+        return case((json_type.in_(sqlite_types), json_type == "true"), else_=None)
+    return type_coerce(case((json_type.in_(sqlite_types), func.json_extract(data, where)), else_=None), sql_type)
+
+
+def _json_text(data: Any, path: tuple[str | int, ...], dialect: str) -> ColumnElement[Any]:
+    """The value at ``path``, NULL when it is missing or JSON null (any other value is not NULL)."""
+    if dialect == "postgresql":
+        return _pg_at(data, path, as_text=True)
+    return func.json_extract(data, _sqlite_path(path))
 
 
 def _json_condition(item: Filter, dialect: str, table: Table) -> ColumnElement[bool]:
     data = table.c.data
     op = item.operator
     if op in (Operator.JSON_CONTAINS, Operator.JSON_CONTAINED_BY):
-        target = cast(data, JSONB) if item.field is None else cast(data, JSONB)[_path(item.field)]
-        document = cast(bindparam(None, orjson.dumps(item.value, default=str).decode(), type_=String()), JSONB)
-        return target.op(op.value)(document)
+        target = cast(data, JSONB) if item.field is None else _pg_at(data, _path(item.field, dialect), as_text=False)
+        document = cast(bindparam(None, orjson.dumps(_plain(item.value)).decode(), type_=String()), JSONB)
+        return target.op(op.value, is_comparison=True)(document)
     if op in (Operator.JSON_PATH_EXISTS, Operator.JSON_PATH_MATCH):
         if item.field is not None:
             raise FilterError(f"operator {op.value!r} takes a JSON path as its value, not a field")
         if not isinstance(item.value, str):
-            raise FilterError(f"operator {op.value!r} needs a JSON path (text), not {item.value!r}")
-        return cast(data, JSONB).op(op.value)(cast(bindparam(None, item.value, type_=String()), JSONPATH))
+            raise FilterError(f"operator {op.value!r} needs a JSON path (text), not {_shown(item.value)}")
+        return _json_path(data, op, item.value)
     if item.field is None:
         if op in (Operator.IS_NULL, Operator.IS_NOT_NULL):
             return data.is_(None) if op is Operator.IS_NULL else data.is_not(None)
         raise FilterError(f"operator {op.value!r} on column 'data' needs a field (a path into its JSON)")
-    path = _path(item.field)
+    path = _path(item.field, dialect)
     if op is Operator.ANY:
         return _json_any(path, item, dialect, table)
+    if op in (Operator.IS_NULL, Operator.IS_NOT_NULL) or (op in (Operator.IS, Operator.IS_NOT) and item.value is None):
+        missing = _json_text(data, path, dialect).is_(None)
+        return missing if op in (Operator.IS_NULL, Operator.IS) else not_(missing)
     sample = _sample(item.value)
-    element = data[path]
-    if isinstance(sample, bool):
-        left: Any = element.as_boolean()
-    elif isinstance(sample, int):
-        left = element.as_integer()
-    elif isinstance(sample, float):
-        left = element.as_float()
-    else:
-        left = element.as_string()
-    value = _plain(item.value)
-    return _compare(item, left, value, is_text=isinstance(sample, str | datetime | type(None)), dialect=dialect)
+    kind = "boolean" if isinstance(sample, bool) else "number" if isinstance(sample, int | float) else "string"
+    left = _json_typed(data, path, kind, dialect)
+    return _compare(item, left, _plain(item.value), is_text=kind == "string", dialect=dialect)
+
+
+def _json_path(data: Any, op: Operator, path: str) -> ColumnElement[bool]:
+    """``data @? path`` or ``data @@ path`` as PostgreSQL's ``jsonb_path_exists_tz`` and
+    ``jsonb_path_match_tz`` (silent, as the operators are): the same answers, but a datetime with
+    a zone compared with one without (``.datetime()``) takes the session's time zone instead of
+    failing the statement."""
+    function = func.jsonb_path_exists_tz if op is Operator.JSON_PATH_EXISTS else func.jsonb_path_match_tz
+    variables = cast(bindparam(None, "{}", type_=String()), JSONB)
+    return function(
+        cast(data, JSONB), cast(bindparam(None, path, type_=String()), JSONPATH), variables, true(), type_=Boolean()
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -420,20 +622,33 @@ def _sample(value: FilterValue) -> Any:
     return value
 
 
+#: SQLite's ``json_type`` of JSON's constants, and the Python value of each.
+_JSON_CONSTANTS = (("true", True), ("false", False), ("null", None))
+
+
 def _json_any(path: tuple[str | int, ...], item: Filter, dialect: str, table: Table) -> ColumnElement[bool]:
-    """The JSON array at ``path`` holds at least one of the values (one value or a list)."""
+    """The JSON array at ``path`` holds at least one of the values (one value or a list), each
+    matched as its own JSON type (a string never matches a number, true never matches 1)."""
     values: list[Any] = _plain(item.value) if isinstance(item.value, list) else [_plain(item.value)]
     if not values:
         return false()
     if dialect == "postgresql":
-        target = cast(table.c.data, JSONB)[path]
-        options = [
-            target.op("@>")(cast(bindparam(None, orjson.dumps([v]).decode(), type_=String()), JSONB)) for v in values
-        ]
-        return or_(*options)
-    json_path = "$" + "".join(f"[{k}]" if isinstance(k, int) else f'."{k}"' for k in path)
-    each = func.json_each(table.c.data, json_path).table_valued("value")
-    return exists(select(literal_column("1")).select_from(each).where(each.c.value.in_(values)))
+        # [value] @> for each value, as one expression: target @> ANY(ARRAY['["a"]', '[1]']::jsonb[])
+        target = _pg_at(table.c.data, path, as_text=False)
+        documents = bindparam(None, [orjson.dumps([v]).decode() for v in values], type_=ARRAY(Text()))
+        return target.op("@>", is_comparison=True)(any_(cast(documents, ARRAY(JSONB()))))
+    where = _sqlite_path(path)
+    each = func.json_each(table.c.data, where).table_valued("value", "type")
+    texts = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    matches: list[ColumnElement[bool]] = []
+    if texts:
+        matches.append(and_(each.c.type == "text", each.c.value.in_(texts)))
+    if numbers:
+        matches.append(and_(each.c.type.in_(("integer", "real")), each.c.value.in_(numbers)))
+    matches.extend(each.c.type == name for name, wanted in _JSON_CONSTANTS if any(v is wanted for v in values))
+    is_array = func.json_type(table.c.data, where) == "array"
+    return and_(is_array, exists(select(literal_column("1")).select_from(each).where(or_(*matches))))
 
 
 #: The SQLSTATEs of PostgreSQL refusing the text of a JSON path: a syntax error (42601), a data
@@ -449,13 +664,9 @@ def json_paths(request: FilterRequest | None) -> list[tuple[Operator, str]]:
     """The JSON paths of ``request`` (the text values of ``@?`` and ``@@``), each once."""
     if request is None:
         return []
-    if isinstance(request.filters, list):
-        items = request.filters
-    else:
-        items = [*request.filters.and_, *request.filters.or_, *request.filters.not_]
     found = (
         (item.operator, item.value)
-        for item in items
+        for item in _items(request)
         if item.operator in JSON_PATH_OPERATORS and isinstance(item.value, str)
     )
     return list(dict.fromkeys(found))
@@ -470,6 +681,10 @@ def check_json_paths(request: FilterRequest | None, engine: Engine) -> None:
     paths = json_paths(request)
     if not paths or engine.dialect.name != "postgresql":
         return
+    for operator, path in paths:
+        problem = _unfit(path)
+        if problem is not None:
+            raise _refused(f"JSON path {_shown(path)} of operator {operator.value!r} is {problem}")
     with engine.connect() as conn:
         for operator, path in paths:
             shown = path if len(path) <= _SHOWN_PATH else path[: _SHOWN_PATH - 3] + "..."
@@ -543,4 +758,5 @@ __all__ = [
     "conditions",
     "json_paths",
     "split_images",
+    "unstorable",
 ]

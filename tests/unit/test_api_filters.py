@@ -34,22 +34,42 @@ def one(column: str, operator: str, value: object, field: str | None = None) -> 
 
 @pytest.mark.parametrize(
     ("pattern", "glob"),
-    [("acme%", "acme*"), ("a_c", "a?c"), ("100*%", "100[*]*"), ("what?", "what[?]"), ("[x]%", "[[]x]*")],
+    [
+        ("acme%", "acme*"),
+        ("a_c", "a?c"),
+        ("100*%", "100[*]*"),
+        ("what?", "what[?]"),
+        ("[x]%", "[[]x]*"),
+        ("100\\%%", "100%*"),
+        ("a\\_\\\\b", "a_\\b"),
+        ("\\*", "[*]"),
+    ],
 )
 def test_a_like_pattern_becomes_the_same_case_sensitive_glob_on_sqlite(pattern, glob):
     assert sql(one("organisation", "like", pattern), "sqlite") == f"tasks.organisation GLOB '{glob}'"
 
 
-def test_a_json_path_is_read_as_text_on_both_backends():
+def test_a_json_path_is_read_as_text_only_where_it_holds_a_string_on_both_backends():
     body = one("data", "==", "nmap", field="boefje__id")
 
-    assert sql(body, "postgresql") == "CAST((tasks.data #>> '{boefje, id}') AS VARCHAR) = 'nmap'"
-    assert sql(body, "sqlite") == "CAST(JSON_EXTRACT(tasks.data, '$.\"boefje\".\"id\"') AS VARCHAR) = 'nmap'"
+    assert sql(body, "postgresql") == (
+        "CASE WHEN (jsonb_typeof(tasks.data #> ARRAY['boefje', 'id']) IN ('string'))"
+        " THEN tasks.data #>> ARRAY['boefje', 'id'] END = 'nmap'"
+    )
+    assert sql(body, "sqlite") == (
+        "CASE WHEN (json_type(tasks.data, '$.\"boefje\".\"id\"') IN ('text'))"
+        " THEN json_extract(tasks.data, '$.\"boefje\".\"id\"') END = 'nmap'"
+    )
 
 
-def test_a_json_value_is_compared_as_the_type_of_the_filter_value():
-    assert "AS INTEGER" in sql(one("data", ">", 2, field="boefje__scan_level"), "postgresql")
-    assert "AS BOOLEAN" in sql(one("data", "is", True, field="enabled"), "postgresql")
+def test_a_json_value_is_cast_to_the_type_of_the_filter_value_only_when_it_is_of_that_type():
+    number = sql(one("data", ">", 2, field="boefje__scan_level"), "postgresql")
+    boolean = sql(one("data", "is", True, field="enabled"), "postgresql")
+
+    assert "WHEN (jsonb_typeof(tasks.data #> ARRAY['boefje', 'scan_level']) IN ('number'))" in number
+    assert "THEN CAST(tasks.data #>> ARRAY['boefje', 'scan_level'] AS NUMERIC) END > 2" in number
+    assert "WHEN (jsonb_typeof(tasks.data #> ARRAY['enabled']) IN ('boolean'))" in boolean
+    assert "THEN CAST(tasks.data #>> ARRAY['enabled'] AS BOOLEAN) END IS true" in boolean
 
 
 @pytest.mark.parametrize("operator", sorted(op.value for op in POSTGRESQL_ONLY))
