@@ -5,9 +5,11 @@ never exceed a limit in any window, however many workers admit at once."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
+import pytest
 import redis
 
 from kat_scheduler.limiting.limiter import RateLimiter
@@ -166,3 +168,21 @@ def test_a_windows_keys_are_its_own_and_expire_with_their_newest_moment(redis_ur
                 assert 0 < ttl <= 1001
             else:
                 assert 3_599_000 < ttl <= 3_600_001
+
+
+def test_a_worker_whose_clock_is_behind_counts_in_the_same_window_as_the_others(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}"
+    behind, on_time = (limiter(redis_url, "nmap=2/second@scan", prefix) for _ in range(2))
+    real = time.time
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "time", lambda: real() - 5)  # this machine's clock is 5 s behind
+        first = [behind.admit("nmap", None, "org", f"Hostname|internet|{n}") for n in range(2)]
+    assert all(a.allowed for a in first)
+
+    refused = on_time.admit("nmap", None, "org", "Hostname|internet|3")
+    assert not refused.allowed  # the window is the one the other machine filled
+    with redis.Redis.from_url(redis_url) as client:
+        now = server_clock(client)
+    assert all(a.at is not None and now - timedelta(seconds=1) < a.at <= now for a in first)
