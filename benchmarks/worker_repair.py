@@ -9,8 +9,8 @@ stock ``celery worker -Q boefjes`` processes of kat_scheduler's own app with a l
 first runs it for five minutes, the second is idle. The first's main process is SIGKILLed; the
 reaper runs in a thread every ``SCHEDULER_REAP_INTERVAL`` seconds, as beat would have a scheduler
 worker run it. Every repair setting keeps its default (heartbeat interval, loss age, reaper
-interval); the scenario is the test's own (``sigkilled_worker_repair`` in
-``tests/integration/test_worker_heartbeats.py``, which runs it with short settings).
+interval); the scenario is the test's own (``sigkilled_worker_repair`` in ``tests/worker_repair.py``,
+which ``tests/integration/test_worker_heartbeats.py`` runs with short settings).
 
 Printed per run: seconds from the SIGKILL until the task was handed on and until the other worker
 completed it. Exits 1 when a run took a minute or more.
@@ -30,7 +30,7 @@ from kat_scheduler.settings import load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.storage.db import make_engine
 from tests.integration.conftest import WORLD_NOW, make_clients
-from tests.integration.test_worker_heartbeats import sigkilled_worker_repair, write_plugins
+from tests.worker_repair import sigkilled_worker_repair, write_plugins
 from tests.workers import stop
 
 #: #19's Done-when: the task runs elsewhere within a minute.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,3 +119,15 @@ def start_listener(
         cwd=ROOT,
         start_new_session=True,
     )
+
+
+def probe_env(kat: Any, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """:func:`kat_env` for a worker whose probe tasks record what they ran in ``redis_url``."""
+    return {**kat_env(kat, postgres_uri, redis_url, PROBE_REDIS_URL=redis_url), **extra}
+
+
+def write_plugin(root: Path, folder: str, description: str, module: str, plugin_id: str, code: str) -> None:
+    """A local plugin in KAT's layout: ``root/folder`` with its ``description`` JSON and ``module``."""
+    (root / folder).mkdir(parents=True)
+    (root / folder / description).write_text(json.dumps({"id": plugin_id, "name": plugin_id}))
+    (root / folder / module).write_text(textwrap.dedent(code))

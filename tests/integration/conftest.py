@@ -1,7 +1,9 @@
 """Fixtures for planning, dispatch and API tests.
 
 A simulated KAT over HTTP and the producers' context on it (``producers``); the API served on the
-test's database (``api``, with ``settings``, which a test module redefines when it needs others).
+test's database (``api``, with ``settings``, which a test module redefines when it needs others);
+RabbitMQ on the run's own events vhost (``events_amqp_base``, and ``amqp_events`` without our event
+queues; the helpers on events are in tests/events.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim import SimulatedKAT, WorldConfig, generate_world
 from kat_scheduler.sim.world import World
 from tests.api_server import ApiServer, serve_api
+from tests.conftest import run_vhost
+from tests.events import EVENTS_VHOST, drop_our_queues
+from tests.vhosts import RunVhosts
 
 #: The simulated world's "now"; history ages are relative to it.
 WORLD_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -83,3 +88,17 @@ def api(engine: Engine, settings: Settings) -> Iterator[ApiServer]:
     """The API with ``settings`` on ``engine``: each test using it runs on SQLite and on PostgreSQL."""
     with serve_api(settings, engine=engine) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def events_amqp_base(rabbitmq_vhosts: RunVhosts) -> str:
+    """RabbitMQ on the run's own events vhost (created now, deleted at the end of the run)."""
+    return run_vhost(EVENTS_VHOST)
+
+
+@pytest.fixture
+def amqp_events(events_amqp_base: str) -> Iterator[str]:
+    """RabbitMQ with none of our event queues (ours only: other queues are never touched)."""
+    drop_our_queues(events_amqp_base)
+    yield events_amqp_base
+    drop_our_queues(events_amqp_base)

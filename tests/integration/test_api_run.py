@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.test_main_job import clean_environment, processes_of_run, wait_for_line
+from tests.runs import clean_environment, processes_of_run, wait_for_line
 from tests.workers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,9 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import pytest
-import redis
 from croniter import croniter
 from sqlalchemy import Engine, delete, func, select, text, update
 
@@ -27,6 +26,7 @@ from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from tests.factories import BoefjeMetaFactory
 from tests.integration.conftest import WORLD_NOW
+from tests.tasks import broker_messages
 
 NOW = WORLD_NOW + timedelta(minutes=5)
 
@@ -47,12 +47,6 @@ def queued_triples(engine: Engine) -> list[tuple[str, str, str | None]]:
             )
         ).all()
     return [(r[0], r[1], r[2]) for r in rows]
-
-
-def broker_messages(redis_url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    keys = [k for k in cast(list[bytes], client.keys("boefjes*")) if not k.startswith(b"_kombu")]
-    return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
 
 
 def test_a_tick_queues_exactly_the_tasks_the_rules_allow(producers, world, pg_engine, redis_url) -> None:

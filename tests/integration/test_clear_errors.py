@@ -19,15 +19,14 @@ from kat_scheduler.settings import masked_url
 from kat_scheduler.storage import migrate
 from kat_scheduler.storage.db import make_engine
 from tests.conftest import new_database
-from tests.integration.test_event_consumer import amqp_events, events_amqp_base  # noqa: F401
-from tests.integration.test_main_job import (
+from tests.runs import (
     CONFIG_PREFIXES,
-    ROOT,
     clean_environment,
     processes_of_run,
     run_command,
     wait_for_line,
 )
+from tests.workers import ROOT
 
 #: Where the expected revision comes from: the newest migration script.
 HEAD = migrate.head_revision()
@@ -269,7 +268,7 @@ def test_the_listener_logs_its_event_bus_by_url_with_the_password_masked(
     tmp_path: Path,
     sqlite_uri: str,
     redis_url: str,
-    amqp_events: str,  # noqa: F811
+    amqp_events: str,
 ) -> None:
     env = environment(SCHEDULER_DB_URI=sqlite_uri, SCHEDULER_BROKER_URL=redis_url, QUEUE_URI=amqp_events)
     log = tmp_path / "listen.log"

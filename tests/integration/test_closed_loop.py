@@ -16,7 +16,7 @@ from kat_scheduler.producers import ManualPush
 from kat_scheduler.storage import TaskRow
 from tests.closed_loop import closed_loop
 from tests.conftest import vhost_name
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
+from tests.events import drop_our_queues
 from tests.vhosts import own_vhost
 from tests.workers import wait_for
 
@@ -24,7 +24,7 @@ VHOST = vhost_name("loop")
 
 
 @pytest.fixture
-def loop_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def loop_events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url

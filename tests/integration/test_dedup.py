@@ -36,10 +36,9 @@ from kat_scheduler.workers.lifecycle import BoefjeJob, Outcome
 from kat_scheduler.workers.simulated import SimulatedRunner
 from tests.closed_loop import closed_loop, worker_env
 from tests.conftest import vhost_name
+from tests.events import drop_our_queues
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
-from tests.integration.test_worker_lifecycle import queued_boefje_task
-from tests.integration.test_workers import publish_boefje
+from tests.tasks import publish_boefje, queued_boefje_task
 from tests.vhosts import own_vhost
 from tests.workers import celery_worker, wait_for
 
@@ -380,7 +379,7 @@ DEDUP_VHOST = vhost_name("dedup")
 
 
 @pytest.fixture
-def dedup_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def dedup_events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, DEDUP_VHOST)
     drop_our_queues(url)
     yield url

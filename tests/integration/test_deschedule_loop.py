@@ -22,8 +22,8 @@ from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskRow
 from tests.closed_loop import closed_loop
 from tests.conftest import vhost_name
+from tests.events import drop_our_queues
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
 from tests.vhosts import own_vhost
 from tests.workers import wait_for
 
@@ -39,7 +39,7 @@ def world() -> World:
 
 
 @pytest.fixture
-def loop_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def loop_events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url

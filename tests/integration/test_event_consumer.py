@@ -20,21 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from kombu.connection import Connection
-from kombu.entity import Queue as KombuQueue
-from kombu.messaging import Producer
 
 from kat_scheduler.events.consumer import (
-    REDIS_TRANSPORT_OPTIONS,
     EventConsumer,
     Rejected,
     TransientError,
@@ -43,212 +37,26 @@ from kat_scheduler.events.consumer import (
 )
 from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.settings import load_settings
-from tests.conftest import run_vhost, vhost_name
 from tests.consumer_script import DONE, STARTED, event_key
-from tests.vhosts import RunVhosts
+from tests.events import (
+    EVENTS_VHOST,
+    FakeHandler,
+    assert_nothing_left,
+    consuming,
+    counted,
+    depth,
+    key,
+    mutation,
+    publish,
+    raw_file,
+    take_all,
+)
 from tests.workers import ROOT, stop, wait_for
-
-EVENTS_VHOST = vhost_name("events")
-OUR_QUEUES = [
-    SCAN_PROFILE_MUTATIONS,
-    RAW_FILE_RECEIVED,
-    dead_letter_queue(SCAN_PROFILE_MUTATIONS),
-    dead_letter_queue(RAW_FILE_RECEIVED),
-]
-
-
-# --- brokers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def events_amqp_base(rabbitmq_vhosts: RunVhosts) -> str:
-    """RabbitMQ on the run's own events vhost (created now, deleted at the end of the run)."""
-    return run_vhost(EVENTS_VHOST)
-
-
-def drop_our_queues(url: str) -> None:
-    with Connection(url, connect_timeout=3) as conn:
-        for name in OUR_QUEUES:
-            with conn.channel() as channel, contextlib.suppress(*conn.channel_errors):
-                channel.queue_delete(name)
-
-
-@pytest.fixture
-def amqp_events(events_amqp_base: str) -> Iterator[str]:
-    """RabbitMQ with none of our event queues (ours only: other queues are never touched)."""
-    drop_our_queues(events_amqp_base)
-    yield events_amqp_base
-    drop_our_queues(events_amqp_base)
 
 
 @pytest.fixture(params=["amqp", "redis"])
 def broker(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("amqp_events" if request.param == "amqp" else "redis_url")  # type: ignore[no-any-return]
-
-
-# --- events, publishing, inspecting -----------------------------------------------------------
-
-
-def mutation(n: int, operation: str = "create") -> dict[str, Any]:
-    key = f"Hostname|internet|host-{n}.example.nl"
-    return {
-        "operation": operation,
-        "primary_key": key,
-        "client_id": "aa",
-        "value": {
-            "primary_key": key,
-            "object_type": "Hostname",
-            "scan_profile": {"scan_profile_type": "declared", "reference": key, "level": 2},
-        },
-    }
-
-
-def raw_file(n: int) -> dict[str, Any]:
-    return {
-        "event_id": "raw_file_received",
-        "created_at": "2025-05-27T09:00:16.601+00:00",
-        "organization": "aa",
-        "raw_data": {
-            "id": f"7c1f0000-0000-4000-8000-{n:012d}",
-            "boefje_meta": {
-                "id": f"0b0e0000-0000-4000-8000-{n:012d}",
-                "boefje": {"id": "dns-records", "version": None},
-                "input_ooi": "Hostname|internet|mispo.es",
-                "organization": "aa",
-            },
-            "mime_types": [{"value": "boefje/dns-records"}],
-            "secure_hash": None,
-            "hash_retrieval_link": None,
-        },
-    }
-
-
-def key(n: int) -> str:
-    return str(mutation(n)["primary_key"])
-
-
-def publish(url: str, queue: str, bodies: Iterable[dict[str, Any] | bytes]) -> None:
-    """As KAT publishes: plain JSON, default exchange, routing key = queue name, durable queue."""
-    with Connection(url) as conn, conn.channel() as channel:
-        KombuQueue(queue, durable=True).declare(channel=channel)
-        producer = Producer(channel)
-        for body in bodies:
-            if isinstance(body, bytes):
-                producer.publish(
-                    body,
-                    routing_key=queue,
-                    content_type="application/octet-stream",
-                    content_encoding="binary",
-                    delivery_mode=2,
-                )
-            else:
-                producer.publish(body, routing_key=queue, serializer="json", delivery_mode=2)
-
-
-def depth(url: str, queue: str) -> int:
-    """Messages ready on ``queue`` (0 if it does not exist)."""
-    with Connection(url) as conn, conn.channel() as channel:
-        try:
-            return int(KombuQueue(queue).queue_declare(passive=True, channel=channel).message_count)
-        except conn.channel_errors:
-            return 0
-
-
-def as_bytes(body: bytes | str) -> bytes:
-    return body.encode() if isinstance(body, str) else body
-
-
-def take_all(url: str, queue: str) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every message on ``queue`` as (body, headers), removed."""
-    taken = []
-    with Connection(url) as conn, conn.channel() as channel:
-        bound = KombuQueue(queue, no_declare=True)(channel)
-        while (message := bound.get(no_ack=True)) is not None:
-            taken.append((as_bytes(message.body), dict(message.headers)))
-    return taken
-
-
-def assert_nothing_left(url: str, *queues: str) -> None:
-    """After the consumer closed: nothing ready, hence nothing was left unacked either."""
-    for queue in queues:
-        assert depth(url, queue) == 0, queue
-    if url.startswith("redis"):
-        assert redis.Redis.from_url(url).hlen(REDIS_TRANSPORT_OPTIONS["unacked_key"]) == 0
-
-
-# --- a fake handler and a consumer in a thread ------------------------------------------------
-
-
-@dataclass
-class Call:
-    at: float
-    queue: str
-    keys: list[str]
-    failed: bool = False
-
-
-class FakeHandler:
-    """Records every batch; raises ``fail[call number]`` (1-based) and rejects what ``reject`` names."""
-
-    def __init__(
-        self,
-        fail: dict[int, Exception] | None = None,
-        reject: Callable[[Any], str | None] = lambda event: None,
-        before: Callable[[int], object] = lambda number: None,
-    ) -> None:
-        self.fail = fail or {}
-        self.reject = reject
-        self.before = before
-        self.calls: list[Call] = []
-
-    def __call__(self, queue: str, events: list[Any]) -> list[Rejected]:
-        call = Call(time.monotonic(), queue, [event_key(event) for event in events])
-        self.calls.append(call)
-        self.before(len(self.calls))
-        if len(self.calls) in self.fail:
-            call.failed = True
-            raise self.fail[len(self.calls)]
-        return [Rejected(i, reason) for i, event in enumerate(events) if (reason := self.reject(event))]
-
-    def handled(self) -> list[str]:
-        """Keys of the events of every batch that succeeded, repeats included."""
-        return [k for call in self.calls if not call.failed for k in call.keys]
-
-
-#: The consumer's idle wait while a test consumes: how soon an idle consumer notices its stop. No
-#: test here is about that wait, and every test stops its consumer, which would otherwise wait it
-#: out at the default each time.
-TEST_IDLE_WAIT = 0.05
-
-
-@contextlib.contextmanager
-def consuming(consumer: EventConsumer) -> Iterator[EventConsumer]:
-    """``consumer.run()`` in a thread, stopped (and checked to have stopped cleanly) at the end."""
-    from kat_scheduler.events import consumer as consumer_module
-
-    stop_event = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run(stop=stop_event)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="event-consumer", daemon=True)
-    with mock.patch.object(consumer_module, "IDLE_WAIT", TEST_IDLE_WAIT):
-        thread.start()
-        try:
-            yield consumer
-        finally:
-            stop_event.set()
-            thread.join(15)
-    assert not thread.is_alive(), "the consumer did not stop"
-    assert not errors, errors
-
-
-def counted(consumer: EventConsumer, **expected: int) -> Callable[[], bool]:
-    return lambda: all(consumer.stats()[name] == value for name, value in expected.items())
 
 
 # --- tests ----------------------------------------------------------------------------------

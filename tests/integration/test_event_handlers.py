@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from kat_scheduler.sim.oracle import allowed_event_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.object_events import ObjectEventStore
+from tests.events import expected_boefjes, profile_mutation, raw_file_event
 from tests.factories import BoefjeMetaFactory
 
 NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
@@ -67,19 +67,6 @@ def raw_files(clients: KATClients, stores, publisher, planner_settings) -> RawFi
     return RawFileHandler(plugins, tasks, schedules, publisher, planner_settings, clock=lambda: NOW)
 
 
-def mutation(org: str, pk: str, level: int | None, operation: str = "create") -> ScanProfileMutation:
-    value = None
-    if level is not None:
-        value = {
-            "primary_key": pk,
-            "object_type": pk.split("|", 1)[0],
-            "scan_profile": {"scan_profile_type": "declared", "reference": pk, "level": level},
-        }
-    return ScanProfileMutation.model_validate(
-        {"operation": operation, "primary_key": pk, "client_id": org, "value": value}
-    )
-
-
 def planned_hostname(producers, world) -> tuple[str, Any]:
     """The world planned at ``NOW``; the first organisation and one of its hostnames at level 2 or more."""
     TickProducer(producers).run(NOW)
@@ -109,21 +96,10 @@ def tasks_on(engine: Engine, pk: str, status: TaskStatus = TaskStatus.QUEUED) ->
     return {plugin: band for plugin, band in rows}
 
 
-def expected_boefjes(world, org: str, object_type: str, level: int, operation: str) -> set[str]:
-    return {
-        b.id
-        for b in world.boefjes
-        if world.is_enabled(org, b.id)
-        and object_type in b.consumes
-        and b.scan_level <= level
-        and (not b.run_on or operation in b.run_on)
-    }
-
-
 def test_a_new_hostname_gets_every_enabled_boefje_its_level_clears_at_band_1(mutations, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "Hostname|internet|brand-new.example.nl"
-    assert mutations("scan_profile_mutations", [mutation(org, pk, 2)]) == []
+    assert mutations("scan_profile_mutations", [profile_mutation(org, pk, 2)]) == []
     queued = tasks_on(pg_engine, pk)
     assert set(queued) == expected_boefjes(world, org, "Hostname", 2, "create")
     assert queued and set(queued.values()) == {1}
@@ -132,25 +108,25 @@ def test_a_new_hostname_gets_every_enabled_boefje_its_level_clears_at_band_1(mut
 def test_a_scan_level_1_boefje_never_runs_on_a_level_0_hostname(mutations, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "Hostname|internet|level-zero.example.nl"
-    mutations("scan_profile_mutations", [mutation(org, pk, 0)])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 0)])
     assert all(world.plugin(b).scan_level == 0 for b in tasks_on(pg_engine, pk))
 
 
 def test_the_same_mutation_twice_queues_nothing_more(mutations, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "Hostname|internet|twice.example.nl"
-    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 2)])
     first = tasks_on(pg_engine, pk)
-    mutations("scan_profile_mutations", [mutation(org, pk, 2, "update")])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 2, "update")])
     assert tasks_on(pg_engine, pk) == first
 
 
 def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "IPAddressV4|internet|198.51.100.77"  # nmap needs level 2, shodan level 1
-    mutations("scan_profile_mutations", [mutation(org, pk, 4)])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 4)])
     before = tasks_on(pg_engine, pk)
-    mutations("scan_profile_mutations", [mutation(org, pk, 1, "update")])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 1, "update")])
     after = tasks_on(pg_engine, pk)
     assert set(after) == {b for b in before if world.plugin(b).scan_level <= 1}
     cancelled = tasks_on(pg_engine, pk, TaskStatus.CANCELLED)
@@ -164,8 +140,10 @@ def test_a_level_decrease_cancels_what_the_object_no_longer_clears(mutations, wo
 def test_a_batch_planned_before_the_last_is_written_does_not_queue_its_pairs_again(mutations, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     pk = "Hostname|internet|twice-in-a-row.example.nl"
-    first = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4)])
-    second = mutations.plan("scan_profile_mutations", [mutation(org, pk, 4, "update")])  # before first is written
+    first = mutations.plan("scan_profile_mutations", [profile_mutation(org, pk, 4)])
+    second = mutations.plan(
+        "scan_profile_mutations", [profile_mutation(org, pk, 4, "update")]
+    )  # before first is written
     first()()
     ran = tasks_on(pg_engine, pk)
     assert ran
@@ -187,8 +165,10 @@ def test_a_batch_planned_before_a_level_drop_is_written_plans_as_if_the_drop_had
     )
     before = tasks_on(pg_engine, known.primary_key)
     assert any(world.plugin(b).scan_level > 1 for b in before)
-    drop = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, 1, "update")])
-    back = mutations.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    drop = mutations.plan("scan_profile_mutations", [profile_mutation(org, known.primary_key, 1, "update")])
+    back = mutations.plan(
+        "scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")]
+    )
     drop()()  # cancels what level 1 does not clear and disables those schedules ...
     back()()  # ... which the level coming back queues again, as if the batches had run one by one
     requeued = tasks_on(pg_engine, known.primary_key)
@@ -205,7 +185,9 @@ def test_a_task_that_finishes_after_the_plan_saw_it_live_is_not_queued_again(
     assert queued
     later = NOW + timedelta(days=30)  # every schedule due, but the tasks are live when planned
     handler = handler_at(mutations, later)
-    write = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    write = handler.plan(
+        "scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")]
+    )
     with pg_engine.begin() as conn:  # the workers finish them before the batch is written
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=later))
     write()()
@@ -226,8 +208,8 @@ def test_a_delete_written_before_the_batch_before_it_is_sent_still_leaves_its_sc
         upsert(*args, **kwargs)
 
     monkeypatch.setattr(handler.schedules, "upsert", slow_upsert)
-    send_update = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, 4, "update")])()
-    write_delete = handler.plan("scan_profile_mutations", [mutation(org, known.primary_key, None, "delete")])
+    send_update = handler.plan("scan_profile_mutations", [profile_mutation(org, known.primary_key, 4, "update")])()
+    write_delete = handler.plan("scan_profile_mutations", [profile_mutation(org, known.primary_key, None, "delete")])
     sends: list[Any] = []
     writing = threading.Thread(target=lambda: sends.append(write_delete()))
     writing.start()
@@ -270,7 +252,7 @@ def test_a_failed_publish_frees_every_claim_of_its_batch_and_the_batch_comes_bac
     expected = expected_boefjes(world, org, "Hostname", 4, "create")
     assert len(expected) > 2
 
-    send = handler.plan("scan_profile_mutations", [mutation(org, pk, 4)])()
+    send = handler.plan("scan_profile_mutations", [profile_mutation(org, pk, 4)])()
     assert set(tasks_on(pg_engine, pk)) == expected  # claimed, every span
     with pytest.raises(TransientError, match="publishing failed"):
         send()
@@ -279,7 +261,7 @@ def test_a_failed_publish_frees_every_claim_of_its_batch_and_the_batch_comes_bac
     assert tasks_on(pg_engine, pk) == {}  # ... and every row is free again
     with pg_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(UnpublishedTask)).scalar_one() == 0
-    mutations("scan_profile_mutations", [mutation(org, pk, 4)])  # the batch again, the broker back
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 4)])  # the batch again, the broker back
     assert set(tasks_on(pg_engine, pk)) == expected
 
 
@@ -296,7 +278,7 @@ def test_a_delete_cancels_the_objects_queued_tasks_and_disables_its_schedules(
     org = world.organisation_ids[0]
     known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
     assert tasks_on(pg_engine, known.primary_key) and schedules_on(pg_engine, known.primary_key)
-    mutations("scan_profile_mutations", [mutation(org, known.primary_key, None, "delete")])
+    mutations("scan_profile_mutations", [profile_mutation(org, known.primary_key, None, "delete")])
     assert tasks_on(pg_engine, known.primary_key) == {}
     assert not any(row.enabled for row in schedules_on(pg_engine, known.primary_key).values())
 
@@ -307,7 +289,7 @@ def test_a_new_object_gets_its_schedules_from_its_first_run_at_the_next_tick(
     org = world.organisation_ids[0]
     known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
     pk = known.primary_key
-    mutations("scan_profile_mutations", [mutation(org, pk, known.scan_level)])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, known.scan_level)])
     queued = tasks_on(pg_engine, pk)
     assert queued and schedules_on(pg_engine, pk) == {}  # the event writes no schedule for a new pair
     ran = NOW + timedelta(minutes=10)
@@ -344,7 +326,7 @@ def test_an_event_moves_the_deadline_of_a_pair_it_queues_that_has_a_schedule(
     with pg_engine.begin() as conn:
         conn.execute(update(TaskRow).values(status=TaskStatus.COMPLETED, ended_at=NOW))
     handler = handler_at(mutations, later)
-    handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    handler("scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")])
     after = schedules_on(pg_engine, known.primary_key)
     requeued = {b for b in tasks_on(pg_engine, known.primary_key) if b in before}
     assert requeued
@@ -360,7 +342,7 @@ def test_an_event_for_a_pair_still_queued_queues_nothing_and_keeps_its_deadline(
     assert queued and set(queued) <= set(before)
     later = NOW + timedelta(days=30)  # every schedule is due, but the tasks never ran
     handler = handler_at(mutations, later)
-    handler("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    handler("scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")])
     with pg_engine.connect() as conn:
         rows = conn.execute(select(TaskRow.plugin_id).where(TaskRow.input_ooi == known.primary_key)).scalars().all()
     assert sorted(b for b in rows if b in queued) == sorted(queued)  # still one task per planned pair
@@ -373,10 +355,10 @@ def test_a_cancelled_task_is_never_started(mutations, world, pg_engine, stores) 
     tasks, _ = stores
     org = world.organisation_ids[0]
     pk = "Hostname|internet|cancel-me.example.nl"
-    mutations("scan_profile_mutations", [mutation(org, pk, 2)])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 2)])
     with pg_engine.connect() as conn:
         task_id = conn.execute(select(TaskRow.id).where(TaskRow.input_ooi == pk).limit(1)).scalar_one()
-    mutations("scan_profile_mutations", [mutation(org, pk, None, "delete")])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, None, "delete")])
     assert tasks.start(task_id, worker="w") is None
 
 
@@ -387,7 +369,7 @@ def test_an_object_within_its_schedule_is_not_run_again(mutations, producers, wo
     org = world.organisation_ids[0]
     known = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level >= 2)
     before = tasks_on(pg_engine, known.primary_key)
-    mutations("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])
+    mutations("scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")])
     after = tasks_on(pg_engine, known.primary_key)
     run_on_update = {b.id for b in world.boefjes if b.run_on and "update" in b.run_on}
     # Periodic boefjes are within their schedule: nothing new. Boefjes that run on updates do run.
@@ -404,12 +386,12 @@ def test_run_on_boefjes_run_only_on_their_operation(mutations, world, pg_engine)
     object_type = boefje.consumes[0]
     for operation in ("create", "update"):
         pk = f"{object_type}|internet|run-on-{operation}.example.nl"
-        mutations("scan_profile_mutations", [mutation(org, pk, 4, operation)])
+        mutations("scan_profile_mutations", [profile_mutation(org, pk, 4, operation)])
         assert (boefje.id in tasks_on(pg_engine, pk)) == (operation in boefje.run_on)
 
 
 def test_events_of_an_unknown_organisation_are_rejected_not_dropped(mutations) -> None:
-    rejected = mutations("scan_profile_mutations", [mutation("no-such-org", "Hostname|internet|x.nl", 2)])
+    rejected = mutations("scan_profile_mutations", [profile_mutation("no-such-org", "Hostname|internet|x.nl", 2)])
     assert [r.index for r in rejected] == [0]
     assert "no-such-org" in rejected[0].reason
 
@@ -417,13 +399,13 @@ def test_events_of_an_unknown_organisation_are_rejected_not_dropped(mutations) -
 def test_katalogus_down_is_a_transient_error(mutations, kat, world) -> None:
     kat.inject_fault("katalogus", status=503, times=None)
     with pytest.raises(TransientError):
-        mutations("scan_profile_mutations", [mutation(world.organisation_ids[0], "Hostname|internet|y.nl", 2)])
+        mutations("scan_profile_mutations", [profile_mutation(world.organisation_ids[0], "Hostname|internet|y.nl", 2)])
 
 
 def test_a_burst_of_mutations_asks_katalogus_once_per_organisation(mutations, kat, world, pg_engine) -> None:
     org = world.organisation_ids[0]
     kat.reset_counts()
-    batch = [mutation(org, f"Hostname|internet|burst-{n}.example.nl", 2) for n in range(200)]
+    batch = [profile_mutation(org, f"Hostname|internet|burst-{n}.example.nl", 2) for n in range(200)]
     for start in range(0, 200, 50):
         mutations("scan_profile_mutations", batch[start : start + 50])
     assert kat.request_counts.get("katalogus", 0) == 1
@@ -432,34 +414,6 @@ def test_a_burst_of_mutations_asks_katalogus_once_per_organisation(mutations, ka
 
 
 # --- normalizers ---------------------------------------------------------------------------
-
-
-def raw_event(world, org: str, boefje_id: str, mime_types: list[str]) -> RawFileReceived:
-    meta_id = uuid.uuid4()
-    return RawFileReceived.model_validate(
-        {
-            "event_id": "raw_file_received",
-            "created_at": (NOW - timedelta(minutes=3)).isoformat(),
-            "organization": org,
-            "raw_data": {
-                "id": str(uuid.uuid4()),
-                "boefje_meta": {
-                    "id": str(meta_id),
-                    "started_at": (NOW - timedelta(minutes=4)).isoformat(),
-                    "ended_at": (NOW - timedelta(minutes=3)).isoformat(),
-                    "boefje": {"id": boefje_id, "version": None},
-                    "input_ooi": "Hostname|internet|mispo.es",
-                    "arguments": {},
-                    "organization": org,
-                    "runnable_hash": None,
-                    "environment": {},
-                },
-                "mime_types": [{"value": m} for m in mime_types],
-                "secure_hash": None,
-                "hash_retrieval_link": None,
-            },
-        }
-    )
 
 
 def normalizer_rows(engine: Engine) -> list[Row[Any]]:
@@ -471,7 +425,7 @@ def test_a_raw_file_gets_one_task_per_enabled_normalizer_consuming_its_type(raw_
     org = world.organisation_ids[0]
     boefje_id = "dns-records"
     mime = f"boefje/{boefje_id}"
-    event = raw_event(world, org, boefje_id, [mime, mime, "boefje/dns-records-1.0"])
+    event = raw_file_event(org, boefje_id, [mime, mime, "boefje/dns-records-1.0"], NOW)
     raw_files("raw_file_received", [event])
     rows = normalizer_rows(pg_engine)
     expected = {n.id for n in world.normalizers if world.is_enabled(org, n.id) and mime in n.consumes}
@@ -484,14 +438,14 @@ def test_a_raw_file_gets_one_task_per_enabled_normalizer_consuming_its_type(raw_
 
 def test_an_error_raw_file_gets_no_normalizer(raw_files, world, pg_engine) -> None:
     org = world.organisation_ids[0]
-    raw_files("raw_file_received", [raw_event(world, org, "dns-records", ["boefje/dns-records", "error/boefje"])])
+    raw_files("raw_file_received", [raw_file_event(org, "dns-records", ["boefje/dns-records", "error/boefje"], NOW)])
     assert normalizer_rows(pg_engine) == []
     assert raw_files.stats.skipped["error raw file"] == 1
 
 
 def test_the_same_raw_file_twice_is_normalized_once(raw_files, world, pg_engine) -> None:
     org = world.organisation_ids[0]
-    event = raw_event(world, org, "dns-records", ["boefje/dns-records"])
+    event = raw_file_event(org, "dns-records", ["boefje/dns-records"], NOW)
     raw_files("raw_file_received", [event])
     raw_files("raw_file_received", [event])
     rows = normalizer_rows(pg_engine)
@@ -506,7 +460,7 @@ def test_cron_decides_on_the_event_path_too(mutations, world, pg_engine) -> None
     assert dns_zone is not None and dns_zone.cron == "0 4 * * *" and world.is_enabled(org, "dns-zone")
     before_cron = "DNSZone|internet|ran-before-four.example.nl"
     after_cron = "DNSZone|internet|ran-after-four.example.nl"
-    mutations("scan_profile_mutations", [mutation(org, before_cron, 2), mutation(org, after_cron, 2)])
+    mutations("scan_profile_mutations", [profile_mutation(org, before_cron, 2), profile_mutation(org, after_cron, 2)])
     assert "dns-zone" in tasks_on(pg_engine, before_cron) and "dns-zone" in tasks_on(pg_engine, after_cron)
     ended = {before_cron: datetime(2026, 6, 1, 13, 0, tzinfo=UTC), after_cron: datetime(2026, 6, 2, 4, 30, tzinfo=UTC)}
     with pg_engine.begin() as conn:
@@ -518,7 +472,10 @@ def test_cron_decides_on_the_event_path_too(mutations, world, pg_engine) -> None
             )
     at_five = datetime(2026, 6, 2, 5, 0, tzinfo=UTC)  # within a day of both runs
     handler = handler_at(mutations, at_five)
-    handler("scan_profile_mutations", [mutation(org, before_cron, 2, "update"), mutation(org, after_cron, 2, "update")])
+    handler(
+        "scan_profile_mutations",
+        [profile_mutation(org, before_cron, 2, "update"), profile_mutation(org, after_cron, 2, "update")],
+    )
 
     assert "dns-zone" in tasks_on(pg_engine, before_cron)  # cron time passed: due
     assert "dns-zone" not in tasks_on(pg_engine, after_cron)
@@ -567,7 +524,7 @@ def bytes_run(world: World, pair: tuple[str, str, str], started: datetime, ended
 
 
 def raise_to_4(mutations: MutationHandler, pairs: Sequence[tuple[str, str, str]]) -> None:
-    mutations("scan_profile_mutations", [mutation(org, pk, 4, "update") for org, _, pk in pairs])
+    mutations("scan_profile_mutations", [profile_mutation(org, pk, 4, "update") for org, _, pk in pairs])
 
 
 def test_a_raise_on_an_object_whose_bytes_run_ended_inside_the_grace_period_queues_nothing_and_schedules_it(
@@ -700,18 +657,18 @@ def test_a_create_that_failed_and_comes_back_after_its_objects_delete_queues_not
     org = world.organisation_ids[0]
     pk = "Hostname|internet|created-then-deleted.example.nl"  # not in Octopoes: deleted by now
     with pytest.raises(TransientError, match="publishing failed"):
-        handler(refusing)("scan_profile_mutations", [mutation(org, pk, 2)])
+        handler(refusing)("scan_profile_mutations", [profile_mutation(org, pk, 2)])
     listener = handler(publisher)
-    listener("scan_profile_mutations", [mutation(org, pk, None, "delete")])
-    listener("scan_profile_mutations", [mutation(org, pk, 2)])  # the failed batch, back
+    listener("scan_profile_mutations", [profile_mutation(org, pk, None, "delete")])
+    listener("scan_profile_mutations", [profile_mutation(org, pk, 2)])  # the failed batch, back
 
     assert tasks_on(pg_engine, pk) == {}
     assert listener.stats.contested == 2  # after the failure, the delete and the create came back
 
     steady = handler(publisher, ObjectEventStore(pg_engine, "a-listener-without-failures"))
     kept = "Hostname|internet|created-twice.example.nl"  # not in Octopoes either: asked, it would withdraw
-    steady("scan_profile_mutations", [mutation(org, kept, 2)])
-    steady("scan_profile_mutations", [mutation(org, kept, 2)])
+    steady("scan_profile_mutations", [profile_mutation(org, kept, 2)])
+    steady("scan_profile_mutations", [profile_mutation(org, kept, 2)])
     assert set(tasks_on(pg_engine, kept)) == expected_boefjes(world, org, "Hostname", 2, "create")
     assert steady.stats.contested == 0
 
@@ -735,8 +692,8 @@ def test_a_create_delivered_again_after_its_objects_delete_was_handled_queues_no
     )
     org = world.organisation_ids[0]
     pk = "Hostname|internet|delivered-again.example.nl"  # not in Octopoes: deleted by now
-    listener("scan_profile_mutations", [mutation(org, pk, None, "delete")])
-    again = mutation(org, pk, 2)
+    listener("scan_profile_mutations", [profile_mutation(org, pk, None, "delete")])
+    again = profile_mutation(org, pk, 2)
     again.redelivered = True  # as the listener marks it (the broker's redelivered flag)
     listener("scan_profile_mutations", [again])
 
@@ -769,7 +726,7 @@ def test_deadlines_left_for_after_the_send_are_not_written_for_an_object_another
         )
 
     a, b = listener("a"), listener("b")
-    send = a.plan("scan_profile_mutations", [mutation(org, known.primary_key, known.scan_level, "update")])()
+    send = a.plan("scan_profile_mutations", [profile_mutation(org, known.primary_key, known.scan_level, "update")])()
     assert b.order is not None
     b.order.enter({(org, known.primary_key): "delete"}).release()  # b handles the object meanwhile
     send()  # a's tasks go out; their schedules' new deadlines are b's to write now, not a's
@@ -778,3 +735,12 @@ def test_deadlines_left_for_after_the_send_are_not_written_for_an_object_another
     assert requeued
     after = schedules_on(pg_engine, known.primary_key)
     assert {x: after[x].deadline_at for x in requeued} == {x: before[x].deadline_at for x in requeued}
+
+
+# Kept for tests/integration/test_pull_delivery.py until it imports from tests/events.py itself.
+mutation = profile_mutation
+
+
+def raw_event(world: World, org: str, boefje_id: str, mime_types: list[str]) -> RawFileReceived:
+    """:func:`tests.events.raw_file_event` before ``NOW`` (``world`` is not used)."""
+    return raw_file_event(org, boefje_id, mime_types, NOW)

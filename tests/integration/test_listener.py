@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Queue as KombuQueue
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import func, select, text
 
 from kat_scheduler.models import BoefjeMeta, SchedulerId, TaskStatus
 from kat_scheduler.producers import TickProducer
 from kat_scheduler.sim.bridge import EventBridge
 from kat_scheduler.storage import ScheduleRow, TaskRow, UnpublishedTask
 from tests.conftest import vhost_name
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base, take_all  # noqa: F401
+from tests.events import boefje_tasks, drop_our_queues, expected_boefjes, hostname_creates, take_all
 from tests.vhosts import own_vhost
 from tests.workers import start_listener, stop, wait_for
 
@@ -32,7 +32,7 @@ VHOST = vhost_name("listener")
 
 
 @pytest.fixture
-def events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url
@@ -53,40 +53,6 @@ def listener(kat, events_url, postgres_uri, redis_url, tmp_path) -> Iterator[sub
         process = start_listener(kat, events_url, postgres_uri, redis_url, log)
         yield process
         stop(process)
-
-
-def boefje_tasks(engine: Engine, pk: str, status: TaskStatus = TaskStatus.QUEUED) -> set[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(TaskRow.plugin_id).where(TaskRow.input_ooi == pk, TaskRow.status == status))
-        return set(rows.scalars())
-
-
-def expected_boefjes(world, org: str, object_type: str, level: int, operation: str = "create") -> set[str]:
-    return {
-        b.id
-        for b in world.boefjes
-        if world.is_enabled(org, b.id)
-        and object_type in b.consumes
-        and b.scan_level <= level
-        and (not b.run_on or operation in b.run_on)
-    }
-
-
-def hostname_creates(org: str, refs: list[str], level: int = 2) -> list[dict[str, Any]]:
-    """``create`` mutations of new Hostnames at ``level``, as Octopoes publishes them."""
-    return [
-        {
-            "operation": "create",
-            "primary_key": ref,
-            "client_id": org,
-            "value": {
-                "primary_key": ref,
-                "object_type": "Hostname",
-                "scan_profile": {"scan_profile_type": "declared", "reference": ref, "level": level},
-            },
-        }
-        for ref in refs
-    ]
 
 
 def test_a_new_object_in_octopoes_gets_its_boefjes_queued(world, bridge, listener, pg_engine) -> None:

@@ -26,15 +26,7 @@ from kat_scheduler.storage import ScheduleRow
 from kat_scheduler.storage.object_events import RETIRED
 from kat_scheduler.storage.tables import ObjectEventRow
 from tests.conftest import vhost_name
-from tests.integration.test_event_consumer import (  # noqa: F401
-    amqp_events,
-    consuming,
-    counted,
-    drop_our_queues,
-    events_amqp_base,
-    publish,
-)
-from tests.integration.test_listener import boefje_tasks, expected_boefjes, hostname_creates
+from tests.events import boefje_tasks, consuming, counted, drop_our_queues, expected_boefjes, hostname_creates, publish
 from tests.vhosts import own_vhost
 from tests.workers import start_listener, stop, wait_for
 
@@ -46,7 +38,7 @@ LISTENER_SETTINGS = {"SCHEDULER_EVENTS_BATCH_SIZE": str(BATCH), "SCHEDULER_EVENT
 
 
 @pytest.fixture
-def events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, VHOST)
     drop_our_queues(url)
     yield url
@@ -231,7 +223,7 @@ def test_a_listener_started_after_one_that_stopped_cleanly_trusts_its_events_and
 
 
 def test_an_event_the_broker_delivers_again_after_a_failed_batch_reaches_the_handler_marked_so(
-    amqp_events: str,  # noqa: F811
+    amqp_events: str,
 ) -> None:
     publish(amqp_events, QUEUE, [mutation("create", "aa", "Hostname|internet|again.example.nl", 2)])
     seen: list[list[bool]] = []

@@ -20,33 +20,10 @@ import pytest
 import requests
 
 from tests.conftest import vhost_name
-from tests.integration.test_event_consumer import drop_our_queues, events_amqp_base  # noqa: F401
+from tests.events import drop_our_queues
+from tests.runs import clean_environment, processes_of_run, run_command, task_rows, wait_for_line
 from tests.vhosts import own_vhost
-from tests.workers import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-#: Variables that would configure a real KAT (or another Flower) and must not leak into the run.
-CONFIG_PREFIXES = ("SCHEDULER_", "OCTOPOES_", "KATALOGUS_", "BYTES_", "QUEUE_URI", "FLOWER_", "CELERY_")
-
-
-def clean_environment(run_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
-    env["SCHEDULER_RUN_DIR"] = str(run_dir)
-    env["FLOWER_PORT"] = "0"  # a free port: other runs may hold 5555
-    env["SCHEDULER_API_PORT"] = "0"  # a free port: other runs may hold 8004
-    return env
-
-
-def wait_for_line(output: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, output.read_text(errors="replace"))
-        if match:
-            return match
-        if process.poll() is not None:
-            pytest.fail(f"the run exited early ({process.returncode}):\n{output.read_text()}")
-        time.sleep(0.2)
-    pytest.fail(f"no {pattern!r} within {timeout}s:\n{output.read_text()}")
+from tests.workers import ROOT, wait_for
 
 
 def flower_tasks(url: str, auth: tuple[str, str], name: str) -> dict[str, dict[str, object]]:
@@ -55,24 +32,6 @@ def flower_tasks(url: str, auth: tuple[str, str], name: str) -> dict[str, dict[s
     answer.raise_for_status()
     tasks: dict[str, dict[str, object]] = answer.json()
     return tasks
-
-
-def processes_of_run(run_dir: Path) -> list[int]:
-    """Pids of live processes started for the run in ``run_dir`` (children inherit its
-    SCHEDULER_RUN_DIR), so a pid reused by an unrelated process is never mistaken for one."""
-    marker = f"SCHEDULER_RUN_DIR={run_dir}".encode() + b"\0"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in environ and state != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 @pytest.fixture
@@ -140,17 +99,6 @@ def test_the_main_job_runs_the_whole_cycle_embedded_and_stops_cleanly(main_job) 
     assert processes_of_run(state_dir) == [], "a child process outlived the run"
 
 
-def run_command(*args: str) -> list[str]:
-    return [str(ROOT / ".venv" / "bin" / "python"), "-m", "kat_scheduler", "run", "--lines", *args]
-
-
-def task_rows(state: Path) -> dict[str, str]:
-    import sqlite3
-
-    with sqlite3.connect(state / "embedded" / "kat_scheduler.db") as db:
-        return {task_id: status for task_id, status in db.execute("SELECT id, status FROM tasks")}
-
-
 def messages_kept_in(state: Path) -> set[str]:
     """Task ids of the messages the embedded Redis kept on disk (queued, or unacked and due back)."""
     import json
@@ -216,7 +164,7 @@ def test_sigterm_mid_work_stops_within_10s_finishing_running_tasks_and_keeping_q
 
 
 @pytest.fixture
-def external_events_url(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def external_events_url(events_amqp_base: str) -> Iterator[str]:
     url = own_vhost(events_amqp_base, vhost_name("run"))
     drop_our_queues(url)
     yield url

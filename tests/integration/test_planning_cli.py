@@ -8,7 +8,8 @@ import sys
 from datetime import UTC, datetime
 
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
-from tests.integration.test_planning_workers import queued_rows, worker_env
+from tests.tasks import queued_rows
+from tests.workers import probe_env
 
 
 def kat_scheduler(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +27,7 @@ def kat_scheduler(env: dict[str, str], *args: str) -> subprocess.CompletedProces
 def test_plan_dry_run_prints_one_json_line_per_would_be_task_and_queues_nothing(
     kat, world, pg_engine, postgres_uri, redis_url
 ) -> None:
-    env = worker_env(kat, postgres_uri, redis_url)
+    env = probe_env(kat, postgres_uri, redis_url)
     result = kat_scheduler(env, "plan", "--dry-run", "--format", "jsonl")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -39,7 +40,7 @@ def test_plan_dry_run_prints_one_json_line_per_would_be_task_and_queues_nothing(
 
 def test_plan_dry_run_table_explains_what_was_skipped_for_one_organisation(kat, world, postgres_uri, redis_url) -> None:
     org = world.organisation_ids[0]
-    result = kat_scheduler(worker_env(kat, postgres_uri, redis_url), "plan", "--dry-run", "--org", org)
+    result = kat_scheduler(probe_env(kat, postgres_uri, redis_url), "plan", "--dry-run", "--org", org)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.splitlines()[0].split()[:4] == ["ORGANISATION", "BOEFJE", "BAND", "REASON"]
@@ -54,7 +55,7 @@ def test_push_queues_at_band_0_and_prints_the_task_id(kat, world, pg_engine, pos
     org, boefje, ooi = sorted(
         t for t in allowed_boefje_tasks(world, datetime.now(UTC)) if t[0] == world.organisation_ids[0]
     )[0]
-    env = worker_env(kat, postgres_uri, redis_url)
+    env = probe_env(kat, postgres_uri, redis_url)
     result = kat_scheduler(env, "push", "boefje", "--org", org, "--boefje", boefje, "--ooi", ooi)
     assert result.returncode == 0, result.stderr
     task_id = result.stdout.strip()
@@ -68,7 +69,7 @@ def test_push_never_bypasses_clearance(kat, world, postgres_uri, redis_url) -> N
     org = world.organisation_ids[0]
     level0 = next(o for o in world.oois(org).values() if o.object_type == "Hostname" and o.scan_level == 0)
     result = kat_scheduler(
-        worker_env(kat, postgres_uri, redis_url),
+        probe_env(kat, postgres_uri, redis_url),
         "push",
         "boefje",
         "--org",
@@ -84,7 +85,7 @@ def test_push_never_bypasses_clearance(kat, world, postgres_uri, redis_url) -> N
 
 def test_push_of_an_unknown_boefje_says_so(kat, world, postgres_uri, redis_url) -> None:
     result = kat_scheduler(
-        worker_env(kat, postgres_uri, redis_url),
+        probe_env(kat, postgres_uri, redis_url),
         "push",
         "boefje",
         "--org",
@@ -99,7 +100,7 @@ def test_push_of_an_unknown_boefje_says_so(kat, world, postgres_uri, redis_url) 
 
 def test_push_for_an_organisation_katalogus_does_not_know_names_katalogus(kat, world, postgres_uri, redis_url) -> None:
     result = kat_scheduler(
-        worker_env(kat, postgres_uri, redis_url),
+        probe_env(kat, postgres_uri, redis_url),
         "push",
         "boefje",
         "--org",
@@ -140,7 +141,7 @@ def test_plan_dry_run_with_the_broker_down_holds_the_low_bands_back_and_says_why
     from kat_scheduler.run.embedded import free_port
 
     down = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
-    env = worker_env(kat, postgres_uri, redis_url, SCHEDULER_BROKER_URL=down, SCHEDULER_BACKPRESSURE_BAND="2")
+    env = probe_env(kat, postgres_uri, redis_url, SCHEDULER_BROKER_URL=down, SCHEDULER_BACKPRESSURE_BAND="2")
     result = kat_scheduler(env, "plan", "--dry-run", "--org", world.organisation_ids[0])
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()

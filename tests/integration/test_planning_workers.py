@@ -7,37 +7,21 @@ import json
 from datetime import UTC, datetime
 
 import redis
-from sqlalchemy import select
 
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
-from kat_scheduler.models import TaskStatus
 from kat_scheduler.producers import ManualPush
 from kat_scheduler.queues import LEAST_URGENT_BAND, Queue, TaskName, broker_priority
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
-from kat_scheduler.storage import TaskRow, UnpublishedTask
-from tests.workers import celery_worker, kat_env, wait_for
-
-
-def worker_env(kat, postgres_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return {**kat_env(kat, postgres_uri, redis_url, PROBE_REDIS_URL=redis_url), **extra}
-
-
-def queued_rows(engine) -> list[tuple[str, str, str, int, str]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(TaskRow.organisation, TaskRow.plugin_id, TaskRow.input_ooi, TaskRow.band, TaskRow.id).where(
-                TaskRow.status == TaskStatus.QUEUED, TaskRow.id.not_in(select(UnpublishedTask.task_id))
-            )
-        ).all()
-    return [(r[0], r[1], r[2], r[3], str(r[4])) for r in rows]
+from tests.tasks import queued_rows
+from tests.workers import celery_worker, probe_env, wait_for
 
 
 def test_a_beat_tick_on_a_scheduler_worker_queues_the_eligible_tasks_and_workers_run_them_in_band_order(
     kat, world, pg_engine, postgres_uri, redis_url, tmp_path
 ) -> None:
-    env = worker_env(kat, postgres_uri, redis_url)
+    env = probe_env(kat, postgres_uri, redis_url)
     app = create_app(load_settings(broker_url=redis_url, db_uri=postgres_uri), main="tick_test")
     expected = allowed_boefje_tasks(world, datetime.now(UTC))
 
@@ -85,7 +69,7 @@ def test_a_manual_push_overtakes_a_backlog_of_1000_band_9_tasks(
         (t for t in sorted(allowed_boefje_tasks(world, datetime.now(UTC))) if t[0] == org),
     )
     results = redis.Redis.from_url(redis_url)
-    env = worker_env(kat, postgres_uri, redis_url, PROBE_SLEEP="0.01")
+    env = probe_env(kat, postgres_uri, redis_url, PROBE_SLEEP="0.01")
     with celery_worker("tests.probe_boefjes", [Queue.BOEFJES.value], env, log_file=tmp_path / "boefjes.log"):
         assert wait_for(lambda: results.llen("probe:boefjes") >= 20, timeout=60)
         pushed = ManualPush(producers, org, target[1], target[2]).run(datetime.now(UTC))

@@ -24,7 +24,7 @@ from kat_scheduler.status import collect_status
 from kat_scheduler.storage import ScheduleStore, TaskStore, migrate
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.tables import utcnow
-from tests.integration.test_event_handlers import mutation
+from tests.events import profile_mutation
 
 # --- the store ------------------------------------------------------------------------------
 
@@ -154,22 +154,21 @@ def test_the_listener_records_a_batch_then_waits_out_its_interval_unless_it_fail
     )
     runs = ProducerRunStore(pg_engine)
     org = world.organisation_ids[0]
+    on_mutations = handlers[SCAN_PROFILE_MUTATIONS]
     try:
-        assert (
-            handlers[SCAN_PROFILE_MUTATIONS](SCAN_PROFILE_MUTATIONS, [mutation(org, "Hostname|internet|a.nl", 2)]) == []
-        )
+        assert on_mutations(SCAN_PROFILE_MUTATIONS, [profile_mutation(org, "Hostname|internet|a.nl", 2)]) == []
         first = runs.get(ProducerName.LISTENER)
         assert first is not None and first.outcome == RunOutcome.OK
         assert first.summary["events"] == {SCAN_PROFILE_MUTATIONS: 1, RAW_FILE_RECEIVED: 0}
         assert first.summary["queued"] > 0
 
-        handlers[SCAN_PROFILE_MUTATIONS](SCAN_PROFILE_MUTATIONS, [mutation(org, "Hostname|internet|b.nl", 2)])
+        on_mutations(SCAN_PROFILE_MUTATIONS, [profile_mutation(org, "Hostname|internet|b.nl", 2)])
         again = runs.get(ProducerName.LISTENER)
         assert again is not None and again.finished_at == first.finished_at  # within the interval
 
         kat.inject_fault("katalogus", status=503, times=None)
         with pytest.raises(TransientError):
-            handlers[SCAN_PROFILE_MUTATIONS](SCAN_PROFILE_MUTATIONS, [mutation(org, "Hostname|internet|c.nl", 2)])
+            on_mutations(SCAN_PROFILE_MUTATIONS, [profile_mutation(org, "Hostname|internet|c.nl", 2)])
         failed = runs.get(ProducerName.LISTENER)
         assert failed is not None and failed.error is not None
         assert failed.outcome == RunOutcome.ERROR and failed.error.startswith("scan_profile_mutations: ")

@@ -25,7 +25,7 @@ from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_boefje_planning import broker_messages
+from tests.tasks import broker_messages
 
 NOW = WORLD_NOW + timedelta(minutes=5)
 

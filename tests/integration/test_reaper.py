@@ -19,19 +19,13 @@ from kat_scheduler.rules.identity import normalizer_task_hash
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
-from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow, utcnow
+from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
 from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon
 from tests.factories import NewTaskFactory
-
-
-def forget_nodes_and_markers(engine: Engine) -> None:
-    """Empty the tables of worker nodes and broker markers (a broker of an earlier test is gone)."""
-    with engine.begin() as conn:
-        conn.execute(delete(WorkerNodeRow))
-        conn.execute(delete(BrokerMarkerRow))
+from tests.tasks import forget_nodes_and_markers
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.test_main_job import (
+from tests.runs import (
     clean_environment,
     processes_of_run,
     run_command,

@@ -32,10 +32,8 @@ from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob
 from kat_scheduler.workers.reaper import Reaper
 from kat_scheduler.workers.simulated import SimulatedRunner
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_reaper import forget_nodes_and_markers
-from tests.integration.test_worker_lifecycle import queued_boefje_task
-from tests.integration.test_workers import publish_boefje, write_plugin
-from tests.workers import celery_worker, kat_env, wait_for
+from tests.tasks import forget_nodes_and_markers, publish_boefje, queued_boefje_task
+from tests.workers import celery_worker, kat_env, wait_for, write_plugin
 
 #: The normalizer of dns-records' raw files.
 NORMALIZER = "kat_dns_normalize"

@@ -26,7 +26,6 @@ from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.workers.reaper import Reaper
 from tests.conftest import vhost_name
 from tests.factories import NewScheduleFactory, NewTaskFactory
-from tests.integration.test_event_consumer import events_amqp_base  # noqa: F401
 from tests.vhosts import own_vhost
 
 #: The JSON keys docs/operations.md documents.
@@ -199,7 +198,7 @@ def test_redis_depths_per_band_are_what_the_publisher_put_there(settings: Settin
 
 
 @pytest.fixture
-def status_amqp(events_amqp_base: str) -> Iterator[str]:  # noqa: F811
+def status_amqp(events_amqp_base: str) -> Iterator[str]:
     """RabbitMQ on a vhost of our own, without our task queues before and after."""
     url = own_vhost(events_amqp_base, vhost_name("status"))
 

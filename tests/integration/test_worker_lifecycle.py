@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import Engine
 
 from kat_scheduler.models import SchedulerId, TaskStatus
-from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
-from kat_scheduler.rules.payloads import boefje_payload
+from kat_scheduler.rules.identity import normalizer_task_hash
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.workers.lifecycle import KEPT_OUTPUT, BoefjeJob, NormalizerJob, Outcome, worker_id
 from kat_scheduler.workers.runners import UnknownPlugin
 from kat_scheduler.workers.simulated import SimulatedRunner
+from tests.tasks import hostname_with_dns, queued_boefje_task
 
 
 class CrashingRunner(SimulatedRunner):
@@ -38,37 +38,6 @@ class NoPluginsRunner(SimulatedRunner):
 @pytest.fixture
 def store(pg_engine: Engine) -> TaskStore:
     return TaskStore(pg_engine)
-
-
-def hostname_with_dns(world) -> tuple[str, str]:
-    for org in world.organisation_ids:
-        if world.is_enabled(org, "dns-records"):
-            for ooi in world.oois(org).values():
-                if ooi.object_type == "Hostname" and ooi.scan_level >= 1:
-                    return org, ooi.primary_key
-    raise AssertionError("no hostname for dns-records in the world")
-
-
-def queued_boefje_task(store: TaskStore, org: str, boefje_id: str, ref: str, clients) -> uuid.UUID:
-    boefje = clients.katalogus.plugin(org, boefje_id)
-    task_id = uuid.uuid4()
-    store.claim(
-        [
-            NewTask(
-                id=task_id,
-                scheduler_id=SchedulerId.BOEFJE,
-                type="boefje",
-                organisation=org,
-                plugin_id=boefje_id,
-                input_ooi=ref,
-                hash=boefje_task_hash(boefje_id, org, ref),
-                band=2,
-                priority=0,
-                data=boefje_payload(task_id, boefje, org, ref),
-            )
-        ]
-    )
-    return task_id
 
 
 def test_a_boefje_run_stores_its_meta_and_raw_in_bytes_and_completes(store, clients, world) -> None:

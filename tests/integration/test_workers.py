@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.workers.local import LocalPluginRunner
 from kat_scheduler.workers.runners import UnknownPlugin
-from tests.integration.test_worker_lifecycle import hostname_with_dns, queued_boefje_task
-from tests.workers import celery_worker, kat_env, wait_for
+from tests.tasks import hostname_with_dns, publish_boefje, queued_boefje_task
+from tests.workers import celery_worker, kat_env, wait_for, write_plugin
 
 
 def row_of(store: TaskStore, task_id: uuid.UUID) -> TaskRow:
@@ -26,12 +23,6 @@ def row_of(store: TaskStore, task_id: uuid.UUID) -> TaskRow:
     row = store.get(task_id)
     assert row is not None, f"no row for task {task_id}"
     return row
-
-
-def write_plugin(root: Path, folder: str, description: str, module: str, plugin_id: str, code: str) -> None:
-    (root / folder).mkdir(parents=True)
-    (root / folder / description).write_text(json.dumps({"id": plugin_id, "name": plugin_id}))
-    (root / folder / module).write_text(textwrap.dedent(code))
 
 
 @pytest.fixture
@@ -91,19 +82,6 @@ def local_worker_env(kat, plugins: Path, postgres_uri: str, redis_url: str, soft
         SCHEDULER_SOFT_TIME_LIMIT=str(soft),
         SCHEDULER_HARD_TIME_LIMIT=str(hard),
     )
-
-
-def publish_boefje(task_id, org: str, ref: str, postgres_uri: str, redis_url: str) -> None:
-    publisher = make_publisher(load_settings(broker_url=redis_url, db_uri=postgres_uri))
-    message = OutgoingMessage(
-        task_id=task_id,
-        task_name=TaskName.BOEFJE_RUN.value,
-        queue=Queue.BOEFJES.value,
-        band=2,
-        kwargs={"organisation": org, "boefje_id": "dns-records", "input_ooi": ref},
-    )
-    publisher.publish([message])
-    publisher.close()
 
 
 def test_local_plugins_run_with_kat_signatures_and_settings_as_environment(plugins: Path) -> None:
