@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import email.message
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kat_scheduler.api import explain, health, pop, push, schedulers, schedules, tasks
 from kat_scheduler.api.context import ApiContext
@@ -15,6 +22,8 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.version import __version__
+
+logger = logging.getLogger(__name__)
 
 #: Database connections per API process (FastAPI runs each request on a worker thread).
 POOL_SIZE = 10
@@ -42,6 +51,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.context = ctx
+    # Inside KnownPops: a pop it answers was read here when the route first took it.
+    app.add_middleware(UnusableInput)
     app.add_middleware(KnownPops, forms=ctx.pop_forms)
     app.include_router(health.router)
     app.include_router(schedulers.router)
@@ -51,3 +62,105 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(explain.router)
     return app
+
+
+#: The methods whose JSON body FastAPI reads.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UnusableInput:
+    """ASGI middleware: input that parses but no route could use is refused before routing.
+
+    - A query parameter with a NUL character (``%00``): 400 naming it (PostgreSQL cannot compare
+      text holding one, and no name, code or id holds one).
+    - A JSON body that Python's parser reads but JSON does not allow: a lone surrogate
+      (``"\\ud800"``, no Unicode character), ``NaN``, ``Infinity``, a number beyond a double
+      (``1e400``). It is answered as FastAPI answers a body that is not JSON (422,
+      ``json_invalid``, the position and what is wrong there); the routes would otherwise fail
+      to store, compare or even echo it. A body both refuse reaches FastAPI as it came.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query: bytes = scope["query_string"]
+        if b"%00" in query:
+            names = [
+                name
+                for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                if "\x00" in name + value
+            ]
+            if names:
+                await _answer(send, 400, {"detail": f"query parameter {names[0]!r} holds a NUL character"})
+                return
+        if scope["method"] not in _BODY_METHODS or not _read_as_json(scope):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        refused = _not_json(body) if body else None
+        if refused is not None:
+            await _answer(send, 422, {"detail": [refused]})
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+
+def _read_as_json(scope: Scope) -> bool:
+    """Whether FastAPI reads this request's body as JSON (no content type, or a JSON one)."""
+    value = next((v for name, v in scope["headers"] if name == b"content-type"), None)
+    if value is None:
+        return True
+    message = email.message.Message()
+    message["content-type"] = value.decode("latin-1")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _not_json(body: bytes) -> dict[str, Any] | None:
+    """FastAPI's error for a body Python reads but JSON does not allow (``None``: a JSON body, or
+    one Python refuses too, which FastAPI then answers itself)."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as strict:
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        reason = f"{strict.msg} (JSON has no lone surrogates, NaN, Infinity or numbers beyond a double)"
+        logger.info("a request body is refused: it is not JSON: %s at %d", strict.msg, strict.pos)
+        return {
+            "type": "json_invalid",
+            "loc": ["body", strict.pos],
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": reason},
+        }
+    return None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` giving ``messages`` first, then what the client sends next."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+async def _answer(send: Send, status: int, content: dict[str, Any]) -> None:
+    body = orjson.dumps(content)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Response, status
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Task
@@ -25,6 +25,7 @@ from kat_scheduler.dispatch.dispatcher import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
 from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
+from kat_scheduler.storage.filters import unstorable
 from kat_scheduler.storage.tasks import NewTask
 
 router = APIRouter(tags=["schedulers"])
@@ -42,7 +43,7 @@ class TaskPush(BaseModel):
     id: uuid.UUID | None = None
     scheduler_id: str | None = None
     organisation: str
-    priority: int | None = None
+    priority: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit integer.")
     data: dict[str, Any]
 
 
@@ -144,6 +145,9 @@ async def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Dep
 
 async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
     scheduler = known_scheduler(scheduler_id)
+    problem = unstorable(body.organisation, "organisation") or unstorable(body.data, "data")
+    if problem is not None:
+        raise _bad(problem)
     if body.scheduler_id is not None and body.scheduler_id != scheduler.value:
         raise _bad(f"scheduler_id {body.scheduler_id!r} contradicts the path's scheduler {scheduler.value!r}")
     pull = scheduler in ctx.pull_schedulers

@@ -16,12 +16,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Schedule, ScheduleCreate, SchedulePage, SchedulePatch
+from kat_scheduler.api.tasks import MAX_OFFSET, failed_read
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId
 from kat_scheduler.rules.timing import is_valid_cron, next_cron
-from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, conditions
+from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, conditions, unstorable
 from kat_scheduler.storage.schedules import HashTaken, ScheduleQuery, ScheduleRecord, ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
 
@@ -33,11 +35,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descripti
 _SCHEDULES = table_of(ScheduleRow)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """A date or datetime from a request; without a zone it is UTC."""
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    """A date or datetime from a request, in UTC (without a zone it is UTC); 400 naming ``name``
+    for one that is no UTC time (``0001-01-01T00:00:00+01:00`` is in the year 0 there)."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise _bad(f"{name} {moment.isoformat()} is out of range in UTC (years 1 to 9999)") from None
 
 
 def _bad(detail: str) -> HTTPException:
@@ -58,7 +64,11 @@ class Identity:
 
 
 def identity(scheduler_id: SchedulerId, organisation: str, data: dict[str, Any]) -> Identity:
-    """The task ``data`` describes for ``scheduler_id``; 400 when it is not one, or of another organisation."""
+    """The task ``data`` describes for ``scheduler_id``; 400 when it is not one, or of another
+    organisation, or holds what no database stores (text with a NUL character, an integer beyond 64 bits)."""
+    problem = unstorable(organisation, "organisation") or unstorable(data, "data")
+    if problem is not None:
+        raise _bad(problem)
     try:
         if scheduler_id is SchedulerId.BOEFJE:
             boefje = BoefjeTask.model_validate(data)
@@ -140,7 +150,7 @@ def list_schedules(
     organisation: str | None = None,
     schedule_hash: Annotated[str | None, Query(description="The schedule's (its task's) hash.")] = None,
     enabled: bool | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 10,
     min_deadline_at: Annotated[datetime | None, Query(description=DATE)] = None,
     max_deadline_at: Annotated[datetime | None, Query(description=DATE)] = None,
@@ -151,8 +161,8 @@ def list_schedules(
         bool, Query(description="Count at most offset + max_pages * limit + 1 schedules (is_partial_count says so).")
     ] = False,
 ) -> JSONResponse:
-    low_deadline, high_deadline = _utc(min_deadline_at), _utc(max_deadline_at)
-    low_created, high_created = _utc(min_created_at), _utc(max_created_at)
+    low_deadline, high_deadline = _utc(min_deadline_at, "min_deadline_at"), _utc(max_deadline_at, "max_deadline_at")
+    low_created, high_created = _utc(min_created_at, "min_created_at"), _utc(max_created_at, "max_created_at")
     _ordered(low_deadline, high_deadline, "deadline_at")
     _ordered(low_created, high_created, "created_at")
     query = ScheduleQuery(
@@ -189,7 +199,7 @@ def create_schedule(body: ScheduleCreate, ctx: Annotated[ApiContext, Depends(con
     now = utcnow()
     cron = valid_cron(body.schedule) if body.schedule is not None else None
     if body.deadline_at is not None:
-        deadline = body.deadline_at if body.deadline_at.tzinfo else body.deadline_at.replace(tzinfo=UTC)
+        deadline = _utc(body.deadline_at, "deadline_at")
     else:
         assert cron is not None
         deadline = next_cron(cron, now)
@@ -224,7 +234,7 @@ def create_schedule(body: ScheduleCreate, ctx: Annotated[ApiContext, Depends(con
 def search_schedules(
     request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 10,
     filters: Annotated[FilterRequest | None, Body(description='{"filters": [...]}')] = None,
 ) -> JSONResponse:
@@ -235,7 +245,10 @@ def search_schedules(
         check_json_paths(filters, ctx.engine)
     except FilterError as exc:
         raise _bad(str(exc)) from None
-    return _respond(request, ctx, ScheduleQuery(where=tuple(where)), offset=offset, limit=limit)
+    try:
+        return _respond(request, ctx, ScheduleQuery(where=tuple(where)), offset=offset, limit=limit)
+    except DBAPIError as exc:
+        raise failed_read(exc, filters, "POST /schedules/search") from None
 
 
 def _existing(ctx: ApiContext, schedule_id: uuid.UUID) -> ScheduleRow:
@@ -286,7 +299,7 @@ def patch_schedule(
             if row.deadline_at is None and cron is not None and "deadline_at" not in values:
                 values["deadline_at"] = next_cron(cron, now)
     if "deadline_at" in patch:
-        values["deadline_at"] = _utc(patch["deadline_at"])
+        values["deadline_at"] = _utc(patch["deadline_at"], "deadline_at")
     if "data" in patch:
         found = identity(row.scheduler_id, row.organisation, patch["data"])
         values.update(data=patch["data"], plugin_id=found.plugin_id, input_ooi=found.input_ooi, hash=found.hash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -9,26 +10,54 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import Row
+from sqlalchemy.exc import DBAPIError
 
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, StatusCounts, Task, TaskPage, TaskPatch
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
-from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, conditions
+from kat_scheduler.storage.filters import (
+    FilterError,
+    FilterRequest,
+    check_json_paths,
+    conditions,
+    described,
+    failed_on_data,
+)
 from kat_scheduler.storage.tables import TaskRow
 from kat_scheduler.storage.task_views import TaskNotFound, TaskQuery, TransitionRefused
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
 
 #: The most tasks one page may hold.
 MAX_LIMIT = 500
+#: The largest offset of a page (past every task a scheduler will hold; both databases count it).
+MAX_OFFSET = 2**31 - 1
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No task has this id"}}
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """A date or datetime from the query; without a zone it is UTC."""
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    """A date or datetime from the query, in UTC (without a zone it is UTC); 400 naming ``name``
+    for one that is no UTC time (``0001-01-01T00:00:00+01:00`` is in the year 0 there)."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"{name} {moment.isoformat()} is out of range in UTC (years 1 to 9999)"
+        ) from None
+
+
+def failed_read(exc: DBAPIError, filters: FilterRequest | None, where: str) -> HTTPException:
+    """The 400 of a read whose filters failed on the values they met in the rows (PostgreSQL's
+    reason, logged with the filters but not their values); any other failure is raised again."""
+    failed = failed_on_data(exc) if filters is not None else None
+    if failed is None or filters is None:
+        raise exc
+    code, reason = failed
+    logger.warning("%s: the filters [%s] failed on the stored rows (SQLSTATE %s)", where, described(filters), code)
+    return HTTPException(status.HTTP_400_BAD_REQUEST, f"the filters cannot be applied to the stored rows: {reason}")
 
 
 def _page_url(request: Request, offset: int, limit: int) -> str:
@@ -54,7 +83,7 @@ def listing(
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     input_ooi: Annotated[str | None, Query(description="Only tasks on this object (Rocky's search).")] = None,
     plugin_id: Annotated[str | None, Query(description="Only tasks of this boefje or normalizer.")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 10,
     min_created_at: Annotated[datetime | None, Query(description="ISO datetime or date (YYYY-MM-DD), UTC.")] = None,
     max_created_at: Annotated[datetime | None, Query(description="ISO datetime or date (YYYY-MM-DD), UTC.")] = None,
@@ -63,7 +92,7 @@ def listing(
         bool, Query(description="Count at most offset + max_pages * limit + 1 tasks (is_partial_count says so).")
     ] = False,
 ) -> Listing:
-    low, high = _utc(min_created_at), _utc(max_created_at)
+    low, high = _utc(min_created_at, "min_created_at"), _utc(max_created_at, "max_created_at")
     if low is not None and high is not None and low > high:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "min_created_at must be less than max_created_at")
     if task_type is not None and type_ is not None and task_type != type_:
@@ -130,7 +159,10 @@ def search_tasks(
         check_json_paths(filters, ctx.engine)
     except FilterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    return _respond(request, ctx, replace(params, query=replace(params.query, where=tuple(where))))
+    try:
+        return _respond(request, ctx, replace(params, query=replace(params.query, where=tuple(where))))
+    except DBAPIError as exc:
+        raise failed_read(exc, filters, "POST /tasks") from None
 
 
 @router.get(
@@ -152,6 +184,15 @@ def task_stats(
         bucket["total"] = sum(counts.values())
         stats[hour.isoformat()] = bucket
     return stats
+
+
+def _differs(given: Any, current: Any) -> bool:
+    """Whether a field of a PATCH differs from the task's; a datetime with a zone that puts it
+    outside the years 1 to 9999 in UTC is no time any task has."""
+    try:
+        return bool(given != current)
+    except OverflowError:
+        return True
 
 
 def _task_json(row: TaskRow | Row[Any]) -> Response:
@@ -187,7 +228,7 @@ def patch_task(task_id: uuid.UUID, item: TaskPatch, ctx: Annotated[ApiContext, D
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"task not found: {task_id}")
         current = Task.of(row).model_dump()
-        changed = sorted(name for name, value in patch.items() if name != "status" and value != current[name])
+        changed = sorted(name for name, value in patch.items() if name != "status" and _differs(value, current[name]))
         if changed:
             raise HTTPException(
                 status.HTTP_400_BAD_REQUEST, f"only status can be patched; these fields differ from the task: {changed}"

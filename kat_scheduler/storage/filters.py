@@ -352,7 +352,7 @@ def _check_values(item: Filter) -> None:
     for value in item.value if isinstance(item.value, list) else [item.value]:
         problem = _unfit(value)
         if problem is not None:
-            raise FilterError(f"value {_shown(value)} of the filter on {_shown(where)} is {problem}")
+            raise FilterError(f"value {_shown(value)} of the filter {_shown(where)} {item.operator.value} is {problem}")
 
 
 def _column_value(item: Filter, sql_type: Any) -> Any:
@@ -717,6 +717,31 @@ def _read(conn: Connection, statement: str, path: str) -> tuple[Any, str | None]
         return None, str(reason)
 
 
+#: The SQLSTATEs of a read that failed on the values its filters met in the rows: a data exception
+#: (class 22) or a conversion PostgreSQL will not make for them (0A000, a feature not supported).
+_FAILED_ON_DATA_CLASS = "22"
+_FAILED_ON_DATA = frozenset({"0A000"})
+
+
+def failed_on_data(exc: DBAPIError) -> tuple[str, str] | None:
+    """The SQLSTATE and PostgreSQL's reason when a read with filters failed on the values its
+    filters met in the rows (the filter's doing, not the server's); ``None`` for any other
+    failure (the database gone, a timeout, a missing table), which stays a server error."""
+    code = str(getattr(exc.orig, "pgcode", None) or "")
+    if not code.startswith(_FAILED_ON_DATA_CLASS) and code not in _FAILED_ON_DATA:
+        return None
+    diag = getattr(exc.orig, "diag", None)
+    reason = getattr(diag, "message_primary", None) or str(exc.orig).strip().splitlines()[0]
+    return code, str(reason)
+
+
+def described(request: FilterRequest) -> str:
+    """The filters of ``request`` without their values (for a log): column, field, operator."""
+    return ", ".join(
+        f"{item.column}{'.' + item.field if item.field else ''} {item.operator.value}" for item in _items(request)
+    )
+
+
 def _refused(message: str) -> FilterError:
     logger.info("a filter is refused: %s", message)
     return FilterError(message)
@@ -756,6 +781,8 @@ __all__ = [
     "Operator",
     "check_json_paths",
     "conditions",
+    "described",
+    "failed_on_data",
     "json_paths",
     "split_images",
     "unstorable",

@@ -1,9 +1,10 @@
 """Every kind of bad input of issue 18 (item 6), on every task route, over real HTTP, on SQLite and
 PostgreSQL: unknown fields, wrong types, an unknown scheduler, a malformed uuid, an oversized
-``limit``, a body that is not JSON. Each is answered with the status code mula's clients expect
-(FastAPI's 422 for a request that does not parse, 400 for one that parses but makes no sense, 404
-for what does not exist) and a ``{"detail": ...}`` naming the problem; no row and no message
-changes.
+``limit``, a body that is not JSON, and what parses but no database takes (an offset or integer
+beyond 64 bits, a date outside the years 1 to 9999 in UTC, a NUL character, a lone surrogate,
+NaN). Each is answered with the status code mula's clients expect (FastAPI's 422 for a request
+that does not parse, 400 for one that parses but makes no sense, 404 for what does not exist) and
+a ``{"detail": ...}`` naming the problem; no row and no message changes.
 """
 
 from __future__ import annotations
@@ -48,10 +49,17 @@ def messages(settings: Settings) -> dict[str, int]:
         publisher.close()
 
 
-def rocky_push(**changes: object) -> dict[str, object]:
-    """Rocky's push of a boefje task (rocky/rocky/scheduler.py, push_task), with ``changes``."""
+def rocky_push(data_extra: dict[str, object] | None = None, **changes: object) -> dict[str, object]:
+    """Rocky's push of a boefje task (rocky/rocky/scheduler.py, push_task), with ``changes`` (and
+    ``data_extra`` in its data)."""
     task_id = str(uuid.uuid4())
-    data = {"id": task_id, "boefje": {"id": "dns-records"}, "input_ooi": "Hostname|internet|a.nl", "organization": "aa"}
+    data: dict[str, object] = {
+        "id": task_id,
+        "boefje": {"id": "dns-records"},
+        "input_ooi": "Hostname|internet|a.nl",
+        "organization": "aa",
+        **(data_extra or {}),
+    }
     return {"id": task_id, "scheduler_id": "boefje", "organisation": "aa", "priority": 1, "data": data, **changes}
 
 
@@ -154,6 +162,124 @@ CASES: list[tuple[str, str, str, dict[str, Any], Any, int, str]] = [
     ("pop: not JSON", "POST", "/schedulers/boefje/pop", {}, NOT_JSON, 422, "JSON"),
     ("patch: not JSON", "PATCH", "/tasks/{task}", {}, NOT_JSON, 422, "JSON"),
     ("search: not JSON", "POST", "/tasks", {}, NOT_JSON, 422, "JSON"),
+    # what parses but no database takes (each was a 500)
+    ("list: an offset beyond 64 bits", "GET", "/tasks", {"offset": 2**63}, None, 422, "offset"),
+    ("search: an offset beyond 64 bits", "POST", "/tasks", {"offset": 2**64}, None, 422, "offset"),
+    ("schedules: an offset beyond 64 bits", "GET", "/schedules", {"offset": 10**30}, None, 422, "offset"),
+    (
+        "schedule search: an offset beyond 64 bits",
+        "POST",
+        "/schedules/search",
+        {"offset": 2**63},
+        {"filters": [{"column": "organisation", "operator": "==", "value": "aa"}]},
+        422,
+        "offset",
+    ),
+    (
+        "list: a date before the year 1 in UTC",
+        "GET",
+        "/tasks",
+        {"min_created_at": "0001-01-01T00:00:00+01:00"},
+        None,
+        400,
+        "min_created_at",
+    ),
+    (
+        "schedules: a date after the year 9999 in UTC",
+        "GET",
+        "/schedules",
+        {"max_deadline_at": "9999-12-31T23:59:59-14:00"},
+        None,
+        400,
+        "max_deadline_at",
+    ),
+    ("list: NUL in an organisation", "GET", "/tasks", {"organisation": "a\x00"}, None, 400, "organisation"),
+    ("search: NUL in a plugin id", "POST", "/tasks", {"plugin_id": "\x00"}, None, 400, "plugin_id"),
+    ("stats: NUL in an organisation", "GET", "/tasks/stats", {"organisation_id": "\x00"}, None, 400, "organisation_id"),
+    ("schedules: NUL in a hash", "GET", "/schedules", {"schedule_hash": "a\x00"}, None, 400, "schedule_hash"),
+    (
+        "push: NUL in data",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(data_extra={"extra": ["ok", "a\x00"]}),
+        400,
+        "data.extra.1",
+    ),
+    (
+        "push: NUL in the organisation",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(organisation="a\x00"),
+        400,
+        "organisation",
+    ),
+    (
+        "push: an integer beyond 64 bits in data",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(data_extra={"extra": {"n": 2**70}}),
+        400,
+        "data.extra.n",
+    ),
+    (
+        "push: a priority beyond 64 bits",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        rocky_push(priority=2**70),
+        422,
+        "priority",
+    ),
+    (
+        "push: a lone surrogate",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        b'{"organisation": "aa", "data": {"organization": "\\ud800"}}',
+        422,
+        "JSON",
+    ),
+    (
+        "push: NaN",
+        "POST",
+        "/schedulers/boefje/push",
+        {},
+        b'{"organisation": "aa", "priority": NaN, "data": {}}',
+        422,
+        "JSON",
+    ),
+    (
+        "report push: NUL in the recipe",
+        "POST",
+        "/schedulers/report/push",
+        {},
+        {"organisation": "aa", "data": {"organisation_id": "aa", "report_recipe_id": "r\x00"}},
+        400,
+        "data.report_recipe_id",
+    ),
+    ("patch: a lone surrogate", "PATCH", "/tasks/{task}", {}, b'{"status": "\\udc00"}', 422, "JSON"),
+    (
+        "patch: a created_at after the year 9999 in UTC",
+        "PATCH",
+        "/tasks/{task}",
+        {},
+        {"status": "running", "created_at": "9999-12-31T23:59:59-14:00"},
+        400,
+        "created_at",
+    ),
+    (
+        "pop: a lone surrogate",
+        "POST",
+        "/schedulers/report/pop",
+        {},
+        b'{"filters": [{"column": "\\ud800"}]}',
+        422,
+        "JSON",
+    ),
+    ("pop: Infinity", "POST", "/schedulers/report/pop", {}, b'{"filters": Infinity}', 422, "JSON"),
 ]
 
 
