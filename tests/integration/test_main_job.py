@@ -46,8 +46,10 @@ def main_job(tmp_path: Path):
                 str(ROOT),
                 "run",
                 # Long enough for boefjes and normalizers to complete and the graph to grow (the
-                # run's first seconds do that for this world), short enough not to idle.
-                "RUN_ARGS=--duration 15 --lines --organisations 2 --oois-per-org 60",
+                # run's first seconds do that for this world: its workers start on the first tick
+                # while the run is still starting) and for Flower to list them, short enough not
+                # to idle.
+                "RUN_ARGS=--duration 8 --lines --organisations 2 --oois-per-org 60",
             ],
             cwd=tmp_path,
             env=clean_environment(tmp_path / "state"),
@@ -215,30 +217,6 @@ def test_with_kat_configured_the_run_uses_the_real_services_and_embeds_nothing(
     assert not (tmp_path / "state" / "embedded").exists()
 
 
-def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path) -> None:
-    env = clean_environment(tmp_path / "state")
-    output = tmp_path / "first.out"
-    with open(output, "wb") as sink:
-        first = subprocess.Popen(
-            run_command("--no-flower", "--organisations", "1", "--oois-per-org", "10"),
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
-        try:
-            wait_for_line(output, r"processes\s+(.*)", first, timeout=90)
-            second = subprocess.run(
-                run_command("--duration", "5"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-            )
-            assert second.returncode == 1
-            assert f"pid {first.pid}" in second.stderr and "is in use" in second.stderr
-            assert first.poll() is None, "the refused run must not disturb the first"
-        finally:
-            first.send_signal(signal.SIGTERM)
-            assert first.wait(timeout=15) == 0
-
-
 def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) -> None:
     output = tmp_path / "run.out"
     big_world = ("--organisations", "10", "--oois-per-org", "3000", "--no-flower")  # slow to generate
@@ -315,8 +293,24 @@ def wait_until_gone(run_dir: Path, timeout: float) -> list[int]:
     return left
 
 
-def test_a_closed_terminal_sighup_stops_the_run_cleanly(tmp_path: Path, small_run) -> None:
+def test_a_second_run_on_the_same_folder_is_refused_and_a_closed_terminal_sighup_stops_the_first_cleanly(
+    tmp_path: Path, small_run
+) -> None:
+    # One run on the folder for both: the second run's refusal must leave it undisturbed, and
+    # closing its terminal then stops it as cleanly as a run nobody disturbed.
     run, output = small_run()
+    second = subprocess.run(
+        run_command("--duration", "5"),
+        cwd=tmp_path,
+        env=clean_environment(tmp_path / "state"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"pid {run.pid}" in second.stderr and "is in use" in second.stderr
+    assert run.poll() is None, "the refused run must not disturb the first"
+
     run.send_signal(signal.SIGHUP)
     assert run.wait(timeout=15) == 0, output.read_text()
     assert processes_of_run(tmp_path / "state") == []
