@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.message
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,7 +78,10 @@ class UnusableInput:
       (``"\\ud800"``, no Unicode character), ``NaN``, ``Infinity``, a number beyond a double
       (``1e400``). It is answered as FastAPI answers a body that is not JSON (422,
       ``json_invalid``, the position and what is wrong there); the routes would otherwise fail
-      to store, compare or even echo it. A body both refuse reaches FastAPI as it came.
+      to store, compare or even echo it. Each JSON body is read once more here with orjson
+      (strict); only one it refuses is read with Python's parser and looked through. Any other
+      body (JSON, JSON orjson does not read such as UTF-16, or no JSON for either) reaches
+      FastAPI as it came.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -132,18 +136,40 @@ def _not_json(body: bytes) -> dict[str, Any] | None:
         orjson.loads(body)
     except orjson.JSONDecodeError as strict:
         try:
-            json.loads(body)
+            value = json.loads(body)
         except (ValueError, RecursionError):
             return None
-        reason = f"{strict.msg} (JSON has no lone surrogates, NaN, Infinity or numbers beyond a double)"
-        logger.info("a request body is refused: it is not JSON: %s at %d", strict.msg, strict.pos)
+        problem = _beyond_json(value)
+        if problem is None:  # JSON orjson does not read (UTF-16, deeper than it nests)
+            return None
+        logger.info("a request body is refused: it holds %s (at %d: %s)", problem, strict.pos, strict.msg)
         return {
             "type": "json_invalid",
             "loc": ["body", strict.pos],
             "msg": "JSON decode error",
             "input": {},
-            "ctx": {"error": reason},
+            "ctx": {"error": f"{strict.msg}: the body holds {problem}, which JSON does not allow"},
         }
+    return None
+
+
+def _beyond_json(value: Any) -> str | None:
+    """What Python's parser gave that JSON has not: a lone surrogate, NaN or Infinity."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a lone surrogate (\\ud800 to \\udfff, no Unicode character)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "NaN or Infinity (or a number beyond a double)"
     return None
 
 

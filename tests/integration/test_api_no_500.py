@@ -13,6 +13,7 @@ row without the value, never matches.
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from typing import Any
 
@@ -367,3 +368,13 @@ def test_only_a_read_failing_on_the_values_its_filters_met_counts_as_the_filters
         assert failed_on_data(failure("SELECT 1", lost)) is None
     finally:
         lost.dispose()
+
+
+def test_a_json_body_in_utf_16_is_still_read(api, rows):
+    # JSON that Python reads and the strict check does not (UTF-16) reaches the route as before.
+    body = json.dumps({"filters": [mixed("==", "abc")]}).encode("utf-16")
+
+    response = api.post("/tasks", data=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 200, response.text
+    assert [rows[t["id"]] for t in response.json()["results"]] == ["text"]
