@@ -419,6 +419,9 @@ def _compare(item: Filter, left: Any, value: Any, *, is_text: bool, dialect: str
         kind = _COMPARE[op]
         if isinstance(value, bool) and kind not in ("eq", "ne"):
             raise FilterError(f"operator {op.value!r} on {where} orders values; true and false take ==, !=, is, is_not")
+        if is_text and dialect == "postgresql" and kind not in ("eq", "ne"):
+            # Text in code point order, as SQLite orders it, whatever the database's collation.
+            left = left.collate("C")
         return {  # type: ignore[no-any-return]
             "eq": lambda: left == value,
             "ne": lambda: left != value,

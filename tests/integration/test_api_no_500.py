@@ -57,6 +57,7 @@ FOUND: list[tuple[str, Any, frozenset[str] | str, frozenset[str] | str]] = [
     ("text ==", [mixed("==", "abc")], frozenset({"text"}), frozenset({"text"})),
     ("text != (only text)", [mixed("!=", "abc")], frozenset({"date"}), frozenset({"date"})),
     ("text > (text order)", [mixed(">", "2019")], frozenset({"text", "date"}), frozenset({"text", "date"})),
+    ("text order is code point order", [mixed(">", "B")], frozenset({"text"}), frozenset({"text"})),
     ("integer >", [mixed(">", 2)], frozenset({"int"}), frozenset({"int"})),
     ("integer == float", [mixed("==", 5.0)], frozenset({"int"}), frozenset({"int"})),
     ("float <", [mixed("lt", 2)], frozenset({"float"}), frozenset({"float"})),
