@@ -501,7 +501,8 @@ def test_a_listener_stuck_in_its_handler_stops_beating_and_beats_again_after(
 
     monkeypatch.setattr(consumer_module, "STALLED_AFTER", 0.5)
     alive = tmp_path / "alive"
-    handler = FakeHandler(before=lambda number: time.sleep(3) if number == 1 else None)
+    hanging = threading.Event()  # the first batch's handler hangs until the test lets it go
+    handler = FakeHandler(before=lambda number: hanging.wait(30) if number == 1 else None)
     consumer = EventConsumer(amqp_events, {SCAN_PROFILE_MUTATIONS: handler}, heartbeat=Heartbeat(alive, every=0.1))
     with consuming(consumer):
         assert wait_for(alive.exists, 10)
@@ -511,6 +512,7 @@ def test_a_listener_stuck_in_its_handler_stops_beating_and_beats_again_after(
         stuck_at = alive.stat().st_mtime_ns
         time.sleep(1.0)
         assert alive.stat().st_mtime_ns == stuck_at
+        hanging.set()
         assert wait_for(counted(consumer, acked=1), 10)
         assert wait_for(lambda: alive.stat().st_mtime_ns > stuck_at, 5), "no beat after the batch was done"
 
