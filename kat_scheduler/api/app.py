@@ -121,7 +121,7 @@ class UnusableInput:
 def _read_as_json(scope: Scope) -> bool:
     """Whether FastAPI reads this request's body as JSON (no content type, or a JSON one)."""
     value = next((v for name, v in scope["headers"] if name == b"content-type"), None)
-    if value is None:
+    if value is None or value == b"application/json":
         return True
     message = email.message.Message()
     message["content-type"] = value.decode("latin-1")
