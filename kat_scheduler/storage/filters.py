@@ -12,13 +12,15 @@ matches (``is_null`` matches a missing value and JSON null). The operators that 
 (``match`` full-text search, the JSON operators ``@>``, ``<@``, ``@?``, ``@@``) are refused on
 SQLite with :class:`FilterError` (a 400 over HTTP), never answered with a wrong result, and so are
 the few filters SQLite would answer differently: ``ilike`` with a pattern holding non-ASCII
-letters (SQLite folds the case of ASCII letters only) and a field key with a double quote.
+letters (SQLite folds the case of ASCII letters only) and a field key with a double quote. Text
+is ordered (``>``, ``<``, ...) in code point order on both (``COLLATE "C"`` on PostgreSQL), and
+``like`` and its kin take ``\\`` as their escape character on both.
 
 Every problem with a filter is a :class:`FilterError` naming it, found before any statement
 runs: an unknown column, a value of the wrong type for the column or operator, a value no
 database can take (text with a NUL character or a lone surrogate, an integer outside 64 bits, NaN
 or Infinity), an ordering operator with true or false, a LIKE pattern ending in its escape
-character.
+character, more than :data:`MAX_FILTERS` filters or :data:`MAX_VALUES` list values in a request.
 
 A JSON path (the value of ``@?`` and ``@@``) is PostgreSQL's own language; :func:`check_json_paths`
 has PostgreSQL parse each path of a request before the request runs, and a path it refuses is a
