@@ -6,6 +6,8 @@ a pooled connection must not be shared between processes.
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,11 @@ from sqlalchemy.pool import StaticPool
 #: Seconds to wait for a PostgreSQL connection (a ``connect_timeout`` in the URL wins): a host
 #: that drops packets must give an error, not hang a worker, the listener or ``status``.
 CONNECT_TIMEOUT = 10
+
+#: JSON columns are written as JSON allows: ``NaN`` and ``Infinity`` are refused when the row is
+#: written (PostgreSQL would refuse them anyway; SQLite would store them, and its JSON functions
+#: would then fail every filtered read that meets the row).
+_json = partial(json.dumps, allow_nan=False)
 
 
 def is_sqlite(db_uri: str) -> bool:
@@ -47,19 +54,31 @@ def make_engine(db_uri: str, *, pool_size: int = 5, echo: bool = False) -> Engin
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if url.database in (None, "", ":memory:"):
             kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, echo=echo, **kwargs)
+        engine = create_engine(url, echo=echo, json_serializer=_json, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT}
-    return create_engine(
+    connect_args: dict[str, Any] = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT}
+    engine = create_engine(
         url,
         echo=echo,
+        json_serializer=_json,
         connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+    event.listen(engine, "connect", _postgresql_utc)
+    return engine
+
+
+def _postgresql_utc(dbapi_connection: Any, _record: Any) -> None:
+    """Times the database reads without a zone (a JSON path's datetime without one) are UTC,
+    whatever the server's, the login role's or libpq's (``PGTZ``) default."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
