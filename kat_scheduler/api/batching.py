@@ -36,6 +36,11 @@ class Batcher(Generic[In, Out]):
     in the same order. A batch holds requests up to ``most`` in ``weight`` (a single request
     heavier than that is a batch on its own). A request whose client went away while its batch
     ran loses its result: ``lost`` gets those results (on a worker thread), to undo them.
+
+    ``idle`` is called (on a worker thread) once a batch has run and no request waits for the
+    next: what consecutive batches share (a database connection, say) is given back then, so it
+    is held while requests keep coming and not while none come. A request arriving meanwhile
+    waits for it to return.
     """
 
     def __init__(
@@ -45,11 +50,13 @@ class Batcher(Generic[In, Out]):
         most: int,
         weight: Callable[[In], int] = lambda _: 1,
         lost: Callable[[list[Out]], object] | None = None,
+        idle: Callable[[], object] | None = None,
     ) -> None:
         self._run = run
         self._most = most
         self._weight = weight
         self._lost = lost
+        self._idle = idle
         self._waiting: deque[tuple[In, asyncio.Future[Out]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
 
@@ -80,30 +87,38 @@ class Batcher(Generic[In, Out]):
         try:
             while self._waiting:
                 batch = self._next_batch()
-                if not batch:
-                    continue
-                try:
-                    results = await to_thread.run_sync(self._run, [request for request, _ in batch])
-                except Exception as exc:  # every request of the batch answers the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                lost = []
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        lost.append(result)
-                    else:
-                        future.set_result(result)
-                batch = []
-                if lost and self._lost is not None:
+                if batch:
+                    await self._serve(batch)
+                    batch = []
+                if not self._waiting and self._idle is not None:
                     try:
-                        await to_thread.run_sync(self._lost, lost)
+                        await to_thread.run_sync(self._idle)
                     except Exception:
-                        logger.exception("%d result(s) of requests gone could not be undone", len(lost))
+                        logger.exception("what the batches shared could not be given back")
         finally:
             self._drainer = None
             # Left over only when the loop stops this task: nobody will run them.
             for _, future in [*batch, *self._waiting]:
                 future.cancel()
             self._waiting.clear()
+
+    async def _serve(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        """Run one batch and answer each of its requests (an exception answers them all)."""
+        try:
+            results = await to_thread.run_sync(self._run, [request for request, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        lost = []
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                lost.append(result)
+            else:
+                future.set_result(result)
+        if lost and self._lost is not None:
+            try:
+                await to_thread.run_sync(self._lost, lost)
+            except Exception:
+                logger.exception("%d result(s) of requests gone could not be undone", len(lost))

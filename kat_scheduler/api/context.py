@@ -21,7 +21,7 @@ from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.filters import FilterRequest, conditions, split_images
 from kat_scheduler.storage.tables import utcnow
-from kat_scheduler.storage.task_views import PopStatement, TaskViews
+from kat_scheduler.storage.task_views import HeldConnection, PopStatement, TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 #: Pop statements kept per application: one per scheduler and filter body in use.
@@ -89,11 +89,13 @@ class ApiContext:
 
     def _popper(self, statement: PopStatement) -> Batcher[int, list[Row[Any]]]:
         tasks = self.tasks
+        # Batches following each other pop on one connection, given back once no pop waits.
+        held = HeldConnection(self.engine)
 
         def pop(limits: list[int]) -> list[list[Row[Any]]]:
             # One statement for the batch; its rows, most urgent first, go to the requests in the
             # order they came, each its own limit's worth.
-            rows = tasks.pop_with(statement, sum(limits))
+            rows = tasks.pop_with(statement, sum(limits), held=held)
             taken: list[list[Row[Any]]] = []
             for limit in limits:
                 taken.append(rows[:limit])
@@ -103,7 +105,7 @@ class ApiContext:
         def hand_back(lost: list[list[Row[Any]]]) -> None:
             tasks.hand_back([row.id for rows in lost for row in rows])
 
-        return Batcher(pop, most=MAX_POP, weight=lambda limit: limit, lost=hand_back)
+        return Batcher(pop, most=MAX_POP, weight=lambda limit: limit, lost=hand_back, idle=held.release)
 
     def dispatch(self, item: Dispatchable) -> DispatchResult:
         """Claim ``item``'s row, then publish its message: the producers' own path (``dispatch.py``)."""

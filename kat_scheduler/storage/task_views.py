@@ -7,14 +7,16 @@ Route handlers hold no SQL: every statement the API runs is here (or in :mod:`.t
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     Integer,
     Row,
@@ -31,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -38,6 +41,7 @@ from kat_scheduler.storage.paging import Page, newest_first
 from kat_scheduler.storage.tables import POP_IMAGE_SQL, TaskRow, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
+T = TypeVar("T")
 
 #: Which statuses a task may be moved to over HTTP, and from which: the workers' own lifecycle
 #: (``TaskStore.mark_dispatched``, ``start``, ``finish``, ``requeue``, ``cancel`` and the
@@ -313,7 +317,9 @@ class TaskViews:
             return PopStatement(stmt)
         return PopStatement(stmt, *_prepared(stmt, self.engine.dialect))
 
-    def pop_with(self, statement: PopStatement, limit: int, now: datetime | None = None) -> list[Row[Any]]:
+    def pop_with(
+        self, statement: PopStatement, limit: int, now: datetime | None = None, *, held: HeldConnection | None = None
+    ) -> list[Row[Any]]:
         """Run a pop built by :meth:`pop_statement`: up to ``limit`` tasks taken, most urgent first,
         now ``dispatched``.
 
@@ -325,24 +331,16 @@ class TaskViews:
         ``force_generic_plan``: PostgreSQL would otherwise plan every ``EXECUTE`` again, as the
         generic plan's estimate (for any ``limit``) never looks as cheap as one for ``limit=1``.
         Only these pops are prepared statements here (psycopg2 prepares nothing).
+
+        ``held``: run on that connection (see :class:`HeldConnection`), not on one from the pool.
         """
         if limit <= 0:
             raise ValueError(f"a pop takes at least one task, not {limit}")
         params = {"now": now or utcnow(), "limit": limit}
+        if held is not None:
+            return held.run(lambda conn: _pop_on(conn, statement, params))
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            if statement.prepare is None or statement.execute is None:
-                rows = list(conn.execute(statement.stmt, params).all())
-            else:
-                prepared: set[str] = conn.info.setdefault("kat_prepared_pops", set())
-                if statement.prepare not in prepared:
-                    if len(prepared) >= PREPARED_POPS:
-                        conn.exec_driver_sql("DEALLOCATE ALL")
-                        prepared.clear()
-                    setup = f"SET plan_cache_mode = force_generic_plan; {statement.prepare}"
-                    conn.exec_driver_sql(setup, execution_options={"no_parameters": True})
-                    prepared.add(statement.prepare)
-                rows = list(conn.execute(statement.execute, params).all())
-        return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
+            return _pop_on(conn, statement, params)
 
     def hand_back(self, task_ids: Collection[uuid.UUID], now: datetime | None = None) -> int:
         """Popped tasks no runner received (its request was gone when they were taken): queued
@@ -425,6 +423,81 @@ class TaskViews:
             )
         self._moves[to_status] = stmt
         return stmt
+
+
+class HeldConnection:
+    """An autocommit connection kept from one use to the next, until :meth:`release`.
+
+    Each connection from the pool costs a pop two round trips to PostgreSQL besides its
+    statement: the pool's pre-ping (``SELECT 1``) when it is taken and the reset of its
+    isolation level (``SET default_transaction_isolation``) when it is given back. The API's
+    pops of one runner's kind come one batch after another while runners keep popping: they
+    run on one connection held for as long as batches follow each other (the API gives it back
+    once no pop waits), so only the first pays those.
+
+    A held connection found gone when used (PostgreSQL restarted, the connection cut) is
+    dropped and the work run once more on a connection from the pool, pre-pinged as usual. A
+    pop is a statement of its own (autocommit): one that failed this way either never ran or
+    its tasks stay ``dispatched`` until the reaper queues them again, as for a runner that
+    never got its answer. Used by one thread at a time (the API's batches of one kind run one
+    after another); a lock keeps :meth:`release` from closing it while in use.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on the held connection (taken from the pool if none is held)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    result = work(conn)
+                except DBAPIError as exc:
+                    conn.close()
+                    if not exc.connection_invalidated:
+                        raise
+                except BaseException:
+                    conn.close()
+                    raise
+                else:
+                    self._conn = conn
+                    return result
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return result
+
+    def release(self) -> None:
+        """Give the connection back to the pool (the next :meth:`run` takes one again)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _pop_on(conn: Connection, statement: PopStatement, params: dict[str, Any]) -> list[Row[Any]]:
+    """Run a pop on ``conn`` (autocommit), preparing it there first if it is prepared and ``conn``
+    has not (see :meth:`TaskViews.pop_with`); its rows, most urgent first."""
+    if statement.prepare is None or statement.execute is None:
+        rows = list(conn.execute(statement.stmt, params).all())
+    else:
+        prepared: set[str] = conn.info.setdefault("kat_prepared_pops", set())
+        if statement.prepare not in prepared:
+            if len(prepared) >= PREPARED_POPS:
+                conn.exec_driver_sql("DEALLOCATE ALL")
+                prepared.clear()
+            setup = f"SET plan_cache_mode = force_generic_plan; {statement.prepare}"
+            conn.exec_driver_sql(setup, execution_options={"no_parameters": True})
+            prepared.add(statement.prepare)
+        rows = list(conn.execute(statement.execute, params).all())
+    return sorted(rows, key=lambda row: (row.band, row.priority, row.created_at))
 
 
 def _prepared(stmt: Update, dialect: Dialect) -> tuple[str, TextualSelect]:

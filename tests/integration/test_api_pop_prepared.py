@@ -18,7 +18,7 @@ from kat_scheduler.settings import Settings
 from kat_scheduler.storage import task_views
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import TaskRow
-from kat_scheduler.storage.task_views import TaskViews
+from kat_scheduler.storage.task_views import HeldConnection, TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import serve_api
 from tests.factories import NewTaskFactory
@@ -65,6 +65,23 @@ def test_a_pop_filtered_by_a_list_and_a_pattern_takes_exactly_the_matching_tasks
     assert dispatched(engine) == {str(t.id) for t in wanted}
 
 
+def cut_connections(postgres_uri: str) -> int:
+    """Terminate every other connection to the test database; how many there were."""
+    outside = make_engine(postgres_uri, pool_size=1)
+    try:
+        with outside.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        outside.dispose()
+
+
 def test_pops_go_on_after_the_databases_connections_were_cut(postgres_uri, pg_engine, settings):
     # A connection replacing one lost has prepared nothing: the pop prepares itself again.
     tasks = [NewTaskFactory.build(priority=priority) for priority in range(3)]
@@ -72,23 +89,57 @@ def test_pops_go_on_after_the_databases_connections_were_cut(postgres_uri, pg_en
 
     with serve_api(settings, engine=pg_engine) as api:
         before = api.post("/schedulers/boefje/pop").json()["results"]
-        outside = make_engine(postgres_uri, pool_size=1)
-        try:
-            with outside.connect() as conn:
-                cut = conn.execute(
-                    sa.text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                ).scalar_one()
-        finally:
-            outside.dispose()
+        cut = cut_connections(postgres_uri)
         after = [api.post("/schedulers/boefje/pop") for _ in range(2)]
 
     assert cut >= 1
     assert [t["id"] for t in before] == [str(tasks[0].id)]
     assert [r.status_code for r in after] == [200, 200]
     assert [r.json()["results"][0]["id"] for r in after] == [str(tasks[1].id), str(tasks[2].id)]
+
+
+def backend(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def test_pops_in_a_row_share_one_held_connection_given_back_to_the_pool_on_release(pg_engine, one_connection):
+    tasks = [NewTaskFactory.build(priority=priority) for priority in range(3)]
+    TaskStore(pg_engine).claim(tasks)
+    views = TaskViews(one_connection)
+    held = HeldConnection(one_connection)
+    pop = views.pop_statement(SchedulerId.BOEFJE)
+
+    taken = [row.id for _ in range(2) for row in views.pop_with(pop, 1, held=held)]
+    backends = {held.run(backend) for _ in range(2)}
+    held.release()
+
+    assert taken == [tasks[0].id, tasks[1].id]
+    assert len(backends) == 1
+    assert one_connection.pool.checkedout() == 0, "given back"
+    assert [row.id for row in views.pop_with(pop, 1)] == [tasks[2].id]
+
+
+def test_a_held_connection_cut_meanwhile_is_replaced_and_the_pop_takes_the_next_task(postgres_uri, pg_engine):
+    tasks = [NewTaskFactory.build(priority=priority) for priority in range(3)]
+    TaskStore(pg_engine).claim(tasks)
+    engine = make_engine(postgres_uri, pool_size=2)
+    try:
+        views = TaskViews(engine)
+        held = HeldConnection(engine)
+        pop = views.pop_statement(SchedulerId.BOEFJE)
+        first = views.pop_with(pop, 1, held=held)
+        before = held.run(backend)
+        cut = cut_connections(postgres_uri)
+        second = views.pop_with(pop, 1, held=held)
+        after = held.run(backend)
+        held.release()
+    finally:
+        engine.dispose()
+
+    assert cut >= 1
+    assert [row.id for row in [*first, *second]] == [tasks[0].id, tasks[1].id]
+    assert after != before, "a new connection"
+    assert dispatched(pg_engine) == {str(tasks[0].id), str(tasks[1].id)}
 
 
 def image_task(image: str, priority: int) -> NewTask:

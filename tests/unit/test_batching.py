@@ -120,3 +120,66 @@ def test_with_nothing_running_a_request_runs_at_once_in_a_batch_of_its_own(concu
     asyncio.run(scenario())
 
     assert gate.batches == [[n] for n in range(concurrent)]
+
+
+class Idle:
+    """An ``idle`` for a batcher that records each call, and can fail."""
+
+    def __init__(self, events: list[str], fail: bool = False) -> None:
+        self.events = events
+        self.fail = fail
+        self.called = threading.Event()
+
+    def __call__(self) -> None:
+        self.events.append("idle")
+        self.called.set()
+        if self.fail:
+            raise RuntimeError("connection gone")
+
+    async def wait(self) -> None:
+        await wait_until(self.called)
+        self.called.clear()
+
+
+def test_idle_is_called_once_no_request_waits_and_not_between_batches_that_follow_each_other():
+    gate = Gate()
+    events: list[str] = []
+    idle = Idle(events)
+
+    def run(requests: list[int]) -> list[str]:
+        events.append(f"batch {requests}")
+        return gate.run(requests)
+
+    async def scenario() -> list[str]:
+        batcher: Batcher[int, str] = Batcher(run, most=10, idle=idle)
+        first = asyncio.create_task(batcher.submit(1))
+        await wait_until(gate.first_started)
+        waiting = [asyncio.create_task(batcher.submit(n)) for n in (2, 3)]
+        await asyncio.sleep(0)
+        gate.opened.set()
+        answers = await asyncio.gather(first, *waiting)
+        await idle.wait()
+        later = await batcher.submit(4)
+        await idle.wait()
+        return [*answers, later]
+
+    answers = asyncio.run(scenario())
+
+    assert answers == ["answer 1", "answer 2", "answer 3", "answer 4"]
+    assert events == ["batch [1]", "batch [2, 3]", "idle", "batch [4]", "idle"]
+
+
+def test_a_failing_idle_is_logged_and_the_next_request_still_runs(caplog):
+    gate = Gate()
+    gate.opened.set()
+    idle = Idle([], fail=True)
+
+    async def scenario() -> list[str]:
+        batcher: Batcher[int, str] = Batcher(gate.run, most=10, idle=idle)
+        first = await batcher.submit(1)
+        await idle.wait()
+        return [first, await batcher.submit(2)]
+
+    assert asyncio.run(scenario()) == ["answer 1", "answer 2"]
+    assert "what the batches shared could not be given back" in caplog.text
+    assert "connection gone" in caplog.text
