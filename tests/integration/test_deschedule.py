@@ -32,7 +32,8 @@ NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def no_bytes_runs(pg_engine: Engine) -> None:
     with pg_engine.begin() as conn:
-        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
+        conn.execute(text("DELETE FROM bytes_runs"))  # DELETE, not TRUNCATE: as pg_engine (tests/conftest.py)
+        conn.execute(text("DELETE FROM bytes_histories"))
 
 
 @pytest.fixture

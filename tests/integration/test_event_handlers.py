@@ -38,7 +38,8 @@ NOW = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
 def no_bytes_runs(pg_engine: Engine) -> None:
     """Bytes' runs kept by an earlier test's tick (same world, same hashes) are not this test's."""
     with pg_engine.begin() as conn:
-        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
+        conn.execute(text("DELETE FROM bytes_runs"))  # DELETE, not TRUNCATE: as pg_engine (tests/conftest.py)
+        conn.execute(text("DELETE FROM bytes_histories"))
 
 
 @pytest.fixture

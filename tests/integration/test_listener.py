@@ -218,7 +218,8 @@ def test_a_raise_after_the_tick_leaves_a_boefje_bytes_shows_running_or_inside_it
     org = "org01"
     assert world.is_enabled(org, "shodan") and world.is_enabled(org, "nmap")
     with pg_engine.begin() as conn:  # what an earlier test's tick kept is not this test's
-        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
+        conn.execute(text("DELETE FROM bytes_runs"))  # DELETE, not TRUNCATE: as pg_engine (tests/conftest.py)
+        conn.execute(text("DELETE FROM bytes_histories"))
     refs = {name: f"IPAddressV4|internet|192.0.2.{n}" for n, name in enumerate(("running", "grace", "never"), 201)}
     for ref in refs.values():
         world.add_ooi(org, "IPAddressV4", ref, level=0)
