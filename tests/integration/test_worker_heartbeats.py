@@ -58,9 +58,9 @@ def settings(private_postgres_uri: str, redis_url: str) -> Settings:
     return load_settings(broker_url=redis_url, db_uri=private_postgres_uri)
 
 
-#: Node loss sped up for a test not about the defaults: a beat a second, a node silent for 6 s
-#: (six beats missed) is suspected, and the reaper runs every second.
-SHORT_HEARTBEAT = {"worker_heartbeat_interval": 1.0, "worker_lost_after": 6.0, "reap_interval": 1.0}
+#: Node loss sped up for a test not about the defaults: a beat every half second, a node silent
+#: for six beats is suspected, and the reaper runs every half second.
+SHORT_HEARTBEAT = {"worker_heartbeat_interval": 0.5, "worker_lost_after": 3.0, "reap_interval": 0.5}
 
 
 def short_settings(settings: Settings, **changes: float) -> Settings:
