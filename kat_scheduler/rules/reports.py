@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from croniter import CroniterBadDateError
+
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.rules.timing import is_valid_cron, next_cron
 
@@ -54,7 +56,10 @@ def next_report_deadline(cron: str | None, now: datetime) -> datetime | None:
         return None
     if not is_valid_cron(cron):
         raise InvalidReportSchedule(f"schedule {cron!r} is not a valid cron expression")
-    return next_cron(cron, now)
+    try:
+        return next_cron(cron, now)
+    except CroniterBadDateError:  # its times are all past (a cron with a year field)
+        raise InvalidReportSchedule(f"schedule {cron!r} has no time after {now.isoformat()}") from None
 
 
 def scheduled_report(organisation: str, data: Mapping[str, Any], cron: str | None, now: datetime) -> ScheduledReport:

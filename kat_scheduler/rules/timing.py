@@ -13,9 +13,9 @@ so the same schedule always gets the same offset.
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from kat_scheduler.models.plugins import Boefje
 
@@ -31,11 +31,24 @@ def period(boefje: Boefje, default_seconds: int) -> timedelta:
     return timedelta(seconds=default_seconds)
 
 
+#: A moment to look for a cron's times after (pure: no clock): a cron with no time after it has none.
+_CRON_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 @functools.lru_cache(maxsize=4096)
 def is_valid_cron(expression: str) -> bool:
-    """Whether ``expression`` is a cron expression croniter can follow (cached: schedules share a few)."""
-    valid: bool = croniter.is_valid(expression)
-    return valid
+    """Whether ``expression`` is a cron expression croniter can follow (cached: schedules share a few).
+
+    It must parse and have a time at all: ``0 6 30 2 *`` (February 30th) parses, but croniter
+    finds no next time for it and raises, so a schedule with it would fail each time it is read.
+    """
+    if not croniter.is_valid(expression):
+        return False
+    try:
+        croniter(expression, _CRON_REFERENCE).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
