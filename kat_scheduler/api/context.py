@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +51,8 @@ class ApiContext:
         default_factory=OrderedDict, repr=False
     )
     _holder: Batcher[NewTask, tuple[bool, datetime]] | None = field(default=None, repr=False)
+    #: The connections the poppers hold between batches (given back on close, too).
+    _held: weakref.WeakSet[HeldConnection] = field(default_factory=weakref.WeakSet, repr=False)
     #: One dispatch at a time over the one broker connection.
     _dispatch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -91,6 +94,8 @@ class ApiContext:
         tasks = self.tasks
         # Batches following each other pop on one connection, given back once no pop waits.
         held = HeldConnection(self.engine)
+        with self._lock:
+            self._held.add(held)
 
         def pop(limits: list[int]) -> list[list[Row[Any]]]:
             # One statement for the batch; its rows, most urgent first, go to the requests in the
@@ -147,6 +152,10 @@ class ApiContext:
             return self._holder
 
     def close(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        for connection in held:  # a popper stopped with the loop, before it gave its connection back
+            connection.release()
         with self._lock:
             if self._clients is not None:
                 self._clients.close()
