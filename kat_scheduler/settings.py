@@ -435,10 +435,11 @@ class Settings(BaseSettings):
         ge=0,
         le=5,
         description=(
-            "Seconds before a rate-limited group's window opens that its next waiting tasks are published, "
-            "and the longest a worker holds such a task for the window instead of putting it back to wait. "
-            "It hides the time from release to start (the database, the broker, a busy machine), so a "
-            "group reaches its limit; the limit itself is never exceeded. 0: publish only into an open window."
+            "Seconds before a rate-limited group's room opens that its next waiting tasks are published, "
+            "each with that moment as its Celery eta: the worker's consumer holds such a message until "
+            "then, not a pool process (other tasks keep starting). It hides the time from release to "
+            "start (the database, the broker, a busy machine), so a group reaches its limit; the limit "
+            "itself is never exceeded. 0: publish only into an open window."
         ),
     )
 

@@ -236,11 +236,14 @@ class Dispatcher:
         return result
 
 
-def message_for(row: Any) -> OutgoingMessage:
-    """The message that runs a task row (the same a producer sent)."""
+def message_for(row: Any, eta: datetime | None = None) -> OutgoingMessage:
+    """The message that runs a task row (the same a producer sent); ``eta``: not before then (the
+    rate limits' release, for a window about to open: :attr:`OutgoingMessage.eta`)."""
     if row.scheduler_id == SchedulerId.NORMALIZER:
         raw_id = str(row.data.get("raw_data", {}).get("id"))
         kwargs = normalizer_message_kwargs(row.organisation, row.plugin_id, raw_id)
-        return OutgoingMessage(row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs)
+        return OutgoingMessage(
+            row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs, eta=eta
+        )
     kwargs = boefje_message_kwargs(row.organisation, row.plugin_id, row.input_ooi)
-    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs)
+    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs, eta=eta)

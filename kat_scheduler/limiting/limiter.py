@@ -70,6 +70,13 @@ LEAD_TRIES = 3
 #: the Redis server's answer, so the machine's own clock does not enter; the margin only keeps a
 #: sleep that ends a hair early from costing another look.
 LEAD_SLACK = 0.001
+#: The longest :meth:`RateLimiter.admit` holds a worker's pool process for a window about to open
+#: (seconds; never more than the lead). A message the release sent ahead carries the moment its
+#: room opens as Celery's ``eta``, so the worker's consumer, not a pool process, holds it until
+#: then (:mod:`kat_scheduler.limiting.release`); what is left to wait at the start is the worker
+#: machine's clock against the Redis server's and the timer's jitter. A window further away than
+#: this puts the task back to wait.
+CLOCK_WAIT = 0.05
 
 
 def parts(limit: RateLimit) -> list[Part]:
@@ -93,8 +100,12 @@ class RateLimiter:
         self.overrides = overrides
         #: Seconds a plugin's limit fields, as Katalogus gave them, are reused (per organisation).
         self.plugin_ttl = plugin_ttl
-        #: Seconds :meth:`admit` waits for a window about to open (``SCHEDULER_RATE_LIMIT_LEAD``).
+        #: Seconds before a group's room opens that the release publishes its next tasks
+        #: (``SCHEDULER_RATE_LIMIT_LEAD``), each with that moment as its ``eta``.
         self.lead = lead
+        #: Seconds :meth:`admit` waits for a window about to open: :data:`CLOCK_WAIT`, at most the
+        #: lead (0: never).
+        self.wait = min(lead, CLOCK_WAIT)
         self._plugins: dict[tuple[str, str], tuple[float, Boefje | None]] = {}
         #: Plugin limit strings that are no limit, said once per process.
         self._said: set[tuple[str, str | None, str | None]] = set()
@@ -152,9 +163,12 @@ class RateLimiter:
         """Count one start of ``boefje_id`` if its limit has room; otherwise say until when it has
         none. ``boefje``: its plugin, for Katalogus's limit (``None``: only an override applies).
 
-        A window that opens within :attr:`lead` seconds is waited for here: the release publishes
-        a group's next tasks that early, so they are at a worker when their window opens (a slot
-        held that long, at most), not still on their way from the database."""
+        A window that opens within :attr:`wait` seconds (a few hundredths at most) is waited for
+        here, in the pool process: the release publishes a group's next tasks :attr:`lead` seconds
+        early with the moment their room opens as their ``eta``, so the worker's consumer keeps
+        them in its timer (no pool process held) and they reach a pool process as the window
+        opens; this wait only absorbs the worker machine's clock against the Redis server's. A
+        window further away refuses at once (the task is put back, with the exact time)."""
         limit = self.limit_of(boefje_id, boefje)
         if limit is None:
             return FREE
@@ -162,7 +176,7 @@ class RateLimiter:
         if group is None:
             return FREE
         admission, now = self._admit(limit, group)
-        latest = time.monotonic() + self.lead  # the whole wait, however many looks
+        latest = time.monotonic() + self.wait  # the whole wait, however many looks
         for _ in range(LEAD_TRIES):
             if admission.allowed or admission.until is None:
                 break
@@ -187,6 +201,12 @@ class RateLimiter:
     def room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
         """How many starts the group has room for now, and when its next room opens."""
         return self._room(limit, f"{STARTS}:{group}")
+
+    def openings(self, limit: RateLimit, group: str, n: int) -> tuple[list[datetime], datetime]:
+        """When each of the group's next ``n`` starts (at most :attr:`RateLimit.capacity`) could be
+        counted, earliest first, and the Redis server's clock: the ``eta`` of what the release
+        sends ahead. A hint, not a reservation: :meth:`admit` still counts each start."""
+        return self.windows.openings(parts(limit), f"{STARTS}:{group}", n)
 
     def release_room(self, limit: RateLimit, group: str) -> tuple[int, datetime]:
         """How many releases of the group may go now (:meth:`take_releases`), and when the next may."""

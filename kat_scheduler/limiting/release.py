@@ -10,12 +10,22 @@ group's next room opens, spread by the limit's capacity (the k-th waiting task o
 ``capacity`` starts per window may run ``k // capacity`` windows later). So a
 group's backlog is on the broker only as far as it can start, and a more urgent task put back
 later is released first. Between passes the thread sleeps until the earliest waiting time it
-knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds). A group's next tasks go out
-``SCHEDULER_RATE_LIMIT_LEAD`` seconds before its window opens, and the worker that gets one waits
-that long at most (:meth:`RateLimiter.admit`): the time between release and start is not lost
-from every window, which a busy machine would otherwise cost the group's rate. Two nodes never
-release one task twice (the rows are locked, others skip them); a task released too early is put
-back by the worker that receives it, with the exact time.
+knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
+
+**The lead.** A group's next tasks go out ``SCHEDULER_RATE_LIMIT_LEAD`` seconds before their room
+opens, so the time between release and start (a database transaction, the broker, a busy machine)
+is not lost from every window. Each carries the moment its room opens (the Redis server's clock,
+:meth:`RateLimiter.openings`) as the ``eta`` of Celery's message protocol 2: a worker's consumer
+keeps a message with a future ``eta`` in its own timer, not in a pool process, and raises its
+prefetch count by one meanwhile, so the worker keeps taking other messages (an unlimited task
+starts in a free pool process at once) and hands the task to a pool process at that moment. The
+message stays unacknowledged while it waits (``task_acks_late``): a worker that dies with it is
+like a worker that dies with any reserved message (Redis restores it after the visibility
+timeout, far longer than any lead; a warm shutdown restores it at once). In the pool process
+:meth:`RateLimiter.admit` then waits only a few hundredths of a second at most
+(:data:`~kat_scheduler.limiting.limiter.CLOCK_WAIT`: the worker machine's clock against the Redis
+server's); a task whose room another node took first is put back by that worker, with the exact
+time. Two nodes never release one task twice (the rows are locked, others skip them).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from sqlalchemy import Engine
 
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
-from kat_scheduler.limiting.limiter import RateLimiter
+from kat_scheduler.limiting.limiter import LEAD_SLACK, RateLimiter
 from kat_scheduler.limiting.waiting import Waiting, WaitingStore
 from kat_scheduler.rules.rate_limits import RateLimit, rate_limit
 from kat_scheduler.storage.tables import utcnow
@@ -56,8 +66,8 @@ class Releaser:
     def release(self, now: datetime | None = None) -> int:
         """Publish the waiting tasks whose time came and whose group has room; how many."""
         now = now or utcnow()
-        # A window about to open (within the limiter's lead) counts as open: its tasks are
-        # published now and their workers wait the rest (see RateLimiter.admit).
+        # A room about to open (within the limiter's lead) counts as open: its tasks are
+        # published now, with that moment as their eta (held by the worker's consumer until then).
         horizon = now + timedelta(seconds=self.limiter.lead)
         with self.engine.begin() as conn:
             # The listings stay locked until the end: a worker that puts a released task back
@@ -69,7 +79,7 @@ class Releaser:
             publish, wait = self._split(due, horizon)
             sent: list[uuid.UUID] = []
             if publish:
-                messages = [message_for(w.row) for w in publish]
+                messages = [message_for(w.row, eta) for w, eta in publish]
                 try:
                     self.publisher.publish(messages)
                     sent = [m.task_id for m in messages]
@@ -80,38 +90,51 @@ class Releaser:
             self.store.wait_more(conn, wait)
         return len(sent)
 
-    def _split(self, due: list[Waiting], horizon: datetime) -> tuple[list[Waiting], dict[uuid.UUID, datetime]]:
+    def _split(
+        self, due: list[Waiting], horizon: datetime
+    ) -> tuple[list[tuple[Waiting, datetime | None]], dict[uuid.UUID, datetime]]:
+        """What to publish now (each with its ``eta``, ``None``: at once) and the new times of the
+        rest."""
         groups: dict[tuple[str, str], list[Waiting]] = defaultdict(list)
-        publish: list[Waiting] = []
+        publish: list[tuple[Waiting, datetime | None]] = []
         for waiting in due:
             if waiting.limit is None or waiting.group is None:
-                publish.append(waiting)
+                publish.append((waiting, None))
             else:
                 groups[(waiting.limit, waiting.group)].append(waiting)
         wait: dict[uuid.UUID, datetime] = {}
         for (text, group), members in groups.items():
             limit = _parsed(text)
             if limit is None:
-                publish.extend(members)
+                publish.extend((waiting, None) for waiting in members)
                 continue
             room, opens = self.limiter.room(limit, group)
             window = timedelta(seconds=min(limit.items, key=lambda item: item.amount).get_expiry())
+            etas: list[datetime | None] = []
+            ahead: list[datetime] = []
             if room == 0 and opens <= horizon:
-                # The window reopens within the lead: a window's worth goes out now, and takes the
-                # room that opens then; the rest wait for the windows after it. A start whose room
-                # is not back by the end of the lead is put back by its worker, with the time.
-                room = limit.capacity
+                # The window reopens within the lead: the tasks whose room opens by the horizon go
+                # out now, each with that moment as its eta (held by the worker's consumer, not a
+                # pool process, until then), and take that room; the rest of the window's worth
+                # wait for their own room's moment, the others for the windows after it. A start
+                # whose room is taken when it comes is put back by its worker, with the time.
+                openings, _ = self.limiter.openings(limit, group, min(limit.capacity, len(members)))
+                etas = [at + timedelta(seconds=LEAD_SLACK) for at in openings if at <= horizon]
+                ahead = [at for at in openings if at > horizon]
+                room = len(etas)
                 opens += window
             # What the passes before this one published may not have started yet (a start counts
             # only then): the release's own window says how much of the room is still to send.
             # Room not sent for now is sent as soon as that window lets it, the rest wait as above.
             wanted = min(room, len(members))
             taken = self.limiter.take_releases(limit, group, wanted)
-            publish.extend(members[:taken])
+            publish.extend((waiting, etas[k] if k < len(etas) else None) for k, waiting in enumerate(members[:taken]))
             if taken < wanted:
                 _, retry = self.limiter.release_room(limit, group)
                 wait.update((waiting.row.id, min(retry, opens)) for waiting in members[taken:wanted])
-            for k, waiting in enumerate(members[wanted:]):
+            rest = members[wanted:]
+            wait.update((waiting.row.id, at) for waiting, at in zip(rest, ahead, strict=False))
+            for k, waiting in enumerate(rest[len(ahead) :]):
                 wait[waiting.row.id] = opens + (k // limit.capacity) * window
         return publish, wait
 

@@ -161,6 +161,35 @@ class MovingWindows:
         rooms = [Room(part, int(answer[2 * i + 1]), moment(int(answer[2 * i + 2]))) for i, part in enumerate(parts)]
         return rooms, moment(int(answer[0]))
 
+    def openings(self, parts: Sequence[Part], name: str, n: int) -> tuple[list[datetime], datetime]:
+        """When each of the next ``n`` counts could be made, earliest first (at most the smallest
+        ``amount`` of ``parts``; a count that could be made now: the Redis server's clock now), and
+        that clock. The ``k``-th needs ``k`` rooms in every part: in a part with ``r`` rooms now,
+        the ``k``-th beyond them opens when its ``k``-th oldest moment leaves the window. Read
+        apart from any count (a hint for timing, not a reservation: :meth:`take` decides)."""
+        n = min([n, *(part.amount for part in parts)])
+        if n < 1:
+            return [], moment(int(self._server_time()))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for part in parts:
+            pipe.zrange(self.key(part, name), 0, -1, withscores=True)
+        clock, *held = pipe.execute()
+        now = int(clock[0]) * 1_000_000 + int(clock[1])
+        opens = [now] * n
+        for part, members in zip(parts, held, strict=True):
+            length = part.seconds * 1_000_000
+            inside = sorted(int(score) for _, score in members if int(score) > now - length)
+            for k in range(n):
+                leaves = len(inside) - part.amount + k  # this one and all before it must leave
+                if leaves >= 0:
+                    opens[k] = max(opens[k], inside[leaves] + length)
+        return [moment(at) for at in opens], moment(now)
+
+    def _server_time(self) -> int:
+        seconds, micros = self.client.time()
+        return int(seconds) * 1_000_000 + int(micros)
+
     def close(self) -> None:
         self.client.close()
 

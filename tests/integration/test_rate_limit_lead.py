@@ -1,47 +1,98 @@
 """The rate limit's lead (``SCHEDULER_RATE_LIMIT_LEAD``), against real Redis and PostgreSQL: a
-group's next tasks are released just before its window opens and a worker waits that little for
-it, so the time from release to start is not lost from every window; the limit itself holds."""
+group's next tasks are released just before their room opens, each with that moment as its Celery
+``eta``, so the time from release to start is not lost from every window while no worker's pool
+process waits for the window (the worker's consumer holds the message until then); the limit
+itself holds."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
+from celery.worker.request import Request
+from kombu.connection import Connection
+from sqlalchemy import Engine, select
 
-from kat_scheduler.dispatch.publishing import make_publisher
+from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
+from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin
 from kat_scheduler.limiting import WaitingStore
-from kat_scheduler.limiting.limiter import RateLimiter
+from kat_scheduler.limiting.limiter import CLOCK_WAIT, RateLimiter
 from kat_scheduler.limiting.release import Releaser
+from kat_scheduler.models import TaskStatus
+from kat_scheduler.queues import Queue
 from kat_scheduler.rules.rate_limits import parse_overrides
+from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
-from kat_scheduler.storage import TaskStore
+from kat_scheduler.storage import TaskRow, TaskStore
 from tests.factories import NewTaskFactory
-from tests.workers import wait_for
+from tests.integration.test_rate_limits import by_boefje, log_tail, queue
+from tests.workers import celery_worker, kat_env, wait_for
 
 
 def limiter(redis_url: str, limits: str, lead: float) -> RateLimiter:
     return RateLimiter(redis_url, parse_overrides(limits), key_prefix=f"test-{uuid.uuid4().hex}", lead=lead)
 
 
-def test_a_start_whose_window_opens_within_the_lead_waits_for_it_and_is_counted_then(redis_url: str) -> None:
+class Recorded:
+    """A publisher that keeps what it is given (the messages the release builds)."""
+
+    def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.messages.extend(messages)
+
+    def prepare(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        return list(messages)
+
+    def queue_depth(self, queue: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_start_whose_window_opens_within_the_clock_wait_waits_for_it_and_is_counted_then(redis_url: str) -> None:
     gate = limiter(redis_url, "nmap=2/second@scan", lead=0.5)
+    assert gate.wait == CLOCK_WAIT < 0.5  # the lead no longer holds a pool process
     first = [gate.admit("nmap", None, "org", f"Hostname|internet|{n}") for n in range(2)]
     assert all(a.allowed for a in first)
 
     refused = gate.admit("nmap", None, "org", "Hostname|internet|3")  # the window opens in ~1 s: too far
     assert not refused.allowed and refused.until is not None
+    until = refused.until
 
-    # Closer than the lead to the window's opening: the start waits here, then counts.
-    time.sleep(max((refused.until - datetime.now(UTC)).total_seconds() - 0.3, 0))
+    # Closer than the clock wait to the window's opening: the start waits here, then counts.
+    assert wait_for(lambda: (until - datetime.now(UTC)).total_seconds() < CLOCK_WAIT * 0.6, timeout=2, interval=0.001)
     asked = time.monotonic()
     admitted = gate.admit("nmap", None, "org", "Hostname|internet|3")
     waited = time.monotonic() - asked
     assert admitted.allowed and admitted.at is not None
-    assert admitted.at >= refused.until
+    assert admitted.at >= until
     assert admitted.at - min(a.at for a in first if a.at) >= timedelta(seconds=1)  # never inside the window
-    assert waited <= 0.5 + 0.1
+    assert waited <= CLOCK_WAIT + 0.1
+
+
+def test_a_start_whose_window_opens_within_the_lead_but_after_the_clock_wait_is_refused_at_once(
+    redis_url: str,
+) -> None:
+    gate = limiter(redis_url, "nmap=1/2second@scan", lead=1.5)
+    assert gate.admit("nmap", None, "org", "Hostname|internet|a").allowed
+    refused = gate.admit("nmap", None, "org", "Hostname|internet|b")
+    assert not refused.allowed and refused.until is not None
+    until = refused.until
+
+    assert wait_for(lambda: (until - datetime.now(UTC)).total_seconds() < 1.0, timeout=3, interval=0.005)
+    asked = time.monotonic()
+    again = gate.admit("nmap", None, "org", "Hostname|internet|b")
+    assert not again.allowed and again.until == until  # put back with the exact time
+    assert time.monotonic() - asked < CLOCK_WAIT + 0.1
 
 
 def test_a_start_whose_window_opens_after_the_lead_is_refused_at_once(redis_url: str) -> None:
@@ -63,31 +114,57 @@ def test_without_a_lead_a_start_is_never_held(redis_url: str) -> None:
     assert time.monotonic() - asked < 0.2
 
 
-def test_the_release_publishes_a_full_groups_next_window_when_it_opens_within_the_lead(
+def test_the_release_publishes_a_full_groups_next_window_when_it_opens_within_the_lead_with_its_eta(
     pg_engine: Engine, redis_url: str
 ) -> None:
     gate = limiter(redis_url, "nmap=2/second@scan", lead=0.5)
     tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(5)]
     assert len(TaskStore(pg_engine).claim(tasks)) == 5
-    assert all(gate.admit("nmap", None, "org", "Hostname|internet|x").allowed for _ in range(2))  # full now
+    starts = [gate.admit("nmap", None, "org", "Hostname|internet|x") for _ in range(2)]  # full now
+    assert all(a.allowed and a.at is not None for a in starts)
     _, opens = gate.room(gate.limit_of("nmap", None), "scan")  # type: ignore[arg-type]
     waiting = WaitingStore(pg_engine)
     for task in tasks:
         assert waiting.put_back(task.id, limit="2/second", group="scan", until=opens)
-    publisher = make_publisher(load_settings(broker_url=redis_url))
-    try:
-        releaser = Releaser(pg_engine, publisher, gate)
-        too_early = opens - timedelta(seconds=0.8)  # the window opens after the lead: nothing goes
-        assert releaser.release(now=too_early) == 0
-        within_lead = opens - timedelta(seconds=0.3)
-        assert releaser.release(now=within_lead) == 2  # one window's worth, not the whole backlog
-    finally:
-        publisher.close()
-        # The window's worth sent takes the room that opens: the rest are not sent into it too.
-        assert releaser.release(now=within_lead + timedelta(seconds=0.1)) == 0
+    publisher = Recorded()
+    releaser = Releaser(pg_engine, publisher, gate)
+    too_early = opens - timedelta(seconds=0.8)  # the window opens after the lead: nothing goes
+    assert releaser.release(now=too_early) == 0
+    within_lead = opens - timedelta(seconds=0.3)
+    assert releaser.release(now=within_lead) == 2  # one window's worth, not the whole backlog
+    # Each goes with the moment its own room opens (a start's moment + 1 s) as its eta: held by
+    # the worker's consumer until then, not by a pool process.
+    etas = sorted(m.eta for m in publisher.messages if m.eta is not None)
+    rooms = sorted(a.at + timedelta(seconds=1) for a in starts if a.at is not None)
+    assert len(etas) == 2
+    for eta, room in zip(etas, rooms, strict=True):
+        assert room <= eta < room + timedelta(seconds=0.01)
+    # The window's worth sent takes the room that opens: the rest are not sent into it too.
+    assert releaser.release(now=within_lead + timedelta(seconds=0.1)) == 0
     still = waiting.waiting_until([t.id for t in tasks])
     assert len(still) == 3
     assert min(still.values()) >= opens + timedelta(seconds=1)  # the rest wait for the windows after
+
+
+def test_a_released_task_goes_with_an_eta_a_stock_worker_reads_and_other_messages_without(tmp_path: Path) -> None:
+    app = create_app(load_settings(broker_url="memory://", db_uri=f"sqlite:///{tmp_path / 'db'}"), main="eta")
+    app.loader.import_default_modules()  # our own kat.boefje.run, as a worker loads it
+    row = NewTaskFactory()
+    eta = datetime.now(UTC).replace(microsecond=123456) + timedelta(seconds=0.25)
+    channel = Connection("memory://").default_channel
+    envelopes = RedisEnvelopes(origin())
+
+    sent = json.loads(envelopes(message_for(row, eta), 5))
+    request = Request(channel.Message(sent, channel=channel), app=app)
+    assert sent["headers"]["eta"] == eta.isoformat()
+    assert request.eta == eta
+
+    plain = json.loads(envelopes(message_for(row), 5))
+    assert plain["headers"]["eta"] is None
+    assert Request(channel.Message(plain, channel=channel), app=app).eta is None
+    del sent["headers"]["eta"], plain["headers"]["eta"]
+    del sent["properties"]["delivery_tag"], plain["properties"]["delivery_tag"]  # unique per send
+    assert sent == plain  # nothing else differs
 
 
 def test_two_nodes_releasing_before_any_start_is_counted_send_one_windows_worth_between_them(
@@ -123,3 +200,52 @@ def test_two_nodes_releasing_before_any_start_is_counted_send_one_windows_worth_
         assert time.monotonic() - sent_at >= 0.95  # a window after the first two went
     finally:
         publisher.close()
+
+
+def row_of(engine: Engine, task_id: uuid.UUID) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(TaskRow).where(TaskRow.id == task_id)).one()
+
+
+def test_while_a_limited_task_waits_for_its_window_a_free_pool_process_starts_an_unlimited_one_at_once(
+    kat: Any, world: Any, pg_engine: Engine, postgres_uri: str, redis_url: str, tmp_path: Path
+) -> None:
+    (limited, limited_tasks), (_, free_tasks) = list(by_boefje(world).items())[:2]
+    # One pool process; a lead of 3 s: the second limited task is released 3 s before its window
+    # opens and reaches the worker then, with its eta.
+    env = kat_env(
+        kat,
+        postgres_uri,
+        redis_url,
+        SCHEDULER_RUNNER="simulated",
+        SCHEDULER_RATE_LIMIT_POLL="0.05",
+        SCHEDULER_RATE_LIMIT_LEAD="3",
+        SCHEDULER_RATE_LIMITS=f"{limited}=1/5second",
+    )
+    log = tmp_path / "w.log"
+    waiting = WaitingStore(pg_engine)
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log, concurrency=1):
+        first, second = (uuid.UUID(i) for i in queue(pg_engine, redis_url, limited_tasks[:2], band=1))
+        assert wait_for(lambda: row_of(pg_engine, first).status == TaskStatus.COMPLETED, timeout=30), log_tail(log)
+        # The second waits for the window (put back), then is released ahead of it: published,
+        # no longer listed as waiting, and not started.
+        assert wait_for(lambda: second in waiting.waiting_until([second]), timeout=10), log_tail(log)
+        assert wait_for(lambda: not waiting.waiting_until([second]), timeout=10), log_tail(log)
+        released = datetime.now(UTC)
+        assert row_of(pg_engine, second).started_at is None
+        free = [uuid.UUID(i) for i in queue(pg_engine, redis_url, free_tasks[:2], band=5)]
+        assert wait_for(
+            lambda: all(row_of(pg_engine, t).status == TaskStatus.COMPLETED for t in [second, *free]), timeout=30
+        ), log_tail(log)
+
+    first_row, second_row = row_of(pg_engine, first), row_of(pg_engine, second)
+    free_rows = [row_of(pg_engine, t) for t in free]
+    opened = first_row.started_at + timedelta(seconds=5)
+    # The limit holds, and the released task starts as its window opens (the lead's point).
+    assert second_row.started_at >= opened
+    assert second_row.started_at - opened < timedelta(seconds=1)
+    # The one pool process was not held for the window: the unlimited tasks queued after the
+    # release started and ended before the limited one started.
+    assert released < opened - timedelta(seconds=1)  # they were queued well before it opened
+    assert max(r.ended_at for r in free_rows) < second_row.started_at
+    assert min(r.started_at for r in free_rows) - released < timedelta(seconds=1.5)

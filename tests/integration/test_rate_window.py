@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 
-from kat_scheduler.limiting.limiter import RateLimiter
+from kat_scheduler.limiting.limiter import CLOCK_WAIT, RateLimiter
 from kat_scheduler.limiting.window import MovingWindows, Part, moment
 from kat_scheduler.rules.rate_limits import RateLimit, parse_overrides
+from tests.workers import wait_for
 
 
 def limiter(redis_url: str, limits: str, prefix: str, lead: float = 0.0) -> RateLimiter:
@@ -97,7 +98,11 @@ def test_a_refused_start_is_told_the_moment_its_room_opens_and_is_admitted_from_
     assert refused.until == first.at + timedelta(seconds=1)  # the oldest of the two leaves the window
     assert gate.room(limit_of(gate), "scan") == (0, refused.until)
 
-    waiting = limiter(redis_url, "nmap=2/second@scan", gate.windows.prefix, lead=1.5)
+    # A start that comes a moment before its room opens (closer than the clock wait) waits for it.
+    waiting = limiter(redis_url, "nmap=2/second@scan", gate.windows.prefix, lead=0.5)
+    until = refused.until
+    with redis.Redis.from_url(redis_url) as client:
+        assert wait_for(lambda: (until - server_clock(client)).total_seconds() < CLOCK_WAIT / 2, timeout=3)
     admitted = waiting.admit("nmap", None, "org", "Hostname|internet|3")
     assert admitted.allowed and admitted.at is not None
     assert admitted.at >= refused.until
@@ -186,3 +191,27 @@ def test_a_worker_whose_clock_is_behind_counts_in_the_same_window_as_the_others(
     with redis.Redis.from_url(redis_url) as client:
         now = server_clock(client)
     assert all(a.at is not None and now - timedelta(seconds=1) < a.at <= now for a in first)
+
+
+def test_the_next_rooms_open_one_window_after_the_moments_that_hold_them(redis_url: str) -> None:
+    gate = limiter(redis_url, "nmap=3/second;5/minute@scan", f"test-{uuid.uuid4().hex}")
+    limit = limit_of(gate)
+    first, second = (gate.admit("nmap", None, "org", f"Hostname|internet|{n}") for n in range(2))
+    assert first.at is not None and second.at is not None
+
+    openings, now = gate.openings(limit, "scan", 5)
+    assert len(openings) == limit.capacity == 3  # never more than the tightest window holds
+    assert openings[0] == now  # one room is free now
+    assert openings[1:] == [first.at + timedelta(seconds=1), second.at + timedelta(seconds=1)]
+
+    third = gate.admit("nmap", None, "org", "Hostname|internet|2")
+    assert third.at is not None
+    openings, _ = gate.openings(limit, "scan", 3)
+    # Three more need three rooms in every part: the minute's (5, three held) has two, so the
+    # third opens when the first start leaves the minute's window.
+    assert openings == [
+        first.at + timedelta(seconds=1),
+        second.at + timedelta(seconds=1),
+        first.at + timedelta(minutes=1),
+    ]
+    assert not gate.admit("nmap", None, "org", "Hostname|internet|3").allowed  # a hint: nothing was counted

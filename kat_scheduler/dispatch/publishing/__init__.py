@@ -22,6 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -47,6 +48,11 @@ class OutgoingMessage:
     kwargs: dict[str, Any]
     #: The message as its publisher will send it, when :meth:`Publisher.prepare` encoded it ahead.
     prepared: str | None = field(default=None, compare=False, repr=False)
+    #: Not before this moment (timezone-aware): Celery protocol 2's ``eta`` header. A worker's
+    #: consumer keeps such a message in its timer, not in a pool process, until then (and raises
+    #: its prefetch count meanwhile, so other messages keep coming); ``None`` (every producer's
+    #: message): at once, the header ``null`` as before.
+    eta: datetime | None = None
 
 
 class BrokerError(Exception):
