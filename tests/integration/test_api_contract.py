@@ -642,3 +642,163 @@ def test_a_stored_report_schedule_whose_cron_never_comes_is_disabled_and_the_oth
     disabled = api.get(f"/schedules/{bad.id}").json()
     assert disabled["enabled"] is False and disabled["disabled_reason"] == why
     assert read(RockySchedule, api.get(f"/schedules/{bad.id}")).deadline_at == bad.deadline_at
+
+
+# --- every operator of the filter language, on columns and on JSON paths -----------------------
+
+#: The operators PostgreSQL alone has: SQLite answers them with 400, never with a wrong result.
+POSTGRESQL_ONLY = {"match", "@>", "<@", "@?", "@@"}
+
+ORG = {"column": "organisation"}
+PRIORITY = {"column": "priority"}
+LEVEL = {"column": "data", "field": "scan_level"}
+NOTE = {"column": "data", "field": "note"}
+TAGS = {"column": "data", "field": "tags"}
+ENABLED = {"column": "data", "field": "enabled"}
+OBJECT = {"column": "data", "field": "input_ooi"}
+
+#: (filter, the tasks it finds of A, B and C below)
+OPERATORS: list[tuple[dict[str, Any], str]] = [
+    ({**ORG, "operator": "==", "value": "beta"}, "B"),
+    ({**ORG, "operator": "eq", "value": "beta"}, "B"),
+    ({**ORG, "operator": "!=", "value": "beta"}, "AC"),
+    ({**ORG, "operator": "ne", "value": "beta"}, "AC"),
+    ({**LEVEL, "operator": "==", "value": 3}, "B"),
+    ({**LEVEL, "operator": "!=", "value": 3}, "A"),
+    ({**ENABLED, "operator": "is", "value": True}, "A"),
+    ({**ENABLED, "operator": "is_not", "value": True}, "BC"),  # SQL's IS NOT: a missing value is not true
+    ({"column": "schedule_id", "operator": "is", "value": None}, "ABC"),
+    ({"column": "schedule_id", "operator": "is_not", "value": None}, ""),
+    ({**NOTE, "operator": "is_null", "value": None}, "BC"),
+    ({**NOTE, "operator": "is_not_null", "value": None}, "A"),
+    ({"column": "schedule_id", "operator": "is_null", "value": None}, "ABC"),
+    ({**PRIORITY, "operator": ">", "value": 1}, "BC"),
+    ({**PRIORITY, "operator": "gt", "value": 1}, "BC"),
+    ({**PRIORITY, "operator": "<", "value": 5}, "A"),
+    ({**PRIORITY, "operator": "lt", "value": 5}, "A"),
+    ({**PRIORITY, "operator": ">=", "value": 5}, "BC"),
+    ({**PRIORITY, "operator": "gte", "value": 5}, "BC"),
+    ({**PRIORITY, "operator": "<=", "value": 5}, "AB"),
+    ({**PRIORITY, "operator": "lte", "value": 5}, "AB"),
+    ({**LEVEL, "operator": ">", "value": 1}, "B"),
+    ({**LEVEL, "operator": "<=", "value": 2.5}, "A"),
+    ({"column": "created_at", "operator": ">=", "value": "2000-01-01T00:00:00+00:00"}, "ABC"),
+    ({**ORG, "operator": "like", "value": "acme%"}, "A"),
+    ({**ORG, "operator": "not_like", "value": "acme%"}, "BC"),
+    ({**ORG, "operator": "ilike", "value": "acme%"}, "AC"),
+    ({**ORG, "operator": "not_ilike", "value": "acme%"}, "B"),
+    ({**OBJECT, "operator": "like", "value": "Hostname|%"}, "AB"),
+    ({**OBJECT, "operator": "ilike", "value": "%MISPO%"}, "A"),
+    ({**ORG, "operator": "in", "value": ["acme", "beta"]}, "AB"),
+    ({**ORG, "operator": "not_in", "value": ["acme", "beta"]}, "C"),
+    ({**LEVEL, "operator": "in", "value": [1, 3]}, "AB"),
+    ({**ORG, "operator": "contains", "value": "cme"}, "AC"),
+    ({**NOTE, "operator": "contains", "value": "mispo"}, "A"),
+    ({"column": "input_ooi", "operator": "starts_with", "value": "IPAddress"}, "C"),
+    ({**OBJECT, "operator": "starts_with", "value": "Hostname|internet|ex"}, "B"),
+    ({**TAGS, "operator": "any", "value": ["dns", "x"]}, "A"),
+    ({**NOTE, "operator": "match", "value": "scan"}, "A"),
+    ({**TAGS, "operator": "@>", "value": ["web"]}, "A"),
+    ({**TAGS, "operator": "<@", "value": ["ports", "x"]}, "B"),
+    ({"column": "data", "operator": "@?", "value": '$.tags[*] ? (@ == "ports")'}, "B"),
+    ({"column": "data", "operator": "@@", "value": "$.scan_level > 2"}, "B"),
+]
+
+
+def test_every_operator_finds_exactly_its_tasks_and_sqlite_refuses_postgresqls_own(api, engine):
+    store = TaskStore(engine)
+    tasks: dict[str, uuid.UUID] = {}
+    extras: dict[str, tuple[str, int, str, dict[str, Any]]] = {
+        "A": ("acme", 1, OOI, {"scan_level": 1, "enabled": True, "tags": ["web", "dns"], "note": "port scan of mispo"}),
+        "B": (
+            "beta",
+            5,
+            "Hostname|internet|example.nl",
+            {"scan_level": 3, "enabled": False, "tags": ["ports"], "note": None},
+        ),
+        "C": ("Acme-2", 9, "IPAddressV4|internet|1.2.3.4", {}),
+    }
+    for name, (org, priority, ooi, extra) in extras.items():
+        task_id = uuid.uuid4()
+        data = {"id": str(task_id), "boefje": {"id": "nmap"}, "input_ooi": ooi, "organization": org, **extra}
+        store.claim(
+            [
+                NewTask(
+                    id=task_id,
+                    scheduler_id=SchedulerId.BOEFJE,
+                    type="boefje",
+                    organisation=org,
+                    plugin_id="nmap",
+                    input_ooi=ooi,
+                    hash=boefje_task_hash("nmap", org, ooi),
+                    band=3,
+                    priority=priority,
+                    data=data,
+                    reason="new",
+                )
+            ]
+        )
+        tasks[name] = task_id
+    names = {task_id: name for name, task_id in tasks.items()}
+
+    found: dict[str, str] = {}
+    refused: dict[str, Any] = {}
+    for item, _ in OPERATORS:
+        response = api.post("/tasks", params={"limit": 10}, json={"filters": [item]})
+        key = f"{item['operator']} {item.get('field') or item['column']}"
+        if response.status_code == 200:
+            found[key] = "".join(sorted(names[uuid.UUID(t["id"])] for t in response.json()["results"]))
+        else:
+            refused[key] = (response.status_code, response.json())
+
+    sqlite = engine.dialect.name == "sqlite"
+    expected = {
+        f"{item['operator']} {item.get('field') or item['column']}": wanted
+        for item, wanted in OPERATORS
+        if not (sqlite and item["operator"] in POSTGRESQL_ONLY)
+    }
+    assert found == expected
+    if sqlite:
+        assert refused == {
+            f"{item['operator']} {item.get('field') or item['column']}": (
+                400,
+                {"detail": f"operator {item['operator']!r} needs PostgreSQL; this scheduler's database is sqlite"},
+            )
+            for item, _ in OPERATORS
+            if item["operator"] in POSTGRESQL_ONLY
+        }
+    else:
+        assert refused == {}
+
+
+# --- the OpenAPI page ------------------------------------------------------------------------------
+
+#: Every route of SCHEDULER-API.md with its methods, and our own /explain.
+ROUTES = {
+    "/health": {"get"},
+    "/metrics": {"get"},
+    "/schedulers": {"get"},
+    "/schedulers/{scheduler_id}": {"get"},
+    "/schedulers/{scheduler_id}/push": {"post"},
+    "/schedulers/{scheduler_id}/pop": {"post"},
+    "/tasks": {"get", "post"},
+    "/tasks/stats": {"get"},
+    "/tasks/{task_id}": {"get", "patch"},
+    "/schedules": {"get", "post"},
+    "/schedules/search": {"post"},
+    "/schedules/{schedule_id}": {"get", "patch", "delete"},
+    "/explain": {"get"},
+}
+
+
+def test_the_openapi_page_documents_every_route_with_its_methods_and_answers(api):
+    schema = api.get("/openapi.json").json()
+    page = api.get("/docs")
+
+    assert {path: set(methods) for path, methods in schema["paths"].items()} == ROUTES
+    operations = [op for methods in schema["paths"].values() for op in methods.values()]
+    assert all(op.get("summary") for op in operations)
+    push = schema["paths"]["/schedulers/{scheduler_id}/push"]["post"]["responses"]
+    assert {"201", "400", "404", "409", "422"} <= set(push)
+    assert set(schema["paths"]["/schedules/{schedule_id}"]["delete"]["responses"]) >= {"204", "404"}
+    assert page.status_code == 200 and "/openapi.json" in page.text
