@@ -24,7 +24,7 @@ from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.dispatch.dispatcher import Dispatchable
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
 from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
-from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
+from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs, without_settings
 from kat_scheduler.storage.filters import unstorable
 from kat_scheduler.storage.tasks import NewTask
 
@@ -94,7 +94,7 @@ def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
         hash=hash_,
         band=MANUAL_BAND,
         priority=push.priority if push.priority is not None else 0,
-        data=data,
+        data=without_settings(data),
         reason="manual",
     )
     return Dispatchable(task, name.value, queue.value, kwargs)

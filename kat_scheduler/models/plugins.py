@@ -66,10 +66,11 @@ class Boefje(_PluginBase):
     def _cron(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        from croniter import croniter
+        # Imported here: the rules import these models (the rule is the rules' own, one home).
+        from kat_scheduler.rules.timing import is_valid_cron
 
-        if not croniter.is_valid(value):
-            raise ValueError(f"invalid cron expression {value!r}")
+        if not is_valid_cron(value):
+            raise ValueError(f"invalid cron expression {value!r} (it does not parse, or never comes)")
         return value
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.mula_import.summary import DISABLED_REASON, IMPORT_BAND, IMPORT_REASON, Malformed
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
-from kat_scheduler.rules.timing import next_cron
+from kat_scheduler.rules.payloads import without_settings
+from kat_scheduler.rules.timing import is_valid_cron, next_cron
 from kat_scheduler.storage.schedules import ScheduleRecord
 from kat_scheduler.storage.tasks import FinishedTask
 
@@ -123,7 +124,7 @@ def finished_task(
         input_ooi=who.input_ooi,
         hash=who.hash,
         status=TaskStatus(status),
-        data=payload,
+        data=without_settings(payload),
         created_at=aware(created_at),
         ended_at=aware(modified_at),
         band=IMPORT_BAND,
@@ -149,14 +150,17 @@ def schedule_record(
     """Our schedule for one mula boefje schedule; :class:`Malformed` when it is not usable."""
     payload = json_object(data, "data")
     who = boefje_identity(payload)
-    if cron is not None and not croniter.is_valid(cron):
-        raise Malformed(f"schedule {cron!r} is not a valid cron expression")
+    if cron is not None and not is_valid_cron(cron):
+        raise Malformed(f"schedule {cron!r} is not a valid cron expression (it does not parse, or never comes)")
     if mula_hash is not None and mula_hash != who.hash:
         notes["schedule hash recomputed (mula's stored hash differed from its data)"] += 1
     if deadline_at is None:
         # Mula never finds a schedule without a deadline due; we give it the next cron time, or
         # make it due now, where the due-schedule check decides (plugin, object, clearance).
-        deadline_at = next_cron(cron, now) if cron else now
+        try:
+            deadline_at = next_cron(cron, now) if cron else now
+        except CroniterBadDateError:
+            raise Malformed(f"schedule {cron!r} has no time after {now.isoformat()}") from None
         notes["schedule without deadline_at given " + ("its next cron time" if cron else "now")] += 1
     boefje = payload["boefje"]
     return ScheduleRecord(
