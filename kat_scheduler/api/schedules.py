@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from croniter import CroniterBadDateError
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -91,6 +92,14 @@ def valid_cron(expression: str) -> str:
     if not is_valid_cron(expression):
         raise _bad(f"schedule {expression!r} is not a valid cron expression")
     return expression
+
+
+def next_time(expression: str, now: datetime) -> datetime:
+    """The cron's next time after ``now``; 400 when it has none (a year field whose years are past)."""
+    try:
+        return next_cron(expression, now)
+    except CroniterBadDateError:
+        raise _bad(f"schedule {expression!r} has no time after {now.isoformat()}") from None
 
 
 def _scheduler(scheduler_id: str) -> SchedulerId:
@@ -202,7 +211,7 @@ def create_schedule(body: ScheduleCreate, ctx: Annotated[ApiContext, Depends(con
         deadline = _utc(body.deadline_at, "deadline_at")
     else:
         assert cron is not None
-        deadline = next_cron(cron, now)
+        deadline = next_time(cron, now)
     record = ScheduleRecord(
         id=uuid.uuid4(),
         scheduler_id=scheduler,
@@ -290,14 +299,14 @@ def patch_schedule(
         cron = valid_cron(patch["schedule"]) if patch["schedule"] is not None else None
         values["schedule"] = cron
         if cron is not None and cron != row.schedule:
-            values["deadline_at"] = next_cron(cron, now)  # the next deadline follows the new cron
+            values["deadline_at"] = next_time(cron, now)  # the next deadline follows the new cron
     if "enabled" in patch:
         values["enabled"] = patch["enabled"]
         if patch["enabled"]:
             values["disabled_reason"] = None
             values["descheduled_at"] = None  # an operator overrules the boefje that descheduled it
             if row.deadline_at is None and cron is not None and "deadline_at" not in values:
-                values["deadline_at"] = next_cron(cron, now)
+                values["deadline_at"] = next_time(cron, now)
     if "deadline_at" in patch:
         values["deadline_at"] = _utc(patch["deadline_at"], "deadline_at")
     if "data" in patch:

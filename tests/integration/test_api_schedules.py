@@ -81,6 +81,8 @@ def test_a_one_off_schedule_keeps_its_deadline_and_has_no_cron(api):
     ("body", "status", "detail"),
     [
         (report_schedule(schedule="every morning"), 400, "schedule 'every morning' is not a valid cron expression"),
+        (report_schedule(schedule="0 6 30 2 *"), 400, "schedule '0 6 30 2 *' is not a valid cron expression"),
+        (report_schedule(schedule="0 6 1 1 * 0 2020"), 400, "schedule '0 6 1 1 * 0 2020' has no time after"),
         (report_schedule(schedule=None), 400, "needs a cron expression (schedule), a deadline_at, or both"),
         (
             {**report_schedule(), "data": {"organisation_id": "aa"}},
@@ -259,6 +261,7 @@ def test_a_boefje_schedule_the_planner_wrote_is_visible_and_editable(api, engine
     [
         ({}, 400, "no data to patch"),
         ({"schedule": "61 * * * *"}, 400, "is not a valid cron expression"),
+        ({"schedule": "0 6 1 1 * 0 2020"}, 400, "has no time after"),
         ({"enabled": None}, 400, "enabled cannot be null"),
         ({"data": None}, 400, "data cannot be null"),
         ({"data": {"organisation_id": "zz", "report_recipe_id": "r"}}, 400, "differs from the data's organisation"),
