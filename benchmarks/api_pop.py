@@ -27,7 +27,10 @@ as the clients share the machine's cores with the API and PostgreSQL). Measured:
 
 With each rate, the CPU seconds each group of processes used (``api`` is the API's processes,
 ``postgres`` the backends of the benchmark's own database, not other people's), the API's CPU
-per request, PostgreSQL's per task, and the load average when the phase started.
+per request, PostgreSQL's per task, the load average when the phase started, and the WAL
+PostgreSQL wrote per task (``pg_stat_wal``: the whole server's) with the checkpoints begun
+meanwhile: after a checkpoint every page's first change is written whole (full-page images),
+so a phase that runs just after one writes several times the WAL.
 Prints figures; asserts nothing about time.
 """
 
@@ -110,13 +113,28 @@ def free_port() -> int:
         return port
 
 
+#: PostgreSQL's WAL so far (the whole server's): records, full-page images, bytes; and checkpoints begun.
+WAL = """
+SELECT wal_records, wal_fpi, wal_bytes, (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)
+FROM pg_stat_wal
+"""
+
+
 class ApiProcesses:
     """The API's processes (the servers and their uvicorn workers), named ``api`` in CPU figures."""
 
-    def __init__(self, pids: list[int], database: str | None = None) -> None:
+    def __init__(self, pids: list[int], database: str | None = None, engine: sa.Engine | None = None) -> None:
         self.pids = pids
         #: The benchmark's database: only its backends count as ``postgres``.
         self.database = database
+        #: Where to read PostgreSQL's WAL figures (none without it).
+        self.engine = engine
+
+    def wal(self) -> tuple[int, ...] | None:
+        if self.engine is None:
+            return None
+        with self.engine.connect() as conn:
+            return tuple(int(value) for value in conn.execute(sa.text(WAL)).one())
 
     def named(self) -> dict[int, str]:
         found = {pid: "api" for pid in self.pids}
@@ -133,11 +151,24 @@ class ApiProcesses:
     ) -> dict[str, Any]:
         """Run ``run`` (seconds, tasks, errors); the rate, and the CPU every group used meanwhile."""
         named = self.named()
+        wal_before = self.wal()
         before = cpu_seconds(named, self.database)
         load = os.getloadavg()[0]
         seconds, total, errors = run()
         used = cpu_used(before, cpu_seconds(named, self.database))
+        wal_after = self.wal()
         made = max(requests_made(total), 1)
+        wal: dict[str, Any] = {}
+        if wal_before is not None and wal_after is not None:
+            records, fpi, size, checkpoints = (b - a for a, b in zip(wal_before, wal_after, strict=True))
+            # The whole server's WAL: other databases' writes count too. Full-page images follow a
+            # checkpoint (every page's first change after it is written whole).
+            wal = {
+                "wal_records_per_task": round(records / max(total, 1), 1),
+                "wal_fpi_per_task": round(fpi / max(total, 1), 2),
+                "wal_kb_per_task": round(size / 1024 / max(total, 1), 1),
+                "checkpoints_begun": checkpoints,
+            }
         return {
             "tasks": total,
             "seconds": round(seconds, 2),
@@ -146,6 +177,7 @@ class ApiProcesses:
             "api_cpu_ms_per_request": round(used.get("api", 0.0) * 1000 / made, 2),
             "pg_cpu_ms_per_task": round(used.get("postgres", 0.0) * 1000 / max(total, 1), 2),
             "load_at_start": round(load, 1),
+            **wal,
             "cpu_s": used,
         }
 
@@ -327,14 +359,18 @@ def main() -> None:
                 time.sleep(0.1)
         if args.workers > 1:  # every worker answers (each imports the application on its own)
             time.sleep(3)
-        api = ApiProcesses([server.pid for server in servers], sa.engine.make_url(db_uri).database)
+        api = ApiProcesses([server.pid for server in servers], sa.engine.make_url(db_uri).database, engine)
         url = urls[0]
 
         orgs = [f"org{i:02d}" for i in range(ORGS)]
         shape = f"{args.clients} clients, {args.servers} servers x {args.workers} workers"
         if "pop" in args.phases:
             for queued in args.queued:
+                wal_before = api.wal()
                 queue(engine, queued)
+                wal_after = api.wal()
+                if wal_before is not None and wal_after is not None:  # a checkpoint it caused spreads into the phase
+                    print(f"queueing {queued:,}: {wal_after[3] - wal_before[3]} checkpoint(s) begun", flush=True)
                 result = pop_rate(urls, args, api)
                 print(f"pop, {queued:,} queued, {shape}, limit={args.limit}: {result}", flush=True)
 
