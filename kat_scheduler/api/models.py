@@ -11,6 +11,7 @@ from sqlalchemy import Row
 
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.rules.identity import report_task_hash
+from kat_scheduler.rules.payloads import without_settings
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow
 
 #: The ``item_type`` each scheduler reports.
@@ -38,7 +39,7 @@ class Task(BaseModel):
 
     @classmethod
     def of(cls, row: TaskRow | Row[Any]) -> Task:
-        data = dict(row.data)
+        data = without_settings(row.data)  # a row of an earlier version may still hold them
         boefje = data.get("boefje")
         if isinstance(boefje, dict) and "oci_image" not in boefje:
             # Boefje workers filter on data.boefje.oci_image: the key is always there.

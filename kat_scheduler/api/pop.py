@@ -27,12 +27,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import Row
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from kat_scheduler.api.context import MAX_POP, ApiContext, context
 from kat_scheduler.api.known_pops import KnownPop, content_type
 from kat_scheduler.api.models import PoppedTasks, Problem, Task
 from kat_scheduler.api.schedulers import known_scheduler
+from kat_scheduler.api.tasks import failed_read
 from kat_scheduler.storage.filters import FilterError, FilterRequest, check_json_paths, json_paths
 
 logger = logging.getLogger(__name__)
@@ -79,8 +81,11 @@ async def pop(
     # A runner sends this very request again and again: from now on it is run without the route.
     scope = request.scope
     form = (scope["path"], scope["query_string"], content_type(scope), await request.body())
+    try:
+        rows = await popper.submit(limit)
+    except DBAPIError as exc:  # filters that fail on the rows they meet: 400 (never remembered)
+        raise failed_read(exc, filters, f"POST /schedulers/{scheduler.value}/pop") from None
     ctx.pop_forms.remember(form, KnownPop(popper, limit, render))
-    rows = await popper.submit(limit)
     return Response(render(rows), media_type="application/json")
 
 

@@ -19,7 +19,7 @@ from kat_scheduler.mula_import.rows import finished_task
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.tables import TaskRow
 from tests.events import raw_file_event
-from tests.factories import BoefjeMetaFactory
+from tests.factories import BoefjeMetaFactory, NewTaskFactory
 
 SECRET = "s3cret-api-key"
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
@@ -97,3 +97,28 @@ def test_a_task_imported_from_mula_keeps_none_of_the_settings():
 def normalizer_rows(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(TaskRow).where(TaskRow.scheduler_id == SchedulerId.NORMALIZER)).all())
+
+
+def test_a_row_an_earlier_version_wrote_with_settings_is_served_without_them(api, engine):
+    """Rows written before settings were dropped keep them in the database; the API never shows them."""
+    task = NewTaskFactory.build(
+        scheduler_id=SchedulerId.NORMALIZER,
+        type="normalizer",
+        plugin_id="kat_dns_normalize",
+        data={
+            "normalizer": {"id": "kat_dns_normalize"},
+            "raw_data": {
+                "id": str(uuid.uuid4()),
+                "boefje_meta": BoefjeMetaFactory.build(
+                    organization="aa", environment={"SHODAN_API": SECRET}
+                ).model_dump(mode="json"),
+            },
+        },
+    )
+    TaskStore(engine).claim([task])
+    with engine.connect() as conn:
+        assert SECRET in str(conn.execute(select(TaskRow.data).where(TaskRow.id == task.id)).scalar_one())
+
+    served = [api.get(f"/tasks/{task.id}").text, api.get("/tasks", params={"organisation": "aa"}).text]
+
+    assert all(SECRET not in text and str(task.id) in text for text in served)
