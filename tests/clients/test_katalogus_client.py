@@ -130,6 +130,6 @@ def test_a_plugin_that_does_not_validate_is_skipped_alone_and_named(katalogus, k
     assert [p.id for p in plugins] == ["good", "kat_good_normalize"]
     assert [b.id for b in boefjes] == ["good"]
     assert [(i.plugin_id, i.reason) for i in boefjes.invalid] == [
-        ("bad-cron", "boefje.cron: invalid cron expression 'not a cron'")
+        ("bad-cron", "boefje.cron: invalid cron expression 'not a cron' (it does not parse, or never comes)")
     ]
     assert "plugin 'bad-cron' skipped, it does not validate: boefje.cron: invalid cron expression" in caplog.text
