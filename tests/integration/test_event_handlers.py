@@ -17,7 +17,7 @@ from kat_scheduler.clients.plugin_cache import PluginCache
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
-from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
+from kat_scheduler.models import ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.candidates import new_boefje_schedule
 from kat_scheduler.producers import TickProducer
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
@@ -736,12 +736,3 @@ def test_deadlines_left_for_after_the_send_are_not_written_for_an_object_another
     assert requeued
     after = schedules_on(pg_engine, known.primary_key)
     assert {x: after[x].deadline_at for x in requeued} == {x: before[x].deadline_at for x in requeued}
-
-
-# Kept for tests/integration/test_pull_delivery.py until it imports from tests/events.py itself.
-mutation = profile_mutation
-
-
-def raw_event(world: World, org: str, boefje_id: str, mime_types: list[str]) -> RawFileReceived:
-    """:func:`tests.events.raw_file_event` before ``NOW`` (``world`` is not used)."""
-    return raw_file_event(org, boefje_id, mime_types, NOW)

@@ -27,9 +27,9 @@ from kat_scheduler.storage.schedules import ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, UnpublishedTask
 from kat_scheduler.storage.tasks import TaskStore
 from tests.api_server import ApiServer, serve_api
+from tests.events import profile_mutation, raw_file_event
 from tests.factories import NewTaskFactory
 from tests.integration.conftest import WORLD_NOW
-from tests.integration.test_event_handlers import mutation, raw_event
 
 PULLED = "report,boefje"
 
@@ -38,7 +38,8 @@ PULLED = "report,boefje"
 def no_bytes_runs(pg_engine: Engine) -> None:
     """Bytes' runs kept by an earlier test's tick (same world, same hashes) are not this test's."""
     with pg_engine.begin() as conn:
-        conn.execute(text("TRUNCATE bytes_runs, bytes_histories"))
+        conn.execute(text("DELETE FROM bytes_runs"))  # DELETE, not TRUNCATE: as pg_engine (tests/conftest.py)
+        conn.execute(text("DELETE FROM bytes_histories"))
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_the_listener_holds_the_boefje_tasks_an_event_causes(
         clock=lambda: WORLD_NOW,
     )
 
-    assert handler(SCAN_PROFILE_MUTATIONS, [mutation(org, hostname.primary_key, hostname.scan_level)]) == []
+    assert handler(SCAN_PROFILE_MUTATIONS, [profile_mutation(org, hostname.primary_key, hostname.scan_level)]) == []
 
     queued = queued_ids(engine)
     assert queued, "the event should queue some boefjes"
@@ -220,7 +221,7 @@ def test_with_normalizer_pulled_a_raw_file_queues_normalizer_tasks_that_pop_retu
         normalizer_pulled,
         clock=lambda: WORLD_NOW,
     )
-    event = raw_event(world, world.organisation_ids[0], "dns-records", ["boefje/dns-records"])
+    event = raw_file_event(world.organisation_ids[0], "dns-records", ["boefje/dns-records"], WORLD_NOW)
     try:
         assert handler(RAW_FILE_RECEIVED, [event]) == []
         assert publisher.queue_depth(Queue.NORMALIZERS.value) == 0
