@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kat_scheduler.api import explain, health, pop, push, schedulers, schedules, tasks
 from kat_scheduler.api.context import ApiContext
-from kat_scheduler.api.known_pops import KnownPops
+from kat_scheduler.api.known_pops import KnownPops, replay
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.task_views import TaskViews
@@ -115,7 +115,7 @@ class UnusableInput:
         if refused is not None:
             await _answer(send, 422, {"detail": [refused]})
             return
-        await self.app(scope, _replay(messages, receive), send)
+        await self.app(scope, replay(messages, receive), send)
 
 
 def _read_as_json(scope: Scope) -> bool:
@@ -171,18 +171,6 @@ def _beyond_json(value: Any) -> str | None:
         elif isinstance(item, float) and not math.isfinite(item):
             return "NaN or Infinity (or a number beyond a double)"
     return None
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` giving ``messages`` first, then what the client sends next."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 async def _answer(send: Send, status: int, content: dict[str, Any]) -> None:

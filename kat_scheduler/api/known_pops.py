@@ -89,7 +89,7 @@ class KnownPops:
             None if body is None else self.forms.get((scope["path"], scope["query_string"], content_type(scope), body))
         )
         if known is None:
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replay(messages, receive), send)
             return
         rows = await known.popper.submit(known.limit)
         answer = known.render(rows)
@@ -120,8 +120,9 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, list[Message]]:
             return b"".join(m.get("body", b"") for m in messages), messages
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` giving ``messages`` first, then what the client sends next."""
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` giving ``messages`` first, then what the client sends next (for an ASGI
+    middleware that read a request's body before passing the request on)."""
     pending = list(messages)
 
     async def replayed() -> Message:
