@@ -12,11 +12,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from celery.worker.request import Request
 from kombu.connection import Connection
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
@@ -24,15 +23,12 @@ from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin
 from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.limiting.limiter import CLOCK_WAIT, RateLimiter
 from kat_scheduler.limiting.release import Releaser
-from kat_scheduler.models import TaskStatus
-from kat_scheduler.queues import Queue
 from kat_scheduler.rules.rate_limits import parse_overrides
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
-from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.storage import TaskStore
 from tests.factories import NewTaskFactory
-from tests.integration.test_rate_limits import by_boefje, log_tail, queue
-from tests.workers import celery_worker, kat_env, wait_for
+from tests.workers import wait_for
 
 
 def limiter(redis_url: str, limits: str, lead: float) -> RateLimiter:
@@ -200,52 +196,3 @@ def test_two_nodes_releasing_before_any_start_is_counted_send_one_windows_worth_
         assert time.monotonic() - sent_at >= 0.95  # a window after the first two went
     finally:
         publisher.close()
-
-
-def row_of(engine: Engine, task_id: uuid.UUID) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(select(TaskRow).where(TaskRow.id == task_id)).one()
-
-
-def test_while_a_limited_task_waits_for_its_window_a_free_pool_process_starts_an_unlimited_one_at_once(
-    kat: Any, world: Any, pg_engine: Engine, postgres_uri: str, redis_url: str, tmp_path: Path
-) -> None:
-    (limited, limited_tasks), (_, free_tasks) = list(by_boefje(world).items())[:2]
-    # One pool process; a lead of 3 s: the second limited task is released 3 s before its window
-    # opens and reaches the worker then, with its eta.
-    env = kat_env(
-        kat,
-        postgres_uri,
-        redis_url,
-        SCHEDULER_RUNNER="simulated",
-        SCHEDULER_RATE_LIMIT_POLL="0.05",
-        SCHEDULER_RATE_LIMIT_LEAD="3",
-        SCHEDULER_RATE_LIMITS=f"{limited}=1/5second",
-    )
-    log = tmp_path / "w.log"
-    waiting = WaitingStore(pg_engine)
-    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log, concurrency=1):
-        first, second = (uuid.UUID(i) for i in queue(pg_engine, redis_url, limited_tasks[:2], band=1))
-        assert wait_for(lambda: row_of(pg_engine, first).status == TaskStatus.COMPLETED, timeout=30), log_tail(log)
-        # The second waits for the window (put back), then is released ahead of it: published,
-        # no longer listed as waiting, and not started.
-        assert wait_for(lambda: second in waiting.waiting_until([second]), timeout=10), log_tail(log)
-        assert wait_for(lambda: not waiting.waiting_until([second]), timeout=10), log_tail(log)
-        released = datetime.now(UTC)
-        assert row_of(pg_engine, second).started_at is None
-        free = [uuid.UUID(i) for i in queue(pg_engine, redis_url, free_tasks[:2], band=5)]
-        assert wait_for(
-            lambda: all(row_of(pg_engine, t).status == TaskStatus.COMPLETED for t in [second, *free]), timeout=30
-        ), log_tail(log)
-
-    first_row, second_row = row_of(pg_engine, first), row_of(pg_engine, second)
-    free_rows = [row_of(pg_engine, t) for t in free]
-    opened = first_row.started_at + timedelta(seconds=5)
-    # The limit holds, and the released task starts as its window opens (the lead's point).
-    assert second_row.started_at >= opened
-    assert second_row.started_at - opened < timedelta(seconds=1)
-    # The one pool process was not held for the window: the unlimited tasks queued after the
-    # release started and ended before the limited one started.
-    assert released < opened - timedelta(seconds=1)  # they were queued well before it opened
-    assert max(r.ended_at for r in free_rows) < second_row.started_at
-    assert min(r.started_at for r in free_rows) - released < timedelta(seconds=1.5)

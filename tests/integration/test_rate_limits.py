@@ -1,11 +1,13 @@
 """Rate limits through real Celery worker processes, real Redis and PostgreSQL and the simulated KAT:
 the limit holds over worker processes and organisations, after a worker is SIGKILLed mid-window,
-and a task waiting for its window holds no worker slot and runs when the window opens."""
+and a task waiting for its window holds no worker slot and runs when the window opens (one released
+ahead of its window by the lead, with its Celery eta, holds none either)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -57,8 +59,6 @@ def queue(engine: Engine, redis_url: str, triples: Sequence[Triple], band: int =
 
 
 def rows(engine: Engine, ids: Sequence[str]) -> list[Any]:
-    import uuid
-
     with engine.connect() as conn:
         return list(conn.execute(select(TaskRow).where(TaskRow.id.in_([uuid.UUID(i) for i in ids]))).all())
 
@@ -208,3 +208,46 @@ def test_the_reaper_leaves_a_waiting_task_alone_until_its_time_and_then_publishe
         assert later.published_unpublished == 1
     finally:
         publisher.close()
+
+
+def row_of(engine: Engine, task_id: uuid.UUID) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(TaskRow).where(TaskRow.id == task_id)).one()
+
+
+def test_while_a_limited_task_waits_for_its_window_a_free_pool_process_starts_an_unlimited_one_at_once(
+    kat: Any, world: Any, pg_engine: Engine, postgres_uri: str, redis_url: str, tmp_path: Path
+) -> None:
+    (limited, limited_tasks), (_, free_tasks) = list(by_boefje(world).items())[:2]
+    # One pool process; a lead of 3 s: the second limited task is released 3 s before its window
+    # opens and reaches the worker then, with its eta.
+    env = worker_env(
+        kat, postgres_uri, redis_url, SCHEDULER_RATE_LIMIT_LEAD="3", SCHEDULER_RATE_LIMITS=f"{limited}=1/5second"
+    )
+    log = tmp_path / "w.log"
+    waiting = WaitingStore(pg_engine)
+    with celery_worker("kat_scheduler", [Queue.BOEFJES.value], env, log_file=log, concurrency=1):
+        first, second = (uuid.UUID(i) for i in queue(pg_engine, redis_url, limited_tasks[:2], band=1))
+        assert wait_for(lambda: row_of(pg_engine, first).status == TaskStatus.COMPLETED, timeout=30), log_tail(log)
+        # The second waits for the window (put back), then is released ahead of it: published,
+        # no longer listed as waiting, and not started.
+        assert wait_for(lambda: second in waiting.waiting_until([second]), timeout=10), log_tail(log)
+        assert wait_for(lambda: not waiting.waiting_until([second]), timeout=10), log_tail(log)
+        released = datetime.now(UTC)
+        assert row_of(pg_engine, second).started_at is None
+        free = [uuid.UUID(i) for i in queue(pg_engine, redis_url, free_tasks[:2], band=5)]
+        assert wait_for(
+            lambda: all(row_of(pg_engine, t).status == TaskStatus.COMPLETED for t in [second, *free]), timeout=30
+        ), log_tail(log)
+
+    first_row, second_row = row_of(pg_engine, first), row_of(pg_engine, second)
+    free_rows = [row_of(pg_engine, t) for t in free]
+    opened = first_row.started_at + timedelta(seconds=5)
+    # The limit holds, and the released task starts as its window opens (the lead's point).
+    assert second_row.started_at >= opened
+    assert second_row.started_at - opened < timedelta(seconds=1)
+    # The one pool process was not held for the window: the unlimited tasks queued after the
+    # release started and ended before the limited one started.
+    assert released < opened - timedelta(seconds=1)  # they were queued well before it opened
+    assert max(r.ended_at for r in free_rows) < second_row.started_at
+    assert min(r.started_at for r in free_rows) - released < timedelta(seconds=1.5)
