@@ -14,11 +14,12 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI
 from sqlalchemy import Engine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kat_scheduler.api import explain, health, pop, push, schedulers, schedules, tasks
+from kat_scheduler.api.asgi import content_type, read_body, replay, send_json
 from kat_scheduler.api.context import ApiContext
-from kat_scheduler.api.known_pops import KnownPops, replay
+from kat_scheduler.api.known_pops import KnownPops
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.task_views import TaskViews
@@ -99,29 +100,24 @@ class UnusableInput:
                 if "\x00" in name + value
             ]
             if names:
-                await _answer(send, 400, {"detail": f"query parameter {names[0]!r} holds a NUL character"})
+                detail = {"detail": f"query parameter {names[0]!r} holds a NUL character"}
+                await send_json(send, 400, orjson.dumps(detail))
                 return
         if scope["method"] not in _BODY_METHODS or not _read_as_json(scope):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        body, messages = await read_body(receive)
         refused = _not_json(body) if body else None
         if refused is not None:
-            await _answer(send, 422, {"detail": [refused]})
+            await send_json(send, 422, orjson.dumps({"detail": [refused]}))
             return
         await self.app(scope, replay(messages, receive), send)
 
 
 def _read_as_json(scope: Scope) -> bool:
     """Whether FastAPI reads this request's body as JSON (no content type, or a JSON one)."""
-    value = next((v for name, v in scope["headers"] if name == b"content-type"), None)
-    if value is None or value == b"application/json":
+    value = content_type(scope)
+    if value in (b"", b"application/json"):
         return True
     message = email.message.Message()
     message["content-type"] = value.decode("latin-1")
@@ -171,10 +167,3 @@ def _beyond_json(value: Any) -> str | None:
         elif isinstance(item, float) and not math.isfinite(item):
             return "NaN or Infinity (or a number beyond a double)"
     return None
-
-
-async def _answer(send: Send, status: int, content: dict[str, Any]) -> None:
-    body = orjson.dumps(content)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

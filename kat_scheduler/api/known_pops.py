@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kat_scheduler.api.asgi import content_type, read_body, replay, send_json
 from kat_scheduler.api.batching import Batcher
 
 #: Forms of pop requests remembered per application (the oldest used is forgotten first).
@@ -66,13 +67,6 @@ class PopForms:
             return self._known.get(form)
 
 
-def content_type(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bytes(value)
-    return b""
-
-
 class KnownPops:
     """ASGI middleware: a pop request of a remembered form is run at once (see the module)."""
 
@@ -84,7 +78,7 @@ class KnownPops:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/pop"):
             await self.app(scope, receive, send)
             return
-        body, messages = await _read_body(receive)
+        body, messages = await read_body(receive, MAX_BODY)
         known = (
             None if body is None else self.forms.get((scope["path"], scope["query_string"], content_type(scope), body))
         )
@@ -92,42 +86,4 @@ class KnownPops:
             await self.app(scope, replay(messages, receive), send)
             return
         rows = await known.popper.submit(known.limit)
-        answer = known.render(rows)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer})
-
-
-async def _read_body(receive: Receive) -> tuple[bytes | None, list[Message]]:
-    """The request's body (``None`` past :data:`MAX_BODY` or when the client went away) and the
-    messages it came in, to hand on unchanged."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return None, messages
-        size += len(message.get("body", b""))
-        if size > MAX_BODY:
-            return None, messages
-        if not message.get("more_body", False):
-            return b"".join(m.get("body", b"") for m in messages), messages
-
-
-def replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` giving ``messages`` first, then what the client sends next (for an ASGI
-    middleware that read a request's body before passing the request on)."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
+        await send_json(send, 200, known.render(rows))

@@ -30,8 +30,9 @@ from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
+from kat_scheduler.api.asgi import content_type
 from kat_scheduler.api.context import MAX_POP, ApiContext, context
-from kat_scheduler.api.known_pops import KnownPop, content_type
+from kat_scheduler.api.known_pops import KnownPop
 from kat_scheduler.api.models import PoppedTasks, Problem, Task
 from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.api.tasks import failed_read
