@@ -8,8 +8,9 @@ so one boefje's tasks share one counter across organisations). A template that c
 for a task (a boefje without an input object and ``{input_ooi}`` in its group) leaves that task
 unlimited; the caller says so.
 
-The limit strings are parsed by the ``limits`` library (the same one that counts), so what parses
-here is what is enforced.
+The limit strings are parsed by the ``limits`` library; the parsed amounts and periods are what
+our own windows count (:mod:`kat_scheduler.limiting.window`), so what parses here is what is
+enforced.
 """
 
 from __future__ import annotations
