@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,6 +22,7 @@ import requests
 from kat_scheduler.run.embedded import (
     EmbeddedRedisError,
     free_port,
+    free_ports,
     redis_server_argv,
     redis_server_binary,
     wait_for_redis,
@@ -81,17 +83,17 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _listen_port(settings: Settings, field: str, host: str, what: str) -> int:
-    """The port ``what`` listens on: the setting ``field``'s, or a free one when it is 0 or (unless
-    set explicitly) in use."""
+def _listen_port(settings: Settings, field: str, host: str, what: str, avoid: Collection[int] = ()) -> int:
+    """The port ``what`` listens on: the setting ``field``'s, or a free one (none of ``avoid``) when
+    it is 0 or (unless set explicitly) in use."""
     wanted: int = getattr(settings, field)
     if wanted == 0:
-        return free_port(host)
+        return free_port(host, avoid)
     if _port_free(host, wanted):
         return wanted
     if field in settings.model_fields_set:
         raise StartupError(f"{env_name(field)}={wanted} is in use on {host}; choose another port (0 picks a free one)")
-    port = free_port(host)
+    port = free_port(host, avoid)
     logger.warning("port %s is in use; %s listens on %s instead", wanted, what, port)
     return port
 
@@ -100,8 +102,8 @@ def _flower_port(settings: Settings) -> int:
     return _listen_port(settings, "flower_port", settings.flower_address, "Flower")
 
 
-def _api_port(settings: Settings) -> int:
-    return _listen_port(settings, "api_port", settings.api_host, "the HTTP API")
+def _api_port(settings: Settings, avoid: Collection[int] = ()) -> int:
+    return _listen_port(settings, "api_port", settings.api_host, "the HTTP API", avoid)
 
 
 def _flower_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -206,12 +208,12 @@ class Run:
         supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
         user, password, generated = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
-        api_port = _api_port(self.settings)
+        api_port = _api_port(self.settings, avoid=[flower_port] if flower_port else [])
         sim_ports = None
         if self.mode is RunMode.EMBEDDED:
             state = self.run_dir / "embedded"
             state.mkdir(parents=True, exist_ok=True)
-            ports = sim_ports = EmbeddedPorts(free_port(), free_port(), free_port(), free_port())
+            ports = sim_ports = EmbeddedPorts(*free_ports(4, avoid=[api_port, flower_port or 0]))
             overlay = embedded_environment(self.settings, state, ports)
             if env_name("broker_url") in overlay or env_name("queue_uri") in overlay:
                 try:

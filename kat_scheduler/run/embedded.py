@@ -8,10 +8,12 @@ folder so queued messages survive a restart of the run.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import redis
@@ -21,11 +23,64 @@ class EmbeddedRedisError(RuntimeError):
     """The embedded Redis could not be found or started."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+#: Where the kernel's range of ports for outgoing connections starts when it cannot be read.
+EPHEMERAL_START = 32768
+#: The lowest port :func:`free_ports` picks (below it sit well-known services' ports).
+LOWEST_PICK = 10000
+
+
+def ephemeral_start() -> int:
+    """The first port of the range the kernel hands to outgoing connections and to ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_START
+
+
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
+    """``count`` different TCP ports nobody listens on right now, for children that bind them later,
+    none of them in ``avoid`` (ports already handed out but not yet bound).
+
+    They are picked at random below the kernel's ephemeral range. A port that ``bind(0)`` returns
+    comes from the range the kernel also gives to outgoing connections, so in the seconds before
+    the child that is to listen on it starts, any connection opened on this machine (the run's own
+    to PostgreSQL, another program's) may take it, and the child fails with "Address already in
+    use". No outgoing connection is given a port below that range; only another program that
+    binds the same port in those seconds can collide. Without room below the range (a tuned
+    ``ip_local_port_range``), the kernel's ``bind(0)`` is used.
+    """
+    top = ephemeral_start()
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(count * 50):
+            if len(ports) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # As the servers we start do: a port whose last connection lingers in TIME_WAIT is usable.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            port = random.randrange(LOWEST_PICK, top) if top - LOWEST_PICK >= 1000 else 0
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            if sock.getsockname()[1] in avoid:
+                sock.close()
+                continue
+            held.append(sock)  # held until all are picked, so no port is picked twice
+            ports.append(int(sock.getsockname()[1]))
+        if len(ports) < count:
+            raise OSError(f"found only {len(ports)} of {count} free ports on {host}")
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A TCP port nobody listens on right now (the caller binds it soon after); see :func:`free_ports`."""
+    return free_ports(1, host, avoid)[0]
 
 
 def redis_server_binary() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,18 +17,12 @@ from pathlib import Path
 import requests
 from sqlalchemy import func, select
 
+from kat_scheduler.run.embedded import free_port
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import TaskRow
 from tests.workers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def workers_of(pid: int) -> list[int]:
