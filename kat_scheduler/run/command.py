@@ -205,7 +205,7 @@ class Run:
         services: dict[str, str] = {}
         # One API process: the run shares one machine with everything it starts.
         base_env[env_name("api_workers")] = "1"
-        supervisor = self.supervisor = Supervisor(base_env, self.log_dir)
+        supervisor = self.supervisor = Supervisor(base_env, self.log_dir, grace=STOP_BUDGET)
         user, password, generated = _flower_credentials(self.settings)
         flower_port = _flower_port(self.settings) if self.flower else None  # before anything starts
         api_port = _api_port(self.settings, avoid=[flower_port] if flower_port else [])

@@ -139,17 +139,49 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, grace: float = 8.0) -> None:
+        """``grace``: seconds the children have to stop on their own if this process dies before
+        it stopped them (see :mod:`kat_scheduler.run.watchdog`)."""
         self.env = dict(env)
         self.log_dir = log_dir
+        self.grace = grace
         self.children: list[Child] = []
+        self.watchdog: subprocess.Popen[str] | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, spec: ChildSpec, extra_env: Mapping[str, str] | None = None) -> Child:
         child = Child(spec, {**self.env, **(extra_env or {})}, self.log_dir)
         child.start()
         self.children.append(child)
+        self._tell_watchdog(f"+{child.pid}")
         return child
+
+    def _tell_watchdog(self, line: str) -> None:
+        """Tell the watchdog (started with the first child) about a group or the end."""
+        if self.watchdog is None:
+            if line == "end":
+                return
+            with open(self.log_dir / "watchdog.log", "ab") as log:
+                self.watchdog = subprocess.Popen(
+                    [sys.executable, "-m", "kat_scheduler.run.watchdog", str(self.grace)],
+                    env=self.env,
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    start_new_session=True,
+                )
+        stdin = self.watchdog.stdin
+        try:
+            if stdin is not None and not stdin.closed:
+                stdin.write(line + "\n")
+                stdin.flush()
+                if line == "end":
+                    stdin.close()
+        except OSError:  # the watchdog is gone (someone killed it): the guard still stops each child
+            logger.warning(
+                "the run's watchdog is gone; a child that hangs after a crash of this process may outlive it"
+            )
 
     def watch(self) -> list[str]:
         """Restart children that exited; returns what happened. Raises :class:`ChildFailed`."""
@@ -165,7 +197,10 @@ class Supervisor:
                 )
             logger.info("%s exited with code %s; restarting it (see %s)", child.name, code, child.log_path)
             events.append(f"{child.name} exited ({code}), restarted")
+            gone = child.pid
             child.restart()
+            self._tell_watchdog(f"-{gone}")
+            self._tell_watchdog(f"+{child.pid}")
         return events
 
     def stop(self, budget: float, roles: Sequence[Role] = STOP_ORDER) -> list[ExitReport]:
@@ -200,10 +235,14 @@ class Supervisor:
         return reports
 
     def kill_all(self) -> None:
-        """Nothing of any child's group may outlive the run."""
+        """Nothing of any child's group may outlive the run; the watchdog is told the run ended."""
         for child in self.children:
             child.signal_group(signal.SIGKILL)
             child.close()
+        self._tell_watchdog("end")
+        if self.watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(5)
 
     @staticmethod
     def _wait(children: Sequence[Child], until: float, exited: dict[Child, float]) -> None:

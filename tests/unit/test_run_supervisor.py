@@ -3,6 +3,9 @@ killing what does not stop within its budget."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -165,3 +168,57 @@ def test_roles_after_a_quick_one_are_asked_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.5
     assert [(r.name, r.killed) for r in reports] == [("beat", False), ("boefjes", False)]
     assert not worker.alive
+
+
+def test_a_child_that_hangs_on_its_stop_does_not_outlive_a_supervisor_killed_with_sigkill(tmp_path: Path) -> None:
+    # A Celery worker whose SIGTERM comes while its pool starts can hang in its shutdown for good;
+    # a child that ignores SIGTERM stands in for it. The guard's SIGTERM cannot stop it: the
+    # watchdog kills its group once the grace has passed.
+    hanging = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    )
+    supervisor_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from kat_scheduler.run.plan import ChildSpec, Role\n"
+        "from kat_scheduler.run.supervisor import Supervisor\n"
+        f"supervisor = Supervisor({{}}, Path({str(tmp_path)!r}), grace=1.0)\n"
+        f"child = supervisor.start(ChildSpec('hanging', [sys.executable, '-c', {hanging!r}], Role.WORKER))\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    supervisor = subprocess.Popen(python(supervisor_code), stdout=subprocess.PIPE, text=True)
+    try:
+        assert supervisor.stdout is not None
+        child = int(supervisor.stdout.readline())
+        log = tmp_path / "hanging.log"
+        deadline = time.monotonic() + 10
+        while "up" not in log.read_text() and time.monotonic() < deadline:  # SIGTERM is ignored from here
+            time.sleep(0.05)
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.killpg(child, signal.SIGKILL)
+            pytest.fail("a child that ignores SIGTERM outlived its SIGKILLed supervisor")
+        assert "killed 1 process group(s) left after the supervisor died" in (tmp_path / "watchdog.log").read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+def test_a_run_that_ends_cleanly_lets_its_watchdog_go_without_killing_anything(tmp_path: Path) -> None:
+    supervisor = Supervisor({}, tmp_path, grace=30)
+    supervisor.start(ChildSpec("steady", python("import time; time.sleep(30)"), Role.WORKER))
+    supervisor.stop(budget=5)
+    started = time.monotonic()
+    supervisor.kill_all()
+    assert supervisor.watchdog is not None and supervisor.watchdog.poll() == 0
+    assert time.monotonic() - started < 5, "the watchdog waited for its grace after a clean end"
+    assert "killed" not in (tmp_path / "watchdog.log").read_text()
