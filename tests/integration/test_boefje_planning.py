@@ -15,7 +15,7 @@ from sqlalchemy import Engine, delete, func, select, text, update
 
 from kat_scheduler.dispatch.publishing import BrokerError
 from kat_scheduler.models import TaskStatus
-from kat_scheduler.planning.explain import render_plan
+from kat_scheduler.planning.dry_run import render_plan
 from kat_scheduler.producers import DueSchedulesProducer, TickProducer
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.rules.identity import boefje_task_hash
