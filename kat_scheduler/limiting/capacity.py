@@ -29,18 +29,31 @@ class GroupBudget:
         #: Seconds until the producer runs again.
         self.every = every
         self.left: dict[str, int] = {}
+        #: Each plugin's limit, read once per producer run: (boefje, its limit, its group) -> limit or None.
+        self.limits: dict[tuple[str, str | None, str | None], RateLimit | None] = {}
 
     @classmethod
     def of(cls, settings: Settings, every: float) -> GroupBudget:
         """The budget of a producer that runs every ``every`` seconds."""
         return cls(parse_overrides(settings.rate_limits) if settings.rate_limits.strip() else {}, every)
 
+    def _limit(self, boefje_id: str, plugin_limit: str | None, plugin_group: str | None) -> RateLimit | None:
+        """:func:`limit_for`, parsed once per plugin and run (a tick holds thousands of one boefje's
+        candidates); a plugin whose limit is no limit is not limited (the worker says why)."""
+        key = (boefje_id, plugin_limit, plugin_group)
+        if key not in self.limits:
+            try:
+                self.limits[key] = limit_for(boefje_id, plugin_limit, plugin_group, self.overrides)
+            except ValueError:
+                self.limits[key] = None
+        return self.limits[key]
+
     def _group(self, candidate: Candidate) -> tuple[str, int] | None:
         boefje = candidate.boefje
         if boefje.id not in self.overrides and not boefje.rate_limit:
             return None
         try:
-            limit = limit_for(boefje.id, boefje.rate_limit, boefje.rate_limit_group, self.overrides)
+            limit = self._limit(boefje.id, boefje.rate_limit, boefje.rate_limit_group)
             if limit is None:
                 return None
             group = resolve_group(
