@@ -570,6 +570,33 @@ def test_a_raise_on_an_object_its_boefje_is_running_on_in_bytes_queues_nothing_a
     assert stalled[1] in tasks_on(pg_engine, stalled[2])
 
 
+def test_a_plugins_own_interval_decides_on_a_raise_in_place_of_the_default_grace(
+    mutations, producers, world, pg_engine
+) -> None:
+    """shodan runs weekly (interval 10080 min), ssl-certificates every 12 hours (720); the default
+    grace period is a day. A shodan run that ended three days ago is not due again, an
+    ssl-certificates run that ended 14 hours ago is."""
+    org = next(
+        o for o in world.organisation_ids if world.is_enabled(o, "shodan") and world.is_enabled(o, "ssl-certificates")
+    )
+    assert world.plugin("shodan").interval == 10080 and world.plugin("ssl-certificates").interval == 720
+    weekly = (org, "shodan", "IPAddressV4|internet|198.51.100.77")
+    twice_a_day = (org, "ssl-certificates", "Website|internet|198.51.100.78|tcp|443|https|interval.example.nl")
+    world.add_ooi(org, "IPAddressV4", weekly[2], level=0)  # both boefjes need level 1
+    world.add_ooi(org, "Website", twice_a_day[2], level=0)
+    for pair, ended in ((weekly, NOW - timedelta(days=3)), (twice_a_day, NOW - timedelta(hours=14))):
+        bytes_run(world, pair, ended - timedelta(seconds=30), ended)
+    TickProducer(producers).run(NOW)  # lists both boefjes' history in Bytes, the objects below clearance
+
+    raise_to_4(mutations, [weekly, twice_a_day])
+
+    assert "shodan" not in tasks_on(pg_engine, weekly[2])
+    assert mutations.stats.skipped["within grace period"] == 1
+    assert "ssl-certificates" in tasks_on(pg_engine, twice_a_day[2])
+    mutations.bookkeeper.flush()
+    assert schedules_on(pg_engine, weekly[2])["shodan"].deadline_at > NOW + timedelta(days=3)
+
+
 def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, producers, world, pg_engine) -> None:
     """dns-zone runs at 04:00 daily; NOW is 12:05. A Bytes run that ended at 03:50 is due (a cron
     time passed since), one that ended at 04:10 waits for tomorrow's 04:00, both inside a day's grace."""
