@@ -174,20 +174,22 @@ def plan_cmd(dry_run: bool, orgs: tuple[str, ...], fmt: str, limit: int | None) 
     from datetime import UTC, datetime
 
     from kat_scheduler.clients import ServiceError
+    from kat_scheduler.limiting.waiting import WaitingStore
     from kat_scheduler.planning.dry_run import render_plan
     from kat_scheduler.producers import TickProducer
-    from kat_scheduler.producers.middleware import run_producer
+    from kat_scheduler.producers.middleware import Timed, run_producer
 
     runtime = _planner_runtime()
     try:
         tick = TickProducer(runtime.producers(), list(orgs) or None)
-        report = run_producer(tick, datetime.now(UTC), dry_run)
+        report = run_producer(tick, datetime.now(UTC), dry_run, middleware=[Timed()])
+        waiting = WaitingStore(runtime.engine).by_group() if fmt == "table" else []
     except ServiceError as exc:
         click.echo(f"kat-scheduler: not planned: {exc}", err=True)
         sys.exit(1)
     finally:
         runtime.close()
-    for line in render_plan(report, fmt=fmt, limit=limit):
+    for line in render_plan(report, fmt=fmt, limit=limit, waiting=waiting):
         click.echo(line)
     if report.errors:
         sys.exit(1)
@@ -234,7 +236,7 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
 
     from kat_scheduler.clients import OrganisationNotFound, ServiceError
     from kat_scheduler.producers import ManualPush, PushRefused
-    from kat_scheduler.producers.middleware import run_producer
+    from kat_scheduler.producers.middleware import Timed, run_producer
     from kat_scheduler.settings import masked_url
 
     runtime = _planner_runtime()
@@ -243,7 +245,8 @@ def push_boefje(org: str, boefje_id: str, ooi: str | None) -> None:
         # Katalogus answers an unknown organisation's plugin with the same 404 as an unknown
         # plugin; its listing of the organisation's plugins tells the two apart.
         katalogus.plugins(org, ids=[boefje_id])
-        result = run_producer(ManualPush(runtime.producers(), org, boefje_id, ooi), datetime.now(UTC))
+        manual = ManualPush(runtime.producers(), org, boefje_id, ooi)
+        result = run_producer(manual, datetime.now(UTC), middleware=[Timed()])
     except OrganisationNotFound:
         where = masked_url(katalogus.base_url)
         click.echo(f"kat-scheduler: not queued: organisation {org!r} is not known to Katalogus at {where}", err=True)

@@ -36,6 +36,17 @@ class Waiting:
     group: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class WaitingGroup:
+    """The tasks of one rate-limited group that wait for its window (``plan --dry-run``)."""
+
+    group: str | None
+    limit: str | None
+    count: int
+    #: The earliest time one of them may run.
+    next_at: datetime
+
+
 class WaitingStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -109,6 +120,24 @@ class WaitingStore:
                 .where(_UNPUBLISHED.c.not_before.is_not(None), _TASKS.c.status == TaskStatus.QUEUED)
             ).one()
         return int(count), earliest
+
+    def by_group(self) -> list[WaitingGroup]:
+        """The waiting tasks per group (and limit, as the worker that put them back read it), the
+        group whose next task may run first first."""
+        note = _TASKS.c.data[RATE_LIMIT_KEY]
+        group, limit = note["group"].as_string(), note["limit"].as_string()
+        earliest = func.min(_UNPUBLISHED.c.not_before)
+        with self.engine.connect() as conn:
+            if not _any_waiting(conn):
+                return []
+            rows = conn.execute(
+                select(group, limit, func.count(), earliest)
+                .join(_UNPUBLISHED, _UNPUBLISHED.c.task_id == _TASKS.c.id)
+                .where(_UNPUBLISHED.c.not_before.is_not(None), _TASKS.c.status == TaskStatus.QUEUED)
+                .group_by(group, limit)
+                .order_by(earliest, group)
+            ).all()
+        return [WaitingGroup(g, lim, int(n), at) for g, lim, n, at in rows]
 
     def due(self, conn: Connection, now: datetime, limit: int) -> list[Waiting]:
         """Waiting tasks whose time came, most urgent first, locked for this transaction (on

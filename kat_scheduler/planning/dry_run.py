@@ -1,15 +1,28 @@
-"""Rendering a plan for people (``kat-scheduler plan --dry-run``): a table or JSON lines."""
+"""Rendering a plan for people (``kat-scheduler plan --dry-run``): a table or JSON lines.
+
+The table ends with the rate limits: what this run held back (its groups' budgets for the next
+tick were spent) and, per group, the tasks already waiting in the database for their window (put
+back by a worker, see :mod:`kat_scheduler.limiting.waiting`): how many, and when the next may run.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
+from kat_scheduler.limiting.waiting import WaitingGroup
 from kat_scheduler.producers.results import PlanReport
+from kat_scheduler.rules import SkipReason
+from kat_scheduler.status.render import duration
 
 
-def render_plan(report: PlanReport, *, fmt: str = "table", limit: int | None = None) -> Iterator[str]:
+def render_plan(
+    report: PlanReport, *, fmt: str = "table", limit: int | None = None, waiting: Sequence[WaitingGroup] = ()
+) -> Iterator[str]:
+    """The plan's lines: per task (``limit``: at most that many) and a summary; ``waiting``: the
+    rate-limited tasks waiting in the database, per group (the table only; JSON lines are tasks)."""
     shown = report.planned if limit is None else report.planned[:limit]
     if fmt == "jsonl":
         for c in shown:
@@ -47,6 +60,7 @@ def render_plan(report: PlanReport, *, fmt: str = "table", limit: int | None = N
         yield "skipped:"
         for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
             yield f"  {reason}: {n}"
+    yield from rate_limit_lines(report, waiting)
     yield backpressure_line(report)
     for org, invalid in sorted(report.invalid_plugins.items()):
         for plugin_id, why in sorted(invalid.items()):
@@ -65,3 +79,36 @@ def backpressure_line(report: PlanReport) -> str:
         return f"queue depth (boefjes): {depth}"
     bands = "urgent bands" if report.max_band is None else f"bands <= {report.max_band}"
     return f"queue depth (boefjes): {depth} — BACKPRESSURE: only {bands} added"
+
+
+def rate_limit_lines(report: PlanReport, waiting: Sequence[WaitingGroup]) -> Iterator[str]:
+    """What the run held back for its rate limits, and the tasks waiting for a window per group
+    (nothing when neither)."""
+    held = report.skipped.get(SkipReason.RATE_LIMITED, 0)
+    if not held and not waiting:
+        return
+    yield "rate limits:"
+    verb = "would hold back" if report.dry_run else "held back"
+    yield f"  this run {verb} {held} task(s): more than their groups may start before the next run"
+    if not waiting:
+        yield "  waiting for their window: none"
+        return
+    total = sum(w.count for w in waiting)
+    yield f"  waiting for their window: {total} task(s) in {len(waiting)} group(s)"
+    rows = [(w.group or "-", w.limit or "-", str(w.count), _opens(w.next_at, report.now)) for w in waiting]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_WAITING_HEADERS)]
+    for cells in [_WAITING_HEADERS, *rows]:
+        group, lim, count, opens = cells
+        yield (f"    {group:<{widths[0]}}  {lim:<{widths[1]}}  {count:>{widths[2]}}  {opens}").rstrip()
+
+
+_WAITING_HEADERS = ("GROUP", "LIMIT", "WAITING", "NEXT MAY RUN")
+
+
+def _opens(at: datetime, now: datetime) -> str:
+    """When a group's next waiting task may run, and how far that is from ``now``."""
+    when = at.strftime("%Y-%m-%d %H:%M:%SZ")
+    seconds = (at - now).total_seconds()
+    if seconds > 0:
+        return f"{when} (in {duration(seconds)})"
+    return f"{when} (due {duration(-seconds)} ago: a worker node's release sends it)"

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
+
+from kat_scheduler.limiting.waiting import WaitingStore
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
+from kat_scheduler.storage.tasks import TaskStore
+from tests.factories import NewTaskFactory
 from tests.tasks import queued_rows
 from tests.workers import probe_env
 
@@ -49,6 +54,45 @@ def test_plan_dry_run_table_explains_what_was_skipped_for_one_organisation(kat, 
     assert "queue depth (boefjes): 0" in out
     other = world.organisation_ids[1]
     assert other not in out
+
+
+def test_plan_dry_run_lists_the_tasks_waiting_for_a_rate_limit_per_group_with_when_the_next_may_run(
+    kat, world, pg_engine: Engine, postgres_uri, redis_url
+) -> None:
+    """Workers put back 3 tasks of ``shodan.io`` (the first may run in a minute) and one of
+    ``host:a.example`` (in 30 min); an operator's limit on dns-records lets one start per tick."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    shodan = [NewTaskFactory(plugin_id="shodan") for _ in range(3)]
+    nmap = NewTaskFactory(plugin_id="nmap", input_ooi="Hostname|internet|a.example")
+    waiting = WaitingStore(pg_engine)
+    assert len(TaskStore(pg_engine).claim([*shodan, nmap])) == 4
+    for n, task in enumerate(shodan):
+        assert waiting.put_back(task.id, limit="5/second", group="shodan.io", until=now + timedelta(seconds=60 + n))
+    assert waiting.put_back(nmap.id, limit="1/hour", group="host:a.example", until=now + timedelta(minutes=30))
+    dns_records = sum(1 for _, boefje, _ in allowed_boefje_tasks(world, now) if boefje == "dns-records")
+    assert dns_records > 1
+
+    env = probe_env(kat, postgres_uri, redis_url, SCHEDULER_RATE_LIMITS="dns-records=1/hour@dns")
+    result = kat_scheduler(env, "plan", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    at = out.index("rate limits:")
+    assert out[at + 1] == (
+        f"  this run would hold back {dns_records - 1} task(s): more than their groups may start before the next run"
+    )
+    assert out[at + 2] == "  waiting for their window: 4 task(s) in 2 group(s)"
+    assert out[at + 3].split() == ["GROUP", "LIMIT", "WAITING", "NEXT", "MAY", "RUN"]
+    first, second = out[at + 4].split(), out[at + 5].split()
+    assert first[:6] == ["shodan.io", "5/second", "3", *f"{now + timedelta(seconds=60):%Y-%m-%d %H:%M:%SZ (in}".split()]
+    assert second[:6] == [
+        "host:a.example",
+        "1/hour",
+        "1",
+        *f"{now + timedelta(minutes=30):%Y-%m-%d %H:%M:%SZ (in}".split(),
+    ]
+    assert second[6].startswith("29m")
+    assert queued_rows(pg_engine) == []
 
 
 def test_push_queues_at_band_0_and_prints_the_task_id(kat, world, pg_engine, postgres_uri, redis_url) -> None:
