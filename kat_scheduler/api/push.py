@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Task
 from kat_scheduler.api.schedulers import known_scheduler
-from kat_scheduler.dispatch.dispatcher import Dispatchable
+from kat_scheduler.dispatch.messages import Dispatchable
+from kat_scheduler.dispatch.messages import dispatchable as message_factory
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
-from kat_scheduler.queues import MANUAL_BAND, Queue, TaskName
-from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs, without_settings
+from kat_scheduler.queues import MANUAL_BAND
+from kat_scheduler.rules.payloads import without_settings
 from kat_scheduler.storage.filters import unstorable
 from kat_scheduler.storage.tasks import NewTask
 
@@ -71,15 +72,13 @@ def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
                 boefje.input_ooi,
                 boefje.hash,
             )
-            name, queue = TaskName.BOEFJE_RUN, Queue.BOEFJES
-            kwargs = boefje_message_kwargs(organisation, plugin_id, input_ooi)
+            raw_id = None
             data["boefje"] = {"oci_image": None, **data["boefje"]}
         else:
             normalizer = NormalizerTask.model_validate(data)
             organisation, plugin_id, hash_ = normalizer.organization, normalizer.normalizer.id, normalizer.hash
             input_ooi = normalizer.raw_data.boefje_meta.input_ooi
-            name, queue = TaskName.NORMALIZER_RUN, Queue.NORMALIZERS
-            kwargs = normalizer_message_kwargs(organisation, plugin_id, str(normalizer.raw_data.id))
+            raw_id = str(normalizer.raw_data.id)
     except ValidationError as exc:
         raise _bad(f"data is not a {scheduler_id.value} task: {_errors(exc)}") from None
     if organisation != push.organisation:
@@ -97,7 +96,7 @@ def dispatchable(scheduler_id: SchedulerId, push: TaskPush) -> Dispatchable:
         data=without_settings(data),
         reason="manual",
     )
-    return Dispatchable(task, name.value, queue.value, kwargs)
+    return message_factory(task, raw_id=raw_id)
 
 
 def report_task(push: TaskPush) -> NewTask:

@@ -16,9 +16,9 @@ and a held row counts as delivered (it is marked like a published one, so the re
 to publish). Ordering is the same on both paths: a pop takes the lowest band first, so a manual
 push (band 0) is the most urgent there as on the broker.
 
-**Messages.** :func:`message_for` is the one message factory for a stored row (the reaper's
-republishing uses it); producers hand a :class:`Dispatchable` whose kwargs come from
-:mod:`kat_scheduler.rules.payloads`, the same as :func:`message_for` builds.
+**Messages.** :mod:`kat_scheduler.dispatch.messages` is the one message factory: producers hand a
+:class:`Dispatchable` made by its ``dispatchable``, and a stored row's message (the reaper's
+republishing) is its ``message_for``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,26 +27,23 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
+from kat_scheduler.dispatch.messages import Dispatchable, message_for, message_of
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.queues import Queue, TaskName
-from kat_scheduler.rules.payloads import boefje_message_kwargs, normalizer_message_kwargs
 from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 
+__all__ = [
+    "Claim",
+    "DispatchResult",
+    "Dispatchable",
+    "Dispatcher",
+    "configured_pull_schedulers",
+    "message_for",
+]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatchable:
-    """A task to claim and the message that runs it."""
-
-    task: NewTask
-    task_name: str
-    queue: str
-    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,16 +144,7 @@ class Dispatcher:
     def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
         """The messages of ``items``, in order: what :meth:`claim` would make first. Those to publish
         are encoded; those of pull schedulers are left as they are (they are never sent)."""
-        messages = [
-            OutgoingMessage(
-                task_id=item.task.id,
-                task_name=item.task_name,
-                queue=item.queue,
-                band=item.task.band,
-                kwargs=item.kwargs,
-            )
-            for item in items
-        ]
+        messages = [message_of(item) for item in items]
         sent = [message for item, message in zip(items, messages, strict=True) if not self.pulled(item.task)]
         if not sent:
             return messages
@@ -234,16 +222,3 @@ class Dispatcher:
         result.published = len(claim.tasks)
         result.published_tasks = claim.tasks
         return result
-
-
-def message_for(row: Any, eta: datetime | None = None) -> OutgoingMessage:
-    """The message that runs a task row (the same a producer sent); ``eta``: not before then (the
-    rate limits' release, for a window about to open: :attr:`OutgoingMessage.eta`)."""
-    if row.scheduler_id == SchedulerId.NORMALIZER:
-        raw_id = str(row.data.get("raw_data", {}).get("id"))
-        kwargs = normalizer_message_kwargs(row.organisation, row.plugin_id, raw_id)
-        return OutgoingMessage(
-            row.id, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, row.band, kwargs, eta=eta
-        )
-    kwargs = boefje_message_kwargs(row.organisation, row.plugin_id, row.input_ooi)
-    return OutgoingMessage(row.id, TaskName.BOEFJE_RUN.value, Queue.BOEFJES.value, row.band, kwargs, eta=eta)

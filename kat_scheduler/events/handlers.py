@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from kat_scheduler.clients import OctopoesClient, OrganisationNotFound, ServiceError
 from kat_scheduler.clients.plugin_cache import PluginCache
 from kat_scheduler.dispatch.dispatcher import Claim, Dispatchable, Dispatcher
+from kat_scheduler.dispatch.messages import dispatchable as normalizer_dispatchable
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher
 from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
@@ -65,13 +66,13 @@ from kat_scheduler.planning.reactions import (
     normalizers_for_raw,
 )
 from kat_scheduler.producers.recording import LISTENER_RECORD_INTERVAL, ThrottledRecorder
-from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS, Queue, TaskName
+from kat_scheduler.queues import RAW_FILE_RECEIVED, SCAN_PROFILE_MUTATIONS
 from kat_scheduler.rules import (
     SkipReason,
     Trigger,
 )
 from kat_scheduler.rules.identity import normalizer_task_hash
-from kat_scheduler.rules.payloads import normalizer_message_kwargs, normalizer_payload
+from kat_scheduler.rules.payloads import normalizer_payload
 from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
@@ -671,8 +672,7 @@ class RawFileHandler(_Base):
                 data=normalizer_payload(task_id, normalizer, raw_json),
                 reason=rank.reason,
             )
-            kwargs = normalizer_message_kwargs(org, normalizer.id, str(raw.id))
-            dispatchable = Dispatchable(task, TaskName.NORMALIZER_RUN.value, Queue.NORMALIZERS.value, kwargs)
+            dispatchable = normalizer_dispatchable(task, raw_id=str(raw.id))
             out.append(((rank.band, rank.score, task.hash), dispatchable))
         return out
 

@@ -12,14 +12,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kat_scheduler.dispatch.dispatcher import Dispatchable
+from kat_scheduler.dispatch.messages import BOEFJE_QUEUE as BOEFJE_QUEUE  # backpressure reads the queue here
+from kat_scheduler.dispatch.messages import Dispatchable, dispatchable
 from kat_scheduler.models.ooi import ListedObject
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.models.tasks import SchedulerId
-from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules import SkipReason, Trigger, grace_period, static_skip
 from kat_scheduler.rules.identity import boefje_task_hash
-from kat_scheduler.rules.payloads import boefje_message_kwargs, boefje_payload
+from kat_scheduler.rules.payloads import boefje_payload
 from kat_scheduler.rules.ranking import BoefjeCandidate, Rank, rank_boefje
 from kat_scheduler.rules.timing import next_deadline
 from kat_scheduler.settings import Settings
@@ -185,13 +185,8 @@ def new_boefje_task(candidate: Candidate) -> NewTask:
 
 
 def boefje_dispatchable(candidate: Candidate) -> Dispatchable:
-    """The task row to claim for ``candidate`` and the message that runs it."""
-    return Dispatchable(
-        task=new_boefje_task(candidate),
-        task_name=BOEFJE_TASK,
-        queue=BOEFJE_QUEUE,
-        kwargs=boefje_message_kwargs(candidate.organisation, candidate.boefje.id, candidate.input_ooi),
-    )
+    """The task row to claim for ``candidate`` and the message that runs it (the message factory's)."""
+    return dispatchable(new_boefje_task(candidate))
 
 
 def new_boefje_schedule(
@@ -215,7 +210,3 @@ def new_boefje_schedule(
         schedule=boefje.cron,
         interval=boefje.interval,
     )
-
-
-BOEFJE_QUEUE = Queue.BOEFJES.value
-BOEFJE_TASK = TaskName.BOEFJE_RUN.value

@@ -62,7 +62,7 @@ from typing import Any
 
 from sqlalchemy.sql.elements import ColumnElement
 
-from kat_scheduler.dispatch.dispatcher import message_for
+from kat_scheduler.dispatch.messages import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue
