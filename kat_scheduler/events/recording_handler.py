@@ -1,27 +1,29 @@
 """The listener's runs in ``producer_runs``: each handled batch is a run, recorded with a throttle.
 
-:class:`RecordingHandler` wraps a handler; the batch's own result (or exception) is passed on
-untouched, and a failure to record is only logged (see :mod:`kat_scheduler.producers.recording`).
+:class:`RecordingHandler` wraps a handler and opens a run of the listener's
+:class:`~kat_scheduler.producers.recording.ThrottledRecorder` per batch, ended when the batch is
+sent or when any of its stages raises. How a run is recorded (times, outcome, the error's text,
+the throttle, a failure to record only logged) is :mod:`kat_scheduler.producers.recording`'s; the
+batch's own result (or exception) is passed on untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from kat_scheduler.events.consumer import Handler, Rejected, Send, StagedHandler, Write
-from kat_scheduler.models.producers import RunOutcome
-from kat_scheduler.producers.recording import ThrottledRecorder, describe
-from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.producers.recording import RecordedRun, ThrottledRecorder
+
+T = TypeVar("T")
 
 
 class RecordingHandler:
     """``handler``, and after each batch the listener's run (throttled by ``recorder``).
 
     Staged itself (see :class:`~kat_scheduler.events.consumer.StagedHandler`): a run is recorded
-    when a batch is sent, or when any of its stages fails.
+    when a batch is sent, or when any of its stages fails (the error led by the queue's name).
     """
 
     def __init__(
@@ -39,47 +41,34 @@ class RecordingHandler:
 
     def plan(self, queue: str, events: list[Any]) -> Write:
         """The handler's plan (when it is staged: else the whole batch is done in ``write``)."""
-        started = utcnow()
-        try:
-            write: Write = (
-                self.handler.plan(queue, events)
-                if isinstance(self.handler, StagedHandler)
-                else partial(_at_once, self.handler, queue, events)
-            )
-        except Exception as exc:
-            self._failed(queue, started, exc)
-            raise
+        run = self.recorder.start(self.summary, context=queue)
+        handler = self.handler
+        write: Write = (
+            _stage(run, partial(handler.plan, queue, events))
+            if isinstance(handler, StagedHandler)
+            else partial(_at_once, handler, queue, events)
+        )
 
         def recorded_write() -> Send:
-            try:
-                send = write()
-            except Exception as exc:
-                self._failed(queue, started, exc)
-                raise
+            send = _stage(run, write)
 
             def recorded_send() -> list[Rejected]:
-                try:
-                    rejected = send()
-                except Exception as exc:
-                    self._failed(queue, started, exc)
-                    raise
-                self.recorder.record(
-                    started_at=started, finished_at=utcnow(), outcome=RunOutcome.OK, summary=self.summary
-                )
+                rejected = _stage(run, send)
+                run.end()
                 return rejected
 
             return recorded_send
 
         return recorded_write
 
-    def _failed(self, queue: str, started: datetime, exc: Exception) -> None:
-        self.recorder.record(
-            started_at=started,
-            finished_at=utcnow(),
-            outcome=RunOutcome.ERROR,
-            summary=self.summary,
-            error=f"{queue}: {describe(exc)}",
-        )
+
+def _stage(run: RecordedRun, stage: Callable[[], T]) -> T:
+    """``stage()``; an exception ends ``run`` (recorded) and goes on."""
+    try:
+        return stage()
+    except Exception as exc:
+        run.end(exc)
+        raise
 
 
 def _at_once(handler: Handler, queue: str, events: list[Any]) -> Send:

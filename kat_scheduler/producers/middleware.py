@@ -9,7 +9,12 @@ and the other hooks go on: bookkeeping never gets in a producer's way.
 
 * :class:`Timed`: logs how long each run took;
 * :class:`Recorded`: records the run as its producer's last one in ``producer_runs`` (what
-  ``kat-scheduler status`` shows), ``ok`` or ``error``, with a summary of its report.
+  ``kat-scheduler status`` shows), ``ok`` or ``error``, with a summary of its report, through
+  :mod:`kat_scheduler.producers.recording`.
+
+The Celery tasks run every producer with ``[Recorded(...), Timed()]`` (the planning tasks a tick
+fans out, whose fan-out is the recorded run, with ``Timed`` alone); the CLI's ``plan`` and
+``push`` with ``Timed``.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kat_scheduler.models.producers import ProducerName, RunOutcome
+from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.producers.base import Producer
-from kat_scheduler.producers.recording import StoreFactory, describe, record_safely
+from kat_scheduler.producers.recording import RecordedRun, RunRecorder, StoreFactory, describe
 from kat_scheduler.storage.tables import utcnow
 
 logger = logging.getLogger(__name__)
@@ -103,7 +108,10 @@ class Recorded(Middleware):
     """Records each real run as ``name``'s last one in ``producer_runs`` (dry runs are not recorded).
 
     ``summary`` turns the report into the JSON-able summary that is kept; ``errors`` says when a
-    run that returned failed in part (``None``: it did not), which records it as ``error``.
+    run that returned failed in part (``None``: it did not), which records it as ``error``; and
+    ``so_far`` is the summary of a run that raised, from its producer (by default, none). How a
+    run is recorded is :mod:`kat_scheduler.producers.recording`'s: this only opens the run before
+    the producer runs and ends it after.
     """
 
     def __init__(
@@ -113,39 +121,29 @@ class Recorded(Middleware):
         summary: Callable[[Any], dict[str, Any]],
         errors: Callable[[Any], str | None] = lambda report: None,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        so_far: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
-        self.name = name
-        self.store = store
+        self.recorder = RunRecorder(name, store, clock=clock)
         self.summary = summary
         self.errors = errors
-        self.clock = clock
+        self.so_far = so_far
 
     def before_run(self, run: ProducerRun) -> None:
-        run.notes["recorded.started_at"] = self.clock()
+        if not run.dry_run:
+            run.notes["recorded.run"] = self.recorder.start()
 
     def after_run(self, run: ProducerRun, report: Any) -> None:
-        if run.dry_run:
-            return
-        error = self.errors(report)
-        self._record(run, RunOutcome.OK if error is None else RunOutcome.ERROR, lambda: self.summary(report), error)
+        recorded: RecordedRun | None = run.notes.get("recorded.run")
+        if recorded is not None:
+            recorded.summary = lambda: self.summary(report)
+            recorded.error = self.errors(report)
+            recorded.end()
 
     def after_failure(self, run: ProducerRun, exc: BaseException) -> None:
-        if not run.dry_run:
-            self._record(run, RunOutcome.ERROR, {}, describe(exc))
-
-    def _record(
-        self,
-        run: ProducerRun,
-        outcome: RunOutcome,
-        summary: dict[str, Any] | Callable[[], dict[str, Any]],
-        error: str | None,
-    ) -> None:
-        record_safely(
-            self.store,
-            self.name,
-            started_at=run.notes["recorded.started_at"],
-            finished_at=self.clock(),
-            outcome=outcome,
-            summary=summary,
-            error=error,
-        )
+        recorded: RecordedRun | None = run.notes.get("recorded.run")
+        if recorded is not None:
+            if self.so_far is not None:
+                so_far, producer = self.so_far, run.producer
+                recorded.summary = lambda: so_far(producer)
+            recorded.end(exc)

@@ -1,13 +1,21 @@
-"""Recording producer runs in ``producer_runs`` without ever getting in a producer's way.
+"""Recording producer runs in ``producer_runs``: the one place that says what a recorded run is.
 
+A run is recorded as its producer's last one (what ``kat-scheduler status`` shows): when it
+started and finished, ``ok`` or ``error`` (with the error's text), and a summary of what it did.
 A producer's work matters more than its bookkeeping: every write here is wrapped, and a failure
 (database down, an old schema without the table) is logged and forgotten.
 
-* :func:`recorded_run` wraps one run of a beat-ticked task: ``ok`` when its body returns,
-  ``error`` (with the exception's text) when it raises, and the exception goes on as it was;
-  a body that failed in part says so in :attr:`RunNote.error`.
-* :class:`ThrottledRecorder` is for the event listener, which finishes many batches a second: it
-  writes at most once per ``min_interval`` seconds, and at once when the outcome changes.
+* :class:`RunRecorder` records the runs of one producer; :meth:`RunRecorder.start` opens a
+  :class:`RecordedRun`, which :meth:`~RecordedRun.end` records: ``ok`` (or ``error`` when the
+  run says it failed in part, :attr:`RecordedRun.error`), or ``error`` with the exception that
+  ended it. It is also a context manager: :func:`recorded_run` is a ``with`` body's run.
+* :class:`ThrottledRecorder` is the listener's, which finishes many batches a second: it writes at
+  most once per ``min_interval`` seconds, and at once when the outcome changes.
+
+Two adapters put a run around a producer, with no recording of their own:
+:class:`~kat_scheduler.producers.middleware.Recorded`, the middleware the Celery tasks run
+their producers with, and :class:`~kat_scheduler.events.recording_handler.RecordingHandler`,
+around each batch of the event listener.
 """
 
 from __future__ import annotations
@@ -15,10 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
+from types import TracebackType
 from typing import Any
 
 from kat_scheduler.models.producers import ProducerName, RunOutcome
@@ -29,11 +36,14 @@ logger = logging.getLogger(__name__)
 
 #: Builds the store when a run is recorded (so even creating the engine cannot break a producer).
 StoreFactory = Callable[[], ProducerRunStore]
+#: A run's summary, or what builds it (only called when the run is written).
+Summary = dict[str, Any] | Callable[[], dict[str, Any]]
 #: Seconds between two records of the listener, unless its outcome changed.
 LISTENER_RECORD_INTERVAL = 5.0
 
 
 def describe(exc: BaseException) -> str:
+    """``exc`` in one line: its type, and its text when it has one."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -45,7 +55,7 @@ def record_safely(
     started_at: datetime,
     finished_at: datetime,
     outcome: RunOutcome,
-    summary: dict[str, Any] | Callable[[], dict[str, Any]],
+    summary: Summary,
     error: str | None = None,
 ) -> bool:
     """Record a run; ``False`` (and a log line) instead of an exception when that fails."""
@@ -60,48 +70,91 @@ def record_safely(
     return True
 
 
-@dataclass
-class RunNote:
-    """Handed to the body of :func:`recorded_run`: what the run did goes in ``summary``.
+class RunRecorder:
+    """Records the runs of producer ``name``, every one, and never raises."""
 
-    A body that returns normally but failed in part (an organisation's service was down) sets
-    ``error``; the run is then recorded as ``error`` with that text.
+    def __init__(self, name: ProducerName, store: StoreFactory, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.name = name
+        self.store = store
+        self.clock = clock
+
+    def start(self, summary: Summary | None = None, *, context: str | None = None) -> RecordedRun:
+        """A run starting now; ``context`` (a queue's name) leads the text of an error that ends it."""
+        return RecordedRun(self, self.clock(), {} if summary is None else summary, context)
+
+    def record(
+        self,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        outcome: RunOutcome,
+        summary: Summary,
+        error: str | None = None,
+    ) -> bool:
+        """Write a run (``summary`` is only called then); returns whether it was written."""
+        return record_safely(
+            self.store,
+            self.name,
+            started_at=started_at,
+            finished_at=finished_at,
+            outcome=outcome,
+            summary=summary,
+            error=error,
+        )
+
+
+class RecordedRun:
+    """One run of a :class:`RunRecorder`'s producer, recorded when it :meth:`end`\\ s.
+
+    What the run did goes in :attr:`summary`; a run that returns normally but failed in part (an
+    organisation's service was down) sets :attr:`error`, and is recorded as ``error`` with it.
     """
 
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    def __init__(self, recorder: RunRecorder, started_at: datetime, summary: Summary, context: str | None) -> None:
+        self.recorder = recorder
+        self.started_at = started_at
+        self.summary: Summary = summary
+        self.error: str | None = None
+        self.context = context
 
+    def end(self, exc: BaseException | None = None) -> bool:
+        """Record the run as ended now: ``ok`` (unless :attr:`error`), or ``error`` when ``exc`` ended it.
 
-@contextmanager
-def recorded_run(name: ProducerName, store: StoreFactory, clock: Callable[[], datetime] = utcnow) -> Iterator[RunNote]:
-    """Record the run of the ``with`` body as ``name``'s last run (``ok``, or ``error`` if it raised)."""
-    note = RunNote()
-    started = clock()
-    try:
-        yield note
-    except Exception as exc:
-        record_safely(
-            store,
-            name,
-            started_at=started,
-            finished_at=clock(),
-            outcome=RunOutcome.ERROR,
-            summary=note.summary,
-            error=describe(exc),
+        A run ended by an interruption rather than an error (``KeyboardInterrupt``, ``SystemExit``)
+        is not recorded. Returns whether the run was written.
+        """
+        if exc is None:
+            outcome, error = (RunOutcome.OK, None) if self.error is None else (RunOutcome.ERROR, self.error)
+        elif isinstance(exc, Exception):
+            outcome, error = (
+                RunOutcome.ERROR,
+                describe(exc) if self.context is None else f"{self.context}: {describe(exc)}",
+            )
+        else:
+            return False
+        return self.recorder.record(
+            started_at=self.started_at,
+            finished_at=self.recorder.clock(),
+            outcome=outcome,
+            summary=self.summary,
+            error=error,
         )
-        raise
-    record_safely(
-        store,
-        name,
-        started_at=started,
-        finished_at=clock(),
-        outcome=RunOutcome.OK if note.error is None else RunOutcome.ERROR,
-        summary=note.summary,
-        error=note.error,
-    )
+
+    def __enter__(self) -> RecordedRun:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.end(exc)
 
 
-class ThrottledRecorder:
+def recorded_run(name: ProducerName, store: StoreFactory, clock: Callable[[], datetime] = utcnow) -> RecordedRun:
+    """A ``with`` body's run as ``name``'s last one: ``ok``, or ``error`` if it raised (the exception goes on)."""
+    return RunRecorder(name, store, clock=clock).start()
+
+
+class ThrottledRecorder(RunRecorder):
     """Records runs of one producer at most once per ``min_interval`` seconds (or when the outcome changes).
 
     A write that failed counts as written, so a database that is down is not asked again for
@@ -115,9 +168,9 @@ class ThrottledRecorder:
         *,
         min_interval: float = LISTENER_RECORD_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.name = name
-        self.store = store
+        super().__init__(name, store, clock=clock)
         self.min_interval = min_interval
         self.monotonic = monotonic
         self._last: tuple[float, RunOutcome] | None = None
@@ -140,7 +193,7 @@ class ThrottledRecorder:
         started_at: datetime,
         finished_at: datetime,
         outcome: RunOutcome,
-        summary: Callable[[], dict[str, Any]],
+        summary: Summary,
         error: str | None = None,
     ) -> bool:
         """Record this run unless one was recorded less than ``min_interval`` ago; never raises.
@@ -152,12 +205,6 @@ class ThrottledRecorder:
             if not self._due(outcome, now):
                 return False
             self._last = (now, outcome)
-        return record_safely(
-            self.store,
-            self.name,
-            started_at=started_at,
-            finished_at=finished_at,
-            outcome=outcome,
-            summary=summary,
-            error=error,
+        return super().record(
+            started_at=started_at, finished_at=finished_at, outcome=outcome, summary=summary, error=error
         )

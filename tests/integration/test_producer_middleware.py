@@ -124,3 +124,32 @@ def test_the_planner_runs_each_of_its_producers_through_its_middleware(producers
     run_producer(TickProducer(producers), NOW, dry_run=True, middleware=middleware)
     run_producer(DueSchedulesProducer(producers), NOW, dry_run=True, middleware=middleware)
     assert calls == ["j.before", "j.after:0", "j.before", "j.after:0"]  # dry: nothing queued
+
+
+class HalfWay:
+    """A producer that queues ``queued`` of its tasks, then loses its broker."""
+
+    name = "half-way"
+
+    def __init__(self, queued: int) -> None:
+        self.queued = 0
+        self.until = queued
+
+    def run(self, now: datetime, dry_run: bool = False) -> Report:
+        while self.queued < self.until:
+            self.queued += 1
+        raise ConnectionError("broker gone")
+
+
+def test_a_run_that_raises_half_way_is_recorded_with_what_it_had_done(engine: Engine) -> None:
+    recorded_half_way = Recorded(
+        ProducerName.PLAN_BOEFJES,
+        lambda: ProducerRunStore(engine),
+        summary=lambda report: {"queued": report.queued},
+        so_far=lambda producer: {"queued": producer.queued},
+    )
+    with pytest.raises(ConnectionError):
+        run_producer(HalfWay(queued=2), NOW, middleware=[recorded_half_way])
+    run = ProducerRunStore(engine).get(ProducerName.PLAN_BOEFJES)
+    assert run is not None and run.outcome == RunOutcome.ERROR and run.error == "ConnectionError: broker gone"
+    assert run.summary == {"queued": 2}

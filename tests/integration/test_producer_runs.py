@@ -122,6 +122,19 @@ def test_the_reaper_and_due_schedules_record_their_runs(runtime: Runtime, pg_eng
     assert runs["queue-due-schedules"].summary["queued"] == due["queued"]
 
 
+def test_each_beat_task_runs_its_producer_timed(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "kat_scheduler.producers.middleware"):
+        scheduler_tasks.reap()
+        scheduler_tasks.queue_due_schedules()
+        scheduler_tasks.queue_report_schedules()
+    timed = [r.getMessage() for r in caplog.records if r.name == "kat_scheduler.producers.middleware"]
+    assert [message.split(" ran in ")[0] for message in timed] == [
+        ProducerName.REAP,
+        ProducerName.QUEUE_DUE_SCHEDULES,
+        ProducerName.QUEUE_REPORT_SCHEDULES,
+    ]
+
+
 def test_a_producer_on_a_database_without_producer_runs_runs_and_logs(
     redis_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
