@@ -6,6 +6,11 @@ urgent, then its message is published to the scheduler's Celery queue. A pull sc
 schedulers that arrive together are claimed in one statement
 (:class:`~kat_scheduler.api.batching.Batcher`); each gets the answer it would have got alone,
 in the order they arrived (of two pushes of one hash, the first is queued, the second is a 409).
+
+A boefje push is "scan now": it bypasses grace, interval and cron, but while Bytes shows the pair
+running (a run with a start, no end, younger than the stall age) it is refused with a 409, as a
+live task of the hash is: the rules core decides (:func:`kat_scheduler.rules.may_push`, through
+the CLI push's own :func:`~kat_scheduler.producers.push.check_not_running`).
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from kat_scheduler.api.schedulers import known_scheduler
 from kat_scheduler.dispatch.messages import Dispatchable
 from kat_scheduler.dispatch.messages import dispatchable as message_factory
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
+from kat_scheduler.producers.push import RunningInBytes, check_not_running
 from kat_scheduler.queues import MANUAL_BAND
 from kat_scheduler.rules.payloads import without_settings
+from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.filters import unstorable
-from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.tasks import NewTask, TaskStore
 
 router = APIRouter(tags=["schedulers"])
 
@@ -132,7 +140,10 @@ def report_task(push: TaskPush) -> NewTask:
     responses={
         400: {"model": Problem, "description": "Data that does not validate, or contradicts the path"},
         404: {"model": Problem, "description": "No such scheduler"},
-        409: {"model": Problem, "description": "A task with the same hash is queued or running (see Retry-After)"},
+        409: {
+            "model": Problem,
+            "description": "The same hash is queued or running, here or in Bytes (see Retry-After)",
+        },
         503: {"model": Problem, "description": "The broker did not take the message"},
     },
 )
@@ -159,6 +170,8 @@ async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
         f"a task with hash {task.hash} is already queued or running",
         headers={"Retry-After": str(RETRY_AFTER)},
     )
+    if scheduler is SchedulerId.BOEFJE:
+        await to_thread.run_sync(_not_running, ctx, task)
     # Claim first: one statement on the common path. A claim that wins nothing had its id or its
     # hash taken; only then is the task with this id looked at.
     if pull or item is None:
@@ -169,6 +182,18 @@ async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
             return _queued(task, now)
         return await to_thread.run_sync(_refused, ctx, task, taken)
     return await to_thread.run_sync(_dispatched, ctx, item, taken)
+
+
+def _not_running(ctx: ApiContext, task: NewTask) -> None:
+    """409 while Bytes shows the pushed pair running (the rules core's :func:`may_push`), as for a
+    live hash; a task already stored under this id (a runner handing one back) is the claim's to answer."""
+    try:
+        check_not_running(TaskStore(ctx.engine), BytesRunStore(ctx.engine), ctx.settings, task.hash, utcnow())
+    except RunningInBytes as exc:
+        if ctx.tasks.get(task.id) is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"not queued: {exc}", headers={"Retry-After": str(RETRY_AFTER)}
+            ) from None
 
 
 def _dispatched(ctx: ApiContext, item: Dispatchable, taken: HTTPException) -> Task:

@@ -1,22 +1,68 @@
-"""A boefje queued by hand (``kat-scheduler push boefje``): band 0, bypasses grace, never clearance."""
+"""A boefje queued by hand (``kat-scheduler push boefje``, the API's push): band 0, bypasses grace,
+interval and cron, never clearance and never a run still going in Bytes.
+
+Whether a pushed pair may be queued is the rules core's (:func:`kat_scheduler.rules.may_push`),
+from the pair's facts: our own last run and Bytes' newest run as the tick or the listener last saw
+it (``bytes_runs``). :func:`check_not_running` reads those facts and asks the rule; the CLI's
+:class:`ManualPush` and the API's push (``api/push.py``) both call it.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.planning.candidates import Candidate, boefje_dispatchable
 from kat_scheduler.producers.base import ProducerContext
 from kat_scheduler.producers.dispatching import CandidateDispatch
-from kat_scheduler.rules import Trigger, clearance_skip, grace_period
+from kat_scheduler.rules import Decision, PairFacts, Trigger, clearance_skip, grace_period, may_push
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.ranking import BoefjeCandidate, rank_boefje
+from kat_scheduler.settings import Settings
+from kat_scheduler.storage.bytes_runs import BytesRunStore
+from kat_scheduler.storage.tasks import TaskStore
 
 
 class PushRefused(Exception):
-    """A manual request that may not be queued (unknown plugin or object, clearance)."""
+    """A manual request that may not be queued (unknown plugin or object, clearance, running in Bytes)."""
+
+
+class RunningInBytes(PushRefused):
+    """The pushed pair is running in Bytes (a run with a start, no end, younger than the stall age)."""
+
+    def __init__(self, hash_: str, started_at: datetime, stalled_after: datetime) -> None:
+        super().__init__(
+            f"running in Bytes since {started_at.isoformat()}; it counts as stalled after "
+            f"{stalled_after.isoformat()} (hash {hash_})"
+        )
+        self.hash = hash_
+        self.started_at = started_at
+        self.stalled_after = stalled_after
+
+
+def check_not_running(
+    tasks: TaskStore, bytes_runs: BytesRunStore, settings: Settings, hash_: str, now: datetime
+) -> Decision:
+    """The rules core's word on pushing the pair of ``hash_`` at ``now`` (:func:`may_push`), from our
+    own last run and Bytes' newest run as last seen; raises :class:`RunningInBytes` when it refuses."""
+    run = bytes_runs.newest([hash_]).get(hash_)
+    last = tasks.last_runs([hash_]).get(hash_) if run is not None else None
+    facts = PairFacts(
+        now=now,
+        last_ended=last,
+        bytes_run=run,
+        interval=None,  # a push bypasses interval, cron and grace: they do not decide here
+        cron=None,
+        default_grace=timedelta(seconds=settings.grace_period),
+        stall_age=timedelta(seconds=settings.effective_bytes_stall_age),
+    )
+    decision = may_push(facts)
+    if not decision.due:
+        assert run is not None and run.started_at is not None and decision.until is not None
+        raise RunningInBytes(hash_, run.started_at, decision.until)
+    return decision
 
 
 @dataclass(frozen=True)
@@ -31,7 +77,8 @@ class ManualPush:
     """One manual request for ``boefje_id`` on ``input_ooi`` (``None``: a boefje without input).
 
     :meth:`run` raises :class:`PushRefused` for an unknown boefje or object, an object the boefje
-    does not consume, or clearance not met. A dry run checks all that and queues nothing.
+    does not consume, or clearance not met, and :class:`RunningInBytes` while Bytes shows the pair
+    running (:func:`check_not_running`). A dry run checks all that and queues nothing.
     """
 
     name = "push"
@@ -72,6 +119,9 @@ class ManualPush:
                     f"boefje {boefje_id} needs scan level {boefje.scan_level}, {input_ooi} has "
                     f"{ooi.scan_level}: clearance is never bypassed"
                 )
+        hash_ = boefje_task_hash(boefje.id, organisation, input_ooi)
+        context = self.context
+        check_not_running(context.tasks, context.bytes_runs, context.settings, hash_, now)
         rank = rank_boefje(
             BoefjeCandidate(
                 trigger=Trigger.MANUAL,
@@ -80,5 +130,4 @@ class ManualPush:
             ),
             now,
         )
-        hash_ = boefje_task_hash(boefje.id, organisation, input_ooi)
         return Candidate(organisation, boefje, input_ooi, hash_, rank, Trigger.MANUAL)

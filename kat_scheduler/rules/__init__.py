@@ -22,6 +22,7 @@ from kat_scheduler.rules.due import (
     boefje_facts,
     counted_from,
     is_due,
+    may_push,
 )
 from kat_scheduler.rules.eligibility import (
     NOT_DUE_SKIP,
@@ -48,5 +49,6 @@ __all__ = [
     "grace_period",
     "grace_skip",
     "is_due",
+    "may_push",
     "static_skip",
 ]

@@ -13,6 +13,9 @@ KAT's rule (KAT-API.md, "How KAT's scheduler decides"), from the facts of one pa
 
 The tick, due schedules and the event handlers call :func:`is_due` with the facts they have
 (events and due schedules know our own history, not Bytes'). No I/O, no clock: ``now`` is a fact.
+
+A manual push ("scan now": ``kat-scheduler push boefje``, the API's push) asks :func:`may_push`
+instead: it bypasses grace, interval and cron, never a run still going in Bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class DueReason(StrEnum):
     GRACE_OVER = "grace over"
     CRON_PASSED = "cron time passed"
     STALLED = "stalled run in Bytes"
+    MANUAL = "queued by hand"
 
 
 class NotDueReason(StrEnum):
@@ -137,3 +141,22 @@ def counted_from(decision: Decision, run: BytesRun | None) -> datetime:
         return run.started_at
     assert decision.last_ended is not None
     return decision.last_ended
+
+
+def may_push(facts: PairFacts) -> Decision:
+    """Whether a pair may be queued by hand at ``facts.now`` ("scan now").
+
+    Grace, interval and cron do not apply: that is what a push is for. A run still going in
+    Bytes does: Bytes' newest run with a start and no end, younger than the stall age, refuses
+    the push (``RUNNING``, ``until`` when it counts as stalled); one past the stall age died and
+    does not (``STALLED``). A run going in Bytes that started before our own last run ended is
+    older news than that run: it refuses nothing. Otherwise ``MANUAL``.
+    """
+    run = facts.bytes_run
+    last = facts.last_ended
+    started = run.started_at if run is not None and run.ended_at is None else None
+    if started is not None and (last is None or started > last):
+        if facts.now - started < facts.stall_age:
+            return Decision(False, NotDueReason.RUNNING, started + facts.stall_age, last)
+        return Decision(True, DueReason.STALLED, None, last)
+    return Decision(True, DueReason.MANUAL, None, last)

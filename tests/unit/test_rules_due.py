@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kat_scheduler.rules import BytesRun, DueReason, NotDueReason, PairFacts, is_due
+from kat_scheduler.rules import BytesRun, DueReason, NotDueReason, PairFacts, is_due, may_push
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # a Monday
 HOUR = timedelta(hours=1)
@@ -147,6 +147,57 @@ def test_a_configured_stall_age_decides_when_a_run_without_an_end_is_dead() -> N
     run = started(2 * HOUR)
     assert is_due(replace(FACTS, bytes_run=run, stall_age=3 * HOUR)).reason == NotDueReason.RUNNING
     assert is_due(replace(FACTS, bytes_run=run, stall_age=HOUR)).reason == DueReason.STALLED
+
+
+@pytest.mark.parametrize(
+    ("facts", "due", "reason", "until"),
+    [
+        pytest.param({}, True, DueReason.MANUAL, None, id="never run"),
+        pytest.param({"last_ended": NOW - HOUR}, True, DueReason.MANUAL, None, id="our run inside grace: bypassed"),
+        pytest.param({"bytes_run": ended(HOUR)}, True, DueReason.MANUAL, None, id="bytes run inside grace: bypassed"),
+        pytest.param(
+            {"last_ended": NOW - HOUR, "interval": 600}, True, DueReason.MANUAL, None, id="inside interval: bypassed"
+        ),
+        pytest.param(
+            {"bytes_run": ended(HOUR), "cron": "0 4 * * *"}, True, DueReason.MANUAL, None, id="before cron: bypassed"
+        ),
+        pytest.param(
+            {"bytes_run": started(timedelta(minutes=2))},
+            False,
+            NotDueReason.RUNNING,
+            NOW + timedelta(minutes=5),
+            id="running in bytes",
+        ),
+        pytest.param(
+            {"bytes_run": started(timedelta(minutes=2)), "last_ended": NOW - DAY},
+            False,
+            NotDueReason.RUNNING,
+            NOW + timedelta(minutes=5),
+            id="running in bytes, started after our last run",
+        ),
+        pytest.param(
+            {"bytes_run": started(timedelta(minutes=2)), "last_ended": NOW - timedelta(minutes=1)},
+            True,
+            DueReason.MANUAL,
+            None,
+            id="seen going before our own run ended: older news",
+        ),
+        pytest.param({"bytes_run": started(STALL)}, True, DueReason.STALLED, None, id="stalled at the stall age"),
+        pytest.param(
+            {"bytes_run": started(3 * HOUR), "last_ended": NOW - 4 * HOUR},
+            True,
+            DueReason.STALLED,
+            None,
+            id="stalled, our run before it",
+        ),
+        pytest.param({"bytes_run": BytesRun(None, None)}, True, DueReason.MANUAL, None, id="a run without times"),
+    ],
+)
+def test_may_push(
+    facts: dict[str, object], due: bool, reason: DueReason | NotDueReason, until: datetime | None
+) -> None:
+    decision = may_push(replace(FACTS, **facts))  # type: ignore[arg-type]
+    assert (decision.due, decision.reason, decision.until) == (due, reason, until)
 
 
 def test_the_rules_package_does_no_io_and_reads_no_clock() -> None:
