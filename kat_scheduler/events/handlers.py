@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,11 +71,11 @@ from kat_scheduler.rules import (
     SkipReason,
     Trigger,
 )
-from kat_scheduler.rules.identity import normalizer_task_hash
+from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
 from kat_scheduler.rules.payloads import normalizer_payload
 from kat_scheduler.rules.ranking import Rank, rank_normalizer
 from kat_scheduler.settings import Settings
-from kat_scheduler.storage.bytes_runs import BytesRunStore
+from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.object_events import Fence, ObjectEventStore, ObjectKey, event_key
 from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
@@ -626,11 +626,13 @@ class RawFileHandler(_Base):
                 items.extend(self._tasks_for(org, events[i], normalizers, now))
         self._count(events=len(events))
         deschedule = self.descheduler.plan(events, skip={r.index for r in rejected})
+        runs = reported_runs(events, skip={r.index for r in rejected})
         items.sort(key=lambda item: item[0])
         dispatchables = [d for _, d in items]
         messages = self.dispatcher.prepare(dispatchables)
 
         def write() -> Send:
+            self.bytes_runs.record_reported(runs, now)
             done = deschedule(now)
             self._count(done.skipped, cancelled=done.cancelled, schedules_disabled=done.descheduled)
             claims = self._claim(dispatchables, messages)
@@ -675,6 +677,29 @@ class RawFileHandler(_Base):
             dispatchable = normalizer_dispatchable(task, raw_id=str(raw.id))
             out.append(((rank.band, rank.score, task.hash), dispatchable))
         return out
+
+
+def reported_runs(events: Sequence[RawFileReceived], skip: Collection[int] = ()) -> list[SeenRun]:
+    """The boefje runs that ``events``' raw files come from, as Bytes holds them (a BoefjeMeta has
+    its start and, once the run ended, its end): Bytes' history of those pairs changed since a tick
+    listed it, whoever ran them, and the mutation handler and due schedules read it from there."""
+    runs = []
+    for index, event in enumerate(events):
+        meta = event.raw_data.boefje_meta
+        if index in skip or meta.started_at is None:
+            continue
+        org = event.organization
+        runs.append(
+            SeenRun(
+                boefje_task_hash(meta.boefje.id, org, meta.input_ooi),
+                org,
+                meta.boefje.id,
+                meta.input_ooi or "",
+                meta.started_at,
+                meta.ended_at,
+            )
+        )
+    return runs
 
 
 def listener_summary(handlers: Mapping[str, _Base], since: datetime) -> dict[str, Any]:

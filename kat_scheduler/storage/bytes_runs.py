@@ -1,10 +1,12 @@
-"""Bytes' newest run per (boefje, object, organisation) pair, as a planning tick last saw it.
+"""Bytes' newest run per (boefje, object, organisation) pair, as the scheduler last saw it.
 
 The tick lists a boefje's history in Bytes in bulk, once per organisation; :meth:`BytesRunStore.record`
-keeps the newest run of every object in that listing (eligible then or not), and the event handlers
-read it by hash (:meth:`BytesRunStore.newest`) for the pairs our own history does not cover. So an
-event that raises an object's level knows that Bytes shows a run still going, or one that ended
-inside the grace period, without a request to Bytes.
+keeps the newest run of every object in that listing (eligible then or not). Between listings, each
+raw file Bytes announces carries its run's BoefjeMeta, which the listener keeps the same way
+(:meth:`BytesRunStore.record_reported`), so a run another runner finished after the listing is known
+too. The event handlers and due schedules read it by hash (:meth:`BytesRunStore.newest`) for the
+pairs our own history does not cover. So an event that raises an object's level knows that Bytes
+shows a run still going, or one that ended inside the grace period, without a request to Bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from kat_scheduler.rules import BytesRun
@@ -38,6 +40,12 @@ _PG_COLUMNS = {
 _PG_CONFLICT = (
     "(hash) DO UPDATE SET started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, "
     "seen_at = EXCLUDED.seen_at WHERE bytes_runs.seen_at <= EXCLUDED.seen_at"
+)
+#: A run reported on its own (a raw file's BoefjeMeta) wins only when it is as new as the kept
+#: one or newer: a late raw file of an older run never hides a newer run.
+_PG_CONFLICT_NEWER = (
+    "(hash) DO UPDATE SET started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, "
+    "seen_at = EXCLUDED.seen_at WHERE bytes_runs.started_at IS NULL OR bytes_runs.started_at <= EXCLUDED.started_at"
 )
 
 
@@ -94,7 +102,25 @@ class BytesRunStore:
                 conn.execute(stmt, rows[start : start + CHUNK])
 
     def record(self, runs: Sequence[SeenRun], seen_at: datetime) -> None:
-        """Keep ``runs`` as Bytes' newest runs of their pairs at ``seen_at`` (one row per hash, upserted)."""
+        """Keep ``runs`` as Bytes' newest runs of their pairs at ``seen_at`` (one row per hash,
+        upserted): a listing of a boefje's whole history, so the one seen last wins."""
+        self._upsert(runs, seen_at, newer_only=False)
+
+    def record_reported(self, runs: Sequence[SeenRun], seen_at: datetime) -> None:
+        """Keep ``runs``, each reported on its own (by a raw file's BoefjeMeta), where it is at least
+        as new as the run kept for its pair: so the listener knows of a run Bytes got between two
+        listings (another runner's, or a scheduler's before ours), and a late raw file of an older
+        run changes nothing."""
+        newest: dict[str, SeenRun] = {}
+        for run in runs:
+            if run.started_at is None:
+                continue
+            kept = newest.get(run.hash)
+            if kept is None or (kept.started_at is not None and kept.started_at <= run.started_at):
+                newest[run.hash] = run
+        self._upsert(list(newest.values()), seen_at, newer_only=True)
+
+    def _upsert(self, runs: Sequence[SeenRun], seen_at: datetime, *, newer_only: bool) -> None:
         if not runs:
             return
         ordered = sorted({run.hash: run for run in runs}.values(), key=lambda run: run.hash)  # one lock order
@@ -104,17 +130,23 @@ class BytesRunStore:
                     (r.hash, r.organisation, r.plugin_id, r.input_ooi, r.started_at, r.ended_at, seen_at)
                     for r in ordered
                 ]
-                pg_insert_rows(conn, "bytes_runs", _PG_COLUMNS, rows, conflict=_PG_CONFLICT, page_size=CHUNK)
+                conflict = _PG_CONFLICT_NEWER if newer_only else _PG_CONFLICT
+                pg_insert_rows(conn, "bytes_runs", _PG_COLUMNS, rows, conflict=conflict, page_size=CHUNK)
                 return
             insert = sqlite.insert(_BYTES_RUNS)
+            kept = _BYTES_RUNS.c
             stmt = insert.on_conflict_do_update(
-                index_elements=[_BYTES_RUNS.c.hash],
+                index_elements=[kept.hash],
                 set_={
                     "started_at": insert.excluded.started_at,
                     "ended_at": insert.excluded.ended_at,
                     "seen_at": insert.excluded.seen_at,
                 },
-                where=_BYTES_RUNS.c.seen_at <= insert.excluded.seen_at,
+                where=(
+                    or_(kept.started_at.is_(None), kept.started_at <= insert.excluded.started_at)
+                    if newer_only
+                    else kept.seen_at <= insert.excluded.seen_at
+                ),
             )
             for start in range(0, len(ordered), CHUNK):
                 conn.execute(

@@ -17,7 +17,7 @@ from kat_scheduler.clients.plugin_cache import PluginCache
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError, make_publisher
 from kat_scheduler.events.consumer import TransientError
 from kat_scheduler.events.handlers import MutationHandler, RawFileHandler
-from kat_scheduler.models import ScanProfileMutation, SchedulerId, TaskStatus
+from kat_scheduler.models import RawFileReceived, ScanProfileMutation, SchedulerId, TaskStatus
 from kat_scheduler.planning.candidates import new_boefje_schedule
 from kat_scheduler.producers import TickProducer
 from kat_scheduler.rules.identity import boefje_task_hash, normalizer_task_hash
@@ -27,6 +27,7 @@ from kat_scheduler.sim.events import world_mutations
 from kat_scheduler.sim.oracle import allowed_event_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore, UnpublishedTask
+from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.object_events import ObjectEventStore
 from tests.events import expected_boefjes, profile_mutation, raw_file_event
 from tests.factories import BoefjeMetaFactory
@@ -595,6 +596,38 @@ def test_a_plugins_own_interval_decides_on_a_raise_in_place_of_the_default_grace
     assert "ssl-certificates" in tasks_on(pg_engine, twice_a_day[2])
     mutations.bookkeeper.flush()
     assert schedules_on(pg_engine, weekly[2])["shodan"].deadline_at > NOW + timedelta(days=3)
+
+
+def reported(org: str, pair: tuple[str, str, str], started: datetime, ended: datetime | None) -> RawFileReceived:
+    """A raw file of a run of ``pair`` that Bytes got (from any runner), as Bytes announces it."""
+    event = raw_file_event(org, pair[1], ["text/plain"], NOW)
+    meta = event.raw_data.boefje_meta
+    meta.input_ooi, meta.started_at, meta.ended_at = pair[2], started, ended
+    return event
+
+
+def test_a_run_bytes_got_after_the_tick_is_known_to_a_raise_through_its_raw_file(
+    mutations, raw_files, producers, world, pg_engine
+) -> None:
+    """Another runner ran the boefje after the tick listed its history in Bytes (no task of ours):
+    the raw file's BoefjeMeta tells the listener, so a raise two hours later keeps the grace period;
+    a late raw file of an older run does not hide the newer one."""
+    pair, untouched = below_clearance(world, 2)
+    TickProducer(producers).run(NOW)  # lists the boefje's history in Bytes: nothing for either pair yet
+    ended = NOW - timedelta(hours=2)
+
+    raw_files("raw_file_received", [reported(pair[0], pair, ended - timedelta(minutes=1), ended)])
+    raw_files(
+        "raw_file_received",
+        [reported(pair[0], pair, NOW - timedelta(days=3), NOW - timedelta(days=3) + timedelta(minutes=1))],
+    )
+    raise_to_4(mutations, [pair, untouched])
+
+    assert pair[1] not in tasks_on(pg_engine, pair[2])
+    assert mutations.stats.skipped["within grace period"] >= 1
+    assert untouched[1] in tasks_on(pg_engine, untouched[2])
+    hash_ = boefje_task_hash(pair[1], pair[0], pair[2])
+    assert BytesRunStore(pg_engine).newest([hash_])[hash_].ended_at == ended
 
 
 def test_a_cron_boefje_follows_cron_on_a_raise_too(mutations, producers, world, pg_engine) -> None:
