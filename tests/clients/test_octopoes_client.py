@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from kat_scheduler.clients import ObjectsPage, OrganisationNotFound, ServiceRequestError
 from kat_scheduler.models import OOI
@@ -91,15 +93,14 @@ def test_iter_objects_pages_through_all_matching_objects(kat, octopoes, world):
     assert kat.request_counts["octopoes"] == math.ceil(len(expected) / 7)
 
 
-def test_iter_objects_reads_every_page_at_one_valid_time(octopoes, monkeypatch):
+def test_iter_objects_reads_every_page_at_one_valid_time(octopoes):
     sent = []
-    send = octopoes._send
 
-    def spy(method, path, **kwargs):
-        sent.append(kwargs["params"]["valid_time"])
-        return send(method, path, **kwargs)
+    def seen(response: requests.Response, *args: object, **kwargs: object) -> None:
+        [valid_time] = parse_qs(urlsplit(response.request.url or "").query)["valid_time"]
+        sent.append(valid_time)
 
-    monkeypatch.setattr(octopoes, "_send", spy)
+    octopoes.session.hooks["response"].append(seen)  # each request Octopoes answered
 
     pages = list(octopoes.iter_objects("org01", types=["Hostname", "IPAddressV4"], page_size=4))
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from celery import current_app
+from celery.app import app_or_default
 from sqlalchemy import Engine, create_engine, text
 
 from kat_scheduler.celery_tasks import scheduler as scheduler_tasks
@@ -81,7 +81,7 @@ def runtime(planner_settings: Settings, pg_engine: Engine, monkeypatch: pytest.M
     runtime = Runtime(planner_settings)
     monkeypatch.setattr(scheduler_tasks, "get_runtime", lambda: runtime)
     app = create_app(planner_settings, main="producer_runs_test")
-    previous = current_app._get_current_object()
+    previous = app_or_default()
     app.set_current()
     yield runtime
     previous.set_current()

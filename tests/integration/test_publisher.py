@@ -13,11 +13,13 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
@@ -189,6 +191,22 @@ def test_queue_depth_counts_every_priority_of_a_queue(publisher: Publisher, sett
         }
 
 
+def close_amqp_connections(url: str) -> list[str]:
+    """RabbitMQ closes every client connection on ``url``'s vhost (the publisher's), as a broker restart does."""
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "vhost"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    pids = [pid for pid, on in (line.split("\t") for line in listed.stdout.splitlines() if line) if on == vhost]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], check=True, timeout=60)
+    return pids
+
+
 def test_publish_reconnects_after_the_broker_dropped_the_connection(publisher: Publisher, settings: Settings) -> None:
     publisher.publish([message(1)])
     if transport_of(settings.broker_url) == "redis":
@@ -200,8 +218,7 @@ def test_publish_reconnects_after_the_broker_dropped_the_connection(publisher: P
         ]
         assert killed
     else:
-        # What a broker restart or a network cut leaves behind: a dead socket.
-        publisher._connection.connection.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        assert close_amqp_connections(settings.broker_url)  # as a broker restart does
 
     publisher.publish([message(2)])
 

@@ -178,15 +178,18 @@ def test_a_worker_records_every_state_of_a_task(
 def test_the_received_signal_marks_a_queued_row_dispatched(monkeypatch, pg_engine, clients, world) -> None:
     from types import SimpleNamespace
 
+    from celery.signals import task_received
+
     from kat_scheduler.celery_tasks import workers as worker_tasks
 
     store = TaskStore(pg_engine)
     org, ref = hostname_with_dns(world)
     task_id = queued_boefje_task(store, org, "dns-records", ref, clients)
     monkeypatch.setattr(worker_tasks, "get_runtime", lambda: SimpleNamespace(tasks=store))
+    # What a worker's consumer sends when a message arrives, before a pool process runs it.
     request = SimpleNamespace(name=TaskName.BOEFJE_RUN.value, id=str(task_id), hostname="boefjes@host")
-    worker_tasks._received(request=request)
+    task_received.send(sender=None, request=request)
     row = row_of(store, task_id)
     assert row.status == TaskStatus.DISPATCHED and row.worker == "boefjes@host"
-    worker_tasks._received(request=SimpleNamespace(name="other.task", id=str(task_id), hostname="x"))
+    task_received.send(sender=None, request=SimpleNamespace(name="other.task", id=str(task_id), hostname="x"))
     assert row_of(store, task_id).worker == "boefjes@host"
