@@ -7,10 +7,11 @@ schedulers that arrive together are claimed in one statement
 (:class:`~kat_scheduler.api.batching.Batcher`); each gets the answer it would have got alone,
 in the order they arrived (of two pushes of one hash, the first is queued, the second is a 409).
 
-A boefje push is "scan now": it bypasses grace, interval and cron, but while Bytes shows the pair
-running (a run with a start, no end, younger than the stall age) it is refused with a 409, as a
-live task of the hash is: the rules core decides (:func:`kat_scheduler.rules.may_push`, through
-the CLI push's own :func:`~kat_scheduler.producers.push.check_not_running`).
+A boefje push is "scan now", checked as the CLI's push is
+(:func:`~kat_scheduler.producers.push.check_push`): it bypasses grace, interval and cron, never
+clearance (400, as data that cannot make a task) and never a run Bytes shows going, younger than
+the stall age (409 with Retry-After, as a live task of the hash; the rules core's
+:func:`kat_scheduler.rules.may_push` decides). Katalogus and Octopoes are asked once per push.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kat_scheduler.api.context import ApiContext, context
 from kat_scheduler.api.models import Problem, ReportTask, Task
 from kat_scheduler.api.schedulers import known_scheduler
+from kat_scheduler.clients import ServiceError
 from kat_scheduler.dispatch.messages import Dispatchable
 from kat_scheduler.dispatch.messages import dispatchable as message_factory
 from kat_scheduler.models.tasks import BoefjeTask, NormalizerTask, SchedulerId, TaskStatus
-from kat_scheduler.producers.push import RunningInBytes, check_not_running
+from kat_scheduler.producers.push import PushRefused, RunningInBytes, check_push
 from kat_scheduler.queues import MANUAL_BAND
 from kat_scheduler.rules.payloads import without_settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
@@ -138,13 +140,19 @@ def report_task(push: TaskPush) -> NewTask:
     response_model=Task,
     summary="Queue a task now, at the most urgent band (pull schedulers: for the next pop, unpublished)",
     responses={
-        400: {"model": Problem, "description": "Data that does not validate, or contradicts the path"},
+        400: {
+            "model": Problem,
+            "description": "Data that does not validate or contradicts the path; clearance not met",
+        },
         404: {"model": Problem, "description": "No such scheduler"},
         409: {
             "model": Problem,
             "description": "The same hash is queued or running, here or in Bytes (see Retry-After)",
         },
-        503: {"model": Problem, "description": "The broker did not take the message"},
+        503: {
+            "model": Problem,
+            "description": "The broker did not take the message, or Katalogus or Octopoes did not answer",
+        },
     },
 )
 async def push(scheduler_id: str, body: TaskPush, ctx: Annotated[ApiContext, Depends(context)]) -> Response:
@@ -171,7 +179,7 @@ async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
         headers={"Retry-After": str(RETRY_AFTER)},
     )
     if scheduler is SchedulerId.BOEFJE:
-        await to_thread.run_sync(_not_running, ctx, task)
+        await to_thread.run_sync(_admissible, ctx, task)
     # Claim first: one statement on the common path. A claim that wins nothing had its id or its
     # hash taken; only then is the task with this id looked at.
     if pull or item is None:
@@ -184,16 +192,34 @@ async def _pushed(scheduler_id: str, body: TaskPush, ctx: ApiContext) -> Task:
     return await to_thread.run_sync(_dispatched, ctx, item, taken)
 
 
-def _not_running(ctx: ApiContext, task: NewTask) -> None:
-    """409 while Bytes shows the pushed pair running (the rules core's :func:`may_push`), as for a
-    live hash; a task already stored under this id (a runner handing one back) is the claim's to answer."""
+def _admissible(ctx: ApiContext, task: NewTask) -> None:
+    """A new boefje push checked as the CLI's push is (:func:`check_push`): 400 for an unknown
+    boefje or object, an object it does not consume or below its clearance; 409 (with Retry-After,
+    as for a live hash) while Bytes shows the pair running; 503 when Katalogus or Octopoes cannot
+    tell. A task already stored under this id (a runner handing one back) is the claim's to answer."""
+    if ctx.tasks.get(task.id) is not None:
+        return
     try:
-        check_not_running(TaskStore(ctx.engine), BytesRunStore(ctx.engine), ctx.settings, task.hash, utcnow())
+        check_push(
+            ctx.clients,
+            TaskStore(ctx.engine),
+            BytesRunStore(ctx.engine),
+            ctx.settings,
+            task.organisation,
+            task.plugin_id,
+            task.input_ooi,
+            utcnow(),
+        )
     except RunningInBytes as exc:
-        if ctx.tasks.get(task.id) is None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"not queued: {exc}", headers={"Retry-After": str(RETRY_AFTER)}
-            ) from None
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"not queued: {exc}", headers={"Retry-After": str(RETRY_AFTER)}
+        ) from None
+    except PushRefused as exc:
+        raise _bad(f"not queued: {exc}") from None
+    except (ServiceError, ValidationError) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"not queued: the push could not be checked: {exc}"
+        ) from None
 
 
 def _dispatched(ctx: ApiContext, item: Dispatchable, taken: HTTPException) -> Task:

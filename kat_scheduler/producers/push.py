@@ -3,8 +3,9 @@ interval and cron, never clearance and never a run still going in Bytes.
 
 Whether a pushed pair may be queued is the rules core's (:func:`kat_scheduler.rules.may_push`),
 from the pair's facts: our own last run and Bytes' newest run as the tick or the listener last saw
-it (``bytes_runs``). :func:`check_not_running` reads those facts and asks the rule; the CLI's
-:class:`ManualPush` and the API's push (``api/push.py``) both call it.
+it (``bytes_runs``). :func:`check_push` is the one check of both push paths, the CLI's
+:class:`ManualPush` and the API's push (``api/push.py``): the boefje and object exist, the boefje
+consumes the object, clearance, then :func:`check_not_running` reads the pair's facts and asks the rule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from kat_scheduler.clients import KATClients
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.planning.candidates import Candidate, boefje_dispatchable
 from kat_scheduler.producers.base import ProducerContext
@@ -103,31 +105,58 @@ class ManualPush:
 
     def candidate(self, now: datetime) -> Candidate:
         """The pushed pair, ranked at band 0; raises :class:`PushRefused` when it may not be queued."""
-        organisation, boefje_id, input_ooi = self.organisation, self.boefje_id, self.input_ooi
-        clients = self.context.clients
-        boefje = clients.katalogus.plugin(organisation, boefje_id)
-        if not isinstance(boefje, Boefje):
-            raise PushRefused(f"no boefje {boefje_id!r} in organisation {organisation!r}")
-        if input_ooi is not None:
-            ooi = clients.octopoes.get_object(organisation, input_ooi)
-            if ooi is None:
-                raise PushRefused(f"no object {input_ooi!r} in organisation {organisation!r}")
-            if boefje.consumes and ooi.object_type not in boefje.consumes:
-                raise PushRefused(f"boefje {boefje_id} does not consume {ooi.object_type}")
-            if clearance_skip(boefje, ooi) is not None:
-                raise PushRefused(
-                    f"boefje {boefje_id} needs scan level {boefje.scan_level}, {input_ooi} has "
-                    f"{ooi.scan_level}: clearance is never bypassed"
-                )
-        hash_ = boefje_task_hash(boefje.id, organisation, input_ooi)
         context = self.context
-        check_not_running(context.tasks, context.bytes_runs, context.settings, hash_, now)
+        organisation, input_ooi = self.organisation, self.input_ooi
+        boefje = check_push(
+            context.clients,
+            context.tasks,
+            context.bytes_runs,
+            context.settings,
+            organisation,
+            self.boefje_id,
+            input_ooi,
+            now,
+        )
         rank = rank_boefje(
             BoefjeCandidate(
                 trigger=Trigger.MANUAL,
                 scan_level=boefje.scan_level,
-                interval=grace_period(boefje, self.context.settings.grace_period),
+                interval=grace_period(boefje, context.settings.grace_period),
             ),
             now,
         )
+        hash_ = boefje_task_hash(boefje.id, organisation, input_ooi)
         return Candidate(organisation, boefje, input_ooi, hash_, rank, Trigger.MANUAL)
+
+
+def check_push(
+    clients: KATClients,
+    tasks: TaskStore,
+    bytes_runs: BytesRunStore,
+    settings: Settings,
+    organisation: str,
+    boefje_id: str,
+    input_ooi: str | None,
+    now: datetime,
+) -> Boefje:
+    """Whether ``boefje_id`` may be queued by hand on ``input_ooi`` at ``now``: the one check of
+    both push paths (the CLI's :class:`ManualPush`, the API's push). The boefje (Katalogus) when it
+    may; :class:`PushRefused` for an unknown boefje or object, an object the boefje does not
+    consume or below its clearance, :class:`RunningInBytes` while Bytes shows the pair running
+    (:func:`check_not_running`). A failing service raises its ``ServiceError``."""
+    boefje = clients.katalogus.plugin(organisation, boefje_id)
+    if not isinstance(boefje, Boefje):
+        raise PushRefused(f"no boefje {boefje_id!r} in organisation {organisation!r}")
+    if input_ooi is not None:
+        ooi = clients.octopoes.get_object(organisation, input_ooi)
+        if ooi is None:
+            raise PushRefused(f"no object {input_ooi!r} in organisation {organisation!r}")
+        if boefje.consumes and ooi.object_type not in boefje.consumes:
+            raise PushRefused(f"boefje {boefje_id} does not consume {ooi.object_type}")
+        if clearance_skip(boefje, ooi) is not None:
+            raise PushRefused(
+                f"boefje {boefje_id} needs scan level {boefje.scan_level}, {input_ooi} has "
+                f"{ooi.scan_level}: clearance is never bypassed"
+            )
+    check_not_running(tasks, bytes_runs, settings, boefje_task_hash(boefje.id, organisation, input_ooi), now)
+    return boefje

@@ -21,6 +21,7 @@ from kat_scheduler.sim.world import World
 from tests.api_server import ApiServer, serve_api
 from tests.conftest import run_vhost
 from tests.events import EVENTS_VHOST, drop_our_queues
+from tests.push_kat import push_world, with_kat
 from tests.vhosts import RunVhosts
 
 #: The simulated world's "now"; history ages are relative to it.
@@ -76,11 +77,19 @@ def producers(planner_settings: Settings, clients: KATClients, pg_engine: Engine
     publisher.close()
 
 
+@pytest.fixture(scope="session")
+def push_kat() -> Iterator[SimulatedKAT]:
+    """The KAT the API checks boefje pushes against (tests/push_kat.py); nothing changes it."""
+    with SimulatedKAT(push_world()).start() as sim:
+        yield sim
+
+
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    """The API's settings: the test's Redis as the broker, the rest their defaults (only the
-    report scheduler is pulled). A module that needs others defines a ``settings`` of its own."""
-    return Settings(broker_url=redis_url)
+def settings(redis_url: str, push_kat: SimulatedKAT) -> Settings:
+    """The API's settings: the test's Redis as the broker, ``push_kat`` as Katalogus and Octopoes,
+    the rest their defaults (only the report scheduler is pulled). A module that needs others
+    defines a ``settings`` of its own."""
+    return with_kat(Settings(broker_url=redis_url), push_kat)
 
 
 @pytest.fixture

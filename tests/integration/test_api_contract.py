@@ -27,20 +27,22 @@ from kat_scheduler.producers.reports import ReportProducer
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_payload, normalizer_payload
 from kat_scheduler.settings import Settings
+from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.storage.schedules import ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import ApiServer
 from tests.factories import BoefjeMetaFactory
+from tests.push_kat import with_kat
 
 OOI = "Hostname|internet|mispo.es"
 NMAP = "ghcr.io/minvws/openkat/nmap:latest"
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
+def settings(redis_url: str, push_kat: SimulatedKAT) -> Settings:
     """Every scheduler pulled: the workers and the report runner pop (the shared ``api`` fixture)."""
-    return Settings(broker_url=redis_url, pull_schedulers="report,boefje,normalizer")
+    return with_kat(Settings(broker_url=redis_url, pull_schedulers="report,boefje,normalizer"), push_kat)
 
 
 # --- what the clients require of an answer -----------------------------------------------------

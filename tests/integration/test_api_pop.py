@@ -14,20 +14,22 @@ from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.rules.identity import report_task_hash
 from kat_scheduler.settings import Settings
+from kat_scheduler.sim import SimulatedKAT
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, utcnow
 from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import serve_api
 from tests.factories import NewTaskFactory
+from tests.push_kat import CLEARED, with_kat
 
 NMAP = "ghcr.io/minvws/openkat/nmap:latest"
 DNS = "ghcr.io/minvws/openkat/dns:latest"
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
+def settings(redis_url: str, push_kat: SimulatedKAT) -> Settings:
     """For the shared ``api`` (tests/integration/conftest.py): the boefje scheduler is pulled too."""
-    return Settings(broker_url=redis_url, pull_schedulers="report,boefje")
+    return with_kat(Settings(broker_url=redis_url, pull_schedulers="report,boefje"), push_kat)
 
 
 def boefje_task(image: str | None = NMAP, *, band: int = 5, priority: int = 0, boefje: str = "nmap") -> NewTask:
@@ -188,7 +190,8 @@ def test_a_push_to_a_pull_scheduler_is_claimed_unpublished_at_the_top_and_popped
 
     pushed = api.post("/schedulers/report/push", json=report_push(recipe))
     duplicate = api.post("/schedulers/report/push", json=report_push(recipe))
-    rocky = api.post("/schedulers/boefje/push", json={"organisation": "aa", "data": boefje_task().data})
+    scan_now = {**boefje_task(boefje="dns-records").data, "input_ooi": CLEARED[0]}  # checked against push_kat
+    rocky = api.post("/schedulers/boefje/push", json={"organisation": "aa", "data": scan_now})
 
     assert pushed.status_code == 201, pushed.text
     task = pushed.json()

@@ -22,6 +22,7 @@ from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from tests.integration.conftest import WORLD_NOW
+from tests.push_kat import BELOW_CLEARANCE
 from tests.tasks import broker_messages
 
 NOW = WORLD_NOW + timedelta(minutes=5)
@@ -168,3 +169,26 @@ def test_a_run_seen_going_in_bytes_before_our_own_run_ended_does_not_refuse_an_a
 
     assert again.status_code == 201, again.text
     assert task_count(engine) == 2
+
+
+def test_an_api_push_below_clearance_is_refused_with_400_and_nothing_is_stored(api, engine, redis_url):
+    body = rocky_push()
+    body["data"]["input_ooi"] = BELOW_CLEARANCE  # type: ignore[index]
+
+    response = api.post("/schedulers/boefje/push", json=body)
+
+    assert response.status_code == 400, response.text
+    detail = f"not queued: boefje {BOEFJE} needs scan level 1, {BELOW_CLEARANCE} has 0: clearance is never bypassed"
+    assert response.json() == {"detail": detail}
+    assert task_count(engine) == 0 and broker_messages(redis_url) == []
+
+
+def test_an_api_push_of_an_object_octopoes_does_not_know_is_refused_with_400(api, engine):
+    body = rocky_push()
+    body["data"]["input_ooi"] = "Hostname|internet|nowhere.example"  # type: ignore[index]
+
+    response = api.post("/schedulers/boefje/push", json=body)
+
+    assert response.status_code == 400, response.text
+    assert "no object 'Hostname|internet|nowhere.example'" in response.json()["detail"]
+    assert task_count(engine) == 0
