@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -137,18 +138,19 @@ def test_a_limit_holds_before_across_and_after_a_worker_node_sigkilled_mid_windo
     def started(ids: Sequence[str]) -> list[Any]:
         return sorted((r for r in rows(pg_engine, ids) if r.started_at is not None), key=lambda r: r.started_at)
 
-    def mid_window(ids: Sequence[str]) -> bool:
-        """The group's window is full for at least half a second more, tasks still wait, and no
-        node holds a message or runs a task (so the kill loses none)."""
+    def mid_window(ids: Sequence[str]) -> list[Any] | None:
+        """The tasks started so far, once the group's window is full for 0.4 s more (its next
+        tasks are released 0.25 s before it opens), tasks still wait, and no node holds a message
+        or runs a task (so the kill loses none); else ``None``."""
         ran = started(ids)
         if len(ran) < 2 or len(ran) > len(ids) - 4:
-            return False
-        full = datetime.now(UTC) - ran[-2].started_at < timedelta(seconds=0.5)
+            return None
+        full = datetime.now(UTC) - ran[-2].started_at < timedelta(seconds=0.6)
         idle = all(r.status == TaskStatus.COMPLETED for r in ran)
         # Nothing on the broker and nothing delivered unacknowledged ("unacked": kombu's Redis
         # transport keeps the messages a worker holds there, for the visibility timeout).
         empty = publisher.queue_depth(Queue.BOEFJES.value) == 0 and broker.hlen("unacked") == 0
-        return full and idle and empty
+        return ran if full and idle and empty else None
 
     with (
         contextlib.closing(make_publisher(load_settings(broker_url=redis_url))) as publisher,
@@ -160,12 +162,15 @@ def test_a_limit_holds_before_across_and_after_a_worker_node_sigkilled_mid_windo
         ) as node_b,
     ):
         assert wait_for(lambda: all(log.exists() and "ready." in log.read_text() for log in logs.values()), timeout=30)
-        ids = queue(pg_engine, redis_url, chosen)
-        assert wait_for(lambda: mid_window(ids), timeout=20, interval=0.01), log_tail(logs["a"]) + log_tail(logs["b"])
-        killed_at = datetime.now(UTC)
-        before = started(ids)
         nodes = {node_a.pid: "a", node_b.pid: "b"}
+        assert wait_for(lambda: set(node_pids(pg_engine).values()) >= set(nodes), timeout=10)
         node_of = {node_id: nodes[pid] for node_id, pid in node_pids(pg_engine).items() if pid in nodes}
+        ids = queue(pg_engine, redis_url, chosen)
+        deadline = time.monotonic() + 20
+        while (before := mid_window(ids)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert before is not None, log_tail(logs["a"]) + log_tail(logs["b"])
+        killed_at = datetime.now(UTC)
         doomed = node_of[before[-1].node_id]
         survivor = ({"a", "b"} - {doomed}).pop()
         node = node_a if doomed == "a" else node_b
