@@ -89,7 +89,10 @@ def rate_limit_lines(report: PlanReport, waiting: Sequence[WaitingGroup]) -> Ite
         return
     yield "rate limits:"
     verb = "would hold back" if report.dry_run else "held back"
-    yield f"  this run {verb} {held} task(s): more than their groups may start before the next run"
+    if held:
+        yield f"  this run {verb} {held} task(s): more than their groups may start before the next run"
+    else:
+        yield f"  this run {verb} none"
     if not waiting:
         yield "  waiting for their window: none"
         return
