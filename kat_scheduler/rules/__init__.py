@@ -6,11 +6,17 @@ This package owns the decisions every producer shares, so no path keeps a copy o
   (enabled, consumes, clearance, ``run_on``), with a :class:`SkipReason` when it may not;
 * :mod:`~kat_scheduler.rules.due`: whether a pair is due to run again (never run, grace,
   interval, cron, a run still going or stalled in Bytes), from the pair's facts and ``now``;
+  and whether a manual push may queue it (:func:`may_push`: grace, interval and cron bypassed,
+  never a run going in Bytes);
+* :mod:`~kat_scheduler.rules.repair`: what the reaper decides (when a row is stuck or a node
+  lost, whether a boefje task may be queued again while Bytes shows its pair running, whether
+  lost messages are republished, what the broker's marker says);
 * :mod:`~kat_scheduler.rules.ranking`: how urgent a candidate is (band and score);
 * :mod:`~kat_scheduler.rules.identity`: a task's hash, identical to mula's;
 * :mod:`~kat_scheduler.rules.payloads`: the task JSON KAT expects and the Celery message kwargs.
 
-The tick, due schedules, manual push, the event handlers and ``plan --dry-run`` call these.
+The tick, due schedules, manual push (the CLI's and the API's, through one check in
+:mod:`kat_scheduler.producers.push`), the event handlers, ``plan --dry-run`` and the reaper call these.
 """
 
 from kat_scheduler.rules.due import (

@@ -36,6 +36,7 @@ class DueReason(StrEnum):
     CRON_PASSED = "cron time passed"
     STALLED = "stalled run in Bytes"
     MANUAL = "queued by hand"
+    REPAIRED = "queued again by the reaper"
 
 
 class NotDueReason(StrEnum):

@@ -48,6 +48,13 @@
 
 Republishing is always safe: a worker starts a task only through the conditional claim, so a
 duplicate message runs nothing twice.
+
+The decisions are the rules core's (:mod:`kat_scheduler.rules.repair`): when a row is stuck or a
+node lost, whether lost messages are republished, what the broker's marker says, and whether a
+boefje task queued again by repairs 1 and 2 may run again: while Bytes shows another run of its
+pair going (one that started before the task's last start, younger than the stall age), it is
+cancelled instead, as every other path leaves a pair running in Bytes alone; its schedule or the
+next tick queues the pair once that run ends or stalls.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ from kat_scheduler.dispatch.messages import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.queues import Queue
+from kat_scheduler.rules import repair
+from kat_scheduler.rules.repair import LostMessages, MarkerState, RequeueFacts, may_requeue
 from kat_scheduler.settings import Settings
 from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.task_views import TaskViews
@@ -97,6 +106,8 @@ class ReapReport:
     failed_lost_node: int = 0
     failed_stuck: int = 0
     requeued_stuck: int = 0
+    #: Boefje tasks repairs 1 and 2 would have queued again, cancelled: Bytes shows another run going.
+    cancelled_running_in_bytes: int = 0
     published_unpublished: int = 0
     republished_wiped: int = 0
     republished_lost: int = 0
@@ -116,7 +127,7 @@ class ReapReport:
 
 def stuck_running_after(settings: Settings) -> float:
     """Seconds a row may be ``running`` before its worker counts as lost: hard limit plus slack."""
-    return settings.hard_time_limit + settings.running_slack
+    return repair.stuck_running_after(settings.hard_time_limit, settings.running_slack)
 
 
 def stuck_running(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
@@ -130,24 +141,18 @@ def never_published(settings: Settings, now: datetime) -> tuple[ColumnElement[bo
 
 
 def node_lost_after(settings: Settings) -> timedelta:
-    """How long a worker node may be silent before it is suspected: ``SCHEDULER_WORKER_LOST_AFTER``,
-    and at least three heartbeat intervals."""
-    return timedelta(seconds=max(settings.worker_lost_after, 3 * settings.worker_heartbeat_interval))
+    """How long a worker node may be silent before it is suspected (``SCHEDULER_WORKER_LOST_AFTER``)."""
+    return repair.node_lost_after(settings.worker_lost_after, settings.worker_heartbeat_interval)
 
 
 def node_confirm_after(settings: Settings) -> timedelta:
-    """How old a suspicion must be before it is confirmed: one and a half heartbeat intervals, in
-    which any node that can reach the database beats at least once."""
-    return timedelta(seconds=1.5 * settings.worker_heartbeat_interval)
+    """How old a suspicion must be before it is confirmed."""
+    return repair.node_confirm_after(settings.worker_heartbeat_interval)
 
 
 def bytes_runs_horizon(settings: Settings) -> timedelta:
     """How long Bytes' runs seen by a tick are kept: the longest horizon that can still matter."""
-    return max(
-        timedelta(days=settings.retention_days),
-        timedelta(seconds=settings.grace_period) + timedelta(days=1),
-        timedelta(seconds=settings.effective_bytes_stall_age),
-    )
+    return repair.bytes_runs_horizon(settings.retention_days, settings.grace_period, settings.effective_bytes_stall_age)
 
 
 class Reaper:
@@ -186,11 +191,41 @@ class Reaper:
             logger.warning("reaper: %s", report.as_dict())
         return report
 
-    def _requeued(self, recovered: Recovered, report: ReapReport) -> int:
-        """Publish the rows a repair queued again (a pull scheduler's wait for the next pop)."""
-        popped = sum(1 for row in recovered.requeued if row.scheduler_id in self.pull)
-        celery = [row for row in recovered.requeued if row.scheduler_id not in self.pull]
+    def _requeued(self, recovered: Recovered, now: datetime, report: ReapReport) -> int:
+        """Publish the rows a repair queued again (a pull scheduler's wait for the next pop), but
+        for boefje tasks whose pair Bytes shows running under another runner: those are cancelled."""
+        rows = self._not_running_in_bytes(recovered.requeued, now, report)
+        popped = sum(1 for row in rows if row.scheduler_id in self.pull)
+        celery = [row for row in rows if row.scheduler_id not in self.pull]
         return popped + self._publish(celery, report)
+
+    def _not_running_in_bytes(self, rows: list[Any], now: datetime, report: ReapReport) -> list[Any]:
+        """``rows`` but the boefje tasks :func:`~kat_scheduler.rules.repair.may_requeue` refuses,
+        which are cancelled (their hash is free; the pair is queued again once that run ends or stalls)."""
+        boefjes = [row for row in rows if row.scheduler_id == SchedulerId.BOEFJE]
+        if not boefjes:
+            return rows
+        seen = BytesRunStore(self.tasks.engine).newest({row.hash for row in boefjes})
+        if not seen:
+            return rows
+        stall_age = timedelta(seconds=self.settings.effective_bytes_stall_age)
+        refused: dict[uuid.UUID, datetime | None] = {}
+        for row in boefjes:
+            decision = may_requeue(RequeueFacts(now, row.started_at, seen.get(row.hash), stall_age))
+            if not decision.due:
+                refused[row.id] = decision.until
+        if not refused:
+            return rows
+        report.cancelled_running_in_bytes += self.tasks.cancel(list(refused), now=now)
+        for row in boefjes:
+            if row.id in refused:
+                logger.warning(
+                    "reaper: not queuing %s (%s) again: Bytes shows another run of it going, stalled after %s",
+                    row.id,
+                    row.hash,
+                    refused[row.id],
+                )
+        return [row for row in rows if row.id not in refused]
 
     def _recover_lost_nodes(self, report: ReapReport) -> None:
         """Tasks of worker nodes that stopped beating: run again while attempts remain, else fail."""
@@ -201,7 +236,7 @@ class Reaper:
             recovered = self.tasks.recover_lost_nodes(lost, now=now, max_retries=self.settings.max_retries)
             report.lost_nodes = len(lost)
             report.failed_lost_node = recovered.failed
-            report.requeued_lost_node = self._requeued(recovered, report)
+            report.requeued_lost_node = self._requeued(recovered, now, report)
         suspected = self.nodes.suspect(now=now, silent_for=silent)
         if suspected:
             logger.warning("reaper: %d worker node(s) silent for %s; confirming on the next run", suspected, silent)
@@ -212,7 +247,7 @@ class Reaper:
         started_before = now - timedelta(seconds=stuck_running_after(self.settings))
         recovered = self.tasks.recover_stuck(started_before, now=now, max_retries=self.settings.max_retries)
         report.failed_stuck = recovered.failed
-        report.requeued_stuck = self._requeued(recovered, report)
+        report.requeued_stuck = self._requeued(recovered, now, report)
 
     def _publish(self, rows: list[Any], report: ReapReport) -> int:
         if not rows:
@@ -250,12 +285,15 @@ class Reaper:
             logger.warning("reaper: cannot read the broker's marker (%s); checking on the next run", exc)
             return 0
         remembered = self.markers.token(BROKER_MARKER)
-        if present is not None:
-            if present != remembered:  # set by another reaper, or this database is new: adopt it
-                self.markers.put(BROKER_MARKER, present, now)
+        state = repair.broker_marker_state(present, remembered)
+        if state is MarkerState.KEPT:
+            return 0
+        if state is MarkerState.ADOPT:  # set by another reaper, or this database is new
+            assert present is not None
+            self.markers.put(BROKER_MARKER, present, now)
             return 0
         republished = 0
-        if remembered is not None:
+        if state is MarkerState.WIPED:
             logger.error("reaper: the broker lost its data (its marker is gone); publishing every waiting task again")
             republished, complete = self._republish_waiting(report)
             if not complete:
@@ -298,13 +336,16 @@ class Reaper:
             rows = self.tasks.stale_published(scheduler_id, before)
             if not rows:
                 continue
+            depth: int | None
             try:
                 depth = self.publisher.queue_depth(queue.value)
             except Exception as exc:
                 logger.warning("reaper: depth of %s unknown (%s); not republishing", queue.value, exc)
-                continue
-            if depth > 0:
+                depth = None
+            action = repair.lost_messages(depth)
+            if action is LostMessages.WAIT:
                 logger.info("reaper: %d stale queued %s rows, but the queue holds %d: waiting", len(rows), queue, depth)
+            if action is not LostMessages.REPUBLISH:
                 continue
             total += self._publish(rows, report)
         return total
@@ -340,7 +381,7 @@ class Reaper:
         ``seen_at``): forget Bytes' runs no tick has seen for :func:`bytes_runs_horizon`."""
         global _last_bytes_prune
         clock = time.monotonic()
-        if _last_bytes_prune is not None and clock - _last_bytes_prune < BYTES_RUNS_PRUNE_EVERY:
+        if not repair.prune_due(_last_bytes_prune, clock, BYTES_RUNS_PRUNE_EVERY):
             return 0
         _last_bytes_prune = clock
         return self.prune_bytes_runs(now)
