@@ -16,9 +16,9 @@ publishing in order, bookkeeping after). Cross-cutting concerns wrap a run as mi
 pair may run and is due, and its rank, are :mod:`kat_scheduler.rules`'; which pairs are
 candidates, :mod:`kat_scheduler.planning.candidates`'.
 
-The Celery tasks, the CLI and the benchmarks run them directly: a producer built on the process's
-:class:`ProducerContext` (``runtime.producers()``), run by
-:func:`~kat_scheduler.producers.middleware.run_producer`.
+The Celery tasks and the CLI run them through :func:`~kat_scheduler.producers.middleware.run_producer`
+with their middleware (``Recorded``, ``Timed``; see ``celery_tasks/scheduler.py``), on the process's
+:class:`ProducerContext` (``runtime.producers()``); a benchmark that runs one in process calls ``run``.
 """
 
 from kat_scheduler.producers.base import Producer, ProducerContext
