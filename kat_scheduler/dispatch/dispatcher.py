@@ -28,7 +28,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kat_scheduler.dispatch.messages import Dispatchable, message_for, message_of
+from kat_scheduler.dispatch.messages import Dispatchable, message_for, messages_of
 from kat_scheduler.dispatch.publishing import OutgoingMessage, Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
 from kat_scheduler.settings import get_settings
@@ -144,7 +144,7 @@ class Dispatcher:
     def prepare(self, items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
         """The messages of ``items``, in order: what :meth:`claim` would make first. Those to publish
         are encoded; those of pull schedulers are left as they are (they are never sent)."""
-        messages = [message_of(item) for item in items]
+        messages = messages_of(items)
         sent = [message for item, message in zip(items, messages, strict=True) if not self.pulled(item.task)]
         if not sent:
             return messages

@@ -13,6 +13,7 @@ dict per message, no validation, no copy of the task.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -82,10 +83,14 @@ def dispatchable(task: NewTask, *, raw_id: str | None = None) -> Dispatchable:
 
 
 def message_of(item: Dispatchable) -> OutgoingMessage:
-    """The message of ``item`` (what :meth:`Dispatcher.prepare` encodes)."""
-    return OutgoingMessage(
-        task_id=item.task.id, task_name=item.task_name, queue=item.queue, band=item.task.band, kwargs=item.kwargs
-    )
+    """The message of ``item``."""
+    return OutgoingMessage(item.task.id, item.task_name, item.queue, item.task.band, item.kwargs)
+
+
+def messages_of(items: Sequence[Dispatchable]) -> list[OutgoingMessage]:
+    """The messages of ``items``, in order (what :meth:`Dispatcher.prepare` encodes; one loop, no
+    call per message)."""
+    return [OutgoingMessage(i.task.id, i.task_name, i.queue, i.task.band, i.kwargs) for i in items]
 
 
 def message_for(row: TaskLike, eta: datetime | None = None) -> OutgoingMessage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from kat_scheduler.dispatch.messages import dispatchable, message_for, message_of
+from kat_scheduler.dispatch.messages import dispatchable, message_for, message_of, messages_of
 from kat_scheduler.dispatch.publishing import OutgoingMessage
 from kat_scheduler.models.tasks import SchedulerId
 from tests.factories import NewTaskFactory
@@ -54,3 +54,9 @@ def test_a_republished_row_carries_the_message_its_producer_sent():
     assert message_for(boefje) == message_of(dispatchable(boefje))
     assert message_for(normalizer) == message_of(dispatchable(normalizer, raw_id=raw_id))
     assert message_for(normalizer) == message_of(dispatchable(normalizer))
+
+
+def test_a_batch_gets_the_messages_of_its_items_in_order():
+    items = [dispatchable(task) for task in NewTaskFactory.build_batch(3)]
+
+    assert messages_of(items) == [message_of(item) for item in items]
