@@ -5,6 +5,9 @@ Bytes' newest run of a pair is what a tick (or the listener) last saw of it: ``b
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +27,7 @@ from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from tests.integration.conftest import WORLD_NOW
 from tests.push_kat import BELOW_CLEARANCE
 from tests.tasks import broker_messages
+from tests.workers import probe_env
 
 NOW = WORLD_NOW + timedelta(minutes=5)
 
@@ -73,6 +77,26 @@ def test_a_manual_push_is_refused_while_bytes_shows_the_boefje_running_and_nothi
     assert str(refused.value).startswith(
         f"running in Bytes since {started.isoformat()}; it counts as stalled after {stalled_after.isoformat()}"
     )
+    assert task_count(pg_engine) == 0 and broker_messages(redis_url) == []
+
+
+def test_the_push_command_is_refused_with_exit_1_while_bytes_shows_the_boefje_running(
+    kat, world: World, pg_engine: Engine, postgres_uri: str, redis_url: str
+) -> None:
+    org, boefje, ooi = sorted(allowed_boefje_tasks(world, datetime.now(UTC)))[0]
+    started = datetime.now(UTC) - timedelta(minutes=2)
+    seen_in_bytes(pg_engine, org, boefje, ooi, started, None)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kat_scheduler", "push", "boefje", "--org", org, "--boefje", boefje, "--ooi", ooi],
+        env={**os.environ, **probe_env(kat, postgres_uri, redis_url)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert f"kat-scheduler: not queued: running in Bytes since {started.isoformat()}" in result.stderr
     assert task_count(pg_engine) == 0 and broker_messages(redis_url) == []
 
 
