@@ -91,9 +91,9 @@ def test_every_module_is_named_in_its_package_row_by_its_path_in_the_package() -
     names: dict[str, set[str]] = {}
     for row in _rows():
         if row.package:
-            package = names.setdefault(row.package, set())
-            package.update(name.removeprefix(row.package) for name in row.names)
-            package.update(_module_paths(row.text))
+            said_in_row = names.setdefault(row.package, set())
+            said_in_row.update(name.removeprefix(row.package) for name in row.names)
+            said_in_row.update(_module_paths(row.text))
     missing = []
     for package in sorted(p.name + "/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
         for path in sorted((PACKAGE / package).rglob("*.py")):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
-from kat_scheduler.run import embedded
 from kat_scheduler.run.embedded import LOWEST_PICK, ephemeral_start, free_port, free_ports
 
 
@@ -32,7 +32,7 @@ def test_a_port_something_listens_on_is_passed_over_and_each_picked_one_can_be_l
         taken = listener.getsockname()[1]
         others = free_ports(2, avoid=[taken])
         draws = iter([taken, taken, others[0], taken, others[1]])
-        monkeypatch.setattr(embedded.random, "randrange", lambda low, high: next(draws))
+        monkeypatch.setattr(random, "randrange", lambda low, high: next(draws))  # what free_ports draws with
         assert free_ports(2) == others
         for port in others:
             with socket.socket() as child:
