@@ -42,7 +42,6 @@ from kat_scheduler.api import create_app
 from kat_scheduler.api import explain as explain_route
 from kat_scheduler.clients import clients_from_settings
 from kat_scheduler.explain import Policy, Sources, explain_object
-from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.planning.candidates import new_boefje_schedule, new_boefje_task
 from kat_scheduler.producers import ProducerContext, TickProducer
 from kat_scheduler.settings import Settings, load_settings
@@ -51,6 +50,7 @@ from kat_scheduler.sim.deschedule import deschedules
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.db import make_engine
+from kat_scheduler.storage.waiting import WaitingStore
 
 
 def serve(world: World, conn: Connection) -> None:

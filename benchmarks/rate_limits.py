@@ -60,7 +60,7 @@ import sqlalchemy as sa
 from benchmarks.common import drop_database, fresh_database, workdir
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
-from kat_scheduler.limiting import RateLimiter, WaitingStore
+from kat_scheduler.limiting import RateLimiter
 from kat_scheduler.models import SchedulerId, TaskStatus
 from kat_scheduler.models.plugins import Boefje
 from kat_scheduler.rules.identity import boefje_task_hash
@@ -72,6 +72,7 @@ from kat_scheduler.storage import TaskStore
 from kat_scheduler.storage.db import normalise_url
 from kat_scheduler.storage.tables import TaskRow, table_of, utcnow
 from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.storage.waiting import WaitingStore
 
 ROOT = Path(__file__).resolve().parent.parent
 _TASKS = table_of(TaskRow)

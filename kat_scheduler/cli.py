@@ -174,10 +174,10 @@ def plan_cmd(dry_run: bool, orgs: tuple[str, ...], fmt: str, limit: int | None) 
     from datetime import UTC, datetime
 
     from kat_scheduler.clients import ServiceError
-    from kat_scheduler.limiting.waiting import WaitingStore
     from kat_scheduler.planning.dry_run import render_plan
     from kat_scheduler.producers import TickProducer
     from kat_scheduler.producers.middleware import Timed, run_producer
+    from kat_scheduler.storage.waiting import WaitingStore
 
     runtime = _planner_runtime()
     try:

@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 
 from kat_scheduler.events.deschedule import DESCHEDULE_MIME_TYPE
 from kat_scheduler.events.handlers import RawFileHandler
-from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import RawFileReceived, TaskStatus
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import ScheduleStore, TaskStore
 from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.storage.waiting import WaitingStore
 from tests.factories import BoefjeMetaFactory, NewTaskFactory
 
 #: When a rate-limited row's window opens, after the place's ``now``.

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, or_
 
 from kat_scheduler.clients import KATClients, ServiceError
-from kat_scheduler.limiting.waiting import RATE_LIMIT_KEY, WaitingStore
 from kat_scheduler.models.limits import ID_LENGTH, OBJECT_KEY_LENGTH
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje, PluginType
@@ -32,6 +31,7 @@ from kat_scheduler.storage.schedules import ScheduleQuery, ScheduleStore
 from kat_scheduler.storage.tables import SERVICE_FAILED_PREFIX, ScheduleRow, TaskRow, table_of
 from kat_scheduler.storage.task_views import TaskQuery, TaskViews
 from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.waiting import RATE_LIMIT_KEY, WaitingStore
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
   the Redis server's clock (:mod:`~kat_scheduler.limiting.window`); a worker asks
   :meth:`RateLimiter.admit` right before it starts a boefje and records the moment it was counted
   as the start;
-* a task over its limit waits without a message and without a worker slot
-  (:mod:`~kat_scheduler.limiting.waiting`), and is published again when its window opens by a
+* a task over its limit waits without a message and without a worker slot (its row is stored by
+  :mod:`kat_scheduler.storage.waiting`), and is published again when its window opens by a
   thread in each worker node's main process (:mod:`~kat_scheduler.limiting.release`).
 """
 
@@ -17,17 +17,14 @@ import logging
 
 from kat_scheduler.limiting.limiter import FREE, Admission, RateLimiter
 from kat_scheduler.limiting.release import Releaser, ReleaseThread
-from kat_scheduler.limiting.waiting import RATE_LIMIT_KEY, WaitingStore
 from kat_scheduler.settings import Settings, get_settings
 
 __all__ = [
     "FREE",
-    "RATE_LIMIT_KEY",
     "Admission",
     "RateLimiter",
     "ReleaseThread",
     "Releaser",
-    "WaitingStore",
     "process_limiter",
     "start_release",
 ]

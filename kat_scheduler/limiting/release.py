@@ -42,9 +42,9 @@ from sqlalchemy import Engine
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.limiting.limiter import LEAD_SLACK, RateLimiter
-from kat_scheduler.limiting.waiting import Waiting, WaitingStore
 from kat_scheduler.rules.rate_limits import RateLimit, rate_limit
 from kat_scheduler.storage.tables import utcnow
+from kat_scheduler.storage.waiting import Waiting, WaitingStore
 
 logger = logging.getLogger(__name__)
 

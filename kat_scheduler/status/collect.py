@@ -15,7 +15,6 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from kat_scheduler.limiting.waiting import WaitingStore
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
 from kat_scheduler.producers.recording import describe
@@ -39,6 +38,7 @@ from kat_scheduler.status.report import (
 )
 from kat_scheduler.storage.db import missing_sqlite_file
 from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of, utcnow
+from kat_scheduler.storage.waiting import WaitingStore
 
 _TASKS = table_of(TaskRow)
 _SCHEDULES = table_of(ScheduleRow)

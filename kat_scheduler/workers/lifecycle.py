@@ -39,7 +39,7 @@ import orjson
 from pydantic import BaseModel
 
 from kat_scheduler.clients import AlreadyExists, KATClients, ServiceError
-from kat_scheduler.limiting import FREE, Admission, RateLimiter, WaitingStore, process_limiter
+from kat_scheduler.limiting import FREE, Admission, RateLimiter, process_limiter
 from kat_scheduler.models.bytes import BoefjeMeta, RawData
 from kat_scheduler.models.plugins import Boefje, Normalizer
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -47,6 +47,7 @@ from kat_scheduler.settings import get_settings
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import TaskRow, utcnow
 from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.waiting import WaitingStore
 from kat_scheduler.workers.dedup import SERVED_BY, Deduplicator
 from kat_scheduler.workers.runners import Runner, UnknownPlugin
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from kat_scheduler.limiting.waiting import WaitingStore
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.storage.tasks import TaskStore
+from kat_scheduler.storage.waiting import WaitingStore
 from tests.factories import NewTaskFactory
 from tests.tasks import queued_rows
 from tests.workers import probe_env

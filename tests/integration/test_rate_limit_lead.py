@@ -20,13 +20,13 @@ from sqlalchemy import Engine
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin
-from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.limiting.limiter import CLOCK_WAIT, RateLimiter
 from kat_scheduler.limiting.release import Releaser
 from kat_scheduler.rules.rate_limits import parse_overrides
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskStore
+from kat_scheduler.storage.waiting import WaitingStore
 from tests.factories import NewTaskFactory
 from tests.workers import wait_for
 

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, select, update
 
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import make_publisher
-from kat_scheduler.limiting import WaitingStore
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.queues import Queue
 from kat_scheduler.settings import load_settings
@@ -29,6 +28,7 @@ from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore
 from kat_scheduler.storage.tables import WorkerNodeRow
+from kat_scheduler.storage.waiting import WaitingStore
 from tests.factories import NewTaskFactory
 from tests.workers import celery_worker, kat_env, wait_for
 
