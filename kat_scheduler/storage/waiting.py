@@ -11,14 +11,15 @@ list; ``until`` is when it may run).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, delete, func, insert, select, update
 
 from kat_scheduler.models.tasks import TaskStatus
+from kat_scheduler.storage.sqlutil import in_values
 from kat_scheduler.storage.tables import TaskRow, UnpublishedTask, table_of, utcnow
 
 _TASKS = table_of(TaskRow)
@@ -80,6 +81,40 @@ class WaitingStore:
             conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id == task_id))
             conn.execute(insert(_UNPUBLISHED).values(task_id=task_id, claimed_at=until, not_before=until))
         return True
+
+    def hold(self, waits: Mapping[uuid.UUID, tuple[str, str, datetime]]) -> int:
+        """Claimed tasks not to be published yet wait as :meth:`put_back` leaves a task: ``waits``
+        gives each one's limit, group and the time its window may open (the event listener's, over
+        what their group may start now; :class:`~kat_scheduler.limiting.capacity.ListenerBudget`).
+        Only rows still queued and listed as unpublished (claimed, no message sent); how many."""
+        if not waits:
+            return 0
+        with self.engine.begin() as conn:
+            found = []
+            for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(waits)):
+                found.extend(
+                    conn.execute(
+                        select(_TASKS.c.id, _TASKS.c.data)
+                        .join(_UNPUBLISHED, _UNPUBLISHED.c.task_id == _TASKS.c.id)
+                        .where(condition, _TASKS.c.status == TaskStatus.QUEUED)
+                        .with_for_update(of=_TASKS)
+                    ).all()
+                )
+            if not found:
+                return 0
+            notes = []
+            for task_id, data in found:
+                limit, group, until = waits[task_id]
+                note = {"limit": limit, "group": group, "until": until.isoformat()}
+                notes.append({"b_id": task_id, "b_data": {**(data or {}), RATE_LIMIT_KEY: note}, "b_until": until})
+            conn.execute(update(_TASKS).where(_TASKS.c.id == bindparam("b_id")).values(data=bindparam("b_data")), notes)
+            conn.execute(
+                update(_UNPUBLISHED)
+                .where(_UNPUBLISHED.c.task_id == bindparam("b_id"))
+                .values(not_before=bindparam("b_until"), claimed_at=bindparam("b_until")),
+                notes,
+            )
+        return len(found)
 
     def next_at(self) -> datetime | None:
         """The earliest time a waiting task may run, if any waits."""
