@@ -90,7 +90,7 @@ class WaitingStore:
         if not waits:
             return 0
         with self.engine.begin() as conn:
-            found = []
+            found: list[Any] = []
             for condition in in_values(conn, _UNPUBLISHED.c.task_id, list(waits)):
                 found.extend(
                     conn.execute(
