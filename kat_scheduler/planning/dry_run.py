@@ -2,7 +2,7 @@
 
 The table ends with the rate limits: what this run held back (its groups' budgets for the next
 tick were spent) and, per group, the tasks already waiting in the database for their window (put
-back by a worker, see :mod:`kat_scheduler.limiting.waiting`): how many, and when the next may run.
+back by a worker, see :mod:`kat_scheduler.storage.waiting`): how many, and when the next may run.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from kat_scheduler.limiting.waiting import WaitingGroup
 from kat_scheduler.producers.results import PlanReport
 from kat_scheduler.rules import SkipReason
 from kat_scheduler.status.render import duration
+from kat_scheduler.storage.waiting import WaitingGroup
 
 
 def render_plan(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kat_scheduler.limiting.waiting import WaitingGroup
 from kat_scheduler.planning.dry_run import render_plan
 from kat_scheduler.producers.results import PlanReport
 from kat_scheduler.rules import SkipReason
+from kat_scheduler.storage.waiting import WaitingGroup
 
 NOW = datetime(2026, 12, 7, 9, 50, tzinfo=UTC)
 
