@@ -17,25 +17,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, or_
+from sqlalchemy import Engine
 
 from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.models.limits import ID_LENGTH, OBJECT_KEY_LENGTH
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.plugins import Boefje, PluginType
-from kat_scheduler.models.tasks import LIVE_STATUSES, TaskStatus
+from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.rules import BytesRun
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.storage.bytes_runs import BytesRunStore
 from kat_scheduler.storage.schedules import ScheduleQuery, ScheduleStore
-from kat_scheduler.storage.tables import SERVICE_FAILED_PREFIX, ScheduleRow, TaskRow, table_of
-from kat_scheduler.storage.task_views import TaskQuery, TaskViews
+from kat_scheduler.storage.tables import ScheduleRow, table_of
+from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import TaskStore
 from kat_scheduler.storage.waiting import RATE_LIMIT_KEY, WaitingStore
 
 logger = logging.getLogger(__name__)
 
-_TASKS = table_of(TaskRow)
 _SCHEDULES = table_of(ScheduleRow)
 #: Reads at once per explain: the services' and the database's (Bytes: one per pair without history of our own).
 CONCURRENCY = 8
@@ -263,17 +262,11 @@ def _live(views: TaskViews, organisation: str, reference: str, hashes: list[str]
     """The live task of each of ``hashes`` (at most one each: ``uq_tasks_live_hash``)."""
     if not hashes:
         return {}
-    col = _TASKS.c
-    query = TaskQuery(
-        organisations=[organisation],
-        input_ooi=reference,
-        where=[col.hash.in_(hashes), col.status.in_([s.value for s in LIVE_STATUSES])],
-    )
-    page = views.page(query, offset=0, limit=len(hashes))
-    noted = [row.id for row in page.rows if row.status == TaskStatus.QUEUED and RATE_LIMIT_KEY in (row.data or {})]
+    rows = views.live_of_object(organisation, reference, hashes)
+    noted = [row.id for row in rows if row.status == TaskStatus.QUEUED and RATE_LIMIT_KEY in (row.data or {})]
     waiting = WaitingStore(views.engine).waiting_until(noted) if noted else {}
     found: dict[str, LiveTask] = {}
-    for row in page.rows:
+    for row in rows:
         since = row.started_at if row.status == TaskStatus.RUNNING and row.started_at else row.created_at
         wait = None
         if row.id in waiting:
@@ -291,21 +284,10 @@ def _outcomes(
     """The status (``completed`` or ``failed``) of the run each last end in ``last_ended`` belongs to."""
     if not last_ended:
         return {}
-    col = _TASKS.c
     ends = sorted(set(last_ended.values()))
-    query = TaskQuery(
-        organisations=[organisation],
-        input_ooi=reference,
-        where=[
-            col.hash.in_(list(last_ended)),
-            col.ended_at.in_(ends),
-            col.status.in_([TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]),
-            # a run (RUN_SQL): not given up on because a KAT service failed
-            or_(col.reason.is_(None), col.reason.not_like(f"{SERVICE_FAILED_PREFIX}%")),
-        ],
-    )
+    rows = views.runs_ended_at(organisation, reference, list(last_ended), ends, limit=4 * len(last_ended))
     found: dict[str, str] = {}
-    for row in views.page(query, offset=0, limit=4 * len(last_ended)).rows:
+    for row in rows:
         if _utc(row.ended_at) == last_ended.get(row.hash):
             served = _served_by(row.data)
             found.setdefault(row.hash, TaskStatus(row.status).value + (f" (served by task {served})" if served else ""))

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from kat_scheduler.clients import KATClients, ServiceError
 from kat_scheduler.dispatch.publishing import Publisher
@@ -20,7 +20,7 @@ from kat_scheduler.models.tasks import TaskStatus
 from kat_scheduler.queues import Queue
 from kat_scheduler.sim.catalogue import OOI_TYPES
 from kat_scheduler.storage.migrate import one_line
-from kat_scheduler.storage.tables import TaskRow
+from kat_scheduler.storage.task_views import TaskViews
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +52,6 @@ class Sample:
         )
 
 
-def count_tasks(engine: Engine) -> dict[str, dict[str, int]]:
-    table = TaskRow.__table__
-    stmt = select(table.c.type, table.c.status, func.count()).group_by(table.c.type, table.c.status)
-    out: dict[str, dict[str, int]] = {}
-    with engine.connect() as conn:
-        for task_type, status, n in conn.execute(stmt):
-            out.setdefault(str(task_type), {})[str(getattr(status, "value", status))] = int(n)
-    return out
-
-
 class Monitor:
     """Takes samples; keeps the last minute of them for rates."""
 
@@ -75,6 +65,7 @@ class Monitor:
         tasks_every: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.views = TaskViews(engine)
         self.publisher = publisher
         self.clients = clients
         self.objects_every = objects_every
@@ -94,7 +85,7 @@ class Monitor:
         sample = Sample(at=now)
         if full or now - self._tasks_at >= self.tasks_every or not self.history:
             try:
-                sample.tasks = count_tasks(self.engine)
+                sample.tasks = self.views.counts_by_type()
                 self._tasks_at = now
             except Exception as exc:
                 sample.errors["database"] = _short(exc)

@@ -7,13 +7,12 @@ queried; the stalled rows are found with the reaper's own conditions.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.elements import ColumnElement
 
 from kat_scheduler.models.producers import ProducerName
 from kat_scheduler.models.tasks import SchedulerId, TaskStatus
@@ -37,10 +36,10 @@ from kat_scheduler.status.report import (
     TasksSection,
 )
 from kat_scheduler.storage.db import missing_sqlite_file
-from kat_scheduler.storage.tables import ScheduleRow, TaskRow, table_of, utcnow
+from kat_scheduler.storage.tables import ScheduleRow, table_of, utcnow
+from kat_scheduler.storage.task_views import Stalled, TaskViews
 from kat_scheduler.storage.waiting import WaitingStore
 
-_TASKS = table_of(TaskRow)
 _SCHEDULES = table_of(ScheduleRow)
 
 #: Which broker queue a scheduler's tasks go to.
@@ -178,7 +177,7 @@ def _collect_database(engine: Engine, section: DatabaseSection) -> None:
 
 
 def _count_tasks(engine: Engine, section: TasksSection) -> None:
-    col = _TASKS.c
+    views = TaskViews(engine)
     by_scheduler: dict[str, dict[TaskStatus, int]] = {
         scheduler.value: dict.fromkeys(TaskStatus, 0) for scheduler in QUEUE_OF
     }
@@ -186,19 +185,12 @@ def _count_tasks(engine: Engine, section: TasksSection) -> None:
     queued: dict[str, dict[int, int]] = {
         queue.value: dict.fromkeys(range(BAND_COUNT), 0) for queue in QUEUE_OF.values()
     }
-    with engine.connect() as conn:
-        for scheduler, status, count in conn.execute(
-            select(col.scheduler_id, col.status, func.count()).group_by(col.scheduler_id, col.status)
-        ):
-            by_scheduler.setdefault(scheduler.value, dict.fromkeys(TaskStatus, 0))[status] += count
-            by_status[status] += count
-        for scheduler, band, count in conn.execute(
-            select(col.scheduler_id, col.band, func.count())
-            .where(col.status == TaskStatus.QUEUED)
-            .group_by(col.scheduler_id, col.band)
-        ):
-            queue = QUEUE_OF.get(scheduler, scheduler).value
-            queued.setdefault(queue, dict.fromkeys(range(BAND_COUNT), 0))[band] = count
+    for (scheduler, status), count in views.counts(zeros=False).items():
+        by_scheduler.setdefault(scheduler.value, dict.fromkeys(TaskStatus, 0))[status] += count
+        by_status[status] += count
+    for (scheduler, band), count in views.queued_by_band().items():
+        queue = QUEUE_OF.get(scheduler, scheduler).value
+        queued.setdefault(queue, dict.fromkeys(range(BAND_COUNT), 0))[band] = count
     section.by_status, section.by_scheduler, section.queued_by_band = by_status, by_scheduler, queued
     section.total = sum(by_status.values())
     with contextlib.suppress(DBAPIError):  # a schema before 0010 has no waiting tasks to count
@@ -250,61 +242,41 @@ def _producer_runs(engine: Engine, settings: Settings, now: datetime, section: P
     section.producers = producers
 
 
-def _stalled_group(
-    engine: Engine,
-    now: datetime,
-    criterion: str,
-    threshold: float,
-    conditions: Sequence[ColumnElement[bool]],
-    since: Any,
-    examples: int,
-) -> StalledGroup:
-    with engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(_TASKS).where(*conditions)).scalar_one()
-        col = _TASKS.c
-        # The columns a stalled row shows, no more: a schema older than the code still answers.
-        shown = (col.id, col.scheduler_id, col.organisation, col.plugin_id, col.input_ooi, col.status, col.worker)
-        rows = conn.execute(
-            select(*shown, col.attempts, since.label("since")).where(*conditions).order_by(since).limit(examples)
+def _stalled_group(criterion: str, threshold: float, stalled: Stalled, now: datetime) -> StalledGroup:
+    listed = [
+        StalledRow(
+            id=row.id,
+            scheduler_id=row.scheduler_id.value,
+            organisation=row.organisation,
+            plugin_id=row.plugin_id,
+            input_ooi=row.input_ooi,
+            status=row.status,
+            since=row.since,
+            age_seconds=age_seconds(now, row.since),
+            worker=row.worker,
+            attempts=row.attempts,
         )
-        listed = [
-            StalledRow(
-                id=row.id,
-                scheduler_id=row.scheduler_id.value,
-                organisation=row.organisation,
-                plugin_id=row.plugin_id,
-                input_ooi=row.input_ooi,
-                status=row.status,
-                since=row.since,
-                age_seconds=age_seconds(now, row.since),
-                worker=row.worker,
-                attempts=row.attempts,
-            )
-            for row in rows
-        ]
-    return StalledGroup(criterion=criterion, threshold_seconds=threshold, count=count, rows=listed)
+        for row in stalled.rows
+    ]
+    return StalledGroup(criterion=criterion, threshold_seconds=threshold, count=stalled.count, rows=listed)
 
 
 def _stalled(engine: Engine, settings: Settings, now: datetime, examples: int, section: StalledSection) -> None:
-    from kat_scheduler.workers.reaper import never_published, stuck_running, stuck_running_after
+    from kat_scheduler.workers.reaper import stuck_running_after
 
+    views = TaskViews(engine)
+    running_after = stuck_running_after(settings)
     section.running = _stalled_group(
-        engine,
-        now,
         "running for longer than the hard time limit plus SCHEDULER_RUNNING_SLACK",
-        stuck_running_after(settings),
-        stuck_running(settings, now),
-        _TASKS.c.started_at,
-        examples,
+        running_after,
+        views.stalled_running(now - timedelta(seconds=running_after), examples),
+        now,
     )
     section.unpublished = _stalled_group(
-        engine,
-        now,
         "claimed but not published for longer than SCHEDULER_UNPUBLISHED_AFTER",
         settings.unpublished_after,
-        never_published(settings, now),
-        _TASKS.c.created_at,
-        examples,
+        views.stalled_unpublished(now - timedelta(seconds=settings.unpublished_after), examples),
+        now,
     )
 
 

@@ -1,7 +1,10 @@
-"""What the HTTP API reads and changes in ``tasks``: listings with bounded counts, hourly status
-counts, queue sizes, and the lifecycle transitions a client may ask for.
+"""The read side of ``tasks``: what the HTTP API reads and changes (listings with bounded counts,
+hourly status counts, queue sizes, and the lifecycle transitions a client may ask for), and what
+the operator's commands read (``status``: counts and stalled rows; ``explain``: an object's live
+tasks and last runs; ``run``'s live view: counts by type).
 
-Route handlers hold no SQL: every statement the API runs is here (or in :mod:`.tasks`).
+Route handlers and commands hold no SQL: every statement they run is here (or in :mod:`.tasks`,
+:mod:`.waiting`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sqlalchemy import (
     bindparam,
     func,
     literal_column,
+    or_,
     select,
     text,
     union_all,
@@ -36,9 +40,10 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from kat_scheduler.models.tasks import SchedulerId, TaskStatus
+from kat_scheduler.models.tasks import LIVE_STATUSES, SchedulerId, TaskStatus
 from kat_scheduler.storage.paging import Page, newest_first
-from kat_scheduler.storage.tables import POP_IMAGE_SQL, TaskRow, table_of, utcnow
+from kat_scheduler.storage.tables import POP_IMAGE_SQL, SERVICE_FAILED_PREFIX, TaskRow, table_of, utcnow
+from kat_scheduler.storage.tasks import never_published_conditions, stuck_running_conditions
 
 _TASKS = table_of(TaskRow)
 T = TypeVar("T")
@@ -115,6 +120,16 @@ class TaskQuery:
 
 #: A page of tasks.
 TaskPage = Page[TaskRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """Rows the reaper would repair: how many, and the first few (``id``, ``scheduler_id``,
+    ``organisation``, ``plugin_id``, ``input_ooi``, ``status``, ``worker``, ``attempts`` and
+    ``since``, the moment they are counted from)."""
+
+    count: int
+    rows: list[Row[Any]]
 
 
 #: What a pop returns of each task: what its answer shows (:meth:`Task.of
@@ -222,13 +237,93 @@ class TaskViews:
             value = conn.execute(select(func.max(latest.c.m))).scalar_one_or_none()
         return _as_utc(value)
 
-    def counts(self) -> dict[tuple[SchedulerId, TaskStatus], int]:
-        """Tasks per scheduler and status (every pair, zeros included)."""
+    def counts(self, *, zeros: bool = True) -> dict[tuple[SchedulerId, TaskStatus], int]:
+        """Tasks per scheduler and status (one statement): every pair, or (``zeros=False``) only
+        the pairs that have tasks, in the order the database counted them."""
         col = _TASKS.c
         stmt = select(col.scheduler_id, col.status, func.count()).group_by(col.scheduler_id, col.status)
         with self.engine.connect() as conn:
             found = {(SchedulerId(s), TaskStatus(t)): int(n) for s, t, n in conn.execute(stmt)}
+        if not zeros:
+            return found
         return {(s, t): found.get((s, t), 0) for s in SchedulerId for t in TaskStatus}
+
+    def queued_by_band(self) -> dict[tuple[SchedulerId, int], int]:
+        """``queued`` tasks per scheduler and band, the pairs that have any (one statement;
+        ``kat-scheduler status``)."""
+        col = _TASKS.c
+        stmt = (
+            select(col.scheduler_id, col.band, func.count())
+            .where(col.status == TaskStatus.QUEUED)
+            .group_by(col.scheduler_id, col.band)
+        )
+        with self.engine.connect() as conn:
+            return {(SchedulerId(s), int(band)): int(n) for s, band, n in conn.execute(stmt)}
+
+    def counts_by_type(self) -> dict[str, dict[str, int]]:
+        """Tasks per type and status: ``counts["boefje"]["completed"]`` (one statement; the live
+        view of ``kat-scheduler run``)."""
+        col = _TASKS.c
+        stmt = select(col.type, col.status, func.count()).group_by(col.type, col.status)
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for task_type, status, n in conn.execute(stmt):
+                out.setdefault(str(task_type), {})[str(getattr(status, "value", status))] = int(n)
+        return out
+
+    def stalled_running(self, started_before: datetime, examples: int) -> Stalled:
+        """Rows ``running`` since before ``started_before`` (the reaper's repair 2): how many, and
+        the ``examples`` longest running (``kat-scheduler status``)."""
+        return self._stalled(stuck_running_conditions(started_before), _TASKS.c.started_at, examples)
+
+    def stalled_unpublished(self, claimed_before: datetime, examples: int) -> Stalled:
+        """Rows claimed before ``claimed_before`` and never published (the reaper's repair 3): how
+        many, and the ``examples`` oldest (``kat-scheduler status``)."""
+        return self._stalled(never_published_conditions(claimed_before), _TASKS.c.created_at, examples)
+
+    def _stalled(self, conditions: Sequence[ColumnElement[bool]], since: Any, examples: int) -> Stalled:
+        col = _TASKS.c
+        # The columns a stalled row shows, no more: a schema older than the code still answers.
+        shown = (col.id, col.scheduler_id, col.organisation, col.plugin_id, col.input_ooi, col.status, col.worker)
+        with self.engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(_TASKS).where(*conditions)).scalar_one()
+            stmt = select(*shown, col.attempts, since.label("since")).where(*conditions).order_by(since).limit(examples)
+            rows: list[Row[Any]] = list(conn.execute(stmt))
+        return Stalled(int(count), rows)
+
+    def live_of_object(self, organisation: str, input_ooi: str, hashes: Sequence[str]) -> list[TaskRow]:
+        """The live task of each of ``hashes`` on one object (at most one each:
+        ``uq_tasks_live_hash``; ``explain``)."""
+        if not hashes:
+            return []
+        col = _TASKS.c
+        query = TaskQuery(
+            organisations=[organisation],
+            input_ooi=input_ooi,
+            where=[col.hash.in_(list(hashes)), col.status.in_([s.value for s in LIVE_STATUSES])],
+        )
+        return self.page(query, offset=0, limit=len(hashes)).rows
+
+    def runs_ended_at(
+        self, organisation: str, input_ooi: str, hashes: Sequence[str], ends: Sequence[datetime], limit: int
+    ) -> list[TaskRow]:
+        """The runs of ``hashes`` on one object that ended (``completed`` or ``failed``, not given up
+        on because a KAT service failed: ``RUN_SQL``) at one of ``ends``, at most ``limit``
+        (``explain``: the outcome of each pair's last run)."""
+        if not hashes:
+            return []
+        col = _TASKS.c
+        query = TaskQuery(
+            organisations=[organisation],
+            input_ooi=input_ooi,
+            where=[
+                col.hash.in_(list(hashes)),
+                col.ended_at.in_(list(ends)),
+                col.status.in_([TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]),
+                or_(col.reason.is_(None), col.reason.not_like(f"{SERVICE_FAILED_PREFIX}%")),
+            ],
+        )
+        return self.page(query, offset=0, limit=limit).rows
 
     def pop(
         self,
