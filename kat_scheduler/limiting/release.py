@@ -69,16 +69,19 @@ class Releaser:
         # A room about to open (within the limiter's lead) counts as open: its tasks are
         # published now, with that moment as their eta (held by the worker's consumer until then).
         horizon = now + timedelta(seconds=self.limiter.lead)
-        with self.engine.begin() as conn:
+        with self.store.releasing(horizon, BATCH) as release:
             # The listings stay locked until the end: a worker that puts a released task back
             # before then waits for this transaction (it locks the task first, and nothing here
             # waits for a task's lock), and no other node releases them.
-            due = self.store.due(conn, horizon, BATCH)
-            if not due:
+            if not release.due:
                 return 0
-            publish, wait = self._split(due, horizon)
+            publish, wait = self._split(release.due, horizon)
             sent: list[uuid.UUID] = []
             if publish:
+                # The one message factory and the publisher contract, as the reaper republishes;
+                # not Dispatcher.publish: it un-claims (deletes) rows certainly not sent and marks
+                # the sent ones in a transaction of its own, where a waiting row must stay listed
+                # and its listing is locked by this one.
                 messages = [message_for(w.row, eta) for w, eta in publish]
                 try:
                     self.publisher.publish(messages)
@@ -86,8 +89,8 @@ class Releaser:
                 except PublishError as exc:  # the rest stay listed: the next pass tries again
                     logger.error("rate limits: could not publish %d released tasks: %s", len(messages), exc)
                     sent = list(exc.published)
-            self.store.released(conn, sent)
-            self.store.wait_more(conn, wait)
+            release.released(sent)
+            release.wait_more(wait)
         return len(sent)
 
     def _split(

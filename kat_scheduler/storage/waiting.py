@@ -6,12 +6,18 @@ and the reaper, which publishes rows listed in ``unpublished_tasks`` for longer 
 ``SCHEDULER_UNPUBLISHED_AFTER``, publishes it if no worker node released it in time. The row's
 ``data`` says why it waits: ``rate_limit: {"limit", "group", "until"}`` (shown by the API's task
 list; ``until`` is when it may run).
+
+Every statement on those rows is here: a worker's put-back, the listener's hold, the release's
+pass (:meth:`WaitingStore.releasing`: read the due rows, then record what was sent and what waits
+on, in one transaction), and the counts ``status``, ``plan --dry-run`` and ``explain`` show. What
+to send is decided in :mod:`kat_scheduler.limiting.release`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -174,39 +180,58 @@ class WaitingStore:
             ).all()
         return [WaitingGroup(g, lim, int(n), at) for g, lim, n, at in rows]
 
-    def due(self, conn: Connection, now: datetime, limit: int) -> list[Waiting]:
-        """Waiting tasks whose time came, most urgent first, locked for this transaction (on
-        PostgreSQL rows another node is releasing are skipped)."""
-        if not _any_waiting(conn, now):
-            return []
-        stmt = (
-            select(_TASKS)
-            .join(_UNPUBLISHED, _UNPUBLISHED.c.task_id == _TASKS.c.id)
-            .where(_UNPUBLISHED.c.not_before <= now, _TASKS.c.status == TaskStatus.QUEUED)
-            .order_by(_TASKS.c.band, _TASKS.c.priority, _TASKS.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=_UNPUBLISHED)
-        )
-        found = []
-        for row in conn.execute(stmt).all():
-            note = (row.data or {}).get(RATE_LIMIT_KEY) or {}
-            found.append(Waiting(row, note.get("limit"), note.get("group")))
-        return found
+    @contextmanager
+    def releasing(self, now: datetime, limit: int) -> Iterator[Release]:
+        """One release pass's transaction: the waiting tasks whose time came by ``now`` (at most
+        ``limit``, most urgent first: :attr:`Release.due`), their listings locked until the block
+        ends (on PostgreSQL rows another node is releasing are skipped); what the block records
+        (:meth:`Release.released`, :meth:`Release.wait_more`) commits with it."""
+        with self.engine.begin() as conn:
+            yield Release(conn, _due(conn, now, limit))
 
-    def wait_more(self, conn: Connection, until: dict[uuid.UUID, datetime]) -> None:
+
+class Release:
+    """What one release pass holds (:meth:`WaitingStore.releasing`): the due waiting tasks, locked."""
+
+    def __init__(self, conn: Connection, due: list[Waiting]) -> None:
+        self._conn = conn
+        #: The waiting tasks whose time came, in band, priority and age order.
+        self.due = due
+
+    def wait_more(self, until: dict[uuid.UUID, datetime]) -> None:
         """Move the times of tasks that still wait (their group had no room for them)."""
         by_time: dict[datetime, list[uuid.UUID]] = {}
         for task_id, moment in until.items():
             by_time.setdefault(moment, []).append(task_id)
         for moment, ids in by_time.items():
-            conn.execute(
+            self._conn.execute(
                 update(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(ids)).values(not_before=moment, claimed_at=moment)
             )
 
-    def released(self, conn: Connection, ids: Sequence[uuid.UUID]) -> None:
+    def released(self, ids: Sequence[uuid.UUID]) -> None:
         """Their messages are on the broker: their listings (locked by this release) go."""
         if ids:
-            conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(list(ids))))
+            self._conn.execute(delete(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(list(ids))))
+
+
+def _due(conn: Connection, now: datetime, limit: int) -> list[Waiting]:
+    """Waiting tasks whose time came, most urgent first, locked for this transaction (on
+    PostgreSQL rows another node is releasing are skipped)."""
+    if not _any_waiting(conn, now):
+        return []
+    stmt = (
+        select(_TASKS)
+        .join(_UNPUBLISHED, _UNPUBLISHED.c.task_id == _TASKS.c.id)
+        .where(_UNPUBLISHED.c.not_before <= now, _TASKS.c.status == TaskStatus.QUEUED)
+        .order_by(_TASKS.c.band, _TASKS.c.priority, _TASKS.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=_UNPUBLISHED)
+    )
+    found = []
+    for row in conn.execute(stmt).all():
+        note = (row.data or {}).get(RATE_LIMIT_KEY) or {}
+        found.append(Waiting(row, note.get("limit"), note.get("group")))
+    return found
 
 
 def _any_waiting(conn: Connection, now: datetime | None = None) -> bool:
