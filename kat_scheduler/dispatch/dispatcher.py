@@ -24,6 +24,7 @@ republishing) is its ``message_for``; both are re-exported here.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +54,16 @@ class Claim:
     offered: int
     tasks: list[NewTask]
     messages: list[OutgoingMessage]
+
+    def without(self, ids: Collection[uuid.UUID]) -> Claim:
+        """This claim less the tasks ``ids`` (kept back by the caller: claimed, not to publish now)."""
+        if not ids:
+            return self
+        return Claim(
+            self.offered,
+            [task for task in self.tasks if task.id not in ids],
+            [message for message in self.messages if message.task_id not in ids],
+        )
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from kat_scheduler.clients import OctopoesClient, OrganisationNotFound, ServiceError
 from kat_scheduler.clients.plugin_cache import PluginCache
@@ -42,6 +43,7 @@ from kat_scheduler.events.bookkeeping import Bookkeeper
 from kat_scheduler.events.consumer import Rejected, Send, TransientError, Write
 from kat_scheduler.events.deschedule import Descheduler
 from kat_scheduler.events.recording_handler import RecordingHandler
+from kat_scheduler.limiting.capacity import ListenerBudget
 from kat_scheduler.models.events import MutationOperation, RawFileReceived, ScanProfileMutation
 from kat_scheduler.models.ooi import OOI
 from kat_scheduler.models.producers import ProducerName
@@ -81,6 +83,7 @@ from kat_scheduler.storage.producers import ProducerRunStore
 from kat_scheduler.storage.schedules import NewSchedule, ScheduleStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
+from kat_scheduler.storage.waiting import WaitingStore
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,8 @@ class HandlerStats:
     #: Objects another listener process had handled lately: their state was read from Octopoes.
     contested: int = 0
     schedules_disabled: int = 0
+    #: Of ``queued``, the tasks of rate-limited groups left waiting for their window (not published).
+    rate_limited: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
 
@@ -269,6 +274,11 @@ class MutationHandler(_Base):
     disabled schedules and claims. The send (publishes, then the bookkeeping: rows marked
     published, schedules) comes last, and may overlap the next batch's writes.
 
+    Rate limits: every task a batch decides to queue is claimed (an event is not replayed by a next
+    run), but of a rate-limited group only what it may start now is published; its other tasks
+    wait for their window as a worker's put-back leaves them, and the worker nodes' release sends
+    them as room opens (:class:`~kat_scheduler.limiting.capacity.ListenerBudget`).
+
     With ``order`` (and ``octopoes``), several listener processes may consume the queue at once
     (:mod:`kat_scheduler.storage.object_events`): the writes of a batch hold its objects, so the
     batches of one object are written one after another, and an object another listener handled
@@ -298,6 +308,12 @@ class MutationHandler(_Base):
         self.octopoes = octopoes
         self.order = order
         self._pruned_at = time.monotonic()
+        #: What a rate-limited group cannot start now waits for its window (claimed, not published);
+        #: tasks held for a pop are never published, so never held back.
+        self.budget = (
+            ListenerBudget(None, {}) if SchedulerId.BOEFJE in self.dispatcher.pull else ListenerBudget.of(settings)
+        )
+        self.waiting = WaitingStore(tasks.engine)
 
     def plan(self, queue: str, events: list[ScanProfileMutation]) -> Write:
         try:
@@ -457,11 +473,35 @@ class MutationHandler(_Base):
         candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org.values()]))
         items = [boefje_dispatchable(c) for c in candidates]
         claims = self._claim(items, self.dispatcher.prepare(items))
+        claims, waiting = self._hold_back(claims, candidates)
         recording = [h for h, out in folded.items() if out.schedule is not None]
         with self._lock:
             self._unrecorded.update(recording)
         sent = self._sending()
-        return partial(self._send_mutations, claims, folded, recording, objects, sent, rejected, now)
+        return partial(self._send_mutations, claims, waiting, folded, recording, objects, sent, rejected, now)
+
+    def _hold_back(self, claims: list[Claim], candidates: list[Candidate]) -> tuple[list[Claim], set[str]]:
+        """Of the claimed tasks of rate-limited groups, those a group cannot start now wait for its
+        window (:class:`~kat_scheduler.limiting.capacity.ListenerBudget`): an event is not replayed,
+        so they stay claimed, and the worker nodes' release sends them as room opens. The claims
+        less them, and their hashes. Should that fail, the claims are un-claimed (the batch is
+        handled again)."""
+        if self.budget.limiter is None or not self.budget.any_limited(candidates):
+            return claims, set()
+        by_hash = {c.hash: c for c in candidates}
+        try:
+            holds = self.budget.hold_back([(t.id, by_hash[t.hash]) for claim in claims for t in claim.tasks])
+            if not holds:
+                return claims, set()
+            self.waiting.hold({task_id: (h.limit, h.group, h.until) for task_id, h in holds.items()})
+        except BaseException as exc:
+            self._unclaim(claims)
+            if isinstance(exc, RedisError):
+                raise TransientError(f"rate limits: {exc}") from exc
+            raise
+        self._count(queued=len(holds), rate_limited=len(holds))
+        waiting = {t.hash for claim in claims for t in claim.tasks if t.id in holds}
+        return [claim.without(holds.keys()) for claim in claims], waiting
 
     def _known(self, steps: dict[str, list[Step]], now: datetime) -> dict[str, Known]:
         """What the database holds for each pair of ``steps``; cancels the live tasks the steps withdraw.
@@ -529,6 +569,7 @@ class MutationHandler(_Base):
     def _send_mutations(
         self,
         claims: list[Claim],
+        waiting: set[str],
         folded: dict[str, Folded],
         recording: list[str],
         objects: _Objects,
@@ -538,7 +579,7 @@ class MutationHandler(_Base):
     ) -> list[Rejected]:
         submitted = False
         try:
-            queued = {t.hash for t in self._send(claims)}
+            queued = {t.hash for t in self._send(claims)} | waiting
             # A schedule written by the step that queued a task is written once that task is sent.
             schedules = [
                 out.schedule
@@ -712,6 +753,7 @@ def listener_summary(handlers: Mapping[str, _Base], since: datetime) -> dict[str
         "cancelled": sum(s.cancelled for s in stats),
         "contested": sum(s.contested for s in stats),
         "schedules_disabled": sum(s.schedules_disabled for s in stats),
+        "rate_limited": sum(s.rate_limited for s in stats),
     }
 
 

@@ -16,6 +16,7 @@ enforced.
 from __future__ import annotations
 
 import string
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -156,13 +157,13 @@ def resolve_group(template: str, *, boefje_id: str, organisation: str, input_ooi
 
 def within_capacity(
     candidates: Iterable[T], group_of: Callable[[T], tuple[str, int] | None], budget: dict[str, int]
-) -> tuple[list[T], int]:
+) -> tuple[list[T], Counter[str]]:
     """The candidates (in their order, most urgent first) a producer may send now: per group at
     most what ``budget`` has left (a group seen for the first time gets its capacity, what its
     tightest window can start); ``group_of`` gives a candidate's group and capacity, ``None`` when
-    it is not limited. The rest, and how many, stay back: unclaimed, found again next time."""
+    it is not limited. The rest stay back (unclaimed, found again next time): how many, per group."""
     kept: list[T] = []
-    held = 0
+    held: Counter[str] = Counter()
     for candidate in candidates:
         limited = group_of(candidate)
         if limited is None:
@@ -171,7 +172,7 @@ def within_capacity(
         group, capacity = limited
         left = budget.setdefault(group, capacity)
         if left <= 0:
-            held += 1
+            held[group] += 1
             continue
         budget[group] = left - 1
         kept.append(candidate)

@@ -145,9 +145,9 @@ def test_a_producer_sends_each_group_at_most_its_capacity_most_urgent_first() ->
     budget: dict[str, int] = {}
     kept, held = within_capacity(candidates, group_of, budget)
     assert [c[0] for c in kept] == ["a1", "free1", "a2", "b1"]
-    assert held == 2
+    assert held == {"a": 1, "b": 1}  # what stayed back, per group
     assert budget == {"a": 0, "b": 0}
     # the same budget over a second batch of the same run: nothing more for a or b
     more: list[Item] = [("a4", "a", 2), ("c1", "c", 3)]
     kept, held = within_capacity(more, group_of, budget)
-    assert [c[0] for c in kept] == ["c1"] and held == 1
+    assert [c[0] for c in kept] == ["c1"] and held == {"a": 1}
