@@ -83,28 +83,32 @@ class GroupBudget(_Limits):
         super().__init__(overrides)
         #: Seconds until the producer runs again.
         self.every = every
-        self.left: dict[str, int] = {}
-        #: What this run held back, per group (``LIMIT@GROUP``).
-        self.held: Counter[str] = Counter()
+        self.left: dict[tuple[str, str], int] = {}
+        #: What this run held back, per limit (as written) and group.
+        self.held: Counter[tuple[str, str]] = Counter()
 
     @classmethod
     def of(cls, settings: Settings, every: float) -> GroupBudget:
         """The budget of a producer that runs every ``every`` seconds."""
         return cls(parse_overrides(settings.rate_limits) if settings.rate_limits.strip() else {}, every)
 
-    def _group(self, candidate: Candidate) -> tuple[str, int] | None:
+    def _group(self, candidate: Candidate) -> tuple[tuple[str, str], int] | None:
         limited = self.limited(candidate)
         if limited is None:
             return None
         limit, group = limited
-        return f"{limit.text}@{group}", limit.starts_within(self.every)
+        return (limit.text, group), limit.starts_within(self.every)
 
     def keep(
-        self, candidates: Sequence[Candidate], skipped: Counter[SkipReason], held: Counter[str] | None = None
+        self,
+        candidates: Sequence[Candidate],
+        skipped: Counter[SkipReason],
+        held: Counter[tuple[str, str]] | None = None,
     ) -> list[Candidate]:
         """The candidates that fit their groups' budgets, in order; the others are counted in
-        ``skipped`` (as :attr:`SkipReason.RATE_LIMITED`), and per group (``LIMIT@GROUP``) in
-        :attr:`held` and in ``held`` when given (a report's :attr:`~PlanReport.rate_limited`)."""
+        ``skipped`` (as :attr:`SkipReason.RATE_LIMITED`), and per limit and group in :attr:`held`
+        and in ``held`` when given (a report's
+        :attr:`~kat_scheduler.producers.results.PlanReport.rate_limited`)."""
         if not self.any_limited(candidates):
             return list(candidates)
         kept, by_group = within_capacity(candidates, self._group, self.left)

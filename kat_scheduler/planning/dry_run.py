@@ -1,8 +1,9 @@
 """Rendering a plan for people (``kat-scheduler plan --dry-run``): a table or JSON lines.
 
-The table ends with the rate limits: what this run held back (its groups' budgets for the next
-tick were spent) and, per group, the tasks already waiting in the database for their window (put
-back by a worker, see :mod:`kat_scheduler.storage.waiting`): how many, and when the next may run.
+The table ends with the rate limits: what this run held back, in all and per group (more than
+the group may start before the next run), and, per group, the tasks already waiting in the
+database for their window (put back by a worker or held back by the event listener, see
+:mod:`kat_scheduler.storage.waiting`): how many, and when the next may run.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def rate_limit_lines(report: PlanReport, waiting: Sequence[WaitingGroup]) -> Ite
     verb = "would hold back" if report.dry_run else "held back"
     if held:
         yield f"  this run {verb} {held} task(s): more than their groups may start before the next run"
+        by_group = sorted(report.rate_limited.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0]))
+        if by_group:
+            yield from _table(_HELD_HEADERS, [(group, limit, str(n)) for (limit, group), n in by_group])
     else:
         yield f"  this run {verb} none"
     if not waiting:
@@ -98,14 +102,24 @@ def rate_limit_lines(report: PlanReport, waiting: Sequence[WaitingGroup]) -> Ite
         return
     total = sum(w.count for w in waiting)
     yield f"  waiting for their window: {total} task(s) in {len(waiting)} group(s)"
-    rows = [(w.group or "-", w.limit or "-", str(w.count), _opens(w.next_at, report.now)) for w in waiting]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_WAITING_HEADERS)]
-    for cells in [_WAITING_HEADERS, *rows]:
-        group, lim, count, opens = cells
-        yield (f"    {group:<{widths[0]}}  {lim:<{widths[1]}}  {count:>{widths[2]}}  {opens}").rstrip()
+    yield from _table(
+        _WAITING_HEADERS,
+        [(w.group or "-", w.limit or "-", str(w.count), _opens(w.next_at, report.now)) for w in waiting],
+    )
 
 
+_HELD_HEADERS = ("GROUP", "LIMIT", "HELD BACK")
 _WAITING_HEADERS = ("GROUP", "LIMIT", "WAITING", "NEXT MAY RUN")
+
+
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Iterator[str]:
+    """A table under the section: its third column (a count) right-aligned, the others left."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for cells in [headers, *rows]:
+        padded = (
+            cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        yield ("    " + "  ".join(padded)).rstrip()
 
 
 def _opens(at: datetime, now: datetime) -> str:

@@ -20,6 +20,9 @@ class PlanReport:
     organisations: list[str] = field(default_factory=list)
     planned: list[Candidate] = field(default_factory=list)
     skipped: Counter[SkipReason] = field(default_factory=Counter)
+    #: What rate limits held back (counted in ``skipped`` too), per limit (as written) and group:
+    #: more than the group may start before the producer's next run.
+    rate_limited: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: dict[str, str] = field(default_factory=dict)
     #: Per organisation, the plugins that do not validate (id → reason).
     invalid_plugins: dict[str, dict[str, str]] = field(default_factory=dict)

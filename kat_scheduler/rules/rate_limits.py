@@ -24,6 +24,7 @@ from typing import TypeVar
 from limits import RateLimitItem, parse_many
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 #: The placeholders a group template may use.
 TEMPLATE_FIELDS: tuple[str, ...] = ("boefje_id", "input_ooi", "object_type", "organisation")
@@ -156,14 +157,14 @@ def resolve_group(template: str, *, boefje_id: str, organisation: str, input_ooi
 
 
 def within_capacity(
-    candidates: Iterable[T], group_of: Callable[[T], tuple[str, int] | None], budget: dict[str, int]
-) -> tuple[list[T], Counter[str]]:
+    candidates: Iterable[T], group_of: Callable[[T], tuple[K, int] | None], budget: dict[K, int]
+) -> tuple[list[T], Counter[K]]:
     """The candidates (in their order, most urgent first) a producer may send now: per group at
     most what ``budget`` has left (a group seen for the first time gets its capacity, what its
     tightest window can start); ``group_of`` gives a candidate's group and capacity, ``None`` when
     it is not limited. The rest stay back (unclaimed, found again next time): how many, per group."""
     kept: list[T] = []
-    held: Counter[str] = Counter()
+    held: Counter[K] = Counter()
     for candidate in candidates:
         limited = group_of(candidate)
         if limited is None:

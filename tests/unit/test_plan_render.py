@@ -1,5 +1,5 @@
-"""``plan``'s rate-limit section as an operator reads it: what the tick held back, and the tasks
-waiting for their window per group."""
+"""``plan``'s rate-limit section as an operator reads it: what the tick held back (in all and per
+group), and the tasks waiting for their window per group."""
 
 from __future__ import annotations
 
@@ -31,6 +31,21 @@ def test_a_tick_that_holds_tasks_back_says_so_while_none_wait_yet() -> None:
     assert section(list(render_plan(report))) == [
         "rate limits:",
         "  this run held back 7 task(s): more than their groups may start before the next run",
+        "  waiting for their window: none",
+    ]
+
+
+def test_what_a_tick_holds_back_is_listed_per_group_most_held_first_under_the_total() -> None:
+    report = PlanReport(now=NOW, dry_run=True)
+    report.skipped[SkipReason.RATE_LIMITED] = 12
+    report.rate_limited.update({("1/second", "shodan.io"): 3, ("10/hour;100/day", "host:a.example"): 9})
+
+    assert section(list(render_plan(report))) == [
+        "rate limits:",
+        "  this run would hold back 12 task(s): more than their groups may start before the next run",
+        "    GROUP           LIMIT            HELD BACK",
+        "    host:a.example  10/hour;100/day          9",
+        "    shodan.io       1/second                 3",
         "  waiting for their window: none",
     ]
 

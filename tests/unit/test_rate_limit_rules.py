@@ -151,3 +151,33 @@ def test_a_producer_sends_each_group_at_most_its_capacity_most_urgent_first() ->
     more: list[Item] = [("a4", "a", 2), ("c1", "c", 3)]
     kept, held = within_capacity(more, group_of, budget)
     assert [c[0] for c in kept] == ["c1"] and held == {"a": 1}
+
+
+def test_a_producer_run_counts_what_its_budget_holds_back_per_limit_and_group_over_its_batches() -> None:
+    from collections import Counter
+
+    from kat_scheduler.limiting.capacity import GroupBudget
+    from kat_scheduler.planning.candidates import Candidate
+    from kat_scheduler.rules import SkipReason, Trigger
+    from kat_scheduler.rules.ranking import Rank
+
+    shodan = BoefjeFactory(id="shodan", rate_limit="1/second", rate_limit_group="shodan.io")
+    nmap = BoefjeFactory(id="nmap")  # limited by the operator, per object
+    free = BoefjeFactory(id="dns-records")
+
+    def candidate(boefje: Boefje, n: int) -> Candidate:
+        ref = f"Hostname|internet|h{n}.example"
+        return Candidate("org", boefje, ref, f"{boefje.id}-{n}", Rank(3, n, "plan"), Trigger.PLAN)
+
+    budget = GroupBudget(parse_overrides("nmap=2/minute@host:{input_ooi}"), every=60)
+    skipped: Counter[SkipReason] = Counter()
+    held: Counter[tuple[str, str]] = Counter()  # a report's
+    first = [candidate(shodan, n) for n in range(200)] + [candidate(nmap, 1)] * 3 + [candidate(free, 1)] * 4
+    kept = budget.keep(first, skipped, held)
+    # shodan: 60 starts in the run's 60 s; nmap: 2 on the one object; the unlimited boefje: all.
+    assert Counter(c.boefje.id for c in kept) == {"shodan": 60, "nmap": 2, "dns-records": 4}
+    assert held == {("1/second", "shodan.io"): 140, ("2/minute", "host:Hostname|internet|h1.example"): 1}
+    assert skipped[SkipReason.RATE_LIMITED] == 141
+    budget.keep([candidate(nmap, 2)] * 3, skipped, held)  # a second batch of the run: another object
+    assert held[("2/minute", "host:Hostname|internet|h2.example")] == 1
+    assert budget.held == held and skipped[SkipReason.RATE_LIMITED] == 142
