@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
 
 from kat_scheduler.clients import KATClients
@@ -27,7 +28,7 @@ from kat_scheduler.queues import SCAN_PROFILE_MUTATIONS, Queue
 from kat_scheduler.rules import Trigger
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.ranking import Rank
-from kat_scheduler.settings import Settings, load_settings
+from kat_scheduler.settings import Settings, get_settings, load_settings
 from kat_scheduler.sim.events import scan_profile_mutation
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
@@ -192,3 +193,36 @@ def test_without_a_store_to_count_in_the_listener_holds_nothing_back() -> None:
     assert budget.limiter is None
     offered = [(uuid.uuid4(), candidate(BoefjeFactory(id="limited", rate_limit="1/hour"), n)) for n in range(3)]
     assert budget.hold_back(offered) == {}
+
+
+def test_tasks_held_for_a_pop_are_never_held_back_for_a_window(
+    world: World,
+    clients: KATClients,
+    planner_settings: Settings,
+    pg_engine: Engine,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With boefjes delivered by pull, the listener sends no message at all: OpenKAT's runners pop
+    them, uncounted (operations: "Not covered"), so none of them waits for a window."""
+    monkeypatch.setenv("SCHEDULER_PULL_SCHEDULERS", "boefje")
+    get_settings.cache_clear()
+    try:
+        boefje, storm = limited_storm(world)
+        settings = planner_settings.model_copy(update={"rate_limits": f"{boefje}=2/second"})
+        with contextlib.closing(make_publisher(settings)) as publisher:
+            handler = MutationHandler(
+                PluginCache(clients.katalogus, ttl=60),
+                TaskStore(pg_engine),
+                ScheduleStore(pg_engine),
+                publisher,
+                settings,
+            )
+            assert handler(SCAN_PROFILE_MUTATIONS, storm) == []
+    finally:
+        get_settings.cache_clear()
+
+    limited = rows_of(pg_engine, plugin_id=boefje)
+    assert len(limited) == len(storm) and all(RATE_LIMIT_KEY not in r.data for r in limited)
+    assert WaitingStore(pg_engine).summary() == (0, None)
+    assert broker_messages(redis_url) == []
