@@ -76,7 +76,7 @@ class DueSchedulesProducer:
                 candidates = self._due_candidates(org, rows, indexes, advance, disable, report, now)
                 per_org.append(candidates)
             candidates = list(interleave([sorted(c, key=lambda c: c.sort_key) for c in per_org]))
-            kept = budget.keep(keep_bands(candidates, max_band, report), report.skipped)
+            kept = budget.keep(keep_bands(candidates, max_band, report), report.skipped, report.rate_limited)
             for held_back in {c.hash for c in candidates} - {c.hash for c in kept}:
                 advance.pop(held_back)  # stays due: queued by a run once the queue is shallow again
             candidates = kept

@@ -122,7 +122,7 @@ class TickProducer:
                         report.invalid_plugins[plan.organisation] = plan.invalid_plugins
                     report.skipped.update(plan.skipped)
                     plan.candidates = keep_bands(plan.candidates, max_band, report)
-                    plan.candidates = budget.keep(plan.candidates, report.skipped)
+                    plan.candidates = budget.keep(plan.candidates, report.skipped, report.rate_limited)
                     plans.append(plan)
                     if dry_run:
                         continue

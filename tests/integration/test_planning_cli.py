@@ -81,9 +81,11 @@ def test_plan_dry_run_lists_the_tasks_waiting_for_a_rate_limit_per_group_with_wh
     assert out[at + 1] == (
         f"  this run would hold back {dns_records - 1} task(s): more than their groups may start before the next run"
     )
-    assert out[at + 2] == "  waiting for their window: 4 task(s) in 2 group(s)"
-    assert out[at + 3].split() == ["GROUP", "LIMIT", "WAITING", "NEXT", "MAY", "RUN"]
-    first, second = out[at + 4].split(), out[at + 5].split()
+    assert out[at + 2].split() == ["GROUP", "LIMIT", "HELD", "BACK"]  # what it held back, per group
+    assert out[at + 3].split() == ["dns", "1/hour", str(dns_records - 1)]
+    assert out[at + 4] == "  waiting for their window: 4 task(s) in 2 group(s)"
+    assert out[at + 5].split() == ["GROUP", "LIMIT", "WAITING", "NEXT", "MAY", "RUN"]
+    first, second = out[at + 6].split(), out[at + 7].split()
     assert first[:6] == ["shodan.io", "5/second", "3", *f"{now + timedelta(seconds=60):%Y-%m-%d %H:%M:%SZ (in}".split()]
     assert second[:6] == [
         "host:a.example",
