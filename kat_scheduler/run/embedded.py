@@ -56,16 +56,16 @@ def free_ports(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ())
         for _ in range(count * 50):
             if len(ports) == count:
                 break
+            # No SO_REUSEADDR: with it, Linux lets two unlistening sockets bind one port, so the held
+            # sockets would not keep a port from being picked twice (and a port in TIME_WAIT is skipped).
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            # As the servers we start do: a port whose last connection lingers in TIME_WAIT is usable.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             port = random.randrange(LOWEST_PICK, top) if top - LOWEST_PICK >= 1000 else 0
             try:
                 sock.bind((host, port))
             except OSError:
                 sock.close()
                 continue
-            if sock.getsockname()[1] in avoid:
+            if sock.getsockname()[1] in avoid or sock.getsockname()[1] in ports:
                 sock.close()
                 continue
             held.append(sock)  # held until all are picked, so no port is picked twice
