@@ -121,9 +121,11 @@ class _Base:
         self.settings = settings
         self.clock = clock
         self.stats = HandlerStats()
-        #: The plan, the writes and the send of different batches run on different threads.
+        #: The stats and ``_unrecorded`` are shared with the bookkeeper's thread (schedule writes).
         self._lock = threading.Lock()
-        #: Batches written and not yet sent (the send of one overlaps the writes of the next).
+        #: Batches written and not yet sent. The listener runs a batch's stages in one go, so this is
+        #: 0 when a batch writes; a caller of the stages (:class:`StagedHandler`) may overlap one
+        #: batch's send with the next one's writes, which then wait here.
         self._sends = threading.Condition()
         self._unsent = 0
         #: Hashes whose schedule writes a written batch has not finished yet (the bookkeeper's).
@@ -272,7 +274,7 @@ class MutationHandler(_Base):
     after its hash was read as live is skipped, not queued again inside its grace period); a
     pair whose schedule an earlier batch still has to record waits for that. Then cancellations,
     disabled schedules and claims. The send (publishes, then the bookkeeping: rows marked
-    published, schedules) comes last, and may overlap the next batch's writes.
+    published, schedules) comes last; the listener calls the three in one go, batch after batch.
 
     Rate limits: every task a batch decides to queue is claimed (an event is not replayed by a next
     run), but of a rate-limited group only what it may start now is published; its other tasks
