@@ -3,8 +3,10 @@ simulated world, its message published, and what the database and the broker hol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
@@ -16,11 +18,12 @@ from kat_scheduler.models import Boefje, SchedulerId, TaskStatus
 from kat_scheduler.queues import Queue, TaskName
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.rules.payloads import boefje_payload
-from kat_scheduler.settings import load_settings
+from kat_scheduler.settings import Settings, load_settings
 from kat_scheduler.sim.world import World
 from kat_scheduler.storage import TaskRow, TaskStore, UnpublishedTask
 from kat_scheduler.storage.tables import BrokerMarkerRow, WorkerNodeRow
 from kat_scheduler.storage.tasks import NewTask
+from kat_scheduler.workers.reaper import Reaper
 
 
 def hostname_with_dns(world: World) -> tuple[str, str]:
@@ -94,3 +97,16 @@ def forget_nodes_and_markers(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(delete(WorkerNodeRow))
         conn.execute(delete(BrokerMarkerRow))
+
+
+@contextlib.contextmanager
+def reaper_on(engine: Engine, settings: Settings) -> Iterator[Reaper]:
+    """A reaper on ``engine`` publishing with ``settings``, with no worker node or broker marker
+    of an earlier test before or after it."""
+    forget_nodes_and_markers(engine)
+    publisher = make_publisher(settings)
+    try:
+        yield Reaper(TaskStore(engine), publisher, settings)
+    finally:
+        publisher.close()
+        forget_nodes_and_markers(engine)

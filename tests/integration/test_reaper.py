@@ -25,25 +25,16 @@ from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNode, Wo
 from kat_scheduler.workers.broker_marker import MARKER_KEY, broker_marker
 from kat_scheduler.workers.reaper import BROKER_MARKER, Reaper, ReapReport, bytes_runs_horizon
 from tests.factories import NewTaskFactory
-from tests.tasks import forget_nodes_and_markers
+from tests.tasks import broker_messages, forget_nodes_and_markers, reaper_on
 
 
 @pytest.fixture
 def reaper(pg_engine: Engine, redis_url: str, postgres_uri: str):
-    forget_nodes_and_markers(pg_engine)
     settings = load_settings(
         broker_url=redis_url, db_uri=postgres_uri, soft_time_limit=60, hard_time_limit=120, retention_days=7
     )
-    publisher = make_publisher(settings)
-    yield Reaper(TaskStore(pg_engine), publisher, settings)
-    publisher.close()
-    forget_nodes_and_markers(pg_engine)
-
-
-def boefje_messages(redis_url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    keys = [k for k in cast(list[bytes], client.keys("boefjes*")) if not k.startswith(b"_kombu")]
-    return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
+    with reaper_on(pg_engine, settings) as reaper:
+        yield reaper
 
 
 def age(engine: Engine, task_id, **columns) -> None:
@@ -66,7 +57,7 @@ def test_a_claim_by_a_version_before_0004_that_never_published_is_published(reap
         conn.execute(delete(UnpublishedTask))
         conn.execute(update(TaskRow).values(published_at=None, created_at=utcnow() - timedelta(minutes=5)))
     assert reaper.reap(utcnow()).published_unpublished == 1
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(orphan.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(orphan.id)]
     assert reaper.reap(utcnow()).published_unpublished == 0
 
 
@@ -77,7 +68,7 @@ def test_a_listing_of_a_task_that_ran_after_all_is_dropped_not_published(reaper,
     store.start(ran.id, "w")
     age(pg_engine, ran.id, created_at=utcnow() - timedelta(minutes=5))
     assert reaper.reap(utcnow()).published_unpublished == 0
-    assert boefje_messages(redis_url) == []
+    assert broker_messages(redis_url) == []
     assert store.unpublished_ids([ran.id]) == set()
 
 
@@ -91,7 +82,7 @@ def test_a_task_left_running_past_the_hard_limit_is_run_again(reaper, pg_engine,
     report = reaper.reap(utcnow())
     assert (report.requeued_stuck, report.failed_stuck) == (1, 0)
     assert store.get(stuck.id).status == TaskStatus.QUEUED
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(stuck.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(stuck.id)]
     assert store.get(fresh.id).status == TaskStatus.RUNNING
     assert store.start(stuck.id, "another-worker") is not None  # the republished message can run it
 
@@ -115,7 +106,7 @@ def test_a_claimed_task_that_was_never_published_is_published(reaper, pg_engine,
     age(pg_engine, orphan.id, created_at=utcnow() - timedelta(minutes=5))
     report = reaper.reap(utcnow())
     assert report.published_unpublished == 1
-    messages = boefje_messages(redis_url)
+    messages = broker_messages(redis_url)
     assert [m["headers"]["id"] for m in messages] == [str(orphan.id)]
     assert json.loads(__import__("base64").b64decode(messages[0]["body"]))[1]["input_ooi"] == orphan.input_ooi
     assert store.unpublished_ids([orphan.id, young.id]) == {young.id}
@@ -133,7 +124,7 @@ def test_queued_tasks_whose_messages_were_lost_are_republished_when_the_queue_is
     age(pg_engine, lost.id, published_at=long_ago, modified_at=long_ago)
     report = reaper.reap(utcnow())
     assert report.republished_lost == 1
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(lost.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(lost.id)]
 
 
 def test_a_task_received_by_a_worker_that_lost_it_is_republished_and_can_run(reaper, pg_engine, redis_url) -> None:
@@ -146,7 +137,7 @@ def test_a_task_received_by_a_worker_that_lost_it_is_republished_and_can_run(rea
     age(pg_engine, received.id, published_at=long_ago, modified_at=long_ago)
     report = reaper.reap(utcnow())
     assert report.republished_lost == 1, "a dispatched row whose message is gone would block its hash for ever"
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(received.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(received.id)]
     assert store.start(received.id, "another-worker") is not None
 
 
@@ -159,7 +150,7 @@ def test_a_healthy_backlog_is_not_duplicated(reaper, pg_engine, redis_url) -> No
     long_ago = utcnow() - timedelta(hours=2)
     age(pg_engine, waiting.id, published_at=long_ago, modified_at=long_ago)
     assert reaper.reap(utcnow()).republished_lost == 0
-    assert len(boefje_messages(redis_url)) == 1
+    assert len(broker_messages(redis_url)) == 1
 
 
 def test_old_finished_rows_are_pruned_and_recent_ones_kept(reaper, pg_engine) -> None:
@@ -210,7 +201,7 @@ def test_a_silent_node_is_suspected_first_and_its_tasks_handed_on_when_a_later_r
     second = reap_at(reaper, t0 + timedelta(seconds=35))
     assert (second.lost_nodes, second.requeued_lost_node, second.failed_lost_node) == (1, 2, 0)
     assert {store.get(i).status for i in (running.id, received.id)} == {TaskStatus.QUEUED}
-    assert sorted(m["headers"]["id"] for m in boefje_messages(redis_url)) == sorted([str(running.id), str(received.id)])
+    assert sorted(m["headers"]["id"] for m in broker_messages(redis_url)) == sorted([str(running.id), str(received.id)])
     assert store.get(other.id).status == TaskStatus.RUNNING and store.get(other.id).worker == "live:12"
     assert store.start(running.id, "live:13", node_id=live.id) is not None  # the new message runs it
 
@@ -304,14 +295,14 @@ def test_a_flushed_redis_broker_has_every_waiting_task_published_again_on_the_ne
     store.finish(done.id, TaskStatus.COMPLETED)
 
     first = reaper.reap(utcnow())  # the first run leaves its marker; the backlog is healthy
-    assert first.republished_wiped == 0 and len(boefje_messages(redis_url)) == 4
+    assert first.republished_wiped == 0 and len(broker_messages(redis_url)) == 4
 
     redis.Redis.from_url(redis_url).flushdb()
     report = reaper.reap(utcnow())
     assert report.republished_wiped == 2
-    assert sorted(m["headers"]["id"] for m in boefje_messages(redis_url)) == sorted([str(queued.id), str(received.id)])
+    assert sorted(m["headers"]["id"] for m in broker_messages(redis_url)) == sorted([str(queued.id), str(received.id)])
     assert reaper.reap(utcnow()).republished_wiped == 0, "the marker is back: nothing more to republish"
-    assert len(boefje_messages(redis_url)) == 2
+    assert len(broker_messages(redis_url)) == 2
 
 
 def test_the_marker_of_a_broker_new_to_this_database_is_adopted_without_republishing(reaper, redis_url) -> None:
@@ -322,7 +313,7 @@ def test_the_marker_of_a_broker_new_to_this_database_is_adopted_without_republis
     redis.Redis.from_url(redis_url).set(MARKER_KEY, "left-by-another-reaper")
     assert reaper.reap(utcnow()).republished_wiped == 0
     assert BrokerMarkerStore(reaper.tasks.engine).token(BROKER_MARKER) == "left-by-another-reaper"
-    assert boefje_messages(redis_url) == []
+    assert broker_messages(redis_url) == []
 
 
 def test_only_a_redis_broker_is_watched_for_lost_data() -> None:

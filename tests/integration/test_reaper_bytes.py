@@ -5,26 +5,22 @@ Bytes' newest run of a pair is what a tick last saw of it (``bytes_runs``)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, cast
 
 import pytest
-import redis
 from sqlalchemy import Engine, update
 
-from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.models import TaskStatus
 from kat_scheduler.settings import load_settings
-from kat_scheduler.storage import TaskRow, TaskStore
+from kat_scheduler.storage import TaskRow
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.storage.worker_nodes import WorkerNode, WorkerNodeStore
 from kat_scheduler.workers.reaper import Reaper
 from tests.factories import NewTaskFactory
-from tests.tasks import forget_nodes_and_markers
+from tests.tasks import broker_messages, reaper_on
 
 #: Runs without an end count as dead an hour after their start (longer than the hard limit).
 STALL_AGE = timedelta(hours=1)
@@ -32,7 +28,6 @@ STALL_AGE = timedelta(hours=1)
 
 @pytest.fixture
 def reaper(pg_engine: Engine, redis_url: str, postgres_uri: str):
-    forget_nodes_and_markers(pg_engine)
     settings = load_settings(
         broker_url=redis_url,
         db_uri=postgres_uri,
@@ -40,16 +35,8 @@ def reaper(pg_engine: Engine, redis_url: str, postgres_uri: str):
         hard_time_limit=120,
         bytes_stall_age=int(STALL_AGE.total_seconds()),
     )
-    publisher = make_publisher(settings)
-    yield Reaper(TaskStore(pg_engine), publisher, settings)
-    publisher.close()
-    forget_nodes_and_markers(pg_engine)
-
-
-def boefje_messages(redis_url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    keys = [k for k in cast(list[bytes], client.keys("boefjes*")) if not k.startswith(b"_kombu")]
-    return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
+    with reaper_on(pg_engine, settings) as reaper:
+        yield reaper
 
 
 def seen_in_bytes(engine: Engine, task: NewTask, started: datetime) -> None:
@@ -80,7 +67,7 @@ def test_a_stuck_task_whose_pair_bytes_shows_running_under_another_runner_is_can
 
     assert (report.requeued_stuck, report.cancelled_running_in_bytes) == (0, 1)
     assert reaper.tasks.get(task.id).status == TaskStatus.CANCELLED
-    assert boefje_messages(redis_url) == []
+    assert broker_messages(redis_url) == []
     assert reaper.tasks.claim([NewTaskFactory(input_ooi=task.input_ooi)])  # the hash is free for when it is due
 
 
@@ -93,7 +80,7 @@ def test_a_stuck_task_whose_own_run_bytes_shows_going_is_queued_again(reaper, pg
 
     assert (report.requeued_stuck, report.cancelled_running_in_bytes) == (1, 0)
     assert reaper.tasks.get(task.id).status == TaskStatus.QUEUED
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(task.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(task.id)]
 
 
 def test_a_stuck_task_whose_pair_has_a_stalled_run_in_bytes_is_queued_again(reaper, pg_engine, redis_url) -> None:
@@ -104,7 +91,7 @@ def test_a_stuck_task_whose_pair_has_a_stalled_run_in_bytes_is_queued_again(reap
     report = reaper.reap(now)
 
     assert (report.requeued_stuck, report.cancelled_running_in_bytes) == (1, 0)
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(task.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(task.id)]
 
 
 def test_a_received_task_of_a_lost_node_is_cancelled_while_bytes_shows_its_pair_running(
@@ -128,4 +115,4 @@ def test_a_received_task_of_a_lost_node_is_cancelled_while_bytes_shows_its_pair_
 
     assert (report.lost_nodes, report.requeued_lost_node, report.cancelled_running_in_bytes) == (1, 1, 1)
     assert store.get(received.id).status == TaskStatus.CANCELLED
-    assert [m["headers"]["id"] for m in boefje_messages(redis_url)] == [str(other.id)]
+    assert [m["headers"]["id"] for m in broker_messages(redis_url)] == [str(other.id)]
