@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.clients import KATClients
-from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.producers import (
     DueSchedulesProducer,
     ManualPush,
@@ -20,10 +17,9 @@ from kat_scheduler.producers import (
     PushRefused,
     TickProducer,
 )
-from kat_scheduler.settings import Settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
-from kat_scheduler.storage import ScheduleRow, ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage import ScheduleRow, TaskRow
 from tests.integration.conftest import WORLD_NOW
 from tests.tasks import broker_messages
 
@@ -31,10 +27,9 @@ NOW = WORLD_NOW + timedelta(minutes=5)
 
 
 @pytest.fixture
-def context(planner_settings: Settings, clients: KATClients, pg_engine: Engine) -> Iterator[ProducerContext]:
-    publisher = make_publisher(planner_settings)
-    yield ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
-    publisher.close()
+def context(producers: ProducerContext) -> ProducerContext:
+    """The shared producers' context (tests/integration/conftest.py), under this module's name."""
+    return producers
 
 
 def rows(engine: Engine) -> tuple[int, int]:

@@ -9,20 +9,17 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from kat_scheduler.clients import KATClients
-from kat_scheduler.dispatch.publishing import make_publisher
 from kat_scheduler.producers import ManualPush, ProducerContext, PushRefused
 from kat_scheduler.rules.identity import boefje_task_hash
 from kat_scheduler.settings import Settings
 from kat_scheduler.sim.oracle import allowed_boefje_tasks
 from kat_scheduler.sim.world import World
-from kat_scheduler.storage import ScheduleStore, TaskRow, TaskStore
+from kat_scheduler.storage import TaskRow
 from kat_scheduler.storage.bytes_runs import BytesRunStore, SeenRun
 from tests.integration.conftest import WORLD_NOW
 from tests.push_kat import BELOW_CLEARANCE
@@ -33,10 +30,9 @@ NOW = WORLD_NOW + timedelta(minutes=5)
 
 
 @pytest.fixture
-def context(planner_settings: Settings, clients: KATClients, pg_engine: Engine) -> Iterator[ProducerContext]:
-    publisher = make_publisher(planner_settings)
-    yield ProducerContext(clients, TaskStore(pg_engine), ScheduleStore(pg_engine), planner_settings, publisher)
-    publisher.close()
+def context(producers: ProducerContext) -> ProducerContext:
+    """The shared producers' context (tests/integration/conftest.py), under this module's name."""
+    return producers
 
 
 def task_count(engine: Engine) -> int:
