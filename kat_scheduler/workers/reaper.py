@@ -67,8 +67,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.sql.elements import ColumnElement
-
 from kat_scheduler.dispatch.messages import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.models.tasks import SchedulerId
@@ -81,8 +79,6 @@ from kat_scheduler.storage.task_views import TaskViews
 from kat_scheduler.storage.tasks import (
     Recovered,
     TaskStore,
-    never_published_conditions,
-    stuck_running_conditions,
 )
 from kat_scheduler.storage.worker_nodes import BrokerMarkerStore, WorkerNodeStore
 from kat_scheduler.workers.broker_marker import BrokerMarker, broker_marker
@@ -128,16 +124,6 @@ class ReapReport:
 def stuck_running_after(settings: Settings) -> float:
     """Seconds a row may be ``running`` before its worker counts as lost: hard limit plus slack."""
     return repair.stuck_running_after(settings.hard_time_limit, settings.running_slack)
-
-
-def stuck_running(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Conditions on ``tasks`` of rows running past :func:`stuck_running_after` (repair 2)."""
-    return stuck_running_conditions(now - timedelta(seconds=stuck_running_after(settings)))
-
-
-def never_published(settings: Settings, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Conditions on ``tasks`` of rows claimed but not published for ``SCHEDULER_UNPUBLISHED_AFTER`` (repair 3)."""
-    return never_published_conditions(now - timedelta(seconds=settings.unpublished_after))
 
 
 def node_lost_after(settings: Settings) -> timedelta:

@@ -15,7 +15,7 @@ from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import migrate
 from kat_scheduler.storage.db import make_engine
 from kat_scheduler.storage.tables import Base, TaskRow
-from kat_scheduler.workers.reaper import never_published
+from kat_scheduler.storage.tasks import never_published_conditions
 from tests.conftest import new_database
 
 
@@ -74,7 +74,11 @@ def test_a_task_claimed_but_not_published_before_0004_is_still_found_by_the_reap
         conn.execute(sa.insert(TaskRow), [waiting, sent, finished])
     migrate.upgrade(empty_db)
     with engine.connect() as conn:
-        stalled = conn.execute(sa.select(TaskRow.id).where(*never_published(load_settings(), datetime.now(UTC))))
+        stalled = conn.execute(
+            sa.select(TaskRow.id).where(
+                *never_published_conditions(datetime.now(UTC) - timedelta(seconds=load_settings().unpublished_after))
+            )
+        )
         assert list(stalled.scalars()) == [waiting["id"]]
     engine.dispose()
 
