@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from croniter import croniter
@@ -32,7 +32,7 @@ from kat_scheduler.storage.schedules import ScheduleStore
 from kat_scheduler.storage.tables import ScheduleRow, utcnow
 from kat_scheduler.storage.tasks import NewTask, TaskStore
 from tests.api_server import ApiServer
-from tests.factories import BoefjeMetaFactory
+from tests.factories import BoefjeMetaFactory, NewTaskFactory
 from tests.push_kat import with_kat
 
 OOI = "Hostname|internet|mispo.es"
@@ -46,6 +46,10 @@ def settings(redis_url: str, push_kat: SimulatedKAT) -> Settings:
 
 
 # --- what the clients require of an answer -----------------------------------------------------
+
+
+#: What a page of Rocky's holds.
+Item = TypeVar("Item")
 
 
 class Status(StrEnum):
@@ -99,11 +103,16 @@ class RockyTask(BaseModel):
     modified_at: datetime
 
 
-class RockyTaskPage(BaseModel):
+class RockyPage(BaseModel, Generic[Item]):
+    """Rocky's paginated list (tasks and schedules alike)."""
+
     count: int
     next: str | None = None
     previous: str | None = None
-    results: list[RockyTask]
+    results: list[Item]
+
+
+RockyTaskPage = RockyPage[RockyTask]
 
 
 class RockySchedule(BaseModel):
@@ -121,11 +130,7 @@ class RockySchedule(BaseModel):
     modified_at: datetime
 
 
-class RockySchedulePage(BaseModel):
-    count: int
-    next: str | None = None
-    previous: str | None = None
-    results: list[RockySchedule]
+RockySchedulePage = RockyPage[RockySchedule]
 
 
 class WorkerBoefje(BaseModel):
@@ -238,24 +243,7 @@ def produced_boefje_task(store: TaskStore, org: str = "aa", ooi: str = OOI) -> u
     task_id = uuid.uuid4()
     boefje = Boefje(id="nmap", name="Nmap", oci_image=NMAP, consumes=["IPAddressV4"])
     data = boefje_payload(task_id, boefje, org, ooi)
-    hash_ = boefje_task_hash("nmap", org, ooi)
-    store.claim(
-        [
-            NewTask(
-                id=task_id,
-                scheduler_id=SchedulerId.BOEFJE,
-                type="boefje",
-                organisation=org,
-                plugin_id="nmap",
-                input_ooi=ooi,
-                hash=hash_,
-                band=3,
-                priority=0,
-                data=data,
-                reason="new",
-            )
-        ]
-    )
+    store.claim([NewTaskFactory(id=task_id, organisation=org, plugin_id="nmap", input_ooi=ooi, band=3, data=data)])
     return task_id
 
 
@@ -266,7 +254,7 @@ def produced_normalizer_task(store: TaskStore, org: str = "aa") -> uuid.UUID:
     normalizer = Normalizer(id="kat_dns_normalize", name="DNS normalize", consumes=["boefje/dns-records"])
     store.claim(
         [
-            NewTask(
+            NewTaskFactory(
                 id=task_id,
                 scheduler_id=SchedulerId.NORMALIZER,
                 type="normalizer",
@@ -275,9 +263,7 @@ def produced_normalizer_task(store: TaskStore, org: str = "aa") -> uuid.UUID:
                 input_ooi=raw["boefje_meta"]["input_ooi"],
                 hash=uuid.uuid4().hex,
                 band=3,
-                priority=0,
                 data=normalizer_payload(task_id, normalizer, raw),
-                reason="new",
             )
         ]
     )
