@@ -176,11 +176,6 @@ class ThrottledRecorder(RunRecorder):
         self._last: tuple[float, RunOutcome] | None = None
         self._lock = threading.Lock()
 
-    def due(self, outcome: RunOutcome) -> bool:
-        """Whether a run ending now with ``outcome`` would be written."""
-        with self._lock:
-            return self._due(outcome, self.monotonic())
-
     def _due(self, outcome: RunOutcome, now: float) -> bool:
         if self._last is None:
             return True
