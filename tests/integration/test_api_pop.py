@@ -249,8 +249,11 @@ def test_the_runner_lifecycle_popped_running_completed_frees_the_hash(api, engin
 
 
 def test_two_poppers_racing_over_1000_tasks_each_get_every_task_exactly_once(engine, settings):
-    # PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one writing statement at a time.
-    TaskStore(engine).claim([boefje_task(NMAP if n % 2 else DNS, priority=n) for n in range(1000)])
+    # PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one writing statement at a time. The poppers
+    # send the workers' image filter, so the 200 tasks of another image stay queued.
+    wanted = [boefje_task(NMAP, priority=n) for n in range(1000)]
+    other = [boefje_task(DNS, priority=n, boefje="dns-records") for n in range(200)]
+    TaskStore(engine).claim([*other, *wanted])
     popped: list[list[str]] = [[], []]
     errors: list[str] = []
 
@@ -259,7 +262,9 @@ def test_two_poppers_racing_over_1000_tasks_each_get_every_task_exactly_once(eng
         def popper(mine: list[str]) -> None:
             with requests.Session() as http:
                 while True:
-                    response = http.post(f"{api.url}/schedulers/boefje/pop", params={"limit": 7}, timeout=30)
+                    response = http.post(
+                        f"{api.url}/schedulers/boefje/pop", params={"limit": 7}, json=IMAGE_FILTER, timeout=30
+                    )
                     if response.status_code != 200:
                         errors.append(response.text)
                         return
@@ -274,11 +279,13 @@ def test_two_poppers_racing_over_1000_tasks_each_get_every_task_exactly_once(eng
         for thread in threads:
             thread.join(120)
 
+    after = statuses(engine)
     assert errors == []
-    assert len(popped[0]) + len(popped[1]) == 1000
-    assert len(set(popped[0]) | set(popped[1])) == 1000, "a task was popped twice"
+    assert len(popped[0]) + len(popped[1]) == 1000, "every task of the image, and only those"
+    assert set(popped[0]) | set(popped[1]) == {str(t.id) for t in wanted}, "a task was popped twice or missed"
     assert popped[0] and popped[1], "both poppers took tasks"
-    assert set(statuses(engine).values()) == {"dispatched"}
+    assert {after[str(t.id)] for t in wanted} == {"dispatched"}
+    assert {after[str(t.id)] for t in other} == {"queued"}, "another image's tasks are not taken"
 
 
 def test_a_runner_repeating_its_pop_gets_the_next_tasks_and_a_changed_request_is_checked_anew(api, engine):
