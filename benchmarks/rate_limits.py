@@ -17,9 +17,12 @@ Two phases, each from an empty broker:
    ``--free-boefjes`` has ``SCHEDULER_RATE_LIMITS`` ``<id>=<limit>@bench-limited``, so they share one counter across
    organisations) and ``--free`` more unlimited ones, in mixed bands, all claimed at once. As a
    producer holds back what a group cannot start yet, only one window's worth of the limited
-   group is published; the rest wait in the database (listed as waiting, as a worker puts back a
-   task over its limit) for the worker nodes to release them. ``--flood`` publishes the whole
-   limited backlog instead, the worst case: every limited message costs a worker one refusal.
+   group is published; the rest wait in the database (held in one go, as the event listener holds
+   what a group cannot start, all due at once: the worst case for the release) for the worker
+   nodes to release them. ``--flood`` publishes the whole limited backlog instead, the worst case
+   for the workers: every limited message costs a worker one refusal. On a PostgreSQL server
+   whose autovacuum is off, the task tables are analyzed once after this setup (as autovacuum
+   would be within its first minute).
 
 Start times are the rows' ``started_at``: the moment the limiter's window counted the start (the
 Redis server's clock, :mod:`kat_scheduler.limiting.window`). Printed: the most starts of the
@@ -27,6 +30,7 @@ limited group in any 1-second window (must be ≤ the limit's amount per second)
 rate after the first window ((starts − amount) / (last − first start)) against the limit, how
 often its tasks waited (put back and released again), and the unlimited group's drain rate alone
 and beside the limited backlog. Exits 1 when the window check fails or rows were left live.
+``--beside-only`` ends phase 2 when the unlimited tasks are done (their rate beside the backlog only).
 
 ``--race N``: the limiter alone, at a window's edge (no database, no workers). ``N`` processes, each
 with its own limiter and connection to a private Redis, admit starts of one group in a tight loop
@@ -210,6 +214,16 @@ def new_tasks(world: World, chosen: list[tuple[str, str, str]], rng: random.Rand
     return tasks
 
 
+def analyze_without_autovacuum(engine: sa.Engine) -> None:
+    """On a server whose autovacuum is off (this project's test machine), ``ANALYZE`` the task
+    tables once, as autovacuum would within its first minute (its default naptime) after the
+    phase's thousands of new rows: without it every plan is made for empty tables."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if conn.execute(sa.text("SHOW autovacuum")).scalar_one() == "off":
+            conn.execute(sa.text("ANALYZE tasks, unpublished_tasks"))
+            print("autovacuum is off on this server: tasks and unpublished_tasks analyzed once", flush=True)
+
+
 def drain(engine: sa.Engine, ids: set[uuid.UUID], timeout: float) -> float:
     """Seconds until none of ``ids`` is live (or ``timeout``)."""
     start = time.monotonic()
@@ -306,6 +320,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=7200.0)
     parser.add_argument("--flood", action="store_true", help="publish the whole limited backlog at once")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--beside-only",
+        action="store_true",
+        help="end phase 2 once the unlimited tasks are done: their rate beside the backlog, without the "
+        "limited group's drain (minutes instead of --tasks / limit seconds; its checks are skipped)",
+    )
     parser.add_argument("--race", type=int, default=0, help="racing processes: the limiter alone at a window's edge")
     parser.add_argument("--race-seconds", type=float, default=60.0)
     args = parser.parse_args()
@@ -387,12 +407,20 @@ def main() -> int:
                     held_ids = {t.id for t in held}
                     sent = [t for t in both if t.id not in held_ids]
                     assert len(store.claim(held)) == len(held), "hashes not distinct"
-                    waiting = WaitingStore(engine)
-                    for t in held:
-                        waiting.put_back(t.id, limit=limit.text, group=GROUP, until=utcnow())
+                    now = utcnow()
+                    WaitingStore(engine).hold({t.id: (limit.text, GROUP, now) for t in held})
+                analyze_without_autovacuum(engine)
                 began = time.monotonic()
                 publish(sent)
+                print(f"phase 2: {len(sent)} tasks published, {len(both) - len(sent)} waiting", flush=True)
                 free_seconds = drain(engine, free_set, args.timeout)
+                if args.beside_only:
+                    print(
+                        f"phase 2, unlimited beside:  {args.free} tasks in {free_seconds:.1f} s: "
+                        f"{rate(starts(engine, free_set)):.1f} starts/s (--beside-only: the limited group not drained)"
+                    )
+                    publisher.close()
+                    return 0
                 limited_seconds = free_seconds + drain(engine, limited_set, args.timeout - free_seconds)
                 total = time.monotonic() - began
             free_rate = rate(starts(engine, free_set))
