@@ -7,10 +7,15 @@ already: every node's releases count in a window of their own
 (:meth:`RateLimiter.take_releases`), since a task published a moment ago has not started yet and
 the starts' window still shows its room free. The others wait on, their times moved to when the
 group's next room opens, spread by the limit's capacity (the k-th waiting task of a group at
-``capacity`` starts per window may run ``k // capacity`` windows later). So a
-group's backlog is on the broker only as far as it can start, and a more urgent task put back
-later is released first. Between passes the thread sleeps until the earliest waiting time it
-knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
+``capacity`` starts per window may run ``k // capacity`` windows later); but when tasks of the
+group already wait past this pass's horizon (an earlier pass or the listener gave them those
+windows), only one window's worth waits for the next window and the rest wait behind the last of
+them, so a pass gives no window after the next one more than it can start (else each would find
+more due than it can start, and every pass would move them all again). So a group's backlog is on the
+broker only as far as it can start; among the tasks whose time came the more urgent go first (a
+task put back later can take a room from one that waited), and beyond the next window's worth
+those a window has no room for wait behind the group's queue. Between passes the thread sleeps
+until the earliest waiting time it knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
 
 **The lead.** A group's next tasks go out ``SCHEDULER_RATE_LIMIT_LEAD`` seconds before their room
 opens, so the time between release and start (a database transaction, the broker, a busy machine)
@@ -44,7 +49,7 @@ from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.limiting.limiter import LEAD_SLACK, RateLimiter
 from kat_scheduler.rules.rate_limits import RateLimit, rate_limit
 from kat_scheduler.storage.tables import utcnow
-from kat_scheduler.storage.waiting import Waiting, WaitingStore
+from kat_scheduler.storage.waiting import Release, Waiting, WaitingStore
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ class Releaser:
             # waits for a task's lock), and no other node releases them.
             if not release.due:
                 return 0
-            publish, wait = self._split(release.due, horizon)
+            publish, wait = self._split(release, horizon)
             sent: list[uuid.UUID] = []
             if publish:
                 # The one message factory and the publisher contract, as the reaper republishes;
@@ -94,13 +99,13 @@ class Releaser:
         return len(sent)
 
     def _split(
-        self, due: list[Waiting], horizon: datetime
+        self, release: Release, horizon: datetime
     ) -> tuple[list[tuple[Waiting, datetime | None]], dict[uuid.UUID, datetime]]:
         """What to publish now (each with its ``eta``, ``None``: at once) and the new times of the
         rest."""
         groups: dict[tuple[str, str], list[Waiting]] = defaultdict(list)
         publish: list[tuple[Waiting, datetime | None]] = []
-        for waiting in due:
+        for waiting in release.due:
             if waiting.limit is None or waiting.group is None:
                 publish.append((waiting, None))
             else:
@@ -137,8 +142,22 @@ class Releaser:
                 wait.update((waiting.row.id, min(retry, opens)) for waiting in members[taken:wanted])
             rest = members[wanted:]
             wait.update((waiting.row.id, at) for waiting, at in zip(rest, ahead, strict=False))
-            for k, waiting in enumerate(rest[len(ahead) :]):
-                wait[waiting.row.id] = opens + (k // limit.capacity) * window
+            later = rest[len(ahead) :]
+            # One window's worth waits for the group's next window; beyond that, when the windows
+            # after it are given to the group's tasks already (a pass before this one, or the
+            # listener, gave them their times), the rest wait behind those instead of in their
+            # rooms: else every window would find more due than it can start and each pass would
+            # move them all again.
+            behind: datetime | None = None
+            if len(later) > limit.capacity:
+                queued_until = release.queued_until(text, group, horizon)
+                if queued_until is not None:
+                    behind = max(opens, queued_until) + window
+            for k, waiting in enumerate(later):
+                if behind is None or k < limit.capacity:
+                    wait[waiting.row.id] = opens + (k // limit.capacity) * window
+                else:
+                    wait[waiting.row.id] = behind + (k // limit.capacity - 1) * window
         return publish, wait
 
     def next_at(self) -> datetime | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,3 +197,36 @@ def test_two_nodes_releasing_before_any_start_is_counted_send_one_windows_worth_
         assert time.monotonic() - sent_at >= 0.95  # a window after the first two went
     finally:
         publisher.close()
+
+
+def test_tasks_a_pass_cannot_send_wait_behind_their_groups_waiting_tasks_so_no_window_holds_more_than_it_can_start(
+    pg_engine: Engine, redis_url: str
+) -> None:
+    # Two bursts of one group, each due at once, released by two passes: without looking at the
+    # windows the first gave out, the second would put its tasks into the same ones, and every
+    # window would find more due than it can start and move them all again.
+    gate = limiter(redis_url, "nmap=2/hour@scan", lead=0.0)
+    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(10)]
+    assert len(TaskStore(pg_engine).claim(tasks)) == 10
+    assert all(gate.admit("nmap", None, "org", "Hostname|internet|x").allowed for _ in range(2))  # full for an hour
+    waiting = WaitingStore(pg_engine)
+    releaser = Releaser(pg_engine, Recorded(), gate)
+    now = datetime.now(UTC)
+
+    for task in tasks[:6]:
+        assert waiting.put_back(task.id, limit="2/hour", group="scan", until=now)
+    assert releaser.release(now=now) == 0
+    first = waiting.waiting_until([t.id for t in tasks[:6]])
+    for task in tasks[6:]:
+        assert waiting.put_back(task.id, limit="2/hour", group="scan", until=now)
+    assert releaser.release(now=now) == 0
+    second = waiting.waiting_until([t.id for t in tasks[6:]])
+
+    per_window = Counter(waiting.waiting_until([t.id for t in tasks]).values())
+    nearest = min(first.values())
+    assert len(first) == 6 and len(second) == 4
+    assert nearest > now + timedelta(minutes=59)  # the group's room opens in an hour
+    assert per_window[nearest] == 4, "one window's worth of the second burst waits for the next window"
+    assert max(n for at, n in per_window.items() if at != nearest) == 2, "no other window gets more than it can start"
+    behind = sorted(second.values())[2:]
+    assert min(behind) > max(first.values()), "the rest of the second burst waits behind the first"
