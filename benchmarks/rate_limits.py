@@ -214,6 +214,23 @@ def new_tasks(world: World, chosen: list[tuple[str, str, str]], rng: random.Rand
     return tasks
 
 
+def per_bucket(times: list[datetime], seconds: float) -> list[int]:
+    """Starts per ``seconds`` from the first."""
+    counts: Counter[int] = Counter(int((t - times[0]).total_seconds() // seconds) for t in times)
+    return [counts[k] for k in range(max(counts) + 1)] if counts else []
+
+
+def listings_updated(engine: sa.Engine) -> int:
+    """Rows of ``unpublished_tasks`` updated so far (PostgreSQL's statistics, flushed within a
+    second or so): mostly the release moving the times of tasks that wait on."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+        found = conn.execute(
+            sa.text("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'unpublished_tasks'")
+        ).scalar_one_or_none()
+    return int(found or 0)
+
+
 def analyze_without_autovacuum(engine: sa.Engine) -> None:
     """On a server whose autovacuum is off (this project's test machine), ``ANALYZE`` the task
     tables once, as autovacuum would within its first minute (its default naptime) after the
@@ -402,13 +419,14 @@ def main() -> int:
                 limited_set = {t.id for t in both if t.plugin_id in limited_ids}
                 free_set = {t.id for t in both if t.plugin_id not in limited_ids}
                 sent = both
+                moved_before = listings_updated(engine)  # and the hold's own below
                 if not args.flood:  # held back, waiting in the database (as a producer leaves them)
                     held = [t for t in both if t.plugin_id in limited_ids][limit.capacity :]
                     held_ids = {t.id for t in held}
                     sent = [t for t in both if t.id not in held_ids]
                     assert len(store.claim(held)) == len(held), "hashes not distinct"
                     now = utcnow()
-                    WaitingStore(engine).hold({t.id: (limit.text, GROUP, now) for t in held})
+                    moved_before += WaitingStore(engine).hold({t.id: (limit.text, GROUP, now) for t in held})
                 analyze_without_autovacuum(engine)
                 began = time.monotonic()
                 publish(sent)
@@ -419,6 +437,9 @@ def main() -> int:
                         f"phase 2, unlimited beside:  {args.free} tasks in {free_seconds:.1f} s: "
                         f"{rate(starts(engine, free_set)):.1f} starts/s (--beside-only: the limited group not drained)"
                     )
+                    print(f"  per 5 s: {per_bucket(starts(engine, free_set), 5.0)}")
+                    print(f"  phase 1 per 5 s: {per_bucket(starts(engine, alone), 5.0)}")
+                    print(f"  waiting times moved meanwhile: {listings_updated(engine) - moved_before:,}")
                     publisher.close()
                     return 0
                 limited_seconds = free_seconds + drain(engine, limited_set, args.timeout - free_seconds)
@@ -466,6 +487,7 @@ def main() -> int:
                     f"min {min(cycles):.6f} s, max {max(cycles):.3f} s"
                 )
             print(f"  tasks that waited for their window at least once: {waits}")
+            print(f"  waiting times moved (updates of unpublished_tasks): {listings_updated(engine) - moved_before:,}")
             print(f"  rows left live: {live}")
             failed = most > per_second or live > 0 or len(times) < args.tasks
             publisher.close()
