@@ -21,12 +21,13 @@ from sqlalchemy import Engine
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin
-from kat_scheduler.limiting.limiter import CLOCK_WAIT, RateLimiter
+from kat_scheduler.limiting.limiter import CLOCK_WAIT, Admission, RateLimiter
 from kat_scheduler.limiting.release import Releaser
 from kat_scheduler.rules.rate_limits import parse_overrides
 from kat_scheduler.runtime.celery_app import create_app
 from kat_scheduler.settings import load_settings
 from kat_scheduler.storage import TaskStore
+from kat_scheduler.storage.tasks import NewTask
 from kat_scheduler.storage.waiting import WaitingStore
 from tests.factories import NewTaskFactory
 from tests.workers import wait_for
@@ -34,6 +35,21 @@ from tests.workers import wait_for
 
 def limiter(redis_url: str, limits: str, lead: float) -> RateLimiter:
     return RateLimiter(redis_url, parse_overrides(limits), key_prefix=f"test-{uuid.uuid4().hex}", lead=lead)
+
+
+def full_group(
+    engine: Engine, redis_url: str, limit: str, *, lead: float, tasks: int
+) -> tuple[RateLimiter, list[NewTask], list[Admission]]:
+    """A limiter whose group ``scan`` (nmap at ``limit``, two starts a window) is full now, its two
+    starts, and ``tasks`` claimed nmap tasks."""
+    gate = limiter(redis_url, f"nmap={limit}@scan", lead=lead)
+    claimed: list[NewTask] = [
+        NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(tasks)
+    ]
+    assert len(TaskStore(engine).claim(claimed)) == tasks
+    starts = [gate.admit("nmap", None, "org", "Hostname|internet|x") for _ in range(2)]
+    assert all(a.allowed and a.at is not None for a in starts)
+    return gate, claimed, starts
 
 
 class Recorded:
@@ -114,11 +130,7 @@ def test_without_a_lead_a_start_is_never_held(redis_url: str) -> None:
 def test_the_release_publishes_a_full_groups_next_window_when_it_opens_within_the_lead_with_its_eta(
     pg_engine: Engine, redis_url: str
 ) -> None:
-    gate = limiter(redis_url, "nmap=2/second@scan", lead=0.5)
-    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(5)]
-    assert len(TaskStore(pg_engine).claim(tasks)) == 5
-    starts = [gate.admit("nmap", None, "org", "Hostname|internet|x") for _ in range(2)]  # full now
-    assert all(a.allowed and a.at is not None for a in starts)
+    gate, tasks, starts = full_group(pg_engine, redis_url, "2/second", lead=0.5, tasks=5)
     _, opens = gate.room(gate.limit_of("nmap", None), "scan")  # type: ignore[arg-type]
     waiting = WaitingStore(pg_engine)
     for task in tasks:
@@ -205,10 +217,7 @@ def test_tasks_a_pass_cannot_send_wait_behind_their_groups_waiting_tasks_so_no_w
     # Two bursts of one group, each due at once, released by two passes: without looking at the
     # windows the first gave out, the second would put its tasks into the same ones, and every
     # window would find more due than it can start and move them all again.
-    gate = limiter(redis_url, "nmap=2/hour@scan", lead=0.0)
-    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(10)]
-    assert len(TaskStore(pg_engine).claim(tasks)) == 10
-    assert all(gate.admit("nmap", None, "org", "Hostname|internet|x").allowed for _ in range(2))  # full for an hour
+    gate, tasks, _ = full_group(pg_engine, redis_url, "2/hour", lead=0.0, tasks=10)  # full for an hour
     waiting = WaitingStore(pg_engine)
     releaser = Releaser(pg_engine, Recorded(), gate)
     now = datetime.now(UTC)
