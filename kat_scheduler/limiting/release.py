@@ -11,11 +11,11 @@ group's next room opens, spread by the limit's capacity (the k-th waiting task o
 group already wait past this pass's horizon (an earlier pass or the listener gave them those
 windows), only one window's worth waits for the next window and the rest wait behind the last of
 them, so a pass gives no window after the next one more than it can start (else each would find
-more due than it can start, and every pass would move them all again). So a group's backlog is on the
-broker only as far as it can start; among the tasks whose time came the more urgent go first (a
-task put back later can take a room from one that waited), and beyond the next window's worth
-those a window has no room for wait behind the group's queue. Between passes the thread sleeps
-until the earliest waiting time it knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
+more due than it can start, and every pass would move them all again). So a group's backlog is
+on the broker only as far as it can start; among the tasks whose time came the more urgent go
+first (a task put back later can take a room from one that waited), and beyond the next window's
+worth those a window has no room for wait behind the group's queue. Between passes the thread
+sleeps until the earliest waiting time it knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
 
 **The lead.** A group's next tasks go out ``SCHEDULER_RATE_LIMIT_LEAD`` seconds before their room
 opens, so the time between release and start (a database transaction, the broker, a busy machine)
