@@ -127,11 +127,10 @@ class WaitingStore:
     def next_at(self) -> datetime | None:
         """The earliest time a waiting task may run, if any waits."""
         with self.engine.connect() as conn:
-            if not _any_waiting(conn):
-                return None
-            # The earliest listings from the index alone, then which of them are still queued:
-            # (a listing whose task ended goes with the reaper's next prune). Should none of them
-            # be, the release looks again after its poll (it passes every poll anyway).
+            # The earliest listings from the index alone (none: nothing waits, and no task is
+            # read), then which of them are still queued (a listing whose task ended goes with the
+            # reaper's next prune). Should none of them be, the release looks again after its
+            # poll (it passes every poll anyway).
             earliest = _listed(
                 select(_UNPUBLISHED.c.task_id, _UNPUBLISHED.c.not_before)
                 .where(_UNPUBLISHED.c.not_before.is_not(None))

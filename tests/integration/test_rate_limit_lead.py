@@ -239,3 +239,24 @@ def test_tasks_a_pass_cannot_send_wait_behind_their_groups_waiting_tasks_so_no_w
     assert max(n for at, n in per_window.items() if at != nearest) == 2, "no other window gets more than it can start"
     behind = sorted(second.values())[2:]
     assert min(behind) > max(first.values()), "the rest of the second burst waits behind the first"
+
+
+def test_the_release_wakes_for_the_earliest_task_still_waiting_and_not_at_all_when_none_waits(
+    pg_engine: Engine,
+) -> None:
+    store, waiting = TaskStore(pg_engine), WaitingStore(pg_engine)
+    tasks = [NewTaskFactory(plugin_id="nmap", input_ooi=f"Hostname|internet|{n}.example") for n in range(3)]
+    assert waiting.next_at() is None
+    assert len(store.claim(tasks)) == 3
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    for k, task in enumerate(tasks):
+        assert waiting.put_back(task.id, limit="2/second", group="scan", until=soon + timedelta(seconds=k))
+
+    first = waiting.next_at()
+    store.cancel([tasks[0].id])  # its listing stays until the reaper prunes it
+    after_cancel = waiting.next_at()
+    store.cancel([t.id for t in tasks[1:]])
+
+    assert first == soon
+    assert after_cancel == soon + timedelta(seconds=1)
+    assert waiting.next_at() is None
