@@ -10,12 +10,14 @@ group's next room opens, spread by the limit's capacity (the k-th waiting task o
 ``capacity`` starts per window may run ``k // capacity`` windows later); but when tasks of the
 group already wait past this pass's horizon (an earlier pass or the listener gave them those
 windows), only one window's worth waits for the next window and the rest wait behind the last of
-them, so a pass gives no window after the next one more than it can start (else each would find
-more due than it can start, and every pass would move them all again). So a group's backlog is
-on the broker only as far as it can start; among the tasks whose time came the more urgent go
-first (a task put back later can take a room from one that waited), and beyond the next window's
-worth those a window has no room for wait behind the group's queue. Between passes the thread
-sleeps until the earliest waiting time it knows (at most ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
+them (first filling the room the last one has left: a window left part empty is a room never used,
+since no task is due before its time), so a pass gives no window after the next one more than it
+can start (else each would find more due than it can start, and every pass would move them all
+again). So a group's backlog is on the broker only as far as it can start; among the tasks whose
+time came the more urgent go first (a task put back later can take a room from one that waited),
+and beyond the next window's worth those a window has no room for wait behind the group's queue.
+Between passes the thread sleeps until the earliest waiting time it knows (at most
+``SCHEDULER_RATE_LIMIT_POLL`` seconds).
 
 **The lead.** A group's next tasks go out ``SCHEDULER_RATE_LIMIT_LEAD`` seconds before their room
 opens, so the time between release and start (a database transaction, the broker, a busy machine)
@@ -40,6 +42,7 @@ import os
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -148,20 +151,34 @@ class Releaser:
             # listener, gave them their times), the rest wait behind those instead of in their
             # rooms: else every window would find more due than it can start and each pass would
             # move them all again.
-            behind: datetime | None = None
-            if len(later) > limit.capacity:
-                queued_until = release.queued_until(text, group, horizon)
-                if queued_until is not None:
-                    behind = max(opens, queued_until) + window
-            for k, waiting in enumerate(later):
-                if behind is None or k < limit.capacity:
-                    wait[waiting.row.id] = opens + (k // limit.capacity) * window
-                else:
-                    wait[waiting.row.id] = behind + (k // limit.capacity - 1) * window
+            tail = release.tail(text, group, horizon, limit.capacity) if len(later) > limit.capacity else []
+            times = _waiting_times(len(later), opens=opens, capacity=limit.capacity, window=window, tail=tail)
+            wait.update((waiting.row.id, at) for waiting, at in zip(later, times, strict=True))
         return publish, wait
 
     def next_at(self) -> datetime | None:
         return self.store.next_at()
+
+
+def _waiting_times(
+    count: int, *, opens: datetime, capacity: int, window: timedelta, tail: Sequence[datetime]
+) -> list[datetime]:
+    """The times of ``count`` tasks of a group that a pass cannot send: its next window's worth at
+    ``opens``, then (when ``tail``, the latest times the group's tasks already wait until, latest
+    first, says its queue reaches past ``opens``) behind that queue, filling the room its last
+    window has left before the windows after it. Without a tail, the windows from ``opens`` on.
+
+    A window left part empty would be a room never used: its tasks are not due before their time,
+    so a burst appended a few at a time (put back by workers, read by passes of several nodes)
+    would leave the group starting fewer than its limit allows."""
+    if not tail or count <= capacity:
+        return [opens + (k // capacity) * window for k in range(count)]
+    last = max(tail[0], opens)
+    filled = capacity if last == opens else sum(1 for at in tail if at > last - window)
+    times = [opens] * capacity
+    times += [last] * min(max(capacity - filled, 0), count - capacity)
+    times += [last + (1 + k // capacity) * window for k in range(count - len(times))]
+    return times
 
 
 def _parsed(text: str) -> RateLimit | None:

@@ -217,23 +217,24 @@ class Release:
                 update(_UNPUBLISHED).where(_UNPUBLISHED.c.task_id.in_(ids)).values(not_before=moment, claimed_at=moment)
             )
 
-    def queued_until(self, limit: str, group: str, after: datetime) -> datetime | None:
-        """The latest time a task of the group (as its note gives limit and group) waits until,
-        of those that wait past ``after``; None when none does."""
+    def tail(self, limit: str, group: str, after: datetime, count: int) -> list[datetime]:
+        """The latest ``count`` times tasks of the group (as their note gives limit and group)
+        wait until, of those that wait past ``after``, latest first (empty when none does)."""
         note = _TASKS.c.data[RATE_LIMIT_KEY]
-        latest: datetime | None = self._conn.execute(
-            select(_UNPUBLISHED.c.not_before)
-            .join(_TASKS, _TASKS.c.id == _UNPUBLISHED.c.task_id)
-            .where(
-                _UNPUBLISHED.c.not_before > after,
-                _TASKS.c.status == TaskStatus.QUEUED,
-                note["group"].as_string() == group,
-                note["limit"].as_string() == limit,
-            )
-            .order_by(_UNPUBLISHED.c.not_before.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        return latest
+        return list(
+            self._conn.execute(
+                select(_UNPUBLISHED.c.not_before)
+                .join(_TASKS, _TASKS.c.id == _UNPUBLISHED.c.task_id)
+                .where(
+                    _UNPUBLISHED.c.not_before > after,
+                    _TASKS.c.status == TaskStatus.QUEUED,
+                    note["group"].as_string() == group,
+                    note["limit"].as_string() == limit,
+                )
+                .order_by(_UNPUBLISHED.c.not_before.desc())
+                .limit(count)
+            ).scalars()
+        )
 
     def released(self, ids: Sequence[uuid.UUID]) -> None:
         """Their messages are on the broker: their listings (locked by this release) go."""

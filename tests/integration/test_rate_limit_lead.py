@@ -6,6 +6,7 @@ itself holds."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from celery.worker.request import Request
 from kombu.connection import Connection
 from sqlalchemy import Engine
@@ -21,6 +23,7 @@ from sqlalchemy import Engine
 from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import OutgoingMessage, make_publisher
 from kat_scheduler.dispatch.publishing.envelope import RedisEnvelopes, origin
+from kat_scheduler.limiting import release as release_module
 from kat_scheduler.limiting.limiter import CLOCK_WAIT, Admission, RateLimiter
 from kat_scheduler.limiting.release import Releaser
 from kat_scheduler.rules.rate_limits import parse_overrides
@@ -260,3 +263,32 @@ def test_the_release_wakes_for_the_earliest_task_still_waiting_and_not_at_all_wh
     assert first == soon
     assert after_cancel == soon + timedelta(seconds=1)
     assert waiting.next_at() is None
+
+
+def test_a_burst_drained_by_two_nodes_passes_leaves_no_window_before_the_groups_last_one_part_empty(
+    pg_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A held burst read a few at a time by two nodes' passes, with single tasks put back between
+    # them (a worker whose room another node took): what a pass appends behind the group's queue
+    # first fills the last window given out. A window left part empty is a room never used: its
+    # tasks are not due before their time, so the group would start fewer than its limit allows.
+    monkeypatch.setattr(release_module, "BATCH", 7)
+    gate, tasks, _ = full_group(pg_engine, redis_url, "2/hour", lead=0.0, tasks=30)  # full for an hour
+    waiting = WaitingStore(pg_engine)
+    nodes = [Releaser(pg_engine, Recorded(), gate) for _ in "ab"]
+    now = datetime.now(UTC)
+    for task in tasks[:23]:
+        assert waiting.put_back(task.id, limit="2/hour", group="scan", until=now)
+    for n, task in enumerate(tasks[23:]):
+        assert nodes[n % 2].release(now=now) == 0
+        assert waiting.put_back(task.id, limit="2/hour", group="scan", until=now)
+    while any(at <= now for at in waiting.waiting_until([t.id for t in tasks]).values()):
+        assert nodes[0].release(now=now) == 0
+
+    per_window = sorted(Counter(waiting.waiting_until([t.id for t in tasks]).values()).items())
+    assert sum(n for _, n in per_window) == 30
+    nearest, *after = per_window
+    assert nearest[0] > now + timedelta(minutes=59)
+    assert all(n == 2 for _, n in after[:-1]), per_window
+    windows = [at for at, _ in after]
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise([nearest[0], *windows]))
