@@ -119,40 +119,34 @@ class Releaser:
             if limit is None:
                 publish.extend((waiting, None) for waiting in members)
                 continue
-            room, opens = self.limiter.room(limit, group)
             window = timedelta(seconds=min(limit.items, key=lambda item: item.amount).get_expiry())
-            etas: list[datetime | None] = []
-            ahead: list[datetime] = []
-            if room == 0 and opens <= horizon:
-                # The window reopens within the lead: the tasks whose room opens by the horizon go
-                # out now, each with that moment as its eta (held by the worker's consumer, not a
-                # pool process, until then), and take that room; the rest of the window's worth
-                # wait for their own room's moment, the others for the windows after it. A start
-                # whose room is taken when it comes is put back by its worker, with the time.
-                openings, _ = self.limiter.openings(limit, group, min(limit.capacity, len(members)))
-                etas = [at + timedelta(seconds=LEAD_SLACK) for at in openings if at <= horizon]
-                ahead = [at for at in openings if at > horizon]
-                room = len(etas)
-                opens += window
+            # The group's next rooms (a window's worth at most), earliest first, on the Redis
+            # server's clock: the most urgent task takes the first. A room open by the horizon is
+            # sent for now, with the moment it opens as the eta (held by the worker's consumer,
+            # not a pool process, until then; none when it is open already); a task whose room
+            # opens later waits for exactly that moment, and the others for the windows after.
+            # (A start whose room is taken when it comes is put back by its worker, with the time.)
+            openings, clock = self.limiter.openings(limit, group, min(limit.capacity, len(members)))
+            ready = [at for at in openings if at <= max(horizon, clock)]  # the two clocks may differ
+            etas = [None if at <= clock else at + timedelta(seconds=LEAD_SLACK) for at in ready]
             # What the passes before this one published may not have started yet (a start counts
             # only then): the release's own window says how much of the room is still to send.
-            # Room not sent for now is sent as soon as that window lets it, the rest wait as above.
-            wanted = min(room, len(members))
+            # Room not sent for now is sent by the first pass that window lets send it.
+            wanted = len(ready)
             taken = self.limiter.take_releases(limit, group, wanted)
-            publish.extend((waiting, etas[k] if k < len(etas) else None) for k, waiting in enumerate(members[:taken]))
+            publish.extend(zip(members[:taken], etas, strict=False))
             if taken < wanted:
                 _, retry = self.limiter.release_room(limit, group)
-                wait.update((waiting.row.id, min(retry, opens)) for waiting in members[taken:wanted])
-            rest = members[wanted:]
-            wait.update((waiting.row.id, at) for waiting, at in zip(rest, ahead, strict=False))
-            later = rest[len(ahead) :]
-            # One window's worth waits for the group's next window; beyond that, when the windows
-            # after it are given to the group's tasks already (a pass before this one, or the
-            # listener, gave them their times), the rest wait behind those instead of in their
-            # rooms: else every window would find more due than it can start and each pass would
-            # move them all again.
-            tail = release.tail(text, group, horizon, limit.capacity) if len(later) > limit.capacity else []
-            times = _waiting_times(len(later), opens=opens, capacity=limit.capacity, window=window, tail=tail)
+                resend = retry + timedelta(seconds=self.limiter.lead)  # a pass reads to now + lead
+                wait.update((waiting.row.id, resend) for waiting in members[taken:wanted])
+            wait.update((waiting.row.id, at) for waiting, at in zip(members[wanted:], openings[wanted:], strict=False))
+            # Beyond that window's worth, the rest wait for the windows after it, or behind the
+            # group's tasks already given those (by a pass before this one, or the listener).
+            later = members[len(openings) :]
+            tail = release.tail(text, group, horizon, limit.capacity) if later else []
+            times = _waiting_times(
+                len(later), opens=openings[0] + window, capacity=limit.capacity, window=window, tail=tail
+            )
             wait.update((waiting.row.id, at) for waiting, at in zip(later, times, strict=True))
         return publish, wait
 
@@ -163,20 +157,20 @@ class Releaser:
 def _waiting_times(
     count: int, *, opens: datetime, capacity: int, window: timedelta, tail: Sequence[datetime]
 ) -> list[datetime]:
-    """The times of ``count`` tasks of a group that a pass cannot send: its next window's worth at
-    ``opens``, then (when ``tail``, the latest times the group's tasks already wait until, latest
-    first, says its queue reaches past ``opens``) behind that queue, filling the room its last
-    window has left before the windows after it. Without a tail, the windows from ``opens`` on.
+    """The times of ``count`` tasks of a group beyond the window's worth that waits for its next
+    rooms: the windows from ``opens`` (the one after those rooms) on, or, when ``tail`` (the latest
+    times the group's tasks already wait until, latest first) reaches ``opens``, behind that queue,
+    first filling the room its last window has left.
 
-    A window left part empty would be a room never used: its tasks are not due before their time,
-    so a burst appended a few at a time (put back by workers, read by passes of several nodes)
-    would leave the group starting fewer than its limit allows."""
-    if not tail or count <= capacity:
+    Behind the queue, since else every window would find more due than it can start and each pass
+    would move them all again; filling, since a window left part empty is a room never used (no
+    task is due before its time), so a burst appended a few at a time (put back by workers, read by
+    passes of several nodes) would leave the group starting fewer than its limit allows."""
+    if not tail or tail[0] < opens:
         return [opens + (k // capacity) * window for k in range(count)]
-    last = max(tail[0], opens)
-    filled = capacity if last == opens else sum(1 for at in tail if at > last - window)
-    times = [opens] * capacity
-    times += [last] * min(max(capacity - filled, 0), count - capacity)
+    last = tail[0]
+    filled = sum(1 for at in tail if at > last - window)
+    times = [last] * min(max(capacity - filled, 0), count)
     times += [last + (1 + k // capacity) * window for k in range(count - len(times))]
     return times
 
