@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -51,6 +53,7 @@ from kat_scheduler.dispatch.dispatcher import message_for
 from kat_scheduler.dispatch.publishing import Publisher, PublishError
 from kat_scheduler.limiting.limiter import LEAD_SLACK, RateLimiter
 from kat_scheduler.rules.rate_limits import RateLimit, rate_limit
+from kat_scheduler.storage.leases import LeaseStore
 from kat_scheduler.storage.tables import utcnow
 from kat_scheduler.storage.waiting import Release, Waiting, WaitingStore
 
@@ -60,6 +63,11 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 #: The shortest sleep between passes (when waiting tasks are due but another node holds them).
 MIN_SLEEP = 0.01
+#: Seconds the release lease lasts without renewal: how long the node that releases may hang or
+#: be gone before another takes over (far more than a pass and a poll take).
+LEASE = 6.0
+#: The name of the release lease.
+RELEASE_LEASE = "rate-limit-release"
 
 
 class Releaser:
@@ -183,20 +191,42 @@ def _parsed(text: str) -> RateLimit | None:
 
 
 class ReleaseThread:
-    """Runs :class:`Releaser` passes from a daemon thread until :meth:`stop`."""
+    """Runs :class:`Releaser` passes from a daemon thread until :meth:`stop`, while this node holds
+    the release lease.
 
-    def __init__(self, releaser: Releaser, poll: float) -> None:
+    One node releases at a time: every node's thread starts, but only the holder of the lease
+    ``rate-limit-release`` (:class:`~kat_scheduler.storage.leases.LeaseStore`, as beat's) passes;
+    the others try to take it every ``poll`` seconds. The holder renews it every third of its
+    ``lease`` seconds and gives it back when it stops (a warm shutdown), so another node takes over
+    within a poll; a holder that dies or hangs loses it ``lease`` seconds after its last renewal.
+    Several nodes passing at once would not release a task twice (the rows are locked), but each
+    would wake for every room that opens and find the rows another holds: work for nothing in every
+    worker node's main process, beside the consumer that feeds its pool.
+    """
+
+    def __init__(self, releaser: Releaser, poll: float, lease: float = LEASE) -> None:
         self.releaser = releaser
         self.poll = poll
+        self.lease = lease
+        self.leases = LeaseStore(releaser.engine)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: When this node last took or renewed the lease (monotonic seconds), None: not held.
+        self.renewed: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Held during a pass; a fork of this process waits for it (no child inherits a pass midway).
         self._lock = threading.Lock()
         os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release, after_in_child=self._forked)
 
+    @property
+    def leading(self) -> bool:
+        """Whether this node held the lease at its last look."""
+        return self.renewed is not None
+
     def _forked(self) -> None:
         self._lock.release()
         self._stop.set()  # the thread does not exist in the child
+        self.renewed = None  # nor does the lease: the parent holds it
         self.releaser.engine.dispose(close=False)
 
     def start(self) -> None:
@@ -207,12 +237,33 @@ class ReleaseThread:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.renewed is not None:
+            self.renewed = None
+            try:
+                self.leases.release(RELEASE_LEASE, self.holder)
+            except Exception as exc:  # the database is gone: the lease lapses
+                logger.warning("rate limits: could not give back the release lease: %s", exc)
+
+    def _lead(self) -> bool:
+        """Renew the lease when a third of it has gone, or take it when free; whether this node
+        holds it now."""
+        now = time.monotonic()
+        if self.renewed is not None and now - self.renewed < self.lease / 3:
+            return True
+        held = self.leases.acquire(RELEASE_LEASE, self.holder, ttl=self.lease)
+        if not held and self.renewed is not None:
+            logger.warning("rate limits: node %s lost the release lease (it lapsed); standing by", self.holder)
+        self.renewed = now if held else None
+        return held
 
     def _run(self) -> None:
         delay = 0.0
         while not self._stop.wait(delay):
             try:
                 with self._lock:
+                    if not self._lead():
+                        delay = self.poll
+                        continue
                     self.releaser.release()
                     upcoming = self.releaser.next_at()
             except Exception:

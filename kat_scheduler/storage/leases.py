@@ -1,7 +1,8 @@
-"""Leases: a named lock with an expiry, held in the database (used for the beat singleton).
+"""Leases: a named lock with an expiry, held in the database (beat's singleton, and the worker node
+that releases rate-limited tasks: :class:`~kat_scheduler.limiting.release.ReleaseThread`).
 
 ``acquire`` is one upsert that succeeds only when the lease is free, expired, or already ours,
-so two beats can never both believe they hold it; a crashed holder is replaced once its lease
+so two holders can never both believe they hold it; a crashed holder is replaced once its lease
 lapses. Works the same on PostgreSQL and SQLite.
 """
 

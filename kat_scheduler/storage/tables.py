@@ -240,7 +240,8 @@ class ScheduleRow(Base):
 
 
 class BeatLease(Base):
-    """Who may run beat: the holder renews ``expires_at``; a standby takes over once it lapses."""
+    """A named lease (``beat``: who may run beat; ``rate-limit-release``: which worker node releases
+    rate-limited tasks): the holder renews ``expires_at``; a standby takes over once it lapses."""
 
     __tablename__ = "beat_leases"
 
