@@ -7,7 +7,8 @@
   as the start;
 * a task over its limit waits without a message and without a worker slot (its row is stored by
   :mod:`kat_scheduler.storage.waiting`), and is published again when its window opens by a
-  thread in each worker node's main process (:mod:`~kat_scheduler.limiting.release`).
+  thread in each worker node's main process, one node at a time (the holder of the release lease;
+  :mod:`~kat_scheduler.limiting.release`).
 """
 
 from __future__ import annotations

@@ -1,22 +1,23 @@
 """Publishing waiting tasks again when their window opens: a thread in each worker node's main
-process (started at ``worker_init``, like the node's heartbeat).
+process (started at ``worker_init``, like the node's heartbeat); one node's passes at a time, the
+holder of the release lease (:class:`ReleaseThread`).
 
 Each pass takes the waiting tasks whose time came, most urgent first (band, then priority, then
 age), and per group publishes as many as the group has room for now and were not sent for
 already: every node's releases count in a window of their own
 (:meth:`RateLimiter.take_releases`), since a task published a moment ago has not started yet and
-the starts' window still shows its room free. The others wait on, their times moved to when the
-group's next room opens, spread by the limit's capacity (the k-th waiting task of a group at
-``capacity`` starts per window may run ``k // capacity`` windows later); but when tasks of the
-group already wait past this pass's horizon (an earlier pass or the listener gave them those
-windows), only one window's worth waits for the next window and the rest wait behind the last of
-them (first filling the room the last one has left: a window left part empty is a room never used,
-since no task is due before its time), so a pass gives no window after the next one more than it
-can start (else each would find more due than it can start, and every pass would move them all
-again). So a group's backlog is on the broker only as far as it can start; among the tasks whose
-time came the more urgent go first (a task put back later can take a room from one that waited),
-and beyond the next window's worth those a window has no room for wait behind the group's queue.
-Between passes the thread sleeps until the earliest waiting time it knows (at most
+the starts' window still shows its room free. The others wait on: a window's worth each until its
+own room in the group's next window opens (:meth:`RateLimiter.openings`, the most urgent in the
+first), the rest for the windows after (the k-th of a group at ``capacity`` starts per window
+``k // capacity`` windows later); but when tasks of the group already wait past this pass's
+horizon (an earlier pass or the listener gave them those windows), the rest wait behind the last
+of them (first filling the room the last one has left: a window left part empty is a room never
+used, since no task is due before its time), so a pass gives no window after the next one more
+than it can start (else each would find more due than it can start, and every pass would move
+them all again). So a group's backlog is on the broker only as far as it can start; among the
+tasks whose time came the more urgent go first (a task put back later can take a room from one
+that waited), and beyond the next window's worth those a window has no room for wait behind the
+group's queue. Between passes the thread sleeps until the earliest waiting time it knows (at most
 ``SCHEDULER_RATE_LIMIT_POLL`` seconds).
 
 **The lead.** A group's next tasks go out ``SCHEDULER_RATE_LIMIT_LEAD`` seconds before their room
